@@ -1,0 +1,292 @@
+package dockercfg
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+const canary = "s3cr3t-CANARY-pw"
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func TestParseValid(t *testing.T) {
+	tests := []struct {
+		name   string
+		format Format
+		doc    string
+		want   map[string]Entry
+	}{
+		{
+			name:   "dockerconfigjson with auth",
+			format: ConfigJSON,
+			doc:    `{"auths":{"reg.example.com":{"auth":"` + b64("alice:"+canary) + `"}}}`,
+			want:   map[string]Entry{"reg.example.com": {Username: "alice", Password: canary}},
+		},
+		{
+			name:   "unpadded auth is accepted like the kubelet does",
+			format: ConfigJSON,
+			doc:    `{"auths":{"reg.example.com":{"auth":"` + strings.TrimRight(b64("al:x"), "=") + `"}}}`,
+			want:   map[string]Entry{"reg.example.com": {Username: "al", Password: "x"}},
+		},
+		{
+			name:   "username and password without auth",
+			format: ConfigJSON,
+			doc:    `{"auths":{"https://index.docker.io/v1/":{"username":"bob","password":"pw","email":"b@example.com"}}}`,
+			want:   map[string]Entry{"https://index.docker.io/v1/": {Username: "bob", Password: "pw", Email: "b@example.com"}},
+		},
+		{
+			name:   "auth wins over username/password",
+			format: ConfigJSON,
+			doc:    `{"auths":{"r.io":{"auth":"` + b64("a:b") + `","username":"x","password":"y"}}}`,
+			want:   map[string]Entry{"r.io": {Username: "a", Password: "b"}},
+		},
+		{
+			name:   "password containing colons",
+			format: ConfigJSON,
+			doc:    `{"auths":{"r.io:5000":{"auth":"` + b64("a:b:c:d") + `"}}}`,
+			want:   map[string]Entry{"r.io:5000": {Username: "a", Password: "b:c:d"}},
+		},
+		{
+			name:   "tokens and unknown entry fields",
+			format: ConfigJSON,
+			doc:    `{"auths":{"r.io/team":{"auth":"` + b64("u:p") + `","identitytoken":"it","registrytoken":"rt","serveraddress":"r.io"}},"credsStore":"x"}`,
+			want:   map[string]Entry{"r.io/team": {Username: "u", Password: "p", IdentityToken: "it", RegistryToken: "rt"}},
+		},
+		{
+			name:   "empty auths",
+			format: ConfigJSON,
+			doc:    `{"auths":{}}`,
+			want:   map[string]Entry{},
+		},
+		{
+			name:   "legacy dockercfg",
+			format: Legacy,
+			doc:    `{"*.example.com":{"auth":"` + b64("u:p") + `","email":"e@x"},"[::1]:5000":{"username":"u","password":"p"}}`,
+			want: map[string]Entry{
+				"*.example.com": {Username: "u", Password: "p", Email: "e@x"},
+				"[::1]:5000":    {Username: "u", Password: "p"},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set, _, err := Parse([]byte(tt.doc), tt.format)
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if len(set) != len(tt.want) {
+				t.Fatalf("got %d entries, want %d", len(set), len(tt.want))
+			}
+			for _, it := range set {
+				if want, ok := tt.want[it.Key]; !ok || want != it.Entry {
+					t.Errorf("entry %q = %#v, want %#v", it.Key, it.Entry, want)
+				}
+			}
+		})
+	}
+}
+
+func TestParseInvalid(t *testing.T) {
+	big := `{"auths":{"r.io":{"auth":"` + b64("u:"+strings.Repeat("x", MaxSize)) + `"}}}`
+	tests := []struct {
+		name   string
+		format Format
+		doc    string
+		want   string // substring of the error
+	}{
+		{"empty", ConfigJSON, "", "empty"},
+		{"white space", ConfigJSON, " \n", "empty"},
+		{"not json", ConfigJSON, "auths: " + canary, "not valid JSON"},
+		{"binary garbage", ConfigJSON, "\x00\xff\xfe" + canary, "not valid JSON"},
+		{"trailing garbage", ConfigJSON, `{"auths":{}} ` + canary, "not valid JSON"},
+		{"truncated", ConfigJSON, `{"auths":{"r.io":{"auth":"` + b64("u:"+canary), "unexpected end"},
+		{"array", ConfigJSON, `["` + canary + `"]`, "not a JSON object"},
+		{"no auths", ConfigJSON, `{"credsStore":"x"}`, `no "auths"`},
+		{"legacy shape in dockerconfigjson", ConfigJSON, `{"r.io":{"auth":"` + b64("u:"+canary) + `"}}`, "legacy .dockercfg"},
+		{"auths not object", ConfigJSON, `{"auths":"` + canary + `"}`, `"auths" is a string`},
+		{"entry not object", ConfigJSON, `{"auths":{"r.io":"` + canary + `"}}`, `registry "r.io": entry is a string`},
+		{"auth not base64", ConfigJSON, `{"auths":{"r.io":{"auth":"!!` + canary + `"}}}`, "not valid base64"},
+		{"auth without colon", ConfigJSON, `{"auths":{"r.io":{"auth":"` + b64(canary) + `"}}}`, "no ':'"},
+		{"auth empty user", ConfigJSON, `{"auths":{"r.io":{"auth":"` + b64(":"+canary) + `"}}}`, "empty user"},
+		{"auth not a string", ConfigJSON, `{"auths":{"r.io":{"auth":12}}}`, `"auth" is a number`},
+		{"no credentials", ConfigJSON, `{"auths":{"r.io":{"email":"x@y"}}}`, "no credentials"},
+		{"username without password", ConfigJSON, `{"auths":{"r.io":{"username":"u"}}}`, "password"},
+		{"password without username", ConfigJSON, `{"auths":{"r.io":{"password":"` + canary + `"}}}`, `"username" is empty`},
+		{"empty key", ConfigJSON, `{"auths":{"":{"auth":"` + b64("u:"+canary) + `"}}}`, "empty registry key"},
+		{"key with space", ConfigJSON, `{"auths":{"r .io":{"auth":"` + b64("u:"+canary) + `"}}}`, "white space"},
+		{"scheme without host", ConfigJSON, `{"auths":{"https://":{"auth":"` + b64("u:"+canary) + `"}}}`, "no host"},
+		{"odd scheme", ConfigJSON, `{"auths":{"ftp://r.io":{"auth":"` + b64("u:"+canary) + `"}}}`, "scheme"},
+		{"bad port", ConfigJSON, `{"auths":{"r.io:99999":{"auth":"` + b64("u:"+canary) + `"}}}`, "port"},
+		{"empty port", ConfigJSON, `{"auths":{"r.io:":{"auth":"` + b64("u:"+canary) + `"}}}`, "empty port"},
+		{"oversized", ConfigJSON, big, "larger than the 1 MiB"},
+		{"dockerconfigjson shape in dockercfg", Legacy, `{"auths":{"r.io":{"auth":"` + b64("u:"+canary) + `"}}}`, ".dockerconfigjson content"},
+		{"legacy entry not object", Legacy, `{"r.io":[1]}`, "an array"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set, _, err := Parse([]byte(tt.doc), tt.format)
+			if err == nil {
+				t.Fatalf("Parse accepted it: %v", set)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tt.want) {
+				t.Errorf("error %q does not say %q", msg, tt.want)
+			}
+			for _, leak := range []string{canary, b64("u:" + canary), b64(canary)} {
+				if strings.Contains(msg, leak) {
+					t.Errorf("error %q leaks a secret value", msg)
+				}
+			}
+		})
+	}
+}
+
+func TestParseReportsEveryProblem(t *testing.T) {
+	doc := `{"auths":{"a.io":{"auth":"%%%"},"b.io":{},"c.io":{"auth":"` + b64("u:p") + `"}}}`
+	_, _, err := Parse([]byte(doc), ConfigJSON)
+	var verr *ValidationError
+	if !errors.As(err, &verr) {
+		t.Fatalf("want a *ValidationError, got %v", err)
+	}
+	if len(verr.Problems) != 2 || verr.Problems[0].Key != "a.io" || verr.Problems[1].Key != "b.io" {
+		t.Errorf("problems = %v, want a.io and b.io", verr.Problems)
+	}
+}
+
+func TestEntryEncodingAndRedaction(t *testing.T) {
+	e := Entry{Username: "alice", Password: canary, Email: "a@x", IdentityToken: "tok"}
+	raw, err := json.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]string
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"auth": b64("alice:" + canary), "email": "a@x", "identitytoken": "tok"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("encoded %v, want %v", got, want)
+	}
+	if !strings.HasSuffix(b64("alice:"+canary), "=") && len(e.Auth())%4 != 0 {
+		t.Errorf("auth %q is not padded", e.Auth())
+	}
+	for _, s := range []string{fmt.Sprint(e), fmt.Sprintf("%v %+v %#v %s", e, e, e, e), fmt.Sprint(Item{Key: "k", Entry: e})} {
+		if strings.Contains(s, canary) || strings.Contains(s, e.Auth()) {
+			t.Errorf("formatting leaks the secret: %s", s)
+		}
+	}
+}
+
+func TestAuthIsPadded(t *testing.T) {
+	for _, pw := range []string{"", "a", "ab", "abc", "abcd"} {
+		a := Entry{Username: "u", Password: pw}.Auth()
+		if len(a)%4 != 0 {
+			t.Errorf("Auth() for %d-byte password = %q, not padded", len(pw), a)
+		}
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"reg.example.com", "reg.example.com"},
+		{"https://reg.example.com", "reg.example.com"},
+		{"http://REG.example.com/", "reg.example.com"},
+		{"https://reg.example.com/v2/", "reg.example.com"},
+		{"reg.example.com/v1/", "reg.example.com"},
+		{"reg.example.com:5000", "reg.example.com:5000"},
+		{"reg.example.com/Team/", "reg.example.com/Team"},
+		{"https://index.docker.io/v1/", "docker.io"},
+		{"index.docker.io", "docker.io"},
+		{"docker.io", "docker.io"},
+		{"registry-1.docker.io", "docker.io"},
+		{"*.example.com", "*.example.com"},
+	}
+	for _, tt := range tests {
+		if got := Normalize(tt.in); got != tt.want {
+			t.Errorf("Normalize(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestValidateKey(t *testing.T) {
+	good := []string{"r.io", "localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "https://r.io/v1/", "http://r.io", "*.r.io", "r.io/team/sub", "my_registry.local"}
+	bad := []string{"", " ", "r.io ", "https://", "https:///x", "ftp://r.io", "r.io:x", "r.io:0", ":5000", "r..io", "r.io\t", "[::1", "r.io:", "a/b c", "r!.io"}
+	for _, k := range good {
+		if err := ValidateKey(k); err != nil {
+			t.Errorf("ValidateKey(%q) = %v, want ok", k, err)
+		}
+	}
+	for _, k := range bad {
+		if err := ValidateKey(k); err == nil {
+			t.Errorf("ValidateKey(%q) = nil, want an error", k)
+		}
+	}
+}
+
+func TestUnion(t *testing.T) {
+	a := NamedSet{Name: "first", Set: Set{{Key: "docker.io", Entry: Entry{Username: "a"}}, {Key: "r.io", Entry: Entry{Username: "a"}}}}
+	b := NamedSet{Name: "second", Set: Set{{Key: "https://index.docker.io/v1/", Entry: Entry{Username: "b"}}, {Key: "q.io", Entry: Entry{Username: "b"}}}}
+	set, clashes := Union(a, b)
+	if got := fmt.Sprint(set.Keys()); got != "[docker.io r.io q.io]" {
+		t.Errorf("keys = %s", got)
+	}
+	if set[0].Entry.Username != "a" {
+		t.Errorf("docker.io came from %q, want the first source", set[0].Entry.Username)
+	}
+	if len(clashes) != 1 || clashes[0].Winner != "first" || clashes[0].Loser != "second" || clashes[0].Registry != "docker.io" {
+		t.Errorf("clashes = %v", clashes)
+	}
+}
+
+func TestParseDuplicateRegistryInOneDocument(t *testing.T) {
+	doc := `{"auths":{"docker.io":{"auth":"` + b64("a:1") + `"},"https://index.docker.io/v1/":{"auth":"` + b64("b:2") + `"}}}`
+	set, clashes, err := Parse([]byte(doc), ConfigJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set) != 1 || set[0].Key != "docker.io" || len(clashes) != 1 {
+		t.Errorf("set %v clashes %v; want docker.io kept and one clash", set.Keys(), clashes)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"auths":{"r.io":{"auth":"dTpw"}}}`), false)
+	f.Add([]byte(`{"r.io":{"username":"u","password":"p"}}`), true)
+	f.Add([]byte(`{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw=="}}}`), false)
+	f.Fuzz(func(t *testing.T, data []byte, legacy bool) {
+		format := ConfigJSON
+		if legacy {
+			format = Legacy
+		}
+		set, _, err := Parse(data, format)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		// Whatever is accepted must encode to something both consumers
+		// decode back to the same user and password.
+		seen := map[string]bool{}
+		for _, it := range set {
+			if err := ValidateKey(it.Key); err != nil {
+				t.Fatalf("accepted key %q: %v", it.Key, err)
+			}
+			if seen[Normalize(it.Key)] {
+				t.Fatalf("duplicate registry %q", it.Key)
+			}
+			seen[Normalize(it.Key)] = true
+			u, p, reason := DecodeAuth(it.Entry.Auth())
+			if reason != "" || u != it.Entry.Username || p != it.Entry.Password || u == "" {
+				t.Fatalf("round trip of %q failed: %s", it.Key, reason)
+			}
+		}
+	})
+}
