@@ -1,0 +1,301 @@
+// Package nodefile merges registry credentials into a node's config.json
+// files: ownership tracked in a state file, atomic replacement, corrupt files
+// set aside, symlinks followed without leaving the host root, and other
+// writers' changes never lost.
+package nodefile
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+)
+
+// maxAttempts bounds how often one target is re-merged because another
+// writer keeps changing it; the caller retries later (ErrContended). With the
+// backoff below that is several seconds of a writer rewriting the file in a
+// tight loop.
+const maxAttempts = 200
+
+// ErrContended means another writer kept replacing a target faster than we
+// could merge; nothing of theirs was lost and the next sync tries again.
+var ErrContended = errors.New("target keeps changing under us")
+
+// Options configures an Engine.
+type Options struct {
+	// HostRoot is where the node's file system is mounted ("/" on the node).
+	HostRoot string
+	// StateDir is the node path of nodecreds' state folder.
+	StateDir string
+	// Now is the clock for set-aside names; time.Now when nil.
+	Now func() time.Time
+}
+
+// Engine applies desired credentials to target files. It is safe for
+// concurrent use; calls are serialised, and across processes a lock file in
+// the state folder keeps `nodecreds cleanup` and the agent from interleaving.
+type Engine struct {
+	root     string
+	stateDir string
+	now      func() time.Time
+	mu       sync.Mutex
+}
+
+// New returns an Engine.
+func New(opts Options) *Engine {
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	root := opts.HostRoot
+	if root == "" {
+		root = "/"
+	}
+	return &Engine{root: root, stateDir: opts.StateDir, now: now}
+}
+
+// Result is the outcome for one target.
+type Result struct {
+	Target    string   // node path as configured
+	Path      string   // host path after resolving symlinks
+	Changed   bool     // the file was written or removed
+	Removed   bool     // the file was removed (cleanup, or nothing left in a file we created)
+	Entries   int      // entries nodecreds owns in the file
+	SetAside  string   // host path of a corrupt file's copy, if one was made
+	Released  []string // keys we owned that someone else changed; now theirs
+	Displaced []string // foreign keys moved into the state file
+	Restored  []string // displaced keys put back
+	Warnings  []string // things an operator should know that are not errors
+	Err       error
+}
+
+// Resolve returns the host path of a node path, as the engine writes it.
+func (e *Engine) Resolve(nodePath string) (string, error) { return resolve(e.root, nodePath) }
+
+// Apply brings every target in line with desired. Targets are independent:
+// one failing does not stop the others. The error is about the state file
+// or lock, without which nothing can be done safely.
+func (e *Engine) Apply(targets []string, desired dockercfg.Set, prune bool) ([]Result, error) {
+	return e.run(targets, func(string) (dockercfg.Set, bool) { return desired, prune })
+}
+
+// Cleanup removes every entry nodecreds owns from targets (all targets in
+// the state when none are given), restores what it displaced, and deletes
+// files it created that are now empty.
+func (e *Engine) Cleanup(targets []string) ([]Result, error) {
+	return e.run(targets, func(string) (dockercfg.Set, bool) { return nil, true })
+}
+
+// Owned lists the node paths the state file records.
+func (e *Engine) Owned() ([]string, error) {
+	statePath, err := e.statePath()
+	if err != nil {
+		return nil, err
+	}
+	st, err := loadState(statePath)
+	if err != nil {
+		return nil, err
+	}
+	return sortedKeys(st.Targets), nil
+}
+
+func (e *Engine) statePath() (string, error) {
+	dir, err := resolve(e.root, e.stateDir)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, stateFileName), nil
+}
+
+func (e *Engine) run(targets []string, want func(string) (dockercfg.Set, bool)) ([]Result, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	statePath, err := e.statePath()
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := lock(filepath.Dir(statePath))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	st, err := loadState(statePath)
+	if err != nil {
+		return nil, err
+	}
+	if targets == nil {
+		targets = sortedKeys(st.Targets)
+	}
+	results := make([]Result, 0, len(targets))
+	for _, t := range targets {
+		desired, prune := want(t)
+		r, err := e.syncTarget(t, desired, prune, st, statePath)
+		r.Err = err
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+// syncTarget merges into one target. The state is saved before the target
+// is replaced (as an intent covering old and new) and after (final).
+func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st *State, statePath string) (Result, error) {
+	res := Result{Target: target}
+	if !filepath.IsAbs(target) {
+		return res, fmt.Errorf("target %q is not an absolute path", target)
+	}
+	path, err := resolve(e.root, target)
+	if err != nil {
+		return res, err
+	}
+	res.Path = path
+	old := TargetState{}
+	if ts := st.Targets[target]; ts != nil {
+		old = *ts
+	}
+	commit := func(ts TargetState) error {
+		if prevTS := st.Targets[target]; prevTS != nil && prevTS.equal(ts) {
+			return nil
+		}
+		cp := ts
+		st.Targets[target] = &cp
+		return saveState(statePath, st)
+	}
+
+	cur, err := readTarget(path)
+	if err != nil {
+		return res, err
+	}
+	// base is what we merge into. It is cur, except after we lost a race:
+	// then cur is our own (stale) file and base is the other writer's.
+	base := cur
+	var prev *document // the last base merged into, while racing
+	for attempt := range maxAttempts {
+		if attempt > 0 {
+			// Let a writer in a loop finish its burst.
+			time.Sleep(time.Duration(min(attempt, 20)) * time.Millisecond)
+		}
+		racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
+		doc, perr := parseDocument(base.data)
+		corrupt := perr != nil
+		if corrupt {
+			doc, _ = parseDocument(nil)
+		}
+		if racing && prev != nil {
+			// While our stale file was in place the other writer may have
+			// read it and written on top of it, dropping what it had added
+			// before. Carry forward everything seen from it in this sync.
+			carry(prev, doc)
+		}
+		prev = doc
+		m := merge(doc, desired, prune, old)
+		if !base.exists && len(m.doc.auths) > 0 {
+			m.state.Created = true
+		}
+		res.Entries = len(m.state.Owned)
+		res.Released, res.Displaced, res.Restored = m.released, m.displaced, m.restored
+		drop := m.state.Created && m.doc.empty()
+
+		switch {
+		case corrupt && len(m.state.Owned) == 0 && len(m.restored) == 0 && !racing:
+			// Nothing of ours goes in: a broken file that is not ours is
+			// left as it is, not replaced by an empty one.
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; left alone as nodecreds has nothing to write to it", path, perr))
+			return res, commit(m.state)
+		case drop:
+			if err := commit(intent(old, m.state)); err != nil {
+				return res, err
+			}
+			if cur.exists {
+				if err := remove(path); err != nil {
+					return res, err
+				}
+				res.Changed, res.Removed = true, true
+			}
+			return res, commit(TargetState{})
+		case !corrupt && !racing && m.doc.equal(doc):
+			return res, commit(m.state)
+		}
+
+		if err := commit(intent(old, m.state)); err != nil {
+			return res, err
+		}
+		if corrupt && base.exists {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; replaced", path, perr))
+			if res.SetAside, err = setAside(path, base.data, e.now()); err != nil {
+				return res, err
+			}
+		}
+		data, err := m.doc.encode()
+		if err != nil {
+			return res, err
+		}
+		replaced, existed, err := replace(path, data, cur)
+		if errors.Is(err, errRaced) {
+			// A file appeared or changed before we could check-and-swap;
+			// nothing of ours is in place.
+			if cur, err = readTarget(path); err != nil {
+				return res, err
+			}
+			base, prev = cur, nil
+			continue
+		}
+		if err != nil {
+			return res, err
+		}
+		res.Changed = true
+		if existed != cur.exists || !bytes.Equal(replaced, cur.data) {
+			// Someone replaced the file between our read and our swap. Ours
+			// is in place now but built on stale content: merge again on top
+			// of theirs so their change is kept.
+			base = snapshot{exists: existed, data: replaced, mode: cur.mode, uid: cur.uid, gid: cur.gid}
+			cur = snapshot{exists: true, data: data, mode: cur.mode, uid: cur.uid, gid: cur.gid}
+			if !base.exists {
+				cur.mode = 0o600
+			}
+			old = intent(old, m.state)
+			continue
+		}
+		return res, commit(m.state)
+	}
+	return res, fmt.Errorf("%s: %w; gave up after %d attempts", path, ErrContended, maxAttempts)
+}
+
+// carry copies into doc every auths entry and top-level field of prev that
+// doc lacks. It may bring back something the other writer deleted during the
+// race; losing something it added would be worse.
+func carry(prev, doc *document) {
+	for k, v := range prev.auths {
+		if _, ok := doc.auths[k]; !ok {
+			doc.auths[k] = v
+		}
+	}
+	for k, v := range prev.top {
+		if _, ok := doc.top[k]; !ok && k != "auths" {
+			doc.top[k] = v
+		}
+	}
+}
+
+// lock takes an exclusive flock on the state folder's lock file.
+func lock(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state folder %s: %w", dir, err)
+	}
+	name := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock %s: %w", name, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", name, err)
+	}
+	return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+}

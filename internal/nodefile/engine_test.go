@@ -1,0 +1,465 @@
+package nodefile
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+)
+
+const (
+	kubeletFile = "/var/lib/kubelet/config.json"
+	dockerFile  = "/root/.docker/config.json"
+	stateDir    = "/var/lib/nodecreds"
+)
+
+func newEngine(t *testing.T) (*Engine, string) {
+	t.Helper()
+	root := t.TempDir()
+	return New(Options{HostRoot: root, StateDir: stateDir, Now: func() time.Time {
+		return time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	}}), root
+}
+
+func apply(t *testing.T, e *Engine, targets []string, desired dockercfg.Set, prune bool) []Result {
+	t.Helper()
+	res, err := e.Apply(targets, desired, prune)
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	return res
+}
+
+func mustOK(t *testing.T, res []Result) {
+	t.Helper()
+	for _, r := range res {
+		if r.Err != nil {
+			t.Fatalf("target %s: %v", r.Target, r.Err)
+		}
+	}
+}
+
+func writeFile(t *testing.T, path, content string, mode fs.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readJSON(t *testing.T, path string) map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatalf("%s is not valid JSON: %v\n%s", path, err, data)
+	}
+	return m
+}
+
+func auths(t *testing.T, path string) map[string]any {
+	t.Helper()
+	a, _ := readJSON(t, path)["auths"].(map[string]any)
+	return a
+}
+
+func authOf(t *testing.T, path, key string) string {
+	t.Helper()
+	e, _ := auths(t, path)[key].(map[string]any)
+	s, _ := e["auth"].(string)
+	return s
+}
+
+func TestApplyCreatesFilesWithSafeModes(t *testing.T) {
+	e, root := newEngine(t)
+	res := apply(t, e, []string{kubeletFile, dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	mustOK(t, res)
+	for _, tgt := range []string{kubeletFile, dockerFile} {
+		p := filepath.Join(root, tgt)
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode %o, want 600", tgt, fi.Mode().Perm())
+		}
+		di, _ := os.Stat(filepath.Dir(p))
+		if di.Mode().Perm() != 0o700 {
+			t.Errorf("%s folder mode %o, want 700", tgt, di.Mode().Perm())
+		}
+		if got := authOf(t, p, "r.io"); got != (dockercfg.Entry{Username: "u", Password: "p"}).Auth() {
+			t.Errorf("%s auth = %q", tgt, got)
+		}
+	}
+	st, err := os.Stat(filepath.Join(root, stateDir, stateFileName))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v mode %v", err, st)
+	}
+	if !res[0].Changed || res[0].Entries != 1 {
+		t.Errorf("result = %+v", res[0])
+	}
+}
+
+func TestApplyNoChangeDoesNotWrite(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	writeFile(t, p, `{"auths":{"other.io":{"auth":"bzpw"}},"credsStore":"x"}`, 0o600)
+	desired := dockercfg.Set{item("r.io", "u", "p")}
+	mustOK(t, apply(t, e, []string{kubeletFile}, desired, true))
+	before, _ := os.Stat(p)
+	stateBefore, _ := os.Stat(filepath.Join(root, stateDir, stateFileName))
+	time.Sleep(20 * time.Millisecond) // let a rewrite show in mtime
+	res := apply(t, e, []string{kubeletFile}, desired, true)
+	mustOK(t, res)
+	after, _ := os.Stat(p)
+	stateAfter, _ := os.Stat(filepath.Join(root, stateDir, stateFileName))
+	if res[0].Changed || !after.ModTime().Equal(before.ModTime()) || ino(after) != ino(before) {
+		t.Errorf("unchanged content was rewritten")
+	}
+	if !stateAfter.ModTime().Equal(stateBefore.ModTime()) || ino(stateAfter) != ino(stateBefore) {
+		t.Errorf("state file was rewritten although nothing changed")
+	}
+}
+
+func ino(fi os.FileInfo) uint64 { return fi.Sys().(*syscall.Stat_t).Ino }
+
+func TestApplyKeepsEverythingElse(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, dockerFile)
+	orig := `{
+  "auths": {
+    "other.io": {"auth": "b3RoZXI6cHc=", "email": "o@x"},
+    "https://index.docker.io/v1/": {"auth": "aHViOnB3"}
+  },
+  "credsStore": "desktop",
+  "credHelpers": {"gcr.io": "gcloud"},
+  "HttpHeaders": {"X-Meta": "1"},
+  "proxies": {"default": {"httpProxy": "http://127.0.0.1:3128"}},
+  "futureField": {"n": 12345678901234567890, "list": [1.50, true, null]}
+}`
+	writeFile(t, p, orig, 0o600)
+	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("docker.io", "u", "p"), item("r.io", "u", "p")}, true))
+
+	got := docOf(t, string(mustRead(t, p)))
+	want := docOf(t, orig)
+	for k, v := range want.top {
+		if k == "auths" {
+			continue
+		}
+		if string(compact(got.top[k])) != string(compact(v)) {
+			t.Errorf("top-level %q = %s, want %s", k, got.top[k], v)
+		}
+	}
+	if fingerprint(got.auths["other.io"]) != fingerprint(want.auths["other.io"]) {
+		t.Errorf("foreign entry changed: %s", got.auths["other.io"])
+	}
+	if _, ok := got.auths["https://index.docker.io/v1/"]; ok {
+		t.Errorf("foreign Docker Hub entry was not displaced")
+	}
+
+	// The registry leaves the sources: the displaced entry comes back as it was.
+	res := apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	mustOK(t, res)
+	got = docOf(t, string(mustRead(t, p)))
+	if fingerprint(got.auths["https://index.docker.io/v1/"]) != fingerprint(want.auths["https://index.docker.io/v1/"]) {
+		t.Errorf("displaced entry not restored: %s", got.auths["https://index.docker.io/v1/"])
+	}
+	if _, ok := got.auths["docker.io"]; ok {
+		t.Errorf("pruned entry still there")
+	}
+
+	// Cleanup: back to exactly the original value.
+	cres, err := e.Cleanup(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, cres)
+	if !docOf(t, string(mustRead(t, p))).equal(want) {
+		t.Errorf("after cleanup the file differs from the original:\n%s", mustRead(t, p))
+	}
+	if _, err := os.Stat(filepath.Join(root, stateDir, stateFileName)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("state file left after a full cleanup: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestPruneOffKeepsEntries(t *testing.T) {
+	e, root := newEngine(t)
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+	mustOK(t, apply(t, e, []string{kubeletFile}, nil, false))
+	if _, ok := auths(t, filepath.Join(root, kubeletFile))["r.io"]; !ok {
+		t.Fatal("entry removed although prune is off")
+	}
+	mustOK(t, apply(t, e, []string{kubeletFile}, nil, true))
+	if _, err := os.Stat(filepath.Join(root, kubeletFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a file nodecreds created and that is now empty should go (an empty file hides the next one from the kubelet): %v", err)
+	}
+}
+
+func TestCleanupKeepsFilesWithOthersData(t *testing.T) {
+	e, root := newEngine(t)
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+	p := filepath.Join(root, kubeletFile)
+	// Someone adds an entry of their own to the file we created.
+	m := readJSON(t, p)
+	m["auths"].(map[string]any)["mine.io"] = map[string]any{"auth": "bWU6cA=="}
+	b, _ := json.Marshal(m)
+	writeFile(t, p, string(b), 0o600)
+
+	res, err := e.Cleanup(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res)
+	a := auths(t, p)
+	if _, ok := a["mine.io"]; !ok || len(a) != 1 {
+		t.Errorf("after cleanup auths = %v, want only mine.io", a)
+	}
+}
+
+func TestCorruptTargetIsSetAside(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	writeFile(t, p, `{"auths": {"half`, 0o644)
+	res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	mustOK(t, res)
+	aside := p + ".corrupt-20261126T100000Z"
+	if res[0].SetAside != aside {
+		t.Errorf("SetAside = %q, want %q", res[0].SetAside, aside)
+	}
+	if string(mustRead(t, aside)) != `{"auths": {"half` {
+		t.Errorf("set-aside copy differs")
+	}
+	if fi, _ := os.Stat(aside); fi.Mode().Perm() != 0o600 {
+		t.Errorf("set-aside mode %o", fi.Mode().Perm())
+	}
+	if authOf(t, p, "r.io") == "" {
+		t.Errorf("corrupt target not replaced")
+	}
+	if len(res[0].Warnings) == 0 {
+		t.Errorf("no warning about the corrupt file")
+	}
+}
+
+func TestCorruptTargetLeftAloneWhenNothingToWrite(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	writeFile(t, p, `not json`, 0o600)
+	res := apply(t, e, []string{kubeletFile}, nil, true)
+	mustOK(t, res)
+	if string(mustRead(t, p)) != "not json" || res[0].Changed {
+		t.Errorf("a corrupt file nodecreds has nothing for was changed")
+	}
+	if len(res[0].Warnings) == 0 {
+		t.Errorf("no warning")
+	}
+}
+
+func TestModeAndOwnerKept(t *testing.T) {
+	e, root := newEngine(t)
+	strict := filepath.Join(root, kubeletFile)
+	loose := filepath.Join(root, dockerFile)
+	writeFile(t, strict, `{}`, 0o400)
+	writeFile(t, loose, `{}`, 0o644)
+	if err := os.Chown(loose, 1234, 4321); err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, apply(t, e, []string{kubeletFile, dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+	if fi, _ := os.Stat(strict); fi.Mode().Perm() != 0o400 {
+		t.Errorf("stricter mode not kept: %o", fi.Mode().Perm())
+	}
+	fi, _ := os.Stat(loose)
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("loose mode not tightened: %o", fi.Mode().Perm())
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 1234 || st.Gid != 4321 {
+		t.Errorf("owner not kept: %d:%d", st.Uid, st.Gid)
+	}
+}
+
+func TestSymlinks(t *testing.T) {
+	tests := []struct {
+		name     string
+		link     string // symlink placed at the kubelet target
+		wantPath string // where the content must land, under root
+	}{
+		{"absolute link is taken under the host root", "/etc/creds/config.json", "/etc/creds/config.json"},
+		{"relative link", "../shared/config.json", "/var/lib/shared/config.json"},
+		{"climbing out with .. stays under the root", "../../../../../../../../outside/config.json", "/outside/config.json"},
+		{"dangling link is written through", "/does/not/exist/config.json", "/does/not/exist/config.json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			parent := t.TempDir()
+			root := filepath.Join(parent, "root")
+			e := New(Options{HostRoot: root, StateDir: stateDir})
+			link := filepath.Join(root, kubeletFile)
+			if err := os.MkdirAll(filepath.Dir(link), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(tt.link, link); err != nil {
+				t.Fatal(err)
+			}
+			mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+			if fi, err := os.Lstat(link); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+				t.Errorf("the link was replaced: %v", err)
+			}
+			if authOf(t, filepath.Join(root, tt.wantPath), "r.io") == "" {
+				t.Errorf("content not at %s", tt.wantPath)
+			}
+			// Nothing was written outside the root.
+			entries, _ := os.ReadDir(parent)
+			if len(entries) != 1 {
+				t.Errorf("something was written outside the host root: %v", entries)
+			}
+		})
+	}
+}
+
+func TestOneFailingTargetDoesNotStopOthers(t *testing.T) {
+	e, root := newEngine(t)
+	if err := os.MkdirAll(filepath.Join(root, kubeletFile), 0o700); err != nil { // a directory where the file should be
+		t.Fatal(err)
+	}
+	res := apply(t, e, []string{kubeletFile, dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	if res[0].Err == nil || !strings.Contains(res[0].Err.Error(), "directory") || !strings.Contains(res[0].Err.Error(), filepath.Join(root, kubeletFile)) {
+		t.Errorf("want an error naming the path and saying it is a directory, got %v", res[0].Err)
+	}
+	if res[1].Err != nil || authOf(t, filepath.Join(root, dockerFile), "r.io") == "" {
+		t.Errorf("second target not synced: %v", res[1].Err)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(root, "var/lib/kubelet/.*nodecreds*"))
+	if len(leftovers) != 0 {
+		t.Errorf("temp files left: %v", leftovers)
+	}
+}
+
+func TestRelativeTargetRefused(t *testing.T) {
+	e, _ := newEngine(t)
+	res := apply(t, e, []string{"relative/config.json"}, nil, true)
+	if res[0].Err == nil {
+		t.Error("a relative target was accepted")
+	}
+}
+
+// TestConcurrentWriter runs a docker-login-style writer (read, add an entry,
+// write a temp file, rename over) in a tight loop while the engine rotates
+// the desired set. None of the writer's entries may be lost by nodecreds.
+func TestConcurrentWriter(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, dockerFile)
+	writeFile(t, p, `{"auths":{}}`, 0o600)
+
+	const writes = 300
+	var wg sync.WaitGroup
+	wg.Add(1)
+	writerErr := make(chan error, 1)
+	go func() {
+		defer wg.Done()
+		for i := range writes {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				writerErr <- err
+				return
+			}
+			var m map[string]any
+			if err := json.Unmarshal(data, &m); err != nil {
+				writerErr <- fmt.Errorf("writer read invalid JSON: %w", err)
+				return
+			}
+			a, _ := m["auths"].(map[string]any)
+			if a == nil {
+				a = map[string]any{}
+				m["auths"] = a
+			}
+			a[fmt.Sprintf("w%d.io", i)] = map[string]any{"auth": "dzpw"}
+			out, _ := json.Marshal(m)
+			tmp := p + ".writer-tmp"
+			if err := os.WriteFile(tmp, out, 0o600); err != nil {
+				writerErr <- err
+				return
+			}
+			if err := os.Rename(tmp, p); err != nil {
+				writerErr <- err
+				return
+			}
+		}
+	}()
+	for i := 0; ; i++ {
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		default:
+			res := apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", fmt.Sprintf("p%d", i))}, true)
+			if err := res[0].Err; err != nil && !errors.Is(err, ErrContended) {
+				t.Fatal(err)
+			}
+			continue
+		}
+		break
+	}
+	select {
+	case err := <-writerErr:
+		t.Fatal(err)
+	default:
+	}
+	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
+	a := auths(t, p)
+	for i := range writes {
+		if _, ok := a[fmt.Sprintf("w%d.io", i)]; !ok {
+			t.Errorf("writer's entry w%d.io was lost", i)
+		}
+	}
+	if authOf(t, p, "r.io") != (dockercfg.Entry{Username: "u", Password: "final"}).Auth() {
+		t.Errorf("our entry is not the final one")
+	}
+}
+
+// TestInterruptedWriteConverges simulates a crash after the state intent was
+// saved but before the target was replaced, then a restart with a new
+// desired set: the foreign entry the interrupted write was displacing must
+// survive.
+func TestInterruptedWriteConverges(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	foreign := `{"auth":"Zm9yZWlnbjpwdw=="}`
+	writeFile(t, p, `{"auths":{"https://r.io":`+foreign+`}}`, 0o600)
+	raw, _ := json.Marshal(dockercfg.Entry{Username: "u", Password: "p"})
+	st := &State{Version: stateVersion, Targets: map[string]*TargetState{
+		kubeletFile: {Pending: map[string]string{"r.io": fingerprint(raw)}, Displaced: map[string]json.RawMessage{"https://r.io": json.RawMessage(foreign)}},
+	}}
+	if err := saveState(filepath.Join(root, stateDir, stateFileName), st); err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("other.io", "u", "p")}, true))
+	a := auths(t, p)
+	if e, _ := a["https://r.io"].(map[string]any); e == nil || e["auth"] != "Zm9yZWlnbjpwdw==" {
+		t.Errorf("foreign entry lost after an interrupted write: %v", a)
+	}
+	if _, ok := a["other.io"]; !ok {
+		t.Errorf("new entry missing: %v", a)
+	}
+}

@@ -1,0 +1,264 @@
+package nodefile
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+)
+
+// ErrCorrupt means a target exists but is not a config.json the consumers
+// can read; the kubelet would silently skip it.
+var ErrCorrupt = errors.New("not a valid config.json")
+
+// document is a parsed config.json that keeps every top-level field as the
+// raw JSON it was, so nothing we do not own changes value.
+type document struct {
+	top   map[string]json.RawMessage
+	auths map[string]json.RawMessage
+}
+
+// parseDocument reads a config.json. Empty (or white-space) content is an
+// empty document: there is nothing in it to lose. Anything the kubelet would
+// refuse to parse is ErrCorrupt.
+func parseDocument(data []byte) (*document, error) {
+	d := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{}}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return d, nil
+	}
+	if err := json.Unmarshal(data, &d.top); err != nil || d.top == nil {
+		return nil, fmt.Errorf("%w: not a JSON object", ErrCorrupt)
+	}
+	raw, ok := d.top["auths"]
+	if !ok || string(raw) == "null" {
+		return d, nil
+	}
+	if err := json.Unmarshal(raw, &d.auths); err != nil {
+		return nil, fmt.Errorf("%w: \"auths\" is not an object of entries", ErrCorrupt)
+	}
+	if d.auths == nil {
+		d.auths = map[string]json.RawMessage{}
+	}
+	for k, v := range d.auths {
+		var obj map[string]any
+		if err := json.Unmarshal(v, &obj); err != nil {
+			return nil, fmt.Errorf("%w: entry %q is not an object", ErrCorrupt, k)
+		}
+	}
+	return d, nil
+}
+
+// empty reports whether the document holds nothing at all, so a file that
+// nodecreds created can go: an empty {"auths":{}} in the kubelet's folder
+// would hide $HOME/.docker/config.json from it.
+func (d *document) empty() bool {
+	if len(d.auths) > 0 {
+		return false
+	}
+	for k := range d.top {
+		if k != "auths" {
+			return false
+		}
+	}
+	return true
+}
+
+// encode writes the document the way the docker CLI does (tab-indented).
+func (d *document) encode() ([]byte, error) {
+	top := maps.Clone(d.top)
+	if len(d.auths) > 0 || top["auths"] != nil {
+		raw, err := json.Marshal(d.auths)
+		if err != nil {
+			return nil, fmt.Errorf("encoding auths: %w", err)
+		}
+		top["auths"] = raw
+	}
+	out, err := json.MarshalIndent(top, "", "\t")
+	if err != nil {
+		return nil, fmt.Errorf("encoding config.json: %w", err)
+	}
+	return append(out, '\n'), nil
+}
+
+// equal compares two documents by JSON value, so a file that only differs
+// in formatting is not rewritten.
+func (d *document) equal(o *document) bool {
+	if len(d.auths) != len(o.auths) {
+		return false
+	}
+	for k, v := range d.auths {
+		w, ok := o.auths[k]
+		if !ok || fingerprint(v) != fingerprint(w) {
+			return false
+		}
+	}
+	for k, v := range d.top {
+		if k == "auths" {
+			continue
+		}
+		w, ok := o.top[k]
+		if !ok || !bytes.Equal(compact(v), compact(w)) {
+			return false
+		}
+	}
+	for k := range o.top {
+		if _, ok := d.top[k]; !ok && k != "auths" {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *document) clone() *document {
+	return &document{top: maps.Clone(d.top), auths: maps.Clone(d.auths)}
+}
+
+func compact(raw json.RawMessage) []byte {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		return raw
+	}
+	return buf.Bytes()
+}
+
+// fingerprint is a digest of an entry's JSON value (keys sorted), so that
+// reformatting by another tool does not make our own entry look foreign.
+// The state file keeps fingerprints, never the entries we wrote.
+func fingerprint(raw json.RawMessage) string {
+	var v any
+	canon := []byte(raw)
+	if err := json.Unmarshal(raw, &v); err == nil {
+		if b, err := json.Marshal(v); err == nil {
+			canon = b
+		}
+	}
+	sum := sha256.Sum256(canon)
+	return hex.EncodeToString(sum[:])
+}
+
+// mergeResult is what merge decided for one target.
+type mergeResult struct {
+	doc       *document
+	state     TargetState
+	released  []string // keys we owned that someone else changed; now theirs
+	displaced []string // foreign keys moved into the state file
+	restored  []string // displaced keys put back
+}
+
+// merge computes the new content of a target and its new ownership record.
+// It is pure: no I/O, so every rule is table-tested.
+//
+// Rules (DESIGN.md §2): we own exactly the keys we wrote; a foreign entry for
+// a registry we provide is displaced into the state and restored when that
+// registry leaves the sources; with prune, entries that left the sources go;
+// an owned entry whose value someone else changed is no longer ours.
+func merge(cur *document, desired dockercfg.Set, prune bool, st TargetState) mergeResult {
+	doc := cur.clone()
+	next := TargetState{
+		Created:   st.Created,
+		Owned:     map[string]string{},
+		Displaced: maps.Clone(st.Displaced),
+	}
+	if next.Displaced == nil {
+		next.Displaced = map[string]json.RawMessage{}
+	}
+	var res mergeResult
+
+	wanted := map[string]dockercfg.Item{} // normalised registry → item
+	for _, it := range desired {
+		wanted[dockercfg.Normalize(it.Key)] = it
+	}
+	ours := func(key string) bool {
+		v, ok := doc.auths[key]
+		if !ok {
+			return false
+		}
+		fp := fingerprint(v)
+		return st.Owned[key] == fp || (st.Pending[key] != "" && st.Pending[key] == fp)
+	}
+
+	// Entries we own that are not rewritten as they are below.
+	for _, key := range sortedKeys(unionKeys(st.Owned, st.Pending)) {
+		if _, present := doc.auths[key]; !present {
+			continue // gone from the file: nothing to own
+		}
+		it, provided := wanted[dockercfg.Normalize(key)]
+		switch {
+		case !ours(key):
+			// Someone else changed it, so it is theirs now. If the sources
+			// still provide the registry it is displaced below like any
+			// foreign entry.
+			if !provided {
+				res.released = append(res.released, key)
+			}
+		case provided && it.Key == key:
+			// Rewritten below.
+		case provided:
+			// The source now spells the registry differently.
+			delete(doc.auths, key)
+		case !prune:
+			next.Owned[key] = fingerprint(doc.auths[key])
+		default:
+			delete(doc.auths, key)
+		}
+	}
+
+	// Desired entries: displace foreign ones for the same registry, write ours.
+	for _, it := range desired {
+		norm := dockercfg.Normalize(it.Key)
+		for _, key := range sortedKeys(doc.auths) {
+			if dockercfg.Normalize(key) != norm {
+				continue
+			}
+			if !ours(key) {
+				next.Displaced[key] = doc.auths[key]
+				res.displaced = append(res.displaced, key)
+			}
+			delete(doc.auths, key)
+		}
+		raw, _ := json.Marshal(it.Entry) // Entry's MarshalJSON cannot fail
+		doc.auths[it.Key] = raw
+		next.Owned[it.Key] = fingerprint(raw)
+	}
+
+	// Displaced entries whose registry no entry of ours covers any more go
+	// back, unless someone has written that key since (theirs is newer).
+	covered := map[string]bool{}
+	for key := range next.Owned {
+		covered[dockercfg.Normalize(key)] = true
+	}
+	for _, key := range sortedKeys(next.Displaced) {
+		if covered[dockercfg.Normalize(key)] {
+			continue
+		}
+		if _, taken := doc.auths[key]; !taken {
+			doc.auths[key] = next.Displaced[key]
+			res.restored = append(res.restored, key)
+		}
+		delete(next.Displaced, key)
+	}
+
+	res.doc = doc
+	res.state = next
+	return res
+}
+
+func unionKeys(ms ...map[string]string) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range ms {
+		for k := range m {
+			out[k] = true
+		}
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}

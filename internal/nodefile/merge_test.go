@@ -1,0 +1,253 @@
+package nodefile
+
+import (
+	"bytes"
+	"encoding/json"
+	"slices"
+	"testing"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+)
+
+func entryJSON(t *testing.T, user, pass string) json.RawMessage {
+	t.Helper()
+	raw, err := json.Marshal(dockercfg.Entry{Username: user, Password: pass})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func item(key, user, pass string) dockercfg.Item {
+	return dockercfg.Item{Key: key, Entry: dockercfg.Entry{Username: user, Password: pass}}
+}
+
+func docOf(t *testing.T, s string) *document {
+	t.Helper()
+	d, err := parseDocument([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestMerge(t *testing.T) {
+	foreign := json.RawMessage(`{"auth":"Zm9yZWlnbjpwdw==","email":"x@y"}`)
+	ours := entryJSON(t, "u", "old")
+	oursFP := fingerprint(ours)
+
+	tests := []struct {
+		name      string
+		cur       map[string]json.RawMessage
+		state     TargetState
+		desired   dockercfg.Set
+		prune     bool
+		wantAuths map[string]json.RawMessage
+		wantOwned []string
+		wantDisp  []string // keys in the new Displaced
+		released  []string
+		restored  []string
+	}{
+		{
+			name:      "adds to an empty file",
+			desired:   dockercfg.Set{item("r.io", "u", "p")},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{"r.io": entryJSON(t, "u", "p")},
+			wantOwned: []string{"r.io"},
+		},
+		{
+			name:      "keeps foreign entries for other registries",
+			cur:       map[string]json.RawMessage{"other.io": foreign},
+			desired:   dockercfg.Set{item("r.io", "u", "p")},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{"other.io": foreign, "r.io": entryJSON(t, "u", "p")},
+			wantOwned: []string{"r.io"},
+		},
+		{
+			name:      "displaces a foreign entry for the same registry under another spelling",
+			cur:       map[string]json.RawMessage{"https://index.docker.io/v1/": foreign},
+			desired:   dockercfg.Set{item("docker.io", "u", "p")},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{"docker.io": entryJSON(t, "u", "p")},
+			wantOwned: []string{"docker.io"},
+			wantDisp:  []string{"https://index.docker.io/v1/"},
+		},
+		{
+			name:      "rotates an entry it owns",
+			cur:       map[string]json.RawMessage{"r.io": ours},
+			state:     TargetState{Owned: map[string]string{"r.io": oursFP}},
+			desired:   dockercfg.Set{item("r.io", "u", "new")},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{"r.io": entryJSON(t, "u", "new")},
+			wantOwned: []string{"r.io"},
+		},
+		{
+			name:      "prunes an entry that left the sources and restores what it displaced",
+			cur:       map[string]json.RawMessage{"r.io": ours, "keep.io": foreign},
+			state:     TargetState{Owned: map[string]string{"r.io": oursFP}, Displaced: map[string]json.RawMessage{"https://r.io": foreign}},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{"keep.io": foreign, "https://r.io": foreign},
+			restored:  []string{"https://r.io"},
+		},
+		{
+			name:      "without prune an entry that left the sources stays ours",
+			cur:       map[string]json.RawMessage{"r.io": ours},
+			state:     TargetState{Owned: map[string]string{"r.io": oursFP}, Displaced: map[string]json.RawMessage{"https://r.io/": foreign}},
+			prune:     false,
+			wantAuths: map[string]json.RawMessage{"r.io": ours},
+			wantOwned: []string{"r.io"},
+			wantDisp:  []string{"https://r.io/"},
+		},
+		{
+			name:      "an entry of ours that someone changed is released, not pruned",
+			cur:       map[string]json.RawMessage{"r.io": foreign},
+			state:     TargetState{Owned: map[string]string{"r.io": oursFP}},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{"r.io": foreign},
+			released:  []string{"r.io"},
+		},
+		{
+			name:      "an entry of ours that someone changed while still provided is displaced and corrected",
+			cur:       map[string]json.RawMessage{"r.io": foreign},
+			state:     TargetState{Owned: map[string]string{"r.io": oursFP}},
+			desired:   dockercfg.Set{item("r.io", "u", "old")},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{"r.io": ours},
+			wantOwned: []string{"r.io"},
+			wantDisp:  []string{"r.io"},
+		},
+		{
+			name:      "a respelled source key replaces our old key even without prune",
+			cur:       map[string]json.RawMessage{"docker.io": ours},
+			state:     TargetState{Owned: map[string]string{"docker.io": oursFP}},
+			desired:   dockercfg.Set{item("https://index.docker.io/v1/", "u", "p")},
+			prune:     false,
+			wantAuths: map[string]json.RawMessage{"https://index.docker.io/v1/": entryJSON(t, "u", "p")},
+			wantOwned: []string{"https://index.docker.io/v1/"},
+		},
+		{
+			name:      "a pending fingerprint from an interrupted write still counts as ours",
+			cur:       map[string]json.RawMessage{"r.io": entryJSON(t, "u", "new")},
+			state:     TargetState{Owned: map[string]string{"r.io": oursFP}, Pending: map[string]string{"r.io": fingerprint(entryJSON(t, "u", "new"))}},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{},
+		},
+		{
+			name:      "a restore does not overwrite a key someone wrote since",
+			cur:       map[string]json.RawMessage{"https://r.io": json.RawMessage(`{"auth":"bmV3ZXI6cA=="}`)},
+			state:     TargetState{Displaced: map[string]json.RawMessage{"https://r.io": foreign}},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{"https://r.io": json.RawMessage(`{"auth":"bmV3ZXI6cA=="}`)},
+		},
+		{
+			name:      "a reformatted entry of ours is still ours",
+			cur:       map[string]json.RawMessage{"r.io": json.RawMessage("{\n  \"auth\" : " + string(mustJSON(t, dockercfg.Entry{Username: "u", Password: "old"}.Auth())) + "\n}")},
+			state:     TargetState{Owned: map[string]string{"r.io": oursFP}},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cur := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{}}
+			for k, v := range tt.cur {
+				cur.auths[k] = v
+			}
+			m := merge(cur, tt.desired, tt.prune, tt.state)
+			if len(m.doc.auths) != len(tt.wantAuths) {
+				t.Errorf("auths keys = %v, want %v", sortedKeys(m.doc.auths), sortedKeys(tt.wantAuths))
+			}
+			for k, v := range tt.wantAuths {
+				if got, ok := m.doc.auths[k]; !ok || fingerprint(got) != fingerprint(v) {
+					t.Errorf("auths[%q] = %s, want %s", k, got, v)
+				}
+			}
+			if got := sortedKeys(m.state.Owned); !slices.Equal(got, sortedOrEmpty(tt.wantOwned)) {
+				t.Errorf("owned = %v, want %v", got, tt.wantOwned)
+			}
+			for k := range m.state.Owned {
+				if m.state.Owned[k] != fingerprint(m.doc.auths[k]) {
+					t.Errorf("owned fingerprint of %q does not match the file", k)
+				}
+			}
+			if got := sortedKeys(m.state.Displaced); !slices.Equal(got, sortedOrEmpty(tt.wantDisp)) {
+				t.Errorf("displaced = %v, want %v", got, tt.wantDisp)
+			}
+			for _, k := range tt.wantDisp {
+				if tt.cur[k] != nil && fingerprint(m.state.Displaced[k]) != fingerprint(tt.cur[k]) {
+					t.Errorf("displaced[%q] is not the entry that was on disk", k)
+				}
+			}
+			if !slices.Equal(m.released, tt.released) {
+				t.Errorf("released = %v, want %v", m.released, tt.released)
+			}
+			if !slices.Equal(m.restored, tt.restored) {
+				t.Errorf("restored = %v, want %v", m.restored, tt.restored)
+			}
+		})
+	}
+}
+
+func sortedOrEmpty(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	if out == nil {
+		out = []string{}
+	}
+	return out
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestParseDocument(t *testing.T) {
+	tests := []struct {
+		name    string
+		data    string
+		corrupt bool
+	}{
+		{"empty", "", false},
+		{"white space", "\n", false},
+		{"no auths", `{"credsStore":"desktop"}`, false},
+		{"null auths", `{"auths":null}`, false},
+		{"normal", `{"auths":{"r.io":{"auth":"dTpw"}},"x":[1,2]}`, false},
+		{"not json", `{"auths":`, true},
+		{"array", `[]`, true},
+		{"null", `null`, true},
+		{"auths string", `{"auths":"x"}`, true},
+		{"entry not object", `{"auths":{"r.io":1}}`, true},
+		{"trailing garbage", `{"auths":{}}x`, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseDocument([]byte(tt.data))
+			if (err != nil) != tt.corrupt {
+				t.Errorf("parseDocument(%q) error = %v, want corrupt=%v", tt.data, err, tt.corrupt)
+			}
+		})
+	}
+}
+
+func TestEncodeKeepsForeignValues(t *testing.T) {
+	in := `{"auths":{"r.io":{"auth":"dTpw","x":12345678901234567890123}},"credsStore":"desktop","credHelpers":{"gcr.io":"gcloud"},"HttpHeaders":{"User-Agent":"x"},"unknownKey":{"nested":[1.50,"a",null]},"big":1e400}`
+	d := docOf(t, in)
+	out, err := d.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := docOf(t, string(out))
+	if !again.equal(d) {
+		t.Fatalf("round trip changed the document:\n%s", out)
+	}
+	for _, want := range []string{"12345678901234567890123", "1e400", "1.50"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("encoded document lost the literal %s:\n%s", want, out)
+		}
+	}
+}

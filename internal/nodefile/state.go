@@ -1,0 +1,137 @@
+package nodefile
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+
+	"github.com/google/renameio/v2"
+)
+
+const (
+	stateFileName = "state.json"
+	stateVersion  = 1
+)
+
+// State is nodecreds' record, per target, of what it owns. It is the only
+// thing that lets a restarted agent or `nodecreds cleanup` tell our entries
+// from everyone else's, so it is written before the target it describes.
+type State struct {
+	Version int                     `json:"version"`
+	Targets map[string]*TargetState `json:"targets"`
+}
+
+// TargetState is the ownership record of one target file.
+type TargetState struct {
+	// Created is set when the file did not exist before nodecreds wrote it,
+	// so cleanup may remove it once nobody else's data is in it.
+	Created bool `json:"created,omitempty"`
+	// Owned maps each key we wrote to the fingerprint of what we wrote, so
+	// an entry someone else changed since is recognised as theirs.
+	Owned map[string]string `json:"owned,omitempty"`
+	// Pending holds fingerprints of a write in flight. It is recorded before
+	// the target is replaced, so a crash between the two leaves a state that
+	// still recognises whichever version is on disk.
+	Pending map[string]string `json:"pending,omitempty"`
+	// Displaced keeps foreign entries that a source overrides, verbatim, to
+	// put back when the registry leaves the sources or on cleanup.
+	Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
+}
+
+func (t TargetState) isZero() bool {
+	return !t.Created && len(t.Owned) == 0 && len(t.Pending) == 0 && len(t.Displaced) == 0
+}
+
+func (t TargetState) equal(o TargetState) bool {
+	if t.Created != o.Created || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || len(t.Displaced) != len(o.Displaced) {
+		return false
+	}
+	for k, v := range t.Displaced {
+		w, ok := o.Displaced[k]
+		if !ok || fingerprint(v) != fingerprint(w) {
+			return false
+		}
+	}
+	return true
+}
+
+// intent is the state to record before a write: everything old and new is
+// recognised as ours and nothing displaced is forgotten, whichever of the
+// two files a crash leaves on disk.
+func intent(old, next TargetState) TargetState {
+	out := TargetState{
+		Created:   old.Created || next.Created,
+		Owned:     maps.Clone(old.Owned),
+		Pending:   maps.Clone(next.Owned),
+		Displaced: maps.Clone(old.Displaced),
+	}
+	if out.Owned == nil {
+		out.Owned = map[string]string{}
+	}
+	for k, v := range old.Pending {
+		if _, ok := out.Owned[k]; !ok {
+			out.Owned[k] = v
+		}
+	}
+	if out.Displaced == nil {
+		out.Displaced = map[string]json.RawMessage{}
+	}
+	for k, v := range next.Displaced {
+		out.Displaced[k] = v
+	}
+	return out
+}
+
+// loadState reads the state file; a missing one is an empty state.
+func loadState(path string) (*State, error) {
+	s := &State{Version: stateVersion, Targets: map[string]*TargetState{}}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading state %s: %w", path, err)
+	}
+	if err := json.Unmarshal(data, s); err != nil {
+		return nil, fmt.Errorf("state %s is not valid JSON; move it away to start afresh (entries nodecreds wrote will then look foreign): %w", path, err)
+	}
+	if s.Version != stateVersion {
+		return nil, fmt.Errorf("state %s has version %d, this nodecreds reads version %d", path, s.Version, stateVersion)
+	}
+	if s.Targets == nil {
+		s.Targets = map[string]*TargetState{}
+	}
+	return s, nil
+}
+
+// saveState writes the state atomically, 0600 in a 0700 folder, and syncs
+// the folder so the rename survives a crash.
+func saveState(path string, s *State) error {
+	for k, t := range s.Targets {
+		if t.isZero() {
+			delete(s.Targets, k)
+		}
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating state folder %s: %w", dir, err)
+	}
+	if len(s.Targets) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing state %s: %w", path, err)
+		}
+		return syncDir(dir)
+	}
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding state: %w", err)
+	}
+	if err := renameio.WriteFile(path, append(data, '\n'), 0o600, renameio.WithStaticPermissions(0o600)); err != nil {
+		return fmt.Errorf("writing state %s: %w", path, err)
+	}
+	return syncDir(dir)
+}
