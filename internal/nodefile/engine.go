@@ -130,7 +130,7 @@ func (e *Engine) run(targets []string, want func(string) (dockercfg.Set, bool)) 
 	if err != nil {
 		return nil, err
 	}
-	if targets == nil {
+	if len(targets) == 0 {
 		targets = sortedKeys(st.Targets)
 	}
 	results := make([]Result, 0, len(targets))

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/nodecreds/nodecreds/internal/config"
+	"github.com/nodecreds/nodecreds/internal/nodefile"
+)
+
+func newCleanupCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cleanup",
+		Short: "Remove what nodecreds wrote on this node and restore what it displaced",
+		Long: `Remove every entry nodecreds owns from the target files, put back the entries
+it displaced, and delete files it created that hold nothing else. Stop the agent
+first (delete the DaemonSet), or it writes its entries again.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadCleanup(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			log := newLogger(cfg.Log, cmd.ErrOrStderr()).WithField("component", "cleanup")
+			files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})
+			results, err := files.Cleanup(cfg.Targets)
+			if err != nil {
+				return err
+			}
+			failed := false
+			for _, r := range results {
+				l := log.WithFields(logrus.Fields{"target": r.Target, "path": r.Path})
+				if len(r.Restored) > 0 {
+					l = l.WithField("restored", r.Restored)
+				}
+				switch {
+				case r.Err != nil:
+					failed = true
+					l.WithError(r.Err).Error("cleanup failed")
+				case r.Removed:
+					l.Info("removed the file nodecreds had created")
+				case r.Changed:
+					l.Info("removed nodecreds' entries")
+				default:
+					l.Info("nothing of nodecreds' left")
+				}
+			}
+			if failed {
+				return errFailed
+			}
+			return nil
+		},
+	}
+	config.CleanupFlags(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,370 @@
+// Package agent is the reconcile loop: it turns the sources' snapshots into
+// a desired set, applies it to the node's files, and reports the outcome; it
+// runs again when a source changes, when someone touches a target (drift),
+// after a failure (with backoff) and every resync period.
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/sirupsen/logrus"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/nodefile"
+	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/source"
+)
+
+// Source is where desired credentials come from.
+type Source interface {
+	Snapshots() []source.Snapshot
+	Changed() <-chan struct{}
+	Ready() <-chan struct{}
+}
+
+// Files applies a desired set to the node's files.
+type Files interface {
+	Apply(targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error)
+	Resolve(nodePath string) (string, error)
+}
+
+// Reporter is told every sync's outcome (the Node's status in cluster mode).
+type Reporter interface {
+	Report(ctx context.Context, o Outcome)
+}
+
+// Options configures the agent.
+type Options struct {
+	Targets  []string
+	HostRoot string
+	Prune    bool
+	Resync   time.Duration
+	// Debounce coalesces bursts of events (a ..data swap is several).
+	Debounce time.Duration
+	// MaxBackoff caps the retry delay after a failed sync.
+	MaxBackoff time.Duration
+	Metrics    *report.Metrics // optional
+	Health     *report.Health  // optional
+	Reporters  []Reporter
+}
+
+// Outcome is the result of one sync.
+type Outcome struct {
+	Cause    string
+	Revision string
+	Sources  []source.Snapshot
+	Results  []nodefile.Result
+	Changed  bool
+	// Err is nil when every source was usable and every target is in sync.
+	Err error
+}
+
+// Agent keeps the node's files in line with the sources.
+type Agent struct {
+	src      Source
+	files    Files
+	opts     Options
+	log      *logrus.Entry
+	lastGood map[string]source.Snapshot
+	lastRev  string
+}
+
+// New returns an Agent.
+func New(src Source, files Files, opts Options, log *logrus.Entry) *Agent {
+	if opts.Debounce == 0 {
+		opts.Debounce = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 30 * time.Second
+	}
+	return &Agent{src: src, files: files, opts: opts, log: log, lastGood: map[string]source.Snapshot{}}
+}
+
+// Once waits for the source and syncs once.
+func (a *Agent) Once(ctx context.Context) Outcome {
+	select {
+	case <-a.src.Ready():
+	case <-ctx.Done():
+		return Outcome{Err: fmt.Errorf("waiting for sources: %w", ctx.Err())}
+	}
+	return a.Sync(ctx, "once")
+}
+
+// Sync brings the targets in line with the sources now.
+func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
+	start := time.Now()
+	o := Outcome{Cause: cause, Sources: a.src.Snapshots()}
+	var errs []error
+	named := make([]dockercfg.NamedSet, 0, len(o.Sources))
+	revs := make([]string, 0, len(o.Sources))
+	complete := true
+	var clashes []dockercfg.Clash
+	for _, s := range o.Sources {
+		revs = append(revs, s.Name+"@"+s.Revision)
+		if s.Err != nil {
+			errs = append(errs, fmt.Errorf("source %s: %w", s.Name, s.Err))
+			a.count(func(m *report.Metrics) { m.SourceErrors.WithLabelValues(s.Name, s.Reason()).Inc() })
+			switch good, ok := a.lastGood[s.Name]; {
+			case errors.Is(s.Err, source.ErrNotFound) && a.opts.Prune:
+				// A deleted source counts as empty only with prune.
+				delete(a.lastGood, s.Name)
+				continue
+			case ok:
+				s = good // keep the last good state in force
+			default:
+				complete = false // unknown: apply the rest but prune nothing
+				continue
+			}
+		} else {
+			a.lastGood[s.Name] = s
+		}
+		clashes = append(clashes, s.Clashes...)
+		named = append(named, dockercfg.NamedSet{Name: s.Name, Set: s.Set})
+	}
+	desired, more := dockercfg.Union(named...)
+	clashes = append(clashes, more...)
+	o.Revision = digest(revs)
+
+	prune := a.opts.Prune && complete
+	results, err := a.files.Apply(a.opts.Targets, desired, prune)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	o.Results = results
+	for _, r := range results {
+		if r.Err != nil {
+			errs = append(errs, r.Err)
+		}
+		o.Changed = o.Changed || r.Changed
+	}
+	o.Err = errors.Join(errs...)
+	a.record(o, clashes, desired, time.Since(start))
+	for _, r := range a.opts.Reporters {
+		r.Report(ctx, o)
+	}
+	return o
+}
+
+// record logs and counts an outcome. Logs name keys, paths and sources,
+// never values.
+func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.Set, took time.Duration) {
+	newRev := o.Revision != a.lastRev
+	a.lastRev = o.Revision
+	log := a.log.WithFields(logrus.Fields{"cause": o.Cause, "revision": o.Revision})
+	if newRev {
+		for _, c := range clashes {
+			log.WithFields(logrus.Fields{"registry": c.Registry, "winner": c.Winner, "winnerKey": c.WinnerKey, "loser": c.Loser, "loserKey": c.LoserKey}).
+				Warn("two sources provide the same registry; the first wins")
+		}
+	}
+	for _, s := range o.Sources {
+		if s.Err != nil {
+			log.WithFields(logrus.Fields{"source": s.Name, "reason": s.Reason()}).WithError(s.Err).Error("source unusable; last good credentials stay in force")
+		}
+	}
+	for _, r := range o.Results {
+		rl := log.WithFields(logrus.Fields{"target": r.Target, "path": r.Path, "entries": r.Entries})
+		for _, w := range r.Warnings {
+			rl.Warn(w)
+		}
+		if len(r.Released) > 0 {
+			rl.WithField("keys", r.Released).Warn("entries nodecreds wrote were changed by someone else; leaving them to their new owner")
+		}
+		if len(r.Displaced) > 0 {
+			rl.WithField("keys", r.Displaced).Info("displaced foreign entries for registries the sources provide; they are kept and restored later")
+		}
+		if len(r.Restored) > 0 {
+			rl.WithField("keys", r.Restored).Info("restored displaced entries")
+		}
+		switch {
+		case r.Err != nil:
+			rl.WithError(r.Err).Error("target not in sync")
+		case r.Removed:
+			rl.Info("removed target file nodecreds created, now empty")
+		case r.Changed:
+			rl.WithField("registries", desired.Keys()).Info("target updated")
+		default:
+			rl.Debug("target already in sync")
+		}
+		a.count(func(m *report.Metrics) {
+			m.Entries.WithLabelValues(r.Target).Set(float64(r.Entries))
+			if r.Changed {
+				m.Writes.WithLabelValues(r.Target).Inc()
+				if o.Cause == causeDrift {
+					m.Drift.WithLabelValues(r.Target).Inc()
+				}
+			}
+		})
+	}
+	result := "success"
+	if o.Err != nil {
+		result = "error"
+	}
+	a.count(func(m *report.Metrics) {
+		m.Syncs.WithLabelValues(result).Inc()
+		m.Duration.Observe(took.Seconds())
+		if o.Err == nil {
+			m.LastSuccess.SetToCurrentTime()
+		}
+	})
+	if o.Err == nil && a.opts.Health != nil {
+		a.opts.Health.SetReady()
+	}
+	log.WithFields(logrus.Fields{"result": result, "changed": o.Changed, "took": took.String()}).Debug("sync done")
+}
+
+func (a *Agent) count(f func(*report.Metrics)) {
+	if a.opts.Metrics != nil {
+		f(a.opts.Metrics)
+	}
+}
+
+func digest(parts []string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+const (
+	causeStart  = "start"
+	causeSource = "source"
+	causeDrift  = "drift"
+	causeResync = "resync"
+	causeRetry  = "retry"
+)
+
+// Run syncs until ctx ends. It never removes anything on the way out:
+// stopping the agent leaves the node's files as they are.
+func (a *Agent) Run(ctx context.Context) error {
+	select {
+	case <-a.src.Ready():
+	case <-ctx.Done():
+		return nil
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("starting target watch: %w", err)
+	}
+	defer w.Close()
+	watch := newTargetWatch(w, a.files, a.opts.Targets, a.opts.HostRoot)
+
+	resync := time.NewTicker(a.opts.Resync)
+	defer resync.Stop()
+	debounce := time.NewTimer(0)
+	<-debounce.C
+	retry := time.NewTimer(0)
+	<-retry.C
+	backoff := time.Second
+	pending := ""
+
+	run := func(cause string) {
+		o := a.Sync(ctx, cause)
+		watch.refresh()
+		if o.Err != nil {
+			retry.Reset(backoff)
+			backoff = min(backoff*2, a.opts.MaxBackoff)
+		} else {
+			retry.Stop()
+			backoff = time.Second
+		}
+	}
+	schedule := func(cause string) {
+		if pending == "" || cause == causeDrift {
+			pending = cause
+		}
+		debounce.Reset(a.opts.Debounce)
+	}
+
+	run(causeStart)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.src.Changed():
+			schedule(causeSource)
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if watch.relevant(ev) {
+				schedule(causeDrift)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			a.log.WithError(err).Warn("target watch error; re-checking")
+			schedule(causeDrift)
+		case <-debounce.C:
+			cause := pending
+			pending = ""
+			run(cause)
+		case <-retry.C:
+			run(causeRetry)
+		case <-resync.C:
+			run(causeResync)
+		}
+	}
+}
+
+// targetWatch watches the folders of the targets (as given and as resolved
+// through symlinks) and says which events concern a target.
+type targetWatch struct {
+	w       *fsnotify.Watcher
+	files   Files
+	targets []string
+	root    string
+	names   map[string]bool // host paths that matter
+	dirs    map[string]bool
+}
+
+func newTargetWatch(w *fsnotify.Watcher, files Files, targets []string, root string) *targetWatch {
+	t := &targetWatch{w: w, files: files, targets: targets, root: root, names: map[string]bool{}, dirs: map[string]bool{}}
+	t.refresh()
+	return t
+}
+
+// refresh (re)adds watches, as folders may appear with the first write and
+// links may be re-pointed.
+func (t *targetWatch) refresh() {
+	for _, tgt := range t.targets {
+		paths := []string{filepath.Join(t.root, tgt)}
+		if p, err := t.files.Resolve(tgt); err == nil {
+			paths = append(paths, p)
+		}
+		for _, p := range paths {
+			t.names[p] = true
+			dir := filepath.Dir(p)
+			if t.dirs[dir] {
+				continue
+			}
+			if err := t.w.Add(dir); err == nil {
+				t.dirs[dir] = true
+			}
+		}
+	}
+	for dir := range t.dirs {
+		if !slices.Contains(t.w.WatchList(), dir) {
+			delete(t.dirs, dir) // removed with its folder; re-added next time
+		}
+	}
+}
+
+func (t *targetWatch) relevant(ev fsnotify.Event) bool {
+	if t.names[ev.Name] {
+		return true
+	}
+	// The folder itself removed or renamed.
+	return t.dirs[ev.Name]
+}

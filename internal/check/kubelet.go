@@ -1,0 +1,286 @@
+// Package check answers "will this node be able to pull this image?" the
+// way the kubelet would: the same files in the same order, the same parsing
+// and the same key matching (k8s.io/kubernetes/pkg/credentialprovider),
+// and optionally proves it by logging in to the registry.
+package check
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/distribution/reference"
+	securejoin "github.com/cyphar/filepath-securejoin"
+)
+
+// Cred is one credential the kubelet would use.
+type Cred struct {
+	Key      string // the auths key as written in the file
+	Username string
+	Password string
+}
+
+// String never shows the password.
+func (c Cred) String() string { return fmt.Sprintf("Cred{key=%q, username=%q}", c.Key, c.Username) }
+
+// GoString keeps %#v as safe as %v.
+func (c Cred) GoString() string { return c.String() }
+
+// candidate is a file the kubelet looks at, in order.
+type candidate struct {
+	path   string // node path
+	legacy bool   // .dockercfg (bare map) rather than config.json
+}
+
+// searchOrder is the kubelet's: config.json in its --root-dir, its working
+// directory (/ for a kubelet run by systemd), $HOME/.docker (/root/.docker),
+// /.docker; only if none parses, .dockercfg in the same folders (with $HOME
+// itself instead of $HOME/.docker).
+func searchOrder(kubeletRoot string) []candidate {
+	var out []candidate
+	for _, dir := range dedupe([]string{kubeletRoot, "/", "/root/.docker", "/.docker"}) {
+		out = append(out, candidate{path: filepath.Join(dir, "config.json")})
+	}
+	for _, dir := range dedupe([]string{kubeletRoot, "/", "/root", "/"}) {
+		out = append(out, candidate{path: filepath.Join(dir, ".dockercfg"), legacy: true})
+	}
+	return out
+}
+
+func dedupe(dirs []string) []string {
+	var out []string
+	for _, d := range dirs {
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// fileState is what the kubelet would make of one candidate file.
+type fileState struct {
+	candidate
+	exists bool
+	err    error // parse error: the kubelet skips the file silently
+	creds  map[string]Cred
+}
+
+// readCandidate reads a node file through the host root and parses it as
+// the kubelet does.
+func readCandidate(hostRoot string, c candidate) fileState {
+	st := fileState{candidate: c}
+	p, err := securejoin.SecureJoin(hostRoot, c.path)
+	if err != nil {
+		st.err = err
+		return st
+	}
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return st
+	}
+	st.exists = true
+	if err != nil {
+		st.err = err
+		return st
+	}
+	st.creds, st.err = parseKubelet(data, c.legacy)
+	return st
+}
+
+// kubeletEntry mirrors credentialprovider.DockerConfigEntry's decoding.
+type kubeletEntry struct {
+	Auth     string `json:"auth"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+	Email    string `json:"email"`
+}
+
+// parseKubelet decodes like credentialprovider.readDockerConfigJSONFileFromBytes
+// (config.json) and ReadDockerConfigFileFromBytes (.dockercfg): one bad
+// entry makes the whole file unreadable.
+func parseKubelet(data []byte, legacy bool) (map[string]Cred, error) {
+	var entries map[string]kubeletEntry
+	if legacy {
+		if err := json.Unmarshal(data, &entries); err != nil {
+			return nil, errors.New("not a valid .dockercfg")
+		}
+	} else {
+		var doc struct {
+			Auths map[string]kubeletEntry `json:"auths"`
+		}
+		if err := json.Unmarshal(data, &doc); err != nil {
+			return nil, errors.New("not valid JSON of the config.json shape")
+		}
+		entries = doc.Auths
+	}
+	creds := map[string]Cred{}
+	for key, e := range entries {
+		c := Cred{Key: key, Username: e.Username, Password: e.Password}
+		if e.Auth != "" {
+			u, p, err := decodeKubeletAuth(e.Auth)
+			if err != nil {
+				return nil, fmt.Errorf("entry %q: %w", key, err)
+			}
+			c.Username, c.Password = u, p
+		}
+		creds[key] = c
+	}
+	return creds, nil
+}
+
+func decodeKubeletAuth(field string) (string, string, error) {
+	var (
+		decoded []byte
+		err     error
+	)
+	if strings.HasSuffix(strings.TrimSpace(field), "=") {
+		decoded, err = base64.StdEncoding.DecodeString(field)
+	} else {
+		decoded, err = base64.RawStdEncoding.DecodeString(field)
+	}
+	if err != nil {
+		return "", "", errors.New("auth is not valid base64")
+	}
+	u, p, ok := strings.Cut(string(decoded), ":")
+	if !ok {
+		return "", "", errors.New("auth is not user:password")
+	}
+	return u, p, nil
+}
+
+// keyring mirrors credentialprovider.BasicDockerKeyring.
+type keyring struct {
+	index []string          // schemeless keys, reverse-sorted: more specific first
+	creds map[string][]Cred // by schemeless key
+}
+
+func newKeyring(creds map[string]Cred) *keyring {
+	k := &keyring{creds: map[string][]Cred{}}
+	keys := make([]string, 0, len(creds))
+	for key := range creds {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys) // the kubelet's map order is random; ours is stable
+	for _, key := range keys {
+		repo := key
+		if !strings.HasPrefix(repo, "https://") && !strings.HasPrefix(repo, "http://") {
+			repo = "https://" + repo
+		}
+		parsed, err := url.Parse(repo)
+		if err != nil {
+			continue // the kubelet logs and ignores such an entry
+		}
+		path := parsed.Path
+		if strings.HasPrefix(path, "/v2/") || strings.HasPrefix(path, "/v1/") {
+			path = path[3:]
+		}
+		idx := parsed.Host
+		if path != "" && path != "/" {
+			idx = parsed.Host + path
+		}
+		if _, seen := k.creds[idx]; !seen {
+			k.index = append(k.index, idx)
+		}
+		k.creds[idx] = append(k.creds[idx], creds[key])
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(k.index)))
+	return k
+}
+
+// lookup returns the credentials the kubelet would try for repo, in order.
+func (k *keyring) lookup(repo string) []Cred {
+	var out []Cred
+	for _, idx := range k.index {
+		if ok, _ := urlsMatchStr(idx, repo); ok {
+			out = append(out, k.creds[idx]...)
+		}
+	}
+	if len(out) > 0 {
+		return out
+	}
+	if isDefaultRegistryMatch(repo) {
+		return k.creds["index.docker.io"]
+	}
+	return nil
+}
+
+func isDefaultRegistryMatch(image string) bool {
+	parts := strings.SplitN(image, "/", 2)
+	if len(parts[0]) == 0 {
+		return false
+	}
+	if len(parts) == 1 {
+		return true
+	}
+	if parts[0] == "docker.io" || parts[0] == "index.docker.io" {
+		return true
+	}
+	return !strings.ContainsAny(parts[0], ".:")
+}
+
+func parseSchemeless(s string) (*url.URL, error) {
+	u, err := url.Parse("https://" + s)
+	if err != nil {
+		return nil, err
+	}
+	u.Scheme = ""
+	return u, nil
+}
+
+func splitURL(u *url.URL) ([]string, string) {
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil {
+		host, port = u.Host, ""
+	}
+	return strings.Split(host, "."), port
+}
+
+func urlsMatchStr(glob, target string) (bool, error) {
+	g, err := parseSchemeless(glob)
+	if err != nil {
+		return false, err
+	}
+	t, err := parseSchemeless(target)
+	if err != nil {
+		return false, err
+	}
+	gParts, gPort := splitURL(g)
+	tParts, tPort := splitURL(t)
+	if gPort != tPort || len(gParts) != len(tParts) || !strings.HasPrefix(t.Path, g.Path) {
+		return false, nil
+	}
+	for i, gp := range gParts {
+		ok, err := filepath.Match(gp, tParts[i])
+		if err != nil || !ok {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// repoOf turns an image reference into the repository the kubelet looks up
+// (docker.io/library/ for short names, no tag or digest). A registry given
+// alone (host[:port]) is looked up as itself.
+func repoOf(ref string, isRegistry bool) (string, error) {
+	if isRegistry {
+		r := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(ref, "https://"), "http://"), "/")
+		if r == "" || strings.ContainsAny(r, " \t/") {
+			return "", fmt.Errorf("%q is not a registry host", ref)
+		}
+		return r, nil
+	}
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return "", fmt.Errorf("%q is not an image reference: %w", ref, err)
+	}
+	return named.Name(), nil
+}

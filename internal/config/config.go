@@ -1,0 +1,350 @@
+// Package config turns flags, NODECREDS_* environment variables and a YAML
+// --config file into validated settings. It is the only package that knows
+// about viper. Precedence: flag, then environment, then file, then default.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+)
+
+// ErrUsage marks errors in what the user asked for; main exits 2 on them.
+var ErrUsage = errors.New("usage")
+
+// UsageError wraps err so that errors.Is(err, ErrUsage) holds.
+func UsageError(err error) error { return usageError{err} }
+
+type usageError struct{ err error }
+
+func (u usageError) Error() string        { return u.err.Error() }
+func (u usageError) Unwrap() []error      { return []error{ErrUsage, u.err} }
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// Defaults shared by the commands.
+const (
+	DefaultNamespace   = "nodecreds"
+	DefaultSecret      = "registry-credentials"
+	DefaultStateDir    = "/var/lib/nodecreds"
+	DefaultKubeletRoot = "/var/lib/kubelet"
+	DefaultMetricsAddr = ":9102"
+)
+
+// DefaultTargets are the kubelet's file and root's docker CLI file.
+var DefaultTargets = []string{"/var/lib/kubelet/config.json", "/root/.docker/config.json"}
+
+// Log is the logging part every command shares.
+type Log struct {
+	Format string `mapstructure:"log-format"`
+	Level  string `mapstructure:"log-level"`
+}
+
+// Sync is the agent's configuration.
+type Sync struct {
+	Config      string        `mapstructure:"config"`
+	Source      string        `mapstructure:"source"`
+	Namespace   string        `mapstructure:"namespace"`
+	Secrets     []string      `mapstructure:"secret"`
+	Selector    string        `mapstructure:"selector"`
+	SecretDirs  []string      `mapstructure:"secret-dir"`
+	HostRoot    string        `mapstructure:"host-root"`
+	Targets     []string      `mapstructure:"target"`
+	StateDir    string        `mapstructure:"state-dir"`
+	NodeName    string        `mapstructure:"node-name"`
+	Kubeconfig  string        `mapstructure:"kubeconfig"`
+	Once        bool          `mapstructure:"once"`
+	Prune       bool          `mapstructure:"prune"`
+	Resync      time.Duration `mapstructure:"resync"`
+	MetricsAddr string        `mapstructure:"metrics-addr"`
+	Log         `mapstructure:",squash"`
+}
+
+// Source kinds.
+const (
+	SourceSecret = "secret"
+	SourceDir    = "dir"
+)
+
+// SyncFlags registers the sync command's flags.
+func SyncFlags(fs *pflag.FlagSet) {
+	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
+	fs.String("source", SourceSecret, "where credentials come from: secret (the API) or dir (mounted Secret folders)")
+	fs.String("namespace", "", "namespace of the source Secrets (default $POD_NAMESPACE, else "+DefaultNamespace+")")
+	fs.StringSlice("secret", []string{DefaultSecret}, "source Secret names, in precedence order")
+	fs.String("selector", "", "label selector for source Secrets, instead of --secret (precedence: ascending name)")
+	fs.StringSlice("secret-dir", nil, "folders where Secrets are mounted, in precedence order (with --source dir)")
+	fs.String("host-root", "/", "where the node's file system is mounted; every node path is taken under it")
+	fs.StringSlice("target", DefaultTargets, "node files to keep in sync")
+	fs.String("state-dir", DefaultStateDir, "node folder for nodecreds' ownership state")
+	fs.String("node-name", "", "this node's name (default $NODE_NAME)")
+	fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster)")
+	fs.Bool("once", false, "apply once and exit: 0 when every target is in sync, 1 on any error")
+	fs.Bool("prune", true, "remove entries that left the sources")
+	fs.Duration("resync", 5*time.Minute, "period of the full re-check")
+	fs.String("metrics-addr", DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; 0 disables")
+	LogFlags(fs)
+}
+
+// LogFlags registers the logging flags.
+func LogFlags(fs *pflag.FlagSet) {
+	fs.String("log-format", "json", "log format: json or text")
+	fs.String("log-level", "info", "log level: debug, info, warn or error")
+}
+
+// LoadSync reads the sync settings and validates them.
+func LoadSync(fs *pflag.FlagSet) (Sync, error) {
+	var c Sync
+	if err := load(fs, &c); err != nil {
+		return c, err
+	}
+	if c.Namespace == "" {
+		c.Namespace = os.Getenv("POD_NAMESPACE")
+	}
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	if c.NodeName == "" {
+		c.NodeName = os.Getenv("NODE_NAME")
+	}
+	absRoot(&c.HostRoot)
+	for i := range c.SecretDirs {
+		absRoot(&c.SecretDirs[i])
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the settings as a whole.
+func (c Sync) Validate() error {
+	var errs []error
+	switch c.Source {
+	case SourceSecret:
+		if c.Selector == "" && len(c.Secrets) == 0 {
+			errs = append(errs, usagef("--source secret needs --secret or --selector"))
+		}
+		if len(c.SecretDirs) > 0 {
+			errs = append(errs, usagef("--secret-dir goes with --source dir"))
+		}
+		for _, s := range c.Secrets {
+			if s == "" || strings.ContainsAny(s, "/ ") {
+				errs = append(errs, usagef("--secret %q is not a Secret name", s))
+			}
+		}
+	case SourceDir:
+		if len(c.SecretDirs) == 0 {
+			errs = append(errs, usagef("--source dir needs --secret-dir"))
+		}
+		for _, d := range c.SecretDirs {
+			if d == "" {
+				errs = append(errs, usagef("--secret-dir has an empty folder name"))
+			}
+		}
+	default:
+		errs = append(errs, usagef("--source %q: must be %s or %s", c.Source, SourceSecret, SourceDir))
+	}
+	errs = append(errs, validateRoot(c.HostRoot), validateNodePaths("--target", c.Targets), validateNodePaths("--state-dir", []string{c.StateDir}), c.Log.Validate())
+	if c.Resync < time.Second {
+		errs = append(errs, usagef("--resync %s: must be at least 1s", c.Resync))
+	}
+	if c.MetricsAddr == "" {
+		errs = append(errs, usagef("--metrics-addr is empty; use 0 to disable"))
+	}
+	return errors.Join(errs...)
+}
+
+// absRoot makes --host-root absolute so logs and errors name real paths.
+func absRoot(root *string) {
+	if *root != "" {
+		if abs, err := filepath.Abs(*root); err == nil {
+			*root = abs
+		}
+	}
+}
+
+func validateRoot(root string) error {
+	if root == "" {
+		return usagef("--host-root is empty")
+	}
+	fi, err := os.Stat(root)
+	if err != nil {
+		return usagef("--host-root %s: %v", root, err)
+	}
+	if !fi.IsDir() {
+		return usagef("--host-root %s is not a folder", root)
+	}
+	return nil
+}
+
+func validateNodePaths(flag string, paths []string) error {
+	if len(paths) == 0 {
+		return usagef("%s: at least one path is needed", flag)
+	}
+	seen := map[string]bool{}
+	for _, p := range paths {
+		if !filepath.IsAbs(p) {
+			return usagef("%s %q: must be an absolute node path", flag, p)
+		}
+		if seen[filepath.Clean(p)] {
+			return usagef("%s %q: listed twice", flag, p)
+		}
+		seen[filepath.Clean(p)] = true
+	}
+	return nil
+}
+
+// Validate checks the log settings.
+func (l Log) Validate() error {
+	var errs []error
+	if l.Format != "json" && l.Format != "text" {
+		errs = append(errs, usagef("--log-format %q: must be json or text", l.Format))
+	}
+	if _, err := logrus.ParseLevel(l.Level); err != nil {
+		errs = append(errs, usagef("--log-level %q: must be debug, info, warn or error", l.Level))
+	}
+	return errors.Join(errs...)
+}
+
+// load fills out from fs, NODECREDS_* variables and the --config file.
+func load(fs *pflag.FlagSet, out any) error {
+	v := viper.New()
+	v.SetEnvPrefix("NODECREDS")
+	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
+	v.AutomaticEnv()
+	var bindErr error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" { // cobra's own
+			bindErr = errors.Join(bindErr, v.BindPFlag(f.Name, f))
+		}
+	})
+	if bindErr != nil {
+		return fmt.Errorf("binding flags: %w", bindErr)
+	}
+	if file := v.GetString("config"); file != "" {
+		if err := readConfigFile(v, fs, file); err != nil {
+			return err
+		}
+	}
+	dc := func(dc *mapstructure.DecoderConfig) {
+		dc.ErrorUnused = true
+		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToSliceHookFunc(","),
+		)
+	}
+	if err := v.Unmarshal(out, dc); err != nil {
+		return usagef("reading settings: %v", err)
+	}
+	return nil
+}
+
+// readConfigFile merges a YAML file into v after refusing keys that are not
+// flags, so a typo is an error rather than a silently ignored setting.
+func readConfigFile(v *viper.Viper, fs *pflag.FlagSet, file string) error {
+	f := viper.New()
+	f.SetConfigFile(file)
+	f.SetConfigType("yaml")
+	if err := f.ReadInConfig(); err != nil {
+		return usagef("reading --config %s: %v", file, err)
+	}
+	var unknown []string
+	for _, k := range f.AllKeys() {
+		top, _, _ := strings.Cut(k, ".")
+		if fs.Lookup(top) == nil || top == "config" {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return usagef("--config %s: unknown settings %s", file, strings.Join(unknown, ", "))
+	}
+	if err := v.MergeConfigMap(f.AllSettings()); err != nil {
+		return usagef("--config %s: %v", file, err)
+	}
+	return nil
+}
+
+// Cleanup is `nodecreds cleanup`'s configuration.
+type Cleanup struct {
+	Config   string   `mapstructure:"config"`
+	HostRoot string   `mapstructure:"host-root"`
+	Targets  []string `mapstructure:"target"`
+	StateDir string   `mapstructure:"state-dir"`
+	Log      `mapstructure:",squash"`
+}
+
+// CleanupFlags registers the cleanup command's flags.
+func CleanupFlags(fs *pflag.FlagSet) {
+	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
+	fs.String("host-root", "/", "where the node's file system is mounted")
+	fs.StringSlice("target", nil, "node files to clean (default: every file the state records)")
+	fs.String("state-dir", DefaultStateDir, "node folder for nodecreds' ownership state")
+	LogFlags(fs)
+}
+
+// LoadCleanup reads and validates the cleanup settings.
+func LoadCleanup(fs *pflag.FlagSet) (Cleanup, error) {
+	var c Cleanup
+	if err := load(fs, &c); err != nil {
+		return c, err
+	}
+	absRoot(&c.HostRoot)
+	errs := []error{validateRoot(c.HostRoot), validateNodePaths("--state-dir", []string{c.StateDir}), c.Log.Validate()}
+	if len(c.Targets) > 0 {
+		errs = append(errs, validateNodePaths("--target", c.Targets))
+	}
+	return c, errors.Join(errs...)
+}
+
+// Check is `nodecreds check`'s configuration.
+type Check struct {
+	Config         string        `mapstructure:"config"`
+	HostRoot       string        `mapstructure:"host-root"`
+	KubeletRootDir string        `mapstructure:"kubelet-root-dir"`
+	Images         []string      `mapstructure:"image"`
+	Registries     []string      `mapstructure:"registry"`
+	Probe          bool          `mapstructure:"probe"`
+	Timeout        time.Duration `mapstructure:"timeout"`
+	Output         string        `mapstructure:"output"`
+	Log            `mapstructure:",squash"`
+}
+
+// CheckFlags registers the check command's flags.
+func CheckFlags(fs *pflag.FlagSet) {
+	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
+	fs.String("host-root", "/", "where the node's file system is mounted")
+	fs.String("kubelet-root-dir", DefaultKubeletRoot, "the kubelet's --root-dir, the first folder it looks in")
+	fs.StringSlice("image", nil, "images to check (as in a Pod spec)")
+	fs.StringSlice("registry", nil, "registries to check (host[:port])")
+	fs.Bool("probe", false, "log in to each registry's /v2/ with the credentials found")
+	fs.Duration("timeout", 10*time.Second, "time limit of each --probe login")
+	fs.StringP("output", "o", "table", "output format: table or json")
+	LogFlags(fs)
+}
+
+// LoadCheck reads and validates the check settings.
+func LoadCheck(fs *pflag.FlagSet) (Check, error) {
+	var c Check
+	if err := load(fs, &c); err != nil {
+		return c, err
+	}
+	absRoot(&c.HostRoot)
+	errs := []error{validateRoot(c.HostRoot), validateNodePaths("--kubelet-root-dir", []string{c.KubeletRootDir}), c.Log.Validate()}
+	if len(c.Images) == 0 && len(c.Registries) == 0 {
+		errs = append(errs, usagef("give at least one --image or --registry"))
+	}
+	if c.Output != "table" && c.Output != "json" {
+		errs = append(errs, usagef("-o %q: must be table or json", c.Output))
+	}
+	if c.Timeout <= 0 {
+		errs = append(errs, usagef("--timeout %s: must be positive", c.Timeout))
+	}
+	return c, errors.Join(errs...)
+}

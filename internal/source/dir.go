@@ -1,0 +1,180 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/sirupsen/logrus"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+)
+
+// Dir reads Secrets mounted as folders. The kubelet updates a mounted
+// Secret by writing a new timestamped folder and swapping the ..data
+// symlink; every step of that shows up as an event on the folder itself, so
+// a non-recursive watch on each folder sees the swap.
+type Dir struct {
+	dirs    []string
+	log     *logrus.Entry
+	changed chan struct{}
+	retry   time.Duration
+}
+
+// NewDir returns a source over dirs, in precedence order.
+func NewDir(dirs []string, log *logrus.Entry) *Dir {
+	return &Dir{dirs: dirs, log: log, changed: make(chan struct{}, 1), retry: 2 * time.Second}
+}
+
+// Changed is signalled (coalesced) whenever a folder may have changed.
+func (d *Dir) Changed() <-chan struct{} { return d.changed }
+
+// Ready is closed at once: folders need no cache.
+func (d *Dir) Ready() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// Snapshots reads every folder now.
+func (d *Dir) Snapshots() []Snapshot {
+	out := make([]Snapshot, len(d.dirs))
+	for i, dir := range d.dirs {
+		out[i] = readDir(dir)
+	}
+	return out
+}
+
+func readDir(dir string) Snapshot {
+	s := Snapshot{Name: dir}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		s.Err = fmt.Errorf("folder %s: %w", dir, ErrNotFound)
+		return s
+	case err != nil:
+		s.Err = fmt.Errorf("folder %s: %w", dir, err)
+		return s
+	case !fi.IsDir():
+		s.Err = fmt.Errorf("%s is not a folder", dir)
+		return s
+	}
+	data := map[string][]byte{}
+	for _, key := range []string{dockercfg.KeyConfigJSON, dockercfg.KeyLegacy} {
+		b, err := readLimited(filepath.Join(dir, key))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			s.Err = err
+			return s
+		}
+		data[key] = b
+	}
+	s.Revision = dirRevision(dir)
+	set, clashes, err := FromData("", data)
+	if err != nil {
+		s.Err = fmt.Errorf("folder %s: %w", dir, err)
+		return s
+	}
+	s.Set, s.Clashes = set, clashes
+	return s
+}
+
+// readLimited reads at most one byte more than a Secret may hold, so an
+// oversized file is reported, not loaded.
+func readLimited(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, dockercfg.MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// dirRevision names the version of a mounted Secret without its data: the
+// kubelet's timestamped folder behind ..data, or else the files' mtimes.
+func dirRevision(dir string) string {
+	if target, err := os.Readlink(filepath.Join(dir, "..data")); err == nil {
+		return target
+	}
+	var rev string
+	for _, key := range []string{dockercfg.KeyConfigJSON, dockercfg.KeyLegacy} {
+		if fi, err := os.Stat(filepath.Join(dir, key)); err == nil {
+			rev += key + "@" + strconv.FormatInt(fi.ModTime().UnixNano(), 10)
+		}
+	}
+	return rev
+}
+
+// Run watches the folders until ctx ends. A folder that does not exist yet
+// is watched from when it appears.
+func (d *Dir) Run(ctx context.Context) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("starting folder watch: %w", err)
+	}
+	defer w.Close()
+
+	watched := map[string]bool{}
+	addMissing := func() {
+		for _, dir := range d.dirs {
+			if watched[dir] {
+				continue
+			}
+			if err := w.Add(dir); err != nil {
+				continue
+			}
+			watched[dir] = true
+			d.log.WithField("folder", dir).Debug("watching secret folder")
+			d.notify() // it may have appeared with content
+		}
+	}
+	addMissing()
+	tick := time.NewTicker(d.retry)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if ev.Has(fsnotify.Remove) && watched[ev.Name] {
+				// The folder itself went away; watch for it again.
+				delete(watched, ev.Name)
+			}
+			d.notify()
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			// An overflow means events were lost: re-read everything.
+			d.log.WithError(err).Warn("folder watch error; re-reading")
+			d.notify()
+		case <-tick.C:
+			if len(watched) < len(d.dirs) {
+				addMissing()
+			}
+		}
+	}
+}
+
+func (d *Dir) notify() {
+	select {
+	case d.changed <- struct{}{}:
+	default:
+	}
+}
