@@ -18,8 +18,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/distribution/reference"
 	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/distribution/reference"
 )
 
 // Cred is one credential the kubelet would use.

@@ -26,8 +26,8 @@ func UsageError(err error) error { return usageError{err} }
 
 type usageError struct{ err error }
 
-func (u usageError) Error() string        { return u.err.Error() }
-func (u usageError) Unwrap() []error      { return []error{ErrUsage, u.err} }
+func (u usageError) Error() string         { return u.err.Error() }
+func (u usageError) Unwrap() []error       { return []error{ErrUsage, u.err} }
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
 // Defaults shared by the commands.
