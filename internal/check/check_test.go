@@ -1,0 +1,139 @@
+package check
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func put(t *testing.T, root, path, content string) {
+	t.Helper()
+	p := filepath.Join(root, path)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKeyMatching(t *testing.T) {
+	creds := map[string]Cred{}
+	for _, k := range []string{"reg.test", "https://reg.test:5000/v2/", "team.test/private", "*.glob.test", "https://index.docker.io/v1/"} {
+		creds[k] = Cred{Key: k, Username: "u-" + k}
+	}
+	ring := newKeyring(creds)
+	tests := []struct {
+		image string
+		want  string // key found first, "" for none
+	}{
+		{"reg.test/app:v1", "reg.test"},
+		{"reg.test:5000/app", "https://reg.test:5000/v2/"},
+		{"reg.test:5001/app", ""},
+		{"team.test/private/app", "team.test/private"},
+		{"team.test/public/app", ""},
+		{"eu.glob.test/app", "*.glob.test"},
+		{"a.eu.glob.test/app", ""},
+		{"busybox", "https://index.docker.io/v1/"},
+		{"library/busybox:1", "https://index.docker.io/v1/"},
+		{"docker.io/someone/app", "https://index.docker.io/v1/"},
+		{"quay.test/app", ""},
+	}
+	for _, tt := range tests {
+		repo, err := repoOf(tt.image, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		if c := ring.lookup(repo); len(c) > 0 {
+			got = c[0].Key
+		}
+		if got != tt.want {
+			t.Errorf("%s (repo %s): found %q, want %q", tt.image, repo, got, tt.want)
+		}
+	}
+}
+
+func TestRunFileOrderAndWarnings(t *testing.T) {
+	const img = "reg.test/app"
+	good := `{"auths":{"reg.test":{"auth":"` + b64("user:secret-pw") + `"}}}`
+	tests := []struct {
+		name     string
+		files    map[string]string
+		wantOK   bool
+		wantFile string
+		warn     string
+	}{
+		{name: "kubelet file", files: map[string]string{"var/lib/kubelet/config.json": good}, wantOK: true, wantFile: "/var/lib/kubelet/config.json"},
+		{name: "docker file when the kubelet has none", files: map[string]string{"root/.docker/config.json": good}, wantOK: true, wantFile: "/root/.docker/config.json"},
+		{
+			name:     "broken kubelet file is skipped",
+			files:    map[string]string{"var/lib/kubelet/config.json": `{"auths":`, "root/.docker/config.json": good},
+			wantOK:   true,
+			wantFile: "/root/.docker/config.json",
+			warn:     "skips it silently",
+		},
+		{
+			name:     "one undecodable auth breaks the whole kubelet file",
+			files:    map[string]string{"var/lib/kubelet/config.json": `{"auths":{"x.test":{"auth":"%%%"},"reg.test":{"auth":"` + b64("user:pw") + `"}}}`},
+			wantOK:   false,
+			wantFile: "",
+			warn:     "cannot read it",
+		},
+		{
+			name:     "empty kubelet file hides the next one",
+			files:    map[string]string{"var/lib/kubelet/config.json": `{}`, "root/.docker/config.json": good},
+			wantOK:   false,
+			wantFile: "/var/lib/kubelet/config.json",
+			warn:     "stops there",
+		},
+		{
+			name:     "credentials only where the kubelet does not look",
+			files:    map[string]string{"var/lib/kubelet/config.json": `{"auths":{"other.test":{"auth":"` + b64("o:p") + `"}}}`, "root/.docker/config.json": good},
+			wantOK:   false,
+			wantFile: "/var/lib/kubelet/config.json",
+			warn:     "the kubelet reads only /var/lib/kubelet/config.json",
+		},
+		{name: "legacy .dockercfg when no config.json", files: map[string]string{"root/.dockercfg": `{"reg.test":{"auth":"` + b64("user:pw") + `"}}`}, wantOK: true, wantFile: "/root/.dockercfg"},
+		{name: "nothing at all", wantOK: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			for p, c := range tt.files {
+				put(t, root, p, c)
+			}
+			rep := Run(t.Context(), Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: []string{img}})
+			if rep.OK != tt.wantOK || rep.File != tt.wantFile {
+				t.Errorf("ok=%v file=%q, want ok=%v file=%q", rep.OK, rep.File, tt.wantOK, tt.wantFile)
+			}
+			if tt.wantOK && (rep.Results[0].Username != "user" || rep.Results[0].Entry != "reg.test") {
+				t.Errorf("result = %+v", rep.Results[0])
+			}
+			if tt.warn != "" && !strings.Contains(strings.Join(rep.Warnings, "\n"), tt.warn) {
+				t.Errorf("warnings %q lack %q", rep.Warnings, tt.warn)
+			}
+			var out bytes.Buffer
+			_ = json.NewEncoder(&out).Encode(rep)
+			_ = rep.WriteTable(&out)
+			for _, s := range []string{"secret-pw", b64("user:secret-pw")} {
+				if strings.Contains(out.String(), s) {
+					t.Errorf("output leaks a secret")
+				}
+			}
+		})
+	}
+}
+
+func TestRunBadReference(t *testing.T) {
+	rep := Run(t.Context(), Options{HostRoot: t.TempDir(), KubeletRootDir: "/var/lib/kubelet", Images: []string{"UPPER/Case:bad"}})
+	if rep.OK || rep.Results[0].Error == "" {
+		t.Errorf("a bad reference was accepted: %+v", rep)
+	}
+}

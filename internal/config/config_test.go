@@ -1,0 +1,153 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func syncFlags(t *testing.T, args ...string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet("sync", pflag.ContinueOnError)
+	SyncFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+func TestLoadSyncDefaults(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "")
+	t.Setenv("NODE_NAME", "node-a")
+	c, err := LoadSync(syncFlags(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Source != "secret" || c.Namespace != "nodecreds" || !slices.Equal(c.Secrets, []string{"registry-credentials"}) ||
+		c.HostRoot != "/" || !slices.Equal(c.Targets, DefaultTargets) || c.StateDir != "/var/lib/nodecreds" ||
+		c.NodeName != "node-a" || !c.Prune || c.Once || c.Resync != 5*time.Minute || c.MetricsAddr != ":9102" ||
+		c.Format != "json" || c.Level != "info" {
+		t.Errorf("defaults = %+v", c)
+	}
+}
+
+func TestLoadSyncPrecedence(t *testing.T) {
+	root := t.TempDir()
+	file := filepath.Join(t.TempDir(), "nodecreds.yaml")
+	yaml := "source: dir\nsecret-dir: [/from/file]\nresync: 1m\nprune: false\nlog-level: warn\ntarget: /a/config.json,/b/config.json\nnamespace: from-file\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NODECREDS_RESYNC", "2m")
+	t.Setenv("NODECREDS_LOG_LEVEL", "debug")
+	t.Setenv("NODECREDS_HOST_ROOT", root)
+	t.Setenv("POD_NAMESPACE", "from-env")
+	c, err := LoadSync(syncFlags(t, "--config", file, "--log-level", "error", "--secret-dir", "/from/flag"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Source != "dir" || c.Prune || c.Namespace != "from-file" {
+		t.Errorf("file values not used: %+v", c)
+	}
+	if c.Resync != 2*time.Minute || c.HostRoot != root {
+		t.Errorf("environment does not beat the file: resync %s root %s", c.Resync, c.HostRoot)
+	}
+	if c.Level != "error" || !slices.Equal(c.SecretDirs, []string{"/from/flag"}) {
+		t.Errorf("flags do not beat everything: level %s dirs %v", c.Level, c.SecretDirs)
+	}
+	if !slices.Equal(c.Targets, []string{"/a/config.json", "/b/config.json"}) {
+		t.Errorf("comma list from file = %v", c.Targets)
+	}
+}
+
+func TestLoadSyncEnvList(t *testing.T) {
+	t.Setenv("NODECREDS_SOURCE", "dir")
+	t.Setenv("NODECREDS_SECRET_DIR", "/s1,/s2")
+	t.Setenv("NODECREDS_PRUNE", "false")
+	c, err := LoadSync(syncFlags(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.SecretDirs, []string{"/s1", "/s2"}) || c.Prune {
+		t.Errorf("env = %+v", c)
+	}
+}
+
+func TestLoadSyncRefusesBadInput(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		yaml string
+		env  map[string]string
+		want string
+	}{
+		{name: "unknown source", args: []string{"--source", "http"}, want: `--source "http"`},
+		{name: "dir without folders", args: []string{"--source", "dir"}, want: "needs --secret-dir"},
+		{name: "secret-dir with secret source", args: []string{"--secret-dir", "/x"}, want: "goes with --source dir"},
+		{name: "relative target", args: []string{"--target", "config.json"}, want: "absolute node path"},
+		{name: "duplicate target", args: []string{"--target", "/a/c.json,/a/c.json"}, want: "listed twice"},
+		{name: "short resync", args: []string{"--resync", "10ms"}, want: "at least 1s"},
+		{name: "bad log format", args: []string{"--log-format", "xml"}, want: "--log-format"},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, want: "--log-level"},
+		{name: "missing host root", args: []string{"--host-root", "/does/not/exist"}, want: "--host-root"},
+		{name: "bad secret name", args: []string{"--secret", "a/b"}, want: "not a Secret name"},
+		{name: "unknown key in file", yaml: "source: dir\nsecret-dirs: [/x]\n", want: "unknown settings secret-dirs"},
+		{name: "wrong type in file", yaml: "prune: maybe\n", want: "prune"},
+		{name: "bad duration in file", yaml: "resync: soon\n", want: "resync"},
+		{name: "not yaml", yaml: "source: [dir\n", want: "reading --config"},
+		{name: "bad env value", env: map[string]string{"NODECREDS_ONCE": "perhaps"}, want: "once"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			args := tt.args
+			if tt.yaml != "" {
+				file := filepath.Join(t.TempDir(), "c.yaml")
+				if err := os.WriteFile(file, []byte(tt.yaml), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				args = append(args, "--config", file)
+			}
+			_, err := LoadSync(syncFlags(t, args...))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, ErrUsage) {
+				t.Errorf("error %v is not a usage error", err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadCheck(t *testing.T) {
+	fs := pflag.NewFlagSet("check", pflag.ContinueOnError)
+	CheckFlags(fs)
+	if err := fs.Parse([]string{"-o", "json", "--image", "a/b,c/d"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadCheck(fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Output != "json" || !slices.Equal(c.Images, []string{"a/b", "c/d"}) || c.KubeletRootDir != "/var/lib/kubelet" {
+		t.Errorf("check = %+v", c)
+	}
+
+	fs = pflag.NewFlagSet("check", pflag.ContinueOnError)
+	CheckFlags(fs)
+	_ = fs.Parse(nil)
+	if _, err := LoadCheck(fs); !errors.Is(err, ErrUsage) {
+		t.Errorf("check without images: %v, want a usage error", err)
+	}
+}

@@ -1,0 +1,236 @@
+// Package test holds end-to-end tests that run the real nodecreds binary
+// against real folders and read its files with the real consumers.
+package test
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the nodecreds binary built once for the whole package.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "nodecreds-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "nodecreds")
+	build := exec.Command("go", "build", "-race", "-o", binary, "../cmd/nodecreds")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building nodecreds:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// dockerconfigjson builds a .dockerconfigjson document from registry →
+// user:password pairs.
+func dockerconfigjson(t *testing.T, creds map[string]string) []byte {
+	t.Helper()
+	auths := map[string]any{}
+	for reg, up := range creds {
+		auths[reg] = map[string]string{"auth": b64(up)}
+	}
+	b, err := json.Marshal(map[string]any{"auths": auths})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// secretDir lays out a folder the way the kubelet mounts a Secret: the data
+// in a timestamped folder, ..data pointing at it, and each key a link
+// through ..data.
+type secretDir struct {
+	t   *testing.T
+	dir string
+	n   int
+}
+
+func newSecretDir(t *testing.T, key string, data []byte) *secretDir {
+	t.Helper()
+	s := &secretDir{t: t, dir: filepath.Join(t.TempDir(), "secret")}
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s.swap(key, data)
+	if err := os.Symlink(filepath.Join("..data", key), filepath.Join(s.dir, key)); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// swap publishes new data as the kubelet's AtomicWriter does: write a new
+// timestamped folder, point ..data_tmp at it, rename over ..data, remove
+// the old folder.
+func (s *secretDir) swap(key string, data []byte) {
+	s.t.Helper()
+	s.n++
+	ts := fmt.Sprintf("..2026_11_26_10_00_%02d.%09d", s.n, s.n)
+	if err := os.MkdirAll(filepath.Join(s.dir, ts), 0o755); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.dir, ts, key), data, 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+	old, _ := os.Readlink(filepath.Join(s.dir, "..data"))
+	tmp := filepath.Join(s.dir, "..data_tmp")
+	if err := os.Symlink(ts, tmp); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(s.dir, "..data")); err != nil {
+		s.t.Fatal(err)
+	}
+	if old != "" {
+		if err := os.RemoveAll(filepath.Join(s.dir, old)); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+// agentProc is a running `nodecreds sync`.
+type agentProc struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func startAgent(t *testing.T, args ...string) *agentProc {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"sync"}, args...)...)
+	p := &agentProc{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("agent logs:\n%s", p.logs.String())
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and returns the exit code.
+func (p *agentProc) stop(t *testing.T) int {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not stop within 10s of SIGTERM")
+		return -1
+	}
+}
+
+// run runs nodecreds to completion and returns stdout, stderr and the exit code.
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatalf("running nodecreds %v: %v", args, err)
+		}
+	}
+	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+}
+
+// eventually polls cond until it holds or the deadline passes. It is for
+// waiting on another process; in-process timing uses injected clocks.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < within {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s", within, what)
+	return 0
+}
+
+// authIn returns the auth of key in a config.json, or "" when absent or
+// unreadable.
+func authIn(path, key string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var doc struct {
+		Auths map[string]struct {
+			Auth string `json:"auth"`
+		} `json:"auths"`
+	}
+	if json.Unmarshal(data, &doc) != nil {
+		return ""
+	}
+	return doc.Auths[key].Auth
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// assertNoSecrets fails when any canary value shows up in text.
+func assertNoSecrets(t *testing.T, where, text string, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		if s != "" && strings.Contains(text, s) {
+			t.Errorf("%s contains a secret value (%d chars)", where, len(s))
+		}
+	}
+}
