@@ -75,6 +75,7 @@ type Agent struct {
 	log      *logrus.Entry
 	lastGood map[string]source.Snapshot
 	lastRev  string
+	synced   bool // a sync has succeeded since start
 }
 
 // New returns an Agent.
@@ -157,7 +158,11 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 // never values.
 func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.Set, took time.Duration) {
 	newRev := o.Revision != a.lastRev
+	// Writing although the sources did not change since a successful sync
+	// means someone changed a target: drift.
+	drifting := !newRev && a.synced
 	a.lastRev = o.Revision
+	a.synced = a.synced || o.Err == nil
 	log := a.log.WithFields(logrus.Fields{"cause": o.Cause, "revision": o.Revision})
 	if newRev {
 		for _, c := range clashes {
@@ -189,6 +194,8 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 			rl.WithError(r.Err).Error("target not in sync")
 		case r.Removed:
 			rl.Info("removed target file nodecreds created, now empty")
+		case r.Changed && drifting:
+			rl.WithField("registries", desired.Keys()).Info("target had drifted; corrected")
 		case r.Changed:
 			rl.WithField("registries", desired.Keys()).Info("target updated")
 		default:
@@ -198,7 +205,7 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 			m.Entries.WithLabelValues(r.Target).Set(float64(r.Entries))
 			if r.Changed {
 				m.Writes.WithLabelValues(r.Target).Inc()
-				if o.Cause == causeDrift {
+				if drifting {
 					m.Drift.WithLabelValues(r.Target).Inc()
 				}
 			}
@@ -280,7 +287,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	schedule := func(cause string) {
-		if pending == "" || cause == causeDrift {
+		if pending == "" {
 			pending = cause
 		}
 		debounce.Reset(a.opts.Debounce)
