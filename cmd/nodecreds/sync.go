@@ -9,6 +9,10 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/nodecreds/nodecreds/internal/agent"
 	"github.com/nodecreds/nodecreds/internal/config"
@@ -47,13 +51,43 @@ type runnableSource interface {
 	Run(ctx context.Context) error
 }
 
+// secretsOrNil: with a selector the names are not used.
+func secretsOrNil(cfg config.Sync) []string {
+	if cfg.Selector != "" {
+		return nil
+	}
+	return cfg.Secrets
+}
+
 func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
-	var src runnableSource
+	var (
+		src       runnableSource
+		reporters []agent.Reporter
+		node      *report.Node
+	)
+	g, gctx := errgroup.WithContext(ctx)
 	switch cfg.Source {
 	case config.SourceDir:
 		src = source.NewDir(cfg.SecretDirs, log.WithField("component", "source"))
+	case config.SourceSecret:
+		routeKlog(log)
+		client, err := newClient(cfg.Kubeconfig, true)
+		if err != nil {
+			return err
+		}
+		src = source.NewSecrets(client, cfg.Namespace, secretsOrNil(cfg), cfg.Selector, log.WithField("component", "source"))
+		if cfg.NodeName == "" {
+			log.Warn("no --node-name (or $NODE_NAME): the Node's annotations, condition and startup taint are not managed")
+		} else {
+			broadcaster := record.NewBroadcaster(record.WithContext(gctx))
+			broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+			defer broadcaster.Shutdown()
+			recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "nodecreds", Host: cfg.NodeName})
+			node = report.NewNode(client, cfg.NodeName, recorder, log.WithField("component", "node-status"))
+			reporters = append(reporters, node)
+		}
 	default:
-		return config.UsageError(fmt.Errorf("--source %s is not available in this build", cfg.Source))
+		return config.UsageError(fmt.Errorf("--source %s: unknown", cfg.Source))
 	}
 
 	files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})
@@ -64,11 +98,11 @@ func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
 		HostRoot: cfg.HostRoot,
 		Prune:    cfg.Prune,
 		Resync:   cfg.Resync,
-		Metrics:  report.NewMetrics(reg),
-		Health:   health,
+		Metrics:   report.NewMetrics(reg),
+		Health:    health,
+		Reporters: reporters,
 	}, log.WithField("component", "agent"))
 
-	g, gctx := errgroup.WithContext(ctx)
 	if cfg.Once {
 		// The source runs only until its first snapshot is ready.
 		onceCtx, cancel := context.WithCancel(gctx)
@@ -93,6 +127,9 @@ func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
 	}
 	g.Go(func() error { return src.Run(gctx) })
 	g.Go(func() error { return ag.Run(gctx) })
+	if node != nil {
+		g.Go(func() error { return node.Run(gctx) })
+	}
 	log.WithFields(logrus.Fields{"version": version, "source": cfg.Source, "targets": cfg.Targets, "hostRoot": cfg.HostRoot}).Info("nodecreds agent started")
 	err := g.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {

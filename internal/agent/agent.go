@@ -6,12 +6,11 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -38,7 +37,7 @@ type Files interface {
 
 // Reporter is told every sync's outcome (the Node's status in cluster mode).
 type Reporter interface {
-	Report(ctx context.Context, o Outcome)
+	Report(ctx context.Context, st report.Status)
 }
 
 // Options configures the agent.
@@ -105,11 +104,9 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	o := Outcome{Cause: cause, Sources: a.src.Snapshots()}
 	var errs []error
 	named := make([]dockercfg.NamedSet, 0, len(o.Sources))
-	revs := make([]string, 0, len(o.Sources))
 	complete := true
 	var clashes []dockercfg.Clash
 	for _, s := range o.Sources {
-		revs = append(revs, s.Name+"@"+s.Revision)
 		if s.Err != nil {
 			errs = append(errs, fmt.Errorf("source %s: %w", s.Name, s.Err))
 			a.count(func(m *report.Metrics) { m.SourceErrors.WithLabelValues(s.Name, s.Reason()).Inc() })
@@ -132,7 +129,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	}
 	desired, more := dockercfg.Union(named...)
 	clashes = append(clashes, more...)
-	o.Revision = digest(revs)
+	o.Revision = source.Revision(o.Sources)
 
 	prune := a.opts.Prune && complete
 	results, err := a.files.Apply(a.opts.Targets, desired, prune)
@@ -148,10 +145,47 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	}
 	o.Err = errors.Join(errs...)
 	a.record(o, clashes, desired, time.Since(start))
+	st := o.Status()
 	for _, r := range a.opts.Reporters {
-		r.Report(ctx, o)
+		r.Report(ctx, st)
 	}
 	return o
+}
+
+// Status summarises an outcome for the Node: a reason a machine can match
+// and a message a person can act on, without any secret value.
+func (o Outcome) Status() report.Status {
+	st := report.Status{Revision: o.Revision, OK: o.Err == nil, Changed: o.Changed, Reason: "Synced"}
+	var problems []string
+	for _, s := range o.Sources {
+		if s.Err != nil {
+			if st.Reason == "Synced" {
+				st.Reason = "Source" + s.Reason()
+			}
+			problems = append(problems, s.Err.Error())
+		}
+	}
+	entries, files := 0, 0
+	for _, r := range o.Results {
+		if r.Err != nil {
+			if st.Reason == "Synced" {
+				st.Reason = "TargetError"
+			}
+			problems = append(problems, r.Err.Error())
+			continue
+		}
+		files++
+		entries = max(entries, r.Entries)
+	}
+	if len(problems) > 0 {
+		if st.Reason == "Synced" {
+			st.Reason = "Error"
+		}
+		st.Message = strings.Join(problems, "; ")
+		return st
+	}
+	st.Message = fmt.Sprintf("%d registry entries from %d source(s) in %d file(s)", entries, len(o.Sources), files)
+	return st
 }
 
 // record logs and counts an outcome. Logs name keys, paths and sources,
@@ -234,14 +268,6 @@ func (a *Agent) count(f func(*report.Metrics)) {
 	}
 }
 
-func digest(parts []string) string {
-	h := sha256.New()
-	for _, p := range parts {
-		h.Write([]byte(p))
-		h.Write([]byte{0})
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
-}
 
 const (
 	causeStart  = "start"

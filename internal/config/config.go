@@ -348,3 +348,51 @@ func LoadCheck(fs *pflag.FlagSet) (Check, error) {
 	}
 	return c, errors.Join(errs...)
 }
+
+// Status is `nodecreds status`'s configuration.
+type Status struct {
+	Config     string        `mapstructure:"config"`
+	Kubeconfig string        `mapstructure:"kubeconfig"`
+	Namespace  string        `mapstructure:"namespace"`
+	Secrets    []string      `mapstructure:"secret"`
+	Selector   string        `mapstructure:"selector"`
+	Wait       bool          `mapstructure:"wait"`
+	Timeout    time.Duration `mapstructure:"timeout"`
+	Output     string        `mapstructure:"output"`
+	Log        `mapstructure:",squash"`
+}
+
+// StatusFlags registers the status command's flags.
+func StatusFlags(fs *pflag.FlagSet) {
+	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
+	fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)")
+	fs.String("namespace", DefaultNamespace, "namespace of the source Secrets")
+	fs.StringSlice("secret", []string{DefaultSecret}, "source Secret names, as given to the agents")
+	fs.String("selector", "", "label selector for source Secrets, instead of --secret")
+	fs.Bool("wait", false, "wait until every node has applied the current revision (exit 1 at --timeout)")
+	fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
+	fs.StringP("output", "o", "table", "output format: table or json")
+	LogFlags(fs)
+}
+
+// LoadStatus reads and validates the status settings.
+func LoadStatus(fs *pflag.FlagSet) (Status, error) {
+	var c Status
+	if err := load(fs, &c); err != nil {
+		return c, err
+	}
+	errs := []error{c.Log.Validate()}
+	if c.Selector == "" && len(c.Secrets) == 0 {
+		errs = append(errs, usagef("give --secret or --selector"))
+	}
+	if c.Output != "table" && c.Output != "json" {
+		errs = append(errs, usagef("-o %q: must be table or json", c.Output))
+	}
+	if c.Timeout <= 0 {
+		errs = append(errs, usagef("--timeout %s: must be positive", c.Timeout))
+	}
+	if c.Namespace == "" {
+		errs = append(errs, usagef("--namespace is empty"))
+	}
+	return c, errors.Join(errs...)
+}

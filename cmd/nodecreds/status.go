@@ -1,0 +1,65 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nodecreds/nodecreds/internal/config"
+	"github.com/nodecreds/nodecreds/internal/rollout"
+)
+
+func newStatusCmd(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show which nodes have applied the current revision of the source Secrets",
+		Long: `Show, per node, the revision of the source Secrets it has applied, whether that
+is the current one, when, and the agent's last message. With --wait, wait until
+every node has applied the current revision: exit 0 then, or 1 at --timeout,
+naming the nodes that lag.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadStatus(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			routeKlog(newLogger(cfg.Log, cmd.ErrOrStderr()))
+			client, err := newClient(cfg.Kubeconfig, false)
+			if err != nil {
+				return err
+			}
+			opts := rollout.Options{Namespace: cfg.Namespace, Secrets: cfg.Secrets, Selector: cfg.Selector}
+			if cfg.Selector != "" {
+				opts.Secrets = nil
+			}
+			var st rollout.Status
+			if cfg.Wait {
+				st, err = rollout.Wait(cmd.Context(), client, opts, cfg.Timeout, time.Second)
+			} else {
+				st, err = rollout.Get(cmd.Context(), client, opts)
+			}
+			if err != nil {
+				return err
+			}
+			if cfg.Output == "json" {
+				err = st.WriteJSON(stdout)
+			} else {
+				err = st.WriteTable(stdout)
+			}
+			if err != nil {
+				return err
+			}
+			if cfg.Wait && !st.InSync {
+				if len(st.Nodes) == 0 {
+					return fmt.Errorf("no nodes found within %s", cfg.Timeout)
+				}
+				return fmt.Errorf("not every node applied revision %s within %s; lagging: %s", st.Revision, cfg.Timeout, strings.Join(st.Lagging, ", "))
+			}
+			return nil
+		},
+	}
+	config.StatusFlags(cmd.Flags())
+	return cmd
+}

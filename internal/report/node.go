@@ -1,0 +1,220 @@
+package report
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
+)
+
+// Names on the Node object.
+const (
+	AnnotationRevision = "nodecreds.io/revision"
+	AnnotationSyncedAt = "nodecreds.io/synced-at"
+	ConditionType      = corev1.NodeConditionType("RegistryCredentialsSynced")
+	StartupTaintKey    = "nodecreds.io/not-ready"
+)
+
+// maxMessage bounds condition and event messages.
+const maxMessage = 1024
+
+// Status is what the agent reports after a sync. It holds no secret: the
+// message is built from errors that never carry values.
+type Status struct {
+	Revision string
+	OK       bool
+	Reason   string // CamelCase, for the condition
+	Message  string
+	Changed  bool
+}
+
+// Node reports to this node's Node object: the applied revision and time as
+// annotations, the RegistryCredentialsSynced condition, Events for applied
+// revisions and failures, and the removal of the startup taint after the
+// first successful sync. It reports from its own goroutine so an API outage
+// never holds up the files; only the latest status is pushed, with backoff.
+type Node struct {
+	client   kubernetes.Interface
+	name     string
+	recorder record.EventRecorder
+	log      *logrus.Entry
+	now      func() time.Time
+
+	mu     sync.Mutex
+	latest *Status
+	signal chan struct{}
+
+	// What the Node already shows.
+	knownCond   *corev1.NodeCondition
+	reportedRev string
+	taintDone   bool
+	lastEvent   string
+}
+
+// NewNode returns a reporter for node name.
+func NewNode(client kubernetes.Interface, name string, recorder record.EventRecorder, log *logrus.Entry) *Node {
+	return &Node{client: client, name: name, recorder: recorder, log: log, now: time.Now, signal: make(chan struct{}, 1)}
+}
+
+// Report records the latest status; Run pushes it.
+func (n *Node) Report(_ context.Context, st Status) {
+	n.mu.Lock()
+	n.latest = &st
+	n.mu.Unlock()
+	select {
+	case n.signal <- struct{}{}:
+	default:
+	}
+}
+
+// Run pushes statuses until ctx ends, retrying failed pushes with backoff.
+func (n *Node) Run(ctx context.Context) error {
+	backoff := time.Second
+	retry := time.NewTimer(0)
+	<-retry.C
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-n.signal:
+		case <-retry.C:
+		}
+		n.mu.Lock()
+		st := n.latest
+		n.mu.Unlock()
+		if st == nil {
+			continue
+		}
+		pushCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := n.push(pushCtx, *st)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			n.log.WithError(err).WithField("retryIn", backoff.String()).Warn("cannot update the Node's status; retrying")
+			retry.Reset(backoff)
+			backoff = min(backoff*2, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+	}
+}
+
+func (n *Node) push(ctx context.Context, st Status) error {
+	nodes := n.client.CoreV1().Nodes()
+	if n.knownCond == nil {
+		node, err := nodes.Get(ctx, n.name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("getting node %s: %w", n.name, err)
+		}
+		n.knownCond = &corev1.NodeCondition{}
+		for _, c := range node.Status.Conditions {
+			if c.Type == ConditionType {
+				n.knownCond = c.DeepCopy()
+			}
+		}
+		n.reportedRev = node.Annotations[AnnotationRevision]
+	}
+	ref := &corev1.ObjectReference{Kind: "Node", Name: n.name, UID: types.UID(n.name)}
+	msg := truncate(st.Message)
+
+	if st.OK && st.Revision != n.reportedRev {
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+			AnnotationRevision: st.Revision,
+			AnnotationSyncedAt: n.now().UTC().Format(time.RFC3339),
+		}}})
+		if _, err := nodes.Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "nodecreds"}); err != nil {
+			return fmt.Errorf("annotating node %s: %w", n.name, err)
+		}
+		n.reportedRev = st.Revision
+		n.recorder.Eventf(ref, corev1.EventTypeNormal, "CredentialsApplied", "applied credentials revision %s: %s", st.Revision, msg)
+	}
+
+	status := corev1.ConditionTrue
+	if !st.OK {
+		status = corev1.ConditionFalse
+	}
+	if n.knownCond.Status != status || n.knownCond.Reason != st.Reason || n.knownCond.Message != msg {
+		now := metav1.NewTime(n.now())
+		cond := corev1.NodeCondition{Type: ConditionType, Status: status, Reason: st.Reason, Message: msg,
+			LastHeartbeatTime: now, LastTransitionTime: n.knownCond.LastTransitionTime}
+		if n.knownCond.Status != status {
+			cond.LastTransitionTime = now
+		}
+		patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+		if _, err := nodes.PatchStatus(ctx, n.name, patch); err != nil {
+			return fmt.Errorf("setting condition on node %s: %w", n.name, err)
+		}
+		n.knownCond = &cond
+	}
+	if !st.OK && n.lastEvent != msg {
+		n.recorder.Event(ref, corev1.EventTypeWarning, st.Reason, msg)
+	}
+	if st.OK {
+		n.lastEvent = ""
+	} else {
+		n.lastEvent = msg
+	}
+
+	if st.OK && !n.taintDone {
+		if err := n.removeStartupTaint(ctx); err != nil {
+			return err
+		}
+		n.taintDone = true
+	}
+	return nil
+}
+
+// removeStartupTaint drops nodecreds.io/not-ready from the Node, with the
+// resourceVersion in the patch so a concurrent change to the taints is not
+// overwritten (a conflict is retried).
+func (n *Node) removeStartupTaint(ctx context.Context) error {
+	for range 5 {
+		node, err := n.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("getting node %s: %w", n.name, err)
+		}
+		kept := make([]corev1.Taint, 0, len(node.Spec.Taints))
+		for _, t := range node.Spec.Taints {
+			if t.Key != StartupTaintKey {
+				kept = append(kept, t)
+			}
+		}
+		if len(kept) == len(node.Spec.Taints) {
+			return nil
+		}
+		patch, _ := json.Marshal(map[string]any{
+			"metadata": map[string]any{"resourceVersion": node.ResourceVersion},
+			"spec":     map[string]any{"taints": kept},
+		})
+		_, err = n.client.CoreV1().Nodes().Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "nodecreds"})
+		if apierrors.IsConflict(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("removing taint %s from node %s: %w", StartupTaintKey, n.name, err)
+		}
+		n.log.WithField("taint", StartupTaintKey).Info("credentials in place; removed the startup taint")
+		ref := &corev1.ObjectReference{Kind: "Node", Name: n.name, UID: types.UID(n.name)}
+		n.recorder.Event(ref, corev1.EventTypeNormal, "StartupTaintRemoved", "registry credentials in place; removed taint "+StartupTaintKey)
+		return nil
+	}
+	return fmt.Errorf("removing taint %s from node %s: conflicts kept happening", StartupTaintKey, n.name)
+}
+
+func truncate(s string) string {
+	if len(s) <= maxMessage {
+		return s
+	}
+	return s[:maxMessage-3] + "..."
+}

@@ -1,0 +1,184 @@
+// Package rollout answers `nodecreds status`: which revision of the source
+// Secrets is current, and which nodes have applied it.
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/source"
+)
+
+// Options names the source Secrets, as the agents were given them.
+type Options struct {
+	Namespace string
+	Secrets   []string
+	Selector  string
+}
+
+// Node is one node's row.
+type Node struct {
+	Name     string `json:"name"`
+	Revision string `json:"revision"`
+	InSync   bool   `json:"inSync"`
+	SyncedAt string `json:"syncedAt"`
+	Message  string `json:"message"`
+}
+
+// Status is the rollout of the current revision.
+type Status struct {
+	Revision string   `json:"revision"`
+	InSync   bool     `json:"inSync"`
+	Nodes    []Node   `json:"nodes"`
+	Lagging  []string `json:"lagging"`
+	Sources  []string `json:"sources"`
+}
+
+// Get reads the Secrets and the Nodes once.
+func Get(ctx context.Context, client kubernetes.Interface, o Options) (Status, error) {
+	snaps, err := snapshots(ctx, client, o)
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{Revision: source.Revision(snaps), Nodes: []Node{}, Lagging: []string{}, Sources: []string{}}
+	for _, s := range snaps {
+		st.Sources = append(st.Sources, s.Name)
+	}
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return Status{}, fmt.Errorf("listing nodes: %w", err)
+	}
+	for _, n := range nodes.Items {
+		row := Node{Name: n.Name, Revision: n.Annotations[report.AnnotationRevision], SyncedAt: n.Annotations[report.AnnotationSyncedAt]}
+		condOK := false
+		for _, c := range n.Status.Conditions {
+			if c.Type == report.ConditionType {
+				condOK = c.Status == corev1.ConditionTrue
+				row.Message = c.Message
+				if !condOK {
+					row.Message = c.Reason + ": " + c.Message
+				}
+			}
+		}
+		if row.Revision == "" && row.Message == "" {
+			row.Message = "no nodecreds agent has reported on this node"
+		}
+		row.InSync = condOK && row.Revision == st.Revision
+		if !row.InSync {
+			st.Lagging = append(st.Lagging, n.Name)
+		}
+		st.Nodes = append(st.Nodes, row)
+	}
+	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Name < st.Nodes[j].Name })
+	slices.Sort(st.Lagging)
+	st.InSync = len(st.Lagging) == 0 && len(st.Nodes) > 0
+	return st, nil
+}
+
+// snapshots builds the same snapshots the agents build, so the revision
+// digests compare.
+func snapshots(ctx context.Context, client kubernetes.Interface, o Options) ([]source.Snapshot, error) {
+	secrets := client.CoreV1().Secrets(o.Namespace)
+	if o.Selector != "" {
+		list, err := secrets.List(ctx, metav1.ListOptions{LabelSelector: o.Selector})
+		if err != nil {
+			return nil, fmt.Errorf("listing Secrets %q in %s: %w", o.Selector, o.Namespace, err)
+		}
+		sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
+		out := make([]source.Snapshot, len(list.Items))
+		for i := range list.Items {
+			out[i] = source.FromSecret(&list.Items[i])
+		}
+		return out, nil
+	}
+	out := make([]source.Snapshot, len(o.Secrets))
+	for i, name := range o.Secrets {
+		sec, err := secrets.Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			out[i] = source.Missing(o.Namespace, name)
+		case err != nil:
+			return nil, fmt.Errorf("getting Secret %s/%s: %w", o.Namespace, name, err)
+		default:
+			out[i] = source.FromSecret(sec)
+		}
+	}
+	return out, nil
+}
+
+// Wait polls until every node has applied the current revision, or the
+// timeout passes; it returns the last status either way.
+func Wait(ctx context.Context, client kubernetes.Interface, o Options, timeout, every time.Duration) (Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var (
+		last    Status
+		lastErr error
+	)
+	for {
+		// A passing API error is retried until the deadline.
+		st, err := Get(ctx, client, o)
+		if err == nil {
+			last, lastErr = st, nil
+			if st.InSync {
+				return st, nil
+			}
+		} else if ctx.Err() == nil {
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			if last.Revision == "" {
+				if lastErr == nil {
+					lastErr = ctx.Err()
+				}
+				return last, lastErr
+			}
+			return last, nil
+		case <-time.After(every):
+		}
+	}
+}
+
+// WriteTable prints the status for people.
+func (s Status) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "sources:\t%s\nrevision:\t%s\n\n", strings.Join(s.Sources, ", "), s.Revision)
+	fmt.Fprintln(tw, "NODE\tREVISION\tIN SYNC\tSYNCED AT\tMESSAGE")
+	for _, n := range s.Nodes {
+		in := "yes"
+		if !n.InSync {
+			in = "no"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, dash(n.Revision), in, dash(n.SyncedAt), n.Message)
+	}
+	fmt.Fprintf(tw, "\n%d of %d nodes in sync\n", len(s.Nodes)-len(s.Lagging), len(s.Nodes))
+	return tw.Flush()
+}
+
+// WriteJSON prints the status as one JSON object.
+func (s Status) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,182 @@
+package source
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+)
+
+// Secrets reads source Secrets through the API with one informer per name,
+// each scoped by fieldSelector=metadata.name=<name> so RBAC can pin the
+// Role to resourceNames — or one informer for a label selector. Informers
+// hold the last state they saw while the API server is away and relist when
+// it is back, so an outage changes nothing on the node.
+type Secrets struct {
+	client    kubernetes.Interface
+	namespace string
+	names     []string
+	selector  string
+	log       *logrus.Entry
+
+	informers []cache.SharedIndexInformer
+	changed   chan struct{}
+	ready     chan struct{}
+}
+
+// NewSecrets returns a source over the named Secrets (in precedence order)
+// or, when selector is set, over the Secrets it selects.
+func NewSecrets(client kubernetes.Interface, namespace string, names []string, selector string, log *logrus.Entry) *Secrets {
+	s := &Secrets{client: client, namespace: namespace, names: names, selector: selector, log: log,
+		changed: make(chan struct{}, 1), ready: make(chan struct{})}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.notify() },
+		UpdateFunc: func(any, any) { s.notify() },
+		DeleteFunc: func(any) { s.notify() },
+	}
+	newInformer := func(tweak func(*metav1.ListOptions)) cache.SharedIndexInformer {
+		inf := coreinformers.NewFilteredSecretInformer(client, namespace, 0, cache.Indexers{}, tweak)
+		// Keep only what we read; managed fields and annotations such as
+		// last-applied-configuration would double the memory for nothing.
+		_ = inf.SetTransform(func(obj any) (any, error) {
+			if sec, ok := obj.(*corev1.Secret); ok {
+				sec.ManagedFields = nil
+				sec.Annotations = nil
+			}
+			return obj, nil
+		})
+		_, _ = inf.AddEventHandler(handler)
+		return inf
+	}
+	if selector != "" {
+		s.informers = append(s.informers, newInformer(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
+	} else {
+		for _, name := range names {
+			fs := fields.OneTermEqualSelector("metadata.name", name).String()
+			s.informers = append(s.informers, newInformer(func(o *metav1.ListOptions) { o.FieldSelector = fs }))
+		}
+	}
+	return s
+}
+
+// Changed is signalled (coalesced) when a Secret is added, updated or deleted.
+func (s *Secrets) Changed() <-chan struct{} { return s.changed }
+
+// Ready is closed once every informer has its first list.
+func (s *Secrets) Ready() <-chan struct{} { return s.ready }
+
+func (s *Secrets) notify() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs the informers until ctx ends.
+func (s *Secrets) Run(ctx context.Context) error {
+	for _, inf := range s.informers {
+		go inf.RunWithContext(ctx)
+	}
+	syncs := make([]cache.InformerSynced, len(s.informers))
+	for i, inf := range s.informers {
+		syncs[i] = inf.HasSynced
+	}
+	start := time.Now()
+	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
+		return nil // stopped before the first list
+	}
+	s.log.WithFields(logrus.Fields{"namespace": s.namespace, "secrets": s.names, "selector": s.selector, "took": time.Since(start).String()}).Info("secret caches synced")
+	close(s.ready)
+	<-ctx.Done()
+	return nil
+}
+
+// Snapshots returns the Secrets as the informers last saw them, in
+// precedence order.
+func (s *Secrets) Snapshots() []Snapshot {
+	if s.selector != "" {
+		objs := s.informers[0].GetStore().List()
+		secrets := make([]*corev1.Secret, 0, len(objs))
+		for _, o := range objs {
+			if sec, ok := o.(*corev1.Secret); ok {
+				secrets = append(secrets, sec)
+			}
+		}
+		sort.Slice(secrets, func(i, j int) bool { return secrets[i].Name < secrets[j].Name })
+		out := make([]Snapshot, len(secrets))
+		for i, sec := range secrets {
+			out[i] = FromSecret(sec)
+		}
+		return out
+	}
+	out := make([]Snapshot, len(s.names))
+	for i, name := range s.names {
+		obj, ok, _ := s.informers[i].GetStore().GetByKey(s.namespace + "/" + name)
+		sec, isSecret := obj.(*corev1.Secret)
+		if !ok || !isSecret {
+			out[i] = Missing(s.namespace, name)
+			continue
+		}
+		out[i] = FromSecret(sec)
+	}
+	return out
+}
+
+// Missing is the snapshot of a Secret that does not exist.
+func Missing(namespace, name string) Snapshot {
+	return Snapshot{
+		Name: namespace + "/" + name,
+		Err:  fmt.Errorf("Secret %s/%s: %w", namespace, name, ErrNotFound),
+	}
+}
+
+// FromSecret validates a Secret. The revision names its version (uid and
+// resourceVersion), never its data.
+func FromSecret(sec *corev1.Secret) Snapshot {
+	snap := Snapshot{
+		Name:     sec.Namespace + "/" + sec.Name,
+		Revision: string(sec.UID) + "/" + sec.ResourceVersion,
+	}
+	size := 0
+	for _, v := range sec.Data {
+		size += len(v)
+	}
+	if size > dockercfg.MaxSize {
+		snap.Err = fmt.Errorf("Secret %s: %w", snap.Name, &dockercfg.ValidationError{Problems: []dockercfg.Problem{{
+			Reason: fmt.Sprintf("data is %d bytes, larger than the 1 MiB a Secret may hold", size)}}})
+		return snap
+	}
+	set, clashes, err := FromData(string(sec.Type), sec.Data)
+	if err != nil {
+		snap.Err = fmt.Errorf("Secret %s: %w", snap.Name, err)
+		return snap
+	}
+	snap.Set, snap.Clashes = set, clashes
+	return snap
+}
+
+// Revision digests the sources' names and revisions (never their data)
+// into the value the agent puts in the nodecreds.io/revision annotation and
+// `nodecreds status` compares it with.
+func Revision(snaps []Snapshot) string {
+	h := sha256.New()
+	for _, s := range snaps {
+		h.Write([]byte(s.Name))
+		h.Write([]byte{0})
+		h.Write([]byte(s.Revision))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}

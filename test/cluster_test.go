@@ -1,0 +1,341 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/nodecreds/nodecreds/test/cluster"
+)
+
+const (
+	ns         = "nodecreds"
+	secretName = "registry-credentials"
+)
+
+// startCluster starts a real etcd + kube-apiserver for one test. A missing
+// control plane build fails the test (it is never skipped as passing).
+func startCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no control plane")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "nodecreds-cluster-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cluster.Start(ctx, dir)
+	if err != nil {
+		t.Fatalf("starting the control plane: %v", err)
+	}
+	t.Cleanup(func() {
+		c.Stop()
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		} else {
+			t.Logf("control plane files kept in %s", dir)
+		}
+	})
+	return c
+}
+
+func applyManifest(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	objs, err := cluster.ReadManifest(filepath.Join(cluster.RepoRoot(), "deploy", "daemonset.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Apply(t.Context(), c.RESTConfig, objs, true); err != nil {
+		// The Namespace does not exist yet, so a dry run of the namespaced
+		// objects is refused; dry-run the Namespace alone first, then all
+		// once it exists.
+		if !strings.Contains(err.Error(), "not found") {
+			t.Fatalf("server-side dry run: %v", err)
+		}
+	}
+	if err := cluster.Apply(t.Context(), c.RESTConfig, objs[:1], false); err != nil {
+		t.Fatalf("applying the Namespace: %v", err)
+	}
+	if err := cluster.Apply(t.Context(), c.RESTConfig, objs, true); err != nil {
+		t.Fatalf("server-side dry run of the whole manifest: %v", err)
+	}
+	if err := cluster.Apply(t.Context(), c.RESTConfig, objs, false); err != nil {
+		t.Fatalf("applying the manifest: %v", err)
+	}
+}
+
+func registrySecret(data []byte) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: secretName, Namespace: ns},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: data},
+	}
+}
+
+func createNode(t *testing.T, client kubernetes.Interface, name string, taints ...corev1.Taint) {
+	t.Helper()
+	_, err := client.CoreV1().Nodes().Create(t.Context(), &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       corev1.NodeSpec{Taints: taints},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func getNode(t *testing.T, client kubernetes.Interface, name string) *corev1.Node {
+	t.Helper()
+	n, err := client.CoreV1().Nodes().Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func hasTaint(n *corev1.Node, key string) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+func condition(n *corev1.Node) *corev1.NodeCondition {
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == "RegistryCredentialsSynced" {
+			return &n.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+type statusOut struct {
+	Revision string   `json:"revision"`
+	InSync   bool     `json:"inSync"`
+	Lagging  []string `json:"lagging"`
+	Nodes    []struct {
+		Name     string `json:"name"`
+		Revision string `json:"revision"`
+		InSync   bool   `json:"inSync"`
+		Message  string `json:"message"`
+	} `json:"nodes"`
+}
+
+func status(t *testing.T, c *cluster.Cluster, args ...string) (statusOut, string, int) {
+	t.Helper()
+	out, stderr, code := run(t, append([]string{"status", "--kubeconfig", c.Kubeconfig, "--namespace", ns, "-o", "json"}, args...)...)
+	var st statusOut
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status -o json printed %q (stderr %q): %v", out, stderr, err)
+	}
+	return st, stderr, code
+}
+
+// TestClusterMode is the cluster path end to end against a real API server:
+// the manifest applies, RBAC allows the agent exactly what it needs, the
+// agent runs with its ServiceAccount's token, syncs, annotates, sets the
+// condition, removes the startup taint; updates reach the files; a
+// malformed Secret changes nothing and is reported; an API server restart
+// is survived; `status --wait` agrees.
+func TestClusterMode(t *testing.T) {
+	c := startCluster(t)
+	ctx := t.Context()
+	applyManifest(t, c)
+	admin := c.Admin
+
+	// Another Secret in the namespace the agent must not be able to read.
+	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "not-for-nodecreds", Namespace: ns},
+		StringData: map[string]string{"password": "other-canary"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const reg = "registry.example.test"
+	pw := []string{"cluster-canary-pw-1", "cluster-canary-pw-2", "cluster-canary-pw-3"}
+	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, registrySecret(dockerconfigjson(t, map[string]string{reg: "robot:" + pw[0]})), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	startupTaint := corev1.Taint{Key: "nodecreds.io/not-ready", Effect: corev1.TaintEffectNoSchedule}
+	otherTaint := corev1.Taint{Key: "example.com/keep", Value: "x", Effect: corev1.TaintEffectNoSchedule}
+	createNode(t, admin, "node-1", startupTaint, otherTaint)
+
+	kubeconfig, sa, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("rbac", func(t *testing.T) {
+		rbacChecks(t, sa)
+	})
+
+	root := t.TempDir()
+	addr := freeAddr(t)
+	agent := startAgent(t, "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", "node-1",
+		"--host-root", root, "--metrics-addr", addr, "--log-level", "debug")
+	kubelet, docker := filepath.Join(root, kubeletFile), filepath.Join(root, dockerFile)
+
+	eventually(t, 30*time.Second, "first sync", func() bool {
+		return authIn(kubelet, reg) == b64("robot:"+pw[0]) && authIn(docker, reg) == b64("robot:"+pw[0])
+	})
+	var st statusOut
+	t.Cleanup(func() {
+		if t.Failed() {
+			n, _ := admin.CoreV1().Nodes().Get(context.Background(), "node-1", metav1.GetOptions{})
+			t.Logf("last status: %+v\nnode annotations %v taints %v conditions %+v", st, n.Annotations, n.Spec.Taints, n.Status.Conditions)
+		}
+	})
+	eventually(t, 15*time.Second, "node annotated, condition True, taint removed", func() bool {
+		n := getNode(t, admin, "node-1")
+		cond := condition(n)
+		st, _, _ = status(t, c)
+		return n.Annotations["nodecreds.io/revision"] == st.Revision && n.Annotations["nodecreds.io/synced-at"] != "" &&
+			cond != nil && cond.Status == corev1.ConditionTrue && !hasTaint(n, startupTaint.Key)
+	})
+	if n := getNode(t, admin, "node-1"); !hasTaint(n, otherTaint.Key) {
+		t.Errorf("another taint was removed too: %v", n.Spec.Taints)
+	}
+	if code := httpStatus("http://" + addr + "/readyz"); code != 200 {
+		t.Errorf("/readyz = %d after the first sync", code)
+	}
+	if _, stderr, code := status(t, c, "--wait", "--timeout", "20s"); code != 0 {
+		t.Errorf("status --wait exit %d: %s", code, stderr)
+	}
+
+	// Rotation.
+	start := time.Now()
+	updateSecret(t, admin, dockerconfigjson(t, map[string]string{reg: "robot:" + pw[1]}))
+	took := eventually(t, 10*time.Second, "rotation in both files", func() bool {
+		return authIn(kubelet, reg) == b64("robot:"+pw[1]) && authIn(docker, reg) == b64("robot:"+pw[1])
+	})
+	t.Logf("Secret update to both node files updated: %s (since the API call returned: %s)", took, time.Since(start))
+	if st, stderr, code := status(t, c, "--wait", "--timeout", "20s"); code != 0 || !st.InSync {
+		t.Errorf("status --wait after the rotation: exit %d, %+v, %s", code, st, stderr)
+	}
+
+	// A malformed Secret: files untouched, reported on the Node.
+	before := mustRead(t, kubelet)
+	updateSecret(t, admin, []byte(`{"auths":{"`+reg+`":{"auth":"`+b64("no-colon-"+pw[2])+`"}}}`))
+	eventually(t, 15*time.Second, "condition False naming the key", func() bool {
+		cond := condition(getNode(t, admin, "node-1"))
+		return cond != nil && cond.Status == corev1.ConditionFalse && cond.Reason == "SourceInvalid" &&
+			strings.Contains(cond.Message, `registry "`+reg+`"`)
+	})
+	if string(mustRead(t, kubelet)) != string(before) {
+		t.Errorf("a malformed Secret changed the node file")
+	}
+	if st, _, code := status(t, c, "--wait", "--timeout", "2s"); code != 1 || len(st.Lagging) != 1 || st.Lagging[0] != "node-1" {
+		t.Errorf("status --wait on a failing node: exit %d, lagging %v; want 1 and node-1", code, st.Lagging)
+	}
+	cond := condition(getNode(t, admin, "node-1"))
+	events, err := admin.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons := map[string]bool{}
+	var eventText strings.Builder
+	for _, e := range events.Items {
+		reasons[e.Reason] = true
+		eventText.WriteString(e.Message + "\n")
+	}
+	for _, want := range []string{"CredentialsApplied", "SourceInvalid", "StartupTaintRemoved"} {
+		if !reasons[want] {
+			t.Errorf("no %s Event on the Node; have %v", want, reasons)
+		}
+	}
+
+	// The API server goes away: the agent keeps running and the files stay.
+	fixed := dockerconfigjson(t, map[string]string{reg: "robot:" + pw[2]})
+	updateSecret(t, admin, fixed)
+	eventually(t, 10*time.Second, "fixed Secret applied", func() bool { return authIn(kubelet, reg) == b64("robot:"+pw[2]) })
+	beforeOutage := mustRead(t, kubelet)
+	c.StopAPIServer()
+	time.Sleep(3 * time.Second) // an outage of some seconds; the agent must not touch the files
+	if string(mustRead(t, kubelet)) != string(beforeOutage) {
+		t.Errorf("the files changed while the API server was away")
+	}
+	select {
+	case err := <-agent.done:
+		t.Fatalf("the agent exited during the API server outage: %v", err)
+	default:
+	}
+	if err := c.RestartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	updateSecret(t, c.Admin, dockerconfigjson(t, map[string]string{reg: "robot:" + pw[0]}))
+	eventually(t, 60*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == b64("robot:"+pw[0]) })
+	if _, stderr, code := status(t, c, "--wait", "--timeout", "30s"); code != 0 {
+		t.Errorf("status --wait after the outage: exit %d: %s", code, stderr)
+	}
+
+	metrics := httpBody(t, "http://"+addr+"/metrics")
+	if code := agent.stop(t); code != 0 {
+		t.Errorf("agent exit code %d after SIGTERM", code)
+	}
+	n := getNode(t, c.Admin, "node-1")
+	leakCheck := strings.Join([]string{agent.logs.String(), eventText.String(), cond.Message, fmt.Sprint(n.Annotations), metrics}, "\n")
+	secrets := []string{"other-canary"}
+	for _, p := range pw {
+		secrets = append(secrets, p, b64("robot:"+p), b64("no-colon-"+p))
+	}
+	assertNoSecrets(t, "logs, events, conditions, annotations", leakCheck, secrets...)
+}
+
+func rbacChecks(t *testing.T, sa kubernetes.Interface) {
+	ctx := t.Context()
+	secrets := sa.CoreV1().Secrets(ns)
+	if _, err := secrets.Get(ctx, secretName, metav1.GetOptions{}); err != nil {
+		t.Errorf("the agent cannot get its Secret: %v", err)
+	}
+	if _, err := secrets.List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + secretName}); err != nil {
+		t.Errorf("the agent cannot list its Secret by name: %v", err)
+	}
+	w, err := secrets.Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + secretName})
+	if err != nil {
+		t.Errorf("the agent cannot watch its Secret: %v", err)
+	} else {
+		w.Stop()
+	}
+	forbidden := map[string]error{}
+	_, forbidden["get another Secret"] = secrets.Get(ctx, "not-for-nodecreds", metav1.GetOptions{})
+	_, forbidden["list Secrets in its namespace"] = secrets.List(ctx, metav1.ListOptions{})
+	_, forbidden["list Secrets cluster-wide"] = sa.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
+	_, forbidden["get a Secret elsewhere"] = sa.CoreV1().Secrets("kube-system").Get(ctx, "x", metav1.GetOptions{})
+	_, forbidden["update its Secret"] = secrets.Update(ctx, registrySecret([]byte("{}")), metav1.UpdateOptions{})
+	forbidden["delete a Node"] = sa.CoreV1().Nodes().Delete(ctx, "node-1", metav1.DeleteOptions{})
+	_, forbidden["create a Node"] = sa.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+	_, forbidden["list Pods"] = sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	_, forbidden["create a ConfigMap"] = sa.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+	for what, err := range forbidden {
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("the agent can %s (err %v), want Forbidden", what, err)
+		}
+	}
+	if _, err := sa.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{}); err != nil {
+		t.Errorf("the agent cannot get its Node: %v", err)
+	}
+}
+
+func updateSecret(t *testing.T, client kubernetes.Interface, data []byte) {
+	t.Helper()
+	s, err := client.CoreV1().Secrets(ns).Get(t.Context(), secretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Data = map[string][]byte{corev1.DockerConfigJsonKey: data}
+	if _, err := client.CoreV1().Secrets(ns).Update(t.Context(), s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
