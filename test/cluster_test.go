@@ -338,4 +338,3 @@ func updateSecret(t *testing.T, client kubernetes.Interface, data []byte) {
 		t.Fatal(err)
 	}
 }
-

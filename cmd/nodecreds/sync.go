@@ -94,10 +94,10 @@ func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
 	reg := prometheus.NewRegistry()
 	health := &report.Health{}
 	ag := agent.New(src, files, agent.Options{
-		Targets:  cfg.Targets,
-		HostRoot: cfg.HostRoot,
-		Prune:    cfg.Prune,
-		Resync:   cfg.Resync,
+		Targets:   cfg.Targets,
+		HostRoot:  cfg.HostRoot,
+		Prune:     cfg.Prune,
+		Resync:    cfg.Resync,
 		Metrics:   report.NewMetrics(reg),
 		Health:    health,
 		Reporters: reporters,

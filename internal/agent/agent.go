@@ -268,7 +268,6 @@ func (a *Agent) count(f func(*report.Metrics)) {
 	}
 }
 
-
 const (
 	causeStart  = "start"
 	causeSource = "source"
