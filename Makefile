@@ -23,9 +23,17 @@ lint: ## gofmt and go vet (both modules)
 	$(GO) vet ./...
 	cd test/kubeletcompat && $(GO) vet ./...
 
+.PHONY: controlplane
+controlplane: ## Build etcd and kube-apiserver from Go modules into bin/ (cached)
+	./scripts/controlplane/build.sh etcd kube-apiserver
+
 .PHONY: unit
-unit: ## Unit and binary-level tests with the race detector
-	$(GO) test -race -count=1 ./...
+unit: ## Unit tests only (no control plane)
+	$(GO) test -race -count=1 -short ./...
+
+.PHONY: e2e
+e2e: controlplane ## Every test of the main module, the real API server ones included
+	$(GO) test -race -count=1 -timeout 20m ./...
 
 .PHONY: compat
 compat: ## The kubelet's own credential code reads what nodecreds writes
@@ -36,12 +44,16 @@ fuzz: ## Fuzz the credentials parser briefly (FUZZTIME=15s)
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./internal/dockercfg
 
 .PHONY: test
-test: lint unit compat fuzz ## Everything: lint, unit, e2e, compatibility, fuzz
+test: lint e2e compat fuzz ## Everything: lint, unit, e2e, compatibility, fuzz
 	@echo "make test: all suites passed"
 
 .PHONY: demo
-demo: build ## Run nodecreds on a temporary node root and rotate a Secret
-	./scripts/demo.sh
+demo: build controlplane ## Local control plane + agent + a Secret rotation seen on disk
+	$(GO) run ./scripts/demo
+
+.PHONY: demo-dir
+demo-dir: build ## The agent on a mounted-Secret folder only (no control plane)
+	./scripts/demo-dir.sh
 
 .PHONY: image
 image: ## Build the container image (needs a Docker engine)
