@@ -27,7 +27,10 @@ for c in "${components[@]}"; do
 		echo ">> building $c from Go modules (first time on this machine: etcd ~1 min, Kubernetes components ~5 min each on 2 cores)"
 		start=$(date +%s)
 		mkdir -p "$cache/$key"
-		(cd "$here/$mod" && CGO_ENABLED=0 $GO build -trimpath -o "$cached.tmp" "$pkg")
+		# -v lists each package as it is built; show a running count instead.
+		(cd "$here/$mod" && CGO_ENABLED=0 $GO build -v -trimpath -o "$cached.tmp" "$pkg" 2>&1) |
+			awk '/^(go: |#|[^ ]*\.go:)/ {print; next} {n++; if (n % 100 == 0) {printf "   ... %d packages compiled\n", n; fflush()}}'
+		[ "${PIPESTATUS[0]}" -eq 0 ] && [ -x "$cached.tmp" ] || { echo "building $c failed" >&2; exit 1; }
 		mv "$cached.tmp" "$cached"
 		echo ">> built $c in $(( $(date +%s) - start ))s (cached in $cached)"
 	fi

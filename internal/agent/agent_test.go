@@ -1,0 +1,172 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/nodefile"
+	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/source"
+)
+
+// fakeSource hands out whatever snapshots the test sets.
+type fakeSource struct{ snaps []source.Snapshot }
+
+func (f *fakeSource) Snapshots() []source.Snapshot { return f.snaps }
+func (f *fakeSource) Changed() <-chan struct{}     { return nil }
+func (f *fakeSource) Ready() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// fakeFiles records what would be applied and can inject an error.
+type fakeFiles struct {
+	desired     dockercfg.Set
+	prune       bool
+	injectError error
+}
+
+func (f *fakeFiles) Apply(targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error) {
+	f.desired, f.prune = desired, prune
+	out := make([]nodefile.Result, len(targets))
+	for i, t := range targets {
+		out[i] = nodefile.Result{Target: t, Entries: len(desired), Err: f.injectError}
+	}
+	return out, nil
+}
+func (f *fakeFiles) Resolve(p string) (string, error) { return p, nil }
+
+type fakeReporter struct{ got []report.Status }
+
+func (f *fakeReporter) Report(_ context.Context, st report.Status) { f.got = append(f.got, st) }
+
+func snap(name, key, user string) source.Snapshot {
+	return source.Snapshot{Name: name, Revision: name + "-rev", Set: dockercfg.Set{{Key: key, Entry: dockercfg.Entry{Username: user, Password: "p"}}}}
+}
+
+func bad(name string, err error) source.Snapshot {
+	return source.Snapshot{Name: name, Revision: name + "-bad", Err: fmt.Errorf("%s: %w", name, err)}
+}
+
+func TestSync(t *testing.T) {
+	invalid := &dockercfg.ValidationError{Problems: []dockercfg.Problem{{Key: "r.test", Reason: `"auth" is not valid base64`}}}
+	tests := []struct {
+		name       string
+		prune      bool
+		before     []source.Snapshot // an earlier sync, to set last good
+		now        []source.Snapshot
+		wantKeys   []string
+		wantUser   map[string]string
+		wantPrune  bool
+		wantOK     bool
+		wantReason string
+	}{
+		{
+			name:      "first wins across sources",
+			prune:     true,
+			now:       []source.Snapshot{snap("a", "docker.io", "from-a"), snap("b", "https://index.docker.io/v1/", "from-b")},
+			wantKeys:  []string{"docker.io"},
+			wantUser:  map[string]string{"docker.io": "from-a"},
+			wantPrune: true, wantOK: true, wantReason: "Synced",
+		},
+		{
+			name:      "an invalid source keeps its last good state",
+			prune:     true,
+			before:    []source.Snapshot{snap("a", "r.test", "good")},
+			now:       []source.Snapshot{bad("a", invalid)},
+			wantKeys:  []string{"r.test"},
+			wantUser:  map[string]string{"r.test": "good"},
+			wantPrune: true, wantOK: false, wantReason: "SourceInvalid",
+		},
+		{
+			name:      "an invalid source never good: apply the rest, prune nothing",
+			prune:     true,
+			now:       []source.Snapshot{bad("a", invalid), snap("b", "q.test", "b")},
+			wantKeys:  []string{"q.test"},
+			wantPrune: false, wantOK: false, wantReason: "SourceInvalid",
+		},
+		{
+			name:      "a deleted source counts as empty with prune",
+			prune:     true,
+			before:    []source.Snapshot{snap("a", "r.test", "good")},
+			now:       []source.Snapshot{bad("a", source.ErrNotFound)},
+			wantKeys:  []string{},
+			wantPrune: true, wantOK: false, wantReason: "SourceNotFound",
+		},
+		{
+			name:      "a deleted source keeps its entries without prune",
+			prune:     false,
+			before:    []source.Snapshot{snap("a", "r.test", "good")},
+			now:       []source.Snapshot{bad("a", source.ErrNotFound)},
+			wantKeys:  []string{"r.test"},
+			wantPrune: false, wantOK: false, wantReason: "SourceNotFound",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := &fakeSource{snaps: tt.before}
+			files := &fakeFiles{}
+			rep := &fakeReporter{}
+			health := &report.Health{}
+			a := New(src, files, Options{Targets: []string{"/t"}, Prune: tt.prune, Health: health, Reporters: []Reporter{rep}}, logrus.NewEntry(logrus.New()))
+			if tt.before != nil {
+				a.Sync(t.Context(), "test")
+			}
+			src.snaps = tt.now
+			o := a.Sync(t.Context(), "test")
+			if got := files.desired.Keys(); !slices.Equal(nonNil(got), tt.wantKeys) {
+				t.Errorf("applied keys %v, want %v", got, tt.wantKeys)
+			}
+			for _, it := range files.desired {
+				if want, ok := tt.wantUser[it.Key]; ok && it.Entry.Username != want {
+					t.Errorf("%s from user %q, want %q", it.Key, it.Entry.Username, want)
+				}
+			}
+			if files.prune != tt.wantPrune {
+				t.Errorf("prune = %v, want %v", files.prune, tt.wantPrune)
+			}
+			if (o.Err == nil) != tt.wantOK {
+				t.Errorf("outcome error %v, want ok=%v", o.Err, tt.wantOK)
+			}
+			last := rep.got[len(rep.got)-1]
+			if last.OK != tt.wantOK || last.Reason != tt.wantReason || last.Revision != o.Revision {
+				t.Errorf("reported %+v, want ok=%v reason=%s", last, tt.wantOK, tt.wantReason)
+			}
+			if !tt.wantOK && last.Message == "" {
+				t.Errorf("no message for a failure")
+			}
+		})
+	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func TestTargetErrorIsReportedAndNotReady(t *testing.T) {
+	health := &report.Health{}
+	rep := &fakeReporter{}
+	files := &fakeFiles{injectError: errors.New("/t: read-only file system")}
+	a := New(&fakeSource{snaps: []source.Snapshot{snap("a", "r.test", "u")}}, files, Options{Targets: []string{"/t"}, Prune: true, Health: health, Reporters: []Reporter{rep}}, logrus.NewEntry(logrus.New()))
+	o := a.Sync(t.Context(), "test")
+	if o.Err == nil || health.Ready() {
+		t.Fatalf("a failed target left err=%v ready=%v", o.Err, health.Ready())
+	}
+	if st := rep.got[0]; st.Reason != "TargetError" || st.Message != "/t: read-only file system" {
+		t.Errorf("reported %+v", st)
+	}
+	files.injectError = nil
+	if o := a.Sync(t.Context(), "test"); o.Err != nil || !health.Ready() {
+		t.Errorf("recovery: err=%v ready=%v", o.Err, health.Ready())
+	}
+}

@@ -1,0 +1,83 @@
+package report
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
+)
+
+// TestNodePush drives the reporter with client-go's fake clientset (a
+// narrow unit test; test/ proves it against a real API server).
+func TestNodePush(t *testing.T) {
+	client := fake.NewClientset(&corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+		Spec: corev1.NodeSpec{Taints: []corev1.Taint{
+			{Key: StartupTaintKey, Effect: corev1.TaintEffectNoSchedule},
+			{Key: "keep", Effect: corev1.TaintEffectNoExecute},
+		}},
+	})
+	rec := record.NewFakeRecorder(20)
+	n := NewNode(client, "n1", rec, logrus.NewEntry(logrus.New()))
+	clock := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	n.now = func() time.Time { return clock }
+	ctx := t.Context()
+
+	// A failure first: condition False, a Warning event, taint kept.
+	if err := n.push(ctx, Status{Revision: "r1", OK: false, Reason: "SourceInvalid", Message: `registry "x": bad`}); err != nil {
+		t.Fatal(err)
+	}
+	node, _ := client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+	cond := findCond(node)
+	if cond == nil || cond.Status != corev1.ConditionFalse || cond.Reason != "SourceInvalid" {
+		t.Fatalf("condition = %+v", cond)
+	}
+	if len(node.Spec.Taints) != 2 || node.Annotations[AnnotationRevision] != "" {
+		t.Errorf("a failed sync touched taints or annotations: %v %v", node.Spec.Taints, node.Annotations)
+	}
+	if ev := <-rec.Events; !strings.HasPrefix(ev, "Warning SourceInvalid") {
+		t.Errorf("event %q", ev)
+	}
+
+	// Success: annotations, condition True with a new transition time,
+	// startup taint gone, the other one kept.
+	clock = clock.Add(time.Minute)
+	if err := n.push(ctx, Status{Revision: "r2", OK: true, Reason: "Synced", Message: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	node, _ = client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+	cond = findCond(node)
+	if cond.Status != corev1.ConditionTrue || !cond.LastTransitionTime.Time.Equal(clock) {
+		t.Errorf("condition = %+v", cond)
+	}
+	if node.Annotations[AnnotationRevision] != "r2" || node.Annotations[AnnotationSyncedAt] != "2026-11-26T10:01:00Z" {
+		t.Errorf("annotations = %v", node.Annotations)
+	}
+	if len(node.Spec.Taints) != 1 || node.Spec.Taints[0].Key != "keep" {
+		t.Errorf("taints = %v", node.Spec.Taints)
+	}
+
+	// The same status again: no API writes at all.
+	before := len(client.Actions())
+	clock = clock.Add(time.Minute)
+	if err := n.push(ctx, Status{Revision: "r2", OK: true, Reason: "Synced", Message: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	if after := len(client.Actions()); after != before {
+		t.Errorf("an unchanged status made %d API calls: %v", after-before, client.Actions()[before:])
+	}
+}
+
+func findCond(n *corev1.Node) *corev1.NodeCondition {
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == ConditionType {
+			return &n.Status.Conditions[i]
+		}
+	}
+	return nil
+}
