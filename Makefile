@@ -21,7 +21,11 @@ build: ## Build bin/nodecreds (static)
 lint: ## gofmt and go vet (both modules)
 	@out=$$(gofmt -l cmd internal test); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	cd test/kubeletcompat && $(GO) vet ./...
+	cd test/consumers && $(GO) vet ./...
+
+.PHONY: deps
+deps: ## Install the Debian packages the tests use (docker-registry, apache2-utils, skopeo)
+	./scripts/deps.sh
 
 .PHONY: controlplane
 controlplane: ## Build etcd and kube-apiserver from Go modules into bin/ (cached)
@@ -36,8 +40,8 @@ e2e: controlplane ## Every test of the main module, the real API server ones inc
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 .PHONY: compat
-compat: ## The kubelet's own credential code reads what nodecreds writes
-	cd test/kubeletcompat && $(GO) test -count=1 ./...
+compat: deps ## Real consumers: the kubelet's credential code, a real registry, skopeo
+	cd test/consumers && $(GO) test -count=1 ./...
 
 .PHONY: fuzz
 fuzz: ## Fuzz the credentials parser briefly (FUZZTIME=15s)

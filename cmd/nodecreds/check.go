@@ -16,19 +16,29 @@ func newCheckCmd(stdout io.Writer) *cobra.Command {
 		Short: "Say whether this node can pull the given images, as the kubelet would resolve credentials",
 		Long: `Resolve credentials exactly as the kubelet does (the first config.json that
 parses in its search order, then its key matching) for each --image and
---registry. Exit 0 when all have credentials, 1 when any lacks them, 2 on bad
-usage. Usernames are shown; passwords and auth strings never are.`,
+--registry. With --probe, also log in to each registry's /v2/ with the
+credentials found (basic and bearer-token flows) and report the registry's
+answer. Exit 0 when all have credentials (and every login succeeded), 1
+otherwise, 2 on bad usage. Usernames are shown; passwords and auth strings
+never are.
+
+Use it as a node bootstrap gate or an init step:
+  nodecreds check --image registry.example.com/team/app:v1 --probe || exit 1`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadCheck(cmd.Flags())
 			if err != nil {
 				return err
 			}
-			rep := check.Run(cmd.Context(), check.Options{
+			opts := check.Options{
 				HostRoot:       cfg.HostRoot,
 				KubeletRootDir: cfg.KubeletRootDir,
 				Images:         cfg.Images,
 				Registries:     cfg.Registries,
-			})
+			}
+			if cfg.Probe {
+				opts.Prober = check.RegistryProber{Timeout: cfg.Timeout}
+			}
+			rep := check.Run(cmd.Context(), opts)
 			if cfg.Output == "json" {
 				enc := json.NewEncoder(stdout)
 				enc.SetIndent("", "  ")

@@ -1,9 +1,9 @@
-// Package kubeletcompat proves that the files nodecreds writes are read by
+// Package consumers proves that the files nodecreds writes are read by
 // the kubelet's own credential code (k8s.io/kubernetes/pkg/credentialprovider)
 // exactly as intended, including next to foreign entries and after
 // displacing one. It is a module of its own because importing
 // k8s.io/kubernetes needs a replace line per staging module.
-package kubeletcompat
+package consumers
 
 import (
 	"bytes"
