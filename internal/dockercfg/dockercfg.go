@@ -77,13 +77,28 @@ type wireEntry struct {
 // MarshalJSON writes the entry as nodecreds puts it in a target: auth only
 // (username and password are derived from it by both consumers), plus the
 // optional fields carried through from the source.
+// The output is compact with its keys sorted (auth, email, identitytoken,
+// registrytoken), which nodefile relies on to fingerprint it cheaply. It is
+// built by hand because files can hold thousands of entries.
 func (e Entry) MarshalJSON() ([]byte, error) {
-	return json.Marshal(wireEntry{
-		Auth:          e.Auth(),
-		Email:         e.Email,
-		IdentityToken: e.IdentityToken,
-		RegistryToken: e.RegistryToken,
-	})
+	b := make([]byte, 0, 64)
+	b = append(b, `{"auth":"`...)
+	b = base64.StdEncoding.AppendEncode(b, []byte(e.Username+":"+e.Password))
+	b = append(b, '"')
+	for _, f := range []struct{ name, value string }{
+		{"email", e.Email}, {"identitytoken", e.IdentityToken}, {"registrytoken", e.RegistryToken},
+	} {
+		if f.value == "" {
+			continue
+		}
+		q, err := json.Marshal(f.value)
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, `,"`+f.name+`":`...)
+		b = append(b, q...)
+	}
+	return append(b, '}'), nil
 }
 
 // Item is one registry key with its entry. Key is kept as the source spelled

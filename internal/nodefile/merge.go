@@ -46,8 +46,8 @@ func parseDocument(data []byte) (*document, error) {
 		d.auths = map[string]json.RawMessage{}
 	}
 	for k, v := range d.auths {
-		var obj map[string]any
-		if err := json.Unmarshal(v, &obj); err != nil {
+		// Already valid JSON; an object is all the consumers accept.
+		if t := bytes.TrimSpace(v); len(t) == 0 || t[0] != '{' {
 			return nil, fmt.Errorf("%w: entry %q is not an object", ErrCorrupt, k)
 		}
 	}
@@ -94,7 +94,7 @@ func (d *document) equal(o *document) bool {
 	}
 	for k, v := range d.auths {
 		w, ok := o.auths[k]
-		if !ok || fingerprint(v) != fingerprint(w) {
+		if !ok || !sameJSON(v, w) {
 			return false
 		}
 	}
@@ -127,6 +127,30 @@ func compact(raw json.RawMessage) []byte {
 	return buf.Bytes()
 }
 
+// sameJSON reports whether two raw values are the same JSON value. Most
+// comparisons differ at most in white space, which compacting settles
+// without decoding; only the rest pay for a canonical form.
+func sameJSON(a, b json.RawMessage) bool {
+	return bytes.Equal(a, b) || bytes.Equal(compact(a), compact(b)) || fingerprint(a) == fingerprint(b)
+}
+
+// hasFingerprint reports whether raw's fingerprint is fp. What nodecreds
+// writes is compact with sorted keys, so hashing the compacted bytes
+// settles the common case without decoding.
+func hasFingerprint(raw json.RawMessage, fp string) bool {
+	if fp == "" {
+		return false
+	}
+	return digest(compact(raw)) == fp || fingerprint(raw) == fp
+}
+
+// digest is 128 bits of SHA-256: plenty to tell our entries from others',
+// and half the state file.
+func digest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
 // fingerprint is a digest of an entry's JSON value (keys sorted), so that
 // reformatting by another tool does not make our own entry look foreign.
 // The state file keeps fingerprints, never the entries we wrote.
@@ -138,8 +162,7 @@ func fingerprint(raw json.RawMessage) string {
 			canon = b
 		}
 	}
-	sum := sha256.Sum256(canon)
-	return hex.EncodeToString(sum[:])
+	return digest(canon)
 }
 
 // mergeResult is what merge decided for one target.
@@ -179,8 +202,7 @@ func merge(cur *document, desired dockercfg.Set, prune bool, st TargetState) mer
 		if !ok {
 			return false
 		}
-		fp := fingerprint(v)
-		return st.Owned[key] == fp || (st.Pending[key] != "" && st.Pending[key] == fp)
+		return hasFingerprint(v, st.Owned[key]) || hasFingerprint(v, st.Pending[key])
 	}
 
 	// Entries we own that are not rewritten as they are below.
@@ -210,11 +232,16 @@ func merge(cur *document, desired dockercfg.Set, prune bool, st TargetState) mer
 	}
 
 	// Desired entries: displace foreign ones for the same registry, write ours.
+	// Index the file's keys by registry once: files can hold thousands.
+	byRegistry := map[string][]string{}
+	for _, key := range sortedKeys(doc.auths) {
+		n := dockercfg.Normalize(key)
+		byRegistry[n] = append(byRegistry[n], key)
+	}
 	for _, it := range desired {
-		norm := dockercfg.Normalize(it.Key)
-		for _, key := range sortedKeys(doc.auths) {
-			if dockercfg.Normalize(key) != norm {
-				continue
+		for _, key := range byRegistry[dockercfg.Normalize(it.Key)] {
+			if _, present := doc.auths[key]; !present {
+				continue // removed above (a respelled key of ours)
 			}
 			if !ours(key) {
 				next.Displaced[key] = doc.auths[key]
@@ -222,9 +249,9 @@ func merge(cur *document, desired dockercfg.Set, prune bool, st TargetState) mer
 			}
 			delete(doc.auths, key)
 		}
-		raw, _ := json.Marshal(it.Entry) // Entry's MarshalJSON cannot fail
+		raw, _ := it.Entry.MarshalJSON() // cannot fail: strings only
 		doc.auths[it.Key] = raw
-		next.Owned[it.Key] = fingerprint(raw)
+		next.Owned[it.Key] = digest(raw) // already compact with sorted keys
 	}
 
 	// Displaced entries whose registry no entry of ours covers any more go

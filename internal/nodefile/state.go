@@ -52,7 +52,7 @@ func (t TargetState) equal(o TargetState) bool {
 	}
 	for k, v := range t.Displaced {
 		w, ok := o.Displaced[k]
-		if !ok || fingerprint(v) != fingerprint(w) {
+		if !ok || !sameJSON(v, w) {
 			return false
 		}
 	}
@@ -126,7 +126,7 @@ func saveState(path string, s *State) error {
 		}
 		return syncDir(dir)
 	}
-	data, err := json.MarshalIndent(s, "", "  ")
+	data, err := json.Marshal(s)
 	if err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
