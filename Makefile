@@ -39,6 +39,10 @@ unit: ## Unit tests only (no control plane)
 e2e: controlplane ## Every test of the main module, the real API server ones included
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+.PHONY: test-faults
+test-faults: controlplane ## The slow fault tests alone (kill -9, full disk, read-only, API outage, concurrent writer)
+	$(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestBadInput' -v ./test/
+
 .PHONY: compat
 compat: deps ## Real consumers: the kubelet's credential code, a real registry, skopeo
 	cd test/consumers && $(GO) test -count=1 ./...
@@ -50,6 +54,10 @@ fuzz: ## Fuzz the credentials parser briefly (FUZZTIME=15s)
 .PHONY: test
 test: lint e2e compat fuzz ## Everything: lint, unit, e2e, compatibility, fuzz
 	@echo "make test: all suites passed"
+
+.PHONY: bench
+bench: build controlplane ## Measure N agents (BENCH_AGENTS=100) on a local control plane; writes docs/benchmarks.md
+	$(GO) run ./scripts/bench
 
 .PHONY: demo
 demo: build controlplane ## Local control plane + agent + a Secret rotation seen on disk

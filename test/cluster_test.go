@@ -338,3 +338,71 @@ func updateSecret(t *testing.T, client kubernetes.Interface, data []byte) {
 		t.Fatal(err)
 	}
 }
+
+// TestFaultAPIServerOutage: the API server is gone for a minute. The agent
+// keeps running and does not touch the files; when the server is back, a
+// change is applied; a deleted Secret counts as empty (prune) and its
+// recreation is picked up after the informer relists.
+func TestFaultAPIServerOutage(t *testing.T) {
+	c := startCluster(t)
+	ctx := t.Context()
+	applyManifest(t, c)
+	const reg = "outage.example.test"
+	if _, err := c.Admin.CoreV1().Secrets(ns).Create(ctx, registrySecret(dockerconfigjson(t, map[string]string{reg: "u:before"})), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	createNode(t, c.Admin, "node-o")
+	kubeconfig, _, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	kubelet := filepath.Join(root, kubeletFile)
+	writeNodeFile(t, filepath.Join(root, dockerFile), `{"auths":{"mine.test":{"auth":"`+b64("me:x")+`"}}}`)
+	agent := startAgent(t, "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", "node-o", "--host-root", root,
+		"--metrics-addr", "0", "--resync", "2s")
+	eventually(t, 30*time.Second, "first sync", func() bool { return authIn(kubelet, reg) == b64("u:before") })
+
+	before, _ := os.Stat(kubelet)
+	content := mustRead(t, kubelet)
+	c.StopAPIServer()
+	outage := 60 * time.Second
+	if testing.Short() {
+		outage = 5 * time.Second
+	}
+	time.Sleep(outage) // many resyncs (every 2s) run meanwhile
+	after, _ := os.Stat(kubelet)
+	if !after.ModTime().Equal(before.ModTime()) || string(mustRead(t, kubelet)) != string(content) {
+		t.Errorf("the kubelet file was touched while the API server was away")
+	}
+	select {
+	case err := <-agent.done:
+		t.Fatalf("the agent exited during the outage: %v\n%s", err, agent.logs.String())
+	default:
+	}
+	if err := c.RestartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	updateSecret(t, c.Admin, dockerconfigjson(t, map[string]string{reg: "u:after"}))
+	eventually(t, 90*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == b64("u:after") })
+
+	// Deleted: counts as empty with prune; the foreign entry stays.
+	if err := c.Admin.CoreV1().Secrets(ns).Delete(ctx, secretName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "entries of a deleted Secret pruned", func() bool {
+		return authIn(filepath.Join(root, dockerFile), reg) == "" && authIn(filepath.Join(root, dockerFile), "mine.test") == b64("me:x")
+	})
+	eventually(t, 15*time.Second, "condition says the Secret is missing", func() bool {
+		cond := condition(getNode(t, c.Admin, "node-o"))
+		return cond != nil && cond.Status == corev1.ConditionFalse && cond.Reason == "SourceNotFound"
+	})
+	// Recreated.
+	if _, err := c.Admin.CoreV1().Secrets(ns).Create(ctx, registrySecret(dockerconfigjson(t, map[string]string{reg: "u:recreated"})), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "a recreated Secret applied", func() bool { return authIn(kubelet, reg) == b64("u:recreated") })
+	if code := agent.stop(t); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+}

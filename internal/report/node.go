@@ -124,6 +124,8 @@ func (n *Node) push(ctx context.Context, st Status) error {
 			}
 		}
 		n.reportedRev = node.Annotations[AnnotationRevision]
+		// Most nodes never had the startup taint: no need to look again.
+		n.taintDone = !hasTaint(node, StartupTaintKey)
 	}
 	ref := &corev1.ObjectReference{Kind: "Node", Name: n.name, UID: types.UID(n.name)}
 	msg := truncate(st.Message)
@@ -210,6 +212,15 @@ func (n *Node) removeStartupTaint(ctx context.Context) error {
 		return nil
 	}
 	return fmt.Errorf("removing taint %s from node %s: conflicts kept happening", StartupTaintKey, n.name)
+}
+
+func hasTaint(n *corev1.Node, key string) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == key {
+			return true
+		}
+	}
+	return false
 }
 
 func truncate(s string) string {
