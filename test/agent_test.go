@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -86,6 +87,37 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 	}
 	logs := agent.logs.String()
 	assertNoSecrets(t, "agent logs", logs, pw1, pw2, want1, want2, b64("evil:x"), b64("me:pw"))
+
+	// Modes and owner of what nodecreds creates, and a state file that
+	// keeps fingerprints, not the credentials it wrote.
+	for path, want := range map[string]os.FileMode{
+		kubelet: 0o600, filepath.Dir(kubelet): 0o700,
+		filepath.Join(root, "var/lib/nodecreds/state.json"): 0o600, filepath.Join(root, "var/lib/nodecreds"): 0o700,
+	} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s mode %o, want %o", path, fi.Mode().Perm(), want)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || st.Gid != 0 {
+			t.Errorf("%s owned by %d:%d, want root", path, st.Uid, st.Gid)
+		}
+	}
+	assertNoSecrets(t, "state file", string(mustRead(t, filepath.Join(root, "var/lib/nodecreds/state.json"))), pw1, pw2, want1, want2)
+
+	// cleanup and check at debug level leak nothing either.
+	out, errOut, code := run(t, "check", "--host-root", root, "--image", reg+"/app", "-o", "json", "--log-level", "debug")
+	if code != 0 {
+		t.Errorf("check exit %d: %s", code, errOut)
+	}
+	assertNoSecrets(t, "check output", out+errOut, pw1, pw2, want1, want2)
+	out, errOut, code = run(t, "cleanup", "--host-root", root, "--log-level", "debug")
+	if code != 0 {
+		t.Errorf("cleanup exit %d: %s", code, errOut)
+	}
+	assertNoSecrets(t, "cleanup output", out+errOut, pw1, pw2, want1, want2, b64("me:pw"))
 	assertNoSecrets(t, "/metrics", metrics, pw1, pw2, want1, want2)
 	if !strings.Contains(logs, `"level":"debug"`) {
 		t.Errorf("no debug lines logged; the leak check did not cover debug level")

@@ -280,6 +280,8 @@ func TestClusterMode(t *testing.T) {
 	}
 
 	metrics := httpBody(t, "http://"+addr+"/metrics")
+	statusTable, _, _ := run(t, "status", "--kubeconfig", c.Kubeconfig, "--namespace", ns, "--log-level", "debug")
+	metrics += statusTable
 	if code := agent.stop(t); code != 0 {
 		t.Errorf("agent exit code %d after SIGTERM", code)
 	}

@@ -102,29 +102,35 @@ func TestFaultKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if _, stderr, code := run(t, args...); code != 0 {
-		t.Fatalf("full run: exit %d: %s", code, stderr)
+	if out, err := exec.Command(plainBinary, args...).CombinedOutput(); err != nil {
+		t.Fatalf("full run: %v: %s", err, out)
 	}
 	full := time.Since(start)
 	t.Logf("a full sync of %d entries into 2 files with %d foreign entries takes %s; killing at random points of that", entries, foreign, full)
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	prev := sets[0] // what a completed run last wrote
-	killedMidway := 0
+	killedMidway, changedThenKilled := 0, 0
 	for i := range rounds {
+		beforeKubelet := mustRead(t, filepath.Join(root, kubeletFile))
 		next := (i + 1) % 2 // alternate: b, a, b, ...
 		if err := os.WriteFile(filepath.Join(secret, ".dockerconfigjson"), docs[next], 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(binary, args...)
+		cmd := exec.Command(plainBinary, args...)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Duration(rng.Int64N(int64(full) + 1)))
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		err := cmd.Wait()
+		killed := false
 		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == -1 {
 			killedMidway++
+			killed = true
+		}
+		if killed && string(mustRead(t, filepath.Join(root, kubeletFile))) != string(beforeKubelet) {
+			changedThenKilled++ // the kill landed after the kubelet file was replaced
 		}
 		for _, f := range []string{kubeletFile, dockerFile} {
 			checkWhole(t, filepath.Join(root, f), foreign, prev, sets[next], sets[1-next])
@@ -138,9 +144,9 @@ func TestFaultKill9(t *testing.T) {
 		}
 		prev = sets[next] // unknown whether it finished; the check allows both
 	}
-	t.Logf("%d of %d runs were killed before they finished", killedMidway, rounds)
-	if killedMidway < rounds/4 {
-		t.Errorf("only %d kills landed mid-run; the test is not exercising crashes", killedMidway)
+	t.Logf("%d of %d runs were killed before they finished, %d of them after replacing the kubelet file (mid-sync)", killedMidway, rounds, changedThenKilled)
+	if killedMidway < rounds/4 || changedThenKilled < rounds/20 {
+		t.Errorf("only %d kills landed before the end and %d mid-sync; the test is not exercising crashes", killedMidway, changedThenKilled)
 	}
 
 	// A run to completion converges, with the foreign data intact.
