@@ -97,16 +97,21 @@ func TestFaultKill9(t *testing.T) {
 	docs := [][]byte{dockerconfigjson(t, sets[0]), dockerconfigjson(t, sets[1])}
 	args := []string{"sync", "--once", "--source", "dir", "--secret-dir", secret, "--host-root", root, "--metrics-addr", "0", "--log-level", "error"}
 
-	// How long a full run takes, to spread the kills over it.
-	if err := os.WriteFile(filepath.Join(secret, ".dockerconfigjson"), docs[0], 0o600); err != nil {
-		t.Fatal(err)
+	// How long a full run takes (the slowest of a few), to spread the kills
+	// over it and a little past it.
+	var full time.Duration
+	for _, d := range []int{1, 0, 1, 0} {
+		if err := os.WriteFile(filepath.Join(secret, ".dockerconfigjson"), docs[d], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if out, err := exec.Command(plainBinary, args...).CombinedOutput(); err != nil {
+			t.Fatalf("full run: %v: %s", err, out)
+		}
+		full = max(full, time.Since(start))
 	}
-	start := time.Now()
-	if out, err := exec.Command(plainBinary, args...).CombinedOutput(); err != nil {
-		t.Fatalf("full run: %v: %s", err, out)
-	}
-	full := time.Since(start)
-	t.Logf("a full sync of %d entries into 2 files with %d foreign entries takes %s; killing at random points of that", entries, foreign, full)
+	full = full * 3 / 2
+	t.Logf("a full sync of %d entries into 2 files with %d foreign entries takes up to %s; killing at random points within %s", entries, foreign, full*2/3, full)
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	prev := sets[0] // what a completed run last wrote
@@ -145,7 +150,7 @@ func TestFaultKill9(t *testing.T) {
 		prev = sets[next] // unknown whether it finished; the check allows both
 	}
 	t.Logf("%d of %d runs were killed before they finished, %d of them after replacing the kubelet file (mid-sync)", killedMidway, rounds, changedThenKilled)
-	if killedMidway < rounds/4 || changedThenKilled < rounds/20 {
+	if killedMidway < rounds/4 || changedThenKilled < rounds/40 {
 		t.Errorf("only %d kills landed before the end and %d mid-sync; the test is not exercising crashes", killedMidway, changedThenKilled)
 	}
 

@@ -201,6 +201,14 @@ func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st
 		res.Entries = len(m.state.Owned)
 		res.Released, res.Displaced, res.Restored = m.released, m.displaced, m.restored
 		drop := m.state.Created && m.doc.empty()
+		// What of ours is in the file on disk right now: cur, which after a
+		// lost race is our own stale write rather than base.
+		onDisk := ownedIn(doc, old)
+		if racing {
+			if curDoc, err := parseDocument(cur.data); err == nil {
+				onDisk = ownedIn(curDoc, old)
+			}
+		}
 
 		switch {
 		case corrupt && len(m.state.Owned) == 0 && len(m.restored) == 0 && !racing:
@@ -209,7 +217,7 @@ func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; left alone as nodecreds has nothing to write to it", path, perr))
 			return res, commit(m.state)
 		case drop:
-			if err := commit(intent(old, m.state)); err != nil {
+			if err := commit(intent(onDisk, old, m.state)); err != nil {
 				return res, err
 			}
 			if cur.exists {
@@ -223,7 +231,7 @@ func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st
 			return res, commit(m.state)
 		}
 
-		if err := commit(intent(old, m.state)); err != nil {
+		if err := commit(intent(onDisk, old, m.state)); err != nil {
 			return res, err
 		}
 		if corrupt && base.exists {
@@ -259,7 +267,9 @@ func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st
 			if !base.exists {
 				cur.mode = 0o600
 			}
-			old = intent(old, m.state)
+			// Merge again recognising both what was ours in their file and
+			// our stale write, which is what is on disk now.
+			old = intent(ownedIn(doc, old), old, m.state)
 			continue
 		}
 		return res, commit(m.state)

@@ -251,3 +251,24 @@ func TestEncodeKeepsForeignValues(t *testing.T) {
 		}
 	}
 }
+
+// TestIntentRecognisesEitherFile: a crash right after the intent is saved
+// leaves the old file, right after the replace the new one; the intent must
+// recognise our entries in both, even when the previous run had itself
+// crashed and left a pending write for the same key.
+func TestIntentRecognisesEitherFile(t *testing.T) {
+	a, b, c := entryJSON(t, "u", "a"), entryJSON(t, "u", "b"), entryJSON(t, "u", "c")
+	// A run that wrote b was killed before its final state: intent {a, b}.
+	old := TargetState{Owned: map[string]string{"r.test": fingerprint(a)}, Pending: map[string]string{"r.test": fingerprint(b)}}
+	onDiskB := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{"r.test": b}}
+	m := merge(onDiskB, dockercfg.Set{item("r.test", "u", "c")}, true, old)
+	it := intent(ownedIn(onDiskB, old), old, m.state)
+	for name, raw := range map[string]json.RawMessage{"the old file (b)": b, "the new file (c)": c} {
+		disk := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{"r.test": raw}}
+		after := merge(disk, nil, true, it)
+		if _, still := after.doc.auths["r.test"]; still || len(after.state.Displaced) != 0 || len(after.released) != 0 {
+			t.Errorf("after a crash leaving %s, our entry is not recognised: auths %v displaced %v released %v",
+				name, sortedKeys(after.doc.auths), sortedKeys(after.state.Displaced), after.released)
+		}
+	}
+}

@@ -59,29 +59,41 @@ func (t TargetState) equal(o TargetState) bool {
 	return true
 }
 
-// intent is the state to record before a write: everything old and new is
-// recognised as ours and nothing displaced is forgotten, whichever of the
-// two files a crash leaves on disk.
-func intent(old, next TargetState) TargetState {
+// intent is the state to record before a write. onDisk is our entries in
+// the file as it is now (key → the fingerprint that matched); next is the
+// state after the write. Whichever of the two files a crash leaves on disk,
+// every entry of ours in it is recognised, and nothing displaced is
+// forgotten.
+func intent(onDisk map[string]string, old, next TargetState) TargetState {
 	out := TargetState{
 		Created:   old.Created || next.Created,
-		Owned:     maps.Clone(old.Owned),
+		Owned:     maps.Clone(onDisk),
 		Pending:   maps.Clone(next.Owned),
 		Displaced: maps.Clone(old.Displaced),
 	}
 	if out.Owned == nil {
 		out.Owned = map[string]string{}
 	}
-	for k, v := range old.Pending {
-		if _, ok := out.Owned[k]; !ok {
-			out.Owned[k] = v
-		}
-	}
 	if out.Displaced == nil {
 		out.Displaced = map[string]json.RawMessage{}
 	}
 	for k, v := range next.Displaced {
 		out.Displaced[k] = v
+	}
+	return out
+}
+
+// ownedIn returns the entries of doc that st recognises as ours, with the
+// fingerprint that matched.
+func ownedIn(doc *document, st TargetState) map[string]string {
+	out := map[string]string{}
+	for key, v := range doc.auths {
+		switch {
+		case hasFingerprint(v, st.Owned[key]):
+			out[key] = st.Owned[key]
+		case hasFingerprint(v, st.Pending[key]):
+			out[key] = st.Pending[key]
+		}
 	}
 	return out
 }

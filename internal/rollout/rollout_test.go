@@ -1,0 +1,64 @@
+package rollout
+
+import (
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/source"
+)
+
+func node(name, rev string, status corev1.ConditionStatus) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{}}}
+	if rev != "" {
+		n.Annotations[report.AnnotationRevision] = rev
+	}
+	if status != "" {
+		n.Status.Conditions = []corev1.NodeCondition{{Type: report.ConditionType, Status: status, Reason: "R", Message: "m"}}
+	}
+	return n
+}
+
+// TestGet checks the in-sync rule with client-go's fake clientset (a narrow
+// unit test; test/ runs `nodecreds status --wait` against a real API server).
+func TestGet(t *testing.T) {
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "s", UID: "u", ResourceVersion: "5"}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{".dockerconfigjson": []byte(`{"auths":{}}`)}}
+	cur := source.Revision([]source.Snapshot{source.FromSecret(sec)})
+	client := fake.NewClientset(sec,
+		node("a", cur, corev1.ConditionTrue),
+		node("b", "old", corev1.ConditionTrue),
+		node("c", cur, corev1.ConditionFalse),
+		node("d", "", ""),
+	)
+	st, err := Get(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Revision != cur || st.InSync {
+		t.Errorf("status = %+v", st)
+	}
+	want := map[string]bool{"a": true, "b": false, "c": false, "d": false}
+	for _, n := range st.Nodes {
+		if n.InSync != want[n.Name] {
+			t.Errorf("node %s in sync = %v", n.Name, n.InSync)
+		}
+	}
+	if len(st.Lagging) != 3 || st.Lagging[0] != "b" {
+		t.Errorf("lagging = %v", st.Lagging)
+	}
+	// Wait gives up at the timeout and returns the last status.
+	st, err = Wait(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"s"}}, 300*time.Millisecond, 50*time.Millisecond)
+	if err != nil || st.InSync || len(st.Lagging) != 3 {
+		t.Errorf("wait: %v %+v", err, st)
+	}
+	// A missing Secret still gives a revision to compare with.
+	st, err = Get(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"gone"}})
+	if err != nil || st.Revision == "" || st.Revision == cur {
+		t.Errorf("missing Secret: %v %+v", err, st.Revision)
+	}
+}
