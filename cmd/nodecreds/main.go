@@ -72,7 +72,7 @@ kept, and 'nodecreds cleanup' puts back what it replaced.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return config.UsageError(err) })
-	root.AddCommand(newSyncCmd(), newCheckCmd(stdout), newCleanupCmd(), newStatusCmd(stdout), newVersionCmd(stdout))
+	root.AddCommand(newSyncCmd(), newCheckCmd(stdout), newCleanupCmd(), newStatusCmd(stdout), newProviderCmd(), newVersionCmd(stdout))
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return config.UsageError(err) })
 		if c.Args == nil {

@@ -218,3 +218,37 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+// Match is the credential the kubelet would try first for an image, read
+// from one config.json, and the key under which the kubelet indexes it
+// (scheme and /v1/ stripped: a pattern for the credential-provider cache).
+type Match struct {
+	Cred
+	Pattern string
+}
+
+// LookupFile resolves image against a single config.json (node path under
+// hostRoot) with the kubelet's parsing and matching. found is false when
+// nothing matches; a file that does not exist matches nothing.
+func LookupFile(hostRoot, nodePath, image string) (m Match, found bool, err error) {
+	st := readCandidate(hostRoot, candidate{path: nodePath})
+	if st.err != nil {
+		return Match{}, false, fmt.Errorf("%s: %w", nodePath, st.err)
+	}
+	repo, err := repoOf(image, false)
+	if err != nil {
+		return Match{}, false, err
+	}
+	ring := newKeyring(st.creds)
+	for _, idx := range ring.index {
+		if ok, _ := urlsMatchStr(idx, repo); ok {
+			return Match{Cred: ring.creds[idx][0], Pattern: idx}, true, nil
+		}
+	}
+	if isDefaultRegistryMatch(repo) {
+		if c := ring.creds["index.docker.io"]; len(c) > 0 {
+			return Match{Cred: c[0], Pattern: "docker.io"}, true, nil
+		}
+	}
+	return Match{}, false, nil
+}

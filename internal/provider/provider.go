@@ -1,0 +1,64 @@
+// Package provider is the kubelet's image credential provider exec plugin
+// (KEP-2133): a CredentialProviderRequest on stdin, a
+// CredentialProviderResponse on stdout. It answers from the kubelet file
+// nodecreds keeps in sync, so a rotation reaches new pulls after the short
+// cache duration it returns rather than the kubelet's 5-minute cache of
+// config.json.
+package provider
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	credv1 "k8s.io/kubelet/pkg/apis/credentialprovider/v1"
+
+	"github.com/nodecreds/nodecreds/internal/check"
+)
+
+// APIVersion is the protocol version spoken.
+const APIVersion = "credentialprovider.kubelet.k8s.io/v1"
+
+// ErrBadRequest means stdin held no valid CredentialProviderRequest.
+var ErrBadRequest = errors.New("invalid CredentialProviderRequest")
+
+// Options configures the plugin.
+type Options struct {
+	HostRoot      string
+	File          string // node path of the config.json nodecreds maintains
+	CacheDuration time.Duration
+}
+
+// Serve answers one request. An image without credentials gets an empty
+// response, so the kubelet falls back to its other sources. Errors never
+// carry a credential.
+func Serve(in io.Reader, out io.Writer, o Options) error {
+	var req credv1.CredentialProviderRequest
+	dec := json.NewDecoder(io.LimitReader(in, 1<<20))
+	if err := dec.Decode(&req); err != nil {
+		return fmt.Errorf("%w: not JSON", ErrBadRequest)
+	}
+	if req.APIVersion != APIVersion || req.Kind != "CredentialProviderRequest" {
+		return fmt.Errorf("%w: apiVersion %q kind %q, want %s CredentialProviderRequest", ErrBadRequest, req.APIVersion, req.Kind, APIVersion)
+	}
+	if req.Image == "" {
+		return fmt.Errorf("%w: no image", ErrBadRequest)
+	}
+	resp := credv1.CredentialProviderResponse{
+		TypeMeta:      metav1.TypeMeta{APIVersion: APIVersion, Kind: "CredentialProviderResponse"},
+		CacheKeyType:  credv1.RegistryPluginCacheKeyType,
+		CacheDuration: &metav1.Duration{Duration: o.CacheDuration},
+		Auth:          map[string]credv1.AuthConfig{},
+	}
+	m, found, err := check.LookupFile(o.HostRoot, o.File, req.Image)
+	if err != nil {
+		return fmt.Errorf("looking up %s: %w", req.Image, err)
+	}
+	if found {
+		resp.Auth[m.Pattern] = credv1.AuthConfig{Username: m.Username, Password: m.Password}
+	}
+	return json.NewEncoder(out).Encode(resp)
+}

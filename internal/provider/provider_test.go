@@ -1,0 +1,105 @@
+package provider
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	credv1 "k8s.io/kubelet/pkg/apis/credentialprovider/v1"
+)
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func request(image string) string {
+	b, _ := json.Marshal(credv1.CredentialProviderRequest{
+		TypeMeta: metav1.TypeMeta{APIVersion: APIVersion, Kind: "CredentialProviderRequest"},
+		Image:    image,
+	})
+	return string(b)
+}
+
+func TestServe(t *testing.T) {
+	root := t.TempDir()
+	file := filepath.Join(root, "var/lib/kubelet/config.json")
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	doc := `{"auths":{"https://reg.test:5000/v2/":{"auth":"` + b64("robot:provider-canary") + `"},"team.test/private":{"auth":"` + b64("t:tt") + `"},"docker.io":{"auth":"` + b64("hub:h") + `"}}}`
+	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := Options{HostRoot: root, File: "/var/lib/kubelet/config.json", CacheDuration: 10 * time.Second}
+	tests := []struct {
+		image, pattern, user string
+	}{
+		{"reg.test:5000/team/app:v1", "reg.test:5000", "robot"},
+		{"team.test/private/app@sha256:" + strings.Repeat("a", 64), "team.test/private", "t"},
+		{"busybox", "docker.io", "hub"},
+		{"other.test/app", "", ""},
+		{"reg.test/app", "", ""}, // port differs
+	}
+	for _, tt := range tests {
+		var out bytes.Buffer
+		if err := Serve(strings.NewReader(request(tt.image)), &out, o); err != nil {
+			t.Fatalf("%s: %v", tt.image, err)
+		}
+		// Decode strictly into the kubelet's own published types.
+		dec := json.NewDecoder(&out)
+		dec.DisallowUnknownFields()
+		var resp credv1.CredentialProviderResponse
+		if err := dec.Decode(&resp); err != nil {
+			t.Fatalf("%s: the response does not decode into the kubelet's type: %v", tt.image, err)
+		}
+		if resp.APIVersion != APIVersion || resp.Kind != "CredentialProviderResponse" || resp.CacheKeyType != credv1.RegistryPluginCacheKeyType || resp.CacheDuration == nil || resp.CacheDuration.Duration != 10*time.Second {
+			t.Errorf("%s: response header %+v", tt.image, resp)
+		}
+		if tt.pattern == "" {
+			if len(resp.Auth) != 0 {
+				t.Errorf("%s: want no credentials, got %d", tt.image, len(resp.Auth))
+			}
+			continue
+		}
+		a, ok := resp.Auth[tt.pattern]
+		if !ok || a.Username != tt.user || len(resp.Auth) != 1 {
+			t.Errorf("%s: auth keys %v, want %q for %q", tt.image, keys(resp.Auth), tt.pattern, tt.user)
+		}
+	}
+}
+
+func TestServeRefusesBadRequests(t *testing.T) {
+	root := t.TempDir()
+	o := Options{HostRoot: root, File: "/var/lib/kubelet/config.json", CacheDuration: time.Second}
+	for _, in := range []string{
+		"", "not json", `{"apiVersion":"credentialprovider.kubelet.k8s.io/v1alpha1","kind":"CredentialProviderRequest","image":"a/b"}`,
+		`{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"Other","image":"a/b"}`,
+		`{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest"}`,
+	} {
+		if err := Serve(strings.NewReader(in), &bytes.Buffer{}, o); !errors.Is(err, ErrBadRequest) {
+			t.Errorf("%q: err %v, want ErrBadRequest", in, err)
+		}
+	}
+	// A file the kubelet could not read is an error that names the file,
+	// not the credential in it.
+	file := filepath.Join(root, "var/lib/kubelet/config.json")
+	_ = os.MkdirAll(filepath.Dir(file), 0o700)
+	_ = os.WriteFile(file, []byte(`{"auths":{"r.test":{"auth":"%%%provider-canary"}}}`), 0o600)
+	err := Serve(strings.NewReader(request("r.test/app")), &bytes.Buffer{}, o)
+	if err == nil || !strings.Contains(err.Error(), "/var/lib/kubelet/config.json") || strings.Contains(err.Error(), "canary") {
+		t.Errorf("corrupt file: %v", err)
+	}
+}
+
+func keys(m map[string]credv1.AuthConfig) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
