@@ -101,7 +101,7 @@ func Run(ctx context.Context, o Options) Report {
 			res.Found = true
 			res.Entry, res.Username = creds[0].Key, creds[0].Username
 			if o.Prober != nil {
-				p := o.Prober.Probe(ctx, repo, creds[0])
+				p := o.Prober.Probe(ctx, repo, creds[0].Cred)
 				res.Probe = &p
 				if !p.OK {
 					rep.OK = false
@@ -239,16 +239,8 @@ func LookupFile(hostRoot, nodePath, image string) (m Match, found bool, err erro
 	if err != nil {
 		return Match{}, false, err
 	}
-	ring := newKeyring(st.creds)
-	for _, idx := range ring.index {
-		if ok, _ := urlsMatchStr(idx, repo); ok {
-			return Match{Cred: ring.creds[idx][0], Pattern: idx}, true, nil
-		}
-	}
-	if isDefaultRegistryMatch(repo) {
-		if c := ring.creds["index.docker.io"]; len(c) > 0 {
-			return Match{Cred: c[0], Pattern: "docker.io"}, true, nil
-		}
+	if ms := newKeyring(st.creds).lookup(repo); len(ms) > 0 {
+		return ms[0], true, nil
 	}
 	return Match{}, false, nil
 }

@@ -196,21 +196,26 @@ func newKeyring(creds map[string]Cred) *keyring {
 	return k
 }
 
-// lookup returns the credentials the kubelet would try for repo, in order.
-func (k *keyring) lookup(repo string) []Cred {
-	var out []Cred
+// lookup returns the credentials the kubelet would try for repo, in order,
+// each with the index key (pattern) it matched under.
+func (k *keyring) lookup(repo string) []Match {
+	var out []Match
 	for _, idx := range k.index {
 		if ok, _ := urlsMatchStr(idx, repo); ok {
-			out = append(out, k.creds[idx]...)
+			for _, c := range k.creds[idx] {
+				out = append(out, Match{Cred: c, Pattern: idx})
+			}
 		}
 	}
 	if len(out) > 0 {
 		return out
 	}
 	if isDefaultRegistryMatch(repo) {
-		return k.creds["index.docker.io"]
+		for _, c := range k.creds["index.docker.io"] {
+			out = append(out, Match{Cred: c, Pattern: "docker.io"})
+		}
 	}
-	return nil
+	return out
 }
 
 func isDefaultRegistryMatch(image string) bool {
