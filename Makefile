@@ -31,6 +31,14 @@ deps: ## Install the Debian packages the tests use (docker-registry, apache2-uti
 controlplane: ## Build etcd and kube-apiserver from Go modules into bin/ (cached)
 	./scripts/controlplane/build.sh etcd kube-apiserver
 
+.PHONY: node-components
+node-components: controlplane ## Build kubelet, kube-controller-manager and kube-scheduler from Go modules (cached)
+	./scripts/controlplane/build.sh kubelet kube-controller-manager kube-scheduler
+
+.PHONY: e2e-node
+e2e-node: deps node-components ## The seed scenario on a real kubelet + containerd (root; ~8 min, mostly the kubelet's 5-minute cache)
+	cd test/consumers && mkdir -p _output && NODE_E2E_RESULTS=$(CURDIR)/_output/real-node-results.txt $(GO) test -tags nodee2e -count=1 -timeout 20m -run TestRealNode -v ./...
+
 .PHONY: unit
 unit: ## Unit tests only (no control plane)
 	$(GO) test -race -count=1 -short ./...
@@ -52,7 +60,7 @@ fuzz: ## Fuzz the credentials parser briefly (FUZZTIME=15s)
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./internal/dockercfg
 
 .PHONY: test
-test: lint e2e compat fuzz ## Everything: lint, unit, e2e, compatibility, fuzz
+test: lint e2e compat e2e-node fuzz ## Everything: lint, unit, e2e, compatibility, the real node, fuzz
 	@echo "make test: all suites passed"
 
 .PHONY: bench

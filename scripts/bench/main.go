@@ -580,6 +580,15 @@ func pct(d []time.Duration, p float64) time.Duration {
 	return s[i]
 }
 
+// realNodeResults is what `make e2e-node` recorded, one line per run.
+func realNodeResults() string {
+	b, err := os.ReadFile(filepath.Join(cluster.RepoRoot(), "docs", "real-node-results.txt"))
+	if err != nil || len(b) == 0 {
+		return "(no run recorded yet)\n"
+	}
+	return string(b)
+}
+
 func median(v []int) int {
 	s := slices.Clone(v)
 	slices.Sort(s)
@@ -669,6 +678,7 @@ func (r *results) markdown(machine string) string {
 	w("| Secret mounted as a volume, copied from there | the kubelet refreshes mounted Secrets on its periodic pod sync (`syncFrequency`, default 1 m) plus its Secret cache TTL (`configMapAndSecretChangeDetectionStrategy: Watch` by default): typically up to about a minute, then the copy | the kubelet's own watch |\n")
 	w("\nEvery approach that writes node files, nodecreds included, then meets the kubelet's credential cache: `k8s.io/kubernetes/pkg/credentialprovider` caches what it read from `config.json` for **5 minutes** (`Lifetime: 5 * time.Minute` in `NewDefaultDockerKeyring`), so new pulls can use the old credentials for up to 5 minutes after the file changed. Keep the old password valid for that long when rotating.\n\n")
 	w("## File engine (`go test -bench ./internal/nodefile`)\n\nParse + merge + atomic write (temp file, fsync, rename-exchange, folder fsync, and the state file written before and after) of one `config.json` holding N entries (half foreign, half from the source); each iteration rotates one entry. The no-change path reads, parses, merges and compares, and writes nothing (the benchmark fails if the file's inode or mtime changes).\n\n```\n%s```\n\n", r.engine)
+	w("## On a real node (`make e2e-node`)\n\nA real kubelet v1.37 with containerd and runc, a private image on Debian's docker-registry, nodecreds installed from deploy/daemonset.yaml (see README, \"The seed scenario on a real node\"). Each line is one run of `make e2e-node`:\n\n```\n%s```\n\n", realNodeResults())
 	w(`## Notes on the targets
 
 * **Rotation** (p99 ≤ 1 s, max ≤ 2 s): met. About 100 ms of each latency is

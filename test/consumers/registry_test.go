@@ -46,18 +46,27 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// realRegistry runs Debian's docker-registry (distribution) on 127.0.0.1
-// with htpasswd auth for one user, and returns host:port.
+// registryProc is Debian's docker-registry (distribution) on 127.0.0.1
+// with htpasswd auth.
+type registryProc struct {
+	t        *testing.T
+	bin      string
+	htpasswd string
+	dir      string
+	addr     string
+	cmd      *exec.Cmd
+	logs     *bytes.Buffer
+}
+
+// realRegistry starts a registry with one user and returns host:port.
 func realRegistry(t *testing.T, user, pass string) string {
+	return startRegistry(t, user, pass).addr
+}
+
+func startRegistry(t *testing.T, user, pass string) *registryProc {
 	t.Helper()
-	reg := need(t, "docker-registry", "docker-registry")
-	htpasswd := need(t, "htpasswd", "apache2-utils")
-	dir := t.TempDir()
-	pwfile := filepath.Join(dir, "htpasswd")
-	if out, err := exec.Command(htpasswd, "-Bbc", pwfile, user, pass).CombinedOutput(); err != nil {
-		t.Fatalf("htpasswd: %v\n%s", err, out)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	r := &registryProc{t: t, bin: need(t, "docker-registry", "docker-registry"), htpasswd: need(t, "htpasswd", "apache2-utils"), dir: t.TempDir()}
+	r.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := fmt.Sprintf(`version: 0.1
 log:
   level: error
@@ -71,32 +80,57 @@ auth:
   htpasswd:
     realm: nodecreds-test
     path: %s
-`, filepath.Join(dir, "data"), addr, pwfile)
-	cfgFile := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+`, filepath.Join(r.dir, "data"), r.addr, filepath.Join(r.dir, "htpasswd"))
+	if err := os.WriteFile(filepath.Join(r.dir, "config.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
-	cmd := exec.Command(reg, "serve", cfgFile)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
+	t.Cleanup(r.stop)
+	r.start(user, pass)
+	return r
+}
+
+// start (re)writes the htpasswd file for user and starts the registry;
+// distribution reads that file at start-up, so a password change is a
+// restart on the same address and storage.
+func (r *registryProc) start(user, pass string) {
+	t := r.t
+	t.Helper()
+	if out, err := exec.Command(r.htpasswd, "-Bbc", filepath.Join(r.dir, "htpasswd"), user, pass).CombinedOutput(); err != nil {
+		t.Fatalf("htpasswd: %v\n%s", err, out)
+	}
+	r.logs = &bytes.Buffer{}
+	r.cmd = exec.Command(r.bin, "serve", filepath.Join(r.dir, "config.yml"))
+	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
+	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := http.Get("http://" + addr + "/v2/")
+		resp, err := http.Get("http://" + r.addr + "/v2/")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusUnauthorized {
-				return addr
+				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("docker-registry did not come up on %s:\n%s", addr, logs.String())
+			t.Fatalf("docker-registry did not come up on %s:\n%s", r.addr, r.logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func (r *registryProc) stop() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+	}
+}
+
+// rotate changes the user's password.
+func (r *registryProc) rotate(user, pass string) {
+	r.stop()
+	r.start(user, pass)
 }
 
 // pushImage builds a tiny OCI image layout and pushes it with skopeo.
