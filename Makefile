@@ -37,7 +37,7 @@ node-components: controlplane ## Build kubelet, kube-controller-manager and kube
 
 .PHONY: e2e-node
 e2e-node: deps node-components ## The seed scenario on a real kubelet + containerd (root; ~8 min, mostly the kubelet's 5-minute cache)
-	cd test/consumers && mkdir -p _output && NODE_E2E_RESULTS=$(CURDIR)/_output/real-node-results.txt $(GO) test -tags nodee2e -count=1 -timeout 20m -run TestRealNode -v ./...
+	mkdir -p _output && cd test/consumers && NODE_E2E_RESULTS=$(CURDIR)/_output/real-node-results.txt $(GO) test -tags nodee2e -count=1 -timeout 20m -run TestRealNode -v ./...
 
 .PHONY: unit
 unit: ## Unit tests only (no control plane)
