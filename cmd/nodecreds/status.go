@@ -31,9 +31,6 @@ naming the nodes that lag.`,
 				return err
 			}
 			opts := rollout.Options{Namespace: cfg.Namespace, Secrets: cfg.Secrets, Selector: cfg.Selector}
-			if cfg.Selector != "" {
-				opts.Secrets = nil
-			}
 			var st rollout.Status
 			if cfg.Wait {
 				st, err = rollout.Wait(cmd.Context(), client, opts, cfg.Timeout, time.Second)

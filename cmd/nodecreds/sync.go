@@ -51,14 +51,6 @@ type runnableSource interface {
 	Run(ctx context.Context) error
 }
 
-// secretsOrNil: with a selector the names are not used.
-func secretsOrNil(cfg config.Sync) []string {
-	if cfg.Selector != "" {
-		return nil
-	}
-	return cfg.Secrets
-}
-
 func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
 	var (
 		src       runnableSource
@@ -75,7 +67,7 @@ func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
 		if err != nil {
 			return err
 		}
-		src = source.NewSecrets(client, cfg.Namespace, secretsOrNil(cfg), cfg.Selector, log.WithField("component", "source"))
+		src = source.NewSecrets(client, cfg.Namespace, cfg.Secrets, cfg.Selector, log.WithField("component", "source"))
 		if cfg.NodeName == "" {
 			log.Warn("no --node-name (or $NODE_NAME): the Node's annotations, condition and startup taint are not managed")
 		} else {

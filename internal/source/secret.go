@@ -39,6 +39,9 @@ type Secrets struct {
 // NewSecrets returns a source over the named Secrets (in precedence order)
 // or, when selector is set, over the Secrets it selects.
 func NewSecrets(client kubernetes.Interface, namespace string, names []string, selector string, log *logrus.Entry) *Secrets {
+	if selector != "" {
+		names = nil // the selector decides which Secrets
+	}
 	s := &Secrets{client: client, namespace: namespace, names: names, selector: selector, log: log,
 		changed: make(chan struct{}, 1), ready: make(chan struct{})}
 	handler := cache.ResourceEventHandlerFuncs{
