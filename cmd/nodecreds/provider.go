@@ -1,9 +1,6 @@
 package main
 
 import (
-	"errors"
-	"time"
-
 	"github.com/spf13/cobra"
 
 	"github.com/nodecreds/nodecreds/internal/config"
@@ -11,10 +8,6 @@ import (
 )
 
 func newProviderCmd() *cobra.Command {
-	var (
-		hostRoot, file string
-		cache          time.Duration
-	)
 	cmd := &cobra.Command{
 		Use:   "credential-provider",
 		Short: "Kubelet image credential provider plugin answering from the file nodecreds keeps",
@@ -23,18 +16,19 @@ func newProviderCmd() *cobra.Command {
 stdin, answer with the credentials the kubelet's own matching finds for the
 image in --file (the kubelet file nodecreds keeps in sync), with a short
 cache duration and cacheKeyType Registry. An image without credentials gets
-an empty answer, so the kubelet falls back to its other sources.`,
+an empty answer, so the kubelet falls back to its other sources.
+
+The kubelet runs it: install it with 'sync --install-credential-provider' and
+name it in the kubelet's CredentialProviderConfig (see the README). Every
+flag can also be set as NODECREDS_<FLAG> or in the YAML file named by --config.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cache < 0 {
-				return config.UsageError(errBadCache)
+			cfg, err := config.LoadProvider(cmd.Flags())
+			if err != nil {
+				return err
 			}
-			return provider.Serve(cmd.InOrStdin(), cmd.OutOrStdout(), provider.Options{HostRoot: hostRoot, File: file, CacheDuration: cache})
+			return provider.Serve(cmd.InOrStdin(), cmd.OutOrStdout(), provider.Options{HostRoot: cfg.HostRoot, File: cfg.File, CacheDuration: cfg.CacheDuration})
 		},
 	}
-	cmd.Flags().StringVar(&hostRoot, "host-root", "/", "where the node's file system is mounted")
-	cmd.Flags().StringVar(&file, "file", "/var/lib/kubelet/config.json", "the config.json nodecreds keeps in sync")
-	cmd.Flags().DurationVar(&cache, "cache-duration", 10*time.Second, "how long the kubelet may cache an answer")
+	config.ProviderFlags(cmd.Flags())
 	return cmd
 }
-
-var errBadCache = errors.New("--cache-duration must not be negative")

@@ -17,6 +17,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/agent"
 	"github.com/nodecreds/nodecreds/internal/config"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
+	"github.com/nodecreds/nodecreds/internal/provider"
 	"github.com/nodecreds/nodecreds/internal/report"
 	"github.com/nodecreds/nodecreds/internal/source"
 )
@@ -80,6 +81,14 @@ func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
 		}
 	default:
 		return config.UsageError(fmt.Errorf("--source %s: unknown", cfg.Source))
+	}
+
+	if cfg.InstallProvider != "" {
+		inst, err := provider.Install(cfg.HostRoot, cfg.InstallProvider, config.ProviderBinary)
+		if err != nil {
+			return err
+		}
+		log.WithFields(logrus.Fields{"path": inst.Path, "changed": inst.Changed}).Info("kubelet credential-provider plugin installed")
 	}
 
 	files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})

@@ -228,19 +228,17 @@ type Match struct {
 }
 
 // LookupFile resolves image against a single config.json (node path under
-// hostRoot) with the kubelet's parsing and matching. found is false when
-// nothing matches; a file that does not exist matches nothing.
-func LookupFile(hostRoot, nodePath, image string) (m Match, found bool, err error) {
+// hostRoot) with the kubelet's parsing and matching: every matching entry,
+// most specific first, as the kubelet would try them. A file that does not
+// exist matches nothing.
+func LookupFile(hostRoot, nodePath, image string) ([]Match, error) {
 	st := readCandidate(hostRoot, candidate{path: nodePath})
 	if st.err != nil {
-		return Match{}, false, fmt.Errorf("%s: %w", nodePath, st.err)
+		return nil, fmt.Errorf("%s: %w", nodePath, st.err)
 	}
 	repo, err := repoOf(image, false)
 	if err != nil {
-		return Match{}, false, err
+		return nil, err
 	}
-	if ms := newKeyring(st.creds).lookup(repo); len(ms) > 0 {
-		return ms[0], true, nil
-	}
-	return Match{}, false, nil
+	return newKeyring(st.creds).lookup(repo), nil
 }

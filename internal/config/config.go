@@ -65,7 +65,10 @@ type Sync struct {
 	Prune       bool          `mapstructure:"prune"`
 	Resync      time.Duration `mapstructure:"resync"`
 	MetricsAddr string        `mapstructure:"metrics-addr"`
-	Log         `mapstructure:",squash"`
+	// InstallProvider is a node folder to keep the credential-provider
+	// plugin binary in; empty means the plugin is not installed.
+	InstallProvider string `mapstructure:"install-credential-provider"`
+	Log             `mapstructure:",squash"`
 }
 
 // Source kinds.
@@ -91,6 +94,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.Bool("prune", true, "remove entries that left the sources")
 	fs.Duration("resync", 5*time.Minute, "period of the full re-check")
 	fs.String("metrics-addr", DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; 0 disables")
+	fs.String("install-credential-provider", "", "node folder to install the kubelet credential-provider plugin into (as "+ProviderBinary+"); empty: not installed")
 	LogFlags(fs)
 }
 
@@ -156,6 +160,9 @@ func (c Sync) Validate() error {
 	}
 	if c.MetricsAddr == "" {
 		errs = append(errs, usagef("--metrics-addr is empty; use 0 to disable"))
+	}
+	if c.InstallProvider != "" {
+		errs = append(errs, validateNodePaths("--install-credential-provider", []string{c.InstallProvider}))
 	}
 	return errors.Join(errs...)
 }
@@ -393,6 +400,46 @@ func LoadStatus(fs *pflag.FlagSet) (Status, error) {
 	}
 	if c.Namespace == "" {
 		errs = append(errs, usagef("--namespace is empty"))
+	}
+	return c, errors.Join(errs...)
+}
+
+// ProviderBinary is the plugin's file name in the kubelet's
+// --image-credential-provider-bin-dir, and so the provider's name in the
+// CredentialProviderConfig.
+const ProviderBinary = "nodecreds"
+
+// DefaultProviderCache is how long the kubelet may keep a plugin answer.
+const DefaultProviderCache = 10 * time.Second
+
+// Provider is `nodecreds credential-provider`'s configuration. The kubelet
+// runs it with the arguments of its CredentialProviderConfig and its own
+// environment, so NODECREDS_* variables apply as for every command.
+type Provider struct {
+	Config        string        `mapstructure:"config"`
+	HostRoot      string        `mapstructure:"host-root"`
+	File          string        `mapstructure:"file"`
+	CacheDuration time.Duration `mapstructure:"cache-duration"`
+}
+
+// ProviderFlags registers the credential-provider command's flags.
+func ProviderFlags(fs *pflag.FlagSet) {
+	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
+	fs.String("host-root", "/", "where the node's file system is mounted")
+	fs.String("file", DefaultTargets[0], "the config.json nodecreds keeps in sync, answered from")
+	fs.Duration("cache-duration", DefaultProviderCache, "how long the kubelet may cache an answer (0: not at all)")
+}
+
+// LoadProvider reads and validates the credential-provider settings.
+func LoadProvider(fs *pflag.FlagSet) (Provider, error) {
+	var c Provider
+	if err := load(fs, &c); err != nil {
+		return c, err
+	}
+	absRoot(&c.HostRoot)
+	errs := []error{validateRoot(c.HostRoot), validateNodePaths("--file", []string{c.File})}
+	if c.CacheDuration < 0 {
+		errs = append(errs, usagef("--cache-duration %s: must not be negative", c.CacheDuration))
 	}
 	return c, errors.Join(errs...)
 }

@@ -102,6 +102,7 @@ func TestLoadSyncRefusesBadInput(t *testing.T) {
 		{name: "bad duration in file", yaml: "resync: soon\n", want: "resync"},
 		{name: "not yaml", yaml: "source: [dir\n", want: "reading --config"},
 		{name: "bad env value", env: map[string]string{"NODECREDS_ONCE": "perhaps"}, want: "once"},
+		{name: "relative plugin folder", args: []string{"--install-credential-provider", "opt/bin"}, want: "--install-credential-provider"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,5 +150,62 @@ func TestLoadCheck(t *testing.T) {
 	_ = fs.Parse(nil)
 	if _, err := LoadCheck(fs); !errors.Is(err, ErrUsage) {
 		t.Errorf("check without images: %v, want a usage error", err)
+	}
+}
+
+func providerFlags(t *testing.T, args ...string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet("credential-provider", pflag.ContinueOnError)
+	ProviderFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+func TestLoadProvider(t *testing.T) {
+	c, err := LoadProvider(providerFlags(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HostRoot != "/" || c.File != "/var/lib/kubelet/config.json" || c.CacheDuration != 10*time.Second {
+		t.Errorf("defaults = %+v", c)
+	}
+
+	// The kubelet passes its environment through: NODECREDS_* and a
+	// --config file work as for every command, flags first.
+	root := t.TempDir()
+	file := filepath.Join(t.TempDir(), "provider.yaml")
+	if err := os.WriteFile(file, []byte("file: /etc/nodecreds/config.json\ncache-duration: 1m\nhost-root: /nope\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NODECREDS_HOST_ROOT", root)
+	t.Setenv("NODECREDS_CACHE_DURATION", "30s")
+	c, err = LoadProvider(providerFlags(t, "--config", file, "--cache-duration", "0s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.File != "/etc/nodecreds/config.json" || c.HostRoot != root || c.CacheDuration != 0 {
+		t.Errorf("precedence: %+v", c)
+	}
+
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cache-duration", "-1s"}, "must not be negative"},
+		{[]string{"--file", "config.json"}, "absolute node path"},
+		{[]string{"--host-root", "/does/not/exist"}, "--host-root"},
+	} {
+		t.Setenv("NODECREDS_HOST_ROOT", "")
+		_, err := LoadProvider(providerFlags(t, tt.args...))
+		if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: error %v, want a usage error mentioning %q", tt.args, err, tt.want)
+		}
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	_ = os.WriteFile(bad, []byte("cache: 1s\n"), 0o600)
+	if _, err := LoadProvider(providerFlags(t, "--config", bad)); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "unknown settings cache") {
+		t.Errorf("unknown key: %v", err)
 	}
 }

@@ -53,12 +53,18 @@ func Serve(in io.Reader, out io.Writer, o Options) error {
 		CacheDuration: &metav1.Duration{Duration: o.CacheDuration},
 		Auth:          map[string]credv1.AuthConfig{},
 	}
-	m, found, err := check.LookupFile(o.HostRoot, o.File, req.Image)
+	matches, err := check.LookupFile(o.HostRoot, o.File, req.Image)
 	if err != nil {
 		return fmt.Errorf("looking up %s: %w", req.Image, err)
 	}
-	if found {
-		resp.Auth[m.Pattern] = credv1.AuthConfig{Username: m.Username, Password: m.Password}
+	// Every match under its own pattern, so the kubelet tries them in the
+	// order it would have tried the file's entries. Two entries can fold to
+	// one pattern (https://r.test and r.test); the first, as the kubelet
+	// tries it first, answers.
+	for _, m := range matches {
+		if _, ok := resp.Auth[m.Pattern]; !ok {
+			resp.Auth[m.Pattern] = credv1.AuthConfig{Username: m.Username, Password: m.Password}
+		}
 	}
 	return json.NewEncoder(out).Encode(resp)
 }

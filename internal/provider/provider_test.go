@@ -31,19 +31,22 @@ func TestServe(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	doc := `{"auths":{"https://reg.test:5000/v2/":{"auth":"` + b64("robot:provider-canary") + `"},"team.test/private":{"auth":"` + b64("t:tt") + `"},"docker.io":{"auth":"` + b64("hub:h") + `"}}}`
+	doc := `{"auths":{"https://reg.test:5000/v2/":{"auth":"` + b64("robot:provider-canary") + `"},"reg.test:5000/team":{"auth":"` + b64("teamrobot:tr") + `"},"team.test/private":{"auth":"` + b64("t:tt") + `"},"docker.io":{"auth":"` + b64("hub:h") + `"}}}`
 	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	o := Options{HostRoot: root, File: "/var/lib/kubelet/config.json", CacheDuration: 10 * time.Second}
 	tests := []struct {
-		image, pattern, user string
+		image string
+		want  map[string]string // pattern → user
 	}{
-		{"reg.test:5000/team/app:v1", "reg.test:5000", "robot"},
-		{"team.test/private/app@sha256:" + strings.Repeat("a", 64), "team.test/private", "t"},
-		{"busybox", "docker.io", "hub"},
-		{"other.test/app", "", ""},
-		{"reg.test/app", "", ""}, // port differs
+		{"reg.test:5000/other/app:v1", map[string]string{"reg.test:5000": "robot"}},
+		// Every matching entry, as the kubelet tries each in turn.
+		{"reg.test:5000/team/app:v1", map[string]string{"reg.test:5000/team": "teamrobot", "reg.test:5000": "robot"}},
+		{"team.test/private/app@sha256:" + strings.Repeat("a", 64), map[string]string{"team.test/private": "t"}},
+		{"busybox", map[string]string{"docker.io": "hub"}},
+		{"other.test/app", nil},
+		{"reg.test/app", nil}, // port differs
 	}
 	for _, tt := range tests {
 		var out bytes.Buffer
@@ -60,15 +63,17 @@ func TestServe(t *testing.T) {
 		if resp.APIVersion != APIVersion || resp.Kind != "CredentialProviderResponse" || resp.CacheKeyType != credv1.RegistryPluginCacheKeyType || resp.CacheDuration == nil || resp.CacheDuration.Duration != 10*time.Second {
 			t.Errorf("%s: response header %+v", tt.image, resp)
 		}
-		if tt.pattern == "" {
-			if len(resp.Auth) != 0 {
-				t.Errorf("%s: want no credentials, got %d", tt.image, len(resp.Auth))
-			}
-			continue
+		got := map[string]string{}
+		for k, a := range resp.Auth {
+			got[k] = a.Username
 		}
-		a, ok := resp.Auth[tt.pattern]
-		if !ok || a.Username != tt.user || len(resp.Auth) != 1 {
-			t.Errorf("%s: auth keys %v, want %q for %q", tt.image, keys(resp.Auth), tt.pattern, tt.user)
+		if len(got) != len(tt.want) {
+			t.Errorf("%s: auth %v, want %v", tt.image, got, tt.want)
+		}
+		for k, u := range tt.want {
+			if got[k] != u {
+				t.Errorf("%s: auth %v, want %v", tt.image, got, tt.want)
+			}
 		}
 	}
 }
@@ -94,12 +99,4 @@ func TestServeRefusesBadRequests(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "/var/lib/kubelet/config.json") || strings.Contains(err.Error(), "canary") {
 		t.Errorf("corrupt file: %v", err)
 	}
-}
-
-func keys(m map[string]credv1.AuthConfig) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }

@@ -1,0 +1,126 @@
+package provider
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+)
+
+func TestInstall(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "nodecreds")
+	if err := os.WriteFile(src, []byte("binary v2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const dir = "/opt/nodecreds/bin"
+	tests := []struct {
+		name        string
+		prepare     func(t *testing.T, root string)
+		wantChanged bool
+		wantErr     string
+	}{
+		{name: "fresh node: folder and binary created", wantChanged: true},
+		{name: "older binary replaced", wantChanged: true, prepare: func(t *testing.T, root string) {
+			mustWrite(t, filepath.Join(root, dir, "nodecreds"), "binary v1", 0o755)
+		}},
+		{name: "same binary left alone, made executable", wantChanged: false, prepare: func(t *testing.T, root string) {
+			mustWrite(t, filepath.Join(root, dir, "nodecreds"), "binary v2", 0o600)
+		}},
+		{name: "absolute symlink stays under the host root", wantChanged: true, prepare: func(t *testing.T, root string) {
+			if err := os.MkdirAll(filepath.Join(root, "opt"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(root, "srv/plugins"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink("/srv/plugins", filepath.Join(root, "opt/nodecreds")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "a file where the folder should be", wantErr: "/opt/nodecreds/bin", prepare: func(t *testing.T, root string) {
+			mustWrite(t, filepath.Join(root, "opt/nodecreds/bin"), "not a folder", 0o644)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			if tt.prepare != nil {
+				tt.prepare(t, root)
+			}
+			got, err := install(src, root, dir, "nodecreds")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v, want one naming %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Path != "/opt/nodecreds/bin/nodecreds" || got.Changed != tt.wantChanged {
+				t.Errorf("Installed %+v, want changed=%v", got, tt.wantChanged)
+			}
+			// Where the node sees the folder, symlinks taken under root.
+			host, err := securejoin.SecureJoin(root, dir)
+			if err != nil || !strings.HasPrefix(host, root+"/") {
+				t.Fatalf("plugin folder resolves to %s (%v)", host, err)
+			}
+			fi, err := os.Stat(filepath.Join(host, "nodecreds"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != 0o755 {
+				t.Errorf("mode %v, want 0755", fi.Mode().Perm())
+			}
+			if b, _ := os.ReadFile(filepath.Join(host, "nodecreds")); !bytes.Equal(b, []byte("binary v2")) {
+				t.Errorf("content %q", b)
+			}
+			entries, _ := os.ReadDir(host)
+			if len(entries) != 1 {
+				t.Errorf("left behind in the plugin folder: %v", entries)
+			}
+		})
+	}
+}
+
+// An identical binary is not rewritten: a kubelet exec and the agent's
+// restart never race on the file.
+func TestInstallIdenticalKeepsFile(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "nodecreds")
+	mustWrite(t, src, "same", 0o755)
+	root := t.TempDir()
+	if _, err := install(src, root, "/bin-dir", "nodecreds"); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(root, "bin-dir/nodecreds")
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(dst, old, old); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.Stat(dst)
+	res, err := install(src, root, "/bin-dir", "nodecreds")
+	if err != nil || res.Changed {
+		t.Fatalf("second install: %+v %v", res, err)
+	}
+	after, _ := os.Stat(dst)
+	if !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
+		t.Error("the identical binary was rewritten")
+	}
+}
+
+func mustWrite(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
