@@ -25,6 +25,12 @@ func ReadManifest(path string) ([]*unstructured.Unstructured, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ParseManifest(data, path)
+}
+
+// ParseManifest decodes multi-document YAML (named name in errors) into
+// objects.
+func ParseManifest(data []byte, name string) ([]*unstructured.Unstructured, error) {
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 	var objs []*unstructured.Unstructured
 	for {
@@ -32,7 +38,7 @@ func ReadManifest(path string) ([]*unstructured.Unstructured, error) {
 		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
 			return objs, nil
 		} else if err != nil {
-			return nil, fmt.Errorf("decoding %s: %w", path, err)
+			return nil, fmt.Errorf("decoding %s: %w", name, err)
 		}
 		if len(m) == 0 {
 			continue

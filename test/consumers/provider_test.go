@@ -9,6 +9,7 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"sigs.k8s.io/yaml"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/kubernetes/pkg/credentialprovider"
 	"k8s.io/kubernetes/pkg/credentialprovider/plugin"
@@ -77,21 +78,12 @@ func TestKubeletExecsThePlugin(t *testing.T) {
 		t.Fatalf("installed plugin: %v %v", fi, err)
 	}
 
-	// As in the README, with the node's root where this test keeps it and
-	// a short cache so the rotation below needs no long wait. host-root
-	// comes through the environment, as NODECREDS_* does for every command.
-	cfg := filepath.Join(t.TempDir(), "credential-provider.yaml")
-	mustWrite(t, cfg, `apiVersion: kubelet.config.k8s.io/v1
-kind: CredentialProviderConfig
-providers:
-  - name: nodecreds
-    apiVersion: credentialprovider.kubelet.k8s.io/v1
-    matchImages: ["reg.test:5000", "*.corp.test", "other.test"]
-    defaultCacheDuration: 10s
-    args: ["credential-provider", "--cache-duration=2s"]
-    env:
-      - {name: NODECREDS_HOST_ROOT, value: "`+root+`"}
-`)
+	// The documented configuration, with this test's registries, the
+	// node's root where this test keeps it (through the environment, as
+	// NODECREDS_* works for every command) and a short cache so the
+	// rotation below needs no long wait.
+	cfg := providerConfig(t, []string{"reg.test:5000", "*.corp.test", "other.test"}, []string{"--cache-duration=2s"},
+		map[string]string{"NODECREDS_HOST_ROOT": root})
 	if err := plugin.RegisterCredentialProviderPlugins(cfg, binDir, nil, nil); err != nil {
 		t.Fatalf("the kubelet refuses the documented configuration: %v", err)
 	}
@@ -184,4 +176,41 @@ func TestMatchImagesSemantics(t *testing.T) {
 			t.Errorf("matchImages %q on %q: %v (%v), the README says %v", tt.pattern, tt.image, got, err, tt.match)
 		}
 	}
+}
+
+// providerConfig writes deploy/credential-provider's CredentialProviderConfig
+// with matchImages replaced and extra plugin arguments and environment, and
+// returns its path.
+func providerConfig(t *testing.T, matchImages, extraArgs []string, env map[string]string) string {
+	t.Helper()
+	doc := map[string]any{}
+	b := mustRead(t, filepath.Join("..", "..", "deploy", "credential-provider", "nodecreds-credential-provider.yaml"))
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	p := doc["providers"].([]any)[0].(map[string]any)
+	p["matchImages"] = matchImages
+	p["args"] = append(p["args"].([]any), toAny(extraArgs)...)
+	var vars []any
+	for k, v := range env {
+		vars = append(vars, map[string]any{"name": k, "value": v})
+	}
+	if len(vars) > 0 {
+		p["env"] = vars
+	}
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "nodecreds.yaml")
+	mustWrite(t, path, string(out))
+	return path
+}
+
+func toAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
 }
