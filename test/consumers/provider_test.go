@@ -9,10 +9,10 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"sigs.k8s.io/yaml"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/kubernetes/pkg/credentialprovider"
 	"k8s.io/kubernetes/pkg/credentialprovider/plugin"
+	"sigs.k8s.io/yaml"
 )
 
 // pluginCounts reads the kubelet's own plugin metrics: how many times it
@@ -112,7 +112,7 @@ func TestKubeletExecsThePlugin(t *testing.T) {
 	expect("other.test/app", "", "")
 	// Not in matchImages: the kubelet does not run the plugin at all.
 	before, _ := pluginCounts(t)
-	expect("reg.test/app", "", "")          // the port is part of the pattern
+	expect("reg.test/app", "", "")           // the port is part of the pattern
 	expect("x.a.corp.test/team/app", "", "") // * is one label
 	if after, _ := pluginCounts(t); after != before {
 		t.Errorf("the kubelet ran the plugin for images outside matchImages (%d → %d runs)", before, after)
