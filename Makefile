@@ -19,9 +19,9 @@ build: ## Build bin/nodecreds (static)
 
 .PHONY: lint
 lint: ## gofmt and go vet (both modules)
-	@out=$$(gofmt -l cmd internal test); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd internal test scripts); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	cd test/consumers && $(GO) vet ./...
+	cd test/consumers && $(GO) vet ./... && $(GO) vet -tags nodee2e ./...
 
 .PHONY: deps
 deps: ## Install the Debian packages the tests use (docker-registry, apache2-utils, skopeo)

@@ -168,7 +168,7 @@ func TestLoadProvider(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HostRoot != "/" || c.File != "/var/lib/kubelet/config.json" || c.CacheDuration != 10*time.Second {
+	if c.HostRoot != "/" || c.File != "/var/lib/kubelet/config.json" || c.CacheDuration != time.Second {
 		t.Errorf("defaults = %+v", c)
 	}
 

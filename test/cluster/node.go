@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -53,6 +55,7 @@ func (c *Cluster) StartControllers(ctx context.Context) error {
 type Kubelet struct {
 	c     *Cluster
 	args  []string
+	port  int
 	hport int
 	p     *proc
 	Name  string
@@ -113,7 +116,7 @@ serializeImagePulls: false
 	for _, t := range taints {
 		args = append(args, "--register-with-taints="+t)
 	}
-	k := &Kubelet{c: c, args: args, hport: hport, Name: name}
+	k := &Kubelet{c: c, args: args, port: port, hport: hport, Name: name}
 	if err := k.start(ctx); err != nil {
 		return nil, err
 	}
@@ -133,7 +136,31 @@ func (k *Kubelet) start(ctx context.Context) error {
 func (k *Kubelet) Stop() { stop(k.p) }
 
 // Restart restarts the kubelet, which drops its in-memory credential cache.
-func (k *Kubelet) Restart(ctx context.Context) error {
+// extraArgs are added to its command line from now on.
+func (k *Kubelet) Restart(ctx context.Context, extraArgs ...string) error {
 	stop(k.p)
+	k.args = append(k.args, extraArgs...)
 	return k.start(ctx)
+}
+
+// Metrics returns the kubelet's Prometheus text from its own (self-signed,
+// anonymous) port on 127.0.0.1.
+func (k *Kubelet) Metrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/metrics", k.port), nil)
+	if err != nil {
+		return "", err
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // the kubelet's self-signed serving cert
+	}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("kubelet metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("kubelet metrics: %s %v", resp.Status, err)
+	}
+	return string(b), nil
 }
