@@ -413,7 +413,7 @@ const ProviderBinary = "nodecreds"
 // Short on purpose: a pull that gets a stale answer fails and costs the Pod
 // an image-pull back-off (10 s and more), so any cache longer than the time
 // from a rotation to the next pull shows up in full. One second still
-// collapses a burst of pulls from one registry into one run (about 12 ms).
+// collapses a burst of pulls from one registry into one run (about 14 ms).
 const DefaultProviderCache = time.Second
 
 // Provider is `nodecreds credential-provider`'s configuration. The kubelet

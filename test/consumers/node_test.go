@@ -339,21 +339,27 @@ func TestRealNode(t *testing.T) {
 
 	// 4. Rotation: the registry's password and the Secret change. The
 	// files follow at once (status --wait); new pulls succeed once the
-	// kubelet's 5-minute credential cache expires.
-	registry.rotate(user, pass2)
-	rotated := time.Now()
-	sec, err := c.Admin.CoreV1().Secrets(nodecredsNS).Get(ctx, secretName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
+	// kubelet's 5-minute credential cache expires. rotate returns when the
+	// Secret changed, after the node applied it.
+	rotate := func(pass string) (rotated time.Time) {
+		t.Helper()
+		registry.rotate(user, pass)
+		rotated = time.Now()
+		sec, err := c.Admin.CoreV1().Secrets(nodecredsNS).Get(ctx, secretName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sec.Data[corev1.DockerConfigJsonKey] = []byte(`{"auths":{"` + host + `":{"auth":"` + b64(user+":"+pass) + `"}}}`)
+		if _, err := c.Admin.CoreV1().Secrets(nodecredsNS).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		status := exec.Command(binary, "status", "--kubeconfig", c.Kubeconfig, "--namespace", nodecredsNS, "--wait", "--timeout", "60s")
+		if b, err := status.CombinedOutput(); err != nil {
+			t.Fatalf("status --wait after the rotation: %v\n%s", err, b)
+		}
+		return rotated
 	}
-	sec.Data[corev1.DockerConfigJsonKey] = []byte(`{"auths":{"` + host + `":{"auth":"` + b64(user+":"+pass2) + `"}}}`)
-	if _, err := c.Admin.CoreV1().Secrets(nodecredsNS).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	status := exec.Command(binary, "status", "--kubeconfig", c.Kubeconfig, "--namespace", nodecredsNS, "--wait", "--timeout", "60s")
-	if b, err := status.CombinedOutput(); err != nil {
-		t.Fatalf("status --wait after the rotation: %v\n%s", err, b)
-	}
+	rotated := rotate(pass2)
 	filesUpdated := time.Since(rotated)
 	t.Logf("rotation: node in sync (status --wait) %s after the Secret update", filesUpdated.Round(time.Millisecond))
 	// A new Pod every 20 s (each with a fresh pull back-off) until one runs.
@@ -410,20 +416,7 @@ func TestRealNode(t *testing.T) {
 		}
 		waitPod(t, c.Admin, warm, 2*time.Minute, "Running")
 		pass = fmt.Sprintf("node-canary-pw-plugin-%d", i)
-		registry.rotate(user, pass)
-		rotated := time.Now()
-		sec, err := c.Admin.CoreV1().Secrets(nodecredsNS).Get(ctx, secretName, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		sec.Data[corev1.DockerConfigJsonKey] = []byte(`{"auths":{"` + host + `":{"auth":"` + b64(user+":"+pass) + `"}}}`)
-		if _, err := c.Admin.CoreV1().Secrets(nodecredsNS).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		status := exec.Command(binary, "status", "--kubeconfig", c.Kubeconfig, "--namespace", nodecredsNS, "--wait", "--timeout", "60s")
-		if b, err := status.CombinedOutput(); err != nil {
-			t.Fatalf("status --wait after the rotation: %v\n%s", err, b)
-		}
+		rotated := rotate(pass)
 		// One Pod, retried by the kubelet's own back-off, as a user sees it.
 		if _, err := c.Admin.CoreV1().Pods(appNamespace).Create(ctx, podFor(rotatedPod, image), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
