@@ -748,7 +748,7 @@ func (r *results) markdown(machine string) string {
 * **Idle CPU** ≈ 0 and **API traffic**: met; see above.
 * **Rotation with the credential provider** (new Pod Running < 15 s after a
   rotation): met with the default 1 s cache (2 s in the runs recorded
-  above). With a 10 s cache the recorded runs took 15–18 s: a pull that meets the stale cached answer fails and the Pod
+  above). With a 10 s cache the recorded runs took 14–18 s: a pull that meets the stale cached answer fails and the Pod
   waits out an image-pull back-off (10 s plus jitter) before the next try,
   so any cache longer than the time from a rotation to the next pull costs
   a whole back-off. Hence the 1 s default; a plugin run costs about 14 ms.
