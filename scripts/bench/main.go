@@ -572,30 +572,23 @@ func cpuTimes(agents []*agent) []time.Duration {
 	return out
 }
 
-func rssKiB(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			v, _ := strconv.Atoi(strings.Fields(l)[1])
-			return v
-		}
-	}
-	return 0
-}
+func rssKiB(pid int) int { return procKiB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") }
 
 // anonKiB is the private, anonymous part of the resident memory (heap,
 // stacks); the rest is the binary's clean file pages, shared between
 // processes and reclaimable.
 func anonKiB(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	return procKiB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Anonymous:")
+}
+
+// procKiB is the kB value of field in a /proc file, 0 when absent.
+func procKiB(path, field string) int {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "Anonymous:") {
+		if strings.HasPrefix(l, field) {
 			v, _ := strconv.Atoi(strings.Fields(l)[1])
 			return v
 		}
