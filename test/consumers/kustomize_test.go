@@ -110,7 +110,7 @@ func TestKustomizations(t *testing.T) {
 	}
 	args, _, _ := daemonSet(t, base)
 	for _, a := range args {
-		if len(a) > 30 && a[:30] == "--install-credential-provider=" {
+		if strings.HasPrefix(a, "--install-credential-provider=") {
 			t.Errorf("the default install installs the plugin: %v", args)
 		}
 	}
