@@ -8,14 +8,16 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
 // maxAttempts bounds how often one target is re-merged because another
@@ -76,8 +78,16 @@ type Result struct {
 	Err       error
 }
 
-// Resolve returns the host path of a node path, as the engine writes it.
-func (e *Engine) Resolve(nodePath string) (string, error) { return resolve(e.root, nodePath) }
+// Resolve returns the host path of a node path, as the engine writes it
+// now. It is a name for watches and messages; writes never go through it.
+func (e *Engine) Resolve(nodePath string) (string, error) {
+	root, err := hostfs.OpenRoot(e.root)
+	if err != nil {
+		return "", err
+	}
+	defer root.Close()
+	return root.Join(nodePath)
+}
 
 // Apply brings every target in line with desired. Targets are independent:
 // one failing does not stop the others. The error is about the state file
@@ -95,48 +105,91 @@ func (e *Engine) Cleanup(targets []string) ([]Result, error) {
 
 // Owned lists the node paths the state file records.
 func (e *Engine) Owned() ([]string, error) {
-	statePath, err := e.statePath()
+	root, err := hostfs.OpenRoot(e.root)
 	if err != nil {
 		return nil, err
 	}
-	st, err := loadState(statePath)
+	defer root.Close()
+	sd, err := e.openStateDir(root)
+	if err != nil {
+		return nil, err
+	}
+	defer sd.Close()
+	st, err := loadState(sd)
 	if err != nil {
 		return nil, err
 	}
 	return sortedKeys(st.Targets), nil
 }
 
-func (e *Engine) statePath() (string, error) {
-	dir, err := resolve(e.root, e.stateDir)
+// openStateDir opens (creating it 0700 if needed) the state folder. It
+// holds displaced credentials, so a looser mode, such as the 0755 of a
+// hostPath DirectoryOrCreate, is tightened to 0700.
+func (e *Engine) openStateDir(root *hostfs.Root) (*hostfs.Dir, error) {
+	d, err := root.OpenDir(e.stateDir, true, 0o700)
 	if err != nil {
-		return "", err
+		return nil, fmt.Errorf("%w: state folder: %w", ErrState, err)
 	}
-	return filepath.Join(dir, stateFileName), nil
+	info, err := d.Stat()
+	if err == nil && info.Mode&0o077 != 0 {
+		err = d.Chmod(0o700)
+	}
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("%w: state folder: %w", ErrState, err)
+	}
+	return d, nil
 }
+
+// stateStore saves the state into its folder.
+type stateStore struct {
+	dir *hostfs.Dir
+	st  *State
+}
+
+func (s stateStore) save() error { return saveState(s.dir, s.st) }
 
 func (e *Engine) run(targets []string, want func(string) (dockercfg.Set, bool)) ([]Result, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	statePath, err := e.statePath()
+	root, err := hostfs.OpenRoot(e.root)
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := lock(filepath.Dir(statePath))
+	defer root.Close()
+	sd, err := e.openStateDir(root)
+	if err != nil {
+		return nil, err
+	}
+	defer sd.Close()
+	unlock, err := lock(sd)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	st, err := loadState(statePath)
+	sweepPrefix(sd, "."+stateFileName+".")
+	st, err := loadState(sd)
 	if err != nil {
 		return nil, err
 	}
+	store := stateStore{dir: sd, st: st}
 	if len(targets) == 0 {
 		targets = sortedKeys(st.Targets)
 	}
 	results := make([]Result, 0, len(targets))
+	seen := map[string]string{} // host path → the target that resolved to it first
 	for _, t := range targets {
 		desired, prune := want(t)
-		r, err := e.syncTarget(t, desired, prune, st, statePath)
+		if p, err := root.Join(t); err == nil && filepath.IsAbs(t) {
+			if first, dup := seen[p]; dup {
+				// Two names for one file: syncing it under both would make
+				// each displace the other's entries into the state.
+				results = append(results, Result{Target: t, Path: p, Warnings: []string{fmt.Sprintf("%s is the same file as target %s; synced once, under %s", t, first, first)}})
+				continue
+			}
+			seen[p] = t
+		}
+		r, err := e.syncTarget(root, t, desired, prune, store)
 		r.Err = err
 		results = append(results, r)
 	}
@@ -145,16 +198,31 @@ func (e *Engine) run(targets []string, want func(string) (dockercfg.Set, bool)) 
 
 // syncTarget merges into one target. The state is saved before the target
 // is replaced (as an intent covering old and new) and after (final).
-func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st *State, statePath string) (Result, error) {
+func (e *Engine) syncTarget(root *hostfs.Root, target string, desired dockercfg.Set, prune bool, store stateStore) (Result, error) {
 	res := Result{Target: target}
 	if !filepath.IsAbs(target) {
 		return res, fmt.Errorf("target %q is not an absolute path", target)
 	}
-	path, err := resolve(e.root, target)
+	path, err := root.Join(target)
 	if err != nil {
 		return res, err
 	}
 	res.Path = path
+	// The folder is opened once, in the root; every step below is relative
+	// to it. A missing folder is created only when something is written.
+	dir, name, err := root.OpenParent(target, false, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		dir, err = nil, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if dir != nil {
+			dir.Close()
+		}
+	}()
+	st := store.st
 	old := TargetState{}
 	if ts := st.Targets[target]; ts != nil {
 		old = *ts
@@ -165,10 +233,10 @@ func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st
 		}
 		cp := ts
 		st.Targets[target] = &cp
-		return saveState(statePath, st)
+		return store.save()
 	}
 
-	cur, err := readTarget(path)
+	cur, err := readTarget(dir, name)
 	if err != nil {
 		return res, err
 	}
@@ -221,7 +289,7 @@ func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st
 				return res, err
 			}
 			if cur.exists {
-				if err := remove(path); err != nil {
+				if err := remove(dir, name); err != nil {
 					return res, err
 				}
 				res.Changed, res.Removed = true, true
@@ -236,7 +304,7 @@ func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st
 		}
 		if corrupt && base.exists {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; replaced", path, perr))
-			if res.SetAside, err = setAside(path, base.data, e.now()); err != nil {
+			if res.SetAside, err = setAside(dir, name, base.data, e.now()); err != nil {
 				return res, err
 			}
 		}
@@ -244,11 +312,16 @@ func (e *Engine) syncTarget(target string, desired dockercfg.Set, prune bool, st
 		if err != nil {
 			return res, err
 		}
-		replaced, existed, err := replace(path, data, cur)
+		if dir == nil {
+			if dir, name, err = root.OpenParent(target, true, 0o700); err != nil {
+				return res, err
+			}
+		}
+		replaced, existed, err := replace(dir, name, data, cur)
 		if errors.Is(err, errRaced) {
 			// A file appeared or changed before we could check-and-swap;
 			// nothing of ours is in place.
-			if cur, err = readTarget(path); err != nil {
+			if cur, err = readTarget(dir, name); err != nil {
 				return res, err
 			}
 			base, prev = cur, nil
@@ -293,19 +366,29 @@ func carry(prev, doc *document) {
 	}
 }
 
-// lock takes an exclusive flock on the state folder's lock file.
-func lock(dir string) (func(), error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating state folder %s: %w", dir, err)
-	}
-	name := filepath.Join(dir, "lock")
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+// lock takes an exclusive flock on the state folder's lock file. The lock
+// file is opened without following links and only if it is a regular file.
+func lock(d *hostfs.Dir) (func(), error) {
+	f, err := d.OpenLock("lock")
 	if err != nil {
-		return nil, fmt.Errorf("opening lock %s: %w", name, err)
+		return nil, fmt.Errorf("%w: lock: %w", ErrState, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", name, err)
+		return nil, fmt.Errorf("%w: locking %s: %w", ErrState, f.Name(), err)
 	}
 	return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+}
+
+// sweepPrefix removes files a crash left in d whose names start with prefix.
+func sweepPrefix(d *hostfs.Dir, prefix string) {
+	names, err := d.Names()
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, prefix) {
+			_ = d.Remove(n)
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
 const (
@@ -451,9 +452,7 @@ func TestInterruptedWriteConverges(t *testing.T) {
 	st := &State{Version: stateVersion, Targets: map[string]*TargetState{
 		kubeletFile: {Pending: map[string]string{"r.io": fingerprint(raw)}, Displaced: map[string]json.RawMessage{"https://r.io": json.RawMessage(foreign)}},
 	}}
-	if err := saveState(filepath.Join(root, stateDir, stateFileName), st); err != nil {
-		t.Fatal(err)
-	}
+	writeState(t, root, st)
 	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("other.io", "u", "p")}, true))
 	a := auths(t, p)
 	if e, _ := a["https://r.io"].(map[string]any); e == nil || e["auth"] != "Zm9yZWlnbjpwdw==" {
@@ -461,5 +460,23 @@ func TestInterruptedWriteConverges(t *testing.T) {
 	}
 	if _, ok := a["other.io"]; !ok {
 		t.Errorf("new entry missing: %v", a)
+	}
+}
+
+// writeState saves st as the engine would, in root's state folder.
+func writeState(t *testing.T, root string, st *State) {
+	t.Helper()
+	r, err := hostfs.OpenRoot(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	d, err := r.OpenDir(stateDir, true, 0o700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := saveState(d, st); err != nil {
+		t.Fatal(err)
 	}
 }

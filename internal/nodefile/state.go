@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
-	"os"
-	"path/filepath"
 
-	"github.com/google/renameio/v2"
+	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
 const (
@@ -98,21 +96,27 @@ func ownedIn(doc *document, st TargetState) map[string]string {
 	return out
 }
 
-// loadState reads the state file; a missing one is an empty state.
-func loadState(path string) (*State, error) {
+// loadState reads the state file in the state folder d; a missing one is an
+// empty state. The state folder is nodecreds' own: a symlink, FIFO or
+// hard-linked file at the state's name is refused, never followed.
+func loadState(d *hostfs.Dir) (*State, error) {
 	s := &State{Version: stateVersion, Targets: map[string]*TargetState{}}
-	data, err := os.ReadFile(path)
+	path := d.Name(stateFileName)
+	data, info, err := d.ReadFile(stateFileName, hostfs.MaxFileSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading state %s: %w", path, err)
+		return nil, fmt.Errorf("%w: reading %s: %w", ErrState, path, err)
+	}
+	if info.Nlink > 1 {
+		return nil, fmt.Errorf("%w: %s has %d hard links; the state is nodecreds' own file: %s", ErrState, path, info.Nlink, stateAdvice)
 	}
 	if err := json.Unmarshal(data, s); err != nil {
-		return nil, fmt.Errorf("state %s is not valid JSON; move it away to start afresh (entries nodecreds wrote will then look foreign): %w", path, err)
+		return nil, fmt.Errorf("%w: %s is not valid JSON (%v): %s", ErrState, path, jsonProblem(err), stateAdvice)
 	}
 	if s.Version != stateVersion {
-		return nil, fmt.Errorf("state %s has version %d, this nodecreds reads version %d", path, s.Version, stateVersion)
+		return nil, fmt.Errorf("%w: %s has version %d, this nodecreds reads version %d: run the nodecreds version that wrote it, or %s", ErrState, path, s.Version, stateVersion, stateAdvice)
 	}
 	if s.Targets == nil {
 		s.Targets = map[string]*TargetState{}
@@ -120,30 +124,61 @@ func loadState(path string) (*State, error) {
 	return s, nil
 }
 
-// saveState writes the state atomically, 0600 in a 0700 folder, and syncs
-// the folder so the rename survives a crash.
-func saveState(path string, s *State) error {
+// ErrState means nodecreds' state file cannot be used; nothing is written
+// until it is fixed, as without it our entries cannot be told from others'.
+var ErrState = errors.New("unusable nodecreds state")
+
+const stateAdvice = "move it away to start afresh (entries nodecreds wrote before will then be treated as foreign, and displaced entries it kept will not be restored)"
+
+// jsonProblem describes a JSON error by position only: the state holds
+// displaced credentials, which must not reach a log.
+func jsonProblem(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("syntax error at byte %d", se.Offset)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("field %q has the wrong type", te.Field)
+	}
+	return "cannot decode"
+}
+
+// saveState writes the state atomically, 0600, in the state folder d, and
+// syncs the folder so the rename survives a crash.
+func saveState(d *hostfs.Dir, s *State) error {
 	for k, t := range s.Targets {
 		if t.isZero() {
 			delete(s.Targets, k)
 		}
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating state folder %s: %w", dir, err)
-	}
 	if len(s.Targets) == 0 {
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("removing state %s: %w", path, err)
+		if err := d.Remove(stateFileName); err != nil {
+			return fmt.Errorf("removing state: %w", err)
 		}
-		return syncDir(dir)
+		return d.Sync()
 	}
 	data, err := json.Marshal(s)
 	if err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
-	if err := renameio.WriteFile(path, append(data, '\n'), 0o600, renameio.WithStaticPermissions(0o600)); err != nil {
-		return fmt.Errorf("writing state %s: %w", path, err)
+	f, tmp, err := d.CreateTemp("."+stateFileName+".", 0o600)
+	if err != nil {
+		return fmt.Errorf("writing state: %w", err)
 	}
-	return syncDir(dir)
+	defer func() { _ = d.Remove(tmp) }()
+	_, werr := f.Write(append(data, '\n'))
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return fmt.Errorf("writing state %s: %w", d.Name(stateFileName), werr)
+	}
+	if err := d.Rename(tmp, stateFileName); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	return d.Sync()
 }

@@ -4,35 +4,21 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
+
+	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
-// maxTargetSize bounds what we read of a target; a config.json with 10,000
-// entries is about 1 MiB.
-const maxTargetSize = 64 << 20
-
 // ErrNotRegular means a target resolves to something that is not a file.
-var ErrNotRegular = errors.New("not a regular file")
+var ErrNotRegular = hostfs.ErrNotRegular
 
-// resolve maps a node path to the host path where it lives, following
-// symlinks as the node sees them: an absolute link target is taken under
-// root and ".." cannot climb above root. Nothing outside root is ever named.
-func resolve(root, nodePath string) (string, error) {
-	p, err := securejoin.SecureJoin(root, nodePath)
-	if err != nil {
-		return "", fmt.Errorf("resolving %s under %s: %w", nodePath, root, err)
-	}
-	return p, nil
-}
+// ErrForeignOwner means a target belongs to another user and the agent may
+// not give the new file that owner.
+var ErrForeignOwner = errors.New("target is owned by another user")
 
 // snapshot is a target as read: its bytes and the metadata we keep.
 type snapshot struct {
@@ -43,59 +29,36 @@ type snapshot struct {
 	gid    int
 }
 
-func readTarget(path string) (snapshot, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
+// readTarget reads the target name in d; a missing folder (d nil) or file
+// is an empty snapshot. Anything but a regular file with one link is
+// refused: a FIFO would block us, and replacing a hard-linked file would
+// leave the old credentials under its other names.
+func readTarget(d *hostfs.Dir, name string) (snapshot, error) {
+	if d == nil {
 		return snapshot{}, nil
 	}
-	if err != nil {
-		return snapshot{}, fmt.Errorf("opening %s: %w", path, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return snapshot{}, fmt.Errorf("stat %s: %w", path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return snapshot{}, fmt.Errorf("%s: %w (it is a %s)", path, ErrNotRegular, describeMode(fi.Mode()))
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxTargetSize+1))
-	if err != nil {
-		return snapshot{}, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if len(data) > maxTargetSize {
-		return snapshot{}, fmt.Errorf("%s is larger than %d MiB", path, maxTargetSize>>20)
-	}
-	s := snapshot{exists: true, data: data, mode: fi.Mode().Perm(), uid: -1, gid: -1}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		s.uid, s.gid = int(st.Uid), int(st.Gid)
-	}
-	return s, nil
-}
-
-func describeMode(m fs.FileMode) string {
+	data, info, err := d.ReadFile(name, hostfs.MaxFileSize)
 	switch {
-	case m.IsDir():
-		return "directory"
-	case m&fs.ModeSymlink != 0:
-		return "symlink"
-	case m&fs.ModeNamedPipe != 0:
-		return "named pipe"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m&fs.ModeDevice != 0:
-		return "device"
+	case errors.Is(err, fs.ErrNotExist):
+		return snapshot{}, nil
+	case errors.Is(err, unix.EACCES):
+		return snapshot{}, fmt.Errorf("%w; the agent runs as root without capabilities, so it can read only files root may read: chown the file to root (0600), or remove it", err)
+	case err != nil:
+		return snapshot{}, err
 	}
-	return "special file"
+	if info.Nlink > 1 {
+		return snapshot{}, fmt.Errorf("%s: %w (%d names); nodecreds replaces files by rename, which would leave the old content under the other names: keep one name and use a symlink for the others", d.Name(name), hostfs.ErrHardLinked, info.Nlink)
+	}
+	return snapshot{exists: true, data: data, mode: info.Mode.Perm(), uid: info.UID, gid: info.GID}, nil
 }
 
 // tempPrefix marks our temporary files so a crash's leftovers can be swept.
-func tempPrefix(path string) string {
-	return "." + filepath.Base(path) + ".nodecreds-"
+func tempPrefix(name string) string {
+	return "." + name + ".nodecreds-"
 }
 
-// replace puts data at path atomically and returns what was at path at the
-// instant of the swap (nil when there was no file).
+// replace puts data at name in d atomically and returns what was there at
+// the instant of the swap (nil when there was no file).
 //
 // It writes a temp file in the same folder, fsyncs it, then swaps it with
 // the target using renameat2(RENAME_EXCHANGE), and fsyncs the folder. The
@@ -103,33 +66,29 @@ func tempPrefix(path string) string {
 // `docker login` on the node) renamed its own file in after we read, the
 // caller sees that and merges again instead of losing its change; a plain
 // rename (as renameio does) cannot tell. A crash at any point leaves the old
-// or the new file at path, both whole.
-func replace(path string, data []byte, prev snapshot) (old []byte, existed bool, err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, false, fmt.Errorf("creating folder %s: %w", dir, err)
-	}
-	sweepTemps(path)
-	f, err := os.CreateTemp(dir, tempPrefix(path)+"*")
-	if err != nil {
-		return nil, false, fmt.Errorf("creating temp file in %s: %w", dir, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after the swap it holds the old file, which we have read
+// or the new file at name, both whole. Every step is relative to the folder
+// handle d, by name, so nothing can be redirected outside the host root.
+func replace(d *hostfs.Dir, name string, data []byte, prev snapshot) (old []byte, existed bool, err error) {
+	sweepTemps(d, name)
 	mode := fs.FileMode(0o600)
 	if prev.exists {
 		// Keep an existing stricter mode; never loosen to more than 0600.
 		mode = prev.mode & 0o600
 	}
+	f, tmp, err := d.CreateTemp(tempPrefix(name), mode)
+	if err != nil {
+		return nil, false, fmt.Errorf("creating temp file for %s: %w", d.Name(name), err)
+	}
+	defer func() { _ = d.Remove(tmp) }() // after the swap it holds the old file, which we have read
 	werr := func() error {
 		if _, err := f.Write(data); err != nil {
 			return err
 		}
-		if err := f.Chmod(mode); err != nil {
-			return err
-		}
-		if prev.exists && prev.uid >= 0 && (prev.uid != os.Geteuid() || prev.gid != os.Getegid()) {
+		if prev.exists && (prev.uid != os.Geteuid() || prev.gid != os.Getegid()) {
 			if err := f.Chown(prev.uid, prev.gid); err != nil {
+				if errors.Is(err, unix.EPERM) {
+					return fmt.Errorf("%w (uid %d, gid %d): nodecreds keeps the owner of a file it replaces, which needs the CHOWN capability (the DaemonSet drops all capabilities); chown the file to root, or add CHOWN to the container's capabilities", ErrForeignOwner, prev.uid, prev.gid)
+				}
 				return err
 			}
 		}
@@ -139,42 +98,42 @@ func replace(path string, data []byte, prev snapshot) (old []byte, existed bool,
 		werr = cerr
 	}
 	if werr != nil {
-		return nil, false, fmt.Errorf("writing temp file for %s: %w", path, werr)
+		return nil, false, fmt.Errorf("writing %s: %w", d.Name(name), werr)
 	}
 
-	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_EXCHANGE)
+	err = d.Exchange(tmp, name)
 	switch {
 	case err == nil:
-		old, rerr := os.ReadFile(tmp)
+		old, _, rerr := d.ReadFile(tmp, hostfs.MaxFileSize)
 		if rerr != nil {
-			return nil, false, fmt.Errorf("reading back the replaced %s: %w", path, rerr)
+			return nil, false, fmt.Errorf("reading back the replaced %s: %w", d.Name(name), rerr)
 		}
-		if err := syncDir(dir); err != nil {
+		if err := d.Sync(); err != nil {
 			return nil, false, err
 		}
 		return old, true, nil
-	case errors.Is(err, unix.ENOENT):
+	case errors.Is(err, fs.ErrNotExist):
 		// No target: create it, but not over one that appeared meanwhile.
-		err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
-		if errors.Is(err, unix.EEXIST) {
+		err = d.RenameNoReplace(tmp, name)
+		if errors.Is(err, fs.ErrExist) {
 			return nil, false, errRaced
 		}
-	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS):
+	case errors.Is(err, hostfs.ErrNoExchange):
 		// The file system cannot exchange: check, then rename. The window
 		// left is between the check and the rename.
-		cur, rerr := readTarget(path)
+		cur, rerr := readTarget(d, name)
 		if rerr != nil {
 			return nil, false, rerr
 		}
 		if cur.exists != prev.exists || !bytes.Equal(cur.data, prev.data) {
 			return nil, false, errRaced
 		}
-		err = os.Rename(tmp, path)
+		err = d.Rename(tmp, name)
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("replacing %s: %w", path, err)
+		return nil, false, fmt.Errorf("replacing %s: %w", d.Name(name), err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := d.Sync(); err != nil {
 		return nil, false, err
 	}
 	return nil, false, nil
@@ -183,32 +142,23 @@ func replace(path string, data []byte, prev snapshot) (old []byte, existed bool,
 // errRaced means the target changed under us and must be read again.
 var errRaced = errors.New("target changed while being written")
 
-// sweepTemps removes temp files a crash left next to path.
-func sweepTemps(path string) {
-	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), globEscape(tempPrefix(path))+"*"))
-	for _, m := range matches {
-		_ = os.Remove(m)
-	}
-}
-
-func globEscape(s string) string {
-	r := strings.NewReplacer(`*`, `\*`, `?`, `\?`, `[`, `\[`, `\`, `\\`)
-	return r.Replace(s)
-}
+// sweepTemps removes temp files a crash left next to name.
+func sweepTemps(d *hostfs.Dir, name string) { sweepPrefix(d, tempPrefix(name)) }
 
 // setAside keeps a copy of a target that does not parse, next to it, as
-// <name>.corrupt-<UTC time>, mode 0600, before it is replaced.
-func setAside(path string, data []byte, now time.Time) (string, error) {
-	base := path + ".corrupt-" + now.UTC().Format("20060102T150405Z")
-	name := base
+// <name>.corrupt-<UTC time>, mode 0600, before it is replaced. It returns
+// the copy's host path.
+func setAside(d *hostfs.Dir, name string, data []byte, now time.Time) (string, error) {
+	base := name + ".corrupt-" + now.UTC().Format("20060102T150405Z")
+	cname := base
 	for i := 1; ; i++ {
-		f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		f, err := d.CreateExcl(cname, 0o600)
 		if errors.Is(err, fs.ErrExist) && i < 100 {
-			name = fmt.Sprintf("%s.%d", base, i)
+			cname = fmt.Sprintf("%s.%d", base, i)
 			continue
 		}
 		if err != nil {
-			return "", fmt.Errorf("setting aside corrupt %s: %w", path, err)
+			return "", fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), err)
 		}
 		_, werr := f.Write(data)
 		if werr == nil {
@@ -218,29 +168,17 @@ func setAside(path string, data []byte, now time.Time) (string, error) {
 			werr = cerr
 		}
 		if werr != nil {
-			_ = os.Remove(name)
-			return "", fmt.Errorf("setting aside corrupt %s: %w", path, werr)
+			_ = d.Remove(cname)
+			return "", fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), werr)
 		}
-		return name, nil
+		return d.Name(cname), nil
 	}
 }
 
 // remove deletes a target nodecreds created once nothing is left in it.
-func remove(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing %s: %w", path, err)
+func remove(d *hostfs.Dir, name string) error {
+	if err := d.Remove(name); err != nil {
+		return err
 	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("opening folder %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing folder %s: %w", dir, err)
-	}
-	return nil
+	return d.Sync()
 }

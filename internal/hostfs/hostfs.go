@@ -1,0 +1,455 @@
+// Package hostfs does every file operation nodecreds makes on a node path,
+// anchored to a handle of the host root.
+//
+// Node paths are resolved as the node sees them (an absolute symlink target
+// is taken under the root, ".." cannot climb above it), but a path string is
+// never handed to the kernel on its own: folders are opened in the root
+// (openat2 RESOLVE_IN_ROOT where the kernel has it, securejoin's checked walk
+// where it does not), and files are then opened, created, renamed and
+// removed relative to that folder handle, by a single name, without following
+// a link and without blocking on a FIFO or device. A folder swapped for a
+// symlink at any instant can therefore redirect nothing outside the root.
+package hostfs
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	"golang.org/x/sys/unix"
+)
+
+// MaxFileSize is the largest credentials or state file nodecreds reads. A
+// config.json with 10,000 registries is about 1 MiB; 4 MiB leaves room while
+// a merge of the largest file stays well inside the DaemonSet's 64 Mi memory
+// limit.
+const MaxFileSize = 4 << 20
+
+var (
+	// ErrNotRegular means a path that must be a regular file is something
+	// else (a FIFO, device, socket, folder or symlink).
+	ErrNotRegular = errors.New("not a regular file")
+	// ErrTooLarge means a file is larger than MaxFileSize.
+	ErrTooLarge = errors.New("file too large")
+	// ErrHardLinked means a file has more than one name, so replacing it
+	// would leave the old content (and owner) reachable under another name.
+	ErrHardLinked = errors.New("file has other hard links")
+)
+
+// Root is the node's file system as mounted in this process.
+type Root struct {
+	path string
+	fd   *os.File // O_PATH handle of path
+}
+
+// OpenRoot opens the host root.
+func OpenRoot(root string) (*Root, error) {
+	if root == "" {
+		root = "/"
+	}
+	root = filepath.Clean(root)
+	fd, err := os.OpenFile(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening host root %s: %w", root, err)
+	}
+	return &Root{path: root, fd: fd}, nil
+}
+
+// Close releases the root handle.
+func (r *Root) Close() error { return r.fd.Close() }
+
+// Path is the host path of the root.
+func (r *Root) Path() string { return r.path }
+
+// Join returns the host path where nodePath lives now, symlinks resolved
+// under the root. It is a name for messages and watches only: by the time
+// it is used, a link may point elsewhere, so nothing is opened through it.
+func (r *Root) Join(nodePath string) (string, error) {
+	p, err := securejoin.SecureJoin(r.path, nodePath)
+	if err != nil {
+		return "", fmt.Errorf("resolving %s under %s: %w", nodePath, r.path, err)
+	}
+	return p, nil
+}
+
+// rel returns a host path under the root relative to it ("" for the root).
+func (r *Root) rel(hostPath string) string {
+	if r.path == "/" {
+		return strings.TrimPrefix(hostPath, "/")
+	}
+	return strings.TrimPrefix(strings.TrimPrefix(hostPath, r.path), "/")
+}
+
+// OpenDir opens the folder at nodePath. With create, missing folders are
+// made with mode (each new one; existing ones are left as they are).
+func (r *Root) OpenDir(nodePath string, create bool, mode fs.FileMode) (*Dir, error) {
+	hostPath, err := r.Join(nodePath)
+	if err != nil {
+		return nil, err
+	}
+	rel := r.rel(hostPath)
+	var h *os.File
+	switch {
+	case rel == "":
+		h, err = pathrs.Reopen(r.fd, unix.O_PATH|unix.O_DIRECTORY)
+	case create:
+		h, err = pathrs.MkdirAllHandle(r.fd, rel, mode)
+	default:
+		h, err = pathrs.OpenatInRoot(r.fd, rel)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening folder %s: %w", hostPath, err)
+	}
+	defer h.Close()
+	d, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, fmt.Errorf("opening folder %s: %w", hostPath, err)
+	}
+	return &Dir{f: d, path: hostPath}, nil
+}
+
+// OpenParent resolves nodePath (following a symlink at the end too, so a
+// linked target is written through and the link kept) and opens the folder
+// that holds the file it names. It returns that folder and the file's name.
+func (r *Root) OpenParent(nodePath string, create bool, mode fs.FileMode) (*Dir, string, error) {
+	hostPath, err := r.Join(nodePath)
+	if err != nil {
+		return nil, "", err
+	}
+	rel := r.rel(hostPath)
+	if rel == "" {
+		return nil, "", fmt.Errorf("%s names the host root, not a file", nodePath)
+	}
+	parent, name := path.Split(rel)
+	d, err := r.OpenDir("/"+parent, create, mode)
+	if err != nil {
+		return nil, "", err
+	}
+	return d, name, nil
+}
+
+// Dir is an open folder under the root. Every method takes a single name
+// (no slash) and never follows a symlink at that name.
+type Dir struct {
+	f    *os.File
+	path string // host path when opened, for messages
+}
+
+// Close releases the folder.
+func (d *Dir) Close() error { return d.f.Close() }
+
+// Path is the folder's host path as it was when opened.
+func (d *Dir) Path() string { return d.path }
+
+// Name returns the host path of name in the folder, for messages.
+func (d *Dir) Name(name string) string { return filepath.Join(d.path, name) }
+
+func (d *Dir) fd() int { return int(d.f.Fd()) }
+
+func checkName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
+		return fmt.Errorf("%q is not a single file name", name)
+	}
+	return nil
+}
+
+// Info is what nodecreds needs to know of a file.
+type Info struct {
+	Mode  fs.FileMode // permission bits
+	UID   int
+	GID   int
+	Nlink uint64
+	Dev   uint64
+	Ino   uint64
+	Size  int64
+}
+
+func infoOf(st *unix.Stat_t) Info {
+	return Info{
+		Mode:  fs.FileMode(st.Mode & 0o7777),
+		UID:   int(st.Uid),
+		GID:   int(st.Gid),
+		Nlink: uint64(st.Nlink),
+		Dev:   uint64(st.Dev),
+		Ino:   st.Ino,
+		Size:  st.Size,
+	}
+}
+
+// kind names a stat mode's file type for messages.
+func kind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return "directory"
+	case unix.S_IFLNK:
+		return "symlink"
+	case unix.S_IFIFO:
+		return "named pipe (FIFO)"
+	case unix.S_IFSOCK:
+		return "socket"
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return "device"
+	}
+	return "special file"
+}
+
+// Open opens a regular file for reading. It never blocks (a FIFO or device
+// at name is refused, not opened for I/O) and never follows a symlink at
+// name. A missing file is fs.ErrNotExist.
+func (d *Dir) Open(name string) (*os.File, Info, error) {
+	return d.open(name, unix.O_RDONLY, 0)
+}
+
+// OpenLock opens (creating it if needed) a regular file for locking.
+func (d *Dir) OpenLock(name string) (*os.File, error) {
+	f, _, err := d.open(name, unix.O_RDWR|unix.O_CREAT, 0o600)
+	return f, err
+}
+
+func (d *Dir) open(name string, flags int, perm uint32) (*os.File, Info, error) {
+	if err := checkName(name); err != nil {
+		return nil, Info{}, err
+	}
+	p := d.Name(name)
+	fd, err := unix.Openat(d.fd(), name, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, perm)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil, Info{}, fmt.Errorf("opening %s: %w", p, fs.ErrNotExist)
+	case errors.Is(err, unix.ELOOP):
+		return nil, Info{}, fmt.Errorf("%s: %w (it is a symlink, not followed here)", p, ErrNotRegular)
+	case errors.Is(err, unix.ENXIO):
+		return nil, Info{}, fmt.Errorf("%s: %w (it is a socket or FIFO)", p, ErrNotRegular)
+	case err != nil:
+		return nil, Info{}, fmt.Errorf("opening %s: %w", p, err)
+	}
+	f := os.NewFile(uintptr(fd), p)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		f.Close()
+		return nil, Info{}, fmt.Errorf("stat %s: %w", p, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		f.Close()
+		return nil, Info{}, fmt.Errorf("%s: %w (it is a %s)", p, ErrNotRegular, kind(st.Mode))
+	}
+	// Reads must block normally on a regular file; clear O_NONBLOCK.
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&unix.O_APPEND); err != nil {
+		f.Close()
+		return nil, Info{}, fmt.Errorf("opening %s: %w", p, err)
+	}
+	return f, infoOf(&st), nil
+}
+
+// ReadFile reads a regular file of at most max bytes. A missing file is
+// fs.ErrNotExist.
+func (d *Dir) ReadFile(name string, max int64) ([]byte, Info, error) {
+	f, info, err := d.Open(name)
+	if err != nil {
+		return nil, Info{}, err
+	}
+	defer f.Close()
+	data, err := readAll(f, info.Size, max)
+	if err != nil {
+		return nil, Info{}, err
+	}
+	return data, info, nil
+}
+
+func readAll(f *os.File, size, max int64) ([]byte, error) {
+	if size > max {
+		return nil, fmt.Errorf("%s is %d bytes: %w (the limit is %d MiB)", f.Name(), size, ErrTooLarge, max>>20)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", f.Name(), err)
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s: %w (the limit is %d MiB)", f.Name(), ErrTooLarge, max>>20)
+	}
+	return data, nil
+}
+
+// Lstat describes name without following a link. ok is false when there is
+// nothing at name.
+func (d *Dir) Lstat(name string) (info Info, isLink, ok bool, err error) {
+	if err := checkName(name); err != nil {
+		return Info{}, false, false, err
+	}
+	var st unix.Stat_t
+	err = unix.Fstatat(d.fd(), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		return Info{}, false, false, nil
+	}
+	if err != nil {
+		return Info{}, false, false, fmt.Errorf("stat %s: %w", d.Name(name), err)
+	}
+	return infoOf(&st), st.Mode&unix.S_IFMT == unix.S_IFLNK, true, nil
+}
+
+// CreateTemp creates a new file named prefix + random digits with mode perm,
+// never over anything that exists.
+func (d *Dir) CreateTemp(prefix string, perm fs.FileMode) (*os.File, string, error) {
+	var buf [8]byte
+	for range 100 {
+		if _, err := io.ReadFull(rand.Reader, buf[:]); err != nil {
+			return nil, "", fmt.Errorf("random name: %w", err)
+		}
+		name := fmt.Sprintf("%s%x", prefix, buf)
+		f, err := d.CreateExcl(name, perm)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		return f, name, err
+	}
+	return nil, "", fmt.Errorf("creating a temp file in %s: too many collisions", d.path)
+}
+
+// CreateExcl creates name, which must not exist, with mode perm.
+func (d *Dir) CreateExcl(name string, perm fs.FileMode) (*os.File, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Openat(d.fd(), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(perm.Perm()))
+	if errors.Is(err, unix.EEXIST) {
+		return nil, fmt.Errorf("creating %s: %w", d.Name(name), fs.ErrExist)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating %s: %w", d.Name(name), err)
+	}
+	f := os.NewFile(uintptr(fd), d.Name(name))
+	// The umask may have narrowed perm; set exactly what was asked.
+	if err := f.Chmod(perm.Perm()); err != nil {
+		f.Close()
+		_ = d.Remove(name)
+		return nil, fmt.Errorf("setting mode of %s: %w", d.Name(name), err)
+	}
+	return f, nil
+}
+
+// Exchange swaps names a and b atomically (renameat2 RENAME_EXCHANGE).
+func (d *Dir) Exchange(a, b string) error {
+	return d.renameat2(a, b, unix.RENAME_EXCHANGE)
+}
+
+// RenameNoReplace renames a to b unless b exists (fs.ErrExist).
+func (d *Dir) RenameNoReplace(a, b string) error {
+	err := d.renameat2(a, b, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("renaming to %s: %w", d.Name(b), fs.ErrExist)
+	}
+	return err
+}
+
+// Rename renames a to b, replacing b.
+func (d *Dir) Rename(a, b string) error { return d.renameat2(a, b, 0) }
+
+// ErrNoExchange means the file system cannot swap or create-exclusive by
+// rename (renameat2 flags unsupported).
+var ErrNoExchange = errors.New("renameat2 flags not supported by this file system")
+
+func (d *Dir) renameat2(a, b string, flags uint) error {
+	if err := checkName(a); err != nil {
+		return err
+	}
+	if err := checkName(b); err != nil {
+		return err
+	}
+	err := unix.Renameat2(d.fd(), a, d.fd(), b, flags)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("renaming %s to %s: %w", d.Name(a), d.Name(b), fs.ErrNotExist)
+	case flags != 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS)):
+		return fmt.Errorf("renaming %s to %s: %w", d.Name(a), d.Name(b), ErrNoExchange)
+	}
+	return fmt.Errorf("renaming %s to %s: %w", d.Name(a), d.Name(b), err)
+}
+
+// Remove deletes the file (never a folder) at name; nothing there is fine.
+func (d *Dir) Remove(name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	err := unix.Unlinkat(d.fd(), name, 0)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("removing %s: %w", d.Name(name), err)
+	}
+	return nil
+}
+
+// Names lists the folder's entries.
+func (d *Dir) Names() ([]string, error) {
+	// A fresh handle: reading the directory moves its offset.
+	f, err := pathrs.Reopen(d.f, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", d.path, err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", d.path, err)
+	}
+	return names, nil
+}
+
+// Sync flushes the folder, so renames in it survive a crash.
+func (d *Dir) Sync() error {
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("syncing folder %s: %w", d.path, err)
+	}
+	return nil
+}
+
+// Stat describes the folder itself.
+func (d *Dir) Stat() (Info, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(d.fd(), &st); err != nil {
+		return Info{}, fmt.Errorf("stat %s: %w", d.path, err)
+	}
+	return infoOf(&st), nil
+}
+
+// Chmod sets the folder's permission bits.
+func (d *Dir) Chmod(mode fs.FileMode) error {
+	if err := unix.Fchmod(d.fd(), uint32(mode.Perm())); err != nil {
+		return fmt.Errorf("setting mode of %s: %w", d.path, err)
+	}
+	return nil
+}
+
+// ReadRegularFile reads a file that is not on a node path (a mounted Secret,
+// the agent's own config), following links as usual but refusing, without
+// blocking, anything that is not a regular file, and anything over max bytes.
+func ReadRegularFile(name string, max int64) ([]byte, error) {
+	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil, fmt.Errorf("opening %s: %w", name, fs.ErrNotExist)
+	case errors.Is(err, unix.ENXIO):
+		return nil, fmt.Errorf("%s: %w (it is a socket or FIFO)", name, ErrNotRegular)
+	case err != nil:
+		return nil, fmt.Errorf("opening %s: %w", name, err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s: %w (it is a %s)", name, ErrNotRegular, kind(st.Mode))
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0); err != nil {
+		return nil, fmt.Errorf("opening %s: %w", name, err)
+	}
+	return readAll(f, st.Size, max)
+}
