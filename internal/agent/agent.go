@@ -101,6 +101,10 @@ func (a *Agent) Once(ctx context.Context) Outcome {
 // Sync brings the targets in line with the sources now.
 func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	start := time.Now()
+	if h := a.opts.Health; h != nil {
+		h.SyncStarted()
+		defer h.SyncEnded()
+	}
 	o := Outcome{Cause: cause, Sources: a.src.Snapshots()}
 	var errs []error
 	named := make([]dockercfg.NamedSet, 0, len(o.Sources))

@@ -62,6 +62,11 @@ func Run(ctx context.Context, o Options) Report {
 		}
 	}
 	rep.Warnings = append(rep.Warnings, warnFiles(states, used)...)
+	for _, s := range states {
+		if s.unread {
+			rep.OK = false
+		}
+	}
 	var ring *keyring
 	if used != nil {
 		rep.File = used.path
@@ -128,7 +133,10 @@ func anyConfigJSONParsed(states []fileState) bool {
 func warnFiles(states []fileState, used *fileState) []string {
 	var out []string
 	for _, s := range states {
-		if s.exists && s.err != nil {
+		switch {
+		case s.unread:
+			out = append(out, fmt.Sprintf("%s was not read (%v); fix or remove it: what the kubelet makes of it is not checked", s.path, s.err))
+		case s.exists && s.err != nil:
 			out = append(out, fmt.Sprintf("%s exists but the kubelet cannot read it (%v), so it skips it silently", s.path, s.err))
 		}
 	}

@@ -8,6 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -135,5 +140,55 @@ func TestRunBadReference(t *testing.T) {
 	rep := Run(t.Context(), Options{HostRoot: t.TempDir(), KubeletRootDir: "/var/lib/kubelet", Images: []string{"UPPER/Case:bad"}})
 	if rep.OK || rep.Results[0].Error == "" {
 		t.Errorf("a bad reference was accepted: %+v", rep)
+	}
+}
+
+// A FIFO or an oversized file in the kubelet's search order is reported at
+// once, not waited on or read whole, and makes the check fail.
+func TestRunRefusesSpecialAndHugeFiles(t *testing.T) {
+	good := `{"auths":{"reg.test":{"auth":"` + b64("user:pw") + `"}}}`
+	tests := []struct {
+		name string
+		make func(t *testing.T, p string)
+		warn string
+	}{
+		{"fifo", func(t *testing.T, p string) {
+			if err := unix.Mkfifo(p, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "FIFO"},
+		{"over the size limit", func(t *testing.T, p string) {
+			if err := os.WriteFile(p, bytes.Repeat([]byte(" "), hostfs.MaxFileSize+1), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "too large"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			put(t, root, "root/.docker/config.json", good)
+			p := filepath.Join(root, "var/lib/kubelet/config.json")
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			tt.make(t, p)
+			done := make(chan Report, 1)
+			go func() { done <- Run(t.Context(), Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: []string{"reg.test/app"}}) }()
+			var rep Report
+			select {
+			case rep = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("check blocked")
+			}
+			if rep.OK {
+				t.Error("check passed with an unreadable kubelet file")
+			}
+			if w := strings.Join(rep.Warnings, "\n"); !strings.Contains(w, tt.warn) || !strings.Contains(w, "/var/lib/kubelet/config.json") {
+				t.Errorf("warnings %q do not name the file and say %q", w, tt.warn)
+			}
+			if _, err := LookupFile(root, "/var/lib/kubelet/config.json", "reg.test/app"); err == nil || !strings.Contains(err.Error(), tt.warn) {
+				t.Errorf("LookupFile: want an error saying %q, got %v", tt.warn, err)
+			}
+		})
 	}
 }

@@ -12,14 +12,14 @@ import (
 	"io/fs"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/distribution/reference"
+
+	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
 // Cred is one credential the kubelet would use.
@@ -71,25 +71,40 @@ type fileState struct {
 	candidate
 	exists bool
 	err    error // parse error: the kubelet skips the file silently
+	// unread: nodecreds refused to read the file (not a regular file, too
+	// large, no permission); what the kubelet makes of it is unknown.
+	unread bool
 	creds  map[string]Cred
 }
 
 // readCandidate reads a node file through the host root and parses it as
-// the kubelet does.
+// the kubelet does. The path is resolved in the root as the node sees it,
+// then read through a folder handle: a FIFO or device is refused without
+// blocking, and a file over hostfs.MaxFileSize is not read.
 func readCandidate(hostRoot string, c candidate) fileState {
 	st := fileState{candidate: c}
-	p, err := securejoin.SecureJoin(hostRoot, c.path)
+	root, err := hostfs.OpenRoot(hostRoot)
 	if err != nil {
-		st.err = err
+		st.exists, st.err, st.unread = true, err, true
 		return st
 	}
-	data, err := os.ReadFile(p)
+	defer root.Close()
+	d, name, err := root.OpenParent(c.path, false, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return st
+	}
+	if err != nil {
+		st.exists, st.err, st.unread = true, err, true
+		return st
+	}
+	defer d.Close()
+	data, _, err := d.ReadFile(name, hostfs.MaxFileSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return st
 	}
 	st.exists = true
 	if err != nil {
-		st.err = err
+		st.err, st.unread = err, true
 		return st
 	}
 	st.creds, st.err = parseKubelet(data, c.legacy)

@@ -426,30 +426,32 @@ func (d *Dir) Chmod(mode fs.FileMode) error {
 	return nil
 }
 
-// ReadRegularFile reads a file that is not on a node path (a mounted Secret,
-// the agent's own config), following links as usual but refusing, without
-// blocking, anything that is not a regular file, and anything over max bytes.
-func ReadRegularFile(name string, max int64) ([]byte, error) {
+// OpenRegular opens a file that is not on a node path (a mounted Secret),
+// following links as usual but refusing, without blocking, anything that is
+// not a regular file. A missing file is fs.ErrNotExist.
+func OpenRegular(name string) (*os.File, Info, error) {
 	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	switch {
 	case errors.Is(err, unix.ENOENT):
-		return nil, fmt.Errorf("opening %s: %w", name, fs.ErrNotExist)
+		return nil, Info{}, fmt.Errorf("opening %s: %w", name, fs.ErrNotExist)
 	case errors.Is(err, unix.ENXIO):
-		return nil, fmt.Errorf("%s: %w (it is a socket or FIFO)", name, ErrNotRegular)
+		return nil, Info{}, fmt.Errorf("%s: %w (it is a socket or FIFO)", name, ErrNotRegular)
 	case err != nil:
-		return nil, fmt.Errorf("opening %s: %w", name, err)
+		return nil, Info{}, fmt.Errorf("opening %s: %w", name, err)
 	}
 	f := os.NewFile(uintptr(fd), name)
-	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, fmt.Errorf("stat %s: %w", name, err)
+		f.Close()
+		return nil, Info{}, fmt.Errorf("stat %s: %w", name, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("%s: %w (it is a %s)", name, ErrNotRegular, kind(st.Mode))
+		f.Close()
+		return nil, Info{}, fmt.Errorf("%s: %w (it is a %s)", name, ErrNotRegular, kind(st.Mode))
 	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0); err != nil {
-		return nil, fmt.Errorf("opening %s: %w", name, err)
+		f.Close()
+		return nil, Info{}, fmt.Errorf("opening %s: %w", name, err)
 	}
-	return readAll(f, st.Size, max)
+	return f, infoOf(&st), nil
 }

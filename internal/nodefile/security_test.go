@@ -3,13 +3,11 @@ package nodefile
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,52 +16,8 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/hostfs/hostfstest"
 )
-
-// listTree returns every path under dir, for "nothing appeared here" checks.
-func listTree(t *testing.T, dir string) []string {
-	t.Helper()
-	var out []string
-	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && p != dir {
-			out = append(out, strings.TrimPrefix(p, dir))
-		}
-		return nil
-	})
-	return out
-}
-
-// swapper exchanges a folder with a symlink to an outside folder, in a tight
-// loop, until stopped: every instant either name may be the link.
-type swapper struct {
-	stop  chan struct{}
-	done  sync.WaitGroup
-	swaps int
-}
-
-func startSwapping(t *testing.T, pairs [][2]string) *swapper {
-	t.Helper()
-	s := &swapper{stop: make(chan struct{})}
-	s.done.Add(1)
-	go func() {
-		defer s.done.Done()
-		for {
-			select {
-			case <-s.stop:
-				return
-			default:
-			}
-			for _, p := range pairs {
-				if err := unix.Renameat2(unix.AT_FDCWD, p[0], unix.AT_FDCWD, p[1], unix.RENAME_EXCHANGE); err == nil {
-					s.swaps++
-				}
-			}
-		}
-	}()
-	return s
-}
-
-func (s *swapper) Stop() int { close(s.stop); s.done.Wait(); return s.swaps }
 
 // TestSwappedFolderNeverEscapesRoot swaps the target's folder and the state
 // folder with symlinks to folders outside the host root, as fast as the
@@ -84,16 +38,6 @@ func TestSwappedFolderNeverEscapesRoot(t *testing.T) {
 	// A decoy in the outside folder: a corrupt-file copy or a read of it
 	// would show up as a set-aside or a merge of its content.
 	writeFile(t, filepath.Join(outside, "config.json"), "not json", 0o600)
-	links := [][2]string{
-		{filepath.Join(root, "var/lib/kubelet"), filepath.Join(root, "var/lib/kubelet.swap")},
-		{filepath.Join(root, stateDir), filepath.Join(root, stateDir+".swap")},
-	}
-	if err := os.Symlink(outside, links[0][1]); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(outsideState, links[1][1]); err != nil {
-		t.Fatal(err)
-	}
 
 	e := New(Options{HostRoot: root, StateDir: stateDir})
 	// The test's own writes go through os.Root, which refuses to leave it.
@@ -102,7 +46,7 @@ func TestSwappedFolderNeverEscapesRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer testRoot.Close()
-	s := startSwapping(t, links)
+	s := hostfstest.SwapWithLink(t, []string{filepath.Join(root, "var/lib/kubelet"), filepath.Join(root, stateDir)}, []string{outside, outsideState})
 	deadline := time.Now().Add(3 * time.Second)
 	runs := 0
 	for ; runs < 2000 && time.Now().Before(deadline); runs++ {
@@ -121,13 +65,13 @@ func TestSwappedFolderNeverEscapesRoot(t *testing.T) {
 	if swaps < 100 {
 		t.Fatalf("only %d swaps during %d syncs: the race was not exercised", swaps, runs)
 	}
-	if got := listTree(t, outside); len(got) != 1 || got[0] != "/config.json" {
+	if got := hostfstest.Tree(outside); len(got) != 1 || got[0] != "/config.json" {
 		t.Errorf("files appeared outside the host root in %s after %d syncs and %d swaps: %v", outside, runs, swaps, got)
 	}
 	if data, _ := os.ReadFile(filepath.Join(outside, "config.json")); string(data) != "not json" {
 		t.Errorf("the outside decoy was changed: %q", data)
 	}
-	if got := listTree(t, outsideState); len(got) != 0 {
+	if got := hostfstest.Tree(outsideState); len(got) != 0 {
 		t.Errorf("state files appeared outside the host root in %s: %v", outsideState, got)
 	}
 	t.Logf("%d syncs during %d swaps", runs, swaps)

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
-	"github.com/google/renameio/v2"
+	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
 // Installed says what Install did.
@@ -36,64 +36,83 @@ func Install(hostRoot, dir, name string) (Installed, error) {
 func install(src, hostRoot, dir, name string) (Installed, error) {
 	nodePath := filepath.Join(dir, name)
 	res := Installed{Path: nodePath}
-	hostDir, err := securejoin.SecureJoin(hostRoot, dir)
+	root, err := hostfs.OpenRoot(hostRoot)
 	if err != nil {
-		return res, fmt.Errorf("resolving %s under %s: %w", dir, hostRoot, err)
+		return res, err
 	}
-	if err := os.MkdirAll(hostDir, 0o755); err != nil {
+	defer root.Close()
+	// Every step below is relative to this folder handle, opened in the
+	// root: a folder swapped for a link cannot redirect the binary.
+	d, err := root.OpenDir(dir, true, 0o755)
+	if err != nil {
 		return res, fmt.Errorf("creating the plugin folder %s: %w", dir, err)
 	}
-	// Resolve again: the folder may be a symlink only now that it exists.
-	hostPath, err := securejoin.SecureJoin(hostRoot, nodePath)
-	if err != nil {
-		return res, fmt.Errorf("resolving %s under %s: %w", nodePath, hostRoot, err)
-	}
-	want, err := digest(src)
+	defer d.Close()
+	in, err := os.Open(src)
 	if err != nil {
 		return res, fmt.Errorf("reading the running binary: %w", err)
 	}
-	have, err := digest(hostPath)
-	if err == nil && bytes.Equal(have, want) {
-		if err := os.Chmod(hostPath, 0o755); err != nil {
-			return res, fmt.Errorf("making %s executable: %w", nodePath, err)
-		}
-		return res, nil
+	defer in.Close()
+	want, err := digest(in)
+	if err != nil {
+		return res, fmt.Errorf("reading the running binary: %w", err)
 	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	cur, _, err := d.Open(name)
+	switch {
+	case err == nil:
+		have, derr := digest(cur)
+		if derr == nil && bytes.Equal(have, want) {
+			derr = cur.Chmod(0o755)
+			cur.Close()
+			if derr != nil {
+				return res, fmt.Errorf("making %s executable: %w", nodePath, derr)
+			}
+			return res, nil
+		}
+		cur.Close()
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, hostfs.ErrNotRegular):
+		// Nothing there, or a link or FIFO: replaced by the rename below
+		// (renaming over a name never follows it).
+	default:
 		return res, fmt.Errorf("reading the installed plugin %s: %w", nodePath, err)
 	}
-	if err := copyFile(src, hostPath); err != nil {
+	if _, err := in.Seek(0, io.SeekStart); err != nil {
+		return res, fmt.Errorf("reading the running binary: %w", err)
+	}
+	if err := copyInto(d, name, in); err != nil {
 		return res, fmt.Errorf("installing the plugin as %s: %w", nodePath, err)
 	}
 	res.Changed = true
 	return res, nil
 }
 
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
+// copyInto streams in to a temp file in d and renames it over name, so a
+// kubelet exec never sees a half-written file.
+func copyInto(d *hostfs.Dir, name string, in io.Reader) error {
+	out, tmp, err := d.CreateTemp("."+name+".", 0o755)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	out, err := renameio.NewPendingFile(dst, renameio.WithStaticPermissions(0o755))
+	defer func() { _ = d.Remove(tmp) }()
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return err
 	}
-	defer out.Cleanup()
-	if _, err := io.Copy(out, in); err != nil {
+	if err := d.Rename(tmp, name); err != nil {
 		return err
 	}
-	return out.CloseAtomicallyReplace()
+	return d.Sync()
 }
 
-func digest(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
+func digest(r io.Reader) ([]byte, error) {
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	if _, err := io.Copy(h, r); err != nil {
 		return nil, err
 	}
 	return h.Sum(nil), nil

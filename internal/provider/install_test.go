@@ -9,6 +9,9 @@ import (
 	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
+	"golang.org/x/sys/unix"
+
+	"github.com/nodecreds/nodecreds/internal/hostfs/hostfstest"
 )
 
 func TestInstall(t *testing.T) {
@@ -122,5 +125,62 @@ func mustWrite(t *testing.T, path, content string, mode os.FileMode) {
 	}
 	if err := os.Chmod(path, mode); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The plugin folder swapped for a link to an outside folder while installs
+// run: nothing may land outside the host root.
+func TestInstallNeverEscapesRoot(t *testing.T) {
+	parent := t.TempDir()
+	root := filepath.Join(parent, "root")
+	outside := filepath.Join(parent, "outside")
+	bin := filepath.Join(root, "opt/nodecreds/bin")
+	for _, d := range []string{outside, bin} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srcs := []string{filepath.Join(parent, "v1"), filepath.Join(parent, "v2")}
+	mustWrite(t, srcs[0], "binary v1", 0o755)
+	mustWrite(t, srcs[1], "binary v2", 0o755)
+	s := hostfstest.SwapWithLink(t, []string{bin}, []string{outside})
+	deadline := time.Now().Add(2 * time.Second)
+	runs := 0
+	for ; time.Now().Before(deadline); runs++ {
+		_, _ = install(srcs[runs%2], root, "/opt/nodecreds/bin", "nodecreds")
+	}
+	swaps := s.Stop()
+	if swaps < 100 {
+		t.Fatalf("only %d swaps during %d installs: the race was not exercised", swaps, runs)
+	}
+	if got := hostfstest.Tree(outside); len(got) != 0 {
+		t.Errorf("files appeared outside the host root after %d installs, %d swaps: %v", runs, swaps, got)
+	}
+}
+
+// A FIFO at the plugin's name is replaced, not read (which would block).
+func TestInstallReplacesFIFO(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "nodecreds")
+	mustWrite(t, src, "binary", 0o755)
+	root := t.TempDir()
+	p := filepath.Join(root, "bin-dir/nodecreds")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := install(src, root, "/bin-dir", "nodecreds"); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("install blocked on a FIFO")
+	}
+	if b, _ := os.ReadFile(p); string(b) != "binary" {
+		t.Errorf("content %q", b)
 	}
 }

@@ -59,15 +59,61 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// Health backs /healthz (the process serves) and /readyz (the first sync
-// succeeded, so the node has its credentials).
-type Health struct{ ready atomic.Bool }
+// Health backs /healthz (the process serves, and no sync has been running
+// for longer than MaxSync) and /readyz (the first sync succeeded, so the
+// node has its credentials, and no sync is stuck). A sync normally takes
+// milliseconds; one that does not finish is stuck on the node (a file that
+// cannot be read, a lock never released), and a restart is the remedy the
+// kubelet's liveness probe can apply.
+type Health struct {
+	ready   atomic.Bool
+	started atomic.Int64 // unix nanoseconds of the running sync's start; 0 when none
+	// MaxSync is how long a sync may run before health fails; DefaultMaxSync
+	// when zero.
+	MaxSync time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// DefaultMaxSync bounds a healthy sync: well above the several seconds a
+// sync may spend merging around another writer.
+const DefaultMaxSync = time.Minute
 
 // SetReady marks the first successful sync.
 func (h *Health) SetReady() { h.ready.Store(true) }
 
-// Ready reports whether the first sync succeeded.
-func (h *Health) Ready() bool { return h.ready.Load() }
+// Ready reports whether the first sync succeeded and none is stuck.
+func (h *Health) Ready() bool { return h.ready.Load() && h.Stuck() == "" }
+
+// SyncStarted records that a sync began.
+func (h *Health) SyncStarted() { h.started.Store(h.now().UnixNano()) }
+
+// SyncEnded records that the running sync returned.
+func (h *Health) SyncEnded() { h.started.Store(0) }
+
+// Stuck says why health fails: a sync running for longer than MaxSync; ""
+// when none is.
+func (h *Health) Stuck() string {
+	start := h.started.Load()
+	if start == 0 {
+		return ""
+	}
+	max := h.MaxSync
+	if max == 0 {
+		max = DefaultMaxSync
+	}
+	if took := h.now().Sub(time.Unix(0, start)); took > max {
+		return fmt.Sprintf("a sync has been running for %s (more than %s): the agent is stuck on this node; see its log", took.Round(time.Second), max)
+	}
+	return ""
+}
+
+func (h *Health) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
 
 // Server serves /metrics, /healthz and /readyz.
 type Server struct {
@@ -112,8 +158,18 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if why := s.health.Stuck(); why != "" {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if why := s.health.Stuck(); why != "" {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
 		if !s.health.Ready() {
 			http.Error(w, "first sync has not succeeded yet", http.StatusServiceUnavailable)
 			return

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
 // Dir reads Secrets mounted as folders. The kubelet updates a mounted
@@ -89,9 +90,10 @@ func readDir(dir string) Snapshot {
 }
 
 // readLimited reads at most one byte more than a Secret may hold, so an
-// oversized file is reported, not loaded.
+// oversized file is reported, not loaded. A FIFO or device is refused, not
+// waited on.
 func readLimited(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, _, err := hostfs.OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
@@ -183,5 +184,24 @@ func TestSecretsScopedInformers(t *testing.T) {
 	}
 	if Revision(snaps) == Revision(snaps[:2]) {
 		t.Errorf("revision does not depend on every source")
+	}
+}
+
+// A FIFO where a Secret key should be is refused at once, naming it.
+func TestReadDirRefusesFIFO(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, dockercfg.KeyConfigJSON)
+	if err := unix.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan Snapshot, 1)
+	go func() { done <- readDir(dir) }()
+	select {
+	case s := <-done:
+		if s.Err == nil || !strings.Contains(s.Err.Error(), p) || !strings.Contains(s.Err.Error(), "FIFO") {
+			t.Errorf("want an error naming %s as a FIFO, got %v", p, s.Err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("reading the folder blocked on a FIFO")
 	}
 }
