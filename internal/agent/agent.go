@@ -61,6 +61,9 @@ type Outcome struct {
 	Revision string
 	Sources  []source.Snapshot
 	Results  []nodefile.Result
+	// FilesErr is why no target could be synced at all (the state file or
+	// its lock unusable).
+	FilesErr error
 	Changed  bool
 	// Err is nil when every source was usable and every target is in sync.
 	Err error
@@ -138,6 +141,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	prune := a.opts.Prune && complete
 	results, err := a.files.Apply(a.opts.Targets, desired, prune)
 	if err != nil {
+		o.FilesErr = err
 		errs = append(errs, err)
 	}
 	o.Results = results
@@ -168,6 +172,13 @@ func (o Outcome) Status() report.Status {
 			}
 			problems = append(problems, s.Err.Error())
 		}
+	}
+	if o.FilesErr != nil {
+		st.Reason = "Error"
+		if errors.Is(o.FilesErr, nodefile.ErrState) {
+			st.Reason = "StateError"
+		}
+		problems = append(problems, o.FilesErr.Error())
 	}
 	entries, files := 0, 0
 	for _, r := range o.Results {
@@ -212,6 +223,9 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		if s.Err != nil {
 			log.WithFields(logrus.Fields{"source": s.Name, "reason": s.Reason()}).WithError(s.Err).Error("source unusable; last good credentials stay in force")
 		}
+	}
+	if o.FilesErr != nil {
+		log.WithError(o.FilesErr).Error("no target synced: nodecreds' state cannot be used")
 	}
 	for _, r := range o.Results {
 		rl := log.WithFields(logrus.Fields{"target": r.Target, "path": r.Path, "entries": r.Entries})

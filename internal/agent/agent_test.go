@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
@@ -168,5 +172,40 @@ func TestTargetErrorIsReportedAndNotReady(t *testing.T) {
 	files.injectError = nil
 	if o := a.Sync(t.Context(), "test"); o.Err != nil || !health.Ready() {
 		t.Errorf("recovery: err=%v ready=%v", o.Err, health.Ready())
+	}
+}
+
+// A corrupt state file stops every write; the log and the Node condition
+// must say so (reason StateError, the file and the remedy), not read
+// "Synced" with status False.
+func TestStateErrorIsLoggedAndReported(t *testing.T) {
+	root := t.TempDir()
+	statePath := filepath.Join(root, "var/lib/nodecreds/state.json")
+	if err := os.MkdirAll(filepath.Dir(statePath), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(statePath, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
+	rep := &fakeReporter{}
+	logger, hook := logtest.NewNullLogger()
+	a := New(&fakeSource{snaps: []source.Snapshot{snap("a", "r.test", "u")}}, files, Options{Targets: []string{"/var/lib/kubelet/config.json"}, Prune: true, Reporters: []Reporter{rep}}, logrus.NewEntry(logger))
+	o := a.Sync(t.Context(), "test")
+	if o.Err == nil {
+		t.Fatal("sync succeeded with a corrupt state")
+	}
+	st := rep.got[0]
+	if st.OK || st.Reason != "StateError" || !strings.Contains(st.Message, statePath) || !strings.Contains(st.Message, "move it away") {
+		t.Errorf("reported %+v", st)
+	}
+	logged := false
+	for _, e := range hook.AllEntries() {
+		if err, _ := e.Data[logrus.ErrorKey].(error); e.Level == logrus.ErrorLevel && err != nil && strings.Contains(err.Error(), statePath) {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Errorf("the state error was not logged: %v", hook.AllEntries())
 	}
 }
