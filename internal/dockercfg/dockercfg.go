@@ -131,7 +131,7 @@ func (p Problem) String() string {
 	if p.Key == "" {
 		return p.Reason
 	}
-	return fmt.Sprintf("registry %q: %s", p.Key, p.Reason)
+	return fmt.Sprintf("registry %q: %s", SafeKey(p.Key), p.Reason)
 }
 
 // ValidationError lists every problem of a document, so one report names all
@@ -222,6 +222,9 @@ func Parse(data []byte, format Format) (Set, []Clash, error) {
 		return nil, nil, &ValidationError{Problems: problems}
 	}
 	set, clashes := Union(NamedSet{Set: set})
+	for i := range set {
+		set[i].Key = WriteKey(set[i].Key)
+	}
 	return set, clashes, nil
 }
 

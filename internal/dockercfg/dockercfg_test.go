@@ -197,7 +197,8 @@ func TestNormalize(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"reg.example.com", "reg.example.com"},
 		{"https://reg.example.com", "reg.example.com"},
-		{"http://REG.example.com/", "reg.example.com"},
+		{"http://REG.example.com/", "REG.example.com"}, // the kubelet matches hosts case-sensitively
+		{"DOCKER.IO", "DOCKER.IO"},
 		{"https://reg.example.com/v2/", "reg.example.com"},
 		{"reg.example.com/v1/", "reg.example.com"},
 		{"reg.example.com:5000", "reg.example.com:5000"},
@@ -217,7 +218,8 @@ func TestNormalize(t *testing.T) {
 
 func TestValidateKey(t *testing.T) {
 	good := []string{"r.io", "localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "https://r.io/v1/", "http://r.io", "*.r.io", "r.io/team/sub", "my_registry.local"}
-	bad := []string{"", " ", "r.io ", "https://", "https:///x", "ftp://r.io", "r.io:x", "r.io:0", ":5000", "r..io", "r.io\t", "[::1", "r.io:", "a/b c", "r!.io"}
+	bad := []string{"", " ", "r.io ", "https://", "https:///x", "ftp://r.io", "r.io:x", "r.io:0", ":5000", "r..io", "r.io\t", "[::1", "r.io:", "a/b c", "r!.io",
+		"*", "*.*", "*.*.*", "?", "*:5000", "https://*/v2/", "*.?", "**"}
 	for _, k := range good {
 		if err := ValidateKey(k); err != nil {
 			t.Errorf("ValidateKey(%q) = %v, want ok", k, err)
@@ -251,8 +253,8 @@ func TestParseDuplicateRegistryInOneDocument(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(set) != 1 || set[0].Key != "docker.io" || len(clashes) != 1 {
-		t.Errorf("set %v clashes %v; want docker.io kept and one clash", set.Keys(), clashes)
+	if len(set) != 1 || set[0].Entry.Username != "a" || set[0].Key != DockerHubKey || len(clashes) != 1 || clashes[0].WinnerKey != "docker.io" {
+		t.Errorf("set %v clashes %v; want docker.io's entry kept, written as %s, and one clash", set.Keys(), clashes, DockerHubKey)
 	}
 }
 
@@ -289,4 +291,49 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A key carrying user-info is refused without echoing it: the error reaches
+// logs, Events and the Node condition.
+func TestUserInfoKeyNotEchoed(t *testing.T) {
+	for _, key := range []string{"user:PASSWORD@r.test", "https://user:PASSWORD@r.test/v2/", "user:PASSWORD@r.test:5000", "PASSWORD@r.test", "https://u:PASSWORD@x://r.test"} {
+		doc := `{"auths":{"` + key + `":{"auth":"` + b64("u:p") + `"}}}`
+		_, _, err := Parse([]byte(doc), ConfigJSON)
+		if err == nil {
+			t.Errorf("%s: accepted", key)
+			continue
+		}
+		if strings.Contains(err.Error(), "PASSWORD") || !strings.Contains(err.Error(), "user-info") {
+			t.Errorf("%s: error %q echoes the user-info or does not say what is wrong", key, err)
+		}
+	}
+}
+
+// Wildcard-only keys match every registry; *.example.com is fine.
+func TestAllWildcardKeyRefused(t *testing.T) {
+	_, _, err := Parse([]byte(`{"auths":{"*.*":{"auth":"`+b64("u:p")+`"}}}`), ConfigJSON)
+	if err == nil || !strings.Contains(err.Error(), "matches every host") {
+		t.Errorf("want a 'matches every host' error, got %v", err)
+	}
+	if _, _, err := Parse([]byte(`{"auths":{"*.example.com":{"auth":"`+b64("u:p")+`"}}}`), ConfigJSON); err != nil {
+		t.Errorf("*.example.com refused: %v", err)
+	}
+}
+
+// Keys that differ only in case are two registries to the kubelet, so both
+// are kept; Docker Hub is written under the docker CLI's key.
+func TestCaseAndDockerHubKeys(t *testing.T) {
+	doc := `{"auths":{"R.TEST/":{"auth":"` + b64("upper:1") + `"},"r.test":{"auth":"` + b64("lower:2") + `"},"docker.io":{"auth":"` + b64("hub:3") + `"}}}`
+	set, clashes, err := Parse([]byte(doc), ConfigJSON)
+	if err != nil || len(clashes) != 0 {
+		t.Fatalf("Parse: %v, clashes %v", err, clashes)
+	}
+	got := map[string]string{}
+	for _, it := range set {
+		got[it.Key] = it.Entry.Username
+	}
+	want := map[string]string{"R.TEST/": "upper", "r.test": "lower", DockerHubKey: "hub"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("entries %v, want %v", got, want)
+	}
 }

@@ -32,6 +32,9 @@ func ValidateKey(key string) error {
 	rest := key
 	if i := strings.Index(rest, "://"); i >= 0 {
 		scheme := strings.ToLower(rest[:i])
+		if strings.Contains(rest[:i], "@") {
+			return errUserInfo
+		}
 		if scheme != "http" && scheme != "https" {
 			return fmt.Errorf("registry key has scheme %q; only http and https are allowed", rest[:i])
 		}
@@ -40,6 +43,9 @@ func ValidateKey(key string) error {
 	hostport, _, _ := strings.Cut(rest, "/")
 	if hostport == "" {
 		return errors.New("registry key has no host")
+	}
+	if strings.Contains(hostport, "@") {
+		return errUserInfo
 	}
 	host, port := hostport, ""
 	if strings.HasPrefix(hostport, "[") {
@@ -63,7 +69,7 @@ func ValidateKey(key string) error {
 	if port != "" {
 		n, err := strconv.Atoi(port)
 		if err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("registry key has port %q, not a number from 1 to 65535", port)
+			return errors.New("registry key's port is not a number from 1 to 65535")
 		}
 	}
 	if !strings.HasPrefix(hostport, "[") {
@@ -78,6 +84,11 @@ func ValidateKey(key string) error {
 			}
 		}
 	}
+	if !strings.HasPrefix(hostport, "[") && strings.Trim(host, "*?.") == "" {
+		// The kubelet would send this credential to any registry a Pod
+		// names, including one an attacker runs.
+		return errors.New("registry key matches every host (only wildcards); name the registry, e.g. *.example.com")
+	}
 	// The kubelet parses keys as URLs and silently skips those that fail.
 	if _, err := url.Parse("https://" + rest); err != nil {
 		return errors.New("registry key is not a valid URL")
@@ -85,16 +96,56 @@ func ValidateKey(key string) error {
 	return nil
 }
 
+// errUserInfo is returned for a key holding user-info (user:password@host).
+// It never echoes the key: the user-info may be a password.
+var errUserInfo = errors.New("registry key holds user-info (user:password@host); credentials belong in the entry's auth, not in its key")
+
+// SafeKey is key fit for a log, an Event or an error: user-info (a key
+// like user:password@host is refused, but is still named when refused) is
+// replaced by <redacted>.
+func SafeKey(key string) string {
+	scheme, rest := "", key
+	if i := strings.Index(rest, "://"); i >= 0 {
+		scheme, rest = rest[:i+3], rest[i+3:]
+	}
+	if strings.Contains(scheme, "@") {
+		return "<redacted>"
+	}
+	hostport, path, hasPath := strings.Cut(rest, "/")
+	if i := strings.LastIndex(hostport, "@"); i >= 0 {
+		hostport = "<redacted>@" + hostport[i+1:]
+	}
+	if hasPath {
+		return scheme + hostport + "/" + path
+	}
+	return scheme + hostport
+}
+
+// DockerHubKey is the key the docker CLI reads Docker Hub's credentials
+// from (and the kubelet reads them from too).
+const DockerHubKey = "https://index.docker.io/v1/"
+
+// WriteKey is the key an entry is written under: the source's spelling,
+// except that Docker Hub (docker.io, index.docker.io, ...) is written as
+// DockerHubKey, the only key the docker CLI looks Docker Hub up by.
+func WriteKey(key string) string {
+	if Normalize(key) == "docker.io" {
+		return DockerHubKey
+	}
+	return key
+}
+
 // Normalize returns the form under which two keys name the same registry:
-// no scheme, lower-case host, Docker Hub aliases folded to docker.io, a
-// leading /v1/ or /v2/ dropped (as the kubelet does) and no trailing slash.
+// no scheme, Docker Hub aliases folded to docker.io, a leading /v1/ or /v2/
+// dropped (as the kubelet does) and no trailing slash. Host names keep their
+// case: the kubelet matches them case-sensitively, so R.TEST and r.test are
+// two registries to it.
 func Normalize(key string) string {
 	rest := key
 	if i := strings.Index(rest, "://"); i >= 0 {
 		rest = rest[i+3:]
 	}
 	host, path, _ := strings.Cut(rest, "/")
-	host = strings.ToLower(host)
 	if dockerHubAliases[host] {
 		host = "docker.io"
 	}

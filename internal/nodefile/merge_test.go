@@ -64,6 +64,16 @@ func TestMerge(t *testing.T) {
 			wantOwned: []string{"r.io"},
 		},
 		{
+			// The kubelet matches hosts case-sensitively: R.TEST is another
+			// registry, and a working r.test entry must stay.
+			name:      "a key differing only in case does not displace",
+			cur:       map[string]json.RawMessage{"r.test": foreign},
+			desired:   dockercfg.Set{item("R.TEST/", "u", "p")},
+			prune:     true,
+			wantAuths: map[string]json.RawMessage{"r.test": foreign, "R.TEST/": entryJSON(t, "u", "p")},
+			wantOwned: []string{"R.TEST/"},
+		},
+		{
 			name:      "displaces a foreign entry for the same registry under another spelling",
 			cur:       map[string]json.RawMessage{"https://index.docker.io/v1/": foreign},
 			desired:   dockercfg.Set{item("docker.io", "u", "p")},
