@@ -33,6 +33,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{name: "empty key", files: map[string]string{".dockerconfigjson": `{"auths":{"":{"auth":"` + canaryAuth + `"}}}`}, code: 1, want: "empty registry key"},
 		{name: "key with spaces", files: map[string]string{".dockerconfigjson": `{"auths":{"r test":{"auth":"` + canaryAuth + `"}}}`}, code: 1, want: "white space"},
 		{name: "scheme without host", files: map[string]string{".dockerconfigjson": `{"auths":{"https://":{"auth":"` + canaryAuth + `"}}}`}, code: 1, want: "no host"},
+		{name: "key with user-info", files: map[string]string{".dockerconfigjson": `{"auths":{"u:` + canary + `@r.test":{"auth":"` + canaryAuth + `"}}}`}, code: 1, want: "user-info"},
+		{name: "wildcard-only key", files: map[string]string{".dockerconfigjson": `{"auths":{"*.*":{"auth":"` + canaryAuth + `"}}}`}, code: 1, want: "matches every host"},
 		{name: "no credentials", files: map[string]string{".dockerconfigjson": `{"auths":{"r.test":{"email":"a@b"}}}`}, code: 1, want: "no credentials"},
 		{name: "empty file", files: map[string]string{".dockerconfigjson": ""}, code: 1, want: "empty"},
 		{name: "binary garbage", files: map[string]string{".dockerconfigjson": "\x00\x01\xff" + canary}, code: 1, want: "not valid JSON"},

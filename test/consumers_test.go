@@ -24,7 +24,9 @@ func TestDockerCLIReadsWhatNodecredsWrites(t *testing.T) {
 	creds := map[string]string{
 		"reg.example.test":            "alice:pw-with:colons",
 		"127.0.0.1:5000":              "bob:b",
-		"https://index.docker.io/v1/": "hubuser:hub-pw",
+		// A Secret names Docker Hub as docker.io; the docker CLI looks it
+		// up only as https://index.docker.io/v1/.
+		"docker.io": "hubuser:hub-pw",
 	}
 	if err := os.WriteFile(filepath.Join(secretDir, ".dockerconfigjson"), dockerconfigjson(t, creds), 0o600); err != nil {
 		t.Fatal(err)

@@ -20,7 +20,7 @@ type Options struct {
 
 // Prober logs in to a registry with a credential.
 type Prober interface {
-	Probe(ctx context.Context, repo string, c Cred) ProbeResult
+	Probe(ctx context.Context, registry, repository string, c Cred) ProbeResult
 }
 
 // ProbeResult is a login's outcome.
@@ -106,7 +106,10 @@ func Run(ctx context.Context, o Options) Report {
 			res.Found = true
 			res.Entry, res.Username = creds[0].Key, creds[0].Username
 			if o.Prober != nil {
-				p := o.Prober.Probe(ctx, repo, creds[0].Cred)
+				// The registry host as written (with port, if any), and for
+				// an image the repository in it; never a default registry.
+				host, path, _ := strings.Cut(repo, "/")
+				p := o.Prober.Probe(ctx, host, path, creds[0].Cred)
 				res.Probe = &p
 				if !p.OK {
 					rep.OK = false

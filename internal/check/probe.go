@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -19,37 +22,47 @@ import (
 // and then follows the basic or the bearer-token flow, as registry clients
 // do. Plain HTTP is used only where go-containerregistry allows it
 // (localhost, loopback and private addresses).
+//
+// A probe talks only to the registry it was asked about and to the token
+// service that registry names in its challenge: every other host (a
+// redirect elsewhere, a default registry) is refused before a connection
+// is made, so a credential never leaves for a host it is not for.
 type RegistryProber struct {
 	Timeout   time.Duration
 	Transport http.RoundTripper // http.DefaultTransport when nil
 }
 
-// Probe logs in for repo (a repository as the kubelet looks it up) and
-// reports the outcome. The error text never holds the credential.
-func (p RegistryProber) Probe(ctx context.Context, repo string, c Cred) ProbeResult {
+// Probe logs in to registry (host[:port] as the kubelet matched it) for
+// repository (a path in it, "" to log in to the registry alone) and reports
+// the outcome. The error text never holds the credential.
+func (p RegistryProber) Probe(ctx context.Context, registry, repository string, c Cred) ProbeResult {
 	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
 	defer cancel()
-	res := p.probe(ctx, repo, c)
+	res := p.probe(ctx, registry, repository, c)
 	res.Error = scrub(res.Error, c)
 	return res
 }
 
-func (p RegistryProber) probe(ctx context.Context, repo string, c Cred) ProbeResult {
-	ref, err := name.NewRepository(repo)
+func (p RegistryProber) probe(ctx context.Context, registry, repository string, c Cred) ProbeResult {
+	reg, err := name.NewRegistry(registry)
 	if err != nil {
-		return ProbeResult{Error: fmt.Sprintf("not a repository: %v", err)}
+		return ProbeResult{Error: fmt.Sprintf("not a registry host: %v", err)}
+	}
+	var scopes []string
+	if repository != "" {
+		scopes = []string{reg.Repo(repository).Scope(transport.PullScope)}
 	}
 	inner := p.Transport
 	if inner == nil {
 		inner = http.DefaultTransport
 	}
+	pin := newPinned(inner, reg)
 	auth := authn.FromConfig(authn.AuthConfig{Username: c.Username, Password: c.Password})
-	rt, err := transport.NewWithContext(ctx, ref.Registry, auth, inner, []string{ref.Scope(transport.PullScope)})
+	rt, err := transport.NewWithContext(ctx, reg, auth, pin, scopes)
 	if err != nil {
 		return failure(err)
 	}
-	scheme := ref.Registry.Scheme()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s://%s/v2/", scheme, ref.RegistryStr()), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s://%s/v2/", reg.Scheme(), reg.RegistryStr()), nil)
 	if err != nil {
 		return ProbeResult{Error: err.Error()}
 	}
@@ -62,6 +75,84 @@ func (p RegistryProber) probe(ctx context.Context, repo string, c Cred) ProbeRes
 		return failure(err)
 	}
 	return ProbeResult{OK: true, Status: resp.StatusCode}
+}
+
+// ErrOtherHost means a probe was about to contact a host other than the
+// registry it checks and the token service that registry named.
+var ErrOtherHost = errors.New("refusing to contact a host other than the registry being probed")
+
+// pinned lets requests through only to the registry and to the token
+// realms the registry announces in its WWW-Authenticate challenges.
+type pinned struct {
+	inner    http.RoundTripper
+	registry string          // host[:port], for messages
+	regKeys  map[string]bool // the registry's hostKeys; never changes
+	mu       sync.Mutex
+	realms   map[string]bool // hostKeys of token services the registry named
+}
+
+func newPinned(inner http.RoundTripper, reg name.Registry) *pinned {
+	// The registry on either scheme: go-containerregistry falls back from
+	// https to http for the hosts where it allows plain HTTP.
+	keys := map[string]bool{
+		hostKey(&url.URL{Scheme: "https", Host: reg.RegistryStr()}): true,
+		hostKey(&url.URL{Scheme: "http", Host: reg.RegistryStr()}):  true,
+	}
+	return &pinned{inner: inner, registry: reg.RegistryStr(), regKeys: keys, realms: map[string]bool{}}
+}
+
+func (p *pinned) RoundTrip(req *http.Request) (*http.Response, error) {
+	host := hostKey(req.URL)
+	p.mu.Lock()
+	ok := p.regKeys[host] || p.realms[host]
+	p.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("%w (%s is not %s)", ErrOtherHost, req.URL.Host, p.registry)
+	}
+	resp, err := p.inner.RoundTrip(req)
+	if err != nil || !p.regKeys[host] {
+		return resp, err
+	}
+	for _, h := range resp.Header.Values("WWW-Authenticate") {
+		// A token service over HTTPS, or on the registry's own host.
+		if realm := bearerRealm(h); realm != nil && (realm.Scheme == "https" || realm.Hostname() == req.URL.Hostname()) {
+			p.mu.Lock()
+			p.realms[hostKey(realm)] = true
+			p.mu.Unlock()
+		}
+	}
+	return resp, nil
+}
+
+// hostKey is host:port with the scheme's default port made explicit.
+func hostKey(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "http" {
+		return u.Host + ":80"
+	}
+	return u.Host + ":443"
+}
+
+// bearerRealm returns the realm URL of a Bearer challenge, or nil.
+func bearerRealm(challenge string) *url.URL {
+	scheme, params, _ := strings.Cut(strings.TrimSpace(challenge), " ")
+	if !strings.EqualFold(scheme, "bearer") {
+		return nil
+	}
+	for _, part := range strings.Split(params, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || !strings.EqualFold(k, "realm") {
+			continue
+		}
+		u, err := url.Parse(strings.Trim(v, `"`))
+		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			return nil
+		}
+		return u
+	}
+	return nil
 }
 
 // failure turns a transport error into the registry's status and error
@@ -82,17 +173,26 @@ func failure(err error) ProbeResult {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return ProbeResult{Error: "timed out"}
 	}
+	// A URL in an error may carry what a registry echoed (a redirect's
+	// query): keep only the operation and the cause.
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return ProbeResult{Error: fmt.Sprintf("%s: %v", uerr.Op, uerr.Err)}
+	}
 	return ProbeResult{Error: err.Error()}
 }
 
 // scrub removes the credential from a message, in case a registry or a
-// library ever echoes it.
+// library ever echoes it: raw, base64 (as sent in basic auth) and
+// URL-encoded (as a redirect's query or path would carry it).
 func scrub(msg string, c Cred) string {
-	for _, s := range []string{
-		c.Password,
-		base64.StdEncoding.EncodeToString([]byte(c.Username + ":" + c.Password)),
-		base64.RawStdEncoding.EncodeToString([]byte(c.Username + ":" + c.Password)),
-	} {
+	basic := base64.StdEncoding.EncodeToString([]byte(c.Username + ":" + c.Password))
+	var forms []string
+	for _, s := range []string{c.Password, basic, base64.RawStdEncoding.EncodeToString([]byte(c.Username + ":" + c.Password)), base64.URLEncoding.EncodeToString([]byte(c.Username + ":" + c.Password))} {
+		forms = append(forms, s, url.QueryEscape(s), url.PathEscape(s), url.QueryEscape(url.QueryEscape(s)))
+	}
+	sort.Slice(forms, func(i, j int) bool { return len(forms[i]) > len(forms[j]) })
+	for _, s := range forms {
 		if len(s) >= 3 {
 			msg = strings.ReplaceAll(msg, s, "<redacted>")
 		}

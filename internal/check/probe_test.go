@@ -2,11 +2,16 @@ package check
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,8 +52,121 @@ func TestProbeTimeout(t *testing.T) {
 	defer close(block)
 	p := RegistryProber{Timeout: 200 * time.Millisecond}
 	start := time.Now()
-	res := p.Probe(t.Context(), strings.TrimPrefix(srv.URL, "http://")+"/app", Cred{Username: "u", Password: "p"})
+	res := p.Probe(t.Context(), strings.TrimPrefix(srv.URL, "http://"), "app", Cred{Username: "u", Password: "p"})
 	if res.OK || res.Error == "" || time.Since(start) > 5*time.Second {
 		t.Errorf("probe of a hanging registry = %+v after %s", res, time.Since(start))
+	}
+}
+
+// recordingProxy answers every request and CONNECT with 403 (nothing is
+// ever forwarded) and records the host each was for.
+type recordingProxy struct {
+	mu    sync.Mutex
+	hosts []string
+}
+
+func (p *recordingProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	p.hosts = append(p.hosts, r.Method+" "+r.Host)
+	p.mu.Unlock()
+	http.Error(w, "recorded, not forwarded", http.StatusForbidden)
+}
+
+func (p *recordingProxy) seen() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.hosts)
+}
+
+// A probe talks only to the registry it was asked about: a bare host is
+// not a Docker Hub repository, a port is kept, and an image's registry is
+// its own host.
+func TestProbeTalksOnlyToTheRegistryAsked(t *testing.T) {
+	tests := []struct {
+		registry, repository string
+		want                 string
+	}{
+		{"reg.test", "", "CONNECT reg.test:443"},
+		{"reg.test:5443", "", "CONNECT reg.test:5443"},
+		{"reg.test", "team/app", "CONNECT reg.test:443"},
+		{"sub.reg.test:8443", "app", "CONNECT sub.reg.test:8443"},
+		{"docker.io", "library/busybox", "CONNECT index.docker.io:443"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.registry+"/"+tt.repository, func(t *testing.T) {
+			rec := &recordingProxy{}
+			proxy := httptest.NewServer(rec)
+			defer proxy.Close()
+			u, _ := url.Parse(proxy.URL)
+			p := RegistryProber{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(u)}}
+			res := p.Probe(t.Context(), tt.registry, tt.repository, Cred{Username: "robot", Password: "probe-canary"})
+			if res.OK {
+				t.Fatalf("probe through a refusing proxy succeeded: %+v", res)
+			}
+			got := rec.seen()
+			if len(got) == 0 {
+				t.Fatalf("no request reached the proxy (%+v)", res)
+			}
+			for _, h := range got {
+				if h != tt.want {
+					t.Errorf("the probe contacted %q; want only %q (all: %v)", h, tt.want, got)
+				}
+			}
+		})
+	}
+}
+
+// A registry that redirects elsewhere, or names a plain-HTTP token service
+// on another host, does not get the probe to send anything there; and a
+// redirect that echoes the password URL-encoded does not get it printed.
+func TestProbeRefusesOtherHostsAndRedacts(t *testing.T) {
+	const pass = "p@ss/w+rd canary"
+	var otherHits atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { otherHits.Add(1) }))
+	defer other.Close()
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+		want    string
+	}{
+		{"redirect to another host", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, other.URL+"/v2/", http.StatusFound)
+		}, "refusing to contact"},
+		{"plain-HTTP token service on another host", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+other.URL+`/token",service="x"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}, "realm"}, // refused by go-containerregistry already, or by us
+		{"redirect loop echoing the password", func(w http.ResponseWriter, r *http.Request) {
+			_, p, _ := r.BasicAuth()
+			q := url.Values{"q": {p}, "b": {base64.StdEncoding.EncodeToString([]byte("robot:" + p))}}
+			http.Redirect(w, r, "/v2/?"+q.Encode(), http.StatusFound)
+		}, "redirects"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			otherHits.Store(0)
+			reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("Authorization") == "" && tt.name != "plain-HTTP token service on another host" {
+					w.Header().Set("WWW-Authenticate", `Basic realm="reg"`)
+					w.WriteHeader(http.StatusUnauthorized)
+					return
+				}
+				tt.handler(w, r)
+			}))
+			defer reg.Close()
+			p := RegistryProber{Timeout: 5 * time.Second}
+			res := p.Probe(t.Context(), strings.TrimPrefix(reg.URL, "http://"), "", Cred{Username: "robot", Password: pass})
+			if res.OK || !strings.Contains(res.Error, tt.want) {
+				t.Errorf("probe = %+v, want an error saying %q", res, tt.want)
+			}
+			if n := otherHits.Load(); n > 0 {
+				t.Errorf("the other host got %d requests", n)
+			}
+			for _, enc := range []string{pass, url.QueryEscape(pass), url.PathEscape(pass), "p%40ss", "cm9ib3Q6cEBzcy93K3JkIGNhbmFyeQ"} {
+				if strings.Contains(res.Error, enc) {
+					t.Errorf("error %q holds the password (as %q)", res.Error, enc)
+				}
+			}
+		})
 	}
 }

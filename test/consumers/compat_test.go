@@ -81,7 +81,16 @@ func TestKubeletReadsWhatNodecredsWrites(t *testing.T) {
 			name:   "Docker Hub aliases and short names",
 			format: ".dockerconfigjson",
 			secret: `{"auths":{"docker.io":{"auth":"` + b64("hub:h-pw") + `"}}}`,
-			wants:  []want{{"docker.io/library/busybox", "hub", "h-pw"}},
+			wants:  []want{{"docker.io/library/busybox", "hub", "h-pw"}, {"docker.io/team/app", "hub", "h-pw"}},
+		},
+		{
+			// The kubelet matches hosts case-sensitively: an upper-case key
+			// is another registry and must not displace the working one.
+			name:     "keys differing only in case are two registries",
+			format:   ".dockerconfigjson",
+			secret:   `{"auths":{"R.EXAMPLE.TEST/":{"auth":"` + b64("upper:u-pw") + `"}}}`,
+			existing: `{"auths":{"r.example.test":{"auth":"` + b64("lower:l-pw") + `"}}}`,
+			wants:    []want{{"r.example.test/app", "lower", "l-pw"}},
 		},
 		{
 			name:     "next to foreign entries and displacing one for the same registry",

@@ -1,0 +1,130 @@
+package test
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// recordingProxy answers every request and CONNECT with 403 (nothing is
+// forwarded anywhere) and records which host each was for.
+type recordingProxy struct {
+	mu    sync.Mutex
+	hosts []string
+}
+
+func (p *recordingProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	p.hosts = append(p.hosts, r.Method+" "+r.Host)
+	p.mu.Unlock()
+	http.Error(w, "recorded, not forwarded", http.StatusForbidden)
+}
+
+// TestProbeContactsOnlyTheRegistryAsked runs the real binary's `check
+// --probe` through an HTTPS proxy that records every CONNECT: for
+// --registry and --image alike, the only host contacted is the registry
+// named. A bare --registry host used to be read as a Docker Hub repository,
+// sending that registry's password to Docker Hub's token service.
+func TestProbeContactsOnlyTheRegistryAsked(t *testing.T) {
+	const canary = "probe-proxy-canary-pw"
+	root := t.TempDir()
+	writeNodeFile(t, filepath.Join(root, kubeletFile), `{"auths":{"reg.test":{"auth":"`+b64("robot:"+canary)+`"},"reg.test:5443":{"auth":"`+b64("robot:"+canary)+`"}}}`)
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--registry", "reg.test"}, "CONNECT reg.test:443"},
+		{[]string{"--registry", "https://reg.test/"}, "CONNECT reg.test:443"},
+		{[]string{"--registry", "reg.test:5443"}, "CONNECT reg.test:5443"},
+		{[]string{"--image", "reg.test/team/app:v1"}, "CONNECT reg.test:443"},
+		{[]string{"--image", "reg.test:5443/app@sha256:" + strings.Repeat("a", 64)}, "CONNECT reg.test:5443"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			rec := &recordingProxy{}
+			proxy := httptest.NewServer(rec)
+			defer proxy.Close()
+			cmd := []string{"check", "--host-root", root, "--probe", "--timeout", "5s", "-o", "json"}
+			stdout, stderr, code := runEnv(t, []string{"HTTPS_PROXY=" + proxy.URL, "HTTP_PROXY=" + proxy.URL, "NO_PROXY="}, append(cmd, tt.args...)...)
+			if code != 1 {
+				t.Errorf("exit %d through a refusing proxy, want 1\n%s%s", code, stdout, stderr)
+			}
+			rec.mu.Lock()
+			got := slices.Clone(rec.hosts)
+			rec.mu.Unlock()
+			if len(got) == 0 {
+				t.Fatalf("the probe sent nothing through the proxy:\n%s%s", stdout, stderr)
+			}
+			for _, h := range got {
+				if h != tt.want {
+					t.Errorf("the probe contacted %q; want only %q (all: %v)", h, tt.want, got)
+				}
+			}
+			assertNoSecrets(t, "output", stdout+stderr, canary, b64("robot:"+canary))
+		})
+	}
+}
+
+// TestFIFOTargetDoesNotHangTheAgent: a FIFO at the kubelet file used to
+// block the agent for good while it held the state lock. Now `sync --once`
+// reports it at once and still syncs the other target; the daemon keeps
+// applying rotations to the other target and stops on SIGTERM; `cleanup`
+// returns.
+func TestFIFOTargetDoesNotHangTheAgent(t *testing.T) {
+	root := t.TempDir()
+	fifo := filepath.Join(root, kubeletFile)
+	if err := os.MkdirAll(filepath.Dir(fifo), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secret := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:fifo-canary-1"}))
+	start := time.Now()
+	_, stderr, code := run(t, "sync", "--once", "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", "0")
+	if code != 1 || !strings.Contains(stderr, fifo) || !strings.Contains(stderr, "FIFO") {
+		t.Errorf("sync --once: exit %d, want 1 and an error naming %s as a FIFO:\n%s", code, fifo, stderr)
+	}
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("sync --once took %s", took)
+	}
+	if authIn(filepath.Join(root, dockerFile), "r.test") != b64("u:fifo-canary-1") {
+		t.Error("the other target was not synced")
+	}
+
+	addr := freeAddr(t)
+	agent := startAgent(t, "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", addr)
+	secret.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:fifo-canary-2"}))
+	eventually(t, 20*time.Second, "the rotation on the other target", func() bool {
+		return authIn(filepath.Join(root, dockerFile), "r.test") == b64("u:fifo-canary-2")
+	})
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Errorf("/readyz says ready while a target cannot be synced: %s", body)
+	}
+	if c := agent.stop(t); c != 0 {
+		t.Errorf("agent exit %d after SIGTERM", c)
+	}
+	done := make(chan int, 1)
+	go func() { _, _, c := run(t, "cleanup", "--host-root", root); done <- c }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("cleanup blocked on the FIFO")
+	}
+	assertNoSecrets(t, "agent log", agent.logs.String(), "fifo-canary-1", "fifo-canary-2", b64("u:fifo-canary-2"))
+}
