@@ -182,7 +182,13 @@ type checkReport struct {
 
 func checkProbe(t *testing.T, root, image string) (checkReport, string, int) {
 	t.Helper()
-	cmd := exec.Command(binary, "check", "--host-root", root, "--image", image, "--probe", "--timeout", "10s", "-o", "json")
+	return checkProbeRef(t, root, "--image", image)
+}
+
+// checkProbeRef runs check --probe for one --image or --registry.
+func checkProbeRef(t *testing.T, root, flag, ref string) (checkReport, string, int) {
+	t.Helper()
+	cmd := exec.Command(binary, "check", "--host-root", root, flag, ref, "--probe", "--timeout", "10s", "-o", "json")
 	out, err := cmd.Output()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -251,6 +257,13 @@ func TestRealRegistry(t *testing.T) {
 		t.Errorf("check --probe: exit %d\n%s", code, out)
 	}
 
+	// The registry alone, host:port on loopback: the probe logs in there
+	// (it used to fail with "not a repository").
+	rep, out, code = checkProbeRef(t, root, "--registry", host)
+	if code != 0 || !rep.OK || rep.Results[0].Probe == nil || !rep.Results[0].Probe.OK || rep.Results[0].Probe.Status != 200 {
+		t.Errorf("check --registry %s --probe: exit %d\n%s", host, code, out)
+	}
+
 	// A wrong password: the registry's refusal, exit 1, no secret shown.
 	bad := t.TempDir()
 	syncFrom(t, bad, map[string]string{host: user + ":wrong-canary-pw"})
@@ -260,6 +273,9 @@ func TestRealRegistry(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(rep.Warnings, " "), "anonymous pulls") {
 		t.Errorf("no warning that a wrong entry breaks anonymous pulls: %v", rep.Warnings)
+	}
+	if rep, out, code := checkProbeRef(t, bad, "--registry", host); code != 1 || rep.Results[0].Probe == nil || rep.Results[0].Probe.Status != 401 {
+		t.Errorf("check --registry --probe with a wrong password: exit %d\n%s", code, out)
 	}
 	for _, s := range []string{pass, "wrong-canary-pw", b64(user + ":wrong-canary-pw")} {
 		if strings.Contains(out, s) {
