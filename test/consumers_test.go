@@ -22,8 +22,8 @@ func TestDockerCLIReadsWhatNodecredsWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	creds := map[string]string{
-		"reg.example.test":            "alice:pw-with:colons",
-		"127.0.0.1:5000":              "bob:b",
+		"reg.example.test": "alice:pw-with:colons",
+		"127.0.0.1:5000":   "bob:b",
 		// A Secret names Docker Hub as docker.io; the docker CLI looks it
 		// up only as https://index.docker.io/v1/.
 		"docker.io": "hubuser:hub-pw",

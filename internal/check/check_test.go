@@ -173,7 +173,9 @@ func TestRunRefusesSpecialAndHugeFiles(t *testing.T) {
 			}
 			tt.make(t, p)
 			done := make(chan Report, 1)
-			go func() { done <- Run(t.Context(), Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: []string{"reg.test/app"}}) }()
+			go func() {
+				done <- Run(t.Context(), Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: []string{"reg.test/app"}})
+			}()
 			var rep Report
 			select {
 			case rep = <-done:
