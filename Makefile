@@ -6,7 +6,7 @@ GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/nodecreds
-IMAGE     ?= nodecreds:$(VERSION)
+IMAGE     ?=
 FUZZTIME  ?= 15s
 
 .PHONY: help
@@ -36,7 +36,7 @@ node-components: controlplane ## Build kubelet, kube-controller-manager and kube
 	./scripts/controlplane/build.sh kubelet kube-controller-manager kube-scheduler
 
 .PHONY: e2e-node
-e2e-node: deps node-components ## The seed scenario on a real kubelet + containerd (root; ~8 min, mostly the kubelet's 5-minute cache)
+e2e-node: deps node-components image ## The seed scenario on a real kubelet + containerd (root; ~8 min, mostly the kubelet's 5-minute cache); runs the image make image built
 	mkdir -p _output && cd test/consumers && NODE_E2E_RESULTS=$(CURDIR)/_output/real-node-results.txt $(GO) test -tags nodee2e -count=1 -timeout 20m -run TestRealNode -v ./...
 
 .PHONY: unit
@@ -76,9 +76,17 @@ demo-dir: build ## The agent on a mounted-Secret folder only (no control plane)
 	./scripts/demo-dir.sh
 
 .PHONY: image
-image: ## Build the container image (needs a Docker engine)
-	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine (none here)"; exit 1; }
-	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+image: ## Build the image without a Docker engine: OCI layout at _output/image, linux/amd64 + linux/arm64
+	$(GO) run ./scripts/image build -version $(VERSION) -out _output/image
+
+.PHONY: push
+push: image ## Push the image index to IMAGE=host[:port]/repo:tag; prints IMAGE@sha256:...
+	@[ -n "$(IMAGE)" ] || { echo "usage: make push IMAGE=host[:port]/repo:tag"; exit 2; }
+	@$(GO) run ./scripts/image push -layout _output/image $(IMAGE)
+
+.PHONY: docker-image
+docker-image: ## The same image with a Docker engine (Dockerfile), tagged IMAGE
+	docker build --build-arg VERSION=$(VERSION) -t $(or $(IMAGE),nodecreds:$(VERSION)) .
 
 .PHONY: clean
 clean: ## Remove built binaries

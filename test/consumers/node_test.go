@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -214,20 +215,34 @@ func TestRealNode(t *testing.T) {
 		time.Sleep(time.Second)
 		unmountUnder(ctdDir)
 	})
-	agentBin := filepath.Join(work, "nodecreds-static")
-	build := exec.Command("go", "build", "-trimpath", "-o", agentBin, "./cmd/nodecreds")
-	build.Dir, build.Env = "../..", append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building nodecreds: %v\n%s", err, b)
+	// The agent runs the image `make image` built (Makefile: e2e-node
+	// depends on image): its OCI layout imported as is, the index digest
+	// checked, then tagged with the name the manifest uses.
+	layoutDir := filepath.Join("..", "..", "_output", "image")
+	indexDigest, tag := layoutIndex(t, layoutDir)
+	agentTar := filepath.Join(work, "agent-oci.tar")
+	if b, err := exec.Command("tar", "-C", layoutDir, "-cf", agentTar, ".").CombinedOutput(); err != nil {
+		t.Fatalf("packing %s: %v\n%s", layoutDir, err, b)
 	}
-	mkimage(t, filepath.Join(work, "pause.tar"), pauseImage, "/bin/busybox,sleep,2147483647", busybox+"=/bin/busybox")
-	mkimage(t, filepath.Join(work, "agent.tar"), agentImage, "/nodecreds", agentBin+"=/nodecreds")
-	mkimage(t, filepath.Join(work, "app.tar"), "docker.io/nodecreds/app:v1", "/bin/busybox,sleep,2147483647", busybox+"=/bin/busybox")
-	for _, img := range []string{"pause.tar", "agent.tar"} {
-		if b, err := exec.Command("ctr", "--address", socket, "-n", "k8s.io", "images", "import", filepath.Join(work, img)).CombinedOutput(); err != nil {
-			t.Fatalf("ctr import %s: %v\n%s", img, err, b)
+	imported := "docker.io/nodecreds/nodecreds:" + tag
+	ctrCmd := func(args ...string) string {
+		t.Helper()
+		b, err := exec.Command("ctr", append([]string{"--address", socket, "-n", "k8s.io"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ctr %v: %v\n%s", args, err, b)
 		}
+		return string(b)
 	}
+	ctrCmd("images", "import", "--base-name", "docker.io/nodecreds/nodecreds", "--platform", "linux/"+runtime.GOARCH, agentTar)
+	ctrCmd("images", "tag", "--force", imported, agentImage)
+	if ls := ctrCmd("images", "ls", "name=="+agentImage); !strings.Contains(ls, indexDigest) {
+		t.Fatalf("containerd's %s is not the make image index %s:\n%s", agentImage, indexDigest, ls)
+	}
+	agentBin := filepath.Join(work, "nodecreds-from-image")
+	mustWrite(t, agentBin, string(imageBinary(t, layoutDir, runtime.GOARCH)))
+	mkimage(t, filepath.Join(work, "pause.tar"), pauseImage, "/bin/busybox,sleep,2147483647", busybox+"=/bin/busybox")
+	mkimage(t, filepath.Join(work, "app.tar"), "docker.io/nodecreds/app:v1", "/bin/busybox,sleep,2147483647", busybox+"=/bin/busybox")
+	ctrCmd("images", "import", filepath.Join(work, "pause.tar"))
 
 	// The private registry and image; containerd reaches it over plain HTTP.
 	const user, pass1, pass2 = "robot", "node-canary-pw-1", "node-canary-pw-2"
