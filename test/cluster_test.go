@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,7 +88,8 @@ func registrySecret(data []byte) *corev1.Secret {
 func createNode(t *testing.T, client kubernetes.Interface, name string, taints ...corev1.Taint) {
 	t.Helper()
 	_, err := client.CoreV1().Nodes().Create(t.Context(), &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
+		// A kubelet labels its Node with its OS; the DaemonSet selects it.
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/os": "linux"}},
 		Spec:       corev1.NodeSpec{Taints: taints},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -126,6 +128,7 @@ type statusOut struct {
 	Revision string   `json:"revision"`
 	InSync   bool     `json:"inSync"`
 	Lagging  []string `json:"lagging"`
+	Ignored  []string `json:"ignored"`
 	Nodes    []struct {
 		Name     string `json:"name"`
 		Revision string `json:"revision"`
@@ -212,6 +215,14 @@ func TestClusterMode(t *testing.T) {
 	if _, stderr, code := status(t, c, "--wait", "--timeout", "20s"); code != 0 {
 		t.Errorf("status --wait exit %d: %s", code, stderr)
 	}
+	// A Windows node: the DaemonSet (nodeSelector kubernetes.io/os: linux)
+	// never runs there, so it must not hold status --wait back.
+	if _, err := admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "win-1", Labels: map[string]string{"kubernetes.io/os": "windows"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st, stderr, code := status(t, c, "--wait", "--timeout", "20s"); code != 0 || !slices.Contains(st.Ignored, "win-1") || len(st.Nodes) != 1 {
+		t.Errorf("status --wait with a Windows node: exit %d, %+v, %s", code, st, stderr)
+	}
 
 	// Rotation.
 	start := time.Now()
@@ -277,6 +288,12 @@ func TestClusterMode(t *testing.T) {
 	eventually(t, 60*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == b64("robot:"+pw[0]) })
 	if _, stderr, code := status(t, c, "--wait", "--timeout", "30s"); code != 0 {
 		t.Errorf("status --wait after the outage: exit %d: %s", code, stderr)
+	}
+
+	// A Linux node without an agent does hold the rollout back.
+	createNode(t, admin, "node-2")
+	if st, _, code := status(t, c, "--wait", "--timeout", "2s"); code != 1 || !slices.Equal(st.Lagging, []string{"node-2"}) {
+		t.Errorf("status --wait with a Linux node lacking an agent: exit %d, lagging %v; want 1 and node-2", code, st.Lagging)
 	}
 
 	metrics := httpBody(t, "http://"+addr+"/metrics")

@@ -13,10 +13,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
+	"k8s.io/klog/v2"
 
 	"github.com/nodecreds/nodecreds/internal/report"
 	"github.com/nodecreds/nodecreds/internal/source"
@@ -45,6 +48,83 @@ type Status struct {
 	Nodes    []Node   `json:"nodes"`
 	Lagging  []string `json:"lagging"`
 	Sources  []string `json:"sources"`
+	// Ignored are nodes no nodecreds DaemonSet is meant to run on (its node
+	// selector, required node affinity or tolerations exclude them, e.g.
+	// Windows nodes): they do not hold a rollout back.
+	Ignored []string `json:"ignored"`
+	// Scope says how the nodes were chosen, for people.
+	Scope string `json:"scope"`
+}
+
+// DaemonSetLabel finds the nodecreds DaemonSets in the namespace.
+const DaemonSetLabel = "app.kubernetes.io/name=nodecreds"
+
+// scope decides which nodes a rollout must reach: those where a nodecreds
+// DaemonSet in the namespace would run a Pod. Without one (or without the
+// right to read DaemonSets), every node counts.
+type scope struct {
+	sets []appsv1.DaemonSet
+	desc string
+}
+
+func getScope(ctx context.Context, client kubernetes.Interface, namespace string) scope {
+	list, err := client.AppsV1().DaemonSets(namespace).List(ctx, metav1.ListOptions{LabelSelector: DaemonSetLabel})
+	switch {
+	case err != nil:
+		return scope{desc: fmt.Sprintf("every node (DaemonSets in %s not readable: %v)", namespace, apiReason(err))}
+	case len(list.Items) == 0:
+		return scope{desc: fmt.Sprintf("every node (no DaemonSet labelled %s in %s)", DaemonSetLabel, namespace)}
+	}
+	names := make([]string, len(list.Items))
+	for i, ds := range list.Items {
+		names[i] = ds.Name
+	}
+	return scope{sets: list.Items, desc: "nodes DaemonSet " + strings.Join(names, ", ") + " runs on"}
+}
+
+func apiReason(err error) string {
+	if r := apierrors.ReasonForError(err); r != metav1.StatusReasonUnknown {
+		return string(r)
+	}
+	return err.Error()
+}
+
+// covers reports whether a DaemonSet would run a Pod on node: its template's
+// node selector and required node affinity match, and its tolerations
+// tolerate every NoSchedule and NoExecute taint.
+func (s scope) covers(node *corev1.Node) bool {
+	if len(s.sets) == 0 {
+		return true
+	}
+	for _, ds := range s.sets {
+		spec := ds.Spec.Template.Spec
+		if ok, err := nodeaffinity.NewRequiredNodeAffinity(spec.NodeSelector, spec.Affinity).Match(node); err != nil || !ok {
+			continue
+		}
+		if tolerated(spec.Tolerations, node.Spec.Taints) {
+			return true
+		}
+	}
+	return false
+}
+
+func tolerated(tols []corev1.Toleration, taints []corev1.Taint) bool {
+	for i := range taints {
+		if taints[i].Effect == corev1.TaintEffectPreferNoSchedule {
+			continue
+		}
+		ok := false
+		for j := range tols {
+			if tols[j].ToleratesTaint(klog.Background(), &taints[i], false) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // Get reads the Secrets and the Nodes once.
@@ -53,7 +133,7 @@ func Get(ctx context.Context, client kubernetes.Interface, o Options) (Status, e
 	if err != nil {
 		return Status{}, err
 	}
-	st := Status{Revision: source.Revision(snaps), Nodes: []Node{}, Lagging: []string{}, Sources: []string{}}
+	st := Status{Revision: source.Revision(snaps), Nodes: []Node{}, Lagging: []string{}, Sources: []string{}, Ignored: []string{}}
 	for _, s := range snaps {
 		st.Sources = append(st.Sources, s.Name)
 	}
@@ -61,7 +141,14 @@ func Get(ctx context.Context, client kubernetes.Interface, o Options) (Status, e
 	if err != nil {
 		return Status{}, fmt.Errorf("listing nodes: %w", err)
 	}
-	for _, n := range nodes.Items {
+	sc := getScope(ctx, client, o.Namespace)
+	st.Scope = sc.desc
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		if !sc.covers(n) {
+			st.Ignored = append(st.Ignored, n.Name)
+			continue
+		}
 		row := Node{Name: n.Name, Revision: n.Annotations[report.AnnotationRevision], SyncedAt: n.Annotations[report.AnnotationSyncedAt]}
 		condOK := false
 		for _, c := range n.Status.Conditions {
@@ -84,6 +171,7 @@ func Get(ctx context.Context, client kubernetes.Interface, o Options) (Status, e
 	}
 	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Name < st.Nodes[j].Name })
 	slices.Sort(st.Lagging)
+	slices.Sort(st.Ignored)
 	st.InSync = len(st.Lagging) == 0 && len(st.Nodes) > 0
 	return st, nil
 }
@@ -156,7 +244,7 @@ func Wait(ctx context.Context, client kubernetes.Interface, o Options, timeout, 
 // WriteTable prints the status for people.
 func (s Status) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "sources:\t%s\nrevision:\t%s\n\n", strings.Join(s.Sources, ", "), s.Revision)
+	fmt.Fprintf(tw, "sources:\t%s\nrevision:\t%s\nnodes:\t%s\n\n", strings.Join(s.Sources, ", "), s.Revision, s.Scope)
 	fmt.Fprintln(tw, "NODE\tREVISION\tIN SYNC\tSYNCED AT\tMESSAGE")
 	for _, n := range s.Nodes {
 		in := "yes"
@@ -166,6 +254,9 @@ func (s Status) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, dash(n.Revision), in, dash(n.SyncedAt), n.Message)
 	}
 	fmt.Fprintf(tw, "\n%d of %d nodes in sync\n", len(s.Nodes)-len(s.Lagging), len(s.Nodes))
+	if len(s.Ignored) > 0 {
+		fmt.Fprintf(tw, "not counted (no nodecreds agent is meant to run there): %s\n", strings.Join(s.Ignored, ", "))
+	}
 	return tw.Flush()
 }
 

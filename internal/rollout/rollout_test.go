@@ -1,11 +1,14 @@
 package rollout
 
 import (
+	"slices"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/nodecreds/nodecreds/internal/report"
@@ -60,5 +63,54 @@ func TestGet(t *testing.T) {
 	st, err = Get(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"gone"}})
 	if err != nil || st.Revision == "" || st.Revision == cur {
 		t.Errorf("missing Secret: %v %+v", err, st.Revision)
+	}
+}
+
+// TestScope: only nodes a nodecreds DaemonSet would run on are counted; a
+// Windows node, or a node with a taint the DaemonSet does not tolerate, is
+// ignored; without a DaemonSet every node counts.
+func TestScope(t *testing.T) {
+	linux := func(n *corev1.Node) *corev1.Node { n.Labels = map[string]string{"kubernetes.io/os": "linux"}; return n }
+	win := node("win", "", "")
+	win.Labels = map[string]string{"kubernetes.io/os": "windows"}
+	tainted := linux(node("tainted", "", ""))
+	tainted.Spec.Taints = []corev1.Taint{{Key: "virtual-kubelet.io/provider", Value: "x", Effect: corev1.TaintEffectNoSchedule}}
+	ds := func(tols ...corev1.Toleration) *appsv1.DaemonSet {
+		return &appsv1.DaemonSet{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "nodecreds", Labels: map[string]string{"app.kubernetes.io/name": "nodecreds"}},
+			Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				NodeSelector: map[string]string{"kubernetes.io/os": "linux"},
+				Tolerations:  tols,
+			}}},
+		}
+	}
+	tests := []struct {
+		name    string
+		ds      *appsv1.DaemonSet
+		counted []string
+		ignored []string
+	}{
+		{"tolerating everything", ds(corev1.Toleration{Operator: corev1.TolerationOpExists}), []string{"l", "tainted"}, []string{"win"}},
+		{"tolerating nothing", ds(), []string{"l"}, []string{"tainted", "win"}},
+		{"no DaemonSet", nil, []string{"l", "tainted", "win"}, []string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs := []runtime.Object{linux(node("l", "", "")), win.DeepCopy(), tainted.DeepCopy()}
+			if tt.ds != nil {
+				objs = append(objs, tt.ds)
+			}
+			st, err := Get(t.Context(), fake.NewClientset(objs...), Options{Namespace: "ns", Secrets: []string{"s"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var counted []string
+			for _, n := range st.Nodes {
+				counted = append(counted, n.Name)
+			}
+			if !slices.Equal(counted, tt.counted) || !slices.Equal(st.Ignored, tt.ignored) {
+				t.Errorf("counted %v ignored %v, want %v and %v (scope %q)", counted, st.Ignored, tt.counted, tt.ignored, st.Scope)
+			}
+		})
 	}
 }
