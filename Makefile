@@ -39,6 +39,10 @@ node-components: controlplane ## Build kubelet, kube-controller-manager and kube
 e2e-node: deps node-components image ## The seed scenario on a real kubelet + containerd (root; ~8 min, mostly the kubelet's 5-minute cache); runs the image make image built
 	mkdir -p _output && cd test/consumers && NODE_E2E_RESULTS=$(CURDIR)/_output/real-node-results.txt $(GO) test -tags nodee2e -count=1 -timeout 20m -run TestRealNode -v ./...
 
+.PHONY: manifests
+manifests: ## Regenerate deploy/daemonset.yaml from the Helm chart (a test fails when they drift)
+	$(GO) run ./scripts/chart manifest > deploy/daemonset.yaml
+
 .PHONY: unit
 unit: ## Unit tests only (no control plane)
 	$(GO) test -race -count=1 -short ./...

@@ -26,7 +26,7 @@ const (
 
 // startCluster starts a real etcd + kube-apiserver for one test. A missing
 // control plane build fails the test (it is never skipped as passing).
-func startCluster(t *testing.T) *cluster.Cluster {
+func startCluster(t *testing.T, podSecurityLevel ...string) *cluster.Cluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("-short: no control plane")
@@ -37,7 +37,13 @@ func startCluster(t *testing.T) *cluster.Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cluster.Start(ctx, dir)
+	var extra []string
+	for _, level := range podSecurityLevel {
+		if extra, err = cluster.PodSecurityArgs(dir, level); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := cluster.Start(ctx, dir, extra...)
 	if err != nil {
 		t.Fatalf("starting the control plane: %v", err)
 	}

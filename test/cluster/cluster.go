@@ -44,6 +44,7 @@ type Cluster struct {
 	RESTConfig *rest.Config
 
 	binDir    string
+	extraArgs []string
 	etcd      *proc
 	apiserver *proc
 	etcdURL   string
@@ -66,9 +67,10 @@ func RepoRoot() string {
 func BinDir() string { return filepath.Join(RepoRoot(), "bin") }
 
 // Start starts etcd and kube-apiserver in dir and waits until the API
-// server is ready. Their output goes to files in dir.
-func Start(ctx context.Context, dir string) (*Cluster, error) {
-	c := &Cluster{Dir: dir, binDir: BinDir()}
+// server is ready. Their output goes to files in dir. extraArgs go to the
+// API server (see PodSecurityArgs).
+func Start(ctx context.Context, dir string, extraArgs ...string) (*Cluster, error) {
+	c := &Cluster{Dir: dir, binDir: BinDir(), extraArgs: extraArgs}
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(c.binDir, b)); err != nil {
 			return nil, fmt.Errorf("%w: %s not found in %s; run `make controlplane` (builds it from Go modules, a few minutes the first time)", ErrMissingBinary, b, c.binDir)
@@ -196,6 +198,7 @@ func (c *Cluster) prepareAPIServer() error {
 		"--profiling=false",
 		"--v=0",
 	}
+	c.apiArgs = append(c.apiArgs, c.extraArgs...)
 	return nil
 }
 
@@ -319,3 +322,30 @@ func WriteKubeconfig(path, server, caFile, token string) error {
 
 // Logs returns the tail of a component's log, for failure messages.
 func (c *Cluster) Logs(name string) string { return tail(filepath.Join(c.Dir, name+".log")) }
+
+// PodSecurityArgs writes an admission configuration under dir that makes
+// the PodSecurity admission plugin enforce level (baseline, restricted) in
+// every namespace without its own label, as many clusters do, and returns
+// the API server flag that loads it.
+func PodSecurityArgs(dir, level string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	p := filepath.Join(dir, "admission.yaml")
+	cfg := fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+  - name: PodSecurity
+    configuration:
+      apiVersion: pod-security.admission.config.k8s.io/v1
+      kind: PodSecurityConfiguration
+      defaults:
+        enforce: %q
+        enforce-version: latest
+      exemptions: {}
+`, level)
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	return []string{"--admission-control-config-file=" + p}, nil
+}
