@@ -88,6 +88,19 @@ push: image ## Push the image index to IMAGE=host[:port]/repo:tag; prints IMAGE@
 	@[ -n "$(IMAGE)" ] || { echo "usage: make push IMAGE=host[:port]/repo:tag"; exit 2; }
 	@$(GO) run ./scripts/image push -layout _output/image $(IMAGE)
 
+.PHONY: release
+release: ## Push REPO:VERSION and write _output/release (manifest by digest, chart, binaries, SHA256SUMS): make release VERSION=x.y.z IMAGE=host[:port]/repo
+	@[ "$(origin VERSION)" = "command line" ] && [ -n "$(IMAGE)" ] || { echo "usage: make release VERSION=x.y.z IMAGE=host[:port]/repo"; exit 2; }
+	$(MAKE) --no-print-directory image VERSION=$(VERSION)
+	@set -euo pipefail; \
+	ref=$$($(GO) run ./scripts/image push -layout _output/image $(IMAGE):$(VERSION)); digest=$${ref##*@}; \
+	rm -rf _output/release && mkdir -p _output/release; \
+	$(GO) run ./scripts/chart manifest -set image.repository=$(IMAGE),image.tag=$(VERSION),image.digest=$$digest > _output/release/nodecreds.yaml; \
+	$(GO) run ./scripts/chart package -version $(VERSION) -repository $(IMAGE) -digest $$digest -out _output/release >/dev/null; \
+	$(GO) run ./scripts/image binaries -version $(VERSION) -out _output/release; \
+	cd _output/release && sha256sum nodecreds.yaml nodecreds-$(VERSION).tgz nodecreds-linux-amd64 nodecreds-linux-arm64 > SHA256SUMS; \
+	echo "released $$ref"; echo "  _output/release: nodecreds.yaml nodecreds-$(VERSION).tgz nodecreds-linux-amd64 nodecreds-linux-arm64 SHA256SUMS"
+
 .PHONY: docker-image
 docker-image: ## The same image with a Docker engine (Dockerfile), tagged IMAGE
 	docker build --build-arg VERSION=$(VERSION) -t $(or $(IMAGE),nodecreds:$(VERSION)) .

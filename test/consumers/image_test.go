@@ -3,6 +3,7 @@ package consumers
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"io"
@@ -322,4 +323,115 @@ func runtimeArch() string { return runtime.GOARCH }
 
 func basicAuth(user, pass string) authn.Authenticator {
 	return authn.FromConfig(authn.AuthConfig{Username: user, Password: pass})
+}
+
+// TestRelease: `make release` against a real registry on 127.0.0.1 leaves
+// the manifest (image by the digest that is in the registry), the packaged
+// chart (appVersion and digest set), the two static binaries (the very
+// bytes of the pushed image's /nodecreds) and SHA256SUMS covering them.
+func TestRelease(t *testing.T) {
+	const user, pass = "releaser", "release-canary-pw"
+	const version = "0.0.1-test"
+	host := realRegistry(t, user, pass)
+	cfgDir := t.TempDir()
+	mustWrite(t, filepath.Join(cfgDir, "config.json"), `{"auths":{"`+host+`":{"auth":"`+b64(user+":"+pass)+`"}}}`)
+	repo := host + "/nodecreds/nodecreds"
+	cmd := exec.Command("make", "--no-print-directory", "release", "VERSION="+version, "IMAGE="+repo)
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+cfgDir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make release: %v\n%s", err, out)
+	}
+	rel := filepath.Join(repoRoot, "_output", "release")
+
+	r, err := name.ParseReference(repo + ":" + version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(r, remote.WithAuth(basicAuth(user, pass)))
+	if err != nil {
+		t.Fatalf("the release tag is not in the registry: %v", err)
+	}
+	pinned := repo + "@" + desc.Digest.String()
+
+	manifest := string(mustRead(t, filepath.Join(rel, "nodecreds.yaml")))
+	if !strings.Contains(manifest, "image: "+pinned+"\n") {
+		t.Errorf("nodecreds.yaml does not pin the image by the registry's digest %s", pinned)
+	}
+
+	chart := untar(t, filepath.Join(rel, "nodecreds-"+version+".tgz"))
+	if c := chart["nodecreds/Chart.yaml"]; !strings.Contains(c, "version: "+version) || !strings.Contains(c, "appVersion: "+version) {
+		t.Errorf("packaged Chart.yaml:\n%s", c)
+	}
+	if v := chart["nodecreds/values.yaml"]; !strings.Contains(v, `digest: "`+desc.Digest.String()+`"`) || !strings.Contains(v, "repository: "+repo) {
+		t.Errorf("packaged values.yaml does not carry the image:\n%s", v)
+	}
+
+	idx, err := desc.ImageIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, arch := range []string{"amd64", "arm64"} {
+		img, err := idx.Image(platformDigest(t, idx, arch))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, inImage := imageFiles(t, img)
+		if got := mustRead(t, filepath.Join(rel, "nodecreds-linux-"+arch)); !bytes.Equal(got, inImage) {
+			t.Errorf("nodecreds-linux-%s is not the binary in the pushed image", arch)
+		}
+	}
+	sums := exec.Command("sha256sum", "-c", "SHA256SUMS")
+	sums.Dir = rel
+	out, err := sums.CombinedOutput()
+	if err != nil {
+		t.Errorf("sha256sum -c: %v\n%s", err, out)
+	}
+	for _, f := range []string{"nodecreds.yaml", "nodecreds-" + version + ".tgz", "nodecreds-linux-amd64", "nodecreds-linux-arm64"} {
+		if !strings.Contains(string(out), f+": OK") {
+			t.Errorf("SHA256SUMS does not cover %s:\n%s", f, out)
+		}
+	}
+}
+
+func platformDigest(t *testing.T, idx v1.ImageIndex, arch string) v1.Hash {
+	t.Helper()
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range im.Manifests {
+		if m.Platform != nil && m.Platform.Architecture == arch {
+			return m.Digest
+		}
+	}
+	t.Fatalf("no %s image", arch)
+	return v1.Hash{}
+}
+
+// untar reads a .tgz into name → content.
+func untar(t *testing.T, path string) map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	out := map[string]string{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		out[h.Name] = string(b)
+	}
 }
