@@ -71,7 +71,13 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 		t.Errorf("credsStore lost: %v %v", err, doc["credsStore"])
 	}
 
-	metrics := httpBody(t, "http://"+addr+"/metrics")
+	// The counters move after the file is written: wait for the drift to be
+	// counted, then check the rest.
+	var metrics string
+	eventually(t, 3*time.Second, "drift correction counted", func() bool {
+		metrics = httpBody(t, "http://"+addr+"/metrics")
+		return strings.Contains(metrics, "nodecreds_drift_corrections_total")
+	})
 	for _, want := range []string{"nodecreds_syncs_total", "nodecreds_drift_corrections_total", "nodecreds_entries", "nodecreds_sync_duration_seconds", "nodecreds_last_success_timestamp_seconds"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
