@@ -59,7 +59,14 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 
 	// Drift: our entry tampered with while someone adds their own entry.
 	tampered := `{"auths":{"` + reg + `":{"auth":"` + b64("evil:x") + `"},"mine.example.test":{"auth":"` + b64("me:pw") + `"}},"credsStore":"pass"}`
-	if err := os.WriteFile(docker, []byte(tampered), 0o600); err != nil {
+	// Written as the docker CLI writes: a temp file renamed over the target.
+	// (A writer that truncates in place can lose its write to any
+	// concurrent replacer, and hands the kubelet half a file meanwhile.)
+	tmp := docker + ".tmp-test"
+	if err := os.WriteFile(tmp, []byte(tampered), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, docker); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 3*time.Second, "tampered entry corrected", func() bool { return authIn(docker, reg) == want2 })
