@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	credv1 "k8s.io/kubelet/pkg/apis/credentialprovider/v1"
 
-	"github.com/nodecreds/nodecreds/internal/check"
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 )
 
 // APIVersion is the protocol version spoken.
@@ -53,7 +53,7 @@ func Serve(in io.Reader, out io.Writer, o Options) error {
 		CacheDuration: &metav1.Duration{Duration: o.CacheDuration},
 		Auth:          map[string]credv1.AuthConfig{},
 	}
-	matches, err := check.LookupFile(o.HostRoot, o.File, req.Image)
+	matches, err := kubeletcred.LookupFile(o.HostRoot, o.File, req.Image)
 	if err != nil {
 		return fmt.Errorf("looking up %s: %w", req.Image, err)
 	}
