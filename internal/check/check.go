@@ -54,14 +54,19 @@ type Report struct {
 // would. It never puts a password or auth string in the report.
 func Run(ctx context.Context, o Options) Report {
 	rep := Report{OK: true, Results: []Result{}, Warnings: []string{}}
-	states := make([]kubeletcred.File, 0, 8)
-	var used *kubeletcred.File
+	var states []kubeletcred.File
+	usedIdx := -1
 	for _, c := range kubeletcred.SearchOrder(o.KubeletRootDir) {
 		st := kubeletcred.Read(o.HostRoot, c)
 		states = append(states, st)
-		if used == nil && st.Exists && st.Err == nil && (!c.Legacy || !anyConfigJSONParsed(states)) {
-			used = &states[len(states)-1]
+		if usedIdx < 0 && st.Exists && st.Err == nil && (!c.Legacy || !anyConfigJSONParsed(states)) {
+			usedIdx = len(states) - 1
 		}
+	}
+	// A pointer only once states stops growing.
+	var used *kubeletcred.File
+	if usedIdx >= 0 {
+		used = &states[usedIdx]
 	}
 	rep.Warnings = append(rep.Warnings, warnFiles(states, used)...)
 	for _, s := range states {

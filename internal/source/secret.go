@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -32,6 +33,7 @@ type Secrets struct {
 	log       *logrus.Entry
 
 	informers []cache.SharedIndexInformer
+	setupErr  error // from the informers' setup, returned by Run
 	changed   chan struct{}
 	ready     chan struct{}
 }
@@ -53,14 +55,19 @@ func NewSecrets(client kubernetes.Interface, namespace string, names []string, s
 		inf := coreinformers.NewFilteredSecretInformer(client, namespace, 0, cache.Indexers{}, tweak)
 		// Keep only what we read; managed fields and annotations such as
 		// last-applied-configuration would double the memory for nothing.
-		_ = inf.SetTransform(func(obj any) (any, error) {
+		err := inf.SetTransform(func(obj any) (any, error) {
 			if sec, ok := obj.(*corev1.Secret); ok {
 				sec.ManagedFields = nil
 				sec.Annotations = nil
 			}
 			return obj, nil
 		})
-		_, _ = inf.AddEventHandler(handler)
+		if err == nil {
+			_, err = inf.AddEventHandler(handler)
+		}
+		if err != nil && s.setupErr == nil {
+			s.setupErr = fmt.Errorf("setting up the Secret informer: %w", err)
+		}
 		return inf
 	}
 	if selector != "" {
@@ -87,10 +94,15 @@ func (s *Secrets) notify() {
 	}
 }
 
-// Run runs the informers until ctx ends.
+// Run runs the informers until ctx ends, and returns once they stopped.
 func (s *Secrets) Run(ctx context.Context) error {
+	if s.setupErr != nil {
+		return s.setupErr
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for _, inf := range s.informers {
-		go inf.RunWithContext(ctx)
+		wg.Go(func() { inf.RunWithContext(ctx) })
 	}
 	syncs := make([]cache.InformerSynced, len(s.informers))
 	for i, inf := range s.informers {
