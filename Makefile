@@ -18,7 +18,8 @@ build: ## Build bin/nodecreds (static)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nodecreds
 
 .PHONY: lint
-lint: ## gofmt and go vet (both modules)
+lint: ## gofmt, go vet (both modules), no build outputs tracked (files over 1 MiB, binaries)
+	./scripts/check-tracked.sh
 	@out=$$(gofmt -l cmd internal test scripts); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd test/consumers && $(GO) vet ./... && $(GO) vet -tags nodee2e ./...

@@ -431,3 +431,46 @@ func TestFaultAPIServerOutage(t *testing.T) {
 		t.Errorf("exit %d", code)
 	}
 }
+
+// TestOnceReportsToNode: `sync --once` (a bootstrap Job or init container)
+// reports exactly what the daemon reports: the revision annotation, the
+// condition and the removal of the startup taint; and on a bad source, a
+// False condition naming the reason, with exit 1.
+func TestOnceReportsToNode(t *testing.T) {
+	c := startCluster(t)
+	ctx := t.Context()
+	applyManifest(t, c)
+	const reg = "registry.example.test"
+	if _, err := c.Admin.CoreV1().Secrets(ns).Create(ctx, registrySecret(dockerconfigjson(t, map[string]string{reg: "robot:once-canary"})), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	startupTaint := corev1.Taint{Key: "nodecreds.io/not-ready", Effect: corev1.TaintEffectNoSchedule}
+	createNode(t, c.Admin, "node-once", startupTaint)
+	kubeconfig, _, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	args := []string{"sync", "--once", "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", "node-once", "--host-root", root, "--metrics-addr", "0"}
+	if _, stderr, code := run(t, args...); code != 0 {
+		t.Fatalf("sync --once exit %d: %s", code, stderr)
+	}
+	n := getNode(t, c.Admin, "node-once")
+	st, _, _ := status(t, c)
+	if cond := condition(n); cond == nil || cond.Status != corev1.ConditionTrue || cond.Reason != "Synced" {
+		t.Errorf("condition after sync --once: %+v", cond)
+	}
+	if n.Annotations["nodecreds.io/revision"] != st.Revision || n.Annotations["nodecreds.io/synced-at"] == "" {
+		t.Errorf("annotations after sync --once: %v (current revision %s)", n.Annotations, st.Revision)
+	}
+	if hasTaint(n, startupTaint.Key) {
+		t.Error("sync --once left the startup taint")
+	}
+	updateSecret(t, c.Admin, []byte(`{"auths":{"`+reg+`":{"auth":"`+b64("no-colon")+`"}}}`))
+	if _, _, code := run(t, args...); code != 1 {
+		t.Errorf("sync --once with a bad source: exit %d, want 1", code)
+	}
+	if cond := condition(getNode(t, c.Admin, "node-once")); cond == nil || cond.Status != corev1.ConditionFalse || cond.Reason != "SourceInvalid" {
+		t.Errorf("condition after a failing sync --once: %+v", cond)
+	}
+}

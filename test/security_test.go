@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -127,4 +128,46 @@ func TestFIFOTargetDoesNotHangTheAgent(t *testing.T) {
 		t.Fatal("cleanup blocked on the FIFO")
 	}
 	assertNoSecrets(t, "agent log", agent.logs.String(), "fifo-canary-1", "fifo-canary-2", b64("u:fifo-canary-2"))
+}
+
+// TestSIGTERMWhileTheLockIsHeld: with the state lock held by another
+// process, the agent (waiting for it) exits within 2 s of SIGTERM — the
+// DaemonSet's grace period is 10 s — leaving every file as it was.
+func TestSIGTERMWhileTheLockIsHeld(t *testing.T) {
+	root := t.TempDir()
+	before := `{"auths":{"keep.test":{"auth":"` + b64("k:keep") + `"}}}`
+	writeNodeFile(t, filepath.Join(root, kubeletFile), before)
+	lockPath := filepath.Join(root, "var/lib/nodecreds/lock")
+	if err := os.MkdirAll(filepath.Dir(lockPath), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	secret := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:lock-canary"}))
+	agent := startAgent(t, "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", "0")
+	time.Sleep(time.Second) // the agent is now waiting for the lock
+	start := time.Now()
+	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-agent.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the agent did not stop within 5 s of SIGTERM while waiting for the lock")
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("the agent took %s to stop after SIGTERM, want under 2 s", took)
+	}
+	if got := string(mustRead(t, filepath.Join(root, kubeletFile))); got != before {
+		t.Errorf("the kubelet file changed: %s", got)
+	}
+	if _, err := os.Stat(filepath.Join(root, dockerFile)); err == nil {
+		t.Error("the docker file was written while the lock was held")
+	}
 }

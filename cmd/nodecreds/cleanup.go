@@ -22,7 +22,7 @@ first (delete the DaemonSet), or it writes its entries again.`,
 			}
 			log := newLogger(cfg.Log, cmd.ErrOrStderr()).WithField("component", "cleanup")
 			files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})
-			results, err := files.Cleanup(cfg.Targets)
+			results, err := files.Cleanup(cmd.Context(), cfg.Targets)
 			if err != nil {
 				return err
 			}

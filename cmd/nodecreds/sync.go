@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
@@ -52,84 +53,123 @@ type runnableSource interface {
 	Run(ctx context.Context) error
 }
 
-func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
-	var (
-		src       runnableSource
-		reporters []agent.Reporter
-		node      *report.Node
-	)
-	g, gctx := errgroup.WithContext(ctx)
+// parts are the agent's components, built once for either mode.
+type parts struct {
+	src    runnableSource
+	node   *report.Node // nil without a Node to report to
+	agent  *agent.Agent
+	reg    *prometheus.Registry
+	health *report.Health
+	stop   func() // flushes and stops the event broadcaster
+}
+
+func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*parts, error) {
+	p := &parts{stop: func() {}}
+	var reporters []agent.Reporter
 	switch cfg.Source {
 	case config.SourceDir:
-		src = source.NewDir(cfg.SecretDirs, log.WithField("component", "source"))
+		p.src = source.NewDir(cfg.SecretDirs, log.WithField("component", "source"))
 	case config.SourceSecret:
 		routeKlog(log)
 		client, err := newClient(cfg.Kubeconfig, true)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		src = source.NewSecrets(client, cfg.Namespace, cfg.Secrets, cfg.Selector, log.WithField("component", "source"))
+		p.src = source.NewSecrets(client, cfg.Namespace, cfg.Secrets, cfg.Selector, log.WithField("component", "source"))
 		if cfg.NodeName == "" {
 			log.Warn("no --node-name (or $NODE_NAME): the Node's annotations, condition and startup taint are not managed")
-		} else {
-			broadcaster := record.NewBroadcaster(record.WithContext(gctx))
-			broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-			defer broadcaster.Shutdown()
-			recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "nodecreds", Host: cfg.NodeName})
-			node = report.NewNode(client, cfg.NodeName, recorder, log.WithField("component", "node-status"))
-			reporters = append(reporters, node)
+			break
 		}
+		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+		p.stop = broadcaster.Shutdown
+		recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "nodecreds", Host: cfg.NodeName})
+		p.node = report.NewNode(client, cfg.NodeName, recorder, log.WithField("component", "node-status"))
+		reporters = append(reporters, p.node)
 	default:
-		return config.UsageError(fmt.Errorf("--source %s: unknown", cfg.Source))
+		return nil, config.UsageError(fmt.Errorf("--source %s: unknown", cfg.Source))
 	}
 
 	if cfg.InstallProvider != "" {
 		inst, err := provider.Install(cfg.HostRoot, cfg.InstallProvider, config.ProviderBinary)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		log.WithFields(logrus.Fields{"path": inst.Path, "changed": inst.Changed}).Info("kubelet credential-provider plugin installed")
 	}
 
 	files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})
-	reg := prometheus.NewRegistry()
-	health := &report.Health{}
-	ag := agent.New(src, files, agent.Options{
+	p.reg = prometheus.NewRegistry()
+	p.health = &report.Health{}
+	p.agent = agent.New(p.src, files, agent.Options{
 		Targets:   cfg.Targets,
 		HostRoot:  cfg.HostRoot,
 		Prune:     cfg.Prune,
 		Resync:    cfg.Resync,
-		Metrics:   report.NewMetrics(reg),
-		Health:    health,
+		Metrics:   report.NewMetrics(p.reg),
+		Health:    p.health,
 		Reporters: reporters,
 	}, log.WithField("component", "agent"))
+	return p, nil
+}
 
+func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
+	p, err := buildParts(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer p.stop()
 	if cfg.Once {
-		// The source runs only until its first snapshot is ready.
-		onceCtx, cancel := context.WithCancel(gctx)
-		g.Go(func() error { return src.Run(onceCtx) })
-		o := ag.Once(onceCtx)
-		cancel()
-		if err := g.Wait(); err != nil {
+		return runOnce(ctx, p)
+	}
+	return runDaemon(ctx, cfg, p, log)
+}
+
+// onceReportTimeout bounds how long `sync --once` keeps trying to report to
+// its Node after the files are done.
+const onceReportTimeout = 30 * time.Second
+
+// runOnce syncs once and reports exactly what the daemon would (the Node's
+// annotations, condition, Events and startup taint), then exits: 0 when
+// every target is in sync and the report landed, 1 otherwise.
+func runOnce(ctx context.Context, p *parts) error {
+	// The source runs only until its first snapshot is ready.
+	g, gctx := errgroup.WithContext(ctx)
+	onceCtx, cancel := context.WithCancel(gctx)
+	g.Go(func() error { return p.src.Run(onceCtx) })
+	o := p.agent.Once(onceCtx)
+	cancel()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if p.node != nil {
+		reportCtx, cancel := context.WithTimeout(ctx, onceReportTimeout)
+		defer cancel()
+		if err := p.node.Flush(reportCtx); err != nil {
 			return err
 		}
-		if o.Err != nil {
-			return errFailed // each problem was logged with its details
-		}
-		return nil
 	}
+	if o.Err != nil {
+		return errFailed // each problem was logged with its details
+	}
+	return nil
+}
 
+// runDaemon runs the agent, its sources, the Node reporter and the metrics
+// server until ctx ends.
+func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logger) error {
+	g, gctx := errgroup.WithContext(ctx)
 	if cfg.MetricsAddr != "0" {
-		srv := report.NewServer(cfg.MetricsAddr, reg, health)
+		srv := report.NewServer(cfg.MetricsAddr, p.reg, p.health)
 		if err := srv.Listen(); err != nil {
 			return err
 		}
 		g.Go(func() error { return srv.Run(gctx) })
 	}
-	g.Go(func() error { return src.Run(gctx) })
-	g.Go(func() error { return ag.Run(gctx) })
-	if node != nil {
-		g.Go(func() error { return node.Run(gctx) })
+	g.Go(func() error { return p.src.Run(gctx) })
+	g.Go(func() error { return p.agent.Run(gctx) })
+	if p.node != nil {
+		g.Go(func() error { return p.node.Run(gctx) })
 	}
 	log.WithFields(logrus.Fields{"version": version, "source": cfg.Source, "targets": cfg.Targets, "hostRoot": cfg.HostRoot}).Info("nodecreds agent started")
 	err := g.Wait()

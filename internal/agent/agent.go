@@ -31,7 +31,7 @@ type Source interface {
 
 // Files applies a desired set to the node's files.
 type Files interface {
-	Apply(targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error)
+	Apply(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error)
 	Resolve(nodePath string) (string, error)
 }
 
@@ -139,7 +139,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	o.Revision = source.Revision(o.Sources)
 
 	prune := a.opts.Prune && complete
-	results, err := a.files.Apply(a.opts.Targets, desired, prune)
+	results, err := a.files.Apply(ctx, a.opts.Targets, desired, prune)
 	if err != nil {
 		o.FilesErr = err
 		errs = append(errs, err)

@@ -37,7 +37,7 @@ type fakeFiles struct {
 	injectError error
 }
 
-func (f *fakeFiles) Apply(targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error) {
+func (f *fakeFiles) Apply(_ context.Context, targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error) {
 	f.desired, f.prune = desired, prune
 	out := make([]nodefile.Result, len(targets))
 	for i, t := range targets {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 )
 
 // Options configures a check.
@@ -20,7 +22,7 @@ type Options struct {
 
 // Prober logs in to a registry with a credential.
 type Prober interface {
-	Probe(ctx context.Context, registry, repository string, c Cred) ProbeResult
+	Probe(ctx context.Context, registry, repository string, c kubeletcred.Cred) ProbeResult
 }
 
 // ProbeResult is a login's outcome.
@@ -52,27 +54,32 @@ type Report struct {
 // would. It never puts a password or auth string in the report.
 func Run(ctx context.Context, o Options) Report {
 	rep := Report{OK: true, Results: []Result{}, Warnings: []string{}}
-	states := make([]fileState, 0, 8)
-	var used *fileState
-	for _, c := range searchOrder(o.KubeletRootDir) {
-		st := readCandidate(o.HostRoot, c)
+	var states []kubeletcred.File
+	usedIdx := -1
+	for _, c := range kubeletcred.SearchOrder(o.KubeletRootDir) {
+		st := kubeletcred.Read(o.HostRoot, c)
 		states = append(states, st)
-		if used == nil && st.exists && st.err == nil && (!c.legacy || !anyConfigJSONParsed(states)) {
-			used = &states[len(states)-1]
+		if usedIdx < 0 && st.Exists && st.Err == nil && (!c.Legacy || !anyConfigJSONParsed(states)) {
+			usedIdx = len(states) - 1
 		}
+	}
+	// A pointer only once states stops growing.
+	var used *kubeletcred.File
+	if usedIdx >= 0 {
+		used = &states[usedIdx]
 	}
 	rep.Warnings = append(rep.Warnings, warnFiles(states, used)...)
 	for _, s := range states {
-		if s.unread {
+		if s.Unread {
 			rep.OK = false
 		}
 	}
-	var ring *keyring
+	var ring *kubeletcred.Keyring
 	if used != nil {
-		rep.File = used.path
-		ring = newKeyring(used.creds)
+		rep.File = used.Path
+		ring = kubeletcred.NewKeyring(used.Creds)
 	} else {
-		ring = newKeyring(nil)
+		ring = kubeletcred.NewKeyring(nil)
 	}
 
 	type ref struct {
@@ -88,14 +95,14 @@ func Run(ctx context.Context, o Options) Report {
 	}
 	for _, r := range refs {
 		res := Result{Ref: r.ref}
-		repo, err := repoOf(r.ref, r.registry)
+		repo, err := kubeletcred.RepoOf(r.ref, r.registry)
 		if err != nil {
 			res.Error = err.Error()
 			rep.OK = false
 			rep.Results = append(rep.Results, res)
 			continue
 		}
-		creds := ring.lookup(repo)
+		creds := ring.Lookup(repo)
 		if len(creds) == 0 {
 			rep.OK = false
 			res.Error = "no credentials the kubelet would use"
@@ -122,9 +129,9 @@ func Run(ctx context.Context, o Options) Report {
 	return rep
 }
 
-func anyConfigJSONParsed(states []fileState) bool {
+func anyConfigJSONParsed(states []kubeletcred.File) bool {
 	for _, s := range states {
-		if !s.legacy && s.exists && s.err == nil {
+		if !s.Legacy && s.Exists && s.Err == nil {
 			return true
 		}
 	}
@@ -133,20 +140,20 @@ func anyConfigJSONParsed(states []fileState) bool {
 
 // warnFiles names the traps: a file the kubelet silently skips, and a file
 // without credentials that hides a later one that has them.
-func warnFiles(states []fileState, used *fileState) []string {
+func warnFiles(states []kubeletcred.File, used *kubeletcred.File) []string {
 	var out []string
 	for _, s := range states {
 		switch {
-		case s.unread:
-			out = append(out, fmt.Sprintf("%s was not read (%v); fix or remove it: what the kubelet makes of it is not checked", s.path, s.err))
-		case s.exists && s.err != nil:
-			out = append(out, fmt.Sprintf("%s exists but the kubelet cannot read it (%v), so it skips it silently", s.path, s.err))
+		case s.Unread:
+			out = append(out, fmt.Sprintf("%s was not read (%v); fix or remove it: what the kubelet makes of it is not checked", s.Path, s.Err))
+		case s.Exists && s.Err != nil:
+			out = append(out, fmt.Sprintf("%s exists but the kubelet cannot read it (%v), so it skips it silently", s.Path, s.Err))
 		}
 	}
-	if used != nil && len(used.creds) == 0 {
+	if used != nil && len(used.Creds) == 0 {
 		for _, s := range states {
-			if s.path != used.path && s.exists && s.err == nil && len(s.creds) > 0 {
-				out = append(out, fmt.Sprintf("%s has no credentials but parses, so the kubelet stops there and never reads %s", used.path, s.path))
+			if s.Path != used.Path && s.Exists && s.Err == nil && len(s.Creds) > 0 {
+				out = append(out, fmt.Sprintf("%s has no credentials but parses, so the kubelet stops there and never reads %s", used.Path, s.Path))
 				break
 			}
 		}
@@ -156,16 +163,16 @@ func warnFiles(states []fileState, used *fileState) []string {
 
 // elsewhere says where else a credential for repo sits that the kubelet
 // will not read.
-func elsewhere(states []fileState, used *fileState, repo string) string {
+func elsewhere(states []kubeletcred.File, used *kubeletcred.File, repo string) string {
 	for _, s := range states {
-		if used != nil && s.path == used.path || !s.exists || s.err != nil {
+		if used != nil && s.Path == used.Path || !s.Exists || s.Err != nil {
 			continue
 		}
-		if creds := newKeyring(s.creds).lookup(repo); len(creds) > 0 {
+		if creds := kubeletcred.NewKeyring(s.Creds).Lookup(repo); len(creds) > 0 {
 			if used != nil {
-				return fmt.Sprintf("%s has an entry (%q) but the kubelet reads only %s", s.path, creds[0].Key, used.path)
+				return fmt.Sprintf("%s has an entry (%q) but the kubelet reads only %s", s.Path, creds[0].Key, used.Path)
 			}
-			return fmt.Sprintf("%s has an entry (%q)", s.path, creds[0].Key)
+			return fmt.Sprintf("%s has an entry (%q)", s.Path, creds[0].Key)
 		}
 	}
 	return ""
@@ -228,28 +235,4 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// Match is the credential the kubelet would try first for an image, read
-// from one config.json, and the key under which the kubelet indexes it
-// (scheme and /v1/ stripped: a pattern for the credential-provider cache).
-type Match struct {
-	Cred
-	Pattern string
-}
-
-// LookupFile resolves image against a single config.json (node path under
-// hostRoot) with the kubelet's parsing and matching: every matching entry,
-// most specific first, as the kubelet would try them. A file that does not
-// exist matches nothing.
-func LookupFile(hostRoot, nodePath, image string) ([]Match, error) {
-	st := readCandidate(hostRoot, candidate{path: nodePath})
-	if st.err != nil {
-		return nil, fmt.Errorf("%s: %w", nodePath, st.err)
-	}
-	repo, err := repoOf(image, false)
-	if err != nil {
-		return nil, err
-	}
-	return newKeyring(st.creds).lookup(repo), nil
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -25,43 +26,6 @@ func put(t *testing.T, root, path, content string) {
 	}
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestKeyMatching(t *testing.T) {
-	creds := map[string]Cred{}
-	for _, k := range []string{"reg.test", "https://reg.test:5000/v2/", "team.test/private", "*.glob.test", "https://index.docker.io/v1/"} {
-		creds[k] = Cred{Key: k, Username: "u-" + k}
-	}
-	ring := newKeyring(creds)
-	tests := []struct {
-		image string
-		want  string // key found first, "" for none
-	}{
-		{"reg.test/app:v1", "reg.test"},
-		{"reg.test:5000/app", "https://reg.test:5000/v2/"},
-		{"reg.test:5001/app", ""},
-		{"team.test/private/app", "team.test/private"},
-		{"team.test/public/app", ""},
-		{"eu.glob.test/app", "*.glob.test"},
-		{"a.eu.glob.test/app", ""},
-		{"busybox", "https://index.docker.io/v1/"},
-		{"library/busybox:1", "https://index.docker.io/v1/"},
-		{"docker.io/someone/app", "https://index.docker.io/v1/"},
-		{"quay.test/app", ""},
-	}
-	for _, tt := range tests {
-		repo, err := repoOf(tt.image, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := ""
-		if c := ring.lookup(repo); len(c) > 0 {
-			got = c[0].Key
-		}
-		if got != tt.want {
-			t.Errorf("%s (repo %s): found %q, want %q", tt.image, repo, got, tt.want)
-		}
 	}
 }
 
@@ -188,7 +152,7 @@ func TestRunRefusesSpecialAndHugeFiles(t *testing.T) {
 			if w := strings.Join(rep.Warnings, "\n"); !strings.Contains(w, tt.warn) || !strings.Contains(w, "/var/lib/kubelet/config.json") {
 				t.Errorf("warnings %q do not name the file and say %q", w, tt.warn)
 			}
-			if _, err := LookupFile(root, "/var/lib/kubelet/config.json", "reg.test/app"); err == nil || !strings.Contains(err.Error(), tt.warn) {
+			if _, err := kubeletcred.LookupFile(root, "/var/lib/kubelet/config.json", "reg.test/app"); err == nil || !strings.Contains(err.Error(), tt.warn) {
 				t.Errorf("LookupFile: want an error saying %q, got %v", tt.warn, err)
 			}
 		})

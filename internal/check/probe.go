@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 )
 
 // RegistryProber logs in to a registry's /v2/ endpoint with a credential,
@@ -35,7 +37,7 @@ type RegistryProber struct {
 // Probe logs in to registry (host[:port] as the kubelet matched it) for
 // repository (a path in it, "" to log in to the registry alone) and reports
 // the outcome. The error text never holds the credential.
-func (p RegistryProber) Probe(ctx context.Context, registry, repository string, c Cred) ProbeResult {
+func (p RegistryProber) Probe(ctx context.Context, registry, repository string, c kubeletcred.Cred) ProbeResult {
 	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
 	defer cancel()
 	res := p.probe(ctx, registry, repository, c)
@@ -43,7 +45,7 @@ func (p RegistryProber) Probe(ctx context.Context, registry, repository string, 
 	return res
 }
 
-func (p RegistryProber) probe(ctx context.Context, registry, repository string, c Cred) ProbeResult {
+func (p RegistryProber) probe(ctx context.Context, registry, repository string, c kubeletcred.Cred) ProbeResult {
 	reg, err := name.NewRegistry(registry)
 	if err != nil {
 		return ProbeResult{Error: fmt.Sprintf("not a registry host: %v", err)}
@@ -185,7 +187,7 @@ func failure(err error) ProbeResult {
 // scrub removes the credential from a message, in case a registry or a
 // library ever echoes it: raw, base64 (as sent in basic auth) and
 // URL-encoded (as a redirect's query or path would carry it).
-func scrub(msg string, c Cred) string {
+func scrub(msg string, c kubeletcred.Cred) string {
 	basic := base64.StdEncoding.EncodeToString([]byte(c.Username + ":" + c.Password))
 	var forms []string
 	for _, s := range []string{c.Password, basic, base64.RawStdEncoding.EncodeToString([]byte(c.Username + ":" + c.Password)), base64.URLEncoding.EncodeToString([]byte(c.Username + ":" + c.Password))} {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 )
 
 func TestFailureMapping(t *testing.T) {
@@ -38,7 +40,7 @@ func TestFailureMapping(t *testing.T) {
 }
 
 func TestScrub(t *testing.T) {
-	c := Cred{Username: "u", Password: "hunter2-canary"}
+	c := kubeletcred.Cred{Username: "u", Password: "hunter2-canary"}
 	msg := "bad: hunter2-canary dTpodW50ZXIyLWNhbmFyeQ== dTpodW50ZXIyLWNhbmFyeQ"
 	if got := scrub(msg, c); strings.Contains(got, "hunter2") || strings.Contains(got, "dTpodW50") {
 		t.Errorf("scrub left a secret: %q", got)
@@ -52,7 +54,7 @@ func TestProbeTimeout(t *testing.T) {
 	defer close(block)
 	p := RegistryProber{Timeout: 200 * time.Millisecond}
 	start := time.Now()
-	res := p.Probe(t.Context(), strings.TrimPrefix(srv.URL, "http://"), "app", Cred{Username: "u", Password: "p"})
+	res := p.Probe(t.Context(), strings.TrimPrefix(srv.URL, "http://"), "app", kubeletcred.Cred{Username: "u", Password: "p"})
 	if res.OK || res.Error == "" || time.Since(start) > 5*time.Second {
 		t.Errorf("probe of a hanging registry = %+v after %s", res, time.Since(start))
 	}
@@ -99,7 +101,7 @@ func TestProbeTalksOnlyToTheRegistryAsked(t *testing.T) {
 			defer proxy.Close()
 			u, _ := url.Parse(proxy.URL)
 			p := RegistryProber{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(u)}}
-			res := p.Probe(t.Context(), tt.registry, tt.repository, Cred{Username: "robot", Password: "probe-canary"})
+			res := p.Probe(t.Context(), tt.registry, tt.repository, kubeletcred.Cred{Username: "robot", Password: "probe-canary"})
 			if res.OK {
 				t.Fatalf("probe through a refusing proxy succeeded: %+v", res)
 			}
@@ -155,7 +157,7 @@ func TestProbeRefusesOtherHostsAndRedacts(t *testing.T) {
 			}))
 			defer reg.Close()
 			p := RegistryProber{Timeout: 5 * time.Second}
-			res := p.Probe(t.Context(), strings.TrimPrefix(reg.URL, "http://"), "", Cred{Username: "robot", Password: pass})
+			res := p.Probe(t.Context(), strings.TrimPrefix(reg.URL, "http://"), "", kubeletcred.Cred{Username: "robot", Password: pass})
 			if res.OK || !strings.Contains(res.Error, tt.want) {
 				t.Errorf("probe = %+v, want an error saying %q", res, tt.want)
 			}

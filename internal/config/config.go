@@ -39,8 +39,11 @@ const (
 	DefaultMetricsAddr = ":9102"
 )
 
-// DefaultTargets are the kubelet's file and root's docker CLI file.
-var DefaultTargets = []string{"/var/lib/kubelet/config.json", "/root/.docker/config.json"}
+// DefaultTargets returns the kubelet's file and root's docker CLI file (a
+// new slice each time: nobody can change the defaults by accident).
+func DefaultTargets() []string {
+	return []string{"/var/lib/kubelet/config.json", "/root/.docker/config.json"}
+}
 
 // Log is the logging part every command shares.
 type Log struct {
@@ -86,7 +89,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.String("selector", "", "label selector for source Secrets, instead of --secret (precedence: ascending name)")
 	fs.StringSlice("secret-dir", nil, "folders where Secrets are mounted, in precedence order (with --source dir)")
 	fs.String("host-root", "/", "where the node's file system is mounted; every node path is taken under it")
-	fs.StringSlice("target", DefaultTargets, "node files to keep in sync")
+	fs.StringSlice("target", DefaultTargets(), "node files to keep in sync")
 	fs.String("state-dir", DefaultStateDir, "node folder for nodecreds' ownership state")
 	fs.String("node-name", "", "this node's name (default $NODE_NAME)")
 	fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster)")
@@ -430,7 +433,7 @@ type Provider struct {
 func ProviderFlags(fs *pflag.FlagSet) {
 	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
 	fs.String("host-root", "/", "where the node's file system is mounted")
-	fs.String("file", DefaultTargets[0], "the config.json nodecreds keeps in sync, answered from")
+	fs.String("file", DefaultTargets()[0], "the config.json nodecreds keeps in sync, answered from")
 	fs.Duration("cache-duration", DefaultProviderCache, "how long the kubelet may cache an answer (0: not at all)")
 }
 

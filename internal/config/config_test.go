@@ -30,7 +30,7 @@ func TestLoadSyncDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Source != "secret" || c.Namespace != "nodecreds" || !slices.Equal(c.Secrets, []string{"registry-credentials"}) ||
-		c.HostRoot != "/" || !slices.Equal(c.Targets, DefaultTargets) || c.StateDir != "/var/lib/nodecreds" ||
+		c.HostRoot != "/" || !slices.Equal(c.Targets, DefaultTargets()) || c.StateDir != "/var/lib/nodecreds" ||
 		c.NodeName != "node-a" || !c.Prune || c.Once || c.Resync != 5*time.Minute || c.MetricsAddr != ":9102" ||
 		c.Format != "json" || c.Level != "info" {
 		t.Errorf("defaults = %+v", c)

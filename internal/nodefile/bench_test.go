@@ -46,7 +46,7 @@ func BenchmarkApply(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				set[0].Entry.Password = fmt.Sprintf("rotated-%d", i)
-				res, err := e.Apply([]string{kubeletFile}, set, true)
+				res, err := e.Apply(b.Context(), []string{kubeletFile}, set, true)
 				if err != nil || res[0].Err != nil || !res[0].Changed {
 					b.Fatalf("apply: %v %+v", err, res)
 				}
@@ -61,14 +61,14 @@ func BenchmarkApplyNoChange(b *testing.B) {
 	for _, n := range []int{10, 1000, 10000} {
 		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
 			e, set := benchSetup(b, n)
-			if _, err := e.Apply([]string{kubeletFile}, set, true); err != nil {
+			if _, err := e.Apply(b.Context(), []string{kubeletFile}, set, true); err != nil {
 				b.Fatal(err)
 			}
 			p := filepath.Join(e.root, kubeletFile)
 			before, _ := os.Stat(p)
 			b.ReportAllocs()
 			for b.Loop() {
-				res, err := e.Apply([]string{kubeletFile}, set, true)
+				res, err := e.Apply(b.Context(), []string{kubeletFile}, set, true)
 				if err != nil || res[0].Err != nil || res[0].Changed {
 					b.Fatalf("no-change apply wrote: %v %+v", err, res)
 				}

@@ -6,6 +6,7 @@ package nodefile
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -92,15 +93,19 @@ func (e *Engine) Resolve(nodePath string) (string, error) {
 // Apply brings every target in line with desired. Targets are independent:
 // one failing does not stop the others. The error is about the state file
 // or lock, without which nothing can be done safely.
-func (e *Engine) Apply(targets []string, desired dockercfg.Set, prune bool) ([]Result, error) {
-	return e.run(targets, func(string) (dockercfg.Set, bool) { return desired, prune })
+//
+// ctx bounds the wait for the state lock and the retries around another
+// writer: a stopping agent returns promptly, leaving every file as it was
+// or as one whole write left it.
+func (e *Engine) Apply(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]Result, error) {
+	return e.run(ctx, targets, desired, prune)
 }
 
 // Cleanup removes every entry nodecreds owns from targets (all targets in
 // the state when none are given), restores what it displaced, and deletes
 // files it created that are now empty.
-func (e *Engine) Cleanup(targets []string) ([]Result, error) {
-	return e.run(targets, func(string) (dockercfg.Set, bool) { return nil, true })
+func (e *Engine) Cleanup(ctx context.Context, targets []string) ([]Result, error) {
+	return e.run(ctx, targets, nil, true)
 }
 
 // Owned lists the node paths the state file records.
@@ -149,7 +154,7 @@ type stateStore struct {
 
 func (s stateStore) save() error { return saveState(s.dir, s.st) }
 
-func (e *Engine) run(targets []string, want func(string) (dockercfg.Set, bool)) ([]Result, error) {
+func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]Result, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	root, err := hostfs.OpenRoot(e.root)
@@ -162,7 +167,7 @@ func (e *Engine) run(targets []string, want func(string) (dockercfg.Set, bool)) 
 		return nil, err
 	}
 	defer sd.Close()
-	unlock, err := lock(sd)
+	unlock, err := lock(ctx, sd)
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +184,6 @@ func (e *Engine) run(targets []string, want func(string) (dockercfg.Set, bool)) 
 	results := make([]Result, 0, len(targets))
 	seen := map[string]string{} // host path → the target that resolved to it first
 	for _, t := range targets {
-		desired, prune := want(t)
 		if p, err := root.Join(t); err == nil && filepath.IsAbs(t) {
 			if first, dup := seen[p]; dup {
 				// Two names for one file: syncing it under both would make
@@ -189,7 +193,7 @@ func (e *Engine) run(targets []string, want func(string) (dockercfg.Set, bool)) 
 			}
 			seen[p] = t
 		}
-		r, err := e.syncTarget(root, t, desired, prune, store)
+		r, err := e.syncTarget(ctx, root, t, desired, prune, store)
 		r.Err = err
 		results = append(results, r)
 	}
@@ -198,7 +202,7 @@ func (e *Engine) run(targets []string, want func(string) (dockercfg.Set, bool)) 
 
 // syncTarget merges into one target. The state is saved before the target
 // is replaced (as an intent covering old and new) and after (final).
-func (e *Engine) syncTarget(root *hostfs.Root, target string, desired dockercfg.Set, prune bool, store stateStore) (Result, error) {
+func (e *Engine) syncTarget(ctx context.Context, root *hostfs.Root, target string, desired dockercfg.Set, prune bool, store stateStore) (Result, error) {
 	res := Result{Target: target}
 	if !filepath.IsAbs(target) {
 		return res, fmt.Errorf("target %q is not an absolute path", target)
@@ -247,7 +251,11 @@ func (e *Engine) syncTarget(root *hostfs.Root, target string, desired dockercfg.
 	for attempt := range maxAttempts {
 		if attempt > 0 {
 			// Let a writer in a loop finish its burst.
-			time.Sleep(time.Duration(min(attempt, 20)) * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return res, fmt.Errorf("%s: stopped while another writer kept changing it: %w", path, ctx.Err())
+			case <-time.After(time.Duration(min(attempt, 20)) * time.Millisecond):
+			}
 		}
 		racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
 		doc, perr := parseDocument(base.data)
@@ -366,18 +374,34 @@ func carry(prev, doc *document) {
 	}
 }
 
-// lock takes an exclusive flock on the state folder's lock file. The lock
-// file is opened without following links and only if it is a regular file.
-func lock(d *hostfs.Dir) (func(), error) {
+// lockPoll is how often a held state lock is tried again.
+const lockPoll = 20 * time.Millisecond
+
+// lock takes an exclusive flock on the state folder's lock file, waiting
+// for it until ctx ends (another nodecreds, such as `cleanup`, may hold
+// it). The lock file is opened without following links and only if it is a
+// regular file.
+func lock(ctx context.Context, d *hostfs.Dir) (func(), error) {
 	f, err := d.OpenLock("lock")
 	if err != nil {
 		return nil, fmt.Errorf("%w: lock: %w", ErrState, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w: locking %s: %w", ErrState, f.Name(), err)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("%w: locking %s: %w", ErrState, f.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for the state lock %s (held by another nodecreds process, such as cleanup): %w", f.Name(), ctx.Err())
+		case <-time.After(lockPoll):
+		}
 	}
-	return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
 }
 
 // sweepPrefix removes files a crash left in d whose names start with prefix.

@@ -33,7 +33,7 @@ func newEngine(t *testing.T) (*Engine, string) {
 
 func apply(t *testing.T, e *Engine, targets []string, desired dockercfg.Set, prune bool) []Result {
 	t.Helper()
-	res, err := e.Apply(targets, desired, prune)
+	res, err := e.Apply(t.Context(), targets, desired, prune)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -184,7 +184,7 @@ func TestApplyKeepsEverythingElse(t *testing.T) {
 	}
 
 	// Cleanup: back to exactly the original value.
-	cres, err := e.Cleanup(nil)
+	cres, err := e.Cleanup(t.Context(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestCleanupKeepsFilesWithOthersData(t *testing.T) {
 	b, _ := json.Marshal(m)
 	writeFile(t, p, string(b), 0o600)
 
-	res, err := e.Cleanup(nil)
+	res, err := e.Cleanup(t.Context(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -177,7 +177,7 @@ type mergeResult struct {
 // merge computes the new content of a target and its new ownership record.
 // It is pure: no I/O, so every rule is table-tested.
 //
-// Rules (DESIGN.md §2): we own exactly the keys we wrote; a foreign entry for
+// Rules (README, "How it works": Merge): we own exactly the keys we wrote; a foreign entry for
 // a registry we provide is displaced into the state and restored when that
 // registry leaves the sources; with prune, entries that left the sources go;
 // an owned entry whose value someone else changed is no longer ours.

@@ -1,6 +1,7 @@
 package nodefile
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -56,10 +58,10 @@ func TestSwappedFolderNeverEscapesRoot(t *testing.T) {
 		case 3:
 			_ = testRoot.WriteFile(strings.TrimPrefix(kubeletFile, "/"), []byte("{broken"), 0o600)
 		case 4:
-			_, _ = e.Cleanup([]string{kubeletFile})
+			_, _ = e.Cleanup(t.Context(), []string{kubeletFile})
 			continue
 		}
-		_, _ = e.Apply([]string{kubeletFile}, dockercfg.Set{item("r.io", "u", fmt.Sprintf("pw-%d", runs))}, true)
+		_, _ = e.Apply(t.Context(), []string{kubeletFile}, dockercfg.Set{item("r.io", "u", fmt.Sprintf("pw-%d", runs))}, true)
 	}
 	swaps := s.Stop()
 	if swaps < 100 {
@@ -106,7 +108,7 @@ func TestStateFolderLinksNotFollowed(t *testing.T) {
 				t.Fatal(err)
 			}
 			e := New(Options{HostRoot: root, StateDir: stateDir})
-			_, err := e.Apply([]string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+			_, err := e.Apply(t.Context(), []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
 			if !errors.Is(err, ErrState) || !strings.Contains(err.Error(), "symlink") {
 				t.Fatalf("want a state error saying it is a symlink, got %v", err)
 			}
@@ -146,7 +148,7 @@ func TestNonRegularTargetsRefusedWithoutBlocking(t *testing.T) {
 			}
 			done := make(chan []Result, 1)
 			go func() {
-				res, err := e.Apply([]string{kubeletFile, dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+				res, err := e.Apply(t.Context(), []string{kubeletFile, dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
 				if err != nil {
 					t.Errorf("Apply: %v", err)
 				}
@@ -165,7 +167,7 @@ func TestNonRegularTargetsRefusedWithoutBlocking(t *testing.T) {
 				t.Errorf("the other target was not synced: %v", res[1].Err)
 			}
 			// Cleanup must not block either.
-			go func() { _, _ = e.Cleanup(nil); close(done) }()
+			go func() { _, _ = e.Cleanup(t.Context(), nil); close(done) }()
 			select {
 			case <-done:
 			case <-time.After(10 * time.Second):
@@ -183,7 +185,7 @@ func TestCorruptStateNamesFileAndRemedy(t *testing.T) {
 	e, root := newEngine(t)
 	statePath := filepath.Join(root, stateDir, stateFileName)
 	writeFile(t, statePath, `{"version":1,"targets":{"x":{"displaced":{"r.io":{"auth":"c2VjcmV0OnB3"}}}`, 0o600)
-	_, err := e.Apply([]string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	_, err := e.Apply(t.Context(), []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
 	if !errors.Is(err, ErrState) {
 		t.Fatalf("want ErrState, got %v", err)
 	}
@@ -284,7 +286,7 @@ func noChownChild(t *testing.T) {
 	}
 	root := os.Getenv("NODECREDS_TEST_ROOT")
 	e := New(Options{HostRoot: root, StateDir: stateDir})
-	res, err := e.Apply([]string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	res, err := e.Apply(t.Context(), []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,4 +355,47 @@ func dropCapability(c int) error {
 	data[i].Permitted &= mask
 	data[i].Inheritable &= mask
 	return unix.Capset(&hdr, &data[0])
+}
+
+// TestLockWaitEndsWithContext: with the state lock held by another process
+// (cleanup, a second agent), Apply waits for it only as long as its context
+// lives, and changes nothing.
+func TestLockWaitEndsWithContext(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	writeFile(t, p, `{"auths":{}}`, 0o600)
+	release := holdLock(t, filepath.Join(root, stateDir, "lock"))
+	defer release()
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := e.Apply(ctx, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "state lock") {
+		t.Errorf("want a lock-wait error ending with the context, got %v", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Apply returned %s after its context ended", took)
+	}
+	if data, _ := os.ReadFile(p); string(data) != `{"auths":{}}` {
+		t.Errorf("the target changed: %s", data)
+	}
+	release()
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+}
+
+// holdLock takes the flock another process would hold on path.
+func holdLock(t *testing.T, path string) func() {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	return func() { once.Do(func() { f.Close() }) }
 }

@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	credv1 "k8s.io/kubelet/pkg/apis/credentialprovider/v1"
 
-	"github.com/nodecreds/nodecreds/internal/check"
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 )
 
 // APIVersion is the protocol version spoken.
@@ -39,7 +39,7 @@ func Serve(in io.Reader, out io.Writer, o Options) error {
 	var req credv1.CredentialProviderRequest
 	dec := json.NewDecoder(io.LimitReader(in, 1<<20))
 	if err := dec.Decode(&req); err != nil {
-		return fmt.Errorf("%w: not JSON", ErrBadRequest)
+		return fmt.Errorf("%w: not JSON (%v)", ErrBadRequest, err)
 	}
 	if req.APIVersion != APIVersion || req.Kind != "CredentialProviderRequest" {
 		return fmt.Errorf("%w: apiVersion %q kind %q, want %s CredentialProviderRequest", ErrBadRequest, req.APIVersion, req.Kind, APIVersion)
@@ -53,7 +53,7 @@ func Serve(in io.Reader, out io.Writer, o Options) error {
 		CacheDuration: &metav1.Duration{Duration: o.CacheDuration},
 		Auth:          map[string]credv1.AuthConfig{},
 	}
-	matches, err := check.LookupFile(o.HostRoot, o.File, req.Image)
+	matches, err := kubeletcred.LookupFile(o.HostRoot, o.File, req.Image)
 	if err != nil {
 		return fmt.Errorf("looking up %s: %w", req.Image, err)
 	}

@@ -76,6 +76,34 @@ func (n *Node) Report(_ context.Context, st Status) {
 	}
 }
 
+// Flush pushes the latest status now, retrying with backoff until it is on
+// the Node or ctx ends (`sync --once` reports as the daemon does, then
+// exits).
+func (n *Node) Flush(ctx context.Context) error {
+	n.mu.Lock()
+	st := n.latest
+	n.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	backoff := time.Second
+	for {
+		pushCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := n.push(pushCtx, *st)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		n.log.WithError(err).WithField("retryIn", backoff.String()).Warn("cannot update the Node's status; retrying")
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("reporting to node %s: %w", n.name, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
 // Run pushes statuses until ctx ends, retrying failed pushes with backoff.
 func (n *Node) Run(ctx context.Context) error {
 	backoff := time.Second

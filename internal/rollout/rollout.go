@@ -176,33 +176,38 @@ func Get(ctx context.Context, client kubernetes.Interface, o Options) (Status, e
 	return st, nil
 }
 
-// snapshots builds the same snapshots the agents build, so the revision
-// digests compare.
+// snapshots builds the same snapshots the agents build (source.Select), so
+// the revision digests compare.
 func snapshots(ctx context.Context, client kubernetes.Interface, o Options) ([]source.Snapshot, error) {
-	secrets := client.CoreV1().Secrets(o.Namespace)
-	if o.Selector != "" {
-		list, err := secrets.List(ctx, metav1.ListOptions{LabelSelector: o.Selector})
-		if err != nil {
-			return nil, fmt.Errorf("listing Secrets %q in %s: %w", o.Selector, o.Namespace, err)
-		}
-		sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
-		out := make([]source.Snapshot, len(list.Items))
-		for i := range list.Items {
-			out[i] = source.FromSecret(&list.Items[i])
-		}
-		return out, nil
+	return source.Select(o.Namespace, o.Secrets, o.Selector, apiLookup{ctx: ctx, client: client, o: o})
+}
+
+// apiLookup reads Secrets from the API server.
+type apiLookup struct {
+	ctx    context.Context
+	client kubernetes.Interface
+	o      Options
+}
+
+func (a apiLookup) Get(name string) (*corev1.Secret, error) {
+	sec, err := a.client.CoreV1().Secrets(a.o.Namespace).Get(a.ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("getting Secret %s/%s: %w", a.o.Namespace, name, err)
 	}
-	out := make([]source.Snapshot, len(o.Secrets))
-	for i, name := range o.Secrets {
-		sec, err := secrets.Get(ctx, name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			out[i] = source.Missing(o.Namespace, name)
-		case err != nil:
-			return nil, fmt.Errorf("getting Secret %s/%s: %w", o.Namespace, name, err)
-		default:
-			out[i] = source.FromSecret(sec)
-		}
+	return sec, nil
+}
+
+func (a apiLookup) List() ([]*corev1.Secret, error) {
+	list, err := a.client.CoreV1().Secrets(a.o.Namespace).List(a.ctx, metav1.ListOptions{LabelSelector: a.o.Selector})
+	if err != nil {
+		return nil, fmt.Errorf("listing Secrets %q in %s: %w", a.o.Selector, a.o.Namespace, err)
+	}
+	out := make([]*corev1.Secret, len(list.Items))
+	for i := range list.Items {
+		out[i] = &list.Items[i]
 	}
 	return out, nil
 }

@@ -1,14 +1,17 @@
 package rollout
 
 import (
+	"context"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/nodecreds/nodecreds/internal/report"
@@ -110,6 +113,47 @@ func TestScope(t *testing.T) {
 			}
 			if !slices.Equal(counted, tt.counted) || !slices.Equal(st.Ignored, tt.ignored) {
 				t.Errorf("counted %v ignored %v, want %v and %v (scope %q)", counted, st.Ignored, tt.counted, tt.ignored, st.Scope)
+			}
+		})
+	}
+}
+
+// TestStatusAndAgentAgree: the revision `nodecreds status` expects is the
+// one the agent's Secret source computes, for --secret a,b (with one
+// missing) and for --selector, so `status --wait` converges.
+func TestStatusAndAgentAgree(t *testing.T) {
+	secret := func(name, rv string, labels map[string]string) *corev1.Secret {
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("u-" + name), ResourceVersion: rv, Labels: labels},
+			Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": []byte(`{"auths":{}}`)}}
+	}
+	team := map[string]string{"team": "a"}
+	tests := []struct {
+		name     string
+		secrets  []string
+		selector string
+	}{
+		{"--secret b,a,missing", []string{"b", "a", "missing"}, ""},
+		{"--selector team=a", nil, "team=a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := fake.NewClientset(secret("b", "3", team), secret("a", "5", team), secret("c", "7", nil))
+			src := source.NewSecrets(client, "ns", tt.secrets, tt.selector, logrus.NewEntry(logrus.New()))
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			go func() { _ = src.Run(ctx) }()
+			select {
+			case <-src.Ready():
+			case <-time.After(10 * time.Second):
+				t.Fatal("caches did not sync")
+			}
+			agentRev := source.Revision(src.Snapshots())
+			st, err := Get(t.Context(), client, Options{Namespace: "ns", Secrets: tt.secrets, Selector: tt.selector})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Revision != agentRev {
+				t.Errorf("status expects %s, the agent applies %s (sources %v)", st.Revision, agentRev, st.Sources)
 			}
 		})
 	}

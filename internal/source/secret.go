@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -32,6 +33,7 @@ type Secrets struct {
 	log       *logrus.Entry
 
 	informers []cache.SharedIndexInformer
+	setupErr  error // from the informers' setup, returned by Run
 	changed   chan struct{}
 	ready     chan struct{}
 }
@@ -53,14 +55,19 @@ func NewSecrets(client kubernetes.Interface, namespace string, names []string, s
 		inf := coreinformers.NewFilteredSecretInformer(client, namespace, 0, cache.Indexers{}, tweak)
 		// Keep only what we read; managed fields and annotations such as
 		// last-applied-configuration would double the memory for nothing.
-		_ = inf.SetTransform(func(obj any) (any, error) {
+		err := inf.SetTransform(func(obj any) (any, error) {
 			if sec, ok := obj.(*corev1.Secret); ok {
 				sec.ManagedFields = nil
 				sec.Annotations = nil
 			}
 			return obj, nil
 		})
-		_, _ = inf.AddEventHandler(handler)
+		if err == nil {
+			_, err = inf.AddEventHandler(handler)
+		}
+		if err != nil && s.setupErr == nil {
+			s.setupErr = fmt.Errorf("setting up the Secret informer: %w", err)
+		}
 		return inf
 	}
 	if selector != "" {
@@ -87,10 +94,15 @@ func (s *Secrets) notify() {
 	}
 }
 
-// Run runs the informers until ctx ends.
+// Run runs the informers until ctx ends, and returns once they stopped.
 func (s *Secrets) Run(ctx context.Context) error {
+	if s.setupErr != nil {
+		return s.setupErr
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for _, inf := range s.informers {
-		go inf.RunWithContext(ctx)
+		wg.Go(func() { inf.RunWithContext(ctx) })
 	}
 	syncs := make([]cache.InformerSynced, len(s.informers))
 	for i, inf := range s.informers {
@@ -109,32 +121,76 @@ func (s *Secrets) Run(ctx context.Context) error {
 // Snapshots returns the Secrets as the informers last saw them, in
 // precedence order.
 func (s *Secrets) Snapshots() []Snapshot {
-	if s.selector != "" {
-		objs := s.informers[0].GetStore().List()
-		secrets := make([]*corev1.Secret, 0, len(objs))
-		for _, o := range objs {
-			if sec, ok := o.(*corev1.Secret); ok {
-				secrets = append(secrets, sec)
-			}
+	snaps, _ := Select(s.namespace, s.names, s.selector, cacheLookup{s}) // the caches cannot fail
+	return snaps
+}
+
+// SecretLookup is where Select reads Secrets: the informers' caches in the
+// agent, the API in `nodecreds status`.
+type SecretLookup interface {
+	// Get returns the named Secret, or nil when there is none.
+	Get(name string) (*corev1.Secret, error)
+	// List returns the Secrets the selector selects.
+	List() ([]*corev1.Secret, error)
+}
+
+// Select builds the snapshots of the source Secrets in precedence order:
+// with a selector, every selected Secret by ascending name; otherwise each
+// name in order, a missing one as Missing. The agent and `nodecreds status`
+// both use it, so their revisions are computed from the same list.
+func Select(namespace string, names []string, selector string, l SecretLookup) ([]Snapshot, error) {
+	if selector != "" {
+		secrets, err := l.List()
+		if err != nil {
+			return nil, err
 		}
 		sort.Slice(secrets, func(i, j int) bool { return secrets[i].Name < secrets[j].Name })
 		out := make([]Snapshot, len(secrets))
 		for i, sec := range secrets {
 			out[i] = FromSecret(sec)
 		}
-		return out
+		return out, nil
 	}
-	out := make([]Snapshot, len(s.names))
-	for i, name := range s.names {
-		obj, ok, _ := s.informers[i].GetStore().GetByKey(s.namespace + "/" + name)
-		sec, isSecret := obj.(*corev1.Secret)
-		if !ok || !isSecret {
-			out[i] = Missing(s.namespace, name)
+	out := make([]Snapshot, len(names))
+	for i, name := range names {
+		sec, err := l.Get(name)
+		switch {
+		case err != nil:
+			return nil, err
+		case sec == nil:
+			out[i] = Missing(namespace, name)
+		default:
+			out[i] = FromSecret(sec)
+		}
+	}
+	return out, nil
+}
+
+// cacheLookup reads the informers' caches.
+type cacheLookup struct{ s *Secrets }
+
+func (c cacheLookup) Get(name string) (*corev1.Secret, error) {
+	for i, n := range c.s.names {
+		if n != name {
 			continue
 		}
-		out[i] = FromSecret(sec)
+		obj, ok, _ := c.s.informers[i].GetStore().GetByKey(c.s.namespace + "/" + name)
+		if sec, isSecret := obj.(*corev1.Secret); ok && isSecret {
+			return sec, nil
+		}
 	}
-	return out
+	return nil, nil
+}
+
+func (c cacheLookup) List() ([]*corev1.Secret, error) {
+	objs := c.s.informers[0].GetStore().List()
+	out := make([]*corev1.Secret, 0, len(objs))
+	for _, o := range objs {
+		if sec, ok := o.(*corev1.Secret); ok {
+			out = append(out, sec)
+		}
+	}
+	return out, nil
 }
 
 // Missing is the snapshot of a Secret that does not exist.

@@ -1,8 +1,8 @@
-// Package check answers "will this node be able to pull this image?" the
-// way the kubelet would: the same files in the same order, the same parsing
-// and the same key matching (k8s.io/kubernetes/pkg/credentialprovider),
-// and optionally proves it by logging in to the registry.
-package check
+// Package kubeletcred emulates how the kubelet finds registry credentials
+// on its node (k8s.io/kubernetes/pkg/credentialprovider): the same files in
+// the same order, the same parsing and the same key matching. `nodecreds
+// check` and the credential-provider plugin both answer through it.
+package kubeletcred
 
 import (
 	"encoding/base64"
@@ -35,23 +35,23 @@ func (c Cred) String() string { return fmt.Sprintf("Cred{key=%q, username=%q}", 
 // GoString keeps %#v as safe as %v.
 func (c Cred) GoString() string { return c.String() }
 
-// candidate is a file the kubelet looks at, in order.
-type candidate struct {
-	path   string // node path
-	legacy bool   // .dockercfg (bare map) rather than config.json
+// Candidate is a file the kubelet looks at, in order.
+type Candidate struct {
+	Path   string // node path
+	Legacy bool   // .dockercfg (bare map) rather than config.json
 }
 
-// searchOrder is the kubelet's: config.json in its --root-dir, its working
+// SearchOrder is the kubelet's: config.json in its --root-dir, its working
 // directory (/ for a kubelet run by systemd), $HOME/.docker (/root/.docker),
 // /.docker; only if none parses, .dockercfg in the same folders (with $HOME
 // itself instead of $HOME/.docker).
-func searchOrder(kubeletRoot string) []candidate {
-	var out []candidate
+func SearchOrder(kubeletRoot string) []Candidate {
+	var out []Candidate
 	for _, dir := range dedupe([]string{kubeletRoot, "/", "/root/.docker", "/.docker"}) {
-		out = append(out, candidate{path: filepath.Join(dir, "config.json")})
+		out = append(out, Candidate{Path: filepath.Join(dir, "config.json")})
 	}
 	for _, dir := range dedupe([]string{kubeletRoot, "/", "/root", "/"}) {
-		out = append(out, candidate{path: filepath.Join(dir, ".dockercfg"), legacy: true})
+		out = append(out, Candidate{Path: filepath.Join(dir, ".dockercfg"), Legacy: true})
 	}
 	return out
 }
@@ -66,35 +66,35 @@ func dedupe(dirs []string) []string {
 	return out
 }
 
-// fileState is what the kubelet would make of one candidate file.
-type fileState struct {
-	candidate
-	exists bool
-	err    error // parse error: the kubelet skips the file silently
+// File is what the kubelet would make of one Candidate file.
+type File struct {
+	Candidate
+	Exists bool
+	Err    error // parse error: the kubelet skips the file silently
 	// unread: nodecreds refused to read the file (not a regular file, too
 	// large, no permission); what the kubelet makes of it is unknown.
-	unread bool
-	creds  map[string]Cred
+	Unread bool
+	Creds  map[string]Cred
 }
 
-// readCandidate reads a node file through the host root and parses it as
+// Read reads a node file through the host root and parses it as
 // the kubelet does. The path is resolved in the root as the node sees it,
 // then read through a folder handle: a FIFO or device is refused without
 // blocking, and a file over hostfs.MaxFileSize is not read.
-func readCandidate(hostRoot string, c candidate) fileState {
-	st := fileState{candidate: c}
+func Read(hostRoot string, c Candidate) File {
+	st := File{Candidate: c}
 	root, err := hostfs.OpenRoot(hostRoot)
 	if err != nil {
-		st.exists, st.err, st.unread = true, err, true
+		st.Exists, st.Err, st.Unread = true, err, true
 		return st
 	}
 	defer root.Close()
-	d, name, err := root.OpenParent(c.path, false, 0)
+	d, name, err := root.OpenParent(c.Path, false, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return st
 	}
 	if err != nil {
-		st.exists, st.err, st.unread = true, err, true
+		st.Exists, st.Err, st.Unread = true, err, true
 		return st
 	}
 	defer d.Close()
@@ -102,12 +102,12 @@ func readCandidate(hostRoot string, c candidate) fileState {
 	if errors.Is(err, fs.ErrNotExist) {
 		return st
 	}
-	st.exists = true
+	st.Exists = true
 	if err != nil {
-		st.err, st.unread = err, true
+		st.Err, st.Unread = err, true
 		return st
 	}
-	st.creds, st.err = parseKubelet(data, c.legacy)
+	st.Creds, st.Err = parseKubelet(data, c.Legacy)
 	return st
 }
 
@@ -172,14 +172,14 @@ func decodeKubeletAuth(field string) (string, string, error) {
 	return u, p, nil
 }
 
-// keyring mirrors credentialprovider.BasicDockerKeyring.
-type keyring struct {
+// Keyring mirrors credentialprovider.BasicDockerKeyring.
+type Keyring struct {
 	index []string          // schemeless keys, reverse-sorted: more specific first
 	creds map[string][]Cred // by schemeless key
 }
 
-func newKeyring(creds map[string]Cred) *keyring {
-	k := &keyring{creds: map[string][]Cred{}}
+func NewKeyring(creds map[string]Cred) *Keyring {
+	k := &Keyring{creds: map[string][]Cred{}}
 	keys := make([]string, 0, len(creds))
 	for key := range creds {
 		keys = append(keys, key)
@@ -213,7 +213,7 @@ func newKeyring(creds map[string]Cred) *keyring {
 
 // lookup returns the credentials the kubelet would try for repo, in order,
 // each with the index key (pattern) it matched under.
-func (k *keyring) lookup(repo string) []Match {
+func (k *Keyring) Lookup(repo string) []Match {
 	var out []Match
 	for _, idx := range k.index {
 		if ok, _ := urlsMatchStr(idx, repo); ok {
@@ -287,10 +287,10 @@ func urlsMatchStr(glob, target string) (bool, error) {
 	return true, nil
 }
 
-// repoOf turns an image reference into the repository the kubelet looks up
+// RepoOf turns an image reference into the repository the kubelet looks up
 // (docker.io/library/ for short names, no tag or digest). A registry given
 // alone (host[:port]) is looked up as itself.
-func repoOf(ref string, isRegistry bool) (string, error) {
+func RepoOf(ref string, isRegistry bool) (string, error) {
 	if isRegistry {
 		r := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(ref, "https://"), "http://"), "/")
 		if r == "" || strings.ContainsAny(r, " \t/") {
@@ -303,4 +303,28 @@ func repoOf(ref string, isRegistry bool) (string, error) {
 		return "", fmt.Errorf("%q is not an image reference: %w", ref, err)
 	}
 	return named.Name(), nil
+}
+
+// Match is the credential the kubelet would try first for an image, read
+// from one config.json, and the key under which the kubelet indexes it
+// (scheme and /v1/ stripped: a pattern for the credential-provider cache).
+type Match struct {
+	Cred
+	Pattern string
+}
+
+// LookupFile resolves image against a single config.json (node path under
+// hostRoot) with the kubelet's parsing and matching: every matching entry,
+// most specific first, as the kubelet would try them. A file that does not
+// exist matches nothing.
+func LookupFile(hostRoot, nodePath, image string) ([]Match, error) {
+	st := Read(hostRoot, Candidate{Path: nodePath})
+	if st.Err != nil {
+		return nil, fmt.Errorf("%s: %w", nodePath, st.Err)
+	}
+	repo, err := RepoOf(image, false)
+	if err != nil {
+		return nil, err
+	}
+	return NewKeyring(st.Creds).Lookup(repo), nil
 }
