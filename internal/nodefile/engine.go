@@ -200,47 +200,22 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 	return results, nil
 }
 
-// syncTarget merges into one target. The state is saved before the target
-// is replaced (as an intent covering old and new) and after (final).
+// syncTarget merges into one target: plan (pure) what the file and the
+// state become, then commit it, again on top of another writer's file when
+// one raced us. The state is saved before the target is replaced (as an
+// intent covering old and new) and after (final).
 func (e *Engine) syncTarget(ctx context.Context, root *hostfs.Root, target string, desired dockercfg.Set, prune bool, store stateStore) (Result, error) {
 	res := Result{Target: target}
-	if !filepath.IsAbs(target) {
-		return res, fmt.Errorf("target %q is not an absolute path", target)
-	}
-	path, err := root.Join(target)
+	t, err := openTarget(root, target)
 	if err != nil {
 		return res, err
 	}
-	res.Path = path
-	// The folder is opened once, in the root; every step below is relative
-	// to it. A missing folder is created only when something is written.
-	dir, name, err := root.OpenParent(target, false, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		dir, err = nil, nil
-	}
-	if err != nil {
-		return res, err
-	}
-	defer func() {
-		if dir != nil {
-			dir.Close()
-		}
-	}()
-	st := store.st
-	old := TargetState{}
-	if ts := st.Targets[target]; ts != nil {
-		old = *ts
-	}
-	commit := func(ts TargetState) error {
-		if prevTS := st.Targets[target]; prevTS != nil && prevTS.equal(ts) {
-			return nil
-		}
-		cp := ts
-		st.Targets[target] = &cp
-		return store.save()
-	}
+	defer t.close()
+	res.Path = t.path
+	rec := targetRecord{store: store, target: target}
+	old := rec.current()
 
-	cur, err := readTarget(dir, name)
+	cur, err := readTarget(t.dir, t.name)
 	if err != nil {
 		return res, err
 	}
@@ -249,113 +224,249 @@ func (e *Engine) syncTarget(ctx context.Context, root *hostfs.Root, target strin
 	base := cur
 	var prev *document // the last base merged into, while racing
 	for attempt := range maxAttempts {
-		if attempt > 0 {
-			// Let a writer in a loop finish its burst.
-			select {
-			case <-ctx.Done():
-				return res, fmt.Errorf("%s: stopped while another writer kept changing it: %w", path, ctx.Err())
-			case <-time.After(time.Duration(min(attempt, 20)) * time.Millisecond):
-			}
-		}
-		racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
-		doc, perr := parseDocument(base.data)
-		corrupt := perr != nil
-		if corrupt {
-			doc, _ = parseDocument(nil)
-		}
-		if racing && prev != nil {
-			// While our stale file was in place the other writer may have
-			// read it and written on top of it, dropping what it had added
-			// before. Carry forward everything seen from it in this sync.
-			carry(prev, doc)
-		}
-		prev = doc
-		m := merge(doc, desired, prune, old)
-		if !base.exists && len(m.doc.auths) > 0 {
-			m.state.Created = true
-		}
-		res.Entries = len(m.state.Owned)
-		res.Released, res.Displaced, res.Restored = m.released, m.displaced, m.restored
-		drop := m.state.Created && m.doc.empty()
-		// What of ours is in the file on disk right now: cur, which after a
-		// lost race is our own stale write rather than base.
-		onDisk := ownedIn(doc, old)
-		if racing {
-			if curDoc, err := parseDocument(cur.data); err == nil {
-				onDisk = ownedIn(curDoc, old)
-			}
-		}
-
-		switch {
-		case corrupt && len(m.state.Owned) == 0 && len(m.restored) == 0 && !racing:
-			// Nothing of ours goes in: a broken file that is not ours is
-			// left as it is, not replaced by an empty one.
-			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; left alone as nodecreds has nothing to write to it", path, perr))
-			return res, commit(m.state)
-		case drop:
-			if err := commit(intent(onDisk, old, m.state)); err != nil {
-				return res, err
-			}
-			if cur.exists {
-				if err := remove(dir, name); err != nil {
-					return res, err
-				}
-				res.Changed, res.Removed = true, true
-			}
-			return res, commit(TargetState{})
-		case !corrupt && !racing && m.doc.equal(doc):
-			return res, commit(m.state)
-		}
-
-		if err := commit(intent(onDisk, old, m.state)); err != nil {
+		if err := pause(ctx, attempt, t.path); err != nil {
 			return res, err
 		}
-		if corrupt && base.exists {
-			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; replaced", path, perr))
-			if res.SetAside, err = setAside(dir, name, base.data, e.now()); err != nil {
-				return res, err
-			}
-		}
-		data, err := m.doc.encode()
+		p, err := planTarget(base, cur, prev, desired, prune, old)
 		if err != nil {
+			return res, fmt.Errorf("%s: %w", t.path, err)
+		}
+		prev = p.parsed
+		res.Entries = len(p.merged.state.Owned)
+		res.Released, res.Displaced, res.Restored = p.merged.released, p.merged.displaced, p.merged.restored
+		switch p.step {
+		case stepLeave:
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; left alone as nodecreds has nothing to write to it", t.path, p.corrupt))
+			return res, rec.save(p.merged.state)
+		case stepKeep:
+			return res, rec.save(p.merged.state)
+		case stepDrop:
+			return res, e.drop(t, cur, p, rec, &res)
+		}
+		w, err := e.write(root, t, base, cur, p, rec, &res)
+		switch {
+		case err != nil:
 			return res, err
-		}
-		if dir == nil {
-			if dir, name, err = root.OpenParent(target, true, 0o700); err != nil {
-				return res, err
-			}
-		}
-		replaced, existed, err := replace(dir, name, data, cur)
-		if errors.Is(err, errRaced) {
+		case w.lost:
 			// A file appeared or changed before we could check-and-swap;
 			// nothing of ours is in place.
-			if cur, err = readTarget(dir, name); err != nil {
+			if cur, err = readTarget(t.dir, t.name); err != nil {
 				return res, err
 			}
 			base, prev = cur, nil
-			continue
-		}
-		if err != nil {
-			return res, err
-		}
-		res.Changed = true
-		if existed != cur.exists || !bytes.Equal(replaced, cur.data) {
+		case w.raced:
 			// Someone replaced the file between our read and our swap. Ours
 			// is in place now but built on stale content: merge again on top
-			// of theirs so their change is kept.
-			base = snapshot{exists: existed, data: replaced, mode: cur.mode, uid: cur.uid, gid: cur.gid}
-			cur = snapshot{exists: true, data: data, mode: cur.mode, uid: cur.uid, gid: cur.gid}
-			if !base.exists {
-				cur.mode = 0o600
-			}
-			// Merge again recognising both what was ours in their file and
+			// of theirs, recognising both what was ours in their file and
 			// our stale write, which is what is on disk now.
-			old = intent(ownedIn(doc, old), old, m.state)
-			continue
+			base, cur = w.theirs, w.ours
+			old = intent(ownedIn(p.parsed, old), old, p.merged.state)
+		default:
+			return res, rec.save(p.merged.state)
 		}
-		return res, commit(m.state)
 	}
-	return res, fmt.Errorf("%s: %w; gave up after %d attempts", path, ErrContended, maxAttempts)
+	return res, fmt.Errorf("%s: %w; gave up after %d attempts", t.path, ErrContended, maxAttempts)
+}
+
+// pause lets a writer in a loop finish its burst before attempt (none
+// before the first), unless ctx ends first.
+func pause(ctx context.Context, attempt int, path string) error {
+	if attempt == 0 {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("%s: stopped while another writer kept changing it: %w", path, ctx.Err())
+	case <-time.After(time.Duration(min(attempt, 20)) * time.Millisecond):
+		return nil
+	}
+}
+
+// openedTarget is a target's folder, opened in the root (nil while it does
+// not exist), and its name in it.
+type openedTarget struct {
+	path string // host path, for messages
+	dir  *hostfs.Dir
+	name string
+}
+
+// openTarget opens the target's folder once, in the root; every step after
+// is relative to it. A missing folder is created only when something is
+// written.
+func openTarget(root *hostfs.Root, target string) (*openedTarget, error) {
+	if !filepath.IsAbs(target) {
+		return nil, fmt.Errorf("target %q is not an absolute path", target)
+	}
+	path, err := root.Join(target)
+	if err != nil {
+		return nil, err
+	}
+	dir, name, err := root.OpenParent(target, false, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		dir, err = nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &openedTarget{path: path, dir: dir, name: name}, nil
+}
+
+func (t *openedTarget) close() {
+	if t.dir != nil {
+		t.dir.Close()
+	}
+}
+
+// targetRecord is one target's entry in the state, saved when it changes.
+type targetRecord struct {
+	store  stateStore
+	target string
+}
+
+func (r targetRecord) current() TargetState {
+	if ts := r.store.st.Targets[r.target]; ts != nil {
+		return *ts
+	}
+	return TargetState{}
+}
+
+func (r targetRecord) save(ts TargetState) error {
+	if prev := r.store.st.Targets[r.target]; prev != nil && prev.equal(ts) {
+		return nil
+	}
+	cp := ts
+	r.store.st.Targets[r.target] = &cp
+	return r.store.save()
+}
+
+// drop removes a file nodecreds created once nothing is left in it.
+func (e *Engine) drop(t *openedTarget, cur snapshot, p targetPlan, rec targetRecord, res *Result) error {
+	if err := rec.save(p.intent); err != nil {
+		return err
+	}
+	if cur.exists {
+		if err := remove(t.dir, t.name); err != nil {
+			return err
+		}
+		res.Changed, res.Removed = true, true
+	}
+	return rec.save(TargetState{})
+}
+
+// written is what a write found at the target when it swapped ours in.
+type written struct {
+	lost   bool     // a file appeared or changed before the swap; ours is not in place
+	raced  bool     // ours is in place, but replaced a file other than the one we read
+	theirs snapshot // with raced: the file we replaced
+	ours   snapshot // with raced: ours, now on disk
+}
+
+// write records the intent, sets a corrupt file aside, and swaps the new
+// file in.
+func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur snapshot, p targetPlan, rec targetRecord, res *Result) (written, error) {
+	if err := rec.save(p.intent); err != nil {
+		return written{}, err
+	}
+	if t.dir == nil {
+		d, name, err := root.OpenParent(res.Target, true, 0o700)
+		if err != nil {
+			return written{}, err
+		}
+		t.dir, t.name = d, name
+	}
+	if p.corrupt != nil && base.exists {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; replaced", t.path, p.corrupt))
+		copyPath, err := setAside(t.dir, t.name, base.data, e.now())
+		if err != nil {
+			return written{}, err
+		}
+		res.SetAside = copyPath
+	}
+	replaced, existed, err := replace(t.dir, t.name, p.data, cur)
+	if errors.Is(err, errRaced) {
+		return written{lost: true}, nil
+	}
+	if err != nil {
+		return written{}, err
+	}
+	res.Changed = true
+	if existed == cur.exists && bytes.Equal(replaced, cur.data) {
+		return written{}, nil
+	}
+	w := written{
+		raced:  true,
+		theirs: snapshot{exists: existed, data: replaced, mode: cur.mode, uid: cur.uid, gid: cur.gid},
+		ours:   snapshot{exists: true, data: p.data, mode: cur.mode, uid: cur.uid, gid: cur.gid},
+	}
+	if !existed {
+		w.ours.mode = 0o600
+	}
+	return w, nil
+}
+
+// planStep is what a plan does with the file.
+type planStep int
+
+const (
+	stepWrite planStep = iota // replace the file with data
+	stepKeep                  // the file is as it should be; record the state
+	stepLeave                 // a corrupt file with nothing of ours for it: leave it
+	stepDrop                  // a file nodecreds created, now empty: remove it
+)
+
+// targetPlan is what one target becomes.
+type targetPlan struct {
+	step    planStep
+	parsed  *document // base as parsed (empty when corrupt)
+	corrupt error     // why base does not parse
+	merged  mergeResult
+	intent  TargetState // recorded before the file is touched
+	data    []byte      // the new file, with stepWrite
+}
+
+// planTarget decides, without I/O, what a target becomes: base is the file
+// to merge into, cur the file on disk (they differ only after a lost race,
+// when prev is the base merged into before), old the target's state.
+func planTarget(base, cur snapshot, prev *document, desired dockercfg.Set, prune bool, old TargetState) (targetPlan, error) {
+	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
+	doc, perr := parseDocument(base.data)
+	if perr != nil {
+		doc, _ = parseDocument(nil)
+	}
+	if racing && prev != nil {
+		// While our stale file was in place the other writer may have read
+		// it and written on top of it, dropping what it had added before.
+		// Carry forward everything seen from it in this sync.
+		carry(prev, doc)
+	}
+	p := targetPlan{parsed: doc, corrupt: perr, merged: merge(doc, desired, prune, old)}
+	if !base.exists && len(p.merged.doc.auths) > 0 {
+		p.merged.state.Created = true
+	}
+	// What of ours is in the file on disk right now: cur, which after a
+	// lost race is our own stale write rather than base.
+	onDisk := ownedIn(doc, old)
+	if racing {
+		if curDoc, err := parseDocument(cur.data); err == nil {
+			onDisk = ownedIn(curDoc, old)
+		}
+	}
+	p.intent = intent(onDisk, old, p.merged.state)
+	switch {
+	case perr != nil && len(p.merged.state.Owned) == 0 && len(p.merged.restored) == 0 && !racing:
+		p.step = stepLeave
+	case p.merged.state.Created && p.merged.doc.empty():
+		p.step = stepDrop
+	case perr == nil && !racing && p.merged.doc.equal(doc):
+		p.step = stepKeep
+	default:
+		data, err := p.merged.doc.encode()
+		if err != nil {
+			return p, err
+		}
+		p.step, p.data = stepWrite, data
+	}
+	return p, nil
 }
 
 // carry copies into doc every auths entry and top-level field of prev that

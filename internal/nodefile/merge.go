@@ -182,98 +182,115 @@ type mergeResult struct {
 // registry leaves the sources; with prune, entries that left the sources go;
 // an owned entry whose value someone else changed is no longer ours.
 func merge(cur *document, desired dockercfg.Set, prune bool, st TargetState) mergeResult {
-	doc := cur.clone()
-	next := TargetState{
+	m := &merger{doc: cur.clone(), st: st, wanted: map[string]dockercfg.Item{}, next: TargetState{
 		Created:   st.Created,
 		Owned:     map[string]string{},
 		Displaced: maps.Clone(st.Displaced),
+	}}
+	if m.next.Displaced == nil {
+		m.next.Displaced = map[string]json.RawMessage{}
 	}
-	if next.Displaced == nil {
-		next.Displaced = map[string]json.RawMessage{}
-	}
-	var res mergeResult
-
-	wanted := map[string]dockercfg.Item{} // normalised registry → item
 	for _, it := range desired {
-		wanted[dockercfg.Normalize(it.Key)] = it
+		m.wanted[dockercfg.Normalize(it.Key)] = it
 	}
-	ours := func(key string) bool {
-		v, ok := doc.auths[key]
-		if !ok {
-			return false
-		}
-		return hasFingerprint(v, st.Owned[key]) || hasFingerprint(v, st.Pending[key])
-	}
+	m.settleOwned(prune)
+	m.writeDesired(desired)
+	m.restoreDisplaced()
+	m.res.doc, m.res.state = m.doc, m.next
+	return m.res
+}
 
-	// Entries we own that are not rewritten as they are below.
-	for _, key := range sortedKeys(unionKeys(st.Owned, st.Pending)) {
-		if _, present := doc.auths[key]; !present {
+// merger holds one merge's working state.
+type merger struct {
+	doc    *document
+	st     TargetState               // the state before
+	next   TargetState               // the state after
+	wanted map[string]dockercfg.Item // normalised registry → desired item
+	res    mergeResult
+}
+
+// ours reports whether the file's entry for key is one we wrote.
+func (m *merger) ours(key string) bool {
+	v, ok := m.doc.auths[key]
+	if !ok {
+		return false
+	}
+	return hasFingerprint(v, m.st.Owned[key]) || hasFingerprint(v, m.st.Pending[key])
+}
+
+// settleOwned decides the entries we owned that are not rewritten as they
+// are: someone else's now, respelled, kept without prune, or pruned.
+func (m *merger) settleOwned(prune bool) {
+	for _, key := range sortedKeys(unionKeys(m.st.Owned, m.st.Pending)) {
+		if _, present := m.doc.auths[key]; !present {
 			continue // gone from the file: nothing to own
 		}
-		it, provided := wanted[dockercfg.Normalize(key)]
+		it, provided := m.wanted[dockercfg.Normalize(key)]
 		switch {
-		case !ours(key):
+		case !m.ours(key):
 			// Someone else changed it, so it is theirs now. If the sources
 			// still provide the registry it is displaced below like any
 			// foreign entry.
 			if !provided {
-				res.released = append(res.released, key)
+				m.res.released = append(m.res.released, key)
 			}
 		case provided && it.Key == key:
 			// Rewritten below.
 		case provided:
 			// The source now spells the registry differently.
-			delete(doc.auths, key)
+			delete(m.doc.auths, key)
 		case !prune:
-			next.Owned[key] = fingerprint(doc.auths[key])
+			m.next.Owned[key] = fingerprint(m.doc.auths[key])
 		default:
-			delete(doc.auths, key)
+			delete(m.doc.auths, key)
 		}
 	}
+}
 
-	// Desired entries: displace foreign ones for the same registry, write ours.
+// writeDesired displaces foreign entries for the desired registries and
+// writes ours.
+func (m *merger) writeDesired(desired dockercfg.Set) {
 	// Index the file's keys by registry once: files can hold thousands.
 	byRegistry := map[string][]string{}
-	for _, key := range sortedKeys(doc.auths) {
+	for _, key := range sortedKeys(m.doc.auths) {
 		n := dockercfg.Normalize(key)
 		byRegistry[n] = append(byRegistry[n], key)
 	}
 	for _, it := range desired {
 		for _, key := range byRegistry[dockercfg.Normalize(it.Key)] {
-			if _, present := doc.auths[key]; !present {
+			if _, present := m.doc.auths[key]; !present {
 				continue // removed above (a respelled key of ours)
 			}
-			if !ours(key) {
-				next.Displaced[key] = doc.auths[key]
-				res.displaced = append(res.displaced, key)
+			if !m.ours(key) {
+				m.next.Displaced[key] = m.doc.auths[key]
+				m.res.displaced = append(m.res.displaced, key)
 			}
-			delete(doc.auths, key)
+			delete(m.doc.auths, key)
 		}
 		raw, _ := it.Entry.MarshalJSON() // cannot fail: strings only
-		doc.auths[it.Key] = raw
-		next.Owned[it.Key] = digest(raw) // already compact with sorted keys
+		m.doc.auths[it.Key] = raw
+		m.next.Owned[it.Key] = digest(raw) // already compact with sorted keys
 	}
+}
 
-	// Displaced entries whose registry no entry of ours covers any more go
-	// back, unless someone has written that key since (theirs is newer).
+// restoreDisplaced puts back displaced entries whose registry no entry of
+// ours covers any more, unless someone has written that key since (theirs
+// is newer).
+func (m *merger) restoreDisplaced() {
 	covered := map[string]bool{}
-	for key := range next.Owned {
+	for key := range m.next.Owned {
 		covered[dockercfg.Normalize(key)] = true
 	}
-	for _, key := range sortedKeys(next.Displaced) {
+	for _, key := range sortedKeys(m.next.Displaced) {
 		if covered[dockercfg.Normalize(key)] {
 			continue
 		}
-		if _, taken := doc.auths[key]; !taken {
-			doc.auths[key] = next.Displaced[key]
-			res.restored = append(res.restored, key)
+		if _, taken := m.doc.auths[key]; !taken {
+			m.doc.auths[key] = m.next.Displaced[key]
+			m.res.restored = append(m.res.restored, key)
 		}
-		delete(next.Displaced, key)
+		delete(m.next.Displaced, key)
 	}
-
-	res.doc = doc
-	res.state = next
-	return res
 }
 
 func unionKeys(ms ...map[string]string) map[string]bool {

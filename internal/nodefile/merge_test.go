@@ -282,3 +282,48 @@ func TestIntentRecognisesEitherFile(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanTarget: the pure decision of what a target becomes, before any
+// file is touched.
+func TestPlanTarget(t *testing.T) {
+	ours := item("r.io", "u", "p")
+	raw, _ := ours.Entry.MarshalJSON()
+	written := []byte(`{"auths":{"r.io":` + string(raw) + `}}`)
+	owned := TargetState{Created: true, Owned: map[string]string{"r.io": digest(raw)}}
+	file := func(s string) snapshot { return snapshot{exists: true, data: []byte(s), mode: 0o600} }
+	tests := []struct {
+		name      string
+		base, cur snapshot
+		desired   dockercfg.Set
+		old       TargetState
+		want      planStep
+		created   bool
+	}{
+		{"no file, something to write", snapshot{}, snapshot{}, dockercfg.Set{ours}, TargetState{}, stepWrite, true},
+		{"already as it should be", file(string(written)), file(string(written)), dockercfg.Set{ours}, owned, stepKeep, true},
+		{"same value, other formatting", file(`{ "auths": {"r.io": ` + string(raw) + ` } }`), file(`{ "auths": {"r.io": ` + string(raw) + ` } }`), dockercfg.Set{ours}, owned, stepKeep, true},
+		{"corrupt, nothing of ours for it", file("{broken"), file("{broken"), nil, TargetState{}, stepLeave, false},
+		{"corrupt, ours to write", file("{broken"), file("{broken"), dockercfg.Set{ours}, TargetState{}, stepWrite, false},
+		{"created by us, now empty", file(string(written)), file(string(written)), nil, owned, stepDrop, true},
+		{"lost a race: merge on theirs", file(`{"auths":{"x.io":{"auth":"eDp5"}}}`), file(string(written)), dockercfg.Set{ours}, owned, stepWrite, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := planTarget(tt.base, tt.cur, nil, tt.desired, true, tt.old)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.step != tt.want || p.merged.state.Created != tt.created {
+				t.Errorf("step %d created %v, want %d %v", p.step, p.merged.state.Created, tt.want, tt.created)
+			}
+			if p.step == stepWrite {
+				if _, err := parseDocument(p.data); err != nil {
+					t.Errorf("planned content does not parse: %v", err)
+				}
+				if len(p.intent.Pending) != len(p.merged.state.Owned) {
+					t.Errorf("intent %+v does not cover the write %+v", p.intent, p.merged.state)
+				}
+			}
+		})
+	}
+}
