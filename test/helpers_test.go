@@ -174,16 +174,7 @@ func (p *agentProc) stop(t *testing.T) int {
 // run runs nodecreds to completion and returns stdout, stderr and the exit code.
 func run(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if err != nil {
-		if _, ok := err.(*exec.ExitError); !ok {
-			t.Fatalf("running nodecreds %v: %v", args, err)
-		}
-	}
-	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+	return runEnv(t, nil, args...)
 }
 
 // eventually polls cond until it holds or the deadline passes. It is for

@@ -6,29 +6,15 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nodecreds/nodecreds/internal/check/checktest"
 )
-
-// recordingProxy answers every request and CONNECT with 403 (nothing is
-// forwarded anywhere) and records which host each was for.
-type recordingProxy struct {
-	mu    sync.Mutex
-	hosts []string
-}
-
-func (p *recordingProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	p.hosts = append(p.hosts, r.Method+" "+r.Host)
-	p.mu.Unlock()
-	http.Error(w, "recorded, not forwarded", http.StatusForbidden)
-}
 
 // TestProbeContactsOnlyTheRegistryAsked runs the real binary's `check
 // --probe` through an HTTPS proxy that records every CONNECT: for
@@ -51,7 +37,7 @@ func TestProbeContactsOnlyTheRegistryAsked(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			rec := &recordingProxy{}
+			rec := &checktest.RecordingProxy{}
 			proxy := httptest.NewServer(rec)
 			defer proxy.Close()
 			cmd := []string{"check", "--host-root", root, "--probe", "--timeout", "5s", "-o", "json"}
@@ -59,9 +45,7 @@ func TestProbeContactsOnlyTheRegistryAsked(t *testing.T) {
 			if code != 1 {
 				t.Errorf("exit %d through a refusing proxy, want 1\n%s%s", code, stdout, stderr)
 			}
-			rec.mu.Lock()
-			got := slices.Clone(rec.hosts)
-			rec.mu.Unlock()
+			got := rec.Seen()
 			if len(got) == 0 {
 				t.Fatalf("the probe sent nothing through the proxy:\n%s%s", stdout, stderr)
 			}

@@ -8,15 +8,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"github.com/nodecreds/nodecreds/internal/check/checktest"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 )
 
@@ -60,26 +59,6 @@ func TestProbeTimeout(t *testing.T) {
 	}
 }
 
-// recordingProxy answers every request and CONNECT with 403 (nothing is
-// ever forwarded) and records the host each was for.
-type recordingProxy struct {
-	mu    sync.Mutex
-	hosts []string
-}
-
-func (p *recordingProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	p.hosts = append(p.hosts, r.Method+" "+r.Host)
-	p.mu.Unlock()
-	http.Error(w, "recorded, not forwarded", http.StatusForbidden)
-}
-
-func (p *recordingProxy) seen() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.Clone(p.hosts)
-}
-
 // A probe talks only to the registry it was asked about: a bare host is
 // not a Docker Hub repository, a port is kept, and an image's registry is
 // its own host.
@@ -96,7 +75,7 @@ func TestProbeTalksOnlyToTheRegistryAsked(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.registry+"/"+tt.repository, func(t *testing.T) {
-			rec := &recordingProxy{}
+			rec := &checktest.RecordingProxy{}
 			proxy := httptest.NewServer(rec)
 			defer proxy.Close()
 			u, _ := url.Parse(proxy.URL)
@@ -105,7 +84,7 @@ func TestProbeTalksOnlyToTheRegistryAsked(t *testing.T) {
 			if res.OK {
 				t.Fatalf("probe through a refusing proxy succeeded: %+v", res)
 			}
-			got := rec.seen()
+			got := rec.Seen()
 			if len(got) == 0 {
 				t.Fatalf("no request reached the proxy (%+v)", res)
 			}

@@ -230,20 +230,26 @@ func (d *Dir) open(name string, flags int, perm uint32) (*os.File, Info, error) 
 	case err != nil:
 		return nil, Info{}, fmt.Errorf("opening %s: %w", p, err)
 	}
-	f := os.NewFile(uintptr(fd), p)
+	return regularFile(fd, p)
+}
+
+// regularFile wraps an fd opened with O_NONBLOCK: anything but a regular
+// file is refused (and closed); for a regular file O_NONBLOCK is cleared so
+// reads block normally.
+func regularFile(fd int, name string) (*os.File, Info, error) {
+	f := os.NewFile(uintptr(fd), name)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		f.Close()
-		return nil, Info{}, fmt.Errorf("stat %s: %w", p, err)
+		return nil, Info{}, fmt.Errorf("stat %s: %w", name, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		f.Close()
-		return nil, Info{}, fmt.Errorf("%s: %w (it is a %s)", p, ErrNotRegular, kind(st.Mode))
+		return nil, Info{}, fmt.Errorf("%s: %w (it is a %s)", name, ErrNotRegular, kind(st.Mode))
 	}
-	// Reads must block normally on a regular file; clear O_NONBLOCK.
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&unix.O_APPEND); err != nil {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0); err != nil {
 		f.Close()
-		return nil, Info{}, fmt.Errorf("opening %s: %w", p, err)
+		return nil, Info{}, fmt.Errorf("opening %s: %w", name, err)
 	}
 	return f, infoOf(&st), nil
 }
@@ -439,19 +445,5 @@ func OpenRegular(name string) (*os.File, Info, error) {
 	case err != nil:
 		return nil, Info{}, fmt.Errorf("opening %s: %w", name, err)
 	}
-	f := os.NewFile(uintptr(fd), name)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		f.Close()
-		return nil, Info{}, fmt.Errorf("stat %s: %w", name, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		f.Close()
-		return nil, Info{}, fmt.Errorf("%s: %w (it is a %s)", name, ErrNotRegular, kind(st.Mode))
-	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0); err != nil {
-		f.Close()
-		return nil, Info{}, fmt.Errorf("opening %s: %w", name, err)
-	}
-	return f, infoOf(&st), nil
+	return regularFile(fd, name)
 }
