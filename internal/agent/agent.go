@@ -315,18 +315,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-debounce.C
 	retry := time.NewTimer(0)
 	<-retry.C
-	backoff := time.Second
+	bo := report.RetryBackoff(a.opts.MaxBackoff)
 	pending := ""
 
 	run := func(cause string) {
 		o := a.Sync(ctx, cause)
 		watch.refresh()
 		if o.Err != nil {
-			retry.Reset(backoff)
-			backoff = min(backoff*2, a.opts.MaxBackoff)
+			retry.Reset(bo.Step())
 		} else {
 			retry.Stop()
-			backoff = time.Second
+			bo = report.RetryBackoff(a.opts.MaxBackoff)
 		}
 	}
 	schedule := func(cause string) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 )
@@ -76,6 +78,15 @@ func (n *Node) Report(_ context.Context, st Status) {
 	}
 }
 
+// maxNodeBackoff caps the wait between failed Node updates.
+const maxNodeBackoff = 30 * time.Second
+
+// RetryBackoff is the retry schedule of the agent and its reporters: 1 s,
+// doubling, capped at max.
+func RetryBackoff(max time.Duration) wait.Backoff {
+	return wait.Backoff{Duration: time.Second, Factor: 2, Steps: math.MaxInt32, Cap: max}
+}
+
 // Flush pushes the latest status now, retrying with backoff until it is on
 // the Node or ctx ends (`sync --once` reports as the daemon does, then
 // exits).
@@ -86,7 +97,7 @@ func (n *Node) Flush(ctx context.Context) error {
 	if st == nil {
 		return nil
 	}
-	backoff := time.Second
+	bo := RetryBackoff(maxNodeBackoff)
 	for {
 		pushCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		err := n.push(pushCtx, *st)
@@ -94,19 +105,19 @@ func (n *Node) Flush(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
-		n.log.WithError(err).WithField("retryIn", backoff.String()).Warn("cannot update the Node's status; retrying")
+		delay := bo.Step()
+		n.log.WithError(err).WithField("retryIn", delay.String()).Warn("cannot update the Node's status; retrying")
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("reporting to node %s: %w", n.name, err)
-		case <-time.After(backoff):
+		case <-time.After(delay):
 		}
-		backoff = min(backoff*2, 30*time.Second)
 	}
 }
 
 // Run pushes statuses until ctx ends, retrying failed pushes with backoff.
 func (n *Node) Run(ctx context.Context) error {
-	backoff := time.Second
+	bo := RetryBackoff(maxNodeBackoff)
 	retry := time.NewTimer(0)
 	<-retry.C
 	for {
@@ -129,12 +140,12 @@ func (n *Node) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			n.log.WithError(err).WithField("retryIn", backoff.String()).Warn("cannot update the Node's status; retrying")
-			retry.Reset(backoff)
-			backoff = min(backoff*2, 30*time.Second)
+			delay := bo.Step()
+			n.log.WithError(err).WithField("retryIn", delay.String()).Warn("cannot update the Node's status; retrying")
+			retry.Reset(delay)
 			continue
 		}
-		backoff = time.Second
+		bo = RetryBackoff(maxNodeBackoff)
 	}
 }
 
