@@ -334,9 +334,23 @@ func CheckFlags(fs *pflag.FlagSet) {
 	fs.StringSlice("image", nil, "images to check (as in a Pod spec)")
 	fs.StringSlice("registry", nil, "registries to check (host[:port])")
 	fs.Bool("probe", false, "log in to each registry's /v2/ with the credentials found")
-	fs.Duration("timeout", 10*time.Second, "time limit of each --probe login")
+	fs.Duration("timeout", 10*time.Second, "time limit of each --probe login (alias --probe-timeout)")
 	fs.StringP("output", "o", "table", "output format: table or json")
 	LogFlags(fs)
+	aliases(fs, map[string]string{"probe-timeout": "timeout"})
+}
+
+// aliases makes each alias flag name parse as its canonical flag, for names
+// that differ between commands (check's --timeout is per probe, status's
+// is the whole wait; credential-provider's --file is one of sync's
+// --target files).
+func aliases(fs *pflag.FlagSet, names map[string]string) {
+	fs.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+		if canonical, ok := names[name]; ok {
+			name = canonical
+		}
+		return pflag.NormalizedName(name)
+	})
 }
 
 // LoadCheck reads and validates the check settings.
@@ -433,8 +447,9 @@ type Provider struct {
 func ProviderFlags(fs *pflag.FlagSet) {
 	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
 	fs.String("host-root", "/", "where the node's file system is mounted")
-	fs.String("file", DefaultTargets()[0], "the config.json nodecreds keeps in sync, answered from")
+	fs.String("file", DefaultTargets()[0], "the config.json nodecreds keeps in sync, answered from (alias --target)")
 	fs.Duration("cache-duration", DefaultProviderCache, "how long the kubelet may cache an answer (0: not at all)")
+	aliases(fs, map[string]string{"target": "file"})
 }
 
 // LoadProvider reads and validates the credential-provider settings.

@@ -209,3 +209,22 @@ func TestLoadProvider(t *testing.T) {
 		t.Errorf("unknown key: %v", err)
 	}
 }
+
+// The consistent names: credential-provider --target is --file (one of
+// sync's --target files), check --probe-timeout is --timeout (per probe;
+// status's --timeout is the whole wait).
+func TestFlagAliases(t *testing.T) {
+	c, err := LoadProvider(providerFlags(t, "--target", "/srv/kubelet/config.json"))
+	if err != nil || c.File != "/srv/kubelet/config.json" {
+		t.Errorf("credential-provider --target: %+v, %v", c, err)
+	}
+	fs := pflag.NewFlagSet("check", pflag.ContinueOnError)
+	CheckFlags(fs)
+	if err := fs.Parse([]string{"--image", "a/b", "--probe-timeout", "3s"}); err != nil {
+		t.Fatal(err)
+	}
+	chk, err := LoadCheck(fs)
+	if err != nil || chk.Timeout != 3*time.Second {
+		t.Errorf("check --probe-timeout: %+v, %v", chk, err)
+	}
+}
