@@ -82,15 +82,14 @@ const (
 
 // SyncFlags registers the sync command's flags.
 func SyncFlags(fs *pflag.FlagSet) {
-	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
+	configFlag(fs)
 	fs.String("source", SourceSecret, "where credentials come from: secret (the API) or dir (mounted Secret folders)")
 	fs.String("namespace", "", "namespace of the source Secrets (default $POD_NAMESPACE, else "+DefaultNamespace+")")
-	fs.StringSlice("secret", []string{DefaultSecret}, "source Secret names, in precedence order")
-	fs.String("selector", "", "label selector for source Secrets, instead of --secret (precedence: ascending name)")
+	secretFlags(fs)
 	fs.StringSlice("secret-dir", nil, "folders where Secrets are mounted, in precedence order (with --source dir)")
-	fs.String("host-root", "/", "where the node's file system is mounted; every node path is taken under it")
+	hostRootFlag(fs)
 	fs.StringSlice("target", DefaultTargets(), "node files to keep in sync")
-	fs.String("state-dir", DefaultStateDir, "node folder for nodecreds' ownership state")
+	stateDirFlag(fs)
 	fs.String("node-name", "", "this node's name (default $NODE_NAME)")
 	fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster)")
 	fs.Bool("once", false, "apply once and exit: 0 when every target is in sync, 1 on any error")
@@ -292,10 +291,10 @@ type Cleanup struct {
 
 // CleanupFlags registers the cleanup command's flags.
 func CleanupFlags(fs *pflag.FlagSet) {
-	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
-	fs.String("host-root", "/", "where the node's file system is mounted")
+	configFlag(fs)
+	hostRootFlag(fs)
 	fs.StringSlice("target", nil, "node files to clean (default: every file the state records)")
-	fs.String("state-dir", DefaultStateDir, "node folder for nodecreds' ownership state")
+	stateDirFlag(fs)
 	LogFlags(fs)
 }
 
@@ -328,14 +327,14 @@ type Check struct {
 
 // CheckFlags registers the check command's flags.
 func CheckFlags(fs *pflag.FlagSet) {
-	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
-	fs.String("host-root", "/", "where the node's file system is mounted")
+	configFlag(fs)
+	hostRootFlag(fs)
 	fs.String("kubelet-root-dir", DefaultKubeletRoot, "the kubelet's --root-dir, the first folder it looks in")
 	fs.StringSlice("image", nil, "images to check (as in a Pod spec)")
 	fs.StringSlice("registry", nil, "registries to check (host[:port])")
 	fs.Bool("probe", false, "log in to each registry's /v2/ with the credentials found")
 	fs.Duration("timeout", 10*time.Second, "time limit of each --probe login (alias --probe-timeout)")
-	fs.StringP("output", "o", "table", "output format: table or json")
+	outputFlag(fs)
 	LogFlags(fs)
 	aliases(fs, map[string]string{"probe-timeout": "timeout"})
 }
@@ -388,14 +387,13 @@ type Status struct {
 
 // StatusFlags registers the status command's flags.
 func StatusFlags(fs *pflag.FlagSet) {
-	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
+	configFlag(fs)
 	fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)")
 	fs.String("namespace", DefaultNamespace, "namespace of the source Secrets")
-	fs.StringSlice("secret", []string{DefaultSecret}, "source Secret names, as given to the agents")
-	fs.String("selector", "", "label selector for source Secrets, instead of --secret")
+	secretFlags(fs)
 	fs.Bool("wait", false, "wait until every node has applied the current revision (exit 1 at --timeout)")
 	fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
-	fs.StringP("output", "o", "table", "output format: table or json")
+	outputFlag(fs)
 	LogFlags(fs)
 }
 
@@ -445,8 +443,8 @@ type Provider struct {
 
 // ProviderFlags registers the credential-provider command's flags.
 func ProviderFlags(fs *pflag.FlagSet) {
-	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
-	fs.String("host-root", "/", "where the node's file system is mounted")
+	configFlag(fs)
+	hostRootFlag(fs)
 	fs.String("file", DefaultTargets()[0], "the config.json nodecreds keeps in sync, answered from (alias --target)")
 	fs.Duration("cache-duration", DefaultProviderCache, "how long the kubelet may cache an answer (0: not at all)")
 	aliases(fs, map[string]string{"target": "file"})
@@ -464,4 +462,28 @@ func LoadProvider(fs *pflag.FlagSet) (Provider, error) {
 		errs = append(errs, usagef("--cache-duration %s: must not be negative", c.CacheDuration))
 	}
 	return c, errors.Join(errs...)
+}
+
+// The flags several commands share, each registered by one helper so their
+// names, defaults and help stay the same everywhere.
+
+func configFlag(fs *pflag.FlagSet) {
+	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
+}
+
+func hostRootFlag(fs *pflag.FlagSet) {
+	fs.String("host-root", "/", "where the node's file system is mounted; every node path is taken under it")
+}
+
+func stateDirFlag(fs *pflag.FlagSet) {
+	fs.String("state-dir", DefaultStateDir, "node folder for nodecreds' ownership state")
+}
+
+func outputFlag(fs *pflag.FlagSet) {
+	fs.StringP("output", "o", "table", "output format: table or json")
+}
+
+func secretFlags(fs *pflag.FlagSet) {
+	fs.StringSlice("secret", []string{DefaultSecret}, "source Secret names, in precedence order (as given to the agents)")
+	fs.String("selector", "", "label selector for source Secrets, instead of --secret (precedence: ascending name)")
 }
