@@ -31,7 +31,7 @@ naming the nodes that lag.`,
 				return err
 			}
 			opts := rollout.Options{Namespace: cfg.Namespace, Secrets: cfg.Secrets, Selector: cfg.Selector}
-			var st rollout.Status
+			var st rollout.Rollout
 			if cfg.Wait {
 				st, err = rollout.Wait(cmd.Context(), client, opts, cfg.Timeout, time.Second)
 			} else {

@@ -56,7 +56,7 @@ type runnableSource interface {
 // parts are the agent's components, built once for either mode.
 type parts struct {
 	src    runnableSource
-	node   *report.Node // nil without a Node to report to
+	node   *report.NodeReporter // nil without a Node to report to
 	agent  *agent.Agent
 	reg    *prometheus.Registry
 	health *report.Health
@@ -84,7 +84,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 		p.stop = broadcaster.Shutdown
 		recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "nodecreds", Host: cfg.NodeName})
-		p.node = report.NewNode(client, cfg.NodeName, recorder, log.WithField("component", "node-status"))
+		p.node = report.NewNodeReporter(client, cfg.NodeName, recorder, log.WithField("component", "node-status"))
 		reporters = append(reporters, p.node)
 	default:
 		return nil, config.UsageError(fmt.Errorf("--source %s: unknown", cfg.Source))

@@ -37,7 +37,7 @@ type Files interface {
 
 // Reporter is told every sync's outcome (the Node's status in cluster mode).
 type Reporter interface {
-	Report(ctx context.Context, st report.Status)
+	Report(ctx context.Context, st report.SyncStatus)
 }
 
 // Options configures the agent.
@@ -162,8 +162,8 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 
 // Status summarises an outcome for the Node: a reason a machine can match
 // and a message a person can act on, without any secret value.
-func (o Outcome) Status() report.Status {
-	st := report.Status{Revision: o.Revision, OK: o.Err == nil, Changed: o.Changed, Reason: "Synced"}
+func (o Outcome) Status() report.SyncStatus {
+	st := report.SyncStatus{Revision: o.Revision, OK: o.Err == nil, Changed: o.Changed, Reason: "Synced"}
 	var problems []string
 	for _, s := range o.Sources {
 		if s.Err != nil {

@@ -47,9 +47,9 @@ func (f *fakeFiles) Apply(_ context.Context, targets []string, desired dockercfg
 }
 func (f *fakeFiles) Resolve(p string) (string, error) { return p, nil }
 
-type fakeReporter struct{ got []report.Status }
+type fakeReporter struct{ got []report.SyncStatus }
 
-func (f *fakeReporter) Report(_ context.Context, st report.Status) { f.got = append(f.got, st) }
+func (f *fakeReporter) Report(_ context.Context, st report.SyncStatus) { f.got = append(f.got, st) }
 
 func snap(name, key, user string) source.Snapshot {
 	return source.Snapshot{Name: name, Revision: name + "-rev", Set: dockercfg.Set{{Key: key, Entry: dockercfg.Entry{Username: user, Password: "p"}}}}

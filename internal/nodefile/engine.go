@@ -340,7 +340,7 @@ func (r targetRecord) save(ts TargetState) error {
 }
 
 // drop removes a file nodecreds created once nothing is left in it.
-func (e *Engine) drop(t *openedTarget, cur snapshot, p targetPlan, rec targetRecord, res *Result) error {
+func (e *Engine) drop(t *openedTarget, cur fileRead, p targetPlan, rec targetRecord, res *Result) error {
 	if err := rec.save(p.intent); err != nil {
 		return err
 	}
@@ -357,13 +357,13 @@ func (e *Engine) drop(t *openedTarget, cur snapshot, p targetPlan, rec targetRec
 type written struct {
 	lost   bool     // a file appeared or changed before the swap; ours is not in place
 	raced  bool     // ours is in place, but replaced a file other than the one we read
-	theirs snapshot // with raced: the file we replaced
-	ours   snapshot // with raced: ours, now on disk
+	theirs fileRead // with raced: the file we replaced
+	ours   fileRead // with raced: ours, now on disk
 }
 
 // write records the intent, sets a corrupt file aside, and swaps the new
 // file in.
-func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur snapshot, p targetPlan, rec targetRecord, res *Result) (written, error) {
+func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur fileRead, p targetPlan, rec targetRecord, res *Result) (written, error) {
 	if err := rec.save(p.intent); err != nil {
 		return written{}, err
 	}
@@ -395,8 +395,8 @@ func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur snapshot, p
 	}
 	w := written{
 		raced:  true,
-		theirs: snapshot{exists: existed, data: replaced, mode: cur.mode, uid: cur.uid, gid: cur.gid},
-		ours:   snapshot{exists: true, data: p.data, mode: cur.mode, uid: cur.uid, gid: cur.gid},
+		theirs: fileRead{exists: existed, data: replaced, mode: cur.mode, uid: cur.uid, gid: cur.gid},
+		ours:   fileRead{exists: true, data: p.data, mode: cur.mode, uid: cur.uid, gid: cur.gid},
 	}
 	if !existed {
 		w.ours.mode = 0o600
@@ -427,7 +427,7 @@ type targetPlan struct {
 // planTarget decides, without I/O, what a target becomes: base is the file
 // to merge into, cur the file on disk (they differ only after a lost race,
 // when prev is the base merged into before), old the target's state.
-func planTarget(base, cur snapshot, prev *document, desired dockercfg.Set, prune bool, old TargetState) (targetPlan, error) {
+func planTarget(base, cur fileRead, prev *document, desired dockercfg.Set, prune bool, old TargetState) (targetPlan, error) {
 	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
 	doc, perr := parseDocument(base.data)
 	if perr != nil {

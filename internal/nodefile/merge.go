@@ -141,12 +141,12 @@ func hasFingerprint(raw json.RawMessage, fp string) bool {
 	if fp == "" {
 		return false
 	}
-	return digest(compact(raw)) == fp || fingerprint(raw) == fp
+	return entryDigest(compact(raw)) == fp || fingerprint(raw) == fp
 }
 
-// digest is 128 bits of SHA-256: plenty to tell our entries from others',
+// entryDigest is 128 bits of SHA-256: plenty to tell our entries from others',
 // and half the state file.
-func digest(b []byte) string {
+func entryDigest(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }
@@ -162,7 +162,7 @@ func fingerprint(raw json.RawMessage) string {
 			canon = b
 		}
 	}
-	return digest(canon)
+	return entryDigest(canon)
 }
 
 // mergeResult is what merge decided for one target.
@@ -269,7 +269,7 @@ func (m *merger) writeDesired(desired dockercfg.Set) {
 		}
 		raw, _ := it.Entry.MarshalJSON() // cannot fail: strings only
 		m.doc.auths[it.Key] = raw
-		m.next.Owned[it.Key] = digest(raw) // already compact with sorted keys
+		m.next.Owned[it.Key] = entryDigest(raw) // already compact with sorted keys
 	}
 }
 

@@ -289,17 +289,17 @@ func TestPlanTarget(t *testing.T) {
 	ours := item("r.io", "u", "p")
 	raw, _ := ours.Entry.MarshalJSON()
 	written := []byte(`{"auths":{"r.io":` + string(raw) + `}}`)
-	owned := TargetState{Created: true, Owned: map[string]string{"r.io": digest(raw)}}
-	file := func(s string) snapshot { return snapshot{exists: true, data: []byte(s), mode: 0o600} }
+	owned := TargetState{Created: true, Owned: map[string]string{"r.io": entryDigest(raw)}}
+	file := func(s string) fileRead { return fileRead{exists: true, data: []byte(s), mode: 0o600} }
 	tests := []struct {
 		name      string
-		base, cur snapshot
+		base, cur fileRead
 		desired   dockercfg.Set
 		old       TargetState
 		want      planStep
 		created   bool
 	}{
-		{"no file, something to write", snapshot{}, snapshot{}, dockercfg.Set{ours}, TargetState{}, stepWrite, true},
+		{"no file, something to write", fileRead{}, fileRead{}, dockercfg.Set{ours}, TargetState{}, stepWrite, true},
 		{"already as it should be", file(string(written)), file(string(written)), dockercfg.Set{ours}, owned, stepKeep, true},
 		{"same value, other formatting", file(`{ "auths": {"r.io": ` + string(raw) + ` } }`), file(`{ "auths": {"r.io": ` + string(raw) + ` } }`), dockercfg.Set{ours}, owned, stepKeep, true},
 		{"corrupt, nothing of ours for it", file("{broken"), file("{broken"), nil, TargetState{}, stepLeave, false},

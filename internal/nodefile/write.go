@@ -20,8 +20,8 @@ var ErrNotRegular = hostfs.ErrNotRegular
 // not give the new file that owner.
 var ErrForeignOwner = errors.New("target is owned by another user")
 
-// snapshot is a target as read: its bytes and the metadata we keep.
-type snapshot struct {
+// fileRead is a target as read: its bytes and the metadata we keep.
+type fileRead struct {
 	exists bool
 	data   []byte
 	mode   fs.FileMode
@@ -30,26 +30,26 @@ type snapshot struct {
 }
 
 // readTarget reads the target name in d; a missing folder (d nil) or file
-// is an empty snapshot. Anything but a regular file with one link is
+// is an empty fileRead. Anything but a regular file with one link is
 // refused: a FIFO would block us, and replacing a hard-linked file would
 // leave the old credentials under its other names.
-func readTarget(d *hostfs.Dir, name string) (snapshot, error) {
+func readTarget(d *hostfs.Dir, name string) (fileRead, error) {
 	if d == nil {
-		return snapshot{}, nil
+		return fileRead{}, nil
 	}
 	data, info, err := d.ReadFile(name, hostfs.MaxFileSize)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return snapshot{}, nil
+		return fileRead{}, nil
 	case errors.Is(err, unix.EACCES):
-		return snapshot{}, fmt.Errorf("%w; the agent runs as root without capabilities, so it can read only files root may read: chown the file to root (0600), or remove it", err)
+		return fileRead{}, fmt.Errorf("%w; the agent runs as root without capabilities, so it can read only files root may read: chown the file to root (0600), or remove it", err)
 	case err != nil:
-		return snapshot{}, err
+		return fileRead{}, err
 	}
 	if info.Nlink > 1 {
-		return snapshot{}, fmt.Errorf("%s: %w (%d names); nodecreds replaces files by rename, which would leave the old content under the other names: keep one name and use a symlink for the others", d.Name(name), hostfs.ErrHardLinked, info.Nlink)
+		return fileRead{}, fmt.Errorf("%s: %w (%d names); nodecreds replaces files by rename, which would leave the old content under the other names: keep one name and use a symlink for the others", d.Name(name), hostfs.ErrHardLinked, info.Nlink)
 	}
-	return snapshot{exists: true, data: data, mode: info.Mode.Perm(), uid: info.UID, gid: info.GID}, nil
+	return fileRead{exists: true, data: data, mode: info.Mode.Perm(), uid: info.UID, gid: info.GID}, nil
 }
 
 // tempPrefix marks our temporary files so a crash's leftovers can be swept.
@@ -68,7 +68,7 @@ func tempPrefix(name string) string {
 // rename (as renameio does) cannot tell. A crash at any point leaves the old
 // or the new file at name, both whole. Every step is relative to the folder
 // handle d, by name, so nothing can be redirected outside the host root.
-func replace(d *hostfs.Dir, name string, data []byte, prev snapshot) (old []byte, existed bool, err error) {
+func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte, existed bool, err error) {
 	sweepTemps(d, name)
 	mode := fs.FileMode(0o600)
 	if prev.exists {

@@ -53,14 +53,14 @@ func install(src, hostRoot, dir, name string) (Installed, error) {
 		return res, fmt.Errorf("reading the running binary: %w", err)
 	}
 	defer in.Close()
-	want, err := digest(in)
+	want, err := sha256Of(in)
 	if err != nil {
 		return res, fmt.Errorf("reading the running binary: %w", err)
 	}
 	cur, _, err := d.Open(name)
 	switch {
 	case err == nil:
-		have, derr := digest(cur)
+		have, derr := sha256Of(cur)
 		if derr == nil && bytes.Equal(have, want) {
 			derr = cur.Chmod(0o755)
 			cur.Close()
@@ -110,7 +110,8 @@ func copyInto(d *hostfs.Dir, name string, in io.Reader) error {
 	return d.Sync()
 }
 
-func digest(r io.Reader) ([]byte, error) {
+// sha256Of is the SHA-256 of what r holds, to tell an identical binary.
+func sha256Of(r io.Reader) ([]byte, error) {
 	h := sha256.New()
 	if _, err := io.Copy(h, r); err != nil {
 		return nil, err

@@ -29,9 +29,9 @@ const (
 // maxMessage bounds condition and event messages.
 const maxMessage = 1024
 
-// Status is what the agent reports after a sync. It holds no secret: the
+// SyncStatus is what the agent reports after a sync. It holds no secret: the
 // message is built from errors that never carry values.
-type Status struct {
+type SyncStatus struct {
 	Revision string
 	OK       bool
 	Reason   string // CamelCase, for the condition
@@ -39,12 +39,12 @@ type Status struct {
 	Changed  bool
 }
 
-// Node reports to this node's Node object: the applied revision and time as
+// NodeReporter reports to this node's Node object: the applied revision and time as
 // annotations, the RegistryCredentialsSynced condition, Events for applied
 // revisions and failures, and the removal of the startup taint after the
 // first successful sync. It reports from its own goroutine so an API outage
 // never holds up the files; only the latest status is pushed, with backoff.
-type Node struct {
+type NodeReporter struct {
 	client   kubernetes.Interface
 	name     string
 	recorder record.EventRecorder
@@ -52,7 +52,7 @@ type Node struct {
 	now      func() time.Time
 
 	mu     sync.Mutex
-	latest *Status
+	latest *SyncStatus
 	signal chan struct{}
 
 	// What the Node already shows.
@@ -62,13 +62,13 @@ type Node struct {
 	lastEvent   string
 }
 
-// NewNode returns a reporter for node name.
-func NewNode(client kubernetes.Interface, name string, recorder record.EventRecorder, log *logrus.Entry) *Node {
-	return &Node{client: client, name: name, recorder: recorder, log: log, now: time.Now, signal: make(chan struct{}, 1)}
+// NewNodeReporter returns a reporter for node name.
+func NewNodeReporter(client kubernetes.Interface, name string, recorder record.EventRecorder, log *logrus.Entry) *NodeReporter {
+	return &NodeReporter{client: client, name: name, recorder: recorder, log: log, now: time.Now, signal: make(chan struct{}, 1)}
 }
 
 // Report records the latest status; Run pushes it.
-func (n *Node) Report(_ context.Context, st Status) {
+func (n *NodeReporter) Report(_ context.Context, st SyncStatus) {
 	n.mu.Lock()
 	n.latest = &st
 	n.mu.Unlock()
@@ -90,7 +90,7 @@ func RetryBackoff(max time.Duration) wait.Backoff {
 // Flush pushes the latest status now, retrying with backoff until it is on
 // the Node or ctx ends (`sync --once` reports as the daemon does, then
 // exits).
-func (n *Node) Flush(ctx context.Context) error {
+func (n *NodeReporter) Flush(ctx context.Context) error {
 	n.mu.Lock()
 	st := n.latest
 	n.mu.Unlock()
@@ -116,7 +116,7 @@ func (n *Node) Flush(ctx context.Context) error {
 }
 
 // Run pushes statuses until ctx ends, retrying failed pushes with backoff.
-func (n *Node) Run(ctx context.Context) error {
+func (n *NodeReporter) Run(ctx context.Context) error {
 	bo := RetryBackoff(maxNodeBackoff)
 	retry := time.NewTimer(0)
 	<-retry.C
@@ -149,7 +149,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 }
 
-func (n *Node) push(ctx context.Context, st Status) error {
+func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 	nodes := n.client.CoreV1().Nodes()
 	if n.knownCond == nil {
 		node, err := nodes.Get(ctx, n.name, metav1.GetOptions{})
@@ -219,7 +219,7 @@ func (n *Node) push(ctx context.Context, st Status) error {
 // removeStartupTaint drops nodecreds.io/not-ready from the Node, with the
 // resourceVersion in the patch so a concurrent change to the taints is not
 // overwritten (a conflict is retried).
-func (n *Node) removeStartupTaint(ctx context.Context) error {
+func (n *NodeReporter) removeStartupTaint(ctx context.Context) error {
 	for range 5 {
 		node, err := n.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
 		if err != nil {

@@ -23,13 +23,13 @@ func TestNodePush(t *testing.T) {
 		}},
 	})
 	rec := record.NewFakeRecorder(20)
-	n := NewNode(client, "n1", rec, logrus.NewEntry(logrus.New()))
+	n := NewNodeReporter(client, "n1", rec, logrus.NewEntry(logrus.New()))
 	clock := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	n.now = func() time.Time { return clock }
 	ctx := t.Context()
 
 	// A failure first: condition False, a Warning event, taint kept.
-	if err := n.push(ctx, Status{Revision: "r1", OK: false, Reason: "SourceInvalid", Message: `registry "x": bad`}); err != nil {
+	if err := n.push(ctx, SyncStatus{Revision: "r1", OK: false, Reason: "SourceInvalid", Message: `registry "x": bad`}); err != nil {
 		t.Fatal(err)
 	}
 	node, _ := client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
@@ -47,7 +47,7 @@ func TestNodePush(t *testing.T) {
 	// Success: annotations, condition True with a new transition time,
 	// startup taint gone, the other one kept.
 	clock = clock.Add(time.Minute)
-	if err := n.push(ctx, Status{Revision: "r2", OK: true, Reason: "Synced", Message: "ok"}); err != nil {
+	if err := n.push(ctx, SyncStatus{Revision: "r2", OK: true, Reason: "Synced", Message: "ok"}); err != nil {
 		t.Fatal(err)
 	}
 	node, _ = client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
@@ -65,7 +65,7 @@ func TestNodePush(t *testing.T) {
 	// The same status again: no API writes at all.
 	before := len(client.Actions())
 	clock = clock.Add(time.Minute)
-	if err := n.push(ctx, Status{Revision: "r2", OK: true, Reason: "Synced", Message: "ok"}); err != nil {
+	if err := n.push(ctx, SyncStatus{Revision: "r2", OK: true, Reason: "Synced", Message: "ok"}); err != nil {
 		t.Fatal(err)
 	}
 	if after := len(client.Actions()); after != before {

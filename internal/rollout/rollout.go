@@ -32,8 +32,8 @@ type Options struct {
 	Selector  string
 }
 
-// Node is one node's row.
-type Node struct {
+// NodeRow is one node's row.
+type NodeRow struct {
 	Name     string `json:"name"`
 	Revision string `json:"revision"`
 	InSync   bool   `json:"inSync"`
@@ -41,13 +41,13 @@ type Node struct {
 	Message  string `json:"message"`
 }
 
-// Status is the rollout of the current revision.
-type Status struct {
-	Revision string   `json:"revision"`
-	InSync   bool     `json:"inSync"`
-	Nodes    []Node   `json:"nodes"`
-	Lagging  []string `json:"lagging"`
-	Sources  []string `json:"sources"`
+// Rollout is the rollout of the current revision.
+type Rollout struct {
+	Revision string    `json:"revision"`
+	InSync   bool      `json:"inSync"`
+	Nodes    []NodeRow `json:"nodes"`
+	Lagging  []string  `json:"lagging"`
+	Sources  []string  `json:"sources"`
 	// Ignored are nodes no nodecreds DaemonSet is meant to run on (its node
 	// selector, required node affinity or tolerations exclude them, e.g.
 	// Windows nodes): they do not hold a rollout back.
@@ -128,18 +128,18 @@ func tolerated(tols []corev1.Toleration, taints []corev1.Taint) bool {
 }
 
 // Get reads the Secrets and the Nodes once.
-func Get(ctx context.Context, client kubernetes.Interface, o Options) (Status, error) {
+func Get(ctx context.Context, client kubernetes.Interface, o Options) (Rollout, error) {
 	snaps, err := snapshots(ctx, client, o)
 	if err != nil {
-		return Status{}, err
+		return Rollout{}, err
 	}
-	st := Status{Revision: source.Revision(snaps), Nodes: []Node{}, Lagging: []string{}, Sources: []string{}, Ignored: []string{}}
+	st := Rollout{Revision: source.Revision(snaps), Nodes: []NodeRow{}, Lagging: []string{}, Sources: []string{}, Ignored: []string{}}
 	for _, s := range snaps {
 		st.Sources = append(st.Sources, s.Name)
 	}
 	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return Status{}, fmt.Errorf("listing nodes: %w", err)
+		return Rollout{}, fmt.Errorf("listing nodes: %w", err)
 	}
 	sc := getScope(ctx, client, o.Namespace)
 	st.Scope = sc.desc
@@ -149,7 +149,7 @@ func Get(ctx context.Context, client kubernetes.Interface, o Options) (Status, e
 			st.Ignored = append(st.Ignored, n.Name)
 			continue
 		}
-		row := Node{Name: n.Name, Revision: n.Annotations[report.AnnotationRevision], SyncedAt: n.Annotations[report.AnnotationSyncedAt]}
+		row := NodeRow{Name: n.Name, Revision: n.Annotations[report.AnnotationRevision], SyncedAt: n.Annotations[report.AnnotationSyncedAt]}
 		condOK := false
 		for _, c := range n.Status.Conditions {
 			if c.Type == report.ConditionType {
@@ -214,11 +214,11 @@ func (a apiLookup) List() ([]*corev1.Secret, error) {
 
 // Wait polls until every node has applied the current revision, or the
 // timeout passes; it returns the last status either way.
-func Wait(ctx context.Context, client kubernetes.Interface, o Options, timeout, every time.Duration) (Status, error) {
+func Wait(ctx context.Context, client kubernetes.Interface, o Options, timeout, every time.Duration) (Rollout, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var (
-		last    Status
+		last    Rollout
 		lastErr error
 	)
 	for {
@@ -247,7 +247,7 @@ func Wait(ctx context.Context, client kubernetes.Interface, o Options, timeout, 
 }
 
 // WriteTable prints the status for people.
-func (s Status) WriteTable(w io.Writer) error {
+func (s Rollout) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "sources:\t%s\nrevision:\t%s\nnodes:\t%s\n\n", strings.Join(s.Sources, ", "), s.Revision, s.Scope)
 	fmt.Fprintln(tw, "NODE\tREVISION\tIN SYNC\tSYNCED AT\tMESSAGE")
@@ -266,7 +266,7 @@ func (s Status) WriteTable(w io.Writer) error {
 }
 
 // WriteJSON prints the status as one JSON object.
-func (s Status) WriteJSON(w io.Writer) error {
+func (s Rollout) WriteJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(s)
