@@ -363,9 +363,7 @@ func LoadCheck(fs *pflag.FlagSet) (Check, error) {
 	if len(c.Images) == 0 && len(c.Registries) == 0 {
 		errs = append(errs, usagef("give at least one --image or --registry"))
 	}
-	if c.Output != "table" && c.Output != "json" {
-		errs = append(errs, usagef("-o %q: must be table or json", c.Output))
-	}
+	errs = append(errs, validateOutput(c.Output))
 	if c.Timeout <= 0 {
 		errs = append(errs, usagef("--timeout %s: must be positive", c.Timeout))
 	}
@@ -407,9 +405,7 @@ func LoadStatus(fs *pflag.FlagSet) (Status, error) {
 	if c.Selector == "" && len(c.Secrets) == 0 {
 		errs = append(errs, usagef("give --secret or --selector"))
 	}
-	if c.Output != "table" && c.Output != "json" {
-		errs = append(errs, usagef("-o %q: must be table or json", c.Output))
-	}
+	errs = append(errs, validateOutput(c.Output))
 	if c.Timeout <= 0 {
 		errs = append(errs, usagef("--timeout %s: must be positive", c.Timeout))
 	}
@@ -486,4 +482,11 @@ func outputFlag(fs *pflag.FlagSet) {
 func secretFlags(fs *pflag.FlagSet) {
 	fs.StringSlice("secret", []string{DefaultSecret}, "source Secret names, in precedence order (as given to the agents)")
 	fs.String("selector", "", "label selector for source Secrets, instead of --secret (precedence: ascending name)")
+}
+
+func validateOutput(o string) error {
+	if o != "table" && o != "json" {
+		return usagef("-o %q: must be table or json", o)
+	}
+	return nil
 }

@@ -110,21 +110,30 @@ func (e *Engine) Cleanup(ctx context.Context, targets []string) ([]Result, error
 
 // Owned lists the node paths the state file records.
 func (e *Engine) Owned() ([]string, error) {
-	root, err := hostfs.OpenRoot(e.root)
+	_, sd, done, err := e.open()
 	if err != nil {
 		return nil, err
 	}
-	defer root.Close()
-	sd, err := e.openStateDir(root)
-	if err != nil {
-		return nil, err
-	}
-	defer sd.Close()
+	defer done()
 	st, err := loadState(sd)
 	if err != nil {
 		return nil, err
 	}
 	return sortedKeys(st.Targets), nil
+}
+
+// open opens the host root and the state folder in it; done closes both.
+func (e *Engine) open() (*hostfs.Root, *hostfs.Dir, func(), error) {
+	root, err := hostfs.OpenRoot(e.root)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	sd, err := e.openStateDir(root)
+	if err != nil {
+		root.Close()
+		return nil, nil, nil, err
+	}
+	return root, sd, func() { sd.Close(); root.Close() }, nil
 }
 
 // openStateDir opens (creating it 0700 if needed) the state folder. It
@@ -157,16 +166,11 @@ func (s stateStore) save() error { return saveState(s.dir, s.st) }
 func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]Result, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	root, err := hostfs.OpenRoot(e.root)
+	root, sd, done, err := e.open()
 	if err != nil {
 		return nil, err
 	}
-	defer root.Close()
-	sd, err := e.openStateDir(root)
-	if err != nil {
-		return nil, err
-	}
-	defer sd.Close()
+	defer done()
 	unlock, err := lock(ctx, sd)
 	if err != nil {
 		return nil, err
