@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 const (
@@ -29,11 +31,11 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 	)
 	root := t.TempDir()
 	sec := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{reg: "robot:" + pw1}))
-	addr := freeAddr(t)
+	addr := testsupport.FreeAddr(t)
 	agent := startAgent(t, "--source", "dir", "--secret-dir", sec.dir, "--host-root", root,
 		"--metrics-addr", addr, "--log-level", "debug", "--resync", "1h")
 	kubelet, docker := filepath.Join(root, kubeletFile), filepath.Join(root, dockerFile)
-	want1, want2 := b64("robot:"+pw1), b64("robot:"+pw2)
+	want1, want2 := testsupport.B64("robot:"+pw1), testsupport.B64("robot:"+pw2)
 
 	eventually(t, 20*time.Second, "first sync of both files", func() bool {
 		return authIn(kubelet, reg) == want1 && authIn(docker, reg) == want1
@@ -58,7 +60,7 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 	eventually(t, 3*time.Second, "deleted file restored", func() bool { return authIn(kubelet, reg) == want2 })
 
 	// Drift: our entry tampered with while someone adds their own entry.
-	tampered := `{"auths":{"` + reg + `":{"auth":"` + b64("evil:x") + `"},"mine.example.test":{"auth":"` + b64("me:pw") + `"}},"credsStore":"pass"}`
+	tampered := `{"auths":{"` + reg + `":{"auth":"` + testsupport.B64("evil:x") + `"},"mine.example.test":{"auth":"` + testsupport.B64("me:pw") + `"}},"credsStore":"pass"}`
 	// Written as the docker CLI writes: a temp file renamed over the target.
 	// (A writer that truncates in place can lose its write to any
 	// concurrent replacer, and hands the kubelet half a file meanwhile.)
@@ -70,11 +72,11 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 3*time.Second, "tampered entry corrected", func() bool { return authIn(docker, reg) == want2 })
-	if authIn(docker, "mine.example.test") != b64("me:pw") {
+	if authIn(docker, "mine.example.test") != testsupport.B64("me:pw") {
 		t.Errorf("a foreign entry added by hand was lost")
 	}
 	var doc map[string]any
-	if err := json.Unmarshal(mustRead(t, docker), &doc); err != nil || doc["credsStore"] != "pass" {
+	if err := json.Unmarshal(testsupport.ReadFile(t, docker), &doc); err != nil || doc["credsStore"] != "pass" {
 		t.Errorf("credsStore lost: %v %v", err, doc["credsStore"])
 	}
 
@@ -99,7 +101,7 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 		t.Errorf("stopping the agent changed the node files")
 	}
 	logs := agent.logs.String()
-	assertNoSecrets(t, "agent logs", logs, pw1, pw2, want1, want2, b64("evil:x"), b64("me:pw"))
+	assertNoSecrets(t, "agent logs", logs, pw1, pw2, want1, want2, testsupport.B64("evil:x"), testsupport.B64("me:pw"))
 
 	// Modes and owner of what nodecreds creates, and a state file that
 	// keeps fingerprints, not the credentials it wrote.
@@ -118,7 +120,7 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 			t.Errorf("%s owned by %d:%d, want root", path, st.Uid, st.Gid)
 		}
 	}
-	assertNoSecrets(t, "state file", string(mustRead(t, filepath.Join(root, "var/lib/nodecreds/state.json"))), pw1, pw2, want1, want2)
+	assertNoSecrets(t, "state file", string(testsupport.ReadFile(t, filepath.Join(root, "var/lib/nodecreds/state.json"))), pw1, pw2, want1, want2)
 
 	// cleanup and check at debug level leak nothing either.
 	out, errOut, code := run(t, "check", "--host-root", root, "--image", reg+"/app", "-o", "json", "--log-level", "debug")
@@ -130,7 +132,7 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 	if code != 0 {
 		t.Errorf("cleanup exit %d: %s", code, errOut)
 	}
-	assertNoSecrets(t, "cleanup output", out+errOut, pw1, pw2, want1, want2, b64("me:pw"))
+	assertNoSecrets(t, "cleanup output", out+errOut, pw1, pw2, want1, want2, testsupport.B64("me:pw"))
 	assertNoSecrets(t, "/metrics", metrics, pw1, pw2, want1, want2)
 	if !strings.Contains(logs, `"level":"debug"`) {
 		t.Errorf("no debug lines logged; the leak check did not cover debug level")
@@ -146,20 +148,20 @@ func TestAgentKeepsLastGoodOnInvalidSource(t *testing.T) {
 	sec := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{reg: "u:good-canary-1"}))
 	agent := startAgent(t, "--source", "dir", "--secret-dir", sec.dir, "--host-root", root, "--metrics-addr", "0", "--log-level", "debug")
 	kubelet := filepath.Join(root, kubeletFile)
-	eventually(t, 20*time.Second, "first sync", func() bool { return authIn(kubelet, reg) == b64("u:good-canary-1") })
-	before := mustRead(t, kubelet)
+	eventually(t, 20*time.Second, "first sync", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:good-canary-1") })
+	before := testsupport.ReadFile(t, kubelet)
 
-	sec.swap(".dockerconfigjson", []byte(`{"auths":{"`+reg+`":{"auth":"`+b64("no-colon-canary-2")+`"}}}`))
+	sec.swap(".dockerconfigjson", []byte(`{"auths":{"`+reg+`":{"auth":"`+testsupport.B64("no-colon-canary-2")+`"}}}`))
 	eventually(t, 5*time.Second, "the invalid source reported", func() bool {
 		return strings.Contains(agent.logs.String(), `registry \"r.example.test\": \"auth\" does not decode to user:password`)
 	})
-	if string(mustRead(t, kubelet)) != string(before) {
+	if string(testsupport.ReadFile(t, kubelet)) != string(before) {
 		t.Errorf("an invalid source changed the node file")
 	}
 	sec.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{reg: "u:good-canary-3"}))
-	eventually(t, 5*time.Second, "the next good version applied", func() bool { return authIn(kubelet, reg) == b64("u:good-canary-3") })
+	eventually(t, 5*time.Second, "the next good version applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:good-canary-3") })
 	agent.stop(t)
-	assertNoSecrets(t, "agent logs", agent.logs.String(), "good-canary-1", "no-colon-canary-2", b64("no-colon-canary-2"), "good-canary-3")
+	assertNoSecrets(t, "agent logs", agent.logs.String(), "good-canary-1", "no-colon-canary-2", testsupport.B64("no-colon-canary-2"), "good-canary-3")
 }
 
 func httpStatus(url string) int {
@@ -183,13 +185,4 @@ func httpBody(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-func mustRead(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

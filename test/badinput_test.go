@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // TestBadInputChangesNothing feeds the real binary hostile sources and
@@ -13,7 +15,7 @@ import (
 // never echo a secret value.
 func TestBadInputChangesNothing(t *testing.T) {
 	const canary = "bad-input-canary-pw"
-	canaryAuth := b64("u:" + canary)
+	canaryAuth := testsupport.B64("u:" + canary)
 	big := `{"auths":{"r.test":{"auth":"` + strings.Repeat("A", 1<<20) + `"}}}`
 	tests := []struct {
 		name  string
@@ -28,8 +30,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{name: "auths not an object", files: map[string]string{".dockerconfigjson": `{"auths":["` + canaryAuth + `"]}`}, code: 1, want: `\"auths\" is an array`},
 		{name: "entry not an object", files: map[string]string{".dockerconfigjson": `{"auths":{"r.test":"` + canaryAuth + `"}}`}, code: 1, want: `registry \"r.test\": entry is a string`},
 		{name: "auth not base64", files: map[string]string{".dockerconfigjson": `{"auths":{"r.test":{"auth":"*` + canary + `"}}}`}, code: 1, want: "not valid base64"},
-		{name: "auth without colon", files: map[string]string{".dockerconfigjson": `{"auths":{"r.test":{"auth":"` + b64(canary) + `"}}}`}, code: 1, want: "no ':'"},
-		{name: "empty user", files: map[string]string{".dockerconfigjson": `{"auths":{"r.test":{"auth":"` + b64(":"+canary) + `"}}}`}, code: 1, want: "empty user"},
+		{name: "auth without colon", files: map[string]string{".dockerconfigjson": `{"auths":{"r.test":{"auth":"` + testsupport.B64(canary) + `"}}}`}, code: 1, want: "no ':'"},
+		{name: "empty user", files: map[string]string{".dockerconfigjson": `{"auths":{"r.test":{"auth":"` + testsupport.B64(":"+canary) + `"}}}`}, code: 1, want: "empty user"},
 		{name: "empty key", files: map[string]string{".dockerconfigjson": `{"auths":{"":{"auth":"` + canaryAuth + `"}}}`}, code: 1, want: "empty registry key"},
 		{name: "key with spaces", files: map[string]string{".dockerconfigjson": `{"auths":{"r test":{"auth":"` + canaryAuth + `"}}}`}, code: 1, want: "white space"},
 		{name: "scheme without host", files: map[string]string{".dockerconfigjson": `{"auths":{"https://":{"auth":"` + canaryAuth + `"}}}`}, code: 1, want: "no host"},
@@ -51,7 +53,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			root := t.TempDir()
-			existing := `{"auths":{"keep.test":{"auth":"` + b64("k:keep") + `"}},"credsStore":"x"}`
+			existing := `{"auths":{"keep.test":{"auth":"` + testsupport.B64("k:keep") + `"}},"credsStore":"x"}`
 			for _, f := range []string{kubeletFile, dockerFile} {
 				writeNodeFile(t, filepath.Join(root, f), existing)
 			}
@@ -82,17 +84,17 @@ func TestBadInputChangesNothing(t *testing.T) {
 				t.Errorf("output does not say %q:\n%s", tt.want, out)
 			}
 			for _, f := range []string{kubeletFile, dockerFile} {
-				if got := string(mustRead(t, filepath.Join(root, f))); got != existing {
+				if got := string(testsupport.ReadFile(t, filepath.Join(root, f))); got != existing {
 					t.Errorf("%s changed:\n%s", f, got)
 				}
 			}
-			assertNoSecrets(t, "output", out, canary, canaryAuth, b64(canary), b64(":"+canary))
+			assertNoSecrets(t, "output", out, canary, canaryAuth, testsupport.B64(canary), testsupport.B64(":"+canary))
 		})
 	}
 }
 
 func good() map[string]string {
-	return map[string]string{".dockerconfigjson": `{"auths":{"r.test":{"auth":"` + b64("u:p") + `"}}}`}
+	return map[string]string{".dockerconfigjson": `{"auths":{"r.test":{"auth":"` + testsupport.B64("u:p") + `"}}}`}
 }
 
 func writeNodeFile(t *testing.T, path, content string) {

@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodecreds/nodecreds/test/cluster"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 const (
@@ -190,13 +192,13 @@ func TestClusterMode(t *testing.T) {
 	})
 
 	root := t.TempDir()
-	addr := freeAddr(t)
+	addr := testsupport.FreeAddr(t)
 	agent := startAgent(t, "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", "node-1",
 		"--host-root", root, "--metrics-addr", addr, "--log-level", "debug")
 	kubelet, docker := filepath.Join(root, kubeletFile), filepath.Join(root, dockerFile)
 
 	eventually(t, 30*time.Second, "first sync", func() bool {
-		return authIn(kubelet, reg) == b64("robot:"+pw[0]) && authIn(docker, reg) == b64("robot:"+pw[0])
+		return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[0]) && authIn(docker, reg) == testsupport.B64("robot:"+pw[0])
 	})
 	var st statusOut
 	t.Cleanup(func() {
@@ -234,7 +236,7 @@ func TestClusterMode(t *testing.T) {
 	start := time.Now()
 	updateSecret(t, admin, dockerconfigjson(t, map[string]string{reg: "robot:" + pw[1]}))
 	took := eventually(t, 10*time.Second, "rotation in both files", func() bool {
-		return authIn(kubelet, reg) == b64("robot:"+pw[1]) && authIn(docker, reg) == b64("robot:"+pw[1])
+		return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[1]) && authIn(docker, reg) == testsupport.B64("robot:"+pw[1])
 	})
 	t.Logf("Secret update to both node files updated: %s (since the API call returned: %s)", took, time.Since(start))
 	if st, stderr, code := status(t, c, "--wait", "--timeout", "20s"); code != 0 || !st.InSync {
@@ -242,14 +244,14 @@ func TestClusterMode(t *testing.T) {
 	}
 
 	// A malformed Secret: files untouched, reported on the Node.
-	before := mustRead(t, kubelet)
-	updateSecret(t, admin, []byte(`{"auths":{"`+reg+`":{"auth":"`+b64("no-colon-"+pw[2])+`"}}}`))
+	before := testsupport.ReadFile(t, kubelet)
+	updateSecret(t, admin, []byte(`{"auths":{"`+reg+`":{"auth":"`+testsupport.B64("no-colon-"+pw[2])+`"}}}`))
 	eventually(t, 15*time.Second, "condition False naming the key", func() bool {
 		cond := condition(getNode(t, admin, "node-1"))
 		return cond != nil && cond.Status == corev1.ConditionFalse && cond.Reason == "SourceInvalid" &&
 			strings.Contains(cond.Message, `registry "`+reg+`"`)
 	})
-	if string(mustRead(t, kubelet)) != string(before) {
+	if string(testsupport.ReadFile(t, kubelet)) != string(before) {
 		t.Errorf("a malformed Secret changed the node file")
 	}
 	if st, _, code := status(t, c, "--wait", "--timeout", "2s"); code != 1 || len(st.Lagging) != 1 || st.Lagging[0] != "node-1" {
@@ -275,11 +277,11 @@ func TestClusterMode(t *testing.T) {
 	// The API server goes away: the agent keeps running and the files stay.
 	fixed := dockerconfigjson(t, map[string]string{reg: "robot:" + pw[2]})
 	updateSecret(t, admin, fixed)
-	eventually(t, 10*time.Second, "fixed Secret applied", func() bool { return authIn(kubelet, reg) == b64("robot:"+pw[2]) })
-	beforeOutage := mustRead(t, kubelet)
+	eventually(t, 10*time.Second, "fixed Secret applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[2]) })
+	beforeOutage := testsupport.ReadFile(t, kubelet)
 	c.StopAPIServer()
 	time.Sleep(3 * time.Second) // an outage of some seconds; the agent must not touch the files
-	if string(mustRead(t, kubelet)) != string(beforeOutage) {
+	if string(testsupport.ReadFile(t, kubelet)) != string(beforeOutage) {
 		t.Errorf("the files changed while the API server was away")
 	}
 	select {
@@ -291,7 +293,7 @@ func TestClusterMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	updateSecret(t, c.Admin, dockerconfigjson(t, map[string]string{reg: "robot:" + pw[0]}))
-	eventually(t, 60*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == b64("robot:"+pw[0]) })
+	eventually(t, 60*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[0]) })
 	if _, stderr, code := status(t, c, "--wait", "--timeout", "30s"); code != 0 {
 		t.Errorf("status --wait after the outage: exit %d: %s", code, stderr)
 	}
@@ -312,7 +314,7 @@ func TestClusterMode(t *testing.T) {
 	leakCheck := strings.Join([]string{agent.logs.String(), eventText.String(), cond.Message, fmt.Sprint(n.Annotations), metrics}, "\n")
 	secrets := []string{"other-canary"}
 	for _, p := range pw {
-		secrets = append(secrets, p, b64("robot:"+p), b64("no-colon-"+p))
+		secrets = append(secrets, p, testsupport.B64("robot:"+p), testsupport.B64("no-colon-"+p))
 	}
 	assertNoSecrets(t, "logs, events, conditions, annotations", leakCheck, secrets...)
 }
@@ -383,13 +385,13 @@ func TestFaultAPIServerOutage(t *testing.T) {
 	}
 	root := t.TempDir()
 	kubelet := filepath.Join(root, kubeletFile)
-	writeNodeFile(t, filepath.Join(root, dockerFile), `{"auths":{"mine.test":{"auth":"`+b64("me:x")+`"}}}`)
+	writeNodeFile(t, filepath.Join(root, dockerFile), `{"auths":{"mine.test":{"auth":"`+testsupport.B64("me:x")+`"}}}`)
 	agent := startAgent(t, "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", "node-o", "--host-root", root,
 		"--metrics-addr", "0", "--resync", "2s")
-	eventually(t, 30*time.Second, "first sync", func() bool { return authIn(kubelet, reg) == b64("u:before") })
+	eventually(t, 30*time.Second, "first sync", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:before") })
 
 	before, _ := os.Stat(kubelet)
-	content := mustRead(t, kubelet)
+	content := testsupport.ReadFile(t, kubelet)
 	c.StopAPIServer()
 	outage := 60 * time.Second
 	if testing.Short() {
@@ -397,7 +399,7 @@ func TestFaultAPIServerOutage(t *testing.T) {
 	}
 	time.Sleep(outage) // many resyncs (every 2s) run meanwhile
 	after, _ := os.Stat(kubelet)
-	if !after.ModTime().Equal(before.ModTime()) || string(mustRead(t, kubelet)) != string(content) {
+	if !after.ModTime().Equal(before.ModTime()) || string(testsupport.ReadFile(t, kubelet)) != string(content) {
 		t.Errorf("the kubelet file was touched while the API server was away")
 	}
 	select {
@@ -409,14 +411,14 @@ func TestFaultAPIServerOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	updateSecret(t, c.Admin, dockerconfigjson(t, map[string]string{reg: "u:after"}))
-	eventually(t, 90*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == b64("u:after") })
+	eventually(t, 90*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:after") })
 
 	// Deleted: counts as empty with prune; the foreign entry stays.
 	if err := c.Admin.CoreV1().Secrets(ns).Delete(ctx, secretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 15*time.Second, "entries of a deleted Secret pruned", func() bool {
-		return authIn(filepath.Join(root, dockerFile), reg) == "" && authIn(filepath.Join(root, dockerFile), "mine.test") == b64("me:x")
+		return authIn(filepath.Join(root, dockerFile), reg) == "" && authIn(filepath.Join(root, dockerFile), "mine.test") == testsupport.B64("me:x")
 	})
 	eventually(t, 15*time.Second, "condition says the Secret is missing", func() bool {
 		cond := condition(getNode(t, c.Admin, "node-o"))
@@ -426,7 +428,7 @@ func TestFaultAPIServerOutage(t *testing.T) {
 	if _, err := c.Admin.CoreV1().Secrets(ns).Create(ctx, registrySecret(dockerconfigjson(t, map[string]string{reg: "u:recreated"})), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "a recreated Secret applied", func() bool { return authIn(kubelet, reg) == b64("u:recreated") })
+	eventually(t, 15*time.Second, "a recreated Secret applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:recreated") })
 	if code := agent.stop(t); code != 0 {
 		t.Errorf("exit %d", code)
 	}
@@ -466,7 +468,7 @@ func TestOnceReportsToNode(t *testing.T) {
 	if hasTaint(n, startupTaint.Key) {
 		t.Error("sync --once left the startup taint")
 	}
-	updateSecret(t, c.Admin, []byte(`{"auths":{"`+reg+`":{"auth":"`+b64("no-colon")+`"}}}`))
+	updateSecret(t, c.Admin, []byte(`{"auths":{"`+reg+`":{"auth":"`+testsupport.B64("no-colon")+`"}}}`))
 	if _, _, code := run(t, args...); code != 1 {
 		t.Errorf("sync --once with a bad source: exit %d, want 1", code)
 	}

@@ -8,6 +8,8 @@ import (
 	dockerconfig "github.com/docker/cli/cli/config"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // TestDockerCLIReadsWhatNodecredsWrites loads root's docker config, as
@@ -35,7 +37,7 @@ func TestDockerCLIReadsWhatNodecredsWrites(t *testing.T) {
 	if err := os.MkdirAll(dockerDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	existing := `{"auths":{"keep.example.test":{"auth":"` + b64("k:kk") + `"}},"HttpHeaders":{"X-Test":"1"},"psFormat":"table {{.ID}}","proxies":{"default":{"noProxy":"127.0.0.1"}}}`
+	existing := `{"auths":{"keep.example.test":{"auth":"` + testsupport.B64("k:kk") + `"}},"HttpHeaders":{"X-Test":"1"},"psFormat":"table {{.ID}}","proxies":{"default":{"noProxy":"127.0.0.1"}}}`
 	if err := os.WriteFile(filepath.Join(dockerDir, "config.json"), []byte(existing), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // bigSecret is a .dockerconfigjson with n entries whose passwords carry tag.
@@ -29,7 +31,7 @@ func bigSecret(n int, tag string) map[string]string {
 func foreignDoc(n int) string {
 	auths := map[string]any{}
 	for i := range n {
-		auths[fmt.Sprintf("foreign-%04d.example.test", i)] = map[string]string{"auth": b64(fmt.Sprintf("f:%d", i))}
+		auths[fmt.Sprintf("foreign-%04d.example.test", i)] = map[string]string{"auth": testsupport.B64(fmt.Sprintf("f:%d", i))}
 	}
 	b, _ := json.Marshal(map[string]any{"auths": auths, "credsStore": "desktop", "x-unknown": []int{1, 2}})
 	return string(b)
@@ -52,7 +54,7 @@ func checkWhole(t *testing.T, path string, foreign int, sets ...map[string]strin
 	}
 	for i := range foreign {
 		k := fmt.Sprintf("foreign-%04d.example.test", i)
-		if doc.Auths[k].Auth != b64(fmt.Sprintf("f:%d", i)) {
+		if doc.Auths[k].Auth != testsupport.B64(fmt.Sprintf("f:%d", i)) {
 			t.Fatalf("%s lost or changed foreign entry %s", path, k)
 		}
 	}
@@ -63,7 +65,7 @@ func checkWhole(t *testing.T, path string, foreign int, sets ...map[string]strin
 	for _, set := range sets {
 		match := 0
 		for reg, up := range set {
-			if doc.Auths[reg].Auth == b64(up) {
+			if doc.Auths[reg].Auth == testsupport.B64(up) {
 				match++
 			}
 		}
@@ -117,7 +119,7 @@ func TestFaultKill9(t *testing.T) {
 	prev := sets[0] // what a completed run last wrote
 	killedMidway, changedThenKilled := 0, 0
 	for i := range rounds {
-		beforeKubelet := mustRead(t, filepath.Join(root, kubeletFile))
+		beforeKubelet := testsupport.ReadFile(t, filepath.Join(root, kubeletFile))
 		next := (i + 1) % 2 // alternate: b, a, b, ...
 		if err := os.WriteFile(filepath.Join(secret, ".dockerconfigjson"), docs[next], 0o600); err != nil {
 			t.Fatal(err)
@@ -134,7 +136,7 @@ func TestFaultKill9(t *testing.T) {
 			killedMidway++
 			killed = true
 		}
-		if killed && string(mustRead(t, filepath.Join(root, kubeletFile))) != string(beforeKubelet) {
+		if killed && string(testsupport.ReadFile(t, filepath.Join(root, kubeletFile))) != string(beforeKubelet) {
 			changedThenKilled++ // the kill landed after the kubelet file was replaced
 		}
 		for _, f := range []string{kubeletFile, dockerFile} {
@@ -197,19 +199,19 @@ func TestFaultFullDiskAndReadOnly(t *testing.T) {
 	}
 	mountOrFail(t, "tmpfs", kdir, "tmpfs", 0, "size=64k,mode=0700")
 	t.Cleanup(func() { _ = unix.Unmount(kdir, unix.MNT_DETACH) })
-	prevKubelet := `{"auths":{"keep.test":{"auth":"` + b64("k:keep") + `"}}}`
+	prevKubelet := `{"auths":{"keep.test":{"auth":"` + testsupport.B64("k:keep") + `"}}}`
 	writeNodeFile(t, filepath.Join(kdir, "config.json"), prevKubelet)
 
 	secret := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, bigSecret(1500, "full"))) // ~100 KiB: does not fit
 	agent := startAgent(t, "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", "0")
 	eventually(t, 20*time.Second, "the docker file synced despite the full kubelet folder", func() bool {
-		return authIn(filepath.Join(ddir, "config.json"), "reg-0000.example.test") == b64("robot:full-0")
+		return authIn(filepath.Join(ddir, "config.json"), "reg-0000.example.test") == testsupport.B64("robot:full-0")
 	})
 	eventually(t, 10*time.Second, "an error naming the full path", func() bool {
 		l := agent.logs.String()
 		return strings.Contains(l, filepath.Join(kdir, "config.json")) && strings.Contains(l, "no space left on device")
 	})
-	if got := string(mustRead(t, filepath.Join(kdir, "config.json"))); got != prevKubelet {
+	if got := string(testsupport.ReadFile(t, filepath.Join(kdir, "config.json"))); got != prevKubelet {
 		t.Errorf("the full folder's file changed: %.100s", got)
 	}
 	if leftovers, _ := filepath.Glob(filepath.Join(kdir, ".config.json.nodecreds-*")); len(leftovers) != 0 {
@@ -219,30 +221,30 @@ func TestFaultFullDiskAndReadOnly(t *testing.T) {
 	// Space returns: the agent's retry picks it up.
 	mountOrFail(t, "", kdir, "", unix.MS_REMOUNT, "size=8m")
 	eventually(t, 40*time.Second, "recovery once space returns", func() bool {
-		return authIn(filepath.Join(kdir, "config.json"), "reg-1499.example.test") == b64("robot:full-1499") &&
-			authIn(filepath.Join(kdir, "config.json"), "keep.test") == b64("k:keep")
+		return authIn(filepath.Join(kdir, "config.json"), "reg-1499.example.test") == testsupport.B64("robot:full-1499") &&
+			authIn(filepath.Join(kdir, "config.json"), "keep.test") == testsupport.B64("k:keep")
 	})
 
 	// Now the docker folder goes read-only and the Secret rotates.
 	mountOrFail(t, ddir, ddir, "", unix.MS_BIND, "")
 	t.Cleanup(func() { _ = unix.Unmount(ddir, unix.MNT_DETACH) })
 	mountOrFail(t, "", ddir, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, "")
-	prevDocker := mustRead(t, filepath.Join(ddir, "config.json"))
+	prevDocker := testsupport.ReadFile(t, filepath.Join(ddir, "config.json"))
 	secret.swap(".dockerconfigjson", dockerconfigjson(t, bigSecret(10, "ro")))
 	eventually(t, 10*time.Second, "the kubelet file rotated despite the read-only docker folder", func() bool {
-		return authIn(filepath.Join(kdir, "config.json"), "reg-0009.example.test") == b64("robot:ro-9")
+		return authIn(filepath.Join(kdir, "config.json"), "reg-0009.example.test") == testsupport.B64("robot:ro-9")
 	})
 	eventually(t, 10*time.Second, "an error naming the read-only path", func() bool {
 		l := agent.logs.String()
 		return strings.Contains(l, ddir) && strings.Contains(l, "read-only file system")
 	})
-	if string(mustRead(t, filepath.Join(ddir, "config.json"))) != string(prevDocker) {
+	if string(testsupport.ReadFile(t, filepath.Join(ddir, "config.json"))) != string(prevDocker) {
 		t.Errorf("the read-only folder's file changed")
 	}
 	// Write access returns.
 	mountOrFail(t, "", ddir, "", unix.MS_REMOUNT|unix.MS_BIND, "")
 	eventually(t, 40*time.Second, "recovery once write access returns", func() bool {
-		return authIn(filepath.Join(ddir, "config.json"), "reg-0009.example.test") == b64("robot:ro-9")
+		return authIn(filepath.Join(ddir, "config.json"), "reg-0009.example.test") == testsupport.B64("robot:ro-9")
 	})
 	if code := agent.stop(t); code != 0 {
 		t.Errorf("exit %d", code)
@@ -259,7 +261,7 @@ func TestFaultConcurrentWriterWhileRotating(t *testing.T) {
 	writeNodeFile(t, file, `{"auths":{}}`)
 	secret := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:p0"}))
 	agent := startAgent(t, "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", "0")
-	eventually(t, 20*time.Second, "first sync", func() bool { return authIn(file, "r.test") == b64("u:p0") })
+	eventually(t, 20*time.Second, "first sync", func() bool { return authIn(file, "r.test") == testsupport.B64("u:p0") })
 
 	const writes = 400
 	var wg sync.WaitGroup
@@ -283,7 +285,7 @@ func TestFaultConcurrentWriterWhileRotating(t *testing.T) {
 				a = map[string]any{}
 				m["auths"] = a
 			}
-			a[fmt.Sprintf("login-%03d.test", i)] = map[string]string{"auth": b64("me:pw")}
+			a[fmt.Sprintf("login-%03d.test", i)] = map[string]string{"auth": testsupport.B64("me:pw")}
 			out, _ := json.Marshal(m)
 			tmp := file + ".login-tmp"
 			if err := os.WriteFile(tmp, out, 0o600); err != nil {
@@ -314,7 +316,7 @@ func TestFaultConcurrentWriterWhileRotating(t *testing.T) {
 	default:
 	}
 	secret.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:final"}))
-	eventually(t, 10*time.Second, "the final rotation", func() bool { return authIn(file, "r.test") == b64("u:final") })
+	eventually(t, 10*time.Second, "the final rotation", func() bool { return authIn(file, "r.test") == testsupport.B64("u:final") })
 	lost := 0
 	for i := range writes {
 		if authIn(file, fmt.Sprintf("login-%03d.test", i)) == "" {

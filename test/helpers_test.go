@@ -4,10 +4,8 @@ package test
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // binary is the nodecreds binary built once for the whole package, with
@@ -44,15 +44,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
-
 // dockerconfigjson builds a .dockerconfigjson document from registry →
 // user:password pairs.
 func dockerconfigjson(t *testing.T, creds map[string]string) []byte {
 	t.Helper()
 	auths := map[string]any{}
 	for reg, up := range creds {
-		auths[reg] = map[string]string{"auth": b64(up)}
+		auths[reg] = map[string]string{"auth": testsupport.B64(up)}
 	}
 	b, err := json.Marshal(map[string]any{"auths": auths})
 	if err != nil {
@@ -208,17 +206,6 @@ func authIn(path, key string) string {
 		return ""
 	}
 	return doc.Auths[key].Auth
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // assertNoSecrets fails when any canary value shows up in text.

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // TestCredentialProviderCommand runs the real binary as the kubelet does:
@@ -20,7 +22,7 @@ func TestCredentialProviderCommand(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(kubeletFile), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	good := `{"auths":{"reg.test:5000":{"auth":"` + b64("robot:"+canary) + `"}}}`
+	good := `{"auths":{"reg.test:5000":{"auth":"` + testsupport.B64("robot:"+canary) + `"}}}`
 	req := func(image string) string {
 		return `{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"` + image + `"}`
 	}
@@ -79,7 +81,7 @@ func TestCredentialProviderCommand(t *testing.T) {
 			} else if out.Len() != 0 {
 				t.Errorf("a failure wrote to stdout, where the kubelet reads an answer: %q", out.String())
 			}
-			assertNoSecrets(t, "stderr", errb.String(), canary, b64("robot:"+canary))
+			assertNoSecrets(t, "stderr", errb.String(), canary, testsupport.B64("robot:"+canary))
 		})
 	}
 }

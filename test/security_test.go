@@ -14,6 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nodecreds/nodecreds/internal/check/checktest"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // TestProbeContactsOnlyTheRegistryAsked runs the real binary's `check
@@ -24,7 +26,7 @@ import (
 func TestProbeContactsOnlyTheRegistryAsked(t *testing.T) {
 	const canary = "probe-proxy-canary-pw"
 	root := t.TempDir()
-	writeNodeFile(t, filepath.Join(root, kubeletFile), `{"auths":{"reg.test":{"auth":"`+b64("robot:"+canary)+`"},"reg.test:5443":{"auth":"`+b64("robot:"+canary)+`"}}}`)
+	writeNodeFile(t, filepath.Join(root, kubeletFile), `{"auths":{"reg.test":{"auth":"`+testsupport.B64("robot:"+canary)+`"},"reg.test:5443":{"auth":"`+testsupport.B64("robot:"+canary)+`"}}}`)
 	tests := []struct {
 		args []string
 		want string
@@ -54,7 +56,7 @@ func TestProbeContactsOnlyTheRegistryAsked(t *testing.T) {
 					t.Errorf("the probe contacted %q; want only %q (all: %v)", h, tt.want, got)
 				}
 			}
-			assertNoSecrets(t, "output", stdout+stderr, canary, b64("robot:"+canary))
+			assertNoSecrets(t, "output", stdout+stderr, canary, testsupport.B64("robot:"+canary))
 		})
 	}
 }
@@ -82,15 +84,15 @@ func TestFIFOTargetDoesNotHangTheAgent(t *testing.T) {
 	if took := time.Since(start); took > 30*time.Second {
 		t.Errorf("sync --once took %s", took)
 	}
-	if authIn(filepath.Join(root, dockerFile), "r.test") != b64("u:fifo-canary-1") {
+	if authIn(filepath.Join(root, dockerFile), "r.test") != testsupport.B64("u:fifo-canary-1") {
 		t.Error("the other target was not synced")
 	}
 
-	addr := freeAddr(t)
+	addr := testsupport.FreeAddr(t)
 	agent := startAgent(t, "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", addr)
 	secret.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:fifo-canary-2"}))
 	eventually(t, 20*time.Second, "the rotation on the other target", func() bool {
-		return authIn(filepath.Join(root, dockerFile), "r.test") == b64("u:fifo-canary-2")
+		return authIn(filepath.Join(root, dockerFile), "r.test") == testsupport.B64("u:fifo-canary-2")
 	})
 	resp, err := http.Get("http://" + addr + "/readyz")
 	if err != nil {
@@ -111,7 +113,7 @@ func TestFIFOTargetDoesNotHangTheAgent(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("cleanup blocked on the FIFO")
 	}
-	assertNoSecrets(t, "agent log", agent.logs.String(), "fifo-canary-1", "fifo-canary-2", b64("u:fifo-canary-2"))
+	assertNoSecrets(t, "agent log", agent.logs.String(), "fifo-canary-1", "fifo-canary-2", testsupport.B64("u:fifo-canary-2"))
 }
 
 // TestSIGTERMWhileTheLockIsHeld: with the state lock held by another
@@ -119,7 +121,7 @@ func TestFIFOTargetDoesNotHangTheAgent(t *testing.T) {
 // DaemonSet's grace period is 10 s — leaving every file as it was.
 func TestSIGTERMWhileTheLockIsHeld(t *testing.T) {
 	root := t.TempDir()
-	before := `{"auths":{"keep.test":{"auth":"` + b64("k:keep") + `"}}}`
+	before := `{"auths":{"keep.test":{"auth":"` + testsupport.B64("k:keep") + `"}}}`
 	writeNodeFile(t, filepath.Join(root, kubeletFile), before)
 	lockPath := filepath.Join(root, "var/lib/nodecreds/lock")
 	if err := os.MkdirAll(filepath.Dir(lockPath), 0o700); err != nil {
@@ -148,7 +150,7 @@ func TestSIGTERMWhileTheLockIsHeld(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("the agent took %s to stop after SIGTERM, want under 2 s", took)
 	}
-	if got := string(mustRead(t, filepath.Join(root, kubeletFile))); got != before {
+	if got := string(testsupport.ReadFile(t, filepath.Join(root, kubeletFile))); got != before {
 		t.Errorf("the kubelet file changed: %s", got)
 	}
 	if _, err := os.Stat(filepath.Join(root, dockerFile)); err == nil {

@@ -2,7 +2,6 @@ package check
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -14,9 +13,9 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
-)
 
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	"github.com/nodecreds/nodecreds/internal/testsupport"
+)
 
 func put(t *testing.T, root, path, content string) {
 	t.Helper()
@@ -31,7 +30,7 @@ func put(t *testing.T, root, path, content string) {
 
 func TestRunFileOrderAndWarnings(t *testing.T) {
 	const img = "reg.test/app"
-	good := `{"auths":{"reg.test":{"auth":"` + b64("user:secret-pw") + `"}}}`
+	good := `{"auths":{"reg.test":{"auth":"` + testsupport.B64("user:secret-pw") + `"}}}`
 	tests := []struct {
 		name     string
 		files    map[string]string
@@ -50,7 +49,7 @@ func TestRunFileOrderAndWarnings(t *testing.T) {
 		},
 		{
 			name:     "one undecodable auth breaks the whole kubelet file",
-			files:    map[string]string{"var/lib/kubelet/config.json": `{"auths":{"x.test":{"auth":"%%%"},"reg.test":{"auth":"` + b64("user:pw") + `"}}}`},
+			files:    map[string]string{"var/lib/kubelet/config.json": `{"auths":{"x.test":{"auth":"%%%"},"reg.test":{"auth":"` + testsupport.B64("user:pw") + `"}}}`},
 			wantOK:   false,
 			wantFile: "",
 			warn:     "cannot read it",
@@ -64,12 +63,12 @@ func TestRunFileOrderAndWarnings(t *testing.T) {
 		},
 		{
 			name:     "credentials only where the kubelet does not look",
-			files:    map[string]string{"var/lib/kubelet/config.json": `{"auths":{"other.test":{"auth":"` + b64("o:p") + `"}}}`, "root/.docker/config.json": good},
+			files:    map[string]string{"var/lib/kubelet/config.json": `{"auths":{"other.test":{"auth":"` + testsupport.B64("o:p") + `"}}}`, "root/.docker/config.json": good},
 			wantOK:   false,
 			wantFile: "/var/lib/kubelet/config.json",
 			warn:     "the kubelet reads only /var/lib/kubelet/config.json",
 		},
-		{name: "legacy .dockercfg when no config.json", files: map[string]string{"root/.dockercfg": `{"reg.test":{"auth":"` + b64("user:pw") + `"}}`}, wantOK: true, wantFile: "/root/.dockercfg"},
+		{name: "legacy .dockercfg when no config.json", files: map[string]string{"root/.dockercfg": `{"reg.test":{"auth":"` + testsupport.B64("user:pw") + `"}}`}, wantOK: true, wantFile: "/root/.dockercfg"},
 		{name: "nothing at all", wantOK: false},
 	}
 	for _, tt := range tests {
@@ -91,7 +90,7 @@ func TestRunFileOrderAndWarnings(t *testing.T) {
 			var out bytes.Buffer
 			_ = json.NewEncoder(&out).Encode(rep)
 			_ = rep.WriteTable(&out)
-			for _, s := range []string{"secret-pw", b64("user:secret-pw")} {
+			for _, s := range []string{"secret-pw", testsupport.B64("user:secret-pw")} {
 				if strings.Contains(out.String(), s) {
 					t.Errorf("output leaks a secret")
 				}
@@ -110,7 +109,7 @@ func TestRunBadReference(t *testing.T) {
 // A FIFO or an oversized file in the kubelet's search order is reported at
 // once, not waited on or read whole, and makes the check fail.
 func TestRunRefusesSpecialAndHugeFiles(t *testing.T) {
-	good := `{"auths":{"reg.test":{"auth":"` + b64("user:pw") + `"}}}`
+	good := `{"auths":{"reg.test":{"auth":"` + testsupport.B64("user:pw") + `"}}}`
 	tests := []struct {
 		name string
 		make func(t *testing.T, p string)

@@ -1,17 +1,16 @@
 package dockercfg
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 const canary = "s3cr3t-CANARY-pw"
-
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 func TestParseValid(t *testing.T) {
 	tests := []struct {
@@ -23,13 +22,13 @@ func TestParseValid(t *testing.T) {
 		{
 			name:   "dockerconfigjson with auth",
 			format: ConfigJSON,
-			doc:    `{"auths":{"reg.example.com":{"auth":"` + b64("alice:"+canary) + `"}}}`,
+			doc:    `{"auths":{"reg.example.com":{"auth":"` + testsupport.B64("alice:"+canary) + `"}}}`,
 			want:   map[string]Entry{"reg.example.com": {Username: "alice", Password: canary}},
 		},
 		{
 			name:   "unpadded auth is accepted like the kubelet does",
 			format: ConfigJSON,
-			doc:    `{"auths":{"reg.example.com":{"auth":"` + strings.TrimRight(b64("al:x"), "=") + `"}}}`,
+			doc:    `{"auths":{"reg.example.com":{"auth":"` + strings.TrimRight(testsupport.B64("al:x"), "=") + `"}}}`,
 			want:   map[string]Entry{"reg.example.com": {Username: "al", Password: "x"}},
 		},
 		{
@@ -41,19 +40,19 @@ func TestParseValid(t *testing.T) {
 		{
 			name:   "auth wins over username/password",
 			format: ConfigJSON,
-			doc:    `{"auths":{"r.io":{"auth":"` + b64("a:b") + `","username":"x","password":"y"}}}`,
+			doc:    `{"auths":{"r.io":{"auth":"` + testsupport.B64("a:b") + `","username":"x","password":"y"}}}`,
 			want:   map[string]Entry{"r.io": {Username: "a", Password: "b"}},
 		},
 		{
 			name:   "password containing colons",
 			format: ConfigJSON,
-			doc:    `{"auths":{"r.io:5000":{"auth":"` + b64("a:b:c:d") + `"}}}`,
+			doc:    `{"auths":{"r.io:5000":{"auth":"` + testsupport.B64("a:b:c:d") + `"}}}`,
 			want:   map[string]Entry{"r.io:5000": {Username: "a", Password: "b:c:d"}},
 		},
 		{
 			name:   "tokens and unknown entry fields",
 			format: ConfigJSON,
-			doc:    `{"auths":{"r.io/team":{"auth":"` + b64("u:p") + `","identitytoken":"it","registrytoken":"rt","serveraddress":"r.io"}},"credsStore":"x"}`,
+			doc:    `{"auths":{"r.io/team":{"auth":"` + testsupport.B64("u:p") + `","identitytoken":"it","registrytoken":"rt","serveraddress":"r.io"}},"credsStore":"x"}`,
 			want:   map[string]Entry{"r.io/team": {Username: "u", Password: "p", IdentityToken: "it", RegistryToken: "rt"}},
 		},
 		{
@@ -65,7 +64,7 @@ func TestParseValid(t *testing.T) {
 		{
 			name:   "legacy dockercfg",
 			format: Legacy,
-			doc:    `{"*.example.com":{"auth":"` + b64("u:p") + `","email":"e@x"},"[::1]:5000":{"username":"u","password":"p"}}`,
+			doc:    `{"*.example.com":{"auth":"` + testsupport.B64("u:p") + `","email":"e@x"},"[::1]:5000":{"username":"u","password":"p"}}`,
 			want: map[string]Entry{
 				"*.example.com": {Username: "u", Password: "p", Email: "e@x"},
 				"[::1]:5000":    {Username: "u", Password: "p"},
@@ -91,7 +90,7 @@ func TestParseValid(t *testing.T) {
 }
 
 func TestParseInvalid(t *testing.T) {
-	big := `{"auths":{"r.io":{"auth":"` + b64("u:"+strings.Repeat("x", MaxSize)) + `"}}}`
+	big := `{"auths":{"r.io":{"auth":"` + testsupport.B64("u:"+strings.Repeat("x", MaxSize)) + `"}}}`
 	tests := []struct {
 		name   string
 		format Format
@@ -103,27 +102,27 @@ func TestParseInvalid(t *testing.T) {
 		{"not json", ConfigJSON, "auths: " + canary, "not valid JSON"},
 		{"binary garbage", ConfigJSON, "\x00\xff\xfe" + canary, "not valid JSON"},
 		{"trailing garbage", ConfigJSON, `{"auths":{}} ` + canary, "not valid JSON"},
-		{"truncated", ConfigJSON, `{"auths":{"r.io":{"auth":"` + b64("u:"+canary), "unexpected end"},
+		{"truncated", ConfigJSON, `{"auths":{"r.io":{"auth":"` + testsupport.B64("u:"+canary), "unexpected end"},
 		{"array", ConfigJSON, `["` + canary + `"]`, "not a JSON object"},
 		{"no auths", ConfigJSON, `{"credsStore":"x"}`, `no "auths"`},
-		{"legacy shape in dockerconfigjson", ConfigJSON, `{"r.io":{"auth":"` + b64("u:"+canary) + `"}}`, "legacy .dockercfg"},
+		{"legacy shape in dockerconfigjson", ConfigJSON, `{"r.io":{"auth":"` + testsupport.B64("u:"+canary) + `"}}`, "legacy .dockercfg"},
 		{"auths not object", ConfigJSON, `{"auths":"` + canary + `"}`, `"auths" is a string`},
 		{"entry not object", ConfigJSON, `{"auths":{"r.io":"` + canary + `"}}`, `registry "r.io": entry is a string`},
 		{"auth not base64", ConfigJSON, `{"auths":{"r.io":{"auth":"!!` + canary + `"}}}`, "not valid base64"},
-		{"auth without colon", ConfigJSON, `{"auths":{"r.io":{"auth":"` + b64(canary) + `"}}}`, "no ':'"},
-		{"auth empty user", ConfigJSON, `{"auths":{"r.io":{"auth":"` + b64(":"+canary) + `"}}}`, "empty user"},
+		{"auth without colon", ConfigJSON, `{"auths":{"r.io":{"auth":"` + testsupport.B64(canary) + `"}}}`, "no ':'"},
+		{"auth empty user", ConfigJSON, `{"auths":{"r.io":{"auth":"` + testsupport.B64(":"+canary) + `"}}}`, "empty user"},
 		{"auth not a string", ConfigJSON, `{"auths":{"r.io":{"auth":12}}}`, `"auth" is a number`},
 		{"no credentials", ConfigJSON, `{"auths":{"r.io":{"email":"x@y"}}}`, "no credentials"},
 		{"username without password", ConfigJSON, `{"auths":{"r.io":{"username":"u"}}}`, "password"},
 		{"password without username", ConfigJSON, `{"auths":{"r.io":{"password":"` + canary + `"}}}`, `"username" is empty`},
-		{"empty key", ConfigJSON, `{"auths":{"":{"auth":"` + b64("u:"+canary) + `"}}}`, "empty registry key"},
-		{"key with space", ConfigJSON, `{"auths":{"r .io":{"auth":"` + b64("u:"+canary) + `"}}}`, "white space"},
-		{"scheme without host", ConfigJSON, `{"auths":{"https://":{"auth":"` + b64("u:"+canary) + `"}}}`, "no host"},
-		{"odd scheme", ConfigJSON, `{"auths":{"ftp://r.io":{"auth":"` + b64("u:"+canary) + `"}}}`, "scheme"},
-		{"bad port", ConfigJSON, `{"auths":{"r.io:99999":{"auth":"` + b64("u:"+canary) + `"}}}`, "port"},
-		{"empty port", ConfigJSON, `{"auths":{"r.io:":{"auth":"` + b64("u:"+canary) + `"}}}`, "empty port"},
+		{"empty key", ConfigJSON, `{"auths":{"":{"auth":"` + testsupport.B64("u:"+canary) + `"}}}`, "empty registry key"},
+		{"key with space", ConfigJSON, `{"auths":{"r .io":{"auth":"` + testsupport.B64("u:"+canary) + `"}}}`, "white space"},
+		{"scheme without host", ConfigJSON, `{"auths":{"https://":{"auth":"` + testsupport.B64("u:"+canary) + `"}}}`, "no host"},
+		{"odd scheme", ConfigJSON, `{"auths":{"ftp://r.io":{"auth":"` + testsupport.B64("u:"+canary) + `"}}}`, "scheme"},
+		{"bad port", ConfigJSON, `{"auths":{"r.io:99999":{"auth":"` + testsupport.B64("u:"+canary) + `"}}}`, "port"},
+		{"empty port", ConfigJSON, `{"auths":{"r.io:":{"auth":"` + testsupport.B64("u:"+canary) + `"}}}`, "empty port"},
 		{"oversized", ConfigJSON, big, "larger than the 1 MiB"},
-		{"dockerconfigjson shape in dockercfg", Legacy, `{"auths":{"r.io":{"auth":"` + b64("u:"+canary) + `"}}}`, ".dockerconfigjson content"},
+		{"dockerconfigjson shape in dockercfg", Legacy, `{"auths":{"r.io":{"auth":"` + testsupport.B64("u:"+canary) + `"}}}`, ".dockerconfigjson content"},
 		{"legacy entry not object", Legacy, `{"r.io":[1]}`, "an array"},
 	}
 	for _, tt := range tests {
@@ -139,7 +138,7 @@ func TestParseInvalid(t *testing.T) {
 			if !strings.Contains(msg, tt.want) {
 				t.Errorf("error %q does not say %q", msg, tt.want)
 			}
-			for _, leak := range []string{canary, b64("u:" + canary), b64(canary)} {
+			for _, leak := range []string{canary, testsupport.B64("u:" + canary), testsupport.B64(canary)} {
 				if strings.Contains(msg, leak) {
 					t.Errorf("error %q leaks a secret value", msg)
 				}
@@ -149,7 +148,7 @@ func TestParseInvalid(t *testing.T) {
 }
 
 func TestParseReportsEveryProblem(t *testing.T) {
-	doc := `{"auths":{"a.io":{"auth":"%%%"},"b.io":{},"c.io":{"auth":"` + b64("u:p") + `"}}}`
+	doc := `{"auths":{"a.io":{"auth":"%%%"},"b.io":{},"c.io":{"auth":"` + testsupport.B64("u:p") + `"}}}`
 	_, _, err := Parse([]byte(doc), ConfigJSON)
 	var verr *ValidationError
 	if !errors.As(err, &verr) {
@@ -170,11 +169,11 @@ func TestEntryEncodingAndRedaction(t *testing.T) {
 	if err := json.Unmarshal(raw, &got); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"auth": b64("alice:" + canary), "email": "a@x", "identitytoken": "tok"}
+	want := map[string]string{"auth": testsupport.B64("alice:" + canary), "email": "a@x", "identitytoken": "tok"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("encoded %v, want %v", got, want)
 	}
-	if !strings.HasSuffix(b64("alice:"+canary), "=") && len(e.Auth())%4 != 0 {
+	if !strings.HasSuffix(testsupport.B64("alice:"+canary), "=") && len(e.Auth())%4 != 0 {
 		t.Errorf("auth %q is not padded", e.Auth())
 	}
 	for _, s := range []string{fmt.Sprint(e), fmt.Sprintf("%v %+v %#v %s", e, e, e, e), fmt.Sprint(Item{Key: "k", Entry: e})} {
@@ -248,7 +247,7 @@ func TestUnion(t *testing.T) {
 }
 
 func TestParseDuplicateRegistryInOneDocument(t *testing.T) {
-	doc := `{"auths":{"docker.io":{"auth":"` + b64("a:1") + `"},"https://index.docker.io/v1/":{"auth":"` + b64("b:2") + `"}}}`
+	doc := `{"auths":{"docker.io":{"auth":"` + testsupport.B64("a:1") + `"},"https://index.docker.io/v1/":{"auth":"` + testsupport.B64("b:2") + `"}}}`
 	set, clashes, err := Parse([]byte(doc), ConfigJSON)
 	if err != nil {
 		t.Fatal(err)
@@ -297,7 +296,7 @@ func FuzzParse(f *testing.F) {
 // logs, Events and the Node condition.
 func TestUserInfoKeyNotEchoed(t *testing.T) {
 	for _, key := range []string{"user:PASSWORD@r.test", "https://user:PASSWORD@r.test/v2/", "user:PASSWORD@r.test:5000", "PASSWORD@r.test", "https://u:PASSWORD@x://r.test"} {
-		doc := `{"auths":{"` + key + `":{"auth":"` + b64("u:p") + `"}}}`
+		doc := `{"auths":{"` + key + `":{"auth":"` + testsupport.B64("u:p") + `"}}}`
 		_, _, err := Parse([]byte(doc), ConfigJSON)
 		if err == nil {
 			t.Errorf("%s: accepted", key)
@@ -311,11 +310,11 @@ func TestUserInfoKeyNotEchoed(t *testing.T) {
 
 // Wildcard-only keys match every registry; *.example.com is fine.
 func TestAllWildcardKeyRefused(t *testing.T) {
-	_, _, err := Parse([]byte(`{"auths":{"*.*":{"auth":"`+b64("u:p")+`"}}}`), ConfigJSON)
+	_, _, err := Parse([]byte(`{"auths":{"*.*":{"auth":"`+testsupport.B64("u:p")+`"}}}`), ConfigJSON)
 	if err == nil || !strings.Contains(err.Error(), "matches every host") {
 		t.Errorf("want a 'matches every host' error, got %v", err)
 	}
-	if _, _, err := Parse([]byte(`{"auths":{"*.example.com":{"auth":"`+b64("u:p")+`"}}}`), ConfigJSON); err != nil {
+	if _, _, err := Parse([]byte(`{"auths":{"*.example.com":{"auth":"`+testsupport.B64("u:p")+`"}}}`), ConfigJSON); err != nil {
 		t.Errorf("*.example.com refused: %v", err)
 	}
 }
@@ -323,7 +322,7 @@ func TestAllWildcardKeyRefused(t *testing.T) {
 // Keys that differ only in case are two registries to the kubelet, so both
 // are kept; Docker Hub is written under the docker CLI's key.
 func TestCaseAndDockerHubKeys(t *testing.T) {
-	doc := `{"auths":{"R.TEST/":{"auth":"` + b64("upper:1") + `"},"r.test":{"auth":"` + b64("lower:2") + `"},"docker.io":{"auth":"` + b64("hub:3") + `"}}}`
+	doc := `{"auths":{"R.TEST/":{"auth":"` + testsupport.B64("upper:1") + `"},"r.test":{"auth":"` + testsupport.B64("lower:2") + `"},"docker.io":{"auth":"` + testsupport.B64("hub:3") + `"}}}`
 	set, clashes, err := Parse([]byte(doc), ConfigJSON)
 	if err != nil || len(clashes) != 0 {
 		t.Fatalf("Parse: %v, clashes %v", err, clashes)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 const (
@@ -46,16 +48,6 @@ func mustOK(t *testing.T, res []Result) {
 		if r.Err != nil {
 			t.Fatalf("target %s: %v", r.Target, r.Err)
 		}
-	}
-}
-
-func writeFile(t *testing.T, path, content string, mode fs.FileMode) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), mode); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -118,7 +110,7 @@ func TestApplyCreatesFilesWithSafeModes(t *testing.T) {
 func TestApplyNoChangeDoesNotWrite(t *testing.T) {
 	e, root := newEngine(t)
 	p := filepath.Join(root, kubeletFile)
-	writeFile(t, p, `{"auths":{"other.io":{"auth":"bzpw"}},"credsStore":"x"}`, 0o600)
+	testsupport.WriteFile(t, p, `{"auths":{"other.io":{"auth":"bzpw"}},"credsStore":"x"}`, 0o600)
 	desired := dockercfg.Set{item("r.io", "u", "p")}
 	mustOK(t, apply(t, e, []string{kubeletFile}, desired, true))
 	before, _ := os.Stat(p)
@@ -152,10 +144,10 @@ func TestApplyKeepsEverythingElse(t *testing.T) {
   "proxies": {"default": {"httpProxy": "http://127.0.0.1:3128"}},
   "futureField": {"n": 12345678901234567890, "list": [1.50, true, null]}
 }`
-	writeFile(t, p, orig, 0o600)
+	testsupport.WriteFile(t, p, orig, 0o600)
 	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("docker.io", "u", "p"), item("r.io", "u", "p")}, true))
 
-	got := docOf(t, string(mustRead(t, p)))
+	got := docOf(t, string(testsupport.ReadFile(t, p)))
 	want := docOf(t, orig)
 	for k, v := range want.top {
 		if k == "auths" {
@@ -175,7 +167,7 @@ func TestApplyKeepsEverythingElse(t *testing.T) {
 	// The registry leaves the sources: the displaced entry comes back as it was.
 	res := apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
 	mustOK(t, res)
-	got = docOf(t, string(mustRead(t, p)))
+	got = docOf(t, string(testsupport.ReadFile(t, p)))
 	if fingerprint(got.auths["https://index.docker.io/v1/"]) != fingerprint(want.auths["https://index.docker.io/v1/"]) {
 		t.Errorf("displaced entry not restored: %s", got.auths["https://index.docker.io/v1/"])
 	}
@@ -189,21 +181,12 @@ func TestApplyKeepsEverythingElse(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustOK(t, cres)
-	if !docOf(t, string(mustRead(t, p))).equal(want) {
-		t.Errorf("after cleanup the file differs from the original:\n%s", mustRead(t, p))
+	if !docOf(t, string(testsupport.ReadFile(t, p))).equal(want) {
+		t.Errorf("after cleanup the file differs from the original:\n%s", testsupport.ReadFile(t, p))
 	}
 	if _, err := os.Stat(filepath.Join(root, stateDir, stateFileName)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("state file left after a full cleanup: %v", err)
 	}
-}
-
-func mustRead(t *testing.T, p string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 func TestPruneOffKeepsEntries(t *testing.T) {
@@ -227,7 +210,7 @@ func TestCleanupKeepsFilesWithOthersData(t *testing.T) {
 	m := readJSON(t, p)
 	m["auths"].(map[string]any)["mine.io"] = map[string]any{"auth": "bWU6cA=="}
 	b, _ := json.Marshal(m)
-	writeFile(t, p, string(b), 0o600)
+	testsupport.WriteFile(t, p, string(b), 0o600)
 
 	res, err := e.Cleanup(t.Context(), nil)
 	if err != nil {
@@ -243,14 +226,14 @@ func TestCleanupKeepsFilesWithOthersData(t *testing.T) {
 func TestCorruptTargetIsSetAside(t *testing.T) {
 	e, root := newEngine(t)
 	p := filepath.Join(root, kubeletFile)
-	writeFile(t, p, `{"auths": {"half`, 0o644)
+	testsupport.WriteFile(t, p, `{"auths": {"half`, 0o644)
 	res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
 	mustOK(t, res)
 	aside := p + ".corrupt-20261126T100000Z"
 	if res[0].SetAside != aside {
 		t.Errorf("SetAside = %q, want %q", res[0].SetAside, aside)
 	}
-	if string(mustRead(t, aside)) != `{"auths": {"half` {
+	if string(testsupport.ReadFile(t, aside)) != `{"auths": {"half` {
 		t.Errorf("set-aside copy differs")
 	}
 	if fi, _ := os.Stat(aside); fi.Mode().Perm() != 0o600 {
@@ -267,10 +250,10 @@ func TestCorruptTargetIsSetAside(t *testing.T) {
 func TestCorruptTargetLeftAloneWhenNothingToWrite(t *testing.T) {
 	e, root := newEngine(t)
 	p := filepath.Join(root, kubeletFile)
-	writeFile(t, p, `not json`, 0o600)
+	testsupport.WriteFile(t, p, `not json`, 0o600)
 	res := apply(t, e, []string{kubeletFile}, nil, true)
 	mustOK(t, res)
-	if string(mustRead(t, p)) != "not json" || res[0].Changed {
+	if string(testsupport.ReadFile(t, p)) != "not json" || res[0].Changed {
 		t.Errorf("a corrupt file nodecreds has nothing for was changed")
 	}
 	if len(res[0].Warnings) == 0 {
@@ -282,8 +265,8 @@ func TestModeAndOwnerKept(t *testing.T) {
 	e, root := newEngine(t)
 	strict := filepath.Join(root, kubeletFile)
 	loose := filepath.Join(root, dockerFile)
-	writeFile(t, strict, `{}`, 0o400)
-	writeFile(t, loose, `{}`, 0o644)
+	testsupport.WriteFile(t, strict, `{}`, 0o400)
+	testsupport.WriteFile(t, loose, `{}`, 0o644)
 	// Another user's file needs root to make (make test runs as root; the
 	// unit tier may not): without it, the owner check is left to make test.
 	owner := os.Getuid() == 0
@@ -376,7 +359,7 @@ func TestRelativeTargetRefused(t *testing.T) {
 func TestConcurrentWriter(t *testing.T) {
 	e, root := newEngine(t)
 	p := filepath.Join(root, dockerFile)
-	writeFile(t, p, `{"auths":{}}`, 0o600)
+	testsupport.WriteFile(t, p, `{"auths":{}}`, 0o600)
 
 	const writes = 300
 	var wg sync.WaitGroup
@@ -452,7 +435,7 @@ func TestInterruptedWriteConverges(t *testing.T) {
 	e, root := newEngine(t)
 	p := filepath.Join(root, kubeletFile)
 	foreign := `{"auth":"Zm9yZWlnbjpwdw=="}`
-	writeFile(t, p, `{"auths":{"https://r.io":`+foreign+`}}`, 0o600)
+	testsupport.WriteFile(t, p, `{"auths":{"https://r.io":`+foreign+`}}`, 0o600)
 	raw, _ := json.Marshal(dockercfg.Entry{Username: "u", Password: "p"})
 	st := &State{Version: stateVersion, Targets: map[string]*TargetState{
 		kubeletFile: {Pending: map[string]string{"r.io": fingerprint(raw)}, Displaced: map[string]json.RawMessage{"https://r.io": json.RawMessage(foreign)}},

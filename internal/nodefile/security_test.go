@@ -19,6 +19,8 @@ import (
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 	"github.com/nodecreds/nodecreds/internal/hostfs/hostfstest"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // TestSwappedFolderNeverEscapesRoot swaps the target's folder and the state
@@ -39,7 +41,7 @@ func TestSwappedFolderNeverEscapesRoot(t *testing.T) {
 	}
 	// A decoy in the outside folder: a corrupt-file copy or a read of it
 	// would show up as a set-aside or a merge of its content.
-	writeFile(t, filepath.Join(outside, "config.json"), "not json", 0o600)
+	testsupport.WriteFile(t, filepath.Join(outside, "config.json"), "not json", 0o600)
 
 	e := New(Options{HostRoot: root, StateDir: stateDir})
 	// The test's own writes go through os.Root, which refuses to leave it.
@@ -96,7 +98,7 @@ func TestStateFolderLinksNotFollowed(t *testing.T) {
 			outside := filepath.Join(parent, "outside")
 			// An outside "state" whose displaced entry would be restored
 			// into config.json if it were trusted.
-			writeFile(t, filepath.Join(outside, "file"), `{"version":1,"targets":{"/var/lib/kubelet/config.json":{"displaced":{"evil.io":{"auth":"ZXZpbDpldmls"}}}}}`, 0o600)
+			testsupport.WriteFile(t, filepath.Join(outside, "file"), `{"version":1,"targets":{"/var/lib/kubelet/config.json":{"displaced":{"evil.io":{"auth":"ZXZpbDpldmls"}}}}}`, 0o600)
 			if err := os.MkdirAll(filepath.Join(root, stateDir), 0o700); err != nil {
 				t.Fatal(err)
 			}
@@ -184,7 +186,7 @@ func TestNonRegularTargetsRefusedWithoutBlocking(t *testing.T) {
 func TestCorruptStateNamesFileAndRemedy(t *testing.T) {
 	e, root := newEngine(t)
 	statePath := filepath.Join(root, stateDir, stateFileName)
-	writeFile(t, statePath, `{"version":1,"targets":{"x":{"displaced":{"r.io":{"auth":"c2VjcmV0OnB3"}}}`, 0o600)
+	testsupport.WriteFile(t, statePath, `{"version":1,"targets":{"x":{"displaced":{"r.io":{"auth":"c2VjcmV0OnB3"}}}`, 0o600)
 	_, err := e.Apply(t.Context(), []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
 	if !errors.Is(err, ErrState) {
 		t.Fatalf("want ErrState, got %v", err)
@@ -224,7 +226,7 @@ func TestStateFolderTightened(t *testing.T) {
 func TestHardLinkedTargetRefused(t *testing.T) {
 	e, root := newEngine(t)
 	p := filepath.Join(root, kubeletFile)
-	writeFile(t, p, `{"auths":{}}`, 0o600)
+	testsupport.WriteFile(t, p, `{"auths":{}}`, 0o600)
 	other := filepath.Join(root, "home/user/config.json")
 	if err := os.MkdirAll(filepath.Dir(other), 0o700); err != nil {
 		t.Fatal(err)
@@ -259,7 +261,7 @@ func TestForeignOwnerWithoutChownCapability(t *testing.T) {
 	}
 	root := t.TempDir()
 	p := filepath.Join(root, kubeletFile)
-	writeFile(t, p, `{"auths":{}}`, 0o644)
+	testsupport.WriteFile(t, p, `{"auths":{}}`, 0o644)
 	if err := os.Chown(p, 1234, 1234); err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +302,7 @@ func noChownChild(t *testing.T) {
 func TestTwoTargetsOneFile(t *testing.T) {
 	e, root := newEngine(t)
 	docker := filepath.Join(root, dockerFile)
-	writeFile(t, docker, `{"auths":{}}`, 0o600)
+	testsupport.WriteFile(t, docker, `{"auths":{}}`, 0o600)
 	if err := os.MkdirAll(filepath.Join(root, "/var/lib/kubelet"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +331,7 @@ func TestTargetSizeLimit(t *testing.T) {
 	e, root := newEngine(t)
 	p := filepath.Join(root, kubeletFile)
 	big := `{"auths":{},"pad":"` + strings.Repeat("x", hostfs.MaxFileSize) + `"}`
-	writeFile(t, p, big, 0o600)
+	testsupport.WriteFile(t, p, big, 0o600)
 	res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
 	if !errors.Is(res[0].Err, hostfs.ErrTooLarge) || !strings.Contains(res[0].Err.Error(), "4 MiB") {
 		t.Errorf("want a size error naming the limit, got %v", res[0].Err)
@@ -363,7 +365,7 @@ func dropCapability(c int) error {
 func TestLockWaitEndsWithContext(t *testing.T) {
 	e, root := newEngine(t)
 	p := filepath.Join(root, kubeletFile)
-	writeFile(t, p, `{"auths":{}}`, 0o600)
+	testsupport.WriteFile(t, p, `{"auths":{}}`, 0o600)
 	release := holdLock(t, filepath.Join(root, stateDir, "lock"))
 	defer release()
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)

@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nodecreds/nodecreds/internal/hostfs/hostfstest"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 func TestInstall(t *testing.T) {
@@ -28,10 +30,10 @@ func TestInstall(t *testing.T) {
 	}{
 		{name: "fresh node: folder and binary created", wantChanged: true},
 		{name: "older binary replaced", wantChanged: true, prepare: func(t *testing.T, root string) {
-			mustWrite(t, filepath.Join(root, dir, "nodecreds"), "binary v1", 0o755)
+			testsupport.WriteFile(t, filepath.Join(root, dir, "nodecreds"), "binary v1", 0o755)
 		}},
 		{name: "same binary left alone, made executable", wantChanged: false, prepare: func(t *testing.T, root string) {
-			mustWrite(t, filepath.Join(root, dir, "nodecreds"), "binary v2", 0o600)
+			testsupport.WriteFile(t, filepath.Join(root, dir, "nodecreds"), "binary v2", 0o600)
 		}},
 		{name: "absolute symlink stays under the host root", wantChanged: true, prepare: func(t *testing.T, root string) {
 			if err := os.MkdirAll(filepath.Join(root, "opt"), 0o755); err != nil {
@@ -45,7 +47,7 @@ func TestInstall(t *testing.T) {
 			}
 		}},
 		{name: "a file where the folder should be", wantErr: "/opt/nodecreds/bin", prepare: func(t *testing.T, root string) {
-			mustWrite(t, filepath.Join(root, "opt/nodecreds/bin"), "not a folder", 0o644)
+			testsupport.WriteFile(t, filepath.Join(root, "opt/nodecreds/bin"), "not a folder", 0o644)
 		}},
 	}
 	for _, tt := range tests {
@@ -94,7 +96,7 @@ func TestInstall(t *testing.T) {
 // restart never race on the file.
 func TestInstallIdenticalKeepsFile(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "nodecreds")
-	mustWrite(t, src, "same", 0o755)
+	testsupport.WriteFile(t, src, "same", 0o755)
 	root := t.TempDir()
 	if _, err := install(src, root, "/bin-dir", "nodecreds"); err != nil {
 		t.Fatal(err)
@@ -115,19 +117,6 @@ func TestInstallIdenticalKeepsFile(t *testing.T) {
 	}
 }
 
-func mustWrite(t *testing.T, path, content string, mode os.FileMode) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), mode); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // The plugin folder swapped for a link to an outside folder while installs
 // run: nothing may land outside the host root.
 func TestInstallNeverEscapesRoot(t *testing.T) {
@@ -141,8 +130,8 @@ func TestInstallNeverEscapesRoot(t *testing.T) {
 		}
 	}
 	srcs := []string{filepath.Join(parent, "v1"), filepath.Join(parent, "v2")}
-	mustWrite(t, srcs[0], "binary v1", 0o755)
-	mustWrite(t, srcs[1], "binary v2", 0o755)
+	testsupport.WriteFile(t, srcs[0], "binary v1", 0o755)
+	testsupport.WriteFile(t, srcs[1], "binary v2", 0o755)
 	s := hostfstest.SwapWithLink(t, []string{bin}, []string{outside})
 	deadline := time.Now().Add(2 * time.Second)
 	runs := 0
@@ -161,7 +150,7 @@ func TestInstallNeverEscapesRoot(t *testing.T) {
 // A FIFO at the plugin's name is replaced, not read (which would block).
 func TestInstallReplacesFIFO(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "nodecreds")
-	mustWrite(t, src, "binary", 0o755)
+	testsupport.WriteFile(t, src, "binary", 0o755)
 	root := t.TempDir()
 	p := filepath.Join(root, "bin-dir/nodecreds")
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {

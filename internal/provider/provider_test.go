@@ -2,7 +2,6 @@ package provider
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"os"
@@ -13,9 +12,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	credv1 "k8s.io/kubelet/pkg/apis/credentialprovider/v1"
-)
 
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	"github.com/nodecreds/nodecreds/internal/testsupport"
+)
 
 func request(image string) string {
 	b, _ := json.Marshal(credv1.CredentialProviderRequest{
@@ -31,7 +30,7 @@ func TestServe(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	doc := `{"auths":{"https://reg.test:5000/v2/":{"auth":"` + b64("robot:provider-canary") + `"},"reg.test:5000/team":{"auth":"` + b64("teamrobot:tr") + `"},"team.test/private":{"auth":"` + b64("t:tt") + `"},"docker.io":{"auth":"` + b64("hub:h") + `"}}}`
+	doc := `{"auths":{"https://reg.test:5000/v2/":{"auth":"` + testsupport.B64("robot:provider-canary") + `"},"reg.test:5000/team":{"auth":"` + testsupport.B64("teamrobot:tr") + `"},"team.test/private":{"auth":"` + testsupport.B64("t:tt") + `"},"docker.io":{"auth":"` + testsupport.B64("hub:h") + `"}}}`
 	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}

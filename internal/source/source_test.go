@@ -2,7 +2,6 @@ package source
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -17,11 +16,11 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
-
-var good = []byte(`{"auths":{"r.test":{"auth":"` + b64("u:p") + `"}}}`)
+var good = []byte(`{"auths":{"r.test":{"auth":"` + testsupport.B64("u:p") + `"}}}`)
 
 func write(t *testing.T, path string, data []byte) {
 	t.Helper()
@@ -42,7 +41,7 @@ func TestReadDir(t *testing.T) {
 	}{
 		{"plain file", func(t *testing.T, d string) { write(t, filepath.Join(d, ".dockerconfigjson"), good) }, nil, 1},
 		{"legacy key", func(t *testing.T, d string) {
-			write(t, filepath.Join(d, ".dockercfg"), []byte(`{"r.test":{"auth":"`+b64("u:p")+`"}}`))
+			write(t, filepath.Join(d, ".dockercfg"), []byte(`{"r.test":{"auth":"`+testsupport.B64("u:p")+`"}}`))
 		}, nil, 1},
 		{"kubelet ..data layout", func(t *testing.T, d string) {
 			write(t, filepath.Join(d, "..2026_01_01", ".dockerconfigjson"), good)

@@ -7,7 +7,6 @@ package consumers
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -16,6 +15,8 @@ import (
 	"testing"
 
 	"k8s.io/kubernetes/pkg/credentialprovider"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 var binary string
@@ -39,8 +40,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
-
 type want struct {
 	image    string // what a Pod names
 	user     string
@@ -59,7 +58,7 @@ func TestKubeletReadsWhatNodecredsWrites(t *testing.T) {
 		{
 			name:   "plain host and host with port",
 			format: ".dockerconfigjson",
-			secret: `{"auths":{"reg.example.test":{"auth":"` + b64("alice:pa:ss") + `"},"127.0.0.1:5000":{"username":"bob","password":"b-pw"}}}`,
+			secret: `{"auths":{"reg.example.test":{"auth":"` + testsupport.B64("alice:pa:ss") + `"},"127.0.0.1:5000":{"username":"bob","password":"b-pw"}}}`,
 			wants: []want{
 				{"reg.example.test/team/app:v1", "alice", "pa:ss"},
 				{"127.0.0.1:5000/app@sha256:" + fmt.Sprintf("%064d", 0), "bob", "b-pw"},
@@ -69,7 +68,7 @@ func TestKubeletReadsWhatNodecredsWrites(t *testing.T) {
 		{
 			name:   "legacy dockercfg with a scheme, a path and a glob",
 			format: ".dockercfg",
-			secret: `{"https://reg.example.test/v1/":{"auth":"` + b64("c:1") + `","email":"c@x"},"team.example.test/private":{"auth":"` + b64("d:2") + `"},"*.glob.example.test":{"auth":"` + b64("e:3") + `"}}`,
+			secret: `{"https://reg.example.test/v1/":{"auth":"` + testsupport.B64("c:1") + `","email":"c@x"},"team.example.test/private":{"auth":"` + testsupport.B64("d:2") + `"},"*.glob.example.test":{"auth":"` + testsupport.B64("e:3") + `"}}`,
 			wants: []want{
 				{"reg.example.test/app", "c", "1"},
 				{"team.example.test/private/app", "d", "2"},
@@ -80,7 +79,7 @@ func TestKubeletReadsWhatNodecredsWrites(t *testing.T) {
 		{
 			name:   "Docker Hub aliases and short names",
 			format: ".dockerconfigjson",
-			secret: `{"auths":{"docker.io":{"auth":"` + b64("hub:h-pw") + `"}}}`,
+			secret: `{"auths":{"docker.io":{"auth":"` + testsupport.B64("hub:h-pw") + `"}}}`,
 			wants:  []want{{"docker.io/library/busybox", "hub", "h-pw"}, {"docker.io/team/app", "hub", "h-pw"}},
 		},
 		{
@@ -88,15 +87,15 @@ func TestKubeletReadsWhatNodecredsWrites(t *testing.T) {
 			// is another registry and must not displace the working one.
 			name:     "keys differing only in case are two registries",
 			format:   ".dockerconfigjson",
-			secret:   `{"auths":{"R.EXAMPLE.TEST/":{"auth":"` + b64("upper:u-pw") + `"}}}`,
-			existing: `{"auths":{"r.example.test":{"auth":"` + b64("lower:l-pw") + `"}}}`,
+			secret:   `{"auths":{"R.EXAMPLE.TEST/":{"auth":"` + testsupport.B64("upper:u-pw") + `"}}}`,
+			existing: `{"auths":{"r.example.test":{"auth":"` + testsupport.B64("lower:l-pw") + `"}}}`,
 			wants:    []want{{"r.example.test/app", "lower", "l-pw"}},
 		},
 		{
 			name:     "next to foreign entries and displacing one for the same registry",
 			format:   ".dockerconfigjson",
-			secret:   `{"auths":{"reg.example.test":{"auth":"` + b64("ours:new") + `"}}}`,
-			existing: `{"auths":{"https://reg.example.test":{"auth":"` + b64("theirs:old") + `"},"keep.example.test":{"auth":"` + b64("k:kk") + `"}},"credsStore":"secretservice","HttpHeaders":{"X":"y"}}`,
+			secret:   `{"auths":{"reg.example.test":{"auth":"` + testsupport.B64("ours:new") + `"}}}`,
+			existing: `{"auths":{"https://reg.example.test":{"auth":"` + testsupport.B64("theirs:old") + `"},"keep.example.test":{"auth":"` + testsupport.B64("k:kk") + `"}},"credsStore":"secretservice","HttpHeaders":{"X":"y"}}`,
 			wants: []want{
 				{"reg.example.test/app", "ours", "new"},
 				{"keep.example.test/app", "k", "kk"},
@@ -107,10 +106,10 @@ func TestKubeletReadsWhatNodecredsWrites(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			root := t.TempDir()
 			secretDir := filepath.Join(t.TempDir(), "secret")
-			mustWrite(t, filepath.Join(secretDir, tt.format), tt.secret)
+			testsupport.WriteFile(t, filepath.Join(secretDir, tt.format), tt.secret, 0o600)
 			kubeletDir := filepath.Join(root, "var/lib/kubelet")
 			if tt.existing != "" {
-				mustWrite(t, filepath.Join(kubeletDir, "config.json"), tt.existing)
+				testsupport.WriteFile(t, filepath.Join(kubeletDir, "config.json"), tt.existing, 0o600)
 			}
 			sync := exec.Command(binary, "sync", "--once", "--source", "dir", "--secret-dir", secretDir, "--host-root", root, "--metrics-addr", "0")
 			if out, err := sync.CombinedOutput(); err != nil {
@@ -152,7 +151,7 @@ func TestKubeletReadsWhatNodecredsWrites(t *testing.T) {
 			if tt.existing != "" {
 				var before, after map[string]json.RawMessage
 				_ = json.Unmarshal([]byte(tt.existing), &before)
-				_ = json.Unmarshal(mustRead(t, filepath.Join(kubeletDir, "config.json")), &after)
+				_ = json.Unmarshal(testsupport.ReadFile(t, filepath.Join(kubeletDir, "config.json")), &after)
 				for k, v := range before {
 					if k != "auths" && !jsonEqual(v, after[k]) {
 						t.Errorf("top-level %q changed: %s → %s", k, v, after[k])
@@ -229,23 +228,4 @@ func jsonEqual(a, b json.RawMessage) bool {
 	xa, _ := json.Marshal(x)
 	ya, _ := json.Marshal(y)
 	return bytes.Equal(xa, ya)
-}
-
-func mustWrite(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func mustRead(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

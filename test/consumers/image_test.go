@@ -22,6 +22,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // repoRoot is the nodecreds checkout this module lives in.
@@ -265,7 +267,7 @@ func TestPush(t *testing.T) {
 	const user, pass = "pusher", "push-canary-pw"
 	host := realRegistry(t, user, pass)
 	cfgDir := t.TempDir()
-	mustWrite(t, filepath.Join(cfgDir, "config.json"), `{"auths":{"`+host+`":{"auth":"`+b64(user+":"+pass)+`"}}}`)
+	testsupport.WriteFile(t, filepath.Join(cfgDir, "config.json"), `{"auths":{"`+host+`":{"auth":"`+testsupport.B64(user+":"+pass)+`"}}}`, 0o600)
 	ref := host + "/nodecreds/nodecreds:0.0.0-test"
 	cmd := exec.Command("make", "--no-print-directory", "push", "IMAGE="+ref)
 	cmd.Dir = repoRoot
@@ -334,7 +336,7 @@ func TestRelease(t *testing.T) {
 	const version = "0.0.1-test"
 	host := realRegistry(t, user, pass)
 	cfgDir := t.TempDir()
-	mustWrite(t, filepath.Join(cfgDir, "config.json"), `{"auths":{"`+host+`":{"auth":"`+b64(user+":"+pass)+`"}}}`)
+	testsupport.WriteFile(t, filepath.Join(cfgDir, "config.json"), `{"auths":{"`+host+`":{"auth":"`+testsupport.B64(user+":"+pass)+`"}}}`, 0o600)
 	repo := host + "/nodecreds/nodecreds"
 	cmd := exec.Command("make", "--no-print-directory", "release", "VERSION="+version, "IMAGE="+repo)
 	cmd.Dir = repoRoot
@@ -354,7 +356,7 @@ func TestRelease(t *testing.T) {
 	}
 	pinned := repo + "@" + desc.Digest.String()
 
-	manifest := string(mustRead(t, filepath.Join(rel, "nodecreds.yaml")))
+	manifest := string(testsupport.ReadFile(t, filepath.Join(rel, "nodecreds.yaml")))
 	if !strings.Contains(manifest, "image: "+pinned+"\n") {
 		t.Errorf("nodecreds.yaml does not pin the image by the registry's digest %s", pinned)
 	}
@@ -377,7 +379,7 @@ func TestRelease(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, inImage := imageFiles(t, img)
-		if got := mustRead(t, filepath.Join(rel, "nodecreds-linux-"+arch)); !bytes.Equal(got, inImage) {
+		if got := testsupport.ReadFile(t, filepath.Join(rel, "nodecreds-linux-"+arch)); !bytes.Equal(got, inImage) {
 			t.Errorf("nodecreds-linux-%s is not the binary in the pushed image", arch)
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/nodecreds/nodecreds/test/cluster"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // render builds a kustomization of the repository as `kubectl apply -k`
@@ -32,20 +34,20 @@ func withCredentialProvider(t *testing.T) []*unstructured.Unstructured {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustWrite(t, filepath.Join(dir, "kustomization.yaml"), "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"+
-		"resources: ["+deploy+"]\ncomponents: ["+filepath.Join(deploy, "credential-provider")+"]\n")
+	testsupport.WriteFile(t, filepath.Join(dir, "kustomization.yaml"), "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"+
+		"resources: ["+deploy+"]\ncomponents: ["+filepath.Join(deploy, "credential-provider")+"]\n", 0o600)
 	overlay := renderPath(t, dir, "an overlay with deploy/credential-provider")
 
 	copyDir := t.TempDir()
 	if err := os.CopyFS(copyDir, os.DirFS(filepath.Join(cluster.RepoRoot(), "deploy"))); err != nil {
 		t.Fatal(err)
 	}
-	k := string(mustRead(t, filepath.Join(copyDir, "kustomization.yaml")))
+	k := string(testsupport.ReadFile(t, filepath.Join(copyDir, "kustomization.yaml")))
 	uncommented := strings.Replace(k, "# components:\n#   - credential-provider", "components:\n  - credential-provider", 1)
 	if uncommented == k {
 		t.Fatal("deploy/kustomization.yaml has no commented-out credential-provider component")
 	}
-	mustWrite(t, filepath.Join(copyDir, "kustomization.yaml"), uncommented)
+	testsupport.WriteFile(t, filepath.Join(copyDir, "kustomization.yaml"), uncommented, 0o600)
 	inPlace := renderPath(t, copyDir, "deploy/ with the component uncommented")
 	a, _ := json.Marshal(overlay)
 	b, _ := json.Marshal(inPlace)

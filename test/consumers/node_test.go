@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodecreds/nodecreds/test/cluster"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 const (
@@ -239,7 +241,7 @@ func TestRealNode(t *testing.T) {
 		t.Fatalf("containerd's %s is not the make image index %s:\n%s", agentImage, indexDigest, ls)
 	}
 	agentBin := filepath.Join(work, "nodecreds-from-image")
-	mustWrite(t, agentBin, string(imageBinary(t, layoutDir, runtime.GOARCH)))
+	testsupport.WriteFile(t, agentBin, string(imageBinary(t, layoutDir, runtime.GOARCH)), 0o600)
 	mkimage(t, filepath.Join(work, "pause.tar"), pauseImage, "/bin/busybox,sleep,2147483647", busybox+"=/bin/busybox")
 	mkimage(t, filepath.Join(work, "app.tar"), "docker.io/nodecreds/app:v1", "/bin/busybox,sleep,2147483647", busybox+"=/bin/busybox")
 	ctrCmd("images", "import", filepath.Join(work, "pause.tar"))
@@ -250,16 +252,16 @@ func TestRealNode(t *testing.T) {
 	host := registry.addr
 	image := host + "/team/app:v1"
 	authfile := filepath.Join(work, "push-auth.json")
-	mustWrite(t, authfile, `{"auths":{"`+host+`":{"auth":"`+b64(user+":"+pass1)+`"}}}`)
+	testsupport.WriteFile(t, authfile, `{"auths":{"`+host+`":{"auth":"`+testsupport.B64(user+":"+pass1)+`"}}}`, 0o600)
 	if b, err := exec.Command("skopeo", "copy", "--insecure-policy", "--dest-tls-verify=false", "--dest-authfile", authfile,
 		"docker-archive:"+filepath.Join(work, "app.tar"), "docker://"+image).CombinedOutput(); err != nil {
 		t.Fatalf("skopeo copy: %v\n%s", err, b)
 	}
-	mustWrite(t, filepath.Join(ctdDir, "certs.d", host, "hosts.toml"), fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host))
+	testsupport.WriteFile(t, filepath.Join(ctdDir, "certs.d", host, "hosts.toml"), fmt.Sprintf("server = \"http://%s\"\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host), 0o600)
 
 	// The node's own docker config, which must come back as it was.
-	origDocker := `{"auths":{"ghcr.io":{"auth":"` + b64("someone:their-token") + `"}},"psFormat":"table {{.ID}}"}`
-	mustWrite(t, filepath.Join(dockerDir, "config.json"), origDocker)
+	origDocker := `{"auths":{"ghcr.io":{"auth":"` + testsupport.B64("someone:their-token") + `"}},"psFormat":"table {{.ID}}"}`
+	testsupport.WriteFile(t, filepath.Join(dockerDir, "config.json"), origDocker, 0o600)
 
 	kubelet, err := c.StartKubelet(ctx, nodeName, kubeletRoot, socket, "nodecreds.io/not-ready:NoSchedule")
 	if err != nil {
@@ -315,7 +317,7 @@ func TestRealNode(t *testing.T) {
 	if _, err := c.Admin.CoreV1().Secrets(nodecredsNS).Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: secretName, Namespace: nodecredsNS},
 		Type:       corev1.SecretTypeDockerConfigJson,
-		Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths":{"` + host + `":{"auth":"` + b64(user+":"+pass1) + `"}}}`)},
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths":{"` + host + `":{"auth":"` + testsupport.B64(user+":"+pass1) + `"}}}`)},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -364,7 +366,7 @@ func TestRealNode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sec.Data[corev1.DockerConfigJsonKey] = []byte(`{"auths":{"` + host + `":{"auth":"` + b64(user+":"+pass) + `"}}}`)
+		sec.Data[corev1.DockerConfigJsonKey] = []byte(`{"auths":{"` + host + `":{"auth":"` + testsupport.B64(user+":"+pass) + `"}}}`)
 		if _, err := c.Admin.CoreV1().Secrets(nodecredsNS).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -406,7 +408,7 @@ func TestRealNode(t *testing.T) {
 	// both the config.json cache and the plugin's), then the password
 	// rotates again and a new Pod is created. Measured with the default
 	// cache duration and, for comparison, with a 10 s one.
-	if got, want := mustRead(t, filepath.Join(pluginBinDir, "nodecreds")), mustRead(t, agentBin); !bytes.Equal(got, want) {
+	if got, want := testsupport.ReadFile(t, filepath.Join(pluginBinDir, "nodecreds")), testsupport.ReadFile(t, agentBin); !bytes.Equal(got, want) {
 		t.Fatalf("%s/nodecreds is not the agent's binary", pluginBinDir)
 	}
 	cfg := providerConfig(t, []string{host}, nil, nil)
@@ -420,7 +422,7 @@ func TestRealNode(t *testing.T) {
 		args []string
 	}{{"default cache duration", nil}, {"--cache-duration=10s", []string{"--cache-duration=10s"}}} {
 		if len(variant.args) > 0 {
-			mustWrite(t, cfg, string(mustRead(t, providerConfig(t, []string{host}, variant.args, nil))))
+			testsupport.WriteFile(t, cfg, string(testsupport.ReadFile(t, providerConfig(t, []string{host}, variant.args, nil))), 0o600)
 			if err := kubelet.Restart(ctx); err != nil {
 				t.Fatalf("restarting the kubelet: %v\n%s", err, c.Logs("kubelet"))
 			}
@@ -485,7 +487,7 @@ func TestRealNode(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(kubeletRoot, "config.json")); !os.IsNotExist(err) {
 		t.Errorf("the kubelet file nodecreds created is still there after cleanup: %v", err)
 	}
-	if got := string(mustRead(t, filepath.Join(dockerDir, "config.json"))); !jsonEqual([]byte(got), []byte(origDocker)) {
+	if got := string(testsupport.ReadFile(t, filepath.Join(dockerDir, "config.json"))); !jsonEqual([]byte(got), []byte(origDocker)) {
 		t.Errorf("root's docker config after cleanup differs from the original:\n%s", got)
 	}
 	writeResults(t, freshNode, filesUpdated, afterRotation, pluginTimes[0], pluginTimes[1])

@@ -13,6 +13,8 @@ import (
 	"k8s.io/kubernetes/pkg/credentialprovider"
 	"k8s.io/kubernetes/pkg/credentialprovider/plugin"
 	"sigs.k8s.io/yaml"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // pluginCounts reads the kubelet's own plugin metrics: how many times it
@@ -57,8 +59,8 @@ func TestKubeletExecsThePlugin(t *testing.T) {
 	secretDir := filepath.Join(t.TempDir(), "secret")
 	writeSecret := func(pass string) {
 		t.Helper()
-		mustWrite(t, filepath.Join(secretDir, ".dockerconfigjson"),
-			`{"auths":{"reg.test:5000":{"auth":"`+b64("robot:"+pass)+`"},"a.corp.test/team":{"auth":"`+b64("team:"+pass)+`"}}}`)
+		testsupport.WriteFile(t, filepath.Join(secretDir, ".dockerconfigjson"),
+			`{"auths":{"reg.test:5000":{"auth":"`+testsupport.B64("robot:"+pass)+`"},"a.corp.test/team":{"auth":"`+testsupport.B64("team:"+pass)+`"}}}`, 0o600)
 	}
 	sync := func() {
 		t.Helper()
@@ -184,7 +186,7 @@ func TestMatchImagesSemantics(t *testing.T) {
 func providerConfig(t *testing.T, matchImages, extraArgs []string, env map[string]string) string {
 	t.Helper()
 	doc := map[string]any{}
-	b := mustRead(t, filepath.Join("..", "..", "deploy", "credential-provider", "nodecreds-credential-provider.yaml"))
+	b := testsupport.ReadFile(t, filepath.Join("..", "..", "deploy", "credential-provider", "nodecreds-credential-provider.yaml"))
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +205,7 @@ func providerConfig(t *testing.T, matchImages, extraArgs []string, env map[strin
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "nodecreds.yaml")
-	mustWrite(t, path, string(out))
+	testsupport.WriteFile(t, path, string(out), 0o600)
 	return path
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -23,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"k8s.io/kubernetes/pkg/credentialprovider"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // need fails the test, naming the package to install, when a real
@@ -34,16 +35,6 @@ func need(t *testing.T, bin, pkg string) string {
 		t.Fatalf("%s not found: install Debian's %s (make deps does)", bin, pkg)
 	}
 	return p
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // registryProc is Debian's docker-registry (distribution) on 127.0.0.1
@@ -66,7 +57,7 @@ func realRegistry(t *testing.T, user, pass string) string {
 func startRegistry(t *testing.T, user, pass string) *registryProc {
 	t.Helper()
 	r := &registryProc{t: t, bin: need(t, "docker-registry", "docker-registry"), htpasswd: need(t, "htpasswd", "apache2-utils"), dir: t.TempDir()}
-	r.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	r.addr = testsupport.FreeAddr(t)
 	cfg := fmt.Sprintf(`version: 0.1
 log:
   level: error
@@ -152,7 +143,7 @@ func pushImage(t *testing.T, skopeo, ref, user, pass string) {
 	}
 	authfile := filepath.Join(t.TempDir(), "push-auth.json")
 	host := strings.SplitN(ref, "/", 2)[0]
-	mustWrite(t, authfile, `{"auths":{"`+host+`":{"auth":"`+b64(user+":"+pass)+`"}}}`)
+	testsupport.WriteFile(t, authfile, `{"auths":{"`+host+`":{"auth":"`+testsupport.B64(user+":"+pass)+`"}}}`, 0o600)
 	out, err := exec.Command(skopeo, "copy", "--insecure-policy", "--dest-tls-verify=false", "--dest-authfile", authfile,
 		"oci:"+dir+":v1", "docker://"+ref).CombinedOutput()
 	if err != nil {
@@ -207,11 +198,11 @@ func syncFrom(t *testing.T, root string, creds map[string]string) {
 	t.Helper()
 	auths := map[string]any{}
 	for reg, up := range creds {
-		auths[reg] = map[string]string{"auth": b64(up)}
+		auths[reg] = map[string]string{"auth": testsupport.B64(up)}
 	}
 	doc, _ := json.Marshal(map[string]any{"auths": auths})
 	secretDir := filepath.Join(t.TempDir(), "secret")
-	mustWrite(t, filepath.Join(secretDir, ".dockerconfigjson"), string(doc))
+	testsupport.WriteFile(t, filepath.Join(secretDir, ".dockerconfigjson"), string(doc), 0o600)
 	if out, err := exec.Command(binary, "sync", "--once", "--source", "dir", "--secret-dir", secretDir, "--host-root", root, "--metrics-addr", "0").CombinedOutput(); err != nil {
 		t.Fatalf("nodecreds sync: %v\n%s", err, out)
 	}
@@ -277,7 +268,7 @@ func TestRealRegistry(t *testing.T) {
 	if rep, out, code := checkProbeRef(t, bad, "--registry", host); code != 1 || rep.Results[0].Probe == nil || rep.Results[0].Probe.Status != 401 {
 		t.Errorf("check --registry --probe with a wrong password: exit %d\n%s", code, out)
 	}
-	for _, s := range []string{pass, "wrong-canary-pw", b64(user + ":wrong-canary-pw")} {
+	for _, s := range []string{pass, "wrong-canary-pw", testsupport.B64(user + ":wrong-canary-pw")} {
 		if strings.Contains(out, s) {
 			t.Errorf("check output contains a secret")
 		}
@@ -288,7 +279,7 @@ func TestRealRegistry(t *testing.T) {
 
 	// A registry that does not answer.
 	down := t.TempDir()
-	deadHost := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	deadHost := testsupport.FreeAddr(t)
 	syncFrom(t, down, map[string]string{deadHost: "u:p"})
 	if rep, out, code := checkProbe(t, down, deadHost+"/app:v1"); code != 1 || rep.Results[0].Probe.OK || rep.Results[0].Probe.Error == "" {
 		t.Errorf("check --probe against a closed port: exit %d\n%s", code, out)
