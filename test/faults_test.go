@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -264,56 +263,18 @@ func TestFaultConcurrentWriterWhileRotating(t *testing.T) {
 	eventually(t, 20*time.Second, "first sync", func() bool { return authIn(file, "r.test") == testsupport.B64("u:p0") })
 
 	const writes = 400
-	var wg sync.WaitGroup
-	wg.Add(1)
-	errc := make(chan error, 1)
-	go func() {
-		defer wg.Done()
-		for i := range writes {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				errc <- err
-				return
-			}
-			var m map[string]any
-			if err := json.Unmarshal(data, &m); err != nil {
-				errc <- fmt.Errorf("the writer read invalid JSON: %w", err)
-				return
-			}
-			a, _ := m["auths"].(map[string]any)
-			if a == nil {
-				a = map[string]any{}
-				m["auths"] = a
-			}
-			a[fmt.Sprintf("login-%03d.test", i)] = map[string]string{"auth": testsupport.B64("me:pw")}
-			out, _ := json.Marshal(m)
-			tmp := file + ".login-tmp"
-			if err := os.WriteFile(tmp, out, 0o600); err != nil {
-				errc <- err
-				return
-			}
-			if err := os.Rename(tmp, file); err != nil {
-				errc <- err
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}()
+	writer := testsupport.LoginWriter(file, writes, func(i int) string { return fmt.Sprintf("login-%03d.test", i) }, time.Millisecond)
 	for r := 1; ; r++ {
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
 		select {
-		case <-done:
+		case err := <-writer:
+			if err != nil {
+				t.Fatal(err)
+			}
 		case <-time.After(50 * time.Millisecond):
 			secret.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": fmt.Sprintf("u:p%d", r)}))
 			continue
 		}
 		break
-	}
-	select {
-	case err := <-errc:
-		t.Fatal(err)
-	default:
 	}
 	secret.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:final"}))
 	eventually(t, 10*time.Second, "the final rotation", func() bool { return authIn(file, "r.test") == testsupport.B64("u:final") })

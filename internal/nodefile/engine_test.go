@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -362,45 +361,13 @@ func TestConcurrentWriter(t *testing.T) {
 	testsupport.WriteFile(t, p, `{"auths":{}}`, 0o600)
 
 	const writes = 300
-	var wg sync.WaitGroup
-	wg.Add(1)
-	writerErr := make(chan error, 1)
-	go func() {
-		defer wg.Done()
-		for i := range writes {
-			data, err := os.ReadFile(p)
-			if err != nil {
-				writerErr <- err
-				return
-			}
-			var m map[string]any
-			if err := json.Unmarshal(data, &m); err != nil {
-				writerErr <- fmt.Errorf("writer read invalid JSON: %w", err)
-				return
-			}
-			a, _ := m["auths"].(map[string]any)
-			if a == nil {
-				a = map[string]any{}
-				m["auths"] = a
-			}
-			a[fmt.Sprintf("w%d.io", i)] = map[string]any{"auth": "dzpw"}
-			out, _ := json.Marshal(m)
-			tmp := p + ".writer-tmp"
-			if err := os.WriteFile(tmp, out, 0o600); err != nil {
-				writerErr <- err
-				return
-			}
-			if err := os.Rename(tmp, p); err != nil {
-				writerErr <- err
-				return
-			}
-		}
-	}()
+	writer := testsupport.LoginWriter(p, writes, func(i int) string { return fmt.Sprintf("w%d.io", i) }, 0)
 	for i := 0; ; i++ {
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
 		select {
-		case <-done:
+		case err := <-writer:
+			if err != nil {
+				t.Fatal(err)
+			}
 		default:
 			res := apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", fmt.Sprintf("p%d", i))}, true)
 			if err := res[0].Err; err != nil && !errors.Is(err, ErrContended) {
@@ -409,11 +376,6 @@ func TestConcurrentWriter(t *testing.T) {
 			continue
 		}
 		break
-	}
-	select {
-	case err := <-writerErr:
-		t.Fatal(err)
-	default:
 	}
 	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
 	a := auths(t, p)

@@ -4,10 +4,13 @@ package testsupport
 
 import (
 	"encoding/base64"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // B64 is padded standard base64, as an auths entry's "auth" holds it.
@@ -47,4 +50,49 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// LoginWriter writes path the way `docker login` does, n times in a
+// goroutine: read it, add the entry key(i) (auth "dzpw"), write a temp file
+// and rename it over path, pausing between writes. The channel yields the
+// first error, or nil once all n are written.
+func LoginWriter(path string, n int, key func(i int) string, pause time.Duration) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		for i := range n {
+			if err := loginOnce(path, key(i)); err != nil {
+				done <- err
+				return
+			}
+			time.Sleep(pause)
+		}
+		done <- nil
+	}()
+	return done
+}
+
+func loginOnce(path, key string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("the writer read invalid JSON: %w", err)
+	}
+	a, _ := m["auths"].(map[string]any)
+	if a == nil {
+		a = map[string]any{}
+		m["auths"] = a
+	}
+	a[key] = map[string]any{"auth": "dzpw"}
+	out, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".login-tmp"
+	if err := os.WriteFile(tmp, out, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
