@@ -31,11 +31,12 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "nodecreds")
 	plainBinary = filepath.Join(dir, "nodecreds-plain")
-	for _, args := range [][]string{{"build", "-race", "-o", binary}, {"build", "-trimpath", "-o", plainBinary}} {
-		build := exec.Command("go", append(args, "../cmd/nodecreds")...)
-		build.Stdout, build.Stderr = os.Stdout, os.Stderr
-		if err := build.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "building nodecreds:", err)
+	for _, b := range []struct {
+		out   string
+		flags []string
+	}{{binary, []string{"-race"}}, {plainBinary, []string{"-trimpath"}}} {
+		if err := testsupport.BuildNodecreds("..", b.out, b.flags...); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -95,4 +96,18 @@ func loginOnce(path, key string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// BuildNodecreds builds ./cmd/nodecreds of the checkout at repoRoot into
+// out with extra go build flags (-race, -trimpath, ...), for tests that run
+// the real binary.
+func BuildNodecreds(repoRoot, out string, flags ...string) error {
+	args := append(append([]string{"build"}, flags...), "-o", out, "./cmd/nodecreds")
+	cmd := exec.Command("go", args...)
+	cmd.Dir = repoRoot
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("building nodecreds (%v): %w", flags, err)
+	}
+	return nil
 }

@@ -28,11 +28,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "nodecreds")
-	build := exec.Command("go", "build", "-o", binary, "./cmd/nodecreds")
-	build.Dir = "../.."
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building nodecreds:", err)
+	if err := testsupport.BuildNodecreds("../..", binary); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
