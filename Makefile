@@ -85,8 +85,9 @@ image: ## Build the image without a Docker engine: OCI layout at _output/image, 
 	$(GO) run ./scripts/image build -version $(VERSION) -out _output/image
 
 .PHONY: push
-push: image ## Push the image index to IMAGE=host[:port]/repo:tag; prints IMAGE@sha256:...
+push: ## Push the image index to IMAGE=host[:port]/repo:tag; prints IMAGE@sha256:...
 	@[ -n "$(IMAGE)" ] || { echo "usage: make push IMAGE=host[:port]/repo:tag"; exit 2; }
+	@$(MAKE) --no-print-directory image >&2
 	@$(GO) run ./scripts/image push -layout _output/image $(IMAGE)
 
 .PHONY: release
