@@ -66,9 +66,6 @@ func OpenRoot(root string) (*Root, error) {
 // Close releases the root handle.
 func (r *Root) Close() error { return r.fd.Close() }
 
-// Path is the host path of the root.
-func (r *Root) Path() string { return r.path }
-
 // Join returns the host path where nodePath lives now, symlinks resolved
 // under the root. It is a name for messages and watches only: by the time
 // it is used, a link may point elsewhere, so nothing is opened through it.
@@ -95,8 +92,16 @@ func (r *Root) OpenDir(nodePath string, create bool, mode fs.FileMode) (*Dir, er
 	if err != nil {
 		return nil, err
 	}
-	rel := r.rel(hostPath)
-	var h *os.File
+	return r.openRel(r.rel(hostPath), hostPath, create, mode)
+}
+
+// openRel opens the folder at rel (relative to the root; "" is the root
+// itself) in the root; hostPath names it in messages.
+func (r *Root) openRel(rel, hostPath string, create bool, mode fs.FileMode) (*Dir, error) {
+	var (
+		h   *os.File
+		err error
+	)
 	switch {
 	case rel == "":
 		h, err = pathrs.Reopen(r.fd, unix.O_PATH|unix.O_DIRECTORY)
@@ -128,8 +133,9 @@ func (r *Root) OpenParent(nodePath string, create bool, mode fs.FileMode) (*Dir,
 	if rel == "" {
 		return nil, "", fmt.Errorf("%s names the host root, not a file", nodePath)
 	}
+	// The path is resolved already: open its folder in the root as it is.
 	parent, name := path.Split(rel)
-	d, err := r.OpenDir("/"+parent, create, mode)
+	d, err := r.openRel(strings.TrimSuffix(parent, "/"), filepath.Dir(hostPath), create, mode)
 	if err != nil {
 		return nil, "", err
 	}
@@ -145,9 +151,6 @@ type Dir struct {
 
 // Close releases the folder.
 func (d *Dir) Close() error { return d.f.Close() }
-
-// Path is the folder's host path as it was when opened.
-func (d *Dir) Path() string { return d.path }
 
 // Name returns the host path of name in the folder, for messages.
 func (d *Dir) Name(name string) string { return filepath.Join(d.path, name) }
@@ -167,8 +170,6 @@ type Info struct {
 	UID   int
 	GID   int
 	Nlink uint64
-	Dev   uint64
-	Ino   uint64
 	Size  int64
 }
 
@@ -178,8 +179,6 @@ func infoOf(st *unix.Stat_t) Info {
 		UID:   int(st.Uid),
 		GID:   int(st.Gid),
 		Nlink: uint64(st.Nlink),
-		Dev:   uint64(st.Dev),
-		Ino:   st.Ino,
 		Size:  st.Size,
 	}
 }
@@ -220,17 +219,25 @@ func (d *Dir) open(name string, flags int, perm uint32) (*os.File, Info, error) 
 	}
 	p := d.Name(name)
 	fd, err := unix.Openat(d.fd(), name, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, perm)
-	switch {
-	case errors.Is(err, unix.ENOENT):
-		return nil, Info{}, fmt.Errorf("opening %s: %w", p, fs.ErrNotExist)
-	case errors.Is(err, unix.ELOOP):
+	if errors.Is(err, unix.ELOOP) {
 		return nil, Info{}, fmt.Errorf("%s: %w (it is a symlink, not followed here)", p, ErrNotRegular)
-	case errors.Is(err, unix.ENXIO):
-		return nil, Info{}, fmt.Errorf("%s: %w (it is a socket or FIFO)", p, ErrNotRegular)
-	case err != nil:
-		return nil, Info{}, fmt.Errorf("opening %s: %w", p, err)
+	}
+	if err != nil {
+		return nil, Info{}, openError(p, err)
 	}
 	return regularFile(fd, p)
+}
+
+// openError says why name could not be opened: fs.ErrNotExist, or
+// ErrNotRegular for a socket or FIFO (O_NONBLOCK opens give ENXIO there).
+func openError(name string, err error) error {
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("opening %s: %w", name, fs.ErrNotExist)
+	case errors.Is(err, unix.ENXIO):
+		return fmt.Errorf("%s: %w (it is a socket or FIFO)", name, ErrNotRegular)
+	}
+	return fmt.Errorf("opening %s: %w", name, err)
 }
 
 // regularFile wraps an fd opened with O_NONBLOCK: anything but a regular
@@ -281,23 +288,6 @@ func readAll(f *os.File, size, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w (the limit is %d MiB)", f.Name(), ErrTooLarge, max>>20)
 	}
 	return data, nil
-}
-
-// Lstat describes name without following a link. ok is false when there is
-// nothing at name.
-func (d *Dir) Lstat(name string) (info Info, isLink, ok bool, err error) {
-	if err := checkName(name); err != nil {
-		return Info{}, false, false, err
-	}
-	var st unix.Stat_t
-	err = unix.Fstatat(d.fd(), name, &st, unix.AT_SYMLINK_NOFOLLOW)
-	if errors.Is(err, unix.ENOENT) {
-		return Info{}, false, false, nil
-	}
-	if err != nil {
-		return Info{}, false, false, fmt.Errorf("stat %s: %w", d.Name(name), err)
-	}
-	return infoOf(&st), st.Mode&unix.S_IFMT == unix.S_IFLNK, true, nil
 }
 
 // CreateTemp creates a new file named prefix + random digits with mode perm,
@@ -437,13 +427,8 @@ func (d *Dir) Chmod(mode fs.FileMode) error {
 // not a regular file. A missing file is fs.ErrNotExist.
 func OpenRegular(name string) (*os.File, Info, error) {
 	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	switch {
-	case errors.Is(err, unix.ENOENT):
-		return nil, Info{}, fmt.Errorf("opening %s: %w", name, fs.ErrNotExist)
-	case errors.Is(err, unix.ENXIO):
-		return nil, Info{}, fmt.Errorf("%s: %w (it is a socket or FIFO)", name, ErrNotRegular)
-	case err != nil:
-		return nil, Info{}, fmt.Errorf("opening %s: %w", name, err)
+	if err != nil {
+		return nil, Info{}, openError(name, err)
 	}
 	return regularFile(fd, name)
 }
