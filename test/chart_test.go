@@ -19,11 +19,6 @@ import (
 
 	"github.com/nodecreds/nodecreds/scripts/chart/render"
 	"github.com/nodecreds/nodecreds/test/cluster"
-	"helm.sh/helm/v4/pkg/chart/common"
-	"helm.sh/helm/v4/pkg/chart/common/util"
-	"helm.sh/helm/v4/pkg/chart/v2/loader"
-	"helm.sh/helm/v4/pkg/engine"
-	"helm.sh/helm/v4/pkg/strvals"
 )
 
 func chartDir() string { return filepath.Join(cluster.RepoRoot(), render.ChartDir) }
@@ -259,21 +254,7 @@ func renderWithCluster(t *testing.T, c *cluster.Cluster, set, ns string) map[str
 }
 
 func renderWithClusterErr(c *cluster.Cluster, set, ns string) (map[string]string, error) {
-	ch, err := loader.Load(chartDir())
-	if err != nil {
-		return nil, err
-	}
-	vals := map[string]any{}
-	if set != "" {
-		if err := strvals.ParseInto(set, vals); err != nil {
-			return nil, err
-		}
-	}
-	rv, err := util.ToRenderValues(ch, vals, common.ReleaseOptions{Name: "nodecreds", Namespace: ns, IsInstall: true}, common.DefaultCapabilities)
-	if err != nil {
-		return nil, err
-	}
-	return engine.RenderWithClient(ch, rv, c.RESTConfig)
+	return render.RenderWithCluster(chartDir(), set, ns, c.RESTConfig)
 }
 
 // createPodFrom creates (server-side dry run) the Pod the DaemonSet

@@ -16,9 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/nodecreds/nodecreds/test/cluster"
-
 	"github.com/nodecreds/nodecreds/internal/testsupport"
+	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
 const (

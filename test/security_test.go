@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nodecreds/nodecreds/internal/check/checktest"
-
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 

@@ -13,7 +13,6 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
-
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 

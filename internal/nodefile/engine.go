@@ -187,17 +187,22 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 	}
 	results := make([]Result, 0, len(targets))
 	seen := map[string]string{} // host path → the target that resolved to it first
-	for _, t := range targets {
-		if p, err := root.Join(t); err == nil && filepath.IsAbs(t) {
-			if first, dup := seen[p]; dup {
-				// Two names for one file: syncing it under both would make
-				// each displace the other's entries into the state.
-				results = append(results, Result{Target: t, Path: p, Warnings: []string{fmt.Sprintf("%s is the same file as target %s; synced once, under %s", t, first, first)}})
-				continue
-			}
-			seen[p] = t
+	for _, target := range targets {
+		t, err := openTarget(root, target)
+		if err != nil {
+			results = append(results, Result{Target: target, Err: err})
+			continue
 		}
-		r, err := e.syncTarget(ctx, root, t, desired, prune, store)
+		if first, dup := seen[t.path]; dup {
+			// Two names for one file: syncing it under both would make
+			// each displace the other's entries into the state.
+			results = append(results, Result{Target: target, Path: t.path, Warnings: []string{fmt.Sprintf("%s is the same file as target %s; synced once, under %s", target, first, first)}})
+			t.close()
+			continue
+		}
+		seen[t.path] = target
+		r, err := e.syncTarget(ctx, root, target, t, desired, prune, store)
+		t.close()
 		r.Err = err
 		results = append(results, r)
 	}
@@ -208,14 +213,8 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 // state become, then commit it, again on top of another writer's file when
 // one raced us. The state is saved before the target is replaced (as an
 // intent covering old and new) and after (final).
-func (e *Engine) syncTarget(ctx context.Context, root *hostfs.Root, target string, desired dockercfg.Set, prune bool, store stateStore) (Result, error) {
-	res := Result{Target: target}
-	t, err := openTarget(root, target)
-	if err != nil {
-		return res, err
-	}
-	defer t.close()
-	res.Path = t.path
+func (e *Engine) syncTarget(ctx context.Context, root *hostfs.Root, target string, t *openedTarget, desired dockercfg.Set, prune bool, store stateStore) (Result, error) {
+	res := Result{Target: target, Path: t.path}
 	rec := targetRecord{store: store, target: target}
 	old := rec.current()
 

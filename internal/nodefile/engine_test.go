@@ -14,7 +14,6 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
-
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 

@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nodecreds/nodecreds/internal/hostfs/hostfstest"
-
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 

@@ -16,7 +16,6 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
-
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 

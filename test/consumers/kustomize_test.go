@@ -12,9 +12,8 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
-	"github.com/nodecreds/nodecreds/test/cluster"
-
 	"github.com/nodecreds/nodecreds/internal/testsupport"
+	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
 // render builds a kustomization of the repository as `kubectl apply -k`

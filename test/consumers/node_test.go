@@ -20,9 +20,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/nodecreds/nodecreds/test/cluster"
-
 	"github.com/nodecreds/nodecreds/internal/testsupport"
+	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
 const (

@@ -13,13 +13,13 @@ import (
 
 	"helm.sh/helm/v4/pkg/chart/common"
 	"helm.sh/helm/v4/pkg/chart/common/util"
-	chart "helm.sh/helm/v4/pkg/chart/v2"
 	"helm.sh/helm/v4/pkg/chart/v2/lint"
 	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
 	chartutil "helm.sh/helm/v4/pkg/chart/v2/util"
 	"helm.sh/helm/v4/pkg/engine"
 	"helm.sh/helm/v4/pkg/strvals"
+	"k8s.io/client-go/rest"
 )
 
 // ChartDir is the chart, relative to the repository root.
@@ -56,15 +56,17 @@ const header = `# nodecreds: keeps private-registry pull credentials on every Li
 // Render renders the chart with set (helm --set syntax) over its defaults,
 // as release "nodecreds" in namespace ns, and returns template → YAML.
 func Render(dir, set, ns string) (map[string]string, error) {
+	return RenderWithCluster(dir, set, ns, nil)
+}
+
+// RenderWithCluster is Render as `helm install` does it against a cluster:
+// the chart's lookup calls read from the API server at cfg (nil: none, as
+// `helm template`).
+func RenderWithCluster(dir, set, ns string, cfg *rest.Config) (map[string]string, error) {
 	ch, err := loader.Load(dir)
 	if err != nil {
 		return nil, fmt.Errorf("loading chart %s: %w", dir, err)
 	}
-	return RenderChart(ch, set, ns)
-}
-
-// RenderChart is Render for a loaded chart.
-func RenderChart(ch *chart.Chart, set, ns string) (map[string]string, error) {
 	vals := map[string]any{}
 	if set != "" {
 		if err := strvals.ParseInto(set, vals); err != nil {
@@ -75,7 +77,12 @@ func RenderChart(ch *chart.Chart, set, ns string) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := engine.Render(ch, rv)
+	var out map[string]string
+	if cfg != nil {
+		out, err = engine.RenderWithClient(ch, rv, cfg)
+	} else {
+		out, err = engine.Render(ch, rv)
+	}
 	if err != nil {
 		return nil, err
 	}
