@@ -54,19 +54,15 @@ type Report struct {
 // would. It never puts a password or auth string in the report.
 func Run(ctx context.Context, o Options) Report {
 	rep := Report{OK: true, Results: []Result{}, Warnings: []string{}}
-	var states []kubeletcred.File
-	usedIdx := -1
-	for _, c := range kubeletcred.SearchOrder(o.KubeletRootDir) {
-		st := kubeletcred.Read(o.HostRoot, c)
-		states = append(states, st)
-		if usedIdx < 0 && st.Exists && st.Err == nil && (!c.Legacy || !anyConfigJSONParsed(states)) {
-			usedIdx = len(states) - 1
-		}
-	}
-	// A pointer only once states stops growing.
+	states := kubeletcred.ReadAll(o.HostRoot, kubeletcred.SearchOrder(o.KubeletRootDir))
+	// The first file that parses wins; a legacy .dockercfg only when no
+	// config.json before it parsed.
 	var used *kubeletcred.File
-	if usedIdx >= 0 {
-		used = &states[usedIdx]
+	for i, st := range states {
+		if st.Exists && st.Err == nil && (!st.Legacy || !anyConfigJSONParsed(states[:i+1])) {
+			used = &states[i]
+			break
+		}
 	}
 	rep.Warnings = append(rep.Warnings, warnFiles(states, used)...)
 	for _, s := range states {

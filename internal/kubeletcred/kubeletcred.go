@@ -71,7 +71,7 @@ type File struct {
 	Candidate
 	Exists bool
 	Err    error // parse error: the kubelet skips the file silently
-	// unread: nodecreds refused to read the file (not a regular file, too
+	// Unread: nodecreds refused to read the file (not a regular file, too
 	// large, no permission); what the kubelet makes of it is unknown.
 	Unread bool
 	Creds  map[string]Cred
@@ -82,13 +82,28 @@ type File struct {
 // then read through a folder handle: a FIFO or device is refused without
 // blocking, and a file over hostfs.MaxFileSize is not read.
 func Read(hostRoot string, c Candidate) File {
-	st := File{Candidate: c}
+	return ReadAll(hostRoot, []Candidate{c})[0]
+}
+
+// ReadAll is Read for each candidate, through one handle of the host root.
+func ReadAll(hostRoot string, cs []Candidate) []File {
+	out := make([]File, len(cs))
 	root, err := hostfs.OpenRoot(hostRoot)
 	if err != nil {
-		st.Exists, st.Err, st.Unread = true, err, true
-		return st
+		for i, c := range cs {
+			out[i] = File{Candidate: c, Exists: true, Err: err, Unread: true}
+		}
+		return out
 	}
 	defer root.Close()
+	for i, c := range cs {
+		out[i] = read(root, c)
+	}
+	return out
+}
+
+func read(root *hostfs.Root, c Candidate) File {
+	st := File{Candidate: c}
 	d, name, err := root.OpenParent(c.Path, false, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return st
