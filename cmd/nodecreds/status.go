@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,9 +16,11 @@ func newStatusCmd(stdout io.Writer) *cobra.Command {
 		Use:   "status",
 		Short: "Show which nodes have applied the current revision of the source Secrets",
 		Long: `Show, per node, the revision of the source Secrets it has applied, whether that
-is the current one, when, and the agent's last message. With --wait, wait until
-every node has applied the current revision: exit 0 then, or 1 at --timeout,
-naming the nodes that lag.`,
+is the current one, when, and the agent's last message. A Secret with the
+nodecreds.io/node-selector annotation counts only for the nodes whose labels
+match it, so each node is compared with its own set. With --wait, wait until
+every node has applied its current revision: exit 0 then, or 1 at --timeout,
+naming the nodes that lag and the Secrets they wait for.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadStatus(cmd.Flags())
 			if err != nil {
@@ -52,7 +53,7 @@ naming the nodes that lag.`,
 				if len(st.Nodes) == 0 {
 					return fmt.Errorf("no nodes found within %s", cfg.Timeout)
 				}
-				return fmt.Errorf("not every node applied revision %s within %s; lagging: %s", st.Revision, cfg.Timeout, strings.Join(st.Lagging, ", "))
+				return fmt.Errorf("not every node applied the Secrets meant for it within %s; lagging: %s", cfg.Timeout, st.LaggingSummary())
 			}
 			return nil
 		},

@@ -75,7 +75,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		if err != nil {
 			return nil, err
 		}
-		p.src = source.NewSecrets(client, cfg.Namespace, cfg.Secrets, cfg.Selector, log.WithField("component", "source"))
+		p.src = source.NewSecrets(client, cfg.Namespace, cfg.Secrets, cfg.Selector, cfg.NodeName, log.WithField("component", "source"))
 		if cfg.NodeName == "" {
 			log.Warn("no --node-name (or $NODE_NAME): the Node's annotations, condition and startup taint are not managed")
 			break

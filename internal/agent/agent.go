@@ -134,6 +134,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		clashes = append(clashes, s.Clashes...)
 		named = append(named, dockercfg.NamedSet{Name: s.Name, Set: s.Set})
 	}
+	a.forgetGone(o.Sources)
 	desired, more := dockercfg.Union(named...)
 	clashes = append(clashes, more...)
 	o.Revision = source.Revision(o.Sources)
@@ -160,10 +161,21 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	return o
 }
 
+// forgetGone drops the last good state of sources that no longer apply
+// (deleted, or their node selector stopped matching), so it cannot come
+// back in force if they apply again broken.
+func (a *Agent) forgetGone(current []source.Snapshot) {
+	for name := range a.lastGood {
+		if !slices.ContainsFunc(current, func(s source.Snapshot) bool { return s.Name == name }) {
+			delete(a.lastGood, name)
+		}
+	}
+}
+
 // Status summarises an outcome for the Node: a reason a machine can match
 // and a message a person can act on, without any secret value.
 func (o Outcome) Status() report.SyncStatus {
-	st := report.SyncStatus{Revision: o.Revision, OK: o.Err == nil, Changed: o.Changed, Reason: "Synced"}
+	st := report.SyncStatus{Revision: o.Revision, Sources: source.Versions(o.Sources), OK: o.Err == nil, Changed: o.Changed, Reason: "Synced"}
 	var problems []string
 	for _, s := range o.Sources {
 		if s.Err != nil {

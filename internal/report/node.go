@@ -22,8 +22,10 @@ import (
 const (
 	AnnotationRevision = "nodecreds.io/revision"
 	AnnotationSyncedAt = "nodecreds.io/synced-at"
-	ConditionType      = corev1.NodeConditionType("RegistryCredentialsSynced")
-	StartupTaintKey    = "nodecreds.io/not-ready"
+	// AnnotationSources lists the applied sources as name@revision.
+	AnnotationSources = "nodecreds.io/sources"
+	ConditionType     = corev1.NodeConditionType("RegistryCredentialsSynced")
+	StartupTaintKey   = "nodecreds.io/not-ready"
 )
 
 // maxMessage bounds condition and event messages.
@@ -33,10 +35,12 @@ const maxMessage = 1024
 // message is built from errors that never carry values.
 type SyncStatus struct {
 	Revision string
-	OK       bool
-	Reason   string // CamelCase, for the condition
-	Message  string
-	Changed  bool
+	// Sources are the applied sources as name@revision (source.Versions).
+	Sources string
+	OK      bool
+	Reason  string // CamelCase, for the condition
+	Message string
+	Changed bool
 }
 
 // NodeReporter reports to this node's Node object: the applied revision and time as
@@ -172,6 +176,7 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 	if st.OK && st.Revision != n.reportedRev {
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
 			AnnotationRevision: st.Revision,
+			AnnotationSources:  st.Sources,
 			AnnotationSyncedAt: n.now().UTC().Format(time.RFC3339),
 		}}})
 		if _, err := nodes.Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "nodecreds"}); err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -36,14 +37,26 @@ type Options struct {
 type NodeRow struct {
 	Name     string `json:"name"`
 	Revision string `json:"revision"`
-	InSync   bool   `json:"inSync"`
-	SyncedAt string `json:"syncedAt"`
-	Message  string `json:"message"`
+	// Expected is the revision this node should have: that of the source
+	// Secrets that apply to it (their node selectors matched against its
+	// labels).
+	Expected string `json:"expected"`
+	// Sources are the Secrets that apply to this node, in precedence order.
+	Sources  []string `json:"sources"`
+	InSync   bool     `json:"inSync"`
+	SyncedAt string   `json:"syncedAt"`
+	Message  string   `json:"message"`
+	// Waiting names, for a node out of sync, each Secret it has not applied
+	// as it is now (or still applies although it no longer should).
+	Waiting []string `json:"waiting"`
 }
 
 // Rollout is the rollout of the current revision.
 type Rollout struct {
+	// Revision is the revision every node expects; empty when Secrets with
+	// node selectors make it differ between nodes (see each NodeRow).
 	Revision string    `json:"revision"`
+	PerNode  bool      `json:"perNode"`
 	InSync   bool      `json:"inSync"`
 	Nodes    []NodeRow `json:"nodes"`
 	Lagging  []string  `json:"lagging"`
@@ -133,9 +146,13 @@ func Get(ctx context.Context, client kubernetes.Interface, o Options) (Rollout, 
 	if err != nil {
 		return Rollout{}, err
 	}
-	st := Rollout{Revision: source.Revision(snaps), Nodes: []NodeRow{}, Lagging: []string{}, Sources: []string{}, Ignored: []string{}}
+	st := Rollout{Nodes: []NodeRow{}, Lagging: []string{}, Sources: []string{}, Ignored: []string{}}
 	for _, s := range snaps {
-		st.Sources = append(st.Sources, s.Name)
+		name := s.Name
+		if s.NodeSelector != nil {
+			name += " (nodes " + s.NodeSelector.String() + ")"
+		}
+		st.Sources = append(st.Sources, name)
 	}
 	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -143,37 +160,79 @@ func Get(ctx context.Context, client kubernetes.Interface, o Options) (Rollout, 
 	}
 	sc := getScope(ctx, client, o.Namespace)
 	st.Scope = sc.desc
+	expected := map[string]bool{}
 	for i := range nodes.Items {
 		n := &nodes.Items[i]
 		if !sc.covers(n) {
 			st.Ignored = append(st.Ignored, n.Name)
 			continue
 		}
-		row := NodeRow{Name: n.Name, Revision: n.Annotations[report.AnnotationRevision], SyncedAt: n.Annotations[report.AnnotationSyncedAt]}
-		condOK := false
-		for _, c := range n.Status.Conditions {
-			if c.Type == report.ConditionType {
-				condOK = c.Status == corev1.ConditionTrue
-				row.Message = c.Message
-				if !condOK {
-					row.Message = c.Reason + ": " + c.Message
-				}
-			}
-		}
-		if row.Revision == "" && row.Message == "" {
-			row.Message = "no nodecreds agent has reported on this node"
-		}
-		row.InSync = condOK && row.Revision == st.Revision
+		row := nodeRow(n, source.ForNode(snaps, &source.NodeLabels{Name: n.Name, Found: true, Labels: n.Labels}))
+		expected[row.Expected] = true
 		if !row.InSync {
 			st.Lagging = append(st.Lagging, n.Name)
 		}
 		st.Nodes = append(st.Nodes, row)
+	}
+	switch {
+	case len(expected) == 1:
+		st.Revision = st.Nodes[0].Expected
+	case slices.ContainsFunc(snaps, func(s source.Snapshot) bool { return s.NodeSelector != nil }):
+		st.PerNode = true
+	default:
+		st.Revision = source.Revision(snaps)
 	}
 	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Name < st.Nodes[j].Name })
 	slices.Sort(st.Lagging)
 	slices.Sort(st.Ignored)
 	st.InSync = len(st.Lagging) == 0 && len(st.Nodes) > 0
 	return st, nil
+}
+
+// nodeRow compares what a node reports with the sources that apply to it.
+func nodeRow(n *corev1.Node, applies []source.Snapshot) NodeRow {
+	row := NodeRow{Name: n.Name, Revision: n.Annotations[report.AnnotationRevision], SyncedAt: n.Annotations[report.AnnotationSyncedAt],
+		Expected: source.Revision(applies), Sources: []string{}, Waiting: []string{}}
+	for _, s := range applies {
+		row.Sources = append(row.Sources, s.Name)
+	}
+	condOK := false
+	for _, c := range n.Status.Conditions {
+		if c.Type == report.ConditionType {
+			condOK = c.Status == corev1.ConditionTrue
+			row.Message = c.Message
+			if !condOK {
+				row.Message = c.Reason + ": " + c.Message
+			}
+		}
+	}
+	if row.Revision == "" && row.Message == "" {
+		row.Message = "no nodecreds agent has reported on this node"
+	}
+	row.InSync = condOK && row.Revision == row.Expected
+	if !row.InSync && row.Revision != "" {
+		row.Waiting = waiting(source.ParseVersions(n.Annotations[report.AnnotationSources]), applies)
+	}
+	return row
+}
+
+// waiting names the Secrets whose applied version differs from what
+// applies now.
+func waiting(applied map[string]string, applies []source.Snapshot) []string {
+	out := []string{}
+	for _, s := range applies {
+		switch rev, ok := applied[s.Name]; {
+		case !ok:
+			out = append(out, s.Name+" not applied")
+		case rev != s.Revision:
+			out = append(out, s.Name+" applied at an older version")
+		}
+		delete(applied, s.Name)
+	}
+	for _, name := range slices.Sorted(maps.Keys(applied)) {
+		out = append(out, name+" still applied, no longer meant for this node")
+	}
+	return out
 }
 
 // snapshots builds the same snapshots the agents build (source.Select), so
@@ -249,14 +308,25 @@ func Wait(ctx context.Context, client kubernetes.Interface, o Options, timeout, 
 // WriteTable prints the status for people.
 func (s Rollout) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "sources:\t%s\nrevision:\t%s\nnodes:\t%s\n\n", strings.Join(s.Sources, ", "), s.Revision, s.Scope)
+	rev := s.Revision
+	if s.PerNode {
+		rev = "per node (Secrets with a node selector)"
+	}
+	fmt.Fprintf(tw, "sources:\t%s\nrevision:\t%s\nnodes:\t%s\n\n", strings.Join(s.Sources, ", "), dash(rev), s.Scope)
 	fmt.Fprintln(tw, "NODE\tREVISION\tIN SYNC\tSYNCED AT\tMESSAGE")
 	for _, n := range s.Nodes {
 		in := "yes"
 		if !n.InSync {
 			in = "no"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, dash(n.Revision), in, dash(n.SyncedAt), n.Message)
+		if s.PerNode && !n.InSync {
+			in = "no (expects " + n.Expected + ")"
+		}
+		msg := n.Message
+		if len(n.Waiting) > 0 {
+			msg = "waiting: " + strings.Join(n.Waiting, ", ") + "; " + msg
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, dash(n.Revision), in, dash(n.SyncedAt), msg)
 	}
 	fmt.Fprintf(tw, "\n%d of %d nodes in sync\n", len(s.Nodes)-len(s.Lagging), len(s.Nodes))
 	if len(s.Ignored) > 0 {
@@ -277,4 +347,24 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// LaggingSummary names each lagging node with what it waits for, for the
+// error `status --wait` ends with.
+func (s Rollout) LaggingSummary() string {
+	parts := make([]string, 0, len(s.Lagging))
+	for _, n := range s.Nodes {
+		if n.InSync {
+			continue
+		}
+		switch {
+		case len(n.Waiting) > 0:
+			parts = append(parts, n.Name+" ("+strings.Join(n.Waiting, ", ")+")")
+		case n.Message != "":
+			parts = append(parts, n.Name+" ("+n.Message+")")
+		default:
+			parts = append(parts, n.Name)
+		}
+	}
+	return strings.Join(parts, "; ")
 }

@@ -122,23 +122,35 @@ func TestScope(t *testing.T) {
 // one the agent's Secret source computes, for --secret a,b (with one
 // missing) and for --selector, so `status --wait` converges.
 func TestStatusAndAgentAgree(t *testing.T) {
-	secret := func(name, rv string, labels map[string]string) *corev1.Secret {
-		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("u-" + name), ResourceVersion: rv, Labels: labels},
+	secret := func(name, rv string, labels map[string]string, nodeSelector string) *corev1.Secret {
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("u-" + name), ResourceVersion: rv, Labels: labels},
 			Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": []byte(`{"auths":{}}`)}}
+		if nodeSelector != "" {
+			sec.Annotations = map[string]string{source.AnnotationNodeSelector: nodeSelector}
+		}
+		return sec
 	}
 	team := map[string]string{"team": "a"}
+	pooled := map[string]string{"team": "a", "pooled": "yes"}
 	tests := []struct {
 		name     string
 		secrets  []string
 		selector string
+		node     string // the agent's node; its labels pool=b
+		applies  []string
 	}{
-		{"--secret b,a,missing", []string{"b", "a", "missing"}, ""},
-		{"--selector team=a", nil, "team=a"},
+		{"--secret b,a,missing", []string{"b", "a", "missing"}, "", "", []string{"ns/b", "ns/a", "ns/missing"}},
+		{"--selector team=a,!pooled", nil, "team=a,!pooled", "", []string{"ns/a", "ns/b"}},
+		{"--secret with node selectors", []string{"b", "a", "pool-a", "pool-bc"}, "", "n1", []string{"ns/b", "ns/a", "ns/pool-bc"}},
+		{"--selector with node selectors", nil, "team=a", "n1", []string{"ns/a", "ns/b", "ns/pool-bc"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			client := fake.NewClientset(secret("b", "3", team), secret("a", "5", team), secret("c", "7", nil))
-			src := source.NewSecrets(client, "ns", tt.secrets, tt.selector, logrus.NewEntry(logrus.New()))
+			n1 := node("n1", "", "")
+			n1.Labels = map[string]string{"pool": "b"}
+			client := fake.NewClientset(secret("b", "3", team, ""), secret("a", "5", team, ""), secret("c", "7", nil, ""),
+				secret("pool-a", "8", pooled, "pool=a"), secret("pool-bc", "9", pooled, "pool in (b,c)"), n1)
+			src := source.NewSecrets(client, "ns", tt.secrets, tt.selector, tt.node, logrus.NewEntry(logrus.New()))
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			go func() { _ = src.Run(ctx) }()
@@ -147,14 +159,59 @@ func TestStatusAndAgentAgree(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("caches did not sync")
 			}
-			agentRev := source.Revision(src.Snapshots())
+			agentSnaps := src.Snapshots()
 			st, err := Get(t.Context(), client, Options{Namespace: "ns", Secrets: tt.secrets, Selector: tt.selector})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Revision != agentRev {
-				t.Errorf("status expects %s, the agent applies %s (sources %v)", st.Revision, agentRev, st.Sources)
+			if len(st.Nodes) != 1 || st.Nodes[0].Expected != source.Revision(agentSnaps) || !slices.Equal(st.Nodes[0].Sources, tt.applies) {
+				t.Fatalf("status expects %+v, the agent applies %s %v", st.Nodes, source.Revision(agentSnaps), tt.applies)
 			}
 		})
+	}
+}
+
+// TestPerNodeRevisions: with a Secret limited to pool=a, each node is
+// compared with its own set, and a lagging node is named with the Secret it
+// waits for.
+func TestPerNodeRevisions(t *testing.T) {
+	mk := func(name, rv, nodeSelector string) *corev1.Secret {
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("u-" + name), ResourceVersion: rv},
+			Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": []byte(`{"auths":{}}`)}}
+		if nodeSelector != "" {
+			sec.Annotations = map[string]string{source.AnnotationNodeSelector: nodeSelector}
+		}
+		return sec
+	}
+	all, poolA := mk("all", "1", ""), mk("pool-a", "2", "pool=a")
+	everywhere := []source.Snapshot{source.FromSecret(all)}
+	both := []source.Snapshot{source.FromSecret(all), source.FromSecret(poolA)}
+	reported := func(name, pool string, snaps []source.Snapshot) *corev1.Node {
+		n := node(name, source.Revision(snaps), corev1.ConditionTrue)
+		n.Labels = map[string]string{"pool": pool}
+		n.Annotations[report.AnnotationSources] = source.Versions(snaps)
+		return n
+	}
+	client := fake.NewClientset(all, poolA,
+		reported("a1", "a", both),       // has its set
+		reported("b1", "b", everywhere), // has its set
+		reported("b2", "b", both),       // was relabelled from a; still has pool-a
+		reported("a2", "a", everywhere), // relabelled to a; pool-a not yet applied
+	)
+	st, err := Get(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"all", "pool-a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.PerNode || st.Revision != "" || !slices.Equal(st.Lagging, []string{"a2", "b2"}) {
+		t.Fatalf("rollout = %+v", st)
+	}
+	want := map[string][]string{"a1": {}, "b1": {}, "a2": {"ns/pool-a not applied"}, "b2": {"ns/pool-a still applied, no longer meant for this node"}}
+	for _, n := range st.Nodes {
+		if !slices.Equal(n.Waiting, want[n.Name]) {
+			t.Errorf("node %s waits for %q, want %q", n.Name, n.Waiting, want[n.Name])
+		}
+	}
+	if got := st.LaggingSummary(); got != "a2 (ns/pool-a not applied); b2 (ns/pool-a still applied, no longer meant for this node)" {
+		t.Errorf("summary %q", got)
 	}
 }

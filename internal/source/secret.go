@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +33,9 @@ type Secrets struct {
 	selector  string
 	log       *logrus.Entry
 
+	// node is the agent's own Node, whose labels decide which Secrets with
+	// a node selector apply; nil without a node name.
+	node      *Node
 	informers []cache.SharedIndexInformer
 	setupErr  error // from the informers' setup, returned by Run
 	changed   chan struct{}
@@ -39,8 +43,10 @@ type Secrets struct {
 }
 
 // NewSecrets returns a source over the named Secrets (in precedence order)
-// or, when selector is set, over the Secrets it selects.
-func NewSecrets(client kubernetes.Interface, namespace string, names []string, selector string, log *logrus.Entry) *Secrets {
+// or, when selector is set, over the Secrets it selects; of those, only the
+// ones whose node selector matches the Node nodeName (every one without a
+// node selector) are handed out.
+func NewSecrets(client kubernetes.Interface, namespace string, names []string, selector, nodeName string, log *logrus.Entry) *Secrets {
 	if selector != "" {
 		names = nil // the selector decides which Secrets
 	}
@@ -58,7 +64,11 @@ func NewSecrets(client kubernetes.Interface, namespace string, names []string, s
 		err := inf.SetTransform(func(obj any) (any, error) {
 			if sec, ok := obj.(*corev1.Secret); ok {
 				sec.ManagedFields = nil
-				sec.Annotations = nil
+				if sel, ok := sec.Annotations[AnnotationNodeSelector]; ok {
+					sec.Annotations = map[string]string{AnnotationNodeSelector: sel}
+				} else {
+					sec.Annotations = nil
+				}
 			}
 			return obj, nil
 		})
@@ -69,6 +79,9 @@ func NewSecrets(client kubernetes.Interface, namespace string, names []string, s
 			s.setupErr = fmt.Errorf("setting up the Secret informer: %w", err)
 		}
 		return inf
+	}
+	if nodeName != "" {
+		s.node = NewNode(client, nodeName, s.notify)
 	}
 	if selector != "" {
 		s.informers = append(s.informers, newInformer(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
@@ -81,7 +94,8 @@ func NewSecrets(client kubernetes.Interface, namespace string, names []string, s
 	return s
 }
 
-// Changed is signalled (coalesced) when a Secret is added, updated or deleted.
+// Changed is signalled (coalesced) when a Secret is added, updated or
+// deleted, or the Node's labels change.
 func (s *Secrets) Changed() <-chan struct{} { return s.changed }
 
 // Ready is closed once every informer has its first list.
@@ -100,29 +114,37 @@ func (s *Secrets) Run(ctx context.Context) error {
 		return s.setupErr
 	}
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	syncs := make([]cache.InformerSynced, 0, len(s.informers)+1)
 	for _, inf := range s.informers {
 		wg.Go(func() { inf.RunWithContext(ctx) })
+		syncs = append(syncs, inf.HasSynced)
 	}
-	syncs := make([]cache.InformerSynced, len(s.informers))
-	for i, inf := range s.informers {
-		syncs[i] = inf.HasSynced
+	var nodeErr error
+	if s.node != nil {
+		wg.Go(func() { nodeErr = s.node.Run(ctx) })
+		syncs = append(syncs, s.node.HasSynced)
 	}
 	start := time.Now()
 	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
-		return nil // stopped before the first list
+		wg.Wait()
+		return nodeErr // stopped before the first list
 	}
 	s.log.WithFields(logrus.Fields{"namespace": s.namespace, "secrets": s.names, "selector": s.selector, "took": time.Since(start).String()}).Info("secret caches synced")
 	close(s.ready)
 	<-ctx.Done()
-	return nil
+	wg.Wait()
+	return nodeErr
 }
 
-// Snapshots returns the Secrets as the informers last saw them, in
-// precedence order.
+// Snapshots returns the Secrets that apply to this node as the informers
+// last saw them, in precedence order.
 func (s *Secrets) Snapshots() []Snapshot {
 	snaps, _ := Select(s.namespace, s.names, s.selector, cacheLookup{s}) // the caches cannot fail
-	return snaps
+	var node *NodeLabels
+	if s.node != nil {
+		node = s.node.Labels()
+	}
+	return ForNode(snaps, node)
 }
 
 // SecretLookup is where Select reads Secrets: the informers' caches in the
@@ -208,6 +230,13 @@ func FromSecret(sec *corev1.Secret) Snapshot {
 		Name:     sec.Namespace + "/" + sec.Name,
 		Revision: string(sec.UID) + "/" + sec.ResourceVersion,
 	}
+	sel, err := parseNodeSelector(snap.Name, sec.Annotations)
+	if err != nil {
+		// Nobody can tell which nodes it is for: every agent reports it.
+		snap.Err = err
+		return snap
+	}
+	snap.NodeSelector = sel
 	size := 0
 	for _, v := range sec.Data {
 		size += len(v)
@@ -238,4 +267,26 @@ func Revision(snaps []Snapshot) string {
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// Versions lists the sources as name@revision, comma-separated, for the
+// nodecreds.io/sources annotation: it lets `nodecreds status` name the
+// Secret a node lags on, where the revision digest only says that it does.
+func Versions(snaps []Snapshot) string {
+	parts := make([]string, len(snaps))
+	for i, s := range snaps {
+		parts[i] = s.Name + "@" + s.Revision
+	}
+	return strings.Join(parts, ",")
+}
+
+// ParseVersions reads what Versions wrote: revision by source name.
+func ParseVersions(v string) map[string]string {
+	out := map[string]string{}
+	for part := range strings.SplitSeq(v, ",") {
+		if name, rev, ok := strings.Cut(part, "@"); ok {
+			out[name] = rev
+		}
+	}
+	return out
 }

@@ -6,6 +6,8 @@ package source
 import (
 	"errors"
 
+	"k8s.io/apimachinery/pkg/labels"
+
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 )
 
@@ -24,6 +26,9 @@ type Snapshot struct {
 	// data (a Secret's uid and resourceVersion, a mounted folder's ..data
 	// target).
 	Revision string
+	// NodeSelector limits the source to the Nodes it matches (a Secret's
+	// nodecreds.io/node-selector annotation); nil applies everywhere.
+	NodeSelector labels.Selector
 	// Err is why the source cannot be used now. errors.Is(Err, ErrNotFound)
 	// when it does not exist, dockercfg.ErrInvalid when it does not validate.
 	Err error
@@ -40,6 +45,8 @@ func (s Snapshot) Reason() string {
 		return "Invalid"
 	case errors.Is(s.Err, ErrUnsupportedType):
 		return "UnsupportedType"
+	case errors.Is(s.Err, ErrNodeUnknown):
+		return "NodeUnknown"
 	}
 	return "Unreadable"
 }

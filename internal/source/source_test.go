@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
@@ -164,7 +167,7 @@ func TestSecretsScopedInformers(t *testing.T) {
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "b", UID: "ub", ResourceVersion: "1"}, Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a", UID: "ua", ResourceVersion: "2"}, Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}},
 	)
-	s := NewSecrets(client, "ns", []string{"b", "missing", "a"}, "", logrus.NewEntry(logrus.New()))
+	s := NewSecrets(client, "ns", []string{"b", "missing", "a"}, "", "", logrus.NewEntry(logrus.New()))
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	go func() { _ = s.Run(ctx) }()
@@ -201,5 +204,130 @@ func TestReadDirRefusesFIFO(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("reading the folder blocked on a FIFO")
+	}
+}
+
+func secretWithSelector(name, selector string) *corev1.Secret {
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("u-" + name), ResourceVersion: "1"},
+		Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}}
+	if selector != "-" {
+		sec.Annotations = map[string]string{AnnotationNodeSelector: selector}
+	}
+	return sec
+}
+
+func names(snaps []Snapshot) []string {
+	out := make([]string, len(snaps))
+	for i, s := range snaps {
+		out[i] = s.Name
+		if s.Err != nil {
+			out[i] += "!" + s.Reason()
+		}
+	}
+	return out
+}
+
+// TestForNode: which Secrets apply to a node, by their node-selector
+// annotation ("-": none) and the node's labels.
+func TestForNode(t *testing.T) {
+	all := []*corev1.Secret{
+		secretWithSelector("everywhere", "-"),
+		secretWithSelector("pool-a", "pool=a"),
+		secretWithSelector("pool-bc", "pool in (b,c)"),
+		secretWithSelector("not-gpu", "!gpu"),
+		secretWithSelector("invalid", "zone notin (x-zz"),
+		secretWithSelector("empty", ""),
+	}
+	snaps := make([]Snapshot, len(all))
+	for i, sec := range all {
+		snaps[i] = FromSecret(sec)
+	}
+	tests := []struct {
+		name string
+		node *NodeLabels
+		want []string
+	}{
+		{"pool a", &NodeLabels{Name: "n", Found: true, Labels: labels.Set{"pool": "a"}},
+			[]string{"ns/everywhere", "ns/pool-a", "ns/not-gpu", "ns/invalid!Invalid", "ns/empty!Invalid"}},
+		{"pool c with a gpu", &NodeLabels{Name: "n", Found: true, Labels: labels.Set{"pool": "c", "gpu": "true"}},
+			[]string{"ns/everywhere", "ns/pool-bc", "ns/invalid!Invalid", "ns/empty!Invalid"}},
+		{"no labels", &NodeLabels{Name: "n", Found: true},
+			[]string{"ns/everywhere", "ns/not-gpu", "ns/invalid!Invalid", "ns/empty!Invalid"}},
+		{"node not found", &NodeLabels{Name: "n"},
+			[]string{"ns/everywhere", "ns/pool-a!NodeUnknown", "ns/pool-bc!NodeUnknown", "ns/not-gpu!NodeUnknown", "ns/invalid!Invalid", "ns/empty!Invalid"}},
+		{"no node name", nil,
+			[]string{"ns/everywhere", "ns/pool-a!NodeUnknown", "ns/pool-bc!NodeUnknown", "ns/not-gpu!NodeUnknown", "ns/invalid!Invalid", "ns/empty!Invalid"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ForNode(snaps, tt.node)
+			if !slices.Equal(names(got), tt.want) {
+				t.Errorf("applies: %v\nwant      %v", names(got), tt.want)
+			}
+			for _, s := range got {
+				if s.Err != nil && (!strings.Contains(s.Err.Error(), s.Name) || !strings.Contains(s.Err.Error(), AnnotationNodeSelector)) {
+					t.Errorf("error %q does not name the Secret and the annotation", s.Err)
+				}
+				if s.Reason() == "Invalid" && strings.Contains(s.Err.Error(), "x-zz") {
+					t.Errorf("error %q echoes the annotation's value", s.Err)
+				}
+			}
+		})
+	}
+}
+
+// TestSecretsFollowNodeLabels: a label change signals and changes the
+// snapshots; an update that leaves the labels alone (the agent's own
+// status) does not signal.
+func TestSecretsFollowNodeLabels(t *testing.T) {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"pool": "a"}}}
+	client := fake.NewClientset(node, secretWithSelector("pool-a", "pool=a"), secretWithSelector("pool-b", "pool=b"))
+	s := NewSecrets(client, "ns", []string{"pool-a", "pool-b"}, "", "n1", logrus.NewEntry(logrus.New()))
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go func() { _ = s.Run(ctx) }()
+	select {
+	case <-s.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("caches did not sync")
+	}
+	drain := func() {
+		for {
+			select {
+			case <-s.Changed():
+			case <-time.After(300 * time.Millisecond):
+				return
+			}
+		}
+	}
+	drain()
+	if got := names(s.Snapshots()); !slices.Equal(got, []string{"ns/pool-a"}) {
+		t.Fatalf("pool a applies %v", got)
+	}
+	nodes := client.CoreV1().Nodes()
+	update := func(mutate func(*corev1.Node)) {
+		n, err := nodes.Get(ctx, "n1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mutate(n)
+		if _, err := nodes.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	update(func(n *corev1.Node) { n.Annotations = map[string]string{"nodecreds.io/revision": "x"} })
+	select {
+	case <-s.Changed():
+		t.Errorf("an update that left the labels alone signalled a change")
+	case <-time.After(500 * time.Millisecond):
+	}
+	update(func(n *corev1.Node) { n.Labels["pool"] = "b" })
+	select {
+	case <-s.Changed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no change signalled for a relabel")
+	}
+	if got := names(s.Snapshots()); !slices.Equal(got, []string{"ns/pool-b"}) {
+		t.Errorf("after the relabel, applies %v", got)
 	}
 }
