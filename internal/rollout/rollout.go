@@ -49,6 +49,8 @@ type NodeRow struct {
 	// Waiting names, for a node out of sync, each Secret it has not applied
 	// as it is now (or still applies although it no longer should).
 	Waiting []string `json:"waiting"`
+
+	failing bool // the agent reports a failure (condition False)
 }
 
 // Rollout is the rollout of the current revision.
@@ -203,6 +205,7 @@ func nodeRow(n *corev1.Node, applies []source.Snapshot) NodeRow {
 			row.Message = c.Message
 			if !condOK {
 				row.Message = c.Reason + ": " + c.Message
+				row.failing = true
 			}
 		}
 	}
@@ -278,13 +281,14 @@ func Wait(ctx context.Context, client kubernetes.Interface, o Options, timeout, 
 	defer cancel()
 	var (
 		last    Rollout
+		got     bool
 		lastErr error
 	)
 	for {
 		// A passing API error is retried until the deadline.
 		st, err := Get(ctx, client, o)
 		if err == nil {
-			last, lastErr = st, nil
+			last, got, lastErr = st, true, nil
 			if st.InSync {
 				return st, nil
 			}
@@ -293,7 +297,7 @@ func Wait(ctx context.Context, client kubernetes.Interface, o Options, timeout, 
 		}
 		select {
 		case <-ctx.Done():
-			if last.Revision == "" {
+			if !got {
 				if lastErr == nil {
 					lastErr = ctx.Err()
 				}
@@ -357,14 +361,15 @@ func (s Rollout) LaggingSummary() string {
 		if n.InSync {
 			continue
 		}
-		switch {
-		case len(n.Waiting) > 0:
-			parts = append(parts, n.Name+" ("+strings.Join(n.Waiting, ", ")+")")
-		case n.Message != "":
-			parts = append(parts, n.Name+" ("+n.Message+")")
-		default:
-			parts = append(parts, n.Name)
+		why := slices.Clone(n.Waiting)
+		if n.failing || (len(why) == 0 && n.Message != "") {
+			why = append(why, n.Message)
 		}
+		if len(why) == 0 {
+			parts = append(parts, n.Name)
+			continue
+		}
+		parts = append(parts, n.Name+" ("+strings.Join(why, "; ")+")")
 	}
 	return strings.Join(parts, "; ")
 }
