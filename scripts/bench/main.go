@@ -692,8 +692,8 @@ func (r *results) markdown(machine string) string {
 		}
 		w("| %s | %.2f | %.3f |\n", k, r.startReqs[k], r.idleReqs[k])
 	}
-	w("\n`PUT leases` and `GET /openapi/v3`, where they appear, are the API server's own housekeeping, not the agents'.\n\nWATCH requests are counted by `apiserver_request_total` only when they end, so open watches are counted from `apiserver_longrunning_requests` above. No `LIST secrets` at all: client-go %s streams the informer's initial list over its watch (WatchListClient), so each agent opens exactly one request per source Secret and keeps it.\n\n", "v0.37")
-	w("Start-up requests are, per agent: the Secret informer's watch; one GET of its Node; the annotation PATCH, the condition PATCH (nodes/status) and the Event POST; apiserver counts also include the benchmark's own Node creations and token requests, divided by the agent count. Idle: nothing but the open watch (no polling; the resync re-reads the informer's cache, not the API).\n\n")
+	w("\n`PUT leases` and `GET /openapi/v3`, where they appear, are the API server's own housekeeping, not the agents'.\n\nWATCH requests are counted by `apiserver_request_total` only when they end, so open watches are counted from `apiserver_longrunning_requests` above. No `LIST secrets` at all: client-go %s streams the informer's initial list over its watch (WatchListClient), so each agent opens exactly one request per source Secret and keeps it, plus one watch of its own Node (field-selected; for Secrets limited to node pools).\n\n", "v0.37")
+	w("Start-up requests are, per agent: the Secret informer's watch; the watch of its own Node; one GET of its Node; the annotation PATCH, the condition PATCH (nodes/status) and the Event POST; apiserver counts also include the benchmark's own Node creations and token requests, divided by the agent count. Idle: nothing but the open watch (no polling; the resync re-reads the informer's cache, not the API).\n\n")
 	w("### Rotation latency per rotation (all %d nodes)\n\n| rotation | slowest node | p50 |\n| --- | --- | --- |\n", r.cfg.agents)
 	for i, m := range r.rotationMax {
 		lat := r.rotations[i*r.cfg.agents : (i+1)*r.cfg.agents]
