@@ -57,7 +57,7 @@ test-faults: controlplane ## The slow fault tests alone (kill -9, full disk, rea
 	$(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestBadInput' -v ./test/
 
 .PHONY: compat
-compat: deps ## Real consumers: the kubelet's credential code, a real registry, skopeo
+compat: deps controlplane ## Real consumers: the kubelet's credential code (node pools on a real API server too), a real registry, skopeo
 	cd test/consumers && $(GO) test -count=1 ./...
 
 .PHONY: fuzz

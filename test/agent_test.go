@@ -37,15 +37,15 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 	kubelet, docker := filepath.Join(root, kubeletFile), filepath.Join(root, dockerFile)
 	want1, want2 := testsupport.B64("robot:"+pw1), testsupport.B64("robot:"+pw2)
 
-	eventually(t, 20*time.Second, "first sync of both files", func() bool {
+	testsupport.Eventually(t, 20*time.Second, "first sync of both files", func() bool {
 		return authIn(kubelet, reg) == want1 && authIn(docker, reg) == want1
 	})
-	eventually(t, 5*time.Second, "/readyz 200", func() bool { return httpStatus("http://"+addr+"/readyz") == 200 })
+	testsupport.Eventually(t, 5*time.Second, "/readyz 200", func() bool { return httpStatus("http://"+addr+"/readyz") == 200 })
 
 	// Rotation by ..data swap, as the kubelet updates a mounted Secret.
 	start := time.Now()
 	sec.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{reg: "robot:" + pw2}))
-	took := eventually(t, 5*time.Second, "rotation in both files", func() bool {
+	took := testsupport.Eventually(t, 5*time.Second, "rotation in both files", func() bool {
 		return authIn(kubelet, reg) == want2 && authIn(docker, reg) == want2
 	})
 	t.Logf("..data swap to both files updated: %s", took)
@@ -57,7 +57,7 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 	if err := os.Remove(kubelet); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 3*time.Second, "deleted file restored", func() bool { return authIn(kubelet, reg) == want2 })
+	testsupport.Eventually(t, 3*time.Second, "deleted file restored", func() bool { return authIn(kubelet, reg) == want2 })
 
 	// Drift: our entry tampered with while someone adds their own entry.
 	tampered := `{"auths":{"` + reg + `":{"auth":"` + testsupport.B64("evil:x") + `"},"mine.example.test":{"auth":"` + testsupport.B64("me:pw") + `"}},"credsStore":"pass"}`
@@ -71,7 +71,7 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 	if err := os.Rename(tmp, docker); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 3*time.Second, "tampered entry corrected", func() bool { return authIn(docker, reg) == want2 })
+	testsupport.Eventually(t, 3*time.Second, "tampered entry corrected", func() bool { return authIn(docker, reg) == want2 })
 	if authIn(docker, "mine.example.test") != testsupport.B64("me:pw") {
 		t.Errorf("a foreign entry added by hand was lost")
 	}
@@ -83,7 +83,7 @@ func TestAgentFollowsMountedSecret(t *testing.T) {
 	// The counters move after the file is written: wait for the drift to be
 	// counted, then check the rest.
 	var metrics string
-	eventually(t, 3*time.Second, "drift correction counted", func() bool {
+	testsupport.Eventually(t, 3*time.Second, "drift correction counted", func() bool {
 		metrics = httpBody(t, "http://"+addr+"/metrics")
 		return strings.Contains(metrics, "nodecreds_drift_corrections_total")
 	})
@@ -148,18 +148,18 @@ func TestAgentKeepsLastGoodOnInvalidSource(t *testing.T) {
 	sec := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{reg: "u:good-canary-1"}))
 	agent := startAgent(t, "--source", "dir", "--secret-dir", sec.dir, "--host-root", root, "--metrics-addr", "0", "--log-level", "debug")
 	kubelet := filepath.Join(root, kubeletFile)
-	eventually(t, 20*time.Second, "first sync", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:good-canary-1") })
+	testsupport.Eventually(t, 20*time.Second, "first sync", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:good-canary-1") })
 	before := testsupport.ReadFile(t, kubelet)
 
 	sec.swap(".dockerconfigjson", []byte(`{"auths":{"`+reg+`":{"auth":"`+testsupport.B64("no-colon-canary-2")+`"}}}`))
-	eventually(t, 5*time.Second, "the invalid source reported", func() bool {
+	testsupport.Eventually(t, 5*time.Second, "the invalid source reported", func() bool {
 		return strings.Contains(agent.logs.String(), `registry \"r.example.test\": \"auth\" does not decode to user:password`)
 	})
 	if string(testsupport.ReadFile(t, kubelet)) != string(before) {
 		t.Errorf("an invalid source changed the node file")
 	}
 	sec.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{reg: "u:good-canary-3"}))
-	eventually(t, 5*time.Second, "the next good version applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:good-canary-3") })
+	testsupport.Eventually(t, 5*time.Second, "the next good version applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:good-canary-3") })
 	agent.stop(t)
 	assertNoSecrets(t, "agent logs", agent.logs.String(), "good-canary-1", "no-colon-canary-2", testsupport.B64("no-colon-canary-2"), "good-canary-3")
 }

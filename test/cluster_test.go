@@ -61,26 +61,8 @@ func startCluster(t *testing.T, podSecurityLevel ...string) *cluster.Cluster {
 
 func applyManifest(t *testing.T, c *cluster.Cluster) {
 	t.Helper()
-	objs, err := cluster.ReadManifest(filepath.Join(cluster.RepoRoot(), "deploy", "daemonset.yaml"))
-	if err != nil {
+	if err := cluster.Install(t.Context(), c.RESTConfig, filepath.Join(cluster.RepoRoot(), "deploy", "daemonset.yaml")); err != nil {
 		t.Fatal(err)
-	}
-	if err := cluster.Apply(t.Context(), c.RESTConfig, objs, true); err != nil {
-		// The Namespace does not exist yet, so a dry run of the namespaced
-		// objects is refused; dry-run the Namespace alone first, then all
-		// once it exists.
-		if !strings.Contains(err.Error(), "not found") {
-			t.Fatalf("server-side dry run: %v", err)
-		}
-	}
-	if err := cluster.Apply(t.Context(), c.RESTConfig, objs[:1], false); err != nil {
-		t.Fatalf("applying the Namespace: %v", err)
-	}
-	if err := cluster.Apply(t.Context(), c.RESTConfig, objs, true); err != nil {
-		t.Fatalf("server-side dry run of the whole manifest: %v", err)
-	}
-	if err := cluster.Apply(t.Context(), c.RESTConfig, objs, false); err != nil {
-		t.Fatalf("applying the manifest: %v", err)
 	}
 }
 
@@ -196,7 +178,7 @@ func TestClusterMode(t *testing.T) {
 		"--host-root", root, "--metrics-addr", addr, "--log-level", "debug")
 	kubelet, docker := filepath.Join(root, kubeletFile), filepath.Join(root, dockerFile)
 
-	eventually(t, 30*time.Second, "first sync", func() bool {
+	testsupport.Eventually(t, 30*time.Second, "first sync", func() bool {
 		return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[0]) && authIn(docker, reg) == testsupport.B64("robot:"+pw[0])
 	})
 	var st statusOut
@@ -206,7 +188,7 @@ func TestClusterMode(t *testing.T) {
 			t.Logf("last status: %+v\nnode annotations %v taints %v conditions %+v", st, n.Annotations, n.Spec.Taints, n.Status.Conditions)
 		}
 	})
-	eventually(t, 15*time.Second, "node annotated, condition True, taint removed", func() bool {
+	testsupport.Eventually(t, 15*time.Second, "node annotated, condition True, taint removed", func() bool {
 		n := getNode(t, admin, "node-1")
 		cond := condition(n)
 		st, _, _ = status(t, c)
@@ -234,7 +216,7 @@ func TestClusterMode(t *testing.T) {
 	// Rotation.
 	start := time.Now()
 	updateSecret(t, admin, dockerconfigjson(t, map[string]string{reg: "robot:" + pw[1]}))
-	took := eventually(t, 10*time.Second, "rotation in both files", func() bool {
+	took := testsupport.Eventually(t, 10*time.Second, "rotation in both files", func() bool {
 		return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[1]) && authIn(docker, reg) == testsupport.B64("robot:"+pw[1])
 	})
 	t.Logf("Secret update to both node files updated: %s (since the API call returned: %s)", took, time.Since(start))
@@ -245,7 +227,7 @@ func TestClusterMode(t *testing.T) {
 	// A malformed Secret: files untouched, reported on the Node.
 	before := testsupport.ReadFile(t, kubelet)
 	updateSecret(t, admin, []byte(`{"auths":{"`+reg+`":{"auth":"`+testsupport.B64("no-colon-"+pw[2])+`"}}}`))
-	eventually(t, 15*time.Second, "condition False naming the key", func() bool {
+	testsupport.Eventually(t, 15*time.Second, "condition False naming the key", func() bool {
 		cond := condition(getNode(t, admin, "node-1"))
 		return cond != nil && cond.Status == corev1.ConditionFalse && cond.Reason == "SourceInvalid" &&
 			strings.Contains(cond.Message, `registry "`+reg+`"`)
@@ -276,7 +258,7 @@ func TestClusterMode(t *testing.T) {
 	// The API server goes away: the agent keeps running and the files stay.
 	fixed := dockerconfigjson(t, map[string]string{reg: "robot:" + pw[2]})
 	updateSecret(t, admin, fixed)
-	eventually(t, 10*time.Second, "fixed Secret applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[2]) })
+	testsupport.Eventually(t, 10*time.Second, "fixed Secret applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[2]) })
 	beforeOutage := testsupport.ReadFile(t, kubelet)
 	c.StopAPIServer()
 	time.Sleep(3 * time.Second) // an outage of some seconds; the agent must not touch the files
@@ -292,7 +274,7 @@ func TestClusterMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	updateSecret(t, c.Admin, dockerconfigjson(t, map[string]string{reg: "robot:" + pw[0]}))
-	eventually(t, 60*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[0]) })
+	testsupport.Eventually(t, 60*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[0]) })
 	if _, stderr, code := status(t, c, "--wait", "--timeout", "30s"); code != 0 {
 		t.Errorf("status --wait after the outage: exit %d: %s", code, stderr)
 	}
@@ -387,7 +369,7 @@ func TestFaultAPIServerOutage(t *testing.T) {
 	writeNodeFile(t, filepath.Join(root, dockerFile), `{"auths":{"mine.test":{"auth":"`+testsupport.B64("me:x")+`"}}}`)
 	agent := startAgent(t, "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", "node-o", "--host-root", root,
 		"--metrics-addr", "0", "--resync", "2s")
-	eventually(t, 30*time.Second, "first sync", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:before") })
+	testsupport.Eventually(t, 30*time.Second, "first sync", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:before") })
 
 	before, _ := os.Stat(kubelet)
 	content := testsupport.ReadFile(t, kubelet)
@@ -410,16 +392,16 @@ func TestFaultAPIServerOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	updateSecret(t, c.Admin, dockerconfigjson(t, map[string]string{reg: "u:after"}))
-	eventually(t, 90*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:after") })
+	testsupport.Eventually(t, 90*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:after") })
 
 	// Deleted: counts as empty with prune; the foreign entry stays.
 	if err := c.Admin.CoreV1().Secrets(ns).Delete(ctx, secretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "entries of a deleted Secret pruned", func() bool {
+	testsupport.Eventually(t, 15*time.Second, "entries of a deleted Secret pruned", func() bool {
 		return authIn(filepath.Join(root, dockerFile), reg) == "" && authIn(filepath.Join(root, dockerFile), "mine.test") == testsupport.B64("me:x")
 	})
-	eventually(t, 15*time.Second, "condition says the Secret is missing", func() bool {
+	testsupport.Eventually(t, 15*time.Second, "condition says the Secret is missing", func() bool {
 		cond := condition(getNode(t, c.Admin, "node-o"))
 		return cond != nil && cond.Status == corev1.ConditionFalse && cond.Reason == "SourceNotFound"
 	})
@@ -427,7 +409,7 @@ func TestFaultAPIServerOutage(t *testing.T) {
 	if _, err := c.Admin.CoreV1().Secrets(ns).Create(ctx, registrySecret(dockerconfigjson(t, map[string]string{reg: "u:recreated"})), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "a recreated Secret applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:recreated") })
+	testsupport.Eventually(t, 15*time.Second, "a recreated Secret applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("u:recreated") })
 	if code := agent.stop(t); code != 0 {
 		t.Errorf("exit %d", code)
 	}

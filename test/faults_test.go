@@ -203,10 +203,10 @@ func TestFaultFullDiskAndReadOnly(t *testing.T) {
 
 	secret := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, bigSecret(1500, "full"))) // ~100 KiB: does not fit
 	agent := startAgent(t, "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", "0")
-	eventually(t, 20*time.Second, "the docker file synced despite the full kubelet folder", func() bool {
+	testsupport.Eventually(t, 20*time.Second, "the docker file synced despite the full kubelet folder", func() bool {
 		return authIn(filepath.Join(ddir, "config.json"), "reg-0000.example.test") == testsupport.B64("robot:full-0")
 	})
-	eventually(t, 10*time.Second, "an error naming the full path", func() bool {
+	testsupport.Eventually(t, 10*time.Second, "an error naming the full path", func() bool {
 		l := agent.logs.String()
 		return strings.Contains(l, filepath.Join(kdir, "config.json")) && strings.Contains(l, "no space left on device")
 	})
@@ -219,7 +219,7 @@ func TestFaultFullDiskAndReadOnly(t *testing.T) {
 
 	// Space returns: the agent's retry picks it up.
 	mountOrFail(t, "", kdir, "", unix.MS_REMOUNT, "size=8m")
-	eventually(t, 40*time.Second, "recovery once space returns", func() bool {
+	testsupport.Eventually(t, 40*time.Second, "recovery once space returns", func() bool {
 		return authIn(filepath.Join(kdir, "config.json"), "reg-1499.example.test") == testsupport.B64("robot:full-1499") &&
 			authIn(filepath.Join(kdir, "config.json"), "keep.test") == testsupport.B64("k:keep")
 	})
@@ -230,10 +230,10 @@ func TestFaultFullDiskAndReadOnly(t *testing.T) {
 	mountOrFail(t, "", ddir, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, "")
 	prevDocker := testsupport.ReadFile(t, filepath.Join(ddir, "config.json"))
 	secret.swap(".dockerconfigjson", dockerconfigjson(t, bigSecret(10, "ro")))
-	eventually(t, 10*time.Second, "the kubelet file rotated despite the read-only docker folder", func() bool {
+	testsupport.Eventually(t, 10*time.Second, "the kubelet file rotated despite the read-only docker folder", func() bool {
 		return authIn(filepath.Join(kdir, "config.json"), "reg-0009.example.test") == testsupport.B64("robot:ro-9")
 	})
-	eventually(t, 10*time.Second, "an error naming the read-only path", func() bool {
+	testsupport.Eventually(t, 10*time.Second, "an error naming the read-only path", func() bool {
 		l := agent.logs.String()
 		return strings.Contains(l, ddir) && strings.Contains(l, "read-only file system")
 	})
@@ -242,7 +242,7 @@ func TestFaultFullDiskAndReadOnly(t *testing.T) {
 	}
 	// Write access returns.
 	mountOrFail(t, "", ddir, "", unix.MS_REMOUNT|unix.MS_BIND, "")
-	eventually(t, 40*time.Second, "recovery once write access returns", func() bool {
+	testsupport.Eventually(t, 40*time.Second, "recovery once write access returns", func() bool {
 		return authIn(filepath.Join(ddir, "config.json"), "reg-0009.example.test") == testsupport.B64("robot:ro-9")
 	})
 	if code := agent.stop(t); code != 0 {
@@ -260,7 +260,7 @@ func TestFaultConcurrentWriterWhileRotating(t *testing.T) {
 	writeNodeFile(t, file, `{"auths":{}}`)
 	secret := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:p0"}))
 	agent := startAgent(t, "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", "0")
-	eventually(t, 20*time.Second, "first sync", func() bool { return authIn(file, "r.test") == testsupport.B64("u:p0") })
+	testsupport.Eventually(t, 20*time.Second, "first sync", func() bool { return authIn(file, "r.test") == testsupport.B64("u:p0") })
 
 	const writes = 400
 	writer := testsupport.LoginWriter(file, writes, func(i int) string { return fmt.Sprintf("login-%03d.test", i) }, time.Millisecond)
@@ -277,7 +277,7 @@ func TestFaultConcurrentWriterWhileRotating(t *testing.T) {
 		break
 	}
 	secret.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:final"}))
-	eventually(t, 10*time.Second, "the final rotation", func() bool { return authIn(file, "r.test") == testsupport.B64("u:final") })
+	testsupport.Eventually(t, 10*time.Second, "the final rotation", func() bool { return authIn(file, "r.test") == testsupport.B64("u:final") })
 	lost := 0
 	for i := range writes {
 		if authIn(file, fmt.Sprintf("login-%03d.test", i)) == "" {

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -113,31 +112,14 @@ func (s *secretDir) swap(key string, data []byte) {
 // agentProc is a running `nodecreds sync`.
 type agentProc struct {
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *testsupport.Buffer
 	done chan error
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func startAgent(t *testing.T, args ...string) *agentProc {
 	t.Helper()
 	cmd := exec.Command(binary, append([]string{"sync"}, args...)...)
-	p := &agentProc{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	p := &agentProc{cmd: cmd, logs: &testsupport.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -174,21 +156,6 @@ func (p *agentProc) stop(t *testing.T) int {
 func run(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	return runEnv(t, nil, args...)
-}
-
-// eventually polls cond until it holds or the deadline passes. It is for
-// waiting on another process; in-process timing uses injected clocks.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for time.Since(start) < within {
-		if cond() {
-			return time.Since(start)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s", within, what)
-	return 0
 }
 
 // authIn returns the auth of key in a config.json, or "" when absent or

@@ -284,7 +284,7 @@ func TestNodePools(t *testing.T) {
 	})
 	waitSets := func(what string, want map[string]map[string]string) time.Duration {
 		t.Helper()
-		return eventually(t, 20*time.Second, what, func() bool {
+		return testsupport.Eventually(t, 20*time.Second, what, func() bool {
 			for name, w := range want {
 				if !nodes[name].has(t, w) {
 					return false
@@ -376,7 +376,7 @@ func TestNodePools(t *testing.T) {
 	// and the annotation; the others stay.
 	setSelector(t, admin, "broken", "pool in (a")
 	for name := range nodes {
-		eventually(t, 20*time.Second, name+" reports the invalid selector", func() bool {
+		testsupport.Eventually(t, 20*time.Second, name+" reports the invalid selector", func() bool {
 			cond := condition(getNode(t, admin, name))
 			return cond != nil && cond.Status == corev1.ConditionFalse && cond.Reason == "SourceInvalid" &&
 				strings.Contains(cond.Message, ns+"/broken") && strings.Contains(cond.Message, "nodecreds.io/node-selector")

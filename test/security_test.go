@@ -90,7 +90,7 @@ func TestFIFOTargetDoesNotHangTheAgent(t *testing.T) {
 	addr := testsupport.FreeAddr(t)
 	agent := startAgent(t, "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", addr)
 	secret.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:fifo-canary-2"}))
-	eventually(t, 20*time.Second, "the rotation on the other target", func() bool {
+	testsupport.Eventually(t, 20*time.Second, "the rotation on the other target", func() bool {
 		return authIn(filepath.Join(root, dockerFile), "r.test") == testsupport.B64("u:fifo-canary-2")
 	})
 	resp, err := http.Get("http://" + addr + "/readyz")

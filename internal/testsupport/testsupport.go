@@ -3,6 +3,7 @@
 package testsupport
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -110,4 +112,39 @@ func BuildNodecreds(repoRoot, out string, flags ...string) error {
 		return fmt.Errorf("building nodecreds (%v): %w", flags, err)
 	}
 	return nil
+}
+
+// Buffer is a bytes.Buffer safe for a child process's output and the test
+// reading it at once.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Eventually polls cond every 5 ms until it holds, and returns how long
+// that took; at the deadline the test fails naming what it waited for. It
+// is for waiting on another process.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < within {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s", within, what)
+	return 0
 }

@@ -86,3 +86,30 @@ func Apply(ctx context.Context, cfg *rest.Config, objs []*unstructured.Unstructu
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Install applies a manifest whose first object is its Namespace, as
+// `kubectl apply -f` would: a server-side dry run of the whole (after the
+// Namespace exists, since namespaced objects are refused before), then for
+// real.
+func Install(ctx context.Context, cfg *rest.Config, path string) error {
+	objs, err := ReadManifest(path)
+	if err != nil {
+		return err
+	}
+	if len(objs) == 0 || objs[0].GetKind() != "Namespace" {
+		return fmt.Errorf("%s: the first object is not its Namespace", path)
+	}
+	if err := Apply(ctx, cfg, objs[:1], true); err != nil {
+		return fmt.Errorf("server-side dry run of the Namespace: %w", err)
+	}
+	if err := Apply(ctx, cfg, objs[:1], false); err != nil {
+		return fmt.Errorf("applying the Namespace: %w", err)
+	}
+	if err := Apply(ctx, cfg, objs, true); err != nil {
+		return fmt.Errorf("server-side dry run of %s: %w", path, err)
+	}
+	if err := Apply(ctx, cfg, objs, false); err != nil {
+		return fmt.Errorf("applying %s: %w", path, err)
+	}
+	return nil
+}
