@@ -273,8 +273,13 @@ func TestClusterMode(t *testing.T) {
 	if err := c.RestartAPIServer(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// A change made as soon as the server is back: how long until the
+	// agent's watch is back and the file follows (issue 16 aims at ≤ 3 s;
+	// make bench measures it against that target).
+	back := time.Now()
 	updateSecret(t, c.Admin, dockerconfigjson(t, map[string]string{reg: "robot:" + pw[0]}))
 	testsupport.Eventually(t, 60*time.Second, "a change after the outage applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[0]) })
+	t.Logf("API server back to a change made then in the kubelet file: %s", time.Since(back))
 	if _, stderr, code := status(t, c, "--wait", "--timeout", "30s"); code != 0 {
 		t.Errorf("status --wait after the outage: exit %d: %s", code, stderr)
 	}

@@ -10,7 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -80,12 +81,11 @@ func parseNodeSelector(name string, annotations map[string]string) (labels.Selec
 	return sel, nil
 }
 
-// Node watches the agent's own Node (one informer, field-selected to its
+// Node watches the agent's own Node (one watch, field-selected to its
 // name) and calls onChange when its labels change.
 type Node struct {
 	name     string
-	informer cache.SharedIndexInformer
-	setupErr error
+	w        *watched
 	onChange func()
 
 	mu     sync.Mutex
@@ -97,33 +97,36 @@ type Node struct {
 func NewNode(client kubernetes.Interface, name string, onChange func()) *Node {
 	n := &Node{name: name, onChange: onChange}
 	fs := fields.OneTermEqualSelector("metadata.name", name).String()
-	n.informer = coreinformers.NewFilteredNodeInformer(client, 0, cache.Indexers{}, func(o *metav1.ListOptions) { o.FieldSelector = fs })
-	// Only the labels matter; a Node's status (images, conditions) is most
-	// of its size and changes all the time.
-	err := n.informer.SetTransform(func(obj any) (any, error) {
-		if node, ok := obj.(*corev1.Node); ok {
-			return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node.Name, ResourceVersion: node.ResourceVersion, Labels: node.Labels}}, nil
-		}
-		return obj, nil
-	})
-	if err == nil {
-		_, err = n.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { n.set(obj, true) },
-			UpdateFunc: func(_, obj any) { n.set(obj, true) },
-			DeleteFunc: func(any) { n.set(nil, false) },
-		})
-	}
-	if err != nil {
-		n.setupErr = fmt.Errorf("setting up the Node informer: %w", err)
-	}
+	nodes := client.CoreV1().Nodes()
+	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = fs
+			return nodes.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = fs
+			return nodes.Watch(ctx, o)
+		},
+	}, client)
+	n.w = newWatched(lw, &corev1.Node{}, trimNode, n.check)
 	return n
 }
 
-// set records the Node's labels and signals only when what a selector
-// sees changed (the agent's own status updates do not count).
-func (n *Node) set(obj any, found bool) {
-	var lbls labels.Set
+// trimNode keeps only the labels: a Node's status (images, conditions) is
+// most of its size and changes all the time.
+func trimNode(obj any) any {
 	if node, ok := obj.(*corev1.Node); ok {
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node.Name, ResourceVersion: node.ResourceVersion, Labels: node.Labels}}
+	}
+	return obj
+}
+
+// check records the Node's labels and signals only when what a selector
+// sees changed (the agent's own status updates do not count).
+func (n *Node) check() {
+	var lbls labels.Set
+	obj, found, _ := n.w.store.GetByKey(n.name)
+	if node, ok := obj.(*corev1.Node); ok && found {
 		lbls = node.Labels
 	}
 	n.mu.Lock()
@@ -143,13 +146,7 @@ func (n *Node) Labels() *NodeLabels {
 }
 
 // HasSynced reports whether the first list is in.
-func (n *Node) HasSynced() bool { return n.informer.HasSynced() }
+func (n *Node) HasSynced() bool { return n.w.HasSynced() }
 
-// Run runs the informer until ctx ends.
-func (n *Node) Run(ctx context.Context) error {
-	if n.setupErr != nil {
-		return n.setupErr
-	}
-	n.informer.RunWithContext(ctx)
-	return nil
-}
+// Run watches until ctx ends.
+func (n *Node) Run(ctx context.Context) { n.w.Run(ctx) }

@@ -14,20 +14,20 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 )
 
-// Secrets reads source Secrets through the API with one informer per name,
+// Secrets reads source Secrets through the API with one watch per name,
 // each scoped by fieldSelector=metadata.name=<name> so RBAC can pin the
-// Role to resourceNames — or one informer for a label selector. Informers
-// hold the last state they saw while the API server is away and relist when
-// it is back, so an outage changes nothing on the node.
+// Role to resourceNames — or one watch for a label selector. The caches
+// hold the last state they saw while the API server is away and relist
+// when it is back, so an outage changes nothing on the node.
 type Secrets struct {
-	client    kubernetes.Interface
 	namespace string
 	names     []string
 	selector  string
@@ -35,11 +35,10 @@ type Secrets struct {
 
 	// node is the agent's own Node, whose labels decide which Secrets with
 	// a node selector apply; nil without a node name.
-	node      *Node
-	informers []cache.SharedIndexInformer
-	setupErr  error // from the informers' setup, returned by Run
-	changed   chan struct{}
-	ready     chan struct{}
+	node    *Node
+	watches []*watched
+	changed chan struct{}
+	ready   chan struct{}
 }
 
 // NewSecrets returns a source over the named Secrets (in precedence order)
@@ -50,55 +49,56 @@ func NewSecrets(client kubernetes.Interface, namespace string, names []string, s
 	if selector != "" {
 		names = nil // the selector decides which Secrets
 	}
-	s := &Secrets{client: client, namespace: namespace, names: names, selector: selector, log: log,
+	s := &Secrets{namespace: namespace, names: names, selector: selector, log: log,
 		changed: make(chan struct{}, 1), ready: make(chan struct{})}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { s.notify() },
-		UpdateFunc: func(any, any) { s.notify() },
-		DeleteFunc: func(any) { s.notify() },
-	}
-	newInformer := func(tweak func(*metav1.ListOptions)) cache.SharedIndexInformer {
-		inf := coreinformers.NewFilteredSecretInformer(client, namespace, 0, cache.Indexers{}, tweak)
-		// Keep only what we read; managed fields and annotations such as
-		// last-applied-configuration would double the memory for nothing.
-		err := inf.SetTransform(func(obj any) (any, error) {
-			if sec, ok := obj.(*corev1.Secret); ok {
-				sec.ManagedFields = nil
-				if sel, ok := sec.Annotations[AnnotationNodeSelector]; ok {
-					sec.Annotations = map[string]string{AnnotationNodeSelector: sel}
-				} else {
-					sec.Annotations = nil
-				}
-			}
-			return obj, nil
-		})
-		if err == nil {
-			_, err = inf.AddEventHandler(handler)
-		}
-		if err != nil && s.setupErr == nil {
-			s.setupErr = fmt.Errorf("setting up the Secret informer: %w", err)
-		}
-		return inf
-	}
 	if nodeName != "" {
 		s.node = NewNode(client, nodeName, s.notify)
 	}
+	newWatch := func(tweak func(*metav1.ListOptions)) *watched {
+		secrets := client.CoreV1().Secrets(namespace)
+		lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				tweak(&o)
+				return secrets.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				tweak(&o)
+				return secrets.Watch(ctx, o)
+			},
+		}, client)
+		return newWatched(lw, &corev1.Secret{}, trimSecret, s.notify)
+	}
 	if selector != "" {
-		s.informers = append(s.informers, newInformer(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
+		s.watches = append(s.watches, newWatch(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
 	} else {
 		for _, name := range names {
 			fs := fields.OneTermEqualSelector("metadata.name", name).String()
-			s.informers = append(s.informers, newInformer(func(o *metav1.ListOptions) { o.FieldSelector = fs }))
+			s.watches = append(s.watches, newWatch(func(o *metav1.ListOptions) { o.FieldSelector = fs }))
 		}
 	}
 	return s
+}
+
+// trimSecret keeps only what nodecreds reads: managed fields and
+// annotations such as last-applied-configuration would double the memory
+// for nothing.
+func trimSecret(obj any) any {
+	if sec, ok := obj.(*corev1.Secret); ok {
+		sec.ManagedFields = nil
+		if sel, ok := sec.Annotations[AnnotationNodeSelector]; ok {
+			sec.Annotations = map[string]string{AnnotationNodeSelector: sel}
+		} else {
+			sec.Annotations = nil
+		}
+	}
+	return obj
 }
 
 // Changed is signalled (coalesced) when a Secret is added, updated or
 // deleted, or the Node's labels change.
 func (s *Secrets) Changed() <-chan struct{} { return s.changed }
 
-// Ready is closed once every informer has its first list.
+// Ready is closed once every watch has its first list.
 func (s *Secrets) Ready() <-chan struct{} { return s.ready }
 
 func (s *Secrets) notify() {
@@ -108,32 +108,27 @@ func (s *Secrets) notify() {
 	}
 }
 
-// Run runs the informers until ctx ends, and returns once they stopped.
+// Run runs the watches until ctx ends, and returns once they stopped.
 func (s *Secrets) Run(ctx context.Context) error {
-	if s.setupErr != nil {
-		return s.setupErr
-	}
 	var wg sync.WaitGroup
-	syncs := make([]cache.InformerSynced, 0, len(s.informers)+1)
-	for _, inf := range s.informers {
-		wg.Go(func() { inf.RunWithContext(ctx) })
-		syncs = append(syncs, inf.HasSynced)
+	defer wg.Wait()
+	syncs := make([]cache.InformerSynced, 0, len(s.watches)+1)
+	for _, w := range s.watches {
+		wg.Go(func() { w.Run(ctx) })
+		syncs = append(syncs, w.HasSynced)
 	}
-	var nodeErr error
 	if s.node != nil {
-		wg.Go(func() { nodeErr = s.node.Run(ctx) })
+		wg.Go(func() { s.node.Run(ctx) })
 		syncs = append(syncs, s.node.HasSynced)
 	}
 	start := time.Now()
 	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
-		wg.Wait()
-		return nodeErr // stopped before the first list
+		return nil // stopped before the first list
 	}
 	s.log.WithFields(logrus.Fields{"namespace": s.namespace, "secrets": s.names, "selector": s.selector, "took": time.Since(start).String()}).Info("secret caches synced")
 	close(s.ready)
 	<-ctx.Done()
-	wg.Wait()
-	return nodeErr
+	return nil
 }
 
 // Snapshots returns the Secrets that apply to this node as the informers
@@ -196,7 +191,7 @@ func (c cacheLookup) Get(name string) (*corev1.Secret, error) {
 		if n != name {
 			continue
 		}
-		obj, ok, _ := c.s.informers[i].GetStore().GetByKey(c.s.namespace + "/" + name)
+		obj, ok, _ := c.s.watches[i].store.GetByKey(c.s.namespace + "/" + name)
 		if sec, isSecret := obj.(*corev1.Secret); ok && isSecret {
 			return sec, nil
 		}
@@ -205,7 +200,7 @@ func (c cacheLookup) Get(name string) (*corev1.Secret, error) {
 }
 
 func (c cacheLookup) List() ([]*corev1.Secret, error) {
-	objs := c.s.informers[0].GetStore().List()
+	objs := c.s.watches[0].store.List()
 	out := make([]*corev1.Secret, 0, len(objs))
 	for _, o := range objs {
 		if sec, ok := o.(*corev1.Secret); ok {
