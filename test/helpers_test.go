@@ -23,6 +23,10 @@ import (
 var binary, plainBinary string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(hogEnv) != "" {
+		hogInotify() // a helper process of TestInotifyExhausted
+		return
+	}
 	dir, err := os.MkdirTemp("", "nodecreds-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/filewatch"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 	"github.com/nodecreds/nodecreds/internal/report"
 	"github.com/nodecreds/nodecreds/internal/source"
@@ -50,9 +52,12 @@ type Options struct {
 	Debounce time.Duration
 	// MaxBackoff caps the retry delay after a failed sync.
 	MaxBackoff time.Duration
-	Metrics    *report.Metrics // optional
-	Health     *report.Health  // optional
-	Reporters  []Reporter
+	// Poll is how often targets are compared when inotify is unavailable
+	// (filewatch.DefaultPoll when zero).
+	Poll      time.Duration
+	Metrics   *report.Metrics // optional
+	Health    *report.Health  // optional
+	Reporters []Reporter
 }
 
 // Outcome is the result of one sync.
@@ -65,6 +70,9 @@ type Outcome struct {
 	// its lock unusable).
 	FilesErr error
 	Changed  bool
+	// Notes are degraded-but-working states worth saying on the Node (a
+	// watch that polls because inotify is unavailable).
+	Notes []string
 	// Err is nil when every source was usable and every target is in sync.
 	Err error
 }
@@ -78,7 +86,15 @@ type Agent struct {
 	lastGood map[string]source.Snapshot
 	lastRev  string
 	synced   bool // a sync has succeeded since start
+	// polling says why a watch polls, by watch ("targets", "sources");
+	// each is logged once.
+	polling map[string]string
+	targets *filewatch.Watch // nil until Run
 }
+
+// poller is a source that may poll instead of watching (a mounted folder
+// without inotify).
+type poller interface{ Polling() string }
 
 // New returns an Agent.
 func New(src Source, files Files, opts Options, log *logrus.Entry) *Agent {
@@ -88,7 +104,10 @@ func New(src Source, files Files, opts Options, log *logrus.Entry) *Agent {
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 30 * time.Second
 	}
-	return &Agent{src: src, files: files, opts: opts, log: log, lastGood: map[string]source.Snapshot{}}
+	if opts.Poll == 0 {
+		opts.Poll = filewatch.DefaultPoll
+	}
+	return &Agent{src: src, files: files, opts: opts, log: log, lastGood: map[string]source.Snapshot{}, polling: map[string]string{}}
 }
 
 // Once waits for the source and syncs once.
@@ -153,12 +172,40 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		o.Changed = o.Changed || r.Changed
 	}
 	o.Err = errors.Join(errs...)
+	o.Notes = a.notes()
 	a.record(o, clashes, desired, time.Since(start))
 	st := o.Status()
 	for _, r := range a.opts.Reporters {
 		r.Report(ctx, st)
 	}
 	return o
+}
+
+// notes says, once in the log and on every sync in the outcome and the
+// metric, which watches poll because inotify is unavailable.
+func (a *Agent) notes() []string {
+	current := map[string]string{"targets": "", "sources": ""}
+	if a.targets != nil {
+		current["targets"] = a.targets.Polling()
+	}
+	if p, ok := a.src.(poller); ok {
+		current["sources"] = p.Polling()
+	}
+	var notes []string
+	for _, watch := range []string{"sources", "targets"} {
+		why := current[watch]
+		polling := 0.0
+		if why != "" {
+			polling = 1
+			notes = append(notes, watch+": "+why)
+			if a.polling[watch] != why {
+				a.log.WithFields(logrus.Fields{"watch": watch, "reason": why}).Warn("inotify unavailable; polling instead (changes are still seen within about a second)")
+			}
+		}
+		a.polling[watch] = why
+		a.count(func(m *report.Metrics) { m.Polling.WithLabelValues(watch).Set(polling) })
+	}
+	return notes
 }
 
 // forgetGone drops the last good state of sources that no longer apply
@@ -208,10 +255,10 @@ func (o Outcome) Status() report.SyncStatus {
 		if st.Reason == "Synced" {
 			st.Reason = "Error"
 		}
-		st.Message = strings.Join(problems, "; ")
+		st.Message = strings.Join(append(problems, o.Notes...), "; ")
 		return st
 	}
-	st.Message = fmt.Sprintf("%d registry entries from %d source(s) in %d file(s)", entries, len(o.Sources), files)
+	st.Message = strings.Join(append([]string{fmt.Sprintf("%d registry entries from %d source(s) in %d file(s)", entries, len(o.Sources), files)}, o.Notes...), "; ")
 	return st
 }
 
@@ -314,11 +361,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("starting target watch: %w", err)
-	}
+	w := filewatch.New(a.opts.Poll)
 	defer w.Close()
+	a.targets = w
 	watch := newTargetWatch(w, a.files, a.opts.Targets, a.opts.HostRoot)
 
 	resync := time.NewTicker(a.opts.Resync)
@@ -333,6 +378,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run := func(cause string) {
 		o := a.Sync(ctx, cause)
 		watch.refresh()
+		watch.settled() // our own writes are not drift
 		if o.Err != nil {
 			retry.Reset(bo.Step())
 		} else {
@@ -367,6 +413,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.log.WithError(err).Warn("target watch error; re-checking")
 			schedule(causeDrift)
+		case <-w.Tick():
+			if watch.settled() {
+				schedule(causeDrift)
+			}
 		case <-debounce.C:
 			cause := pending
 			pending = ""
@@ -382,7 +432,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // targetWatch watches the folders of the targets (as given and as resolved
 // through symlinks) and says which events concern a target.
 type targetWatch struct {
-	w       *fsnotify.Watcher
+	w       *filewatch.Watch
 	files   Files
 	targets []string
 	root    string
@@ -390,7 +440,7 @@ type targetWatch struct {
 	dirs    map[string]bool
 }
 
-func newTargetWatch(w *fsnotify.Watcher, files Files, targets []string, root string) *targetWatch {
+func newTargetWatch(w *filewatch.Watch, files Files, targets []string, root string) *targetWatch {
 	t := &targetWatch{w: w, files: files, targets: targets, root: root, names: map[string]bool{}, dirs: map[string]bool{}}
 	t.refresh()
 	return t
@@ -416,10 +466,19 @@ func (t *targetWatch) refresh() {
 		}
 	}
 	for dir := range t.dirs {
-		if !slices.Contains(t.w.WatchList(), dir) {
+		if !t.w.Watching(dir) {
 			delete(t.dirs, dir) // removed with its folder; re-added next time
 		}
 	}
+}
+
+// settled compares the targets' metadata with the last call (polling
+// only) and reports whether any changed.
+func (t *targetWatch) settled() bool {
+	if t.w.Polling() == "" {
+		return false
+	}
+	return t.w.Changed(slices.Sorted(maps.Keys(t.names)))
 }
 
 func (t *targetWatch) relevant(ev fsnotify.Event) bool {

@@ -209,3 +209,17 @@ func TestStateErrorIsLoggedAndReported(t *testing.T) {
 		t.Errorf("the state error was not logged: %v", hook.AllEntries())
 	}
 }
+
+// TestStatusCarriesNotes: a watch that polls is said in the condition's
+// message, whether the sync succeeded or not.
+func TestStatusCarriesNotes(t *testing.T) {
+	note := "targets: inotify unavailable (no inotify instance: too many open files); polling every 1s"
+	ok := Outcome{Notes: []string{note}}.Status()
+	if !ok.OK || !strings.HasSuffix(ok.Message, "; "+note) {
+		t.Errorf("ok status = %+v", ok)
+	}
+	bad := Outcome{Notes: []string{note}, Err: errors.New("x"), FilesErr: errors.New("state unusable")}.Status()
+	if bad.OK || !strings.HasSuffix(bad.Message, "; "+note) {
+		t.Errorf("failed status = %+v", bad)
+	}
+}

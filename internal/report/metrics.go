@@ -27,6 +27,7 @@ type Metrics struct {
 	Drift        *prometheus.CounterVec
 	SourceErrors *prometheus.CounterVec
 	Duration     prometheus.Histogram
+	Polling      *prometheus.GaugeVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -54,8 +55,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nodecreds_sync_duration_seconds", Help: "Time to bring all targets in sync.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
+		Polling: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nodecreds_watch_polling", Help: "1 when a watch (targets, sources) polls because inotify is unavailable.",
+		}, []string{"watch"}),
 	}
-	reg.MustRegister(m.Syncs, m.LastSuccess, m.Entries, m.Writes, m.Drift, m.SourceErrors, m.Duration)
+	reg.MustRegister(m.Syncs, m.LastSuccess, m.Entries, m.Writes, m.Drift, m.SourceErrors, m.Duration, m.Polling)
 	return m
 }
 

@@ -9,12 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/sirupsen/logrus"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/filewatch"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
@@ -27,6 +29,7 @@ type Dir struct {
 	log     *logrus.Entry
 	changed chan struct{}
 	retry   time.Duration
+	watch   atomic.Pointer[filewatch.Watch]
 }
 
 // NewDir returns a source over dirs, in precedence order.
@@ -121,18 +124,19 @@ func dirRevision(dir string) string {
 }
 
 // Run watches the folders until ctx ends. A folder that does not exist yet
-// is watched from when it appears.
+// is watched from when it appears. Without inotify the folders are polled.
 func (d *Dir) Run(ctx context.Context) error {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("starting folder watch: %w", err)
-	}
+	w := filewatch.New(filewatch.DefaultPoll)
 	defer w.Close()
+	d.watch.Store(w)
 
 	watched := map[string]bool{}
 	addMissing := func() {
 		for _, dir := range d.dirs {
 			if watched[dir] {
+				continue
+			}
+			if _, err := os.Stat(dir); err != nil {
 				continue
 			}
 			if err := w.Add(dir); err != nil {
@@ -144,6 +148,7 @@ func (d *Dir) Run(ctx context.Context) error {
 		}
 	}
 	addMissing()
+	w.Changed(d.pollPaths()) // the baseline
 	tick := time.NewTicker(d.retry)
 	defer tick.Stop()
 	for {
@@ -166,12 +171,35 @@ func (d *Dir) Run(ctx context.Context) error {
 			// An overflow means events were lost: re-read everything.
 			d.log.WithError(err).Warn("folder watch error; re-reading")
 			d.notify()
+		case <-w.Tick():
+			if w.Changed(d.pollPaths()) {
+				d.notify()
+			}
 		case <-tick.C:
 			if len(watched) < len(d.dirs) {
 				addMissing()
 			}
 		}
 	}
+}
+
+// pollPaths are what a polled folder is compared by: the folder, the
+// kubelet's ..data link and the keys.
+func (d *Dir) pollPaths() []string {
+	var paths []string
+	for _, dir := range d.dirs {
+		paths = append(paths, dir, filepath.Join(dir, "..data"),
+			filepath.Join(dir, dockercfg.KeyConfigJSON), filepath.Join(dir, dockercfg.KeyLegacy))
+	}
+	return paths
+}
+
+// Polling says why the folders are polled, or "" while inotify works.
+func (d *Dir) Polling() string {
+	if w := d.watch.Load(); w != nil {
+		return w.Polling()
+	}
+	return ""
 }
 
 func (d *Dir) notify() {
