@@ -157,4 +157,3 @@ func chownTree(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 }
-

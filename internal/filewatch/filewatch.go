@@ -31,9 +31,9 @@ type Watch struct {
 	Events <-chan fsnotify.Event
 	Errors <-chan error
 
-	period   time.Duration
-	ticker   *time.Ticker
-	tick     <-chan time.Time
+	period time.Duration
+	ticker *time.Ticker
+	tick   <-chan time.Time
 	// degraded is why it polls, "" while inotify works; read by other
 	// goroutines (the agent reports it).
 	degraded atomic.Pointer[string]
