@@ -51,28 +51,6 @@ func TestInotifyExhausted(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root to run the agent as another user (make test runs as root)")
 	}
-	hog := exec.Command(os.Args[0])
-	hog.Env = append(os.Environ(), hogEnv+"=1")
-	asHogUser(hog)
-	stdin, err := hog.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := hog.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := hog.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); _ = hog.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.Contains(line, "too many open files") {
-		t.Fatalf("the helper did not exhaust its inotify instances: %q %v", line, err)
-	}
-	limit, _ := os.ReadFile("/proc/sys/fs/inotify/max_user_instances")
-	t.Logf("helper: %s(fs.inotify.max_user_instances = %s)", line, strings.TrimSpace(string(limit)))
-
 	// Everything the agent (as that user) needs: its binary, a root and a
 	// Secret folder it owns.
 	work := t.TempDir()
@@ -95,6 +73,34 @@ func TestInotifyExhausted(t *testing.T) {
 		_ = os.Chmod(d, 0o755)
 	}
 
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helper := filepath.Join(work, "helper")
+	testsupport.WriteFile(t, helper, string(testsupport.ReadFile(t, self)), 0o755)
+	hog := exec.Command(helper)
+	hog.Env = append(os.Environ(), hogEnv+"=1")
+	asHogUser(hog)
+	stdin, err := hog.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := hog.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hog.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); _ = hog.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.Contains(line, "too many open files") {
+		t.Fatalf("the helper did not exhaust its inotify instances: %q %v", line, err)
+	}
+	limit, _ := os.ReadFile("/proc/sys/fs/inotify/max_user_instances")
+	t.Logf("helper: %s(fs.inotify.max_user_instances = %s)", line, strings.TrimSpace(string(limit)))
+
 	addr := testsupport.FreeAddr(t)
 	agent := exec.Command(bin, "sync", "--source", "dir", "--secret-dir", sec.dir, "--host-root", root, "--metrics-addr", addr, "--log-level", "debug")
 	asHogUser(agent)
@@ -114,9 +120,7 @@ func TestInotifyExhausted(t *testing.T) {
 	testsupport.Eventually(t, 15*time.Second, "the first sync without inotify", func() bool {
 		return authIn(kubelet, reg) == testsupport.B64("u:inotify-canary-1")
 	})
-	if code := httpStatus("http://" + addr + "/readyz"); code != 200 {
-		t.Errorf("/readyz = %d", code)
-	}
+	testsupport.Eventually(t, 5*time.Second, "/readyz 200", func() bool { return httpStatus("http://"+addr+"/readyz") == 200 })
 
 	sec.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{reg: "u:inotify-canary-2"}))
 	took := testsupport.Eventually(t, 10*time.Second, "a ..data swap seen by polling", func() bool {
