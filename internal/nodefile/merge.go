@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 
@@ -22,28 +23,58 @@ var ErrCorrupt = errors.New("not a valid config.json")
 type document struct {
 	top   map[string]json.RawMessage
 	auths map[string]json.RawMessage
+	// digests caches entryDigest(compact(raw)) by raw value: one sync asks
+	// for the same entries several times (settling ownership, then what is
+	// on disk), and files can hold thousands.
+	digests map[string]string
 }
 
 // parseDocument reads a config.json. Empty (or white-space) content is an
 // empty document: there is nothing in it to lose. Anything the kubelet would
-// refuse to parse is ErrCorrupt.
+// refuse to parse is ErrCorrupt. The top level is read token by token and
+// "auths" decoded straight into its map, so a file of thousands of entries
+// is scanned twice (to find each value's end, then to copy it) rather than
+// five times by nested Unmarshal calls.
 func parseDocument(data []byte) (*document, error) {
-	d := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{}}
+	d := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{}, digests: map[string]string{}}
 	if len(bytes.TrimSpace(data)) == 0 {
 		return d, nil
 	}
-	if err := json.Unmarshal(data, &d.top); err != nil || d.top == nil {
-		return nil, fmt.Errorf("%w: not a JSON object", ErrCorrupt)
+	notObject := fmt.Errorf("%w: not a JSON object", ErrCorrupt)
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, notObject
 	}
-	raw, ok := d.top["auths"]
-	if !ok || string(raw) == "null" {
-		return d, nil
+	for dec.More() {
+		tok, err := dec.Token()
+		key, isKey := tok.(string)
+		if err != nil || !isKey {
+			return nil, notObject
+		}
+		if key != "auths" {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return nil, notObject
+			}
+			d.top[key] = raw
+			continue
+		}
+		var auths map[string]json.RawMessage
+		if err := dec.Decode(&auths); err != nil {
+			return nil, fmt.Errorf("%w: \"auths\" is not an object of entries", ErrCorrupt)
+		}
+		// The value itself is re-encoded from d.auths; top keeps only that
+		// the key was there.
+		d.top[key] = json.RawMessage("{}")
+		if auths != nil {
+			d.auths = auths
+		}
 	}
-	if err := json.Unmarshal(raw, &d.auths); err != nil {
-		return nil, fmt.Errorf("%w: \"auths\" is not an object of entries", ErrCorrupt)
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return nil, notObject
 	}
-	if d.auths == nil {
-		d.auths = map[string]json.RawMessage{}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, notObject // something after the object
 	}
 	for k, v := range d.auths {
 		// Already valid JSON; an object is all the consumers accept.
@@ -69,21 +100,62 @@ func (d *document) empty() bool {
 	return true
 }
 
-// encode writes the document the way the docker CLI does (tab-indented).
+// encode writes the document the way the docker CLI does (tab-indented,
+// keys sorted), in one pass: each value is indented where it lands instead
+// of marshalling the entries, then the whole, then indenting that.
 func (d *document) encode() ([]byte, error) {
-	top := maps.Clone(d.top)
-	if len(d.auths) > 0 || top["auths"] != nil {
-		raw, err := json.Marshal(d.auths)
-		if err != nil {
-			return nil, fmt.Errorf("encoding auths: %w", err)
+	keys := slices.Sorted(maps.Keys(d.top))
+	if _, ok := d.top["auths"]; !ok && len(d.auths) > 0 {
+		keys = append(keys, "auths")
+		slices.Sort(keys)
+	}
+	size := 64
+	for _, v := range d.auths {
+		size += len(v) * 2
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	buf.WriteString("{")
+	for i, k := range keys {
+		if i > 0 {
+			buf.WriteByte(',')
 		}
-		top["auths"] = raw
+		buf.WriteString("\n\t")
+		writeKey(buf, k)
+		if k != "auths" {
+			if err := json.Indent(buf, d.top[k], "\t", "\t"); err != nil {
+				return nil, fmt.Errorf("encoding config.json: field %q: %w", k, err)
+			}
+			continue
+		}
+		if len(d.auths) == 0 {
+			buf.WriteString("{}")
+			continue
+		}
+		buf.WriteString("{")
+		for j, ak := range slices.Sorted(maps.Keys(d.auths)) {
+			if j > 0 {
+				buf.WriteByte(',')
+			}
+			buf.WriteString("\n\t\t")
+			writeKey(buf, ak)
+			if err := json.Indent(buf, bytes.TrimSpace(d.auths[ak]), "\t\t", "\t"); err != nil {
+				return nil, fmt.Errorf("encoding config.json: entry %q: %w", ak, err)
+			}
+		}
+		buf.WriteString("\n\t}")
 	}
-	out, err := json.MarshalIndent(top, "", "\t")
-	if err != nil {
-		return nil, fmt.Errorf("encoding config.json: %w", err)
+	if len(keys) > 0 {
+		buf.WriteString("\n")
 	}
-	return append(out, '\n'), nil
+	buf.WriteString("}\n")
+	return buf.Bytes(), nil
+}
+
+// writeKey writes "key": as encoding/json quotes it.
+func writeKey(buf *bytes.Buffer, k string) {
+	q, _ := json.Marshal(k) // a string cannot fail
+	buf.Write(q)
+	buf.WriteString(": ")
 }
 
 // equal compares two documents by JSON value, so a file that only differs
@@ -116,7 +188,7 @@ func (d *document) equal(o *document) bool {
 }
 
 func (d *document) clone() *document {
-	return &document{top: maps.Clone(d.top), auths: maps.Clone(d.auths)}
+	return &document{top: maps.Clone(d.top), auths: maps.Clone(d.auths), digests: d.digests}
 }
 
 func compact(raw json.RawMessage) []byte {
@@ -134,14 +206,23 @@ func sameJSON(a, b json.RawMessage) bool {
 	return bytes.Equal(a, b) || bytes.Equal(compact(a), compact(b)) || fingerprint(a) == fingerprint(b)
 }
 
-// hasFingerprint reports whether raw's fingerprint is fp. What nodecreds
-// writes is compact with sorted keys, so hashing the compacted bytes
-// settles the common case without decoding.
-func hasFingerprint(raw json.RawMessage, fp string) bool {
-	if fp == "" {
+// hasFingerprint reports whether the entry key of the document has the
+// fingerprint fp. What nodecreds writes is compact with sorted keys, so
+// hashing the compacted bytes settles the common case without decoding.
+func (d *document) hasFingerprint(key, fp string) bool {
+	raw, ok := d.auths[key]
+	if fp == "" || !ok {
 		return false
 	}
-	return entryDigest(compact(raw)) == fp || fingerprint(raw) == fp
+	if d.digests == nil {
+		d.digests = map[string]string{}
+	}
+	digest, ok := d.digests[string(raw)]
+	if !ok {
+		digest = entryDigest(compact(raw))
+		d.digests[string(raw)] = digest
+	}
+	return digest == fp || fingerprint(raw) == fp
 }
 
 // entryDigest is 128 bits of SHA-256: plenty to tell our entries from others',
@@ -211,11 +292,7 @@ type merger struct {
 
 // ours reports whether the file's entry for key is one we wrote.
 func (m *merger) ours(key string) bool {
-	v, ok := m.doc.auths[key]
-	if !ok {
-		return false
-	}
-	return hasFingerprint(v, m.st.Owned[key]) || hasFingerprint(v, m.st.Pending[key])
+	return m.doc.hasFingerprint(key, m.st.Owned[key]) || m.doc.hasFingerprint(key, m.st.Pending[key])
 }
 
 // settleOwned decides the entries we owned that are not rewritten as they

@@ -3,6 +3,7 @@ package nodefile
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"slices"
 	"testing"
 
@@ -325,5 +326,51 @@ func TestPlanTarget(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEncodeIsDockerCLIFormat: the one-pass encoder writes byte for byte
+// what json.MarshalIndent(…, "", "\t") — the docker CLI's format — writes
+// for the same raw values (keys sorted, values as they were, tab-indented,
+// newline at the end).
+func TestEncodeIsDockerCLIFormat(t *testing.T) {
+	for _, in := range []string{
+		`{}`,
+		`{"auths":{}}`,
+		`{"auths":null,"credsStore":"desktop"}`,
+		`{"auths":{"b.io":{"auth":"dTpw"},"a.io":{"username":"u","password":"p","identitytoken":"","x":{"y":[1, 2,{"z":null}]}}},"HttpHeaders":{"User-Agent":"x"},"proxies":{"default":{"httpProxy":"h"}},"credHelpers":{},"z":[],"n":1.5e3}`,
+		"{\n\t\"auths\": {\n\t\t\"r.io\": {\n\t\t\t\"auth\": \"dTpw\"\n\t\t}\n\t}\n}\n",
+	} {
+		d, err := parseDocument([]byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		top := maps.Clone(d.top)
+		if _, ok := top["auths"]; ok {
+			top["auths"], _ = json.Marshal(d.auths)
+		}
+		want, _ := json.MarshalIndent(top, "", "\t")
+		want = append(want, '\n')
+		if string(got) != string(want) {
+			t.Errorf("encode(%s) =\n%s\nwant\n%s", in, got, want)
+		}
+	}
+}
+
+// TestFingerprintsMarshalLikeEncodingJSON: the state file's hand-written
+// map encoding is byte for byte encoding/json's (sorted keys, same quoting).
+func TestFingerprintsMarshalLikeEncodingJSON(t *testing.T) {
+	f := fingerprints{"b.io": "00ff", "a.io:5000/x": "11", `we"ird\<key>&` + "\x01é": "22", "": "33"}
+	got, err := json.Marshal(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(map[string]string(f))
+	if string(got) != string(want) {
+		t.Errorf("got  %s\nwant %s", got, want)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"slices"
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
@@ -30,14 +31,47 @@ type TargetState struct {
 	Created bool `json:"created,omitempty"`
 	// Owned maps each key we wrote to the fingerprint of what we wrote, so
 	// an entry someone else changed since is recognised as theirs.
-	Owned map[string]string `json:"owned,omitempty"`
+	Owned fingerprints `json:"owned,omitempty"`
 	// Pending holds fingerprints of a write in flight. It is recorded before
 	// the target is replaced, so a crash between the two leaves a state that
 	// still recognises whichever version is on disk.
-	Pending map[string]string `json:"pending,omitempty"`
+	Pending fingerprints `json:"pending,omitempty"`
 	// Displaced keeps foreign entries that a source overrides, verbatim, to
 	// put back when the registry leaves the sources or on cleanup.
 	Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
+}
+
+// fingerprints maps keys to entry digests. It marshals itself:
+// encoding/json sorts map keys through reflection, which for the thousands
+// of keys of a big file cost more than the rest of the state write.
+type fingerprints map[string]string
+
+func (f fingerprints) MarshalJSON() ([]byte, error) {
+	b := make([]byte, 0, len(f)*80+2)
+	b = append(b, '{')
+	for i, k := range slices.Sorted(maps.Keys(f)) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		b = appendJSONString(b, f[k])
+	}
+	return append(b, '}'), nil
+}
+
+// appendJSONString appends s quoted as encoding/json quotes it: plain
+// ASCII as is, anything else through encoding/json itself.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string cannot fail
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 func (t TargetState) isZero() bool {
@@ -85,11 +119,11 @@ func intent(onDisk map[string]string, old, next TargetState) TargetState {
 // fingerprint that matched.
 func ownedIn(doc *document, st TargetState) map[string]string {
 	out := map[string]string{}
-	for key, v := range doc.auths {
+	for key := range doc.auths {
 		switch {
-		case hasFingerprint(v, st.Owned[key]):
+		case doc.hasFingerprint(key, st.Owned[key]):
 			out[key] = st.Owned[key]
-		case hasFingerprint(v, st.Pending[key]):
+		case doc.hasFingerprint(key, st.Pending[key]):
 			out[key] = st.Pending[key]
 		}
 	}
