@@ -56,6 +56,10 @@ e2e: controlplane ## Every test of the main module, the real API server ones inc
 test-faults: controlplane ## The slow fault tests alone (kill -9, full disk, read-only, API outage, concurrent writer)
 	$(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestBadInput' -v ./test/
 
+.PHONY: soak
+soak: controlplane ## One agent through 1000 rotations (drift, deleted target, API server restart); samples memory, goroutines, fds; writes docs/benchmarks.md (ROTATIONS=1000)
+	$(GO) run ./scripts/soak -rotations $(or $(ROTATIONS),1000) -every 50
+
 .PHONY: compat
 compat: deps controlplane ## Real consumers: the kubelet's credential code (node pools on a real API server too), a real registry, skopeo
 	cd test/consumers && $(GO) test -count=1 ./...
