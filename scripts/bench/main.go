@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -309,8 +310,8 @@ func run(ctx context.Context, cfg config) error {
 	}
 	stopCopy()
 
-	logf("file engine: go test -bench ./internal/nodefile")
-	out, err := exec.CommandContext(ctx, "go", "test", "-run=^$", "-bench=.", "-benchtime=20x", "-benchmem", "./internal/nodefile").CombinedOutput()
+	logf("file engine: go test -bench ./internal/nodefile (5 runs)")
+	out, err := exec.CommandContext(ctx, "go", "test", "-run=^$", "-bench=.", "-benchtime=20x", "-count=5", "-benchmem", "./internal/nodefile").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("go test -bench: %v\n%s", err, out)
 	}
@@ -326,12 +327,91 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	report := res.markdown(machine())
+	// The soak's section (make soak) is another command's: keep it.
+	if old, err := os.ReadFile(cfg.out); err == nil {
+		if i := strings.Index(string(old), soakBegin); i >= 0 {
+			report = strings.TrimRight(report, "\n") + "\n\n" + string(old[i:])
+		}
+	}
 	if err := os.WriteFile(cfg.out, []byte(report), 0o644); err != nil {
 		return err
 	}
 	logf("wrote %s", cfg.out)
 	fmt.Println(report)
+	if missed := res.missed(); len(missed) > 0 {
+		return fmt.Errorf("targets missed: %s", strings.Join(missed, "; "))
+	}
 	return nil
+}
+
+// soakBegin marks where scripts/soak's section of benchmarks.md starts.
+const soakBegin = "<!-- soak:begin -->"
+
+// target is one figure the benchmark is held to.
+type target struct {
+	what string
+	got  float64
+	max  float64
+	unit string
+}
+
+func (t target) met() bool { return t.got <= t.max }
+
+func (t target) String() string {
+	verdict := "met"
+	if !t.met() {
+		verdict = "**MISSED**"
+	}
+	return fmt.Sprintf("≤ %g %s: %s", t.max, t.unit, verdict)
+}
+
+// targets are issue 16's: rotation p99 ≤ 0.5 s at 100 agents (≤ 2 s at
+// 500), max ≤ 2 s, median RSS ≤ 20 MiB, idle CPU ≈ 0 (≤ 0.01 % of a core
+// per agent), the 10,000-entry merge + write ≤ 50 ms (median of the runs).
+func (r *results) targets() []target {
+	p99 := 500.0
+	if r.cfg.agents >= 500 {
+		p99 = 2000
+	}
+	cpu := time.Duration(0)
+	for _, c := range r.idleCPU {
+		cpu += c
+	}
+	return []target{
+		{"rotation p99", float64(pct(r.rotations, 99).Milliseconds()), p99, "ms"},
+		{"rotation max", float64(slices.Max(r.rotations).Milliseconds()), 2000, "ms"},
+		{"median agent RSS", float64(median(r.rssKiB)) / 1024, 20, "MiB"},
+		{"idle CPU per agent", 100 * cpu.Seconds() / float64(r.cfg.agents) / r.cfg.idle.Seconds(), 0.01, "% of a core"},
+		{"10,000-entry merge + write, median", r.engineMedianMs("BenchmarkApply/entries=10000"), 50, "ms"},
+	}
+}
+
+func (r *results) missed() []string {
+	var out []string
+	for _, t := range r.targets() {
+		if !t.met() {
+			out = append(out, fmt.Sprintf("%s %.3g %s (target ≤ %g)", t.what, t.got, t.unit, t.max))
+		}
+	}
+	return out
+}
+
+// engineMedianMs is the median ns/op of one go benchmark over its runs.
+func (r *results) engineMedianMs(name string) float64 {
+	var vals []float64
+	for _, l := range strings.Split(r.engine, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && strings.HasPrefix(f[0], name+"-") {
+			if ns, err := strconv.ParseFloat(f[2], 64); err == nil {
+				vals = append(vals, ns/1e6)
+			}
+		}
+	}
+	if len(vals) == 0 {
+		return math.Inf(1)
+	}
+	slices.Sort(vals)
+	return vals[len(vals)/2]
 }
 
 // measurePlugin times `nodecreds credential-provider` the way the kubelet
@@ -661,13 +741,18 @@ func (r *results) markdown(machine string) string {
 	w("Measured %s by `make bench` (scripts/bench) on: %s.\n", time.Now().UTC().Format("2006-01-02"), machine)
 	w("Command: `BENCH_AGENTS=%d BENCH_ROTATIONS=%d BENCH_IDLE=%s BENCH_COPY_PERIOD=%s make bench`.\n\n", r.cfg.agents, r.cfg.rotations, r.cfg.idle, r.cfg.copyEvery)
 	w("Setup: one local etcd + kube-apiserver (built from Go modules, 127.0.0.1) and %d `nodecreds sync` processes, each with its own node root, Node object and ServiceAccount token (RBAC from deploy/daemonset.yaml), all on this one machine — the agents, the API server and the measuring program share its %d cores.\n\n", r.cfg.agents, runtime.NumCPU())
+	w("## Targets\n\n| target | measured | |\n| --- | --- | --- |\n")
+	for _, t := range r.targets() {
+		w("| %s | %.3g %s | %s |\n", t.what, t.got, t.unit, t)
+	}
+	w("\n`make bench` exits non-zero when a target is missed.\n\n")
 	w("## Results\n\n| measure | result | target |\n| --- | --- | --- |\n")
 	w("| cold start: all %d kubelet files written | %s | |\n", r.cfg.agents, ms(r.cold))
 	w("| cold start: all %d Nodes annotated | %s | |\n", r.cfg.agents, ms(r.coldNodeSynced))
 	w("| rotation, Secret update → kubelet file, p50 (%d samples) | %s | |\n", len(r.rotations), ms(pct(r.rotations, 50)))
-	w("| rotation p99 | %s | ≤ 1 s |\n", ms(pct(r.rotations, 99)))
+	w("| rotation p99 | %s | ≤ 0.5 s (≤ 2 s at 500 agents) |\n", ms(pct(r.rotations, 99)))
 	w("| rotation max | %s | ≤ 2 s |\n", ms(slices.Max(r.rotations)))
-	w("| agent resident memory (RSS), median / max | %.1f / %.1f MiB | median ≤ 25 MiB |\n", float64(median(r.rssKiB))/1024, float64(rssMax)/1024)
+	w("| agent resident memory (RSS), median / max | %.1f / %.1f MiB | median ≤ 20 MiB |\n", float64(median(r.rssKiB))/1024, float64(rssMax)/1024)
 	w("| of which anonymous (heap, stacks), median / max | %.1f / %.1f MiB | |\n", float64(median(r.anonKiB))/1024, float64(slices.Max(r.anonKiB))/1024)
 	w("| agent CPU while idle for %s, all %d agents together | %s (%.3f%% of one core per agent) | ≈ 0 |\n", r.cfg.idle, r.cfg.agents, cpuTotal.Round(time.Millisecond), 100*cpuTotal.Seconds()/float64(r.cfg.agents)/r.cfg.idle.Seconds())
 	w("| kube-apiserver resident memory with %d agents | %.0f MiB | |\n", r.cfg.agents, float64(r.apiserverRSSKiB)/1024)
