@@ -5,16 +5,17 @@ import (
 
 	"github.com/bombsimon/logrusr/v4"
 	"github.com/sirupsen/logrus"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+
+	"github.com/nodecreds/nodecreds/internal/kube"
 )
 
-// newClient builds a clientset from an explicit kubeconfig or, for the
+// newClient builds a client from an explicit kubeconfig or, for the
 // agent, the Pod's ServiceAccount (inCluster); for a person's command the
 // usual $KUBECONFIG / ~/.kube/config rules apply.
-func newClient(kubeconfig string, inCluster bool) (kubernetes.Interface, error) {
+func newClient(kubeconfig string, inCluster bool) (kube.Interface, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -32,7 +33,7 @@ func newClient(kubeconfig string, inCluster bool) (kubernetes.Interface, error) 
 		return nil, fmt.Errorf("loading Kubernetes client configuration: %w", err)
 	}
 	cfg.UserAgent = "nodecreds/" + version
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := kube.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
 	}

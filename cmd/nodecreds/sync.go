@@ -11,12 +11,11 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/nodecreds/nodecreds/internal/agent"
 	"github.com/nodecreds/nodecreds/internal/config"
+	"github.com/nodecreds/nodecreds/internal/kube"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 	"github.com/nodecreds/nodecreds/internal/provider"
 	"github.com/nodecreds/nodecreds/internal/report"
@@ -81,9 +80,9 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 			break
 		}
 		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+		broadcaster.StartRecordingToSink(kube.EventSink{Client: client})
 		p.stop = broadcaster.Shutdown
-		recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "nodecreds", Host: cfg.NodeName})
+		recorder := broadcaster.NewRecorder(kube.Scheme, corev1.EventSource{Component: "nodecreds", Host: cfg.NodeName})
 		p.node = report.NewNodeReporter(client, cfg.NodeName, recorder, log.WithField("component", "node-status"))
 		reporters = append(reporters, p.node)
 	default:

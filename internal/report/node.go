@@ -14,8 +14,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
+
+	"github.com/nodecreds/nodecreds/internal/kube"
 )
 
 // Names on the Node object.
@@ -49,7 +50,7 @@ type SyncStatus struct {
 // first successful sync. It reports from its own goroutine so an API outage
 // never holds up the files; only the latest status is pushed, with backoff.
 type NodeReporter struct {
-	client   kubernetes.Interface
+	client   kube.Interface
 	name     string
 	recorder record.EventRecorder
 	log      *logrus.Entry
@@ -67,7 +68,7 @@ type NodeReporter struct {
 }
 
 // NewNodeReporter returns a reporter for node name.
-func NewNodeReporter(client kubernetes.Interface, name string, recorder record.EventRecorder, log *logrus.Entry) *NodeReporter {
+func NewNodeReporter(client kube.Interface, name string, recorder record.EventRecorder, log *logrus.Entry) *NodeReporter {
 	return &NodeReporter{client: client, name: name, recorder: recorder, log: log, now: time.Now, signal: make(chan struct{}, 1)}
 }
 
@@ -154,7 +155,7 @@ func (n *NodeReporter) Run(ctx context.Context) error {
 }
 
 func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
-	nodes := n.client.CoreV1().Nodes()
+	nodes := n.client.Nodes()
 	if n.knownCond == nil {
 		node, err := nodes.Get(ctx, n.name, metav1.GetOptions{})
 		if err != nil {
@@ -226,7 +227,7 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 // overwritten (a conflict is retried).
 func (n *NodeReporter) removeStartupTaint(ctx context.Context) error {
 	for range 5 {
-		node, err := n.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
+		node, err := n.client.Nodes().Get(ctx, n.name, metav1.GetOptions{})
 		if err != nil {
 			return fmt.Errorf("getting node %s: %w", n.name, err)
 		}
@@ -243,7 +244,7 @@ func (n *NodeReporter) removeStartupTaint(ctx context.Context) error {
 			"metadata": map[string]any{"resourceVersion": node.ResourceVersion},
 			"spec":     map[string]any{"taints": kept},
 		})
-		_, err = n.client.CoreV1().Nodes().Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "nodecreds"})
+		_, err = n.client.Nodes().Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "nodecreds"})
 		if apierrors.IsConflict(err) {
 			continue
 		}

@@ -10,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
+
+	"github.com/nodecreds/nodecreds/internal/kube/kubetest"
 )
 
 // TestNodePush drives the reporter with client-go's fake clientset (a
@@ -23,7 +25,7 @@ func TestNodePush(t *testing.T) {
 		}},
 	})
 	rec := record.NewFakeRecorder(20)
-	n := NewNodeReporter(client, "n1", rec, logrus.NewEntry(logrus.New()))
+	n := NewNodeReporter(kubetest.FromClientset(client), "n1", rec, logrus.NewEntry(logrus.New()))
 	clock := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	n.now = func() time.Time { return clock }
 	ctx := t.Context()

@@ -18,10 +18,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/klog/v2"
 
+	"github.com/nodecreds/nodecreds/internal/kube"
 	"github.com/nodecreds/nodecreds/internal/report"
 	"github.com/nodecreds/nodecreds/internal/source"
 )
@@ -82,8 +82,8 @@ type scope struct {
 	desc string
 }
 
-func getScope(ctx context.Context, client kubernetes.Interface, namespace string) scope {
-	list, err := client.AppsV1().DaemonSets(namespace).List(ctx, metav1.ListOptions{LabelSelector: DaemonSetLabel})
+func getScope(ctx context.Context, client kube.Interface, namespace string) scope {
+	list, err := client.DaemonSets(namespace).List(ctx, metav1.ListOptions{LabelSelector: DaemonSetLabel})
 	switch {
 	case err != nil:
 		return scope{desc: fmt.Sprintf("every node (DaemonSets in %s not readable: %v)", namespace, apiReason(err))}
@@ -143,7 +143,7 @@ func tolerated(tols []corev1.Toleration, taints []corev1.Taint) bool {
 }
 
 // Get reads the Secrets and the Nodes once.
-func Get(ctx context.Context, client kubernetes.Interface, o Options) (Rollout, error) {
+func Get(ctx context.Context, client kube.Interface, o Options) (Rollout, error) {
 	snaps, err := snapshots(ctx, client, o)
 	if err != nil {
 		return Rollout{}, err
@@ -156,7 +156,7 @@ func Get(ctx context.Context, client kubernetes.Interface, o Options) (Rollout, 
 		}
 		st.Sources = append(st.Sources, name)
 	}
-	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	nodes, err := client.Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return Rollout{}, fmt.Errorf("listing nodes: %w", err)
 	}
@@ -240,19 +240,19 @@ func waiting(applied map[string]string, applies []source.Snapshot) []string {
 
 // snapshots builds the same snapshots the agents build (source.Select), so
 // the revision digests compare.
-func snapshots(ctx context.Context, client kubernetes.Interface, o Options) ([]source.Snapshot, error) {
+func snapshots(ctx context.Context, client kube.Interface, o Options) ([]source.Snapshot, error) {
 	return source.Select(o.Namespace, o.Secrets, o.Selector, apiLookup{ctx: ctx, client: client, o: o})
 }
 
 // apiLookup reads Secrets from the API server.
 type apiLookup struct {
 	ctx    context.Context
-	client kubernetes.Interface
+	client kube.Interface
 	o      Options
 }
 
 func (a apiLookup) Get(name string) (*corev1.Secret, error) {
-	sec, err := a.client.CoreV1().Secrets(a.o.Namespace).Get(a.ctx, name, metav1.GetOptions{})
+	sec, err := a.client.Secrets(a.o.Namespace).Get(a.ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil, nil
@@ -263,7 +263,7 @@ func (a apiLookup) Get(name string) (*corev1.Secret, error) {
 }
 
 func (a apiLookup) List() ([]*corev1.Secret, error) {
-	list, err := a.client.CoreV1().Secrets(a.o.Namespace).List(a.ctx, metav1.ListOptions{LabelSelector: a.o.Selector})
+	list, err := a.client.Secrets(a.o.Namespace).List(a.ctx, metav1.ListOptions{LabelSelector: a.o.Selector})
 	if err != nil {
 		return nil, fmt.Errorf("listing Secrets %q in %s: %w", a.o.Selector, a.o.Namespace, err)
 	}
@@ -276,7 +276,7 @@ func (a apiLookup) List() ([]*corev1.Secret, error) {
 
 // Wait polls until every node has applied the current revision, or the
 // timeout passes; it returns the last status either way.
-func Wait(ctx context.Context, client kubernetes.Interface, o Options, timeout, every time.Duration) (Rollout, error) {
+func Wait(ctx context.Context, client kube.Interface, o Options, timeout, every time.Duration) (Rollout, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var (

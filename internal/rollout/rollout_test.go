@@ -16,6 +16,8 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/report"
 	"github.com/nodecreds/nodecreds/internal/source"
+
+	"github.com/nodecreds/nodecreds/internal/kube/kubetest"
 )
 
 func node(name, rev string, status corev1.ConditionStatus) *corev1.Node {
@@ -41,7 +43,7 @@ func TestGet(t *testing.T) {
 		node("c", cur, corev1.ConditionFalse),
 		node("d", "", ""),
 	)
-	st, err := Get(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"s"}})
+	st, err := Get(t.Context(), kubetest.FromClientset(client), Options{Namespace: "ns", Secrets: []string{"s"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,12 +60,12 @@ func TestGet(t *testing.T) {
 		t.Errorf("lagging = %v", st.Lagging)
 	}
 	// Wait gives up at the timeout and returns the last status.
-	st, err = Wait(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"s"}}, 300*time.Millisecond, 50*time.Millisecond)
+	st, err = Wait(t.Context(), kubetest.FromClientset(client), Options{Namespace: "ns", Secrets: []string{"s"}}, 300*time.Millisecond, 50*time.Millisecond)
 	if err != nil || st.InSync || len(st.Lagging) != 3 {
 		t.Errorf("wait: %v %+v", err, st)
 	}
 	// A missing Secret still gives a revision to compare with.
-	st, err = Get(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"gone"}})
+	st, err = Get(t.Context(), kubetest.FromClientset(client), Options{Namespace: "ns", Secrets: []string{"gone"}})
 	if err != nil || st.Revision == "" || st.Revision == cur {
 		t.Errorf("missing Secret: %v %+v", err, st.Revision)
 	}
@@ -103,7 +105,7 @@ func TestScope(t *testing.T) {
 			if tt.ds != nil {
 				objs = append(objs, tt.ds)
 			}
-			st, err := Get(t.Context(), fake.NewClientset(objs...), Options{Namespace: "ns", Secrets: []string{"s"}})
+			st, err := Get(t.Context(), kubetest.FromClientset(fake.NewClientset(objs...)), Options{Namespace: "ns", Secrets: []string{"s"}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,7 +152,7 @@ func TestStatusAndAgentAgree(t *testing.T) {
 			n1.Labels = map[string]string{"pool": "b"}
 			client := fake.NewClientset(secret("b", "3", team, ""), secret("a", "5", team, ""), secret("c", "7", nil, ""),
 				secret("pool-a", "8", pooled, "pool=a"), secret("pool-bc", "9", pooled, "pool in (b,c)"), n1)
-			src := source.NewSecrets(client, "ns", tt.secrets, tt.selector, tt.node, logrus.NewEntry(logrus.New()))
+			src := source.NewSecrets(kubetest.FromClientset(client), "ns", tt.secrets, tt.selector, tt.node, logrus.NewEntry(logrus.New()))
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			go func() { _ = src.Run(ctx) }()
@@ -160,7 +162,7 @@ func TestStatusAndAgentAgree(t *testing.T) {
 				t.Fatal("caches did not sync")
 			}
 			agentSnaps := src.Snapshots()
-			st, err := Get(t.Context(), client, Options{Namespace: "ns", Secrets: tt.secrets, Selector: tt.selector})
+			st, err := Get(t.Context(), kubetest.FromClientset(client), Options{Namespace: "ns", Secrets: tt.secrets, Selector: tt.selector})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -198,7 +200,7 @@ func TestPerNodeRevisions(t *testing.T) {
 		reported("b2", "b", both),       // was relabelled from a; still has pool-a
 		reported("a2", "a", everywhere), // relabelled to a; pool-a not yet applied
 	)
-	st, err := Get(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"all", "pool-a"}})
+	st, err := Get(t.Context(), kubetest.FromClientset(client), Options{Namespace: "ns", Secrets: []string{"all", "pool-a"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,10 +12,10 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/kube"
 )
 
 // AnnotationNodeSelector on a source Secret limits it to the Nodes whose
@@ -94,10 +94,10 @@ type Node struct {
 }
 
 // NewNode returns a watch of the Node called name.
-func NewNode(client kubernetes.Interface, name string, onChange func()) *Node {
+func NewNode(client kube.Interface, name string, onChange func()) *Node {
 	n := &Node{name: name, onChange: onChange}
 	fs := fields.OneTermEqualSelector("metadata.name", name).String()
-	nodes := client.CoreV1().Nodes()
+	nodes := client.Nodes()
 	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = fs

@@ -16,10 +16,10 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/kube"
 )
 
 // Secrets reads source Secrets through the API with one watch per name,
@@ -45,7 +45,7 @@ type Secrets struct {
 // or, when selector is set, over the Secrets it selects; of those, only the
 // ones whose node selector matches the Node nodeName (every one without a
 // node selector) are handed out.
-func NewSecrets(client kubernetes.Interface, namespace string, names []string, selector, nodeName string, log *logrus.Entry) *Secrets {
+func NewSecrets(client kube.Interface, namespace string, names []string, selector, nodeName string, log *logrus.Entry) *Secrets {
 	if selector != "" {
 		names = nil // the selector decides which Secrets
 	}
@@ -55,7 +55,7 @@ func NewSecrets(client kubernetes.Interface, namespace string, names []string, s
 		s.node = NewNode(client, nodeName, s.notify)
 	}
 	newWatch := func(tweak func(*metav1.ListOptions)) *watched {
-		secrets := client.CoreV1().Secrets(namespace)
+		secrets := client.Secrets(namespace)
 		lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				tweak(&o)

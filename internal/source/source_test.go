@@ -20,6 +20,8 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/testsupport"
+
+	"github.com/nodecreds/nodecreds/internal/kube/kubetest"
 )
 
 var good = []byte(`{"auths":{"r.test":{"auth":"` + testsupport.B64("u:p") + `"}}}`)
@@ -167,7 +169,7 @@ func TestSecretsScopedInformers(t *testing.T) {
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "b", UID: "ub", ResourceVersion: "1"}, Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a", UID: "ua", ResourceVersion: "2"}, Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}},
 	)
-	s := NewSecrets(client, "ns", []string{"b", "missing", "a"}, "", "", logrus.NewEntry(logrus.New()))
+	s := NewSecrets(kubetest.FromClientset(client), "ns", []string{"b", "missing", "a"}, "", "", logrus.NewEntry(logrus.New()))
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	go func() { _ = s.Run(ctx) }()
@@ -282,7 +284,7 @@ func TestForNode(t *testing.T) {
 func TestSecretsFollowNodeLabels(t *testing.T) {
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"pool": "a"}}}
 	client := fake.NewClientset(node, secretWithSelector("pool-a", "pool=a"), secretWithSelector("pool-b", "pool=b"))
-	s := NewSecrets(client, "ns", []string{"pool-a", "pool-b"}, "", "n1", logrus.NewEntry(logrus.New()))
+	s := NewSecrets(kubetest.FromClientset(client), "ns", []string{"pool-a", "pool-b"}, "", "n1", logrus.NewEntry(logrus.New()))
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	go func() { _ = s.Run(ctx) }()
