@@ -14,10 +14,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
-	// TLS roots compiled in, used only when the system has none: the image
-	// holds nothing but this binary, and `check --probe` must still verify
-	// registries' certificates.
-	_ "golang.org/x/crypto/x509roots/fallback"
 
 	"github.com/nodecreds/nodecreds/internal/config"
 )

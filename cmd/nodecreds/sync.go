@@ -10,8 +10,6 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/nodecreds/nodecreds/internal/agent"
 	"github.com/nodecreds/nodecreds/internal/config"
@@ -59,11 +57,10 @@ type parts struct {
 	agent  *agent.Agent
 	reg    *prometheus.Registry
 	health *report.Health
-	stop   func() // flushes and stops the event broadcaster
 }
 
 func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*parts, error) {
-	p := &parts{stop: func() {}}
+	p := &parts{}
 	var reporters []agent.Reporter
 	switch cfg.Source {
 	case config.SourceDir:
@@ -79,11 +76,10 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 			log.Warn("no --node-name (or $NODE_NAME): the Node's annotations, condition and startup taint are not managed")
 			break
 		}
-		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-		broadcaster.StartRecordingToSink(kube.EventSink{Client: client})
-		p.stop = broadcaster.Shutdown
-		recorder := broadcaster.NewRecorder(kube.Scheme, corev1.EventSource{Component: "nodecreds", Host: cfg.NodeName})
-		p.node = report.NewNodeReporter(client, cfg.NodeName, recorder, log.WithField("component", "node-status"))
+		nodeLog := log.WithField("component", "node-status")
+		recorder := kube.EventRecorder{Client: client, Component: "nodecreds", Host: cfg.NodeName,
+			OnError: func(err error) { nodeLog.WithError(err).Warn("cannot record an Event") }}
+		p.node = report.NewNodeReporter(client, cfg.NodeName, recorder, nodeLog)
 		reporters = append(reporters, p.node)
 	default:
 		return nil, config.UsageError(fmt.Errorf("--source %s: unknown", cfg.Source))
@@ -117,7 +113,6 @@ func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer p.stop()
 	if cfg.Once {
 		return runOnce(ctx, p)
 	}

@@ -38,6 +38,7 @@ type RegistryProber struct {
 // repository (a path in it, "" to log in to the registry alone) and reports
 // the outcome. The error text never holds the credential.
 func (p RegistryProber) Probe(ctx context.Context, registry, repository string, c kubeletcred.Cred) ProbeResult {
+	fallbackRoots() // before the first certificate is verified
 	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
 	defer cancel()
 	res := p.probe(ctx, registry, repository, c)

@@ -60,7 +60,7 @@ type DaemonSetInterface interface {
 	List(ctx context.Context, opts metav1.ListOptions) (*appsv1.DaemonSetList, error)
 }
 
-// Scheme knows core/v1 and apps/v1 only; the Event recorder uses it too.
+// Scheme knows core/v1 and apps/v1 only.
 var Scheme = runtime.NewScheme()
 
 func init() {
@@ -210,21 +210,4 @@ type daemonSets struct{ resource }
 func (d daemonSets) List(ctx context.Context, opts metav1.ListOptions) (*appsv1.DaemonSetList, error) {
 	out := &appsv1.DaemonSetList{}
 	return out, d.list(ctx, opts, out)
-}
-
-// EventSink is the Event recorder's sink (record.EventSink) over Interface,
-// as client-go's EventSinkImpl is over its clientset. Events go to the
-// namespace they name.
-type EventSink struct{ Client Interface }
-
-func (s EventSink) Create(ev *corev1.Event) (*corev1.Event, error) {
-	return s.Client.Events(ev.Namespace).Create(context.TODO(), ev, metav1.CreateOptions{})
-}
-
-func (s EventSink) Update(ev *corev1.Event) (*corev1.Event, error) {
-	return s.Client.Events(ev.Namespace).Update(context.TODO(), ev, metav1.UpdateOptions{})
-}
-
-func (s EventSink) Patch(ev *corev1.Event, data []byte) (*corev1.Event, error) {
-	return s.Client.Events(ev.Namespace).Patch(context.TODO(), ev.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
 }

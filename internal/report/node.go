@@ -12,9 +12,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/nodecreds/nodecreds/internal/kube"
 )
@@ -44,6 +44,13 @@ type SyncStatus struct {
 	Changed bool
 }
 
+// Recorder records Events (kube.EventRecorder; client-go's FakeRecorder
+// in tests).
+type Recorder interface {
+	Event(object runtime.Object, eventtype, reason, message string)
+	Eventf(object runtime.Object, eventtype, reason, messageFmt string, args ...any)
+}
+
 // NodeReporter reports to this node's Node object: the applied revision and time as
 // annotations, the RegistryCredentialsSynced condition, Events for applied
 // revisions and failures, and the removal of the startup taint after the
@@ -52,7 +59,7 @@ type SyncStatus struct {
 type NodeReporter struct {
 	client   kube.Interface
 	name     string
-	recorder record.EventRecorder
+	recorder Recorder
 	log      *logrus.Entry
 	now      func() time.Time
 
@@ -68,7 +75,7 @@ type NodeReporter struct {
 }
 
 // NewNodeReporter returns a reporter for node name.
-func NewNodeReporter(client kube.Interface, name string, recorder record.EventRecorder, log *logrus.Entry) *NodeReporter {
+func NewNodeReporter(client kube.Interface, name string, recorder Recorder, log *logrus.Entry) *NodeReporter {
 	return &NodeReporter{client: client, name: name, recorder: recorder, log: log, now: time.Now, signal: make(chan struct{}, 1)}
 }
 
