@@ -335,6 +335,27 @@ func TestTargetSizeLimit(t *testing.T) {
 	if !errors.Is(res[0].Err, hostfs.ErrTooLarge) || !strings.Contains(res[0].Err.Error(), "4 MiB") {
 		t.Errorf("want a size error naming the limit, got %v", res[0].Err)
 	}
+
+	// A compact file just under the limit that the merge (re-indented)
+	// would take over it: refused before writing, so nodecreds never leaves
+	// a file it would then refuse to read; the file is untouched.
+	var doc strings.Builder
+	doc.WriteString(`{"auths":{`)
+	for i := 0; doc.Len() < hostfs.MaxFileSize-100; i++ {
+		if i > 0 {
+			doc.WriteByte(',')
+		}
+		fmt.Fprintf(&doc, `"f%06d.example.test":{"auth":"dTpw"}`, i)
+	}
+	doc.WriteString(`}}`)
+	testsupport.WriteFile(t, p, doc.String(), 0o600)
+	res = apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	if !errors.Is(res[0].Err, hostfs.ErrTooLarge) || !strings.Contains(res[0].Err.Error(), "nothing written") {
+		t.Errorf("want the oversized merge refused, got %v", res[0].Err)
+	}
+	if string(testsupport.ReadFile(t, p)) != doc.String() {
+		t.Errorf("the file changed")
+	}
 }
 
 var execCommand = exec.Command

@@ -196,6 +196,10 @@ func saveState(d *hostfs.Dir, s *State) error {
 	if err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
+	if len(data) > hostfs.MaxFileSize {
+		return fmt.Errorf("%w: %s would be %d bytes, over the %d MiB limit (too many displaced entries); nothing written: %w",
+			ErrState, d.Name(stateFileName), len(data), hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
+	}
 	f, tmp, err := d.CreateTemp("."+stateFileName+".", 0o600)
 	if err != nil {
 		return fmt.Errorf("writing state: %w", err)

@@ -69,6 +69,13 @@ func tempPrefix(name string) string {
 // or the new file at name, both whole. Every step is relative to the folder
 // handle d, by name, so nothing can be redirected outside the host root.
 func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte, existed bool, err error) {
+	if len(data) > hostfs.MaxFileSize {
+		// Never write what nodecreds (and check, and the plugin) would
+		// refuse to read back: a compact file near the limit grows when
+		// re-indented.
+		return nil, false, fmt.Errorf("%s would be %d bytes, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
+			d.Name(name), len(data), hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
+	}
 	sweepTemps(d, name)
 	mode := fs.FileMode(0o600)
 	if prev.exists {
