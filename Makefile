@@ -76,6 +76,12 @@ test: lint e2e compat e2e-node fuzz ## Everything: lint, unit, e2e, compatibilit
 bench: build controlplane ## Measure N agents (BENCH_AGENTS=100) on a local control plane; writes docs/benchmarks.md
 	$(GO) run ./scripts/bench
 
+BENCH_CURVE ?= 10,100,500
+
+.PHONY: bench-curve
+bench-curve: build controlplane ## The cost curve: BENCH_CURVE agent counts (default 10,100,500) one after another; writes its section of docs/benchmarks.md (~15 min)
+	BENCH_CURVE=$(BENCH_CURVE) $(GO) run ./scripts/bench
+
 .PHONY: demo
 demo: build controlplane ## Local control plane + agent + a Secret rotation seen on disk
 	$(GO) run ./scripts/demo

@@ -51,6 +51,7 @@ type config struct {
 	copyEvery  time.Duration
 	pluginRuns int
 	out        string
+	curve      []int // BENCH_CURVE: agent counts to run one after another
 }
 
 func envInt(k string, def int) int {
@@ -74,6 +75,7 @@ func main() {
 		idle:       envDur("BENCH_IDLE", 30*time.Second),
 		copyEvery:  envDur("BENCH_COPY_PERIOD", 30*time.Second),
 		pluginRuns: envInt("BENCH_PLUGIN_RUNS", 200),
+		curve:      envInts("BENCH_CURVE"),
 		out:        filepath.Join(cluster.RepoRoot(), "docs", "benchmarks.md"),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -124,6 +126,32 @@ type results struct {
 }
 
 func run(ctx context.Context, cfg config) error {
+	if len(cfg.curve) > 0 {
+		return runCurve(ctx, cfg)
+	}
+	res := &results{cfg: cfg}
+	if err := measure(ctx, cfg, res); err != nil {
+		return err
+	}
+	return res.finish(ctx, cfg)
+}
+
+func agentBinary() (string, error) {
+	bin := filepath.Join(cluster.RepoRoot(), "bin", "nodecreds")
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("%s missing: run make build", bin)
+	}
+	return bin, nil
+}
+
+// measure runs cfg.agents agents against a local control plane: cold start,
+// idle cost, rotations (with the copy loop beside them).
+func measure(ctx context.Context, cfg config, res *results) error {
+	restore, err := raiseInotifyInstances(cfg.agents)
+	if err != nil {
+		return err
+	}
+	defer restore()
 	bin := filepath.Join(cluster.RepoRoot(), "bin", "nodecreds")
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("%s missing: run make build", bin)
@@ -133,7 +161,6 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	res := &results{cfg: cfg}
 
 	logf("starting the control plane")
 	c, err := cluster.Start(ctx, filepath.Join(work, "cluster"))
@@ -309,7 +336,21 @@ func run(ctx context.Context, cfg config) error {
 			slices.Max(lat).Round(time.Millisecond), pct(lat, 50).Round(time.Millisecond), copyLat.Round(time.Millisecond))
 	}
 	stopCopy()
+	return nil
+}
 
+// finish adds the file-engine benchmark and the plugin runs, writes
+// benchmarks.md and says which targets were missed.
+func (res *results) finish(ctx context.Context, cfg config) error {
+	bin, err := agentBinary()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "nodecreds-bench-plugin-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
 	logf("file engine: go test -bench ./internal/nodefile (5 runs)")
 	out, err := exec.CommandContext(ctx, "go", "test", "-run=^$", "-bench=.", "-benchtime=20x", "-count=5", "-benchmem", "./internal/nodefile").CombinedOutput()
 	if err != nil {
@@ -327,10 +368,15 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	report := res.markdown(machine())
-	// The soak's section (make soak) is another command's: keep it.
+	// The curve's and the soak's sections (make bench-curve, make soak)
+	// are other commands': keep them.
 	if old, err := os.ReadFile(cfg.out); err == nil {
-		if i := strings.Index(string(old), soakBegin); i >= 0 {
-			report = strings.TrimRight(report, "\n") + "\n\n" + string(old[i:])
+		for _, m := range [][2]string{{curveBegin, curveEnd}, {soakBegin, soakEnd}} {
+			i := strings.Index(string(old), m[0])
+			j := strings.Index(string(old), m[1])
+			if i >= 0 && j > i {
+				report = strings.TrimRight(report, "\n") + "\n\n" + string(old[i:j+len(m[1])])
+			}
 		}
 	}
 	if err := os.WriteFile(cfg.out, []byte(report), 0o644); err != nil {
@@ -344,8 +390,8 @@ func run(ctx context.Context, cfg config) error {
 	return nil
 }
 
-// soakBegin marks where scripts/soak's section of benchmarks.md starts.
-const soakBegin = "<!-- soak:begin -->"
+// scripts/soak's section of benchmarks.md.
+const soakBegin, soakEnd = "<!-- soak:begin -->\n", "<!-- soak:end -->\n"
 
 // target is one figure the benchmark is held to.
 type target struct {
@@ -834,4 +880,156 @@ func (r *results) markdown(machine string) string {
   hold a handful of entries and take about 2–3 ms, almost all of it fsync.
 `)
 	return b.String()
+}
+
+func envInts(k string) []int {
+	var out []int
+	for _, f := range strings.Split(os.Getenv(k), ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+const inotifyInstances = "/proc/sys/fs/inotify/max_user_instances"
+
+// raiseInotifyInstances makes room for n agents' inotify instances for the
+// run and returns what puts the old limit back. All agents run as root on
+// this one machine, where fs.inotify.max_user_instances (128 by default)
+// is per user: a real node runs one agent, so without this the benchmark
+// would measure agents past the 128th polling (their fallback), not a
+// cluster. docs/scale.md explains the limit on real nodes.
+func raiseInotifyInstances(n int) (func(), error) {
+	b, err := os.ReadFile(inotifyInstances)
+	if err != nil {
+		return func() {}, nil // not Linux, or no procfs: nothing to raise
+	}
+	old, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || old >= n+64 {
+		return func() {}, nil
+	}
+	want := n + 128 // the other root processes keep what they had
+	if err := os.WriteFile(inotifyInstances, []byte(strconv.Itoa(want)), 0o644); err != nil {
+		return nil, fmt.Errorf("raising %s to %d for %d agents (run as root): %w", inotifyInstances, want, n, err)
+	}
+	logf("fs.inotify.max_user_instances %d → %d for this run", old, want)
+	return func() {
+		if err := os.WriteFile(inotifyInstances, []byte(strconv.Itoa(old)), 0o644); err != nil {
+			logf("could not put fs.inotify.max_user_instances back to %d: %v", old, err)
+			return
+		}
+		logf("fs.inotify.max_user_instances back to %d", old)
+	}, nil
+}
+
+const curveBegin, curveEnd = "<!-- curve:begin -->\n", "<!-- curve:end -->\n"
+
+// runCurve measures each agent count in turn, each on a fresh control
+// plane, and writes the side-by-side table into benchmarks.md (between its
+// curve markers, leaving the rest of the file to `make bench`).
+func runCurve(ctx context.Context, cfg config) error {
+	var all []*results
+	for _, n := range cfg.curve {
+		c := cfg
+		c.agents, c.curve = n, nil
+		logf("=== %d agents ===", n)
+		res := &results{cfg: c}
+		if err := measure(ctx, c, res); err != nil {
+			return fmt.Errorf("%d agents: %w", n, err)
+		}
+		all = append(all, res)
+	}
+	section := curveMarkdown(all)
+	fmt.Print(section)
+	if err := replaceSection(cfg.out, curveBegin, curveEnd, section); err != nil {
+		return err
+	}
+	logf("wrote %s", cfg.out)
+	var missed []string
+	for _, r := range all {
+		for _, m := range r.missed() {
+			if strings.HasPrefix(m, "rotation") {
+				missed = append(missed, fmt.Sprintf("%d agents: %s", r.cfg.agents, m))
+			}
+		}
+	}
+	if len(missed) > 0 {
+		return fmt.Errorf("targets missed: %s", strings.Join(missed, "; "))
+	}
+	return nil
+}
+
+func curveMarkdown(all []*results) string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("## Cost curve (`make bench-curve`)\n\nMeasured %s by `BENCH_CURVE=%s make bench-curve` on %s: for each agent count a fresh control plane and that many agents, all on this machine. Rotation targets: p99 ≤ 0.5 s at 100 agents, ≤ 2 s at 500.\n\n", time.Now().UTC().Format("2006-01-02"), joinInts(all), machine())
+	w("| agents |")
+	for _, r := range all {
+		w(" %d |", r.cfg.agents)
+	}
+	w("\n| --- |%s\n", strings.Repeat(" --- |", len(all)))
+	row := func(name string, f func(r *results) string) {
+		w("| %s |", name)
+		for _, r := range all {
+			w(" %s |", f(r))
+		}
+		w("\n")
+	}
+	row("cold start: all kubelet files written", func(r *results) string { return ms(r.cold) })
+	row("cold start: all Nodes annotated", func(r *results) string { return ms(r.coldNodeSynced) })
+	row("rotation p50", func(r *results) string { return ms(pct(r.rotations, 50)) })
+	row("rotation p99", func(r *results) string { return ms(pct(r.rotations, 99)) })
+	row("rotation max", func(r *results) string { return ms(slices.Max(r.rotations)) })
+	row("agent RSS, median", func(r *results) string { return fmt.Sprintf("%.1f MiB", float64(median(r.rssKiB))/1024) })
+	row("idle CPU, all agents together", func(r *results) string {
+		var c time.Duration
+		for _, x := range r.idleCPU {
+			c += x
+		}
+		return fmt.Sprintf("%s in %s", c.Round(time.Millisecond), r.cfg.idle)
+	})
+	row("open watches on Secrets opened by the agents", func(r *results) string { return fmt.Sprintf("%.0f", r.watchesSecrets-r.watchesBefore) })
+	row("API requests per agent at start", func(r *results) string { return fmt.Sprintf("%.1f", sum(r.startReqs)) })
+	row("API requests per agent while idle", func(r *results) string { return fmt.Sprintf("%.2f", sum(r.idleReqs)) })
+	row("kube-apiserver RSS", func(r *results) string { return fmt.Sprintf("%.0f MiB", float64(r.apiserverRSSKiB)/1024) })
+	row("copy loop (GET every 30 s), rotation to file, median", func(r *results) string { return ms(pct(r.copyLoop, 50)) })
+	w("\nThe copy loop is one loop measured beside the agents in the same run: its latency does not depend on the node count (uniform in 0–30 s), its cost does (one GET per node every 30 s).\n\n")
+	return b.String()
+}
+
+func joinInts(all []*results) string {
+	parts := make([]string, len(all))
+	for i, r := range all {
+		parts[i] = strconv.Itoa(r.cfg.agents)
+	}
+	return strings.Join(parts, ",")
+}
+
+func sum(m map[string]float64) float64 {
+	t := 0.0
+	for k, v := range m {
+		if strings.Contains(k, "leases") || strings.Contains(k, "openapi") {
+			continue // the API server's own housekeeping
+		}
+		t += v
+	}
+	return t
+}
+
+// replaceSection puts section between begin and end in the file at path,
+// appending it when the markers are not there yet.
+func replaceSection(path, begin, end, section string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(data)
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	if i < 0 || j < i {
+		s = strings.TrimRight(s, "\n") + "\n\n" + begin + section + end
+	} else {
+		s = s[:i+len(begin)] + section + s[j:]
+	}
+	return os.WriteFile(path, []byte(s), 0o644)
 }
