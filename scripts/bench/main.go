@@ -14,7 +14,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"os"
@@ -161,7 +160,11 @@ func measure(ctx context.Context, cfg config, res *results) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	if os.Getenv("BENCH_KEEP") != "" {
+		logf("work folder kept (BENCH_KEEP): %s", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
 
 	logf("starting the control plane")
 	c, err := cluster.Start(ctx, filepath.Join(work, "cluster"))
@@ -229,7 +232,12 @@ func measure(ctx context.Context, cfg config, res *results) error {
 	for i, a := range agents {
 		a.cmd = exec.Command(bin, "sync", "--kubeconfig", kubeconfigs[i], "--namespace", ns, "--node-name", a.name,
 			"--host-root", a.root, "--metrics-addr", "0", "--log-level", "warn")
-		a.cmd.Stdout, a.cmd.Stderr = io.Discard, io.Discard
+		logFile, err := os.Create(filepath.Join(a.root, "agent.log"))
+		if err != nil {
+			return err
+		}
+		defer logFile.Close()
+		a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
 		if err := a.cmd.Start(); err != nil {
 			return err
 		}
@@ -544,14 +552,12 @@ func contains(path, want string) bool {
 func (fw *fileWatch) until(ctx context.Context, want string, t0 time.Time, within time.Duration) ([]time.Duration, error) {
 	lat := make([]time.Duration, fw.n)
 	done := 0
-	for f, i := range fw.files { // already there
-		if contains(f, want) {
-			lat[i], done = time.Since(t0), done+1
-		}
-	}
 	seen := make([]bool, fw.n)
-	for f, i := range fw.files {
-		seen[i] = contains(f, want)
+	for f, i := range fw.files { // already there (one read each: a file
+		// changing between two reads would be seen but never counted)
+		if contains(f, want) {
+			lat[i], seen[i], done = time.Since(t0), true, done+1
+		}
 	}
 	timeout := time.After(within)
 	for done < fw.n {
@@ -568,7 +574,15 @@ func (fw *fileWatch) until(ctx context.Context, want string, t0 time.Time, withi
 		case err := <-fw.w.Errors:
 			return nil, err
 		case <-timeout:
-			return nil, fmt.Errorf("only %d of %d nodes updated within %s", done, fw.n, within)
+			// Say which, and whether the file has it now (an event the
+			// benchmark missed) or not (an agent that did not apply it).
+			var missing []string
+			for f, i := range fw.files {
+				if !seen[i] {
+					missing = append(missing, fmt.Sprintf("%s (has it now: %v)", f, contains(f, want)))
+				}
+			}
+			return nil, fmt.Errorf("only %d of %d nodes updated within %s; missing: %s", done, fw.n, within, strings.Join(missing, ", "))
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
