@@ -10,6 +10,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -122,6 +123,7 @@ type results struct {
 	apiserverRSSKiB              int
 	plugin                       []time.Duration // credential-provider runs
 	bigSecret                    []time.Duration // ..data swap → both files, 10,000-entry Secret
+	rotationCPU                  []cpuShare      // who used the cores while a rotation reached every node
 	pluginEntries                int
 }
 
@@ -316,6 +318,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 			return err
 		}
 		s.Data[corev1.DockerConfigJsonKey] = secretData(pass)
+		cpu0 := rotationCPU(agents)
 		t0 := time.Now()
 		if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			return err
@@ -324,6 +327,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 		if err != nil {
 			return fmt.Errorf("rotation %d: %w", r, err)
 		}
+		res.rotationCPU = append(res.rotationCPU, rotationCPU(agents).minus(cpu0, slices.Max(lat)))
 		res.rotations = append(res.rotations, lat...)
 		res.rotationMax = append(res.rotationMax, slices.Max(lat))
 		// Wait for the copy loop to catch up too, so each rotation gets
@@ -850,10 +854,10 @@ func (r *results) markdown(machine string) string {
 	}
 	w("\n`PUT leases` and `GET /openapi/v3`, where they appear, are the API server's own housekeeping, not the agents'.\n\nWATCH requests are counted by `apiserver_request_total` only when they end, so open watches are counted from `apiserver_longrunning_requests` above. No `LIST secrets` at all: client-go %s streams the informer's initial list over its watch (WatchListClient), so each agent opens exactly one request per source Secret and keeps it, plus one watch of its own Node (field-selected; for Secrets limited to node pools).\n\n", "v0.37")
 	w("Start-up requests are, per agent: the Secret informer's watch; the watch of its own Node; one GET of its Node; the annotation PATCH, the condition PATCH (nodes/status) and the Event POST; apiserver counts also include the benchmark's own Node creations and token requests, divided by the agent count. Idle: nothing but the open watch (no polling; the resync re-reads the informer's cache, not the API).\n\n")
-	w("### Rotation latency per rotation (all %d nodes)\n\n| rotation | slowest node | p50 |\n| --- | --- | --- |\n", r.cfg.agents)
+	w("### Rotation latency per rotation (all %d nodes)\n\n| rotation | slowest node | p50 | CPU used until the slowest node had it |\n| --- | --- | --- | --- |\n", r.cfg.agents)
 	for i, m := range r.rotationMax {
 		lat := r.rotations[i*r.cfg.agents : (i+1)*r.cfg.agents]
-		w("| %d | %s | %s |\n", i+1, ms(m), ms(pct(lat, 50)))
+		w("| %d | %s | %s | %s |\n", i+1, ms(m), ms(pct(lat, 50)), r.rotationCPU[i])
 	}
 	w("\n## Alternatives, measured or cited in the same run\n\n| approach | time until the node file changes after a rotation | API cost per node |\n| --- | --- | --- |\n")
 	w("| nodecreds (watch) | p50 %s, max %s | one watch; nothing while idle |\n", ms(pct(r.rotations, 50)), ms(slices.Max(r.rotations)))
@@ -1017,6 +1021,10 @@ func curveMarkdown(all []*results) string {
 	row("open watches on Secrets opened by the agents", func(r *results) string { return fmt.Sprintf("%.0f", r.watchesSecrets-r.watchesBefore) })
 	row("API requests per agent at start", func(r *results) string { return fmt.Sprintf("%.1f", sum(r.startReqs)) })
 	row("API requests per agent while idle", func(r *results) string { return fmt.Sprintf("%.2f", sum(r.idleReqs)) })
+	row("CPU while the slowest rotation reached every node", func(r *results) string {
+		worst := slices.MaxFunc(r.rotationCPU, func(a, b cpuShare) int { return cmp.Compare(a.wall, b.wall) })
+		return worst.String()
+	})
 	row("kube-apiserver RSS", func(r *results) string { return fmt.Sprintf("%.0f MiB", float64(r.apiserverRSSKiB)/1024) })
 	row("copy loop (GET every 30 s), rotation to file, median", func(r *results) string { return ms(pct(r.copyLoop, 50)) })
 	w("\nThe copy loop is one loop measured beside the agents in the same run: its latency does not depend on the node count (uniform in 0–30 s), its cost does (one GET per node every 30 s).\n\n")
@@ -1057,4 +1065,48 @@ func replaceSection(path, begin, end, section string) error {
 		s = s[:i+len(begin)] + section + s[j:]
 	}
 	return os.WriteFile(path, []byte(s), 0o644)
+}
+
+// cpuShare is the CPU time the agents, the API server and etcd used while
+// a rotation went from the Secret update to the last node's file: it shows
+// which of them the machine's cores were busy with.
+type cpuShare struct {
+	agents, apiserver, etcd, wall time.Duration
+}
+
+func rotationCPU(agents []*agent) cpuShare {
+	var c cpuShare
+	for _, t := range cpuTimes(agents) {
+		c.agents += t
+	}
+	c.apiserver = cpuByName("kube-apiserver")
+	c.etcd = cpuByName("etcd")
+	return c
+}
+
+func (c cpuShare) minus(before cpuShare, wall time.Duration) cpuShare {
+	return cpuShare{agents: c.agents - before.agents, apiserver: c.apiserver - before.apiserver, etcd: c.etcd - before.etcd, wall: wall}
+}
+
+func (c cpuShare) String() string {
+	avail := time.Duration(runtime.NumCPU()) * c.wall
+	pctOf := func(d time.Duration) float64 { return 100 * d.Seconds() / avail.Seconds() }
+	return fmt.Sprintf("agents %s (%.0f%%), kube-apiserver %s (%.0f%%), etcd %s (%.0f%%) of %s (%d cores × %s)",
+		c.agents.Round(10*time.Millisecond), pctOf(c.agents), c.apiserver.Round(10*time.Millisecond), pctOf(c.apiserver),
+		c.etcd.Round(10*time.Millisecond), pctOf(c.etcd), avail.Round(10*time.Millisecond), runtime.NumCPU(), c.wall.Round(time.Millisecond))
+}
+
+// cpuByName is the user+system CPU time of the process called name.
+func cpuByName(name string) time.Duration {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(b)) == name {
+			return cpuTimes([]*agent{{cmd: &exec.Cmd{Process: &os.Process{Pid: pid}}}})[0]
+		}
+	}
+	return 0
 }
