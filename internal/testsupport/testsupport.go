@@ -4,6 +4,7 @@ package testsupport
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -133,18 +134,33 @@ func (b *Buffer) String() string {
 	return b.buf.String()
 }
 
+// WaitFor polls cond every period until it holds, ctx ends or within
+// passes; then the error names what it waited for. Tests use it through
+// Eventually; the demo, the benchmark and the soak, which run outside a
+// test, call it directly.
+func WaitFor(ctx context.Context, within, every time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s waiting for %s", within, what)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+	}
+	return nil
+}
+
 // Eventually polls cond every 5 ms until it holds, and returns how long
 // that took; at the deadline the test fails naming what it waited for. It
 // is for waiting on another process.
 func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for time.Since(start) < within {
-		if cond() {
-			return time.Since(start)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if err := WaitFor(context.Background(), within, 5*time.Millisecond, what, cond); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("timed out after %s waiting for %s", within, what)
-	return 0
+	return time.Since(start)
 }

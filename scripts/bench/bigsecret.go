@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // measureBigSecret is issue 16's end-to-end case as a new user would try
@@ -32,7 +33,7 @@ func (r *results) measureBigSecret(ctx context.Context, bin, work string, runs i
 		if i > 0 {
 			foreign.WriteByte(',')
 		}
-		fmt.Fprintf(&foreign, `"foreign-%d.example.org":{"auth":%q}`, i, b64(fmt.Sprintf("them:%d", i)))
+		fmt.Fprintf(&foreign, `"foreign-%d.example.org":{"auth":%q}`, i, testsupport.B64(fmt.Sprintf("them:%d", i)))
 	}
 	foreign.WriteString(`}}`)
 	if err := os.WriteFile(kubelet, []byte(foreign.String()), 0o600); err != nil {
@@ -50,7 +51,7 @@ func (r *results) measureBigSecret(ctx context.Context, bin, work string, runs i
 			if i == 0 {
 				pw = fmt.Sprintf("changed-%d", n)
 			}
-			fmt.Fprintf(&doc, `"reg-%d.example.com":{"auth":%q}`, i, b64("robot:"+pw))
+			fmt.Fprintf(&doc, `"reg-%d.example.com":{"auth":%q}`, i, testsupport.B64("robot:"+pw))
 		}
 		doc.WriteString(`}}`)
 		ts := filepath.Join(secretDir, fmt.Sprintf("..ts_%04d", n))
@@ -80,7 +81,7 @@ func (r *results) measureBigSecret(ctx context.Context, bin, work string, runs i
 		return err
 	}
 	defer func() { _ = agent.Process.Signal(syscall.SIGTERM); _ = agent.Wait() }()
-	want := func(n int) []byte { return []byte(b64(fmt.Sprintf("robot:changed-%d", n))) }
+	want := func(n int) []byte { return []byte(testsupport.B64(fmt.Sprintf("robot:changed-%d", n))) }
 	both := func(n int) bool {
 		for _, f := range []string{kubelet, docker} {
 			b, err := os.ReadFile(f)
@@ -90,7 +91,7 @@ func (r *results) measureBigSecret(ctx context.Context, bin, work string, runs i
 		}
 		return true
 	}
-	if err := waitFor(ctx, 30*time.Second, func() bool { return both(0) }); err != nil {
+	if err := testsupport.WaitFor(ctx, 30*time.Second, 2*time.Millisecond, "both files written", func() bool { return both(0) }); err != nil {
 		return fmt.Errorf("big Secret, first sync: %w", err)
 	}
 	for n := 1; n <= runs; n++ {
@@ -101,7 +102,7 @@ func (r *results) measureBigSecret(ctx context.Context, bin, work string, runs i
 			return err
 		}
 		// Cheap until both files were replaced; then read them once.
-		err = waitFor(ctx, 10*time.Second, func() bool {
+		err = testsupport.WaitFor(ctx, 10*time.Second, 2*time.Millisecond, "the change in both files", func() bool {
 			return mtime(kubelet) != before[0] && mtime(docker) != before[1] && both(n)
 		})
 		if err != nil {
@@ -114,27 +115,10 @@ func (r *results) measureBigSecret(ctx context.Context, bin, work string, runs i
 	return nil
 }
 
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
-
 func mtime(path string) time.Time {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return time.Time{}
 	}
 	return fi.ModTime()
-}
-
-func waitFor(ctx context.Context, within time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not within %s", within)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-	return nil
 }

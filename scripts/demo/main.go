@@ -27,6 +27,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
@@ -146,7 +147,7 @@ func run(ctx context.Context) error {
 			_ = agent.Wait()
 		}
 	}()
-	if err := waitFor(ctx, 30*time.Second, func() bool { return strings.Contains(checkUser(root), "robot-v1") }); err != nil {
+	if err := testsupport.WaitFor(ctx, 30*time.Second, 20*time.Millisecond, "robot-v1 in the kubelet file", func() bool { return strings.Contains(checkUser(root), "robot-v1") }); err != nil {
 		return fmt.Errorf("first sync: %w; agent log:\n%s", err, readFile(logf.Name()))
 	}
 	time.Sleep(500 * time.Millisecond) // let the Node status land
@@ -170,7 +171,7 @@ func run(ctx context.Context) error {
 	if _, err := secrets.Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
-	if err := waitFor(ctx, 30*time.Second, func() bool {
+	if err := testsupport.WaitFor(ctx, 30*time.Second, 20*time.Millisecond, "robot-v2 in both node files", func() bool {
 		return strings.Contains(checkUser(root), "robot-v2") && strings.Contains(checkUserIn(root, "/root/.docker/config.json"), "robot-v2")
 	}); err != nil {
 		return err
@@ -206,21 +207,6 @@ func checkUser(root string) string {
 // point elsewhere.
 func checkUserIn(root, file string) string {
 	return nodecreds("check", "--host-root", root, "--kubelet-root-dir", filepath.Dir(file), "--image", "registry.demo.test/app", "-o", "json")
-}
-
-func waitFor(ctx context.Context, within time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not done within %s", within)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return nil
 }
 
 func taintKeys(n *corev1.Node) []string {

@@ -9,7 +9,6 @@ package soak
 import (
 	"bufio"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -25,6 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	defer func() { _ = agent.Process.Kill(); _ = agent.Wait() }()
 	s := &soaker{cfg: cfg, root: root, metrics: "http://" + addr + "/metrics"}
-	if err := s.wait(ctx, 30*time.Second, "the first sync", func() bool { return s.has(0) }); err != nil {
+	if err := testsupport.WaitFor(ctx, 30*time.Second, 5*time.Millisecond, "the first sync", func() bool { return s.has(0) }); err != nil {
 		log, _ := os.ReadFile(logFile.Name())
 		return res, fmt.Errorf("%w; agent log:\n%s", err, log)
 	}
@@ -128,7 +128,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		if err := rotate(ctx, secrets, i); err != nil {
 			return res, fmt.Errorf("rotation %d: %w", i, err)
 		}
-		if err := s.wait(ctx, 20*time.Second, fmt.Sprintf("rotation %d in both files", i), func() bool { return s.has(i) }); err != nil {
+		if err := testsupport.WaitFor(ctx, 20*time.Second, 5*time.Millisecond, fmt.Sprintf("rotation %d in both files", i), func() bool { return s.has(i) }); err != nil {
 			return res, err
 		}
 		if i == cfg.Rotations/2 {
@@ -171,7 +171,7 @@ func (s *soaker) disturb(ctx context.Context, i int, res *Result) error {
 			return err
 		}
 	case i%10 == 0:
-		doc := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, foreign, b64("them:foreign"))
+		doc := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, foreign, testsupport.B64("them:foreign"))
 		if err := os.WriteFile(filepath.Join(s.root, "var/lib/kubelet/config.json"), []byte(doc), 0o600); err != nil {
 			return err
 		}
@@ -179,7 +179,7 @@ func (s *soaker) disturb(ctx context.Context, i int, res *Result) error {
 		return nil
 	}
 	res.Drift++
-	return s.wait(ctx, 10*time.Second, fmt.Sprintf("drift after rotation %d corrected", i), func() bool { return s.has(i) })
+	return testsupport.WaitFor(ctx, 10*time.Second, 5*time.Millisecond, fmt.Sprintf("drift after rotation %d corrected", i), func() bool { return s.has(i) })
 }
 
 type soaker struct {
@@ -189,7 +189,7 @@ type soaker struct {
 }
 
 func secretFor(i int) *corev1.Secret {
-	doc, _ := json.Marshal(map[string]any{"auths": map[string]any{registry: map[string]string{"auth": b64(password(i))}}})
+	doc, _ := json.Marshal(map[string]any{"auths": map[string]any{registry: map[string]string{"auth": testsupport.B64(password(i))}}})
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: secret, Namespace: ns},
 		Type:       corev1.SecretTypeDockerConfigJson,
@@ -198,8 +198,6 @@ func secretFor(i int) *corev1.Secret {
 }
 
 func password(i int) string { return "robot:soak-" + strconv.Itoa(i) }
-
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 func rotate(ctx context.Context, secrets interface {
 	Update(context.Context, *corev1.Secret, metav1.UpdateOptions) (*corev1.Secret, error)
@@ -225,26 +223,11 @@ func (s *soaker) has(i int) bool {
 		var doc struct {
 			Auths map[string]struct{ Auth string } `json:"auths"`
 		}
-		if json.Unmarshal(data, &doc) != nil || doc.Auths[registry].Auth != b64(password(i)) {
+		if json.Unmarshal(data, &doc) != nil || doc.Auths[registry].Auth != testsupport.B64(password(i)) {
 			return false
 		}
 	}
 	return true
-}
-
-func (s *soaker) wait(ctx context.Context, within time.Duration, what string, cond func() bool) error {
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %s waiting for %s", within, what)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	return nil
 }
 
 func (s *soaker) scrape() (map[string]float64, error) {
