@@ -35,6 +35,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
+	"github.com/nodecreds/nodecreds/scripts/benchdoc"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
@@ -386,17 +387,8 @@ func (res *results) finish(ctx context.Context, cfg config) error {
 		return err
 	}
 	report := res.markdown(machine())
-	// The curve's and the soak's sections (make bench-curve, make soak)
-	// are other commands': keep them.
-	if old, err := os.ReadFile(cfg.out); err == nil {
-		for _, m := range [][2]string{{curveBegin, curveEnd}, {soakBegin, soakEnd}} {
-			i := strings.Index(string(old), m[0])
-			j := strings.Index(string(old), m[1])
-			if i >= 0 && j > i {
-				report = strings.TrimRight(report, "\n") + "\n\n" + string(old[i:j+len(m[1])])
-			}
-		}
-	}
+	// The curve's and the soak's sections are other commands': keep them.
+	report = benchdoc.Keep(report, cfg.out)
 	if err := os.WriteFile(cfg.out, []byte(report), 0o644); err != nil {
 		return err
 	}
@@ -407,9 +399,6 @@ func (res *results) finish(ctx context.Context, cfg config) error {
 	}
 	return nil
 }
-
-// scripts/soak's section of benchmarks.md.
-const soakBegin, soakEnd = "<!-- soak:begin -->\n", "<!-- soak:end -->\n"
 
 // target is one figure the benchmark is held to.
 type target struct {
@@ -954,8 +943,6 @@ func raiseInotifyInstances(n int) (func(), error) {
 	}, nil
 }
 
-const curveBegin, curveEnd = "<!-- curve:begin -->\n", "<!-- curve:end -->\n"
-
 // runCurve measures each agent count in turn, each on a fresh control
 // plane, and writes the side-by-side table into benchmarks.md (between its
 // curve markers, leaving the rest of the file to `make bench`).
@@ -973,7 +960,7 @@ func runCurve(ctx context.Context, cfg config) error {
 	}
 	section := curveMarkdown(all)
 	fmt.Print(section)
-	if err := replaceSection(cfg.out, curveBegin, curveEnd, section); err != nil {
+	if err := benchdoc.Replace(cfg.out, benchdoc.Curve, section); err != nil {
 		return err
 	}
 	logf("wrote %s", cfg.out)
@@ -1050,23 +1037,6 @@ func sum(m map[string]float64) float64 {
 		t += v
 	}
 	return t
-}
-
-// replaceSection puts section between begin and end in the file at path,
-// appending it when the markers are not there yet.
-func replaceSection(path, begin, end, section string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	s := string(data)
-	i, j := strings.Index(s, begin), strings.Index(s, end)
-	if i < 0 || j < i {
-		s = strings.TrimRight(s, "\n") + "\n\n" + begin + section + end
-	} else {
-		s = s[:i+len(begin)] + section + s[j:]
-	}
-	return os.WriteFile(path, []byte(s), 0o644)
 }
 
 // cpuShare is the CPU time the agents, the API server and etcd used while

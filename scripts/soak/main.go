@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodecreds/nodecreds/scripts/benchdoc"
 	"github.com/nodecreds/nodecreds/test/cluster"
 	"github.com/nodecreds/nodecreds/test/soak"
 )
@@ -53,7 +54,7 @@ func run(rotations, every int, out string, keep bool) error {
 	report := render(res, rotations, every, flat)
 	fmt.Print(report)
 	if out != "" {
-		if err := replaceSection(out, report); err != nil {
+		if err := benchdoc.Replace(out, benchdoc.Soak, report); err != nil {
 			return err
 		}
 	}
@@ -82,21 +83,4 @@ func render(res soak.Result, rotations, every int, flat error) string {
 	fmt.Fprintf(&b, "\nRotations applied: %d of %d; disturbances corrected: %d; API server back → the next change in both files: %s; writes during 5 s of 1 s resyncs with nothing changed: %.0f. Tolerances (last three samples' minimum against the first, taken after %d rotations of warm-up): RSS +%d MiB, heap +%d MiB, goroutines +%d, fds +%d — %s. Took %s.\n",
 		res.Applied, rotations, res.Drift, res.CatchUp.Round(time.Millisecond), res.IdleWrites, every, soak.RSSGrowth>>20, soak.HeapGrowth>>20, soak.GoroutinesGrowth, soak.FDsGrowth, verdict, res.Took.Round(time.Second))
 	return b.String()
-}
-
-const begin, end = "<!-- soak:begin -->\n", "<!-- soak:end -->\n"
-
-func replaceSection(path, section string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	s := string(data)
-	i, j := strings.Index(s, begin), strings.Index(s, end)
-	if i < 0 || j < i {
-		s = strings.TrimRight(s, "\n") + "\n\n" + begin + section + end
-	} else {
-		s = s[:i+len(begin)] + section + s[j:]
-	}
-	return os.WriteFile(path, []byte(s), 0o644)
 }
