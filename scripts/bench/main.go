@@ -289,7 +289,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 		res.anonKiB = append(res.anonKiB, anonKiB(agents[i].cmd.Process.Pid))
 	}
 	res.watchesSecrets, res.watchesTotal = watches(afterIdle)
-	res.apiserverRSSKiB = rssKiBByName("kube-apiserver")
+	res.apiserverRSSKiB = rssKiB(pidByName("kube-apiserver"))
 
 	// The hand-rolled alternative: every period, GET the Secret and write
 	// the file if it changed. One loop is enough to measure its latency.
@@ -704,16 +704,21 @@ const clkTck = 100 // USER_HZ on Linux
 func cpuTimes(agents []*agent) []time.Duration {
 	out := make([]time.Duration, len(agents))
 	for i, a := range agents {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.cmd.Process.Pid))
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-		ut, _ := strconv.Atoi(f[11])
-		st, _ := strconv.Atoi(f[12])
-		out[i] = time.Duration(ut+st) * time.Second / clkTck
+		out[i] = cpuTime(a.cmd.Process.Pid)
 	}
 	return out
+}
+
+// cpuTime is a process's user+system CPU time (0 when it is gone).
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * time.Second / clkTck
 }
 
 func rssKiB(pid int) int { return procKiB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") }
@@ -740,7 +745,8 @@ func procKiB(path, field string) int {
 	return 0
 }
 
-func rssKiBByName(name string) int {
+// pidByName finds the process called name (0 when there is none).
+func pidByName(name string) int {
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
@@ -748,7 +754,7 @@ func rssKiBByName(name string) int {
 			continue
 		}
 		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(b)) == name {
-			return rssKiB(pid)
+			return pid
 		}
 	}
 	return 0
@@ -1051,8 +1057,8 @@ func rotationCPU(agents []*agent) cpuShare {
 	for _, t := range cpuTimes(agents) {
 		c.agents += t
 	}
-	c.apiserver = cpuByName("kube-apiserver")
-	c.etcd = cpuByName("etcd")
+	c.apiserver = cpuTime(pidByName("kube-apiserver"))
+	c.etcd = cpuTime(pidByName("etcd"))
 	return c
 }
 
@@ -1066,19 +1072,4 @@ func (c cpuShare) String() string {
 	return fmt.Sprintf("agents %s (%.0f%%), kube-apiserver %s (%.0f%%), etcd %s (%.0f%%) of %s (%d cores × %s)",
 		c.agents.Round(10*time.Millisecond), pctOf(c.agents), c.apiserver.Round(10*time.Millisecond), pctOf(c.apiserver),
 		c.etcd.Round(10*time.Millisecond), pctOf(c.etcd), avail.Round(10*time.Millisecond), runtime.NumCPU(), c.wall.Round(time.Millisecond))
-}
-
-// cpuByName is the user+system CPU time of the process called name.
-func cpuByName(name string) time.Duration {
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(b)) == name {
-			return cpuTimes([]*agent{{cmd: &exec.Cmd{Process: &os.Process{Pid: pid}}}})[0]
-		}
-	}
-	return 0
 }
