@@ -164,3 +164,23 @@ func Eventually(t testing.TB, within time.Duration, what string, cond func() boo
 	}
 	return time.Since(start)
 }
+
+// Start starts cmd with its output in the returned Buffer; at the end of
+// the test the process is killed and, if the test failed, its output
+// logged under name.
+func Start(t testing.TB, name string, cmd *exec.Cmd) *Buffer {
+	t.Helper()
+	out := &Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, out.String())
+		}
+	})
+	return out
+}

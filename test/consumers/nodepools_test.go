@@ -87,18 +87,7 @@ func TestKubeletSeesNodePools(t *testing.T) {
 	for name, root := range roots {
 		agent := exec.Command(binary, "sync", "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", name,
 			"--host-root", root, "--metrics-addr", "0")
-		logs := &testsupport.Buffer{}
-		agent.Stdout, agent.Stderr = logs, logs
-		if err := agent.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = agent.Process.Kill()
-			_ = agent.Wait()
-			if t.Failed() {
-				t.Logf("agent on %s:\n%s", name, logs.String())
-			}
-		})
+		testsupport.Start(t, "agent on "+name, agent)
 	}
 	// Both agents have reported their first sync.
 	testsupport.Eventually(t, 20*time.Second, "both Nodes report RegistryCredentialsSynced=True", func() bool {
