@@ -60,12 +60,12 @@ type DaemonSetInterface interface {
 	List(ctx context.Context, opts metav1.ListOptions) (*appsv1.DaemonSetList, error)
 }
 
-// Scheme knows core/v1 and apps/v1 only.
-var Scheme = runtime.NewScheme()
+// scheme knows core/v1 and apps/v1 only.
+var scheme = runtime.NewScheme()
 
 func init() {
 	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme} {
-		if err := add(Scheme); err != nil {
+		if err := add(scheme); err != nil {
 			panic(err)
 		}
 	}
@@ -78,7 +78,7 @@ type Client struct {
 
 // NewForConfig returns a Client for cfg (which it does not modify).
 func NewForConfig(cfg *rest.Config) (*Client, error) {
-	codecs := serializer.NewCodecFactory(Scheme)
+	codecs := serializer.NewCodecFactory(scheme)
 	newREST := func(apiPath string, gv schema.GroupVersion) (rest.Interface, error) {
 		c := rest.CopyConfig(cfg)
 		c.APIPath, c.GroupVersion = apiPath, &gv

@@ -131,7 +131,7 @@ func (s *Secrets) Run(ctx context.Context) error {
 	return nil
 }
 
-// Snapshots returns the Secrets that apply to this node as the informers
+// Snapshots returns the Secrets that apply to this node as the watches
 // last saw them, in precedence order.
 func (s *Secrets) Snapshots() []Snapshot {
 	snaps, _ := Select(s.namespace, s.names, s.selector, cacheLookup{s}) // the caches cannot fail
@@ -142,7 +142,7 @@ func (s *Secrets) Snapshots() []Snapshot {
 	return ForNode(snaps, node)
 }
 
-// SecretLookup is where Select reads Secrets: the informers' caches in the
+// SecretLookup is where Select reads Secrets: the watches' caches in the
 // agent, the API in `nodecreds status`.
 type SecretLookup interface {
 	// Get returns the named Secret, or nil when there is none.
@@ -183,7 +183,7 @@ func Select(namespace string, names []string, selector string, l SecretLookup) (
 	return out, nil
 }
 
-// cacheLookup reads the informers' caches.
+// cacheLookup reads the watches' caches.
 type cacheLookup struct{ s *Secrets }
 
 func (c cacheLookup) Get(name string) (*corev1.Secret, error) {

@@ -161,6 +161,22 @@ func TestFromSecret(t *testing.T) {
 	}
 }
 
+// runSecrets runs a Secrets source over a fake clientset until the test
+// ends, and returns it once its caches are in.
+func runSecrets(t *testing.T, client *fake.Clientset, names []string, node string) *Secrets {
+	t.Helper()
+	s := NewSecrets(kubetest.FromClientset(client), "ns", names, "", node, logrus.NewEntry(logrus.New()))
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	go func() { _ = s.Run(ctx) }()
+	select {
+	case <-s.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("caches did not sync")
+	}
+	return s
+}
+
 // TestSecretsScopedInformers checks precedence and the missing-Secret
 // snapshot through client-go's fake clientset (a narrow unit test; the real
 // API server path is in test/).
@@ -169,15 +185,7 @@ func TestSecretsScopedInformers(t *testing.T) {
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "b", UID: "ub", ResourceVersion: "1"}, Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a", UID: "ua", ResourceVersion: "2"}, Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}},
 	)
-	s := NewSecrets(kubetest.FromClientset(client), "ns", []string{"b", "missing", "a"}, "", "", logrus.NewEntry(logrus.New()))
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	go func() { _ = s.Run(ctx) }()
-	select {
-	case <-s.Ready():
-	case <-time.After(10 * time.Second):
-		t.Fatal("caches did not sync")
-	}
+	s := runSecrets(t, client, []string{"b", "missing", "a"}, "")
 	snaps := s.Snapshots()
 	if len(snaps) != 3 || snaps[0].Name != "ns/b" || snaps[2].Name != "ns/a" {
 		t.Fatalf("snapshots not in --secret order: %+v", snaps)
@@ -284,15 +292,8 @@ func TestForNode(t *testing.T) {
 func TestSecretsFollowNodeLabels(t *testing.T) {
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"pool": "a"}}}
 	client := fake.NewClientset(node, secretWithSelector("pool-a", "pool=a"), secretWithSelector("pool-b", "pool=b"))
-	s := NewSecrets(kubetest.FromClientset(client), "ns", []string{"pool-a", "pool-b"}, "", "n1", logrus.NewEntry(logrus.New()))
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	go func() { _ = s.Run(ctx) }()
-	select {
-	case <-s.Ready():
-	case <-time.After(10 * time.Second):
-		t.Fatal("caches did not sync")
-	}
+	s := runSecrets(t, client, []string{"pool-a", "pool-b"}, "n1")
+	ctx := t.Context()
 	drain := func() {
 		for {
 			select {
