@@ -9,12 +9,15 @@ import (
 	"unicode"
 )
 
-// dockerHubAliases are the hosts the kubelet and the docker CLI both treat
-// as Docker Hub.
-var dockerHubAliases = map[string]bool{
-	"docker.io":            true,
-	"index.docker.io":      true,
-	"registry-1.docker.io": true,
+// isDockerHub reports the hosts the kubelet and the docker CLI both treat
+// as Docker Hub. (A switch: Normalize runs for every key of files with
+// thousands.)
+func isDockerHub(host string) bool {
+	switch host {
+	case "docker.io", "index.docker.io", "registry-1.docker.io":
+		return true
+	}
+	return false
 }
 
 // ValidateKey reports whether key is a registry key both consumers can use:
@@ -146,8 +149,11 @@ func Normalize(key string) string {
 		rest = rest[i+3:]
 	}
 	host, path, _ := strings.Cut(rest, "/")
-	if dockerHubAliases[host] {
+	if isDockerHub(host) {
 		host = "docker.io"
+	}
+	if path == "" {
+		return host // nearly every key: no allocation
 	}
 	path = "/" + path
 	if strings.HasPrefix(path, "/v1/") || strings.HasPrefix(path, "/v2/") || path == "/v1" || path == "/v2" {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -49,6 +50,7 @@ type Engine struct {
 	stateDir string
 	now      func() time.Time
 	mu       sync.Mutex
+	memo     memo // guarded by mu
 }
 
 // New returns an Engine.
@@ -110,12 +112,14 @@ func (e *Engine) Cleanup(ctx context.Context, targets []string) ([]Result, error
 
 // Owned lists the node paths the state file records.
 func (e *Engine) Owned() ([]string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	_, sd, done, err := e.open()
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	st, err := loadState(sd)
+	st, err := loadState(sd, &e.memo)
 	if err != nil {
 		return nil, err
 	}
@@ -155,13 +159,53 @@ func (e *Engine) openStateDir(root *hostfs.Root) (*hostfs.Dir, error) {
 	return d, nil
 }
 
-// stateStore saves the state into its folder.
+// stateStore holds the state of one run and saves it into its folder.
+// Records change in memory; a target's record is written before that
+// target is touched (durable), and whatever else changed is written with it
+// or at the end of the run (flush). One run over several targets thus
+// records every intent in one save and every final record in one more.
 type stateStore struct {
-	dir *hostfs.Dir
-	st  *State
+	dir   *hostfs.Dir
+	st    *State
+	memo  *memo
+	saved map[string]*TargetState // each target's record as last written
+	dirty bool
 }
 
-func (s stateStore) save() error { return saveState(s.dir, s.st) }
+func newStateStore(dir *hostfs.Dir, st *State, m *memo) *stateStore {
+	return &stateStore{dir: dir, st: st, memo: m, saved: maps.Clone(st.Targets)}
+}
+
+// set changes a target's record in memory.
+func (s *stateStore) set(target string, ts TargetState) {
+	if cur := s.st.Targets[target]; cur != nil && cur.equal(ts) || cur == nil && ts.isZero() {
+		return
+	}
+	cp := ts
+	s.st.Targets[target] = &cp
+	s.dirty = true
+}
+
+// durable writes the state unless target's record is on disk as it is in
+// memory.
+func (s *stateStore) durable(target string) error {
+	if s.saved[target] == s.st.Targets[target] {
+		return nil
+	}
+	return s.flush()
+}
+
+// flush writes the state if anything in it changed.
+func (s *stateStore) flush() error {
+	if !s.dirty {
+		return nil
+	}
+	if err := saveState(s.dir, s.st, s.memo); err != nil {
+		return err
+	}
+	s.saved, s.dirty = maps.Clone(s.st.Targets), false
+	return nil
+}
 
 func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]Result, error) {
 	e.mu.Lock()
@@ -177,98 +221,167 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 	}
 	defer unlock()
 	sweepPrefix(sd, "."+stateFileName+".")
-	st, err := loadState(sd)
+	st, err := loadState(sd, &e.memo)
 	if err != nil {
 		return nil, err
 	}
-	store := stateStore{dir: sd, st: st}
+	store := newStateStore(sd, st, &e.memo)
 	if len(targets) == 0 {
 		targets = sortedKeys(st.Targets)
 	}
-	results := make([]Result, 0, len(targets))
+	results := make([]Result, len(targets))
+	syncs := make([]*targetSync, len(targets))
 	seen := map[string]string{} // host path → the target that resolved to it first
-	for _, target := range targets {
+	for i, target := range targets {
+		results[i].Target = target
 		t, err := openTarget(root, target)
 		if err != nil {
-			results = append(results, Result{Target: target, Err: err})
+			results[i].Err = err
 			continue
 		}
+		defer t.close()
+		results[i].Path = t.path
 		if first, dup := seen[t.path]; dup {
 			// Two names for one file: syncing it under both would make
 			// each displace the other's entries into the state.
-			results = append(results, Result{Target: target, Path: t.path, Warnings: []string{fmt.Sprintf("%s is the same file as target %s; synced once, under %s", target, first, first)}})
-			t.close()
+			results[i].Warnings = []string{fmt.Sprintf("%s is the same file as target %s; synced once, under %s", target, first, first)}
 			continue
 		}
 		seen[t.path] = target
-		r, err := e.syncTarget(ctx, root, target, t, desired, prune, store)
-		t.close()
-		r.Err = err
-		results = append(results, r)
+		// Plan every target before writing any, so that one state save
+		// records every intent.
+		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: target}, desired: desired, prune: prune}
+		if err := sy.start(); err != nil {
+			results[i] = sy.res
+			results[i].Err = err
+			continue
+		}
+		syncs[i] = sy
+	}
+	for i, sy := range syncs {
+		if sy != nil {
+			r, err := sy.run(ctx)
+			r.Err = err
+			results[i] = r
+		}
+	}
+	if err := store.flush(); err != nil {
+		// The files are written; their final records are not. The intents
+		// on disk still recognise them, and the next sync records them.
+		for i := range results {
+			if syncs[i] != nil && results[i].Err == nil {
+				results[i].Err = err
+			}
+		}
 	}
 	return results, nil
 }
 
-// syncTarget merges into one target: plan (pure) what the file and the
+// targetSync merges into one target: plan (pure) what the file and the
 // state become, then commit it, again on top of another writer's file when
-// one raced us. The state is saved before the target is replaced (as an
-// intent covering old and new) and after (final).
-func (e *Engine) syncTarget(ctx context.Context, root *hostfs.Root, target string, t *openedTarget, desired dockercfg.Set, prune bool, store stateStore) (Result, error) {
-	res := Result{Target: target, Path: t.path}
-	rec := targetRecord{store: store, target: target}
-	old := rec.current()
+// one raced us. The target's state record is written before the target is
+// replaced (as an intent covering old and new) and after (final).
+type targetSync struct {
+	e       *Engine
+	root    *hostfs.Root
+	t       *openedTarget
+	rec     targetRecord
+	desired dockercfg.Set
+	prune   bool
 
-	cur, err := readTarget(t.dir, t.name)
+	res       Result
+	old       TargetState // the record merged against
+	base, cur fileRead    // see plan
+	prev      *document   // the last base merged into, while racing
+	p         targetPlan
+}
+
+// start reads the target and plans the first attempt; its intent (or,
+// when nothing is to be written, its final record) is set in memory.
+func (s *targetSync) start() error {
+	s.res = Result{Target: s.rec.target, Path: s.t.path}
+	s.old = s.rec.current()
+	cur, err := readTarget(s.t.dir, s.t.name)
 	if err != nil {
-		return res, err
+		return err
 	}
-	// base is what we merge into. It is cur, except after we lost a race:
-	// then cur is our own (stale) file and base is the other writer's.
-	base := cur
-	var prev *document // the last base merged into, while racing
+	s.base, s.cur = cur, cur
+	if err := s.plan(); err != nil {
+		return err
+	}
+	if s.p.step == stepWrite || s.p.step == stepDrop {
+		s.rec.set(s.p.intent)
+	} else {
+		s.rec.set(s.p.merged.state)
+	}
+	return nil
+}
+
+// plan decides what the target becomes. base is what we merge into: cur,
+// except after we lost a race, when cur is our own (stale) file and base is
+// the other writer's.
+func (s *targetSync) plan() error {
+	parse := func(data []byte) (*document, error) { return s.e.memo.parse(s.t.path, data) }
+	p, err := planTarget(s.base, s.cur, s.prev, s.desired, s.prune, s.old, parse)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.t.path, err)
+	}
+	s.p, s.prev = p, p.parsed
+	s.res.Entries = len(p.merged.state.Owned)
+	s.res.Released, s.res.Displaced, s.res.Restored = p.merged.released, p.merged.displaced, p.merged.restored
+	return nil
+}
+
+// run commits the plan made by start, planning again after a race.
+func (s *targetSync) run(ctx context.Context) (Result, error) {
+	res := &s.res
 	for attempt := range maxAttempts {
-		if err := pause(ctx, attempt, t.path); err != nil {
-			return res, err
+		if attempt > 0 {
+			if err := pause(ctx, attempt, s.t.path); err != nil {
+				return *res, err
+			}
+			if err := s.plan(); err != nil {
+				return *res, err
+			}
 		}
-		p, err := planTarget(base, cur, prev, desired, prune, old)
-		if err != nil {
-			return res, fmt.Errorf("%s: %w", t.path, err)
-		}
-		prev = p.parsed
-		res.Entries = len(p.merged.state.Owned)
-		res.Released, res.Displaced, res.Restored = p.merged.released, p.merged.displaced, p.merged.restored
+		p := s.p
 		switch p.step {
 		case stepLeave:
-			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; left alone as nodecreds has nothing to write to it", t.path, p.corrupt))
-			return res, rec.save(p.merged.state)
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; left alone as nodecreds has nothing to write to it", s.t.path, p.corrupt))
+			s.rec.set(p.merged.state)
+			return *res, nil
 		case stepKeep:
-			return res, rec.save(p.merged.state)
+			s.rec.set(p.merged.state)
+			return *res, nil
 		case stepDrop:
-			return res, e.drop(t, cur, p, rec, &res)
+			return *res, s.e.drop(s.t, s.cur, p, s.rec, res)
 		}
-		w, err := e.write(root, t, base, cur, p, rec, &res)
+		w, err := s.e.write(s.root, s.t, s.base, s.cur, p, s.rec, res)
 		switch {
 		case err != nil:
-			return res, err
+			return *res, err
 		case w.lost:
 			// A file appeared or changed before we could check-and-swap;
 			// nothing of ours is in place.
-			if cur, err = readTarget(t.dir, t.name); err != nil {
-				return res, err
+			if s.cur, err = readTarget(s.t.dir, s.t.name); err != nil {
+				return *res, err
 			}
-			base, prev = cur, nil
+			s.base, s.prev = s.cur, nil
 		case w.raced:
 			// Someone replaced the file between our read and our swap. Ours
 			// is in place now but built on stale content: merge again on top
 			// of theirs, recognising both what was ours in their file and
 			// our stale write, which is what is on disk now.
-			base, cur = w.theirs, w.ours
-			old = intent(ownedIn(p.parsed, old), old, p.merged.state)
+			s.base, s.cur = w.theirs, w.ours
+			s.old = intent(ownedIn(p.parsed, s.old), s.old, p.merged.state)
 		default:
-			return res, rec.save(p.merged.state)
+			// What the next sync will read back, unless someone writes it.
+			s.e.memo.remember(s.t.path, p.data, p.merged.doc)
+			s.rec.set(p.merged.state)
+			return *res, nil
 		}
 	}
-	return res, fmt.Errorf("%s: %w; gave up after %d attempts", t.path, ErrContended, maxAttempts)
+	return *res, fmt.Errorf("%s: %w; gave up after %d attempts", s.t.path, ErrContended, maxAttempts)
 }
 
 // pause lets a writer in a loop finish its burst before attempt (none
@@ -320,9 +433,9 @@ func (t *openedTarget) close() {
 	}
 }
 
-// targetRecord is one target's entry in the state, saved when it changes.
+// targetRecord is one target's entry in the state.
 type targetRecord struct {
-	store  stateStore
+	store  *stateStore
 	target string
 }
 
@@ -333,18 +446,19 @@ func (r targetRecord) current() TargetState {
 	return TargetState{}
 }
 
-func (r targetRecord) save(ts TargetState) error {
-	if prev := r.store.st.Targets[r.target]; prev != nil && prev.equal(ts) {
-		return nil
-	}
-	cp := ts
-	r.store.st.Targets[r.target] = &cp
-	return r.store.save()
+// set changes the record in memory; it is written with the next target
+// touched or at the end of the run.
+func (r targetRecord) set(ts TargetState) { r.store.set(r.target, ts) }
+
+// commit sets the record and writes it before the target is touched.
+func (r targetRecord) commit(ts TargetState) error {
+	r.store.set(r.target, ts)
+	return r.store.durable(r.target)
 }
 
 // drop removes a file nodecreds created once nothing is left in it.
 func (e *Engine) drop(t *openedTarget, cur fileRead, p targetPlan, rec targetRecord, res *Result) error {
-	if err := rec.save(p.intent); err != nil {
+	if err := rec.commit(p.intent); err != nil {
 		return err
 	}
 	if cur.exists {
@@ -353,7 +467,8 @@ func (e *Engine) drop(t *openedTarget, cur fileRead, p targetPlan, rec targetRec
 		}
 		res.Changed, res.Removed = true, true
 	}
-	return rec.save(TargetState{})
+	rec.set(TargetState{})
+	return nil
 }
 
 // written is what a write found at the target when it swapped ours in.
@@ -367,7 +482,7 @@ type written struct {
 // write records the intent, sets a corrupt file aside, and swaps the new
 // file in.
 func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur fileRead, p targetPlan, rec targetRecord, res *Result) (written, error) {
-	if err := rec.save(p.intent); err != nil {
+	if err := rec.commit(p.intent); err != nil {
 		return written{}, err
 	}
 	if t.dir == nil {
@@ -430,9 +545,12 @@ type targetPlan struct {
 // planTarget decides, without I/O, what a target becomes: base is the file
 // to merge into, cur the file on disk (they differ only after a lost race,
 // when prev is the base merged into before), old the target's state.
-func planTarget(base, cur fileRead, prev *document, desired dockercfg.Set, prune bool, old TargetState) (targetPlan, error) {
+//
+// parse is parseDocument, or one that remembers; what it returns is never
+// modified.
+func planTarget(base, cur fileRead, prev *document, desired dockercfg.Set, prune bool, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
 	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
-	doc, perr := parseDocument(base.data)
+	doc, perr := parse(base.data)
 	if perr != nil {
 		doc, _ = parseDocument(nil)
 	}
@@ -440,6 +558,7 @@ func planTarget(base, cur fileRead, prev *document, desired dockercfg.Set, prune
 		// While our stale file was in place the other writer may have read
 		// it and written on top of it, dropping what it had added before.
 		// Carry forward everything seen from it in this sync.
+		doc = doc.clone()
 		carry(prev, doc)
 	}
 	p := targetPlan{parsed: doc, corrupt: perr, merged: merge(doc, desired, prune, old)}
@@ -450,7 +569,7 @@ func planTarget(base, cur fileRead, prev *document, desired dockercfg.Set, prune
 	// lost race is our own stale write rather than base.
 	onDisk := ownedIn(doc, old)
 	if racing {
-		if curDoc, err := parseDocument(cur.data); err == nil {
+		if curDoc, err := parse(cur.data); err == nil {
 			onDisk = ownedIn(curDoc, old)
 		}
 	}

@@ -425,7 +425,7 @@ func writeState(t *testing.T, root string, st *State) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if err := saveState(d, st); err != nil {
+	if err := saveState(d, st, nil); err != nil {
 		t.Fatal(err)
 	}
 }

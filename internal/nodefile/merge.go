@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 
@@ -23,63 +22,71 @@ var ErrCorrupt = errors.New("not a valid config.json")
 type document struct {
 	top   map[string]json.RawMessage
 	auths map[string]json.RawMessage
-	// digests caches entryDigest(compact(raw)) by raw value: one sync asks
-	// for the same entries several times (settling ownership, then what is
-	// on disk), and files can hold thousands.
-	digests map[string]string
+	// digests caches entryDigest(compact(raw)) by key: one sync asks for
+	// the same entries several times (settling ownership, then what is on
+	// disk), and files can hold thousands. Values are never modified in
+	// place, so an entry whose bytes are the very ones hashed is unchanged.
+	digests map[string]cachedDigest
+	// order is the entries' keys in the order of the file parsed: sorted
+	// when nodecreds wrote it, which spares sorting thousands of keys again.
+	order []string
+}
+
+type cachedDigest struct {
+	raw    []byte
+	digest string
 }
 
 // parseDocument reads a config.json. Empty (or white-space) content is an
 // empty document: there is nothing in it to lose. Anything the kubelet would
-// refuse to parse is ErrCorrupt. The top level is read token by token and
-// "auths" decoded straight into its map, so a file of thousands of entries
-// is scanned twice (to find each value's end, then to copy it) rather than
-// five times by nested Unmarshal calls.
+// refuse to parse is ErrCorrupt. json.Valid checks the whole file once;
+// the walk after it only finds where each value ends, and the document's
+// values are slices of data rather than copies.
 func parseDocument(data []byte) (*document, error) {
-	d := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{}, digests: map[string]string{}}
+	d := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{}, digests: map[string]cachedDigest{}}
 	if len(bytes.TrimSpace(data)) == 0 {
 		return d, nil
 	}
-	notObject := fmt.Errorf("%w: not a JSON object", ErrCorrupt)
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil, notObject
+	if !json.Valid(data) {
+		return nil, fmt.Errorf("%w: not valid JSON (%s)", ErrCorrupt, jsonProblem(json.Unmarshal(data, new(any))))
 	}
-	for dec.More() {
-		tok, err := dec.Token()
-		key, isKey := tok.(string)
-		if err != nil || !isKey {
-			return nil, notObject
-		}
-		if key != "auths" {
-			var raw json.RawMessage
-			if err := dec.Decode(&raw); err != nil {
-				return nil, notObject
-			}
-			d.top[key] = raw
-			continue
-		}
-		var auths map[string]json.RawMessage
-		if err := dec.Decode(&auths); err != nil {
-			return nil, fmt.Errorf("%w: \"auths\" is not an object of entries", ErrCorrupt)
+	start := skipSpace(data, 0)
+	if data[start] != '{' {
+		return nil, fmt.Errorf("%w: not a JSON object", ErrCorrupt)
+	}
+	var err error
+	eachMember(data, start, func(key, value []byte) {
+		k := unquote(key)
+		if k != "auths" {
+			d.top[k] = value
+			return
 		}
 		// The value itself is re-encoded from d.auths; top keeps only that
-		// the key was there.
-		d.top[key] = json.RawMessage("{}")
-		if auths != nil {
-			d.auths = auths
+		// the key was there. A null "auths" leaves any earlier one, as
+		// encoding/json does.
+		d.top[k] = json.RawMessage("{}")
+		switch value[0] {
+		case 'n':
+		case '{':
+			auths := make(map[string]json.RawMessage, len(value)/64)
+			order := make([]string, 0, len(value)/64)
+			eachMember(value, 0, func(key, entry []byte) {
+				k := unquote(key)
+				auths[k] = entry
+				order = append(order, k)
+			})
+			d.auths, d.order = auths, order
+		default:
+			err = fmt.Errorf("%w: \"auths\" is not an object of entries", ErrCorrupt)
 		}
-	}
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
-		return nil, notObject
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, notObject // something after the object
+	})
+	if err != nil {
+		return nil, err
 	}
 	for k, v := range d.auths {
-		// Already valid JSON; an object is all the consumers accept.
-		if t := bytes.TrimSpace(v); len(t) == 0 || t[0] != '{' {
-			return nil, fmt.Errorf("%w: entry %q is not an object", ErrCorrupt, k)
+		// An object is all the consumers accept.
+		if v[0] != '{' {
+			return nil, fmt.Errorf("%w: entry %q is not an object", ErrCorrupt, dockercfg.SafeKey(k))
 		}
 	}
 	return d, nil
@@ -110,52 +117,72 @@ func (d *document) encode() ([]byte, error) {
 		slices.Sort(keys)
 	}
 	size := 64
-	for _, v := range d.auths {
-		size += len(v) * 2
+	for k, v := range d.auths {
+		size += len(k) + len(v) + 4*bytes.Count(v, []byte(",")) + 16
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size))
-	buf.WriteString("{")
+	buf := make([]byte, 0, size)
+	buf = append(buf, '{')
 	for i, k := range keys {
 		if i > 0 {
-			buf.WriteByte(',')
+			buf = append(buf, ',')
 		}
-		buf.WriteString("\n\t")
-		writeKey(buf, k)
+		buf = append(buf, "\n\t"...)
+		buf = appendKey(buf, k)
 		if k != "auths" {
-			if err := json.Indent(buf, d.top[k], "\t", "\t"); err != nil {
-				return nil, fmt.Errorf("encoding config.json: field %q: %w", k, err)
-			}
+			buf = appendIndent(buf, bytes.TrimSpace(d.top[k]), "\t", "\t")
 			continue
 		}
 		if len(d.auths) == 0 {
-			buf.WriteString("{}")
+			buf = append(buf, "{}"...)
 			continue
 		}
-		buf.WriteString("{")
-		for j, ak := range slices.Sorted(maps.Keys(d.auths)) {
+		buf = append(buf, '{')
+		// The file written is in this order: remembered for when it is
+		// read back.
+		d.order = d.sortedKeys()
+		for j, ak := range d.order {
 			if j > 0 {
-				buf.WriteByte(',')
+				buf = append(buf, ',')
 			}
-			buf.WriteString("\n\t\t")
-			writeKey(buf, ak)
-			if err := json.Indent(buf, bytes.TrimSpace(d.auths[ak]), "\t\t", "\t"); err != nil {
-				return nil, fmt.Errorf("encoding config.json: entry %q: %w", ak, err)
-			}
+			buf = append(buf, "\n\t\t"...)
+			buf = appendKey(buf, ak)
+			buf = appendIndent(buf, bytes.TrimSpace(d.auths[ak]), "\t\t", "\t")
 		}
-		buf.WriteString("\n\t}")
+		buf = append(buf, "\n\t}"...)
 	}
 	if len(keys) > 0 {
-		buf.WriteString("\n")
+		buf = append(buf, '\n')
 	}
-	buf.WriteString("}\n")
-	return buf.Bytes(), nil
+	return append(buf, "}\n"...), nil
 }
 
-// writeKey writes "key": as encoding/json quotes it.
-func writeKey(buf *bytes.Buffer, k string) {
-	q, _ := json.Marshal(k) // a string cannot fail
-	buf.Write(q)
-	buf.WriteString(": ")
+// sortedKeys returns the entries' keys sorted, with the order of the file
+// parsed as the hint.
+func (d *document) sortedKeys() []string { return sortedWithHint(d.auths, d.order) }
+
+// sortedWithHint returns m's keys sorted. When hint holds every key of m
+// in ascending order (the keys of a file nodecreds wrote, the last state
+// saved) they are taken from it, sparing the sort of thousands of keys.
+func sortedWithHint[V any](m map[string]V, hint []string) []string {
+	keys := make([]string, 0, len(m))
+	for _, k := range hint {
+		if _, ok := m[k]; !ok {
+			continue
+		}
+		if n := len(keys); n > 0 && keys[n-1] >= k {
+			break // not ascending (or a key twice): sort
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == len(m) {
+		return keys
+	}
+	return slices.Sorted(maps.Keys(m))
+}
+
+// appendKey appends "key": as encoding/json quotes it.
+func appendKey(buf []byte, k string) []byte {
+	return append(appendJSONString(buf, k), ':', ' ')
 }
 
 // equal compares two documents by JSON value, so a file that only differs
@@ -188,15 +215,7 @@ func (d *document) equal(o *document) bool {
 }
 
 func (d *document) clone() *document {
-	return &document{top: maps.Clone(d.top), auths: maps.Clone(d.auths), digests: d.digests}
-}
-
-func compact(raw json.RawMessage) []byte {
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, raw); err != nil {
-		return raw
-	}
-	return buf.Bytes()
+	return &document{top: maps.Clone(d.top), auths: maps.Clone(d.auths), digests: d.digests, order: d.order}
 }
 
 // sameJSON reports whether two raw values are the same JSON value. Most
@@ -207,22 +226,36 @@ func sameJSON(a, b json.RawMessage) bool {
 }
 
 // hasFingerprint reports whether the entry key of the document has the
+// fingerprint fp.
+func (d *document) hasFingerprint(key, fp string) bool {
+	if fp == "" {
+		return false
+	}
+	raw, ok := d.auths[key]
+	return ok && d.matches(key, raw, fp)
+}
+
+// matches reports whether raw, the entry key of the document, has the
 // fingerprint fp. What nodecreds writes is compact with sorted keys, so
 // hashing the compacted bytes settles the common case without decoding.
-func (d *document) hasFingerprint(key, fp string) bool {
-	raw, ok := d.auths[key]
-	if fp == "" || !ok {
+func (d *document) matches(key string, raw []byte, fp string) bool {
+	if fp == "" {
 		return false
 	}
 	if d.digests == nil {
-		d.digests = map[string]string{}
+		d.digests = map[string]cachedDigest{}
 	}
-	digest, ok := d.digests[string(raw)]
-	if !ok {
-		digest = entryDigest(compact(raw))
-		d.digests[string(raw)] = digest
+	c, ok := d.digests[key]
+	if !ok || !sameSlice(c.raw, raw) {
+		c = cachedDigest{raw: raw, digest: entryDigest(compact(raw))}
+		d.digests[key] = c
 	}
-	return digest == fp || fingerprint(raw) == fp
+	return c.digest == fp || fingerprint(raw) == fp
+}
+
+// sameSlice reports whether a and b are the same bytes in memory.
+func sameSlice(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // entryDigest is 128 bits of SHA-256: plenty to tell our entries from others',
@@ -263,19 +296,24 @@ type mergeResult struct {
 // registry leaves the sources; with prune, entries that left the sources go;
 // an owned entry whose value someone else changed is no longer ours.
 func merge(cur *document, desired dockercfg.Set, prune bool, st TargetState) mergeResult {
-	m := &merger{doc: cur.clone(), st: st, wanted: map[string]dockercfg.Item{}, next: TargetState{
+	m := &merger{doc: cur.clone(), st: st, wanted: make(map[string]dockercfg.Item, len(desired)), items: make([]dockercfg.Item, 0, len(desired)), next: TargetState{
 		Created:   st.Created,
-		Owned:     map[string]string{},
+		Owned:     make(map[string]string, len(desired)),
 		Displaced: maps.Clone(st.Displaced),
 	}}
 	if m.next.Displaced == nil {
 		m.next.Displaced = map[string]json.RawMessage{}
 	}
 	for _, it := range desired {
-		m.wanted[dockercfg.Normalize(it.Key)] = it
+		// A Set has one item per registry (dockercfg.Union); should one
+		// hold more, the first wins, as in Union.
+		if n := dockercfg.Normalize(it.Key); m.wanted[n].Key == "" {
+			m.wanted[n] = it
+			m.items = append(m.items, it)
+		}
 	}
 	m.settleOwned(prune)
-	m.writeDesired(desired)
+	m.writeDesired()
 	m.restoreDisplaced()
 	m.res.doc, m.res.state = m.doc, m.next
 	return m.res
@@ -287,66 +325,90 @@ type merger struct {
 	st     TargetState               // the state before
 	next   TargetState               // the state after
 	wanted map[string]dockercfg.Item // normalised registry → desired item
+	items  []dockercfg.Item          // desired, one per registry
+	kept   []string                  // owned keys kept without prune
 	res    mergeResult
 }
 
 // ours reports whether the file's entry for key is one we wrote.
-func (m *merger) ours(key string) bool {
-	return m.doc.hasFingerprint(key, m.st.Owned[key]) || m.doc.hasFingerprint(key, m.st.Pending[key])
+func (m *merger) ours(key string, raw []byte) bool {
+	return m.doc.matches(key, raw, m.st.Owned[key]) || m.doc.matches(key, raw, m.st.Pending[key])
 }
 
 // settleOwned decides the entries we owned that are not rewritten as they
 // are: someone else's now, respelled, kept without prune, or pruned.
 func (m *merger) settleOwned(prune bool) {
-	for _, key := range sortedKeys(unionKeys(m.st.Owned, m.st.Pending)) {
-		if _, present := m.doc.auths[key]; !present {
-			continue // gone from the file: nothing to own
+	for key := range m.st.Owned {
+		m.settle(key, prune)
+	}
+	for key := range m.st.Pending {
+		if _, both := m.st.Owned[key]; !both {
+			m.settle(key, prune)
 		}
-		it, provided := m.wanted[dockercfg.Normalize(key)]
-		switch {
-		case !m.ours(key):
-			// Someone else changed it, so it is theirs now. If the sources
-			// still provide the registry it is displaced below like any
-			// foreign entry.
-			if !provided {
-				m.res.released = append(m.res.released, key)
-			}
-		case provided && it.Key == key:
-			// Rewritten below.
-		case provided:
-			// The source now spells the registry differently.
-			delete(m.doc.auths, key)
-		case !prune:
-			m.next.Owned[key] = fingerprint(m.doc.auths[key])
-		default:
-			delete(m.doc.auths, key)
+	}
+	slices.Sort(m.res.released)
+}
+
+func (m *merger) settle(key string, prune bool) {
+	raw, present := m.doc.auths[key]
+	if !present {
+		return // gone from the file: nothing to own
+	}
+	it, provided := m.wanted[dockercfg.Normalize(key)]
+	switch {
+	case !m.ours(key, raw):
+		// Someone else changed it, so it is theirs now. If the sources
+		// still provide the registry it is displaced below like any
+		// foreign entry.
+		if !provided {
+			m.res.released = append(m.res.released, key)
 		}
+	case provided && it.Key == key:
+		// Rewritten below.
+	case provided:
+		// The source now spells the registry differently.
+		delete(m.doc.auths, key)
+	case !prune:
+		m.next.Owned[key] = fingerprint(raw)
+		m.kept = append(m.kept, key)
+	default:
+		delete(m.doc.auths, key)
 	}
 }
 
 // writeDesired displaces foreign entries for the desired registries and
 // writes ours.
-func (m *merger) writeDesired(desired dockercfg.Set) {
-	// Index the file's keys by registry once: files can hold thousands.
-	byRegistry := map[string][]string{}
-	for _, key := range sortedKeys(m.doc.auths) {
-		n := dockercfg.Normalize(key)
-		byRegistry[n] = append(byRegistry[n], key)
-	}
-	for _, it := range desired {
-		for _, key := range byRegistry[dockercfg.Normalize(it.Key)] {
-			if _, present := m.doc.auths[key]; !present {
-				continue // removed above (a respelled key of ours)
-			}
-			if !m.ours(key) {
-				m.next.Displaced[key] = m.doc.auths[key]
-				m.res.displaced = append(m.res.displaced, key)
-			}
-			delete(m.doc.auths, key)
+func (m *merger) writeDesired() {
+	// One pass over the file (files can hold thousands of keys) finds the
+	// entries for the registries we write.
+	for key, raw := range m.doc.auths {
+		it, provided := m.wanted[dockercfg.Normalize(key)]
+		if !provided {
+			continue
 		}
+		if m.ours(key, raw) {
+			if key == it.Key {
+				continue // rewritten below
+			}
+		} else {
+			m.next.Displaced[key] = raw
+			m.res.displaced = append(m.res.displaced, key)
+		}
+		delete(m.doc.auths, key)
+	}
+	slices.Sort(m.res.displaced)
+	for _, it := range m.items {
 		raw, _ := it.Entry.MarshalJSON() // cannot fail: strings only
-		m.doc.auths[it.Key] = raw
-		m.next.Owned[it.Key] = entryDigest(raw) // already compact with sorted keys
+		fp := entryDigest(raw)           // already compact with sorted keys
+		if !m.doc.hasFingerprint(it.Key, fp) {
+			// Unless the file holds this very value (then its bytes stay,
+			// and an unchanged file compares equal without decoding).
+			m.doc.auths[it.Key] = raw
+			if m.doc.digests != nil {
+				m.doc.digests[it.Key] = cachedDigest{raw: raw, digest: fp}
+			}
+		}
+		m.next.Owned[it.Key] = fp
 	}
 }
 
@@ -354,12 +416,16 @@ func (m *merger) writeDesired(desired dockercfg.Set) {
 // ours covers any more, unless someone has written that key since (theirs
 // is newer).
 func (m *merger) restoreDisplaced() {
+	if len(m.next.Displaced) == 0 {
+		return
+	}
 	covered := map[string]bool{}
-	for key := range m.next.Owned {
+	for _, key := range m.kept {
 		covered[dockercfg.Normalize(key)] = true
 	}
 	for _, key := range sortedKeys(m.next.Displaced) {
-		if covered[dockercfg.Normalize(key)] {
+		n := dockercfg.Normalize(key)
+		if _, provided := m.wanted[n]; provided || covered[n] {
 			continue
 		}
 		if _, taken := m.doc.auths[key]; !taken {
@@ -368,16 +434,6 @@ func (m *merger) restoreDisplaced() {
 		}
 		delete(m.next.Displaced, key)
 	}
-}
-
-func unionKeys(ms ...map[string]string) map[string]bool {
-	out := map[string]bool{}
-	for _, m := range ms {
-		for k := range m {
-			out[k] = true
-		}
-	}
-	return out
 }
 
 func sortedKeys[V any](m map[string]V) []string {

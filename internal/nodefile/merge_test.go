@@ -310,7 +310,7 @@ func TestPlanTarget(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := planTarget(tt.base, tt.cur, nil, tt.desired, true, tt.old)
+			p, err := planTarget(tt.base, tt.cur, nil, tt.desired, true, tt.old, parseDocument)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -321,8 +321,10 @@ func TestPlanTarget(t *testing.T) {
 				if _, err := parseDocument(p.data); err != nil {
 					t.Errorf("planned content does not parse: %v", err)
 				}
-				if len(p.intent.Pending) != len(p.merged.state.Owned) {
-					t.Errorf("intent %+v does not cover the write %+v", p.intent, p.merged.state)
+				for k, fp := range p.merged.state.Owned {
+					if p.intent.Owned[k] != fp && p.intent.Pending[k] != fp {
+						t.Errorf("intent %+v does not cover the write %+v", p.intent, p.merged.state)
+					}
 				}
 			}
 		})
@@ -361,16 +363,57 @@ func TestEncodeIsDockerCLIFormat(t *testing.T) {
 	}
 }
 
-// TestFingerprintsMarshalLikeEncodingJSON: the state file's hand-written
-// map encoding is byte for byte encoding/json's (sorted keys, same quoting).
-func TestFingerprintsMarshalLikeEncodingJSON(t *testing.T) {
-	f := fingerprints{"b.io": "00ff", "a.io:5000/x": "11", `we"ird\<key>&` + "\x01é": "22", "": "33"}
-	got, err := json.Marshal(f)
+// TestStateEncodingLikeEncodingJSON: the state file's hand-written
+// encoding is byte for byte encoding/json's (sorted keys, same quoting,
+// fields left out when empty), and reads back to the same state.
+func TestStateEncodingLikeEncodingJSON(t *testing.T) {
+	f := fingerprints{"b.io": "00ff", "a.io:5000/x": "11", `we"ird\<key>&` + "\x01é\u2028": "22", "": "33"}
+	st := &State{Version: stateVersion, Targets: map[string]*TargetState{
+		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: fingerprints{"c.io": "44"}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)}},
+		"/root/.docker/config.json":    {Owned: fingerprints{"x": "y"}},
+		"/only/displaced":              {Displaced: map[string]json.RawMessage{"e.io": json.RawMessage(`{}`)}},
+		"/empty":                       {},
+		"/nil":                         nil,
+	}}
+	type plain struct {
+		Created   bool                       `json:"created,omitempty"`
+		Owned     map[string]string          `json:"owned,omitempty"`
+		Pending   map[string]string          `json:"pending,omitempty"`
+		Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
+	}
+	ref := map[string]*plain{}
+	for k, t := range st.Targets {
+		if t != nil {
+			ref[k] = &plain{t.Created, t.Owned, t.Pending, t.Displaced}
+		} else {
+			ref[k] = nil
+		}
+	}
+	want, _ := json.Marshal(struct {
+		Version int               `json:"version"`
+		Targets map[string]*plain `json:"targets"`
+	}{st.Version, ref})
+	got, err := encodeState(st, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := json.Marshal(map[string]string(f))
 	if string(got) != string(want) {
 		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	var back State
+	if err := json.Unmarshal(got, &back); err != nil {
+		t.Fatal(err)
+	}
+	for k, t0 := range st.Targets {
+		if t0 == nil {
+			continue
+		}
+		if b := back.Targets[k]; b == nil || !b.equal(*t0) {
+			t.Errorf("target %s read back as %+v, want %+v", k, b, t0)
+		}
+	}
+	var bad State
+	if err := json.Unmarshal([]byte(`{"version":1,"targets":{"/x":{"owned":{"a":1}}}}`), &bad); err == nil {
+		t.Error("a fingerprint that is not a string was accepted")
 	}
 }

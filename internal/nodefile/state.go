@@ -32,24 +32,37 @@ type TargetState struct {
 	// Owned maps each key we wrote to the fingerprint of what we wrote, so
 	// an entry someone else changed since is recognised as theirs.
 	Owned fingerprints `json:"owned,omitempty"`
-	// Pending holds fingerprints of a write in flight. It is recorded before
-	// the target is replaced, so a crash between the two leaves a state that
-	// still recognises whichever version is on disk.
+	// Pending holds fingerprints of a write in flight (where they differ
+	// from Owned). It is recorded before the target is replaced, so a crash
+	// between the two leaves a state that still recognises whichever version
+	// is on disk.
 	Pending fingerprints `json:"pending,omitempty"`
 	// Displaced keeps foreign entries that a source overrides, verbatim, to
 	// put back when the registry leaves the sources or on cleanup.
 	Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
 }
 
-// fingerprints maps keys to entry digests. It marshals itself:
-// encoding/json sorts map keys through reflection, which for the thousands
-// of keys of a big file cost more than the rest of the state write.
+// fingerprints maps keys to entry digests. It has its own JSON encoding:
+// encoding/json sorts map keys and decodes map entries through reflection,
+// which for the thousands of keys of a big file cost more than the rest of
+// a state write.
 type fingerprints map[string]string
 
-func (f fingerprints) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, len(f)*80+2)
+func (f fingerprints) MarshalJSON() ([]byte, error) { return f.appendJSON(nil, nil), nil }
+
+// appendJSON appends f; hint, when not nil, is a sorted key list that may
+// hold f's keys, and is set to f's.
+func (f fingerprints) appendJSON(b []byte, hint *[]string) []byte {
+	var keys []string
+	if hint != nil {
+		keys = sortedWithHint(f, *hint)
+		*hint = keys
+	} else {
+		keys = slices.Sorted(maps.Keys(f))
+	}
+	b = slices.Grow(b, len(f)*80+2)
 	b = append(b, '{')
-	for i, k := range slices.Sorted(maps.Keys(f)) {
+	for i, k := range keys {
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -57,7 +70,78 @@ func (f fingerprints) MarshalJSON() ([]byte, error) {
 		b = append(b, ':')
 		b = appendJSONString(b, f[k])
 	}
-	return append(b, '}'), nil
+	return append(b, '}')
+}
+
+// UnmarshalJSON reads what MarshalJSON writes. encoding/json has checked
+// that data is valid JSON before it calls this.
+func (f *fingerprints) UnmarshalJSON(data []byte) error {
+	if data[0] == 'n' { // null
+		return nil
+	}
+	if data[0] != '{' {
+		return errors.New("fingerprints: not an object")
+	}
+	m := fingerprints{}
+	var err error
+	eachMember(data, 0, func(key, value []byte) {
+		if value[0] != '"' {
+			err = errors.New("fingerprints: a value is not a string")
+			return
+		}
+		m[unquote(key)] = unquote(value)
+	})
+	*f = m
+	return err
+}
+
+// encodeState writes the state as json.Marshal would, without its
+// reflection and the re-validation of every MarshalJSON result. hint, if
+// not nil, carries sorted fingerprint keys from one map to the next: the
+// maps of one state, and of the state saved before, mostly hold the same.
+func encodeState(s *State, hint *[]string) ([]byte, error) {
+	b := fmt.Appendf(nil, `{"version":%d,"targets":{`, s.Version)
+	for i, k := range sortedKeys(s.Targets) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		t := s.Targets[k]
+		if t == nil {
+			b = append(b, "null"...)
+			continue
+		}
+		b = append(b, '{')
+		sep := func(name string) {
+			if b[len(b)-1] != '{' {
+				b = append(b, ',')
+			}
+			b = append(b, name...)
+		}
+		if t.Created {
+			sep(`"created":true`)
+		}
+		if len(t.Owned) > 0 {
+			sep(`"owned":`)
+			b = t.Owned.appendJSON(b, hint)
+		}
+		if len(t.Pending) > 0 {
+			sep(`"pending":`)
+			b = t.Pending.appendJSON(b, nil)
+		}
+		if len(t.Displaced) > 0 {
+			sep(`"displaced":`)
+			// Few, and kept verbatim: encoding/json compacts each.
+			d, err := json.Marshal(t.Displaced)
+			if err != nil {
+				return nil, err
+			}
+			b = append(b, d...)
+		}
+		b = append(b, '}')
+	}
+	return append(b, "}}"...), nil
 }
 
 // appendJSONString appends s quoted as encoding/json quotes it: plain
@@ -112,19 +196,29 @@ func intent(onDisk map[string]string, old, next TargetState) TargetState {
 	for k, v := range next.Displaced {
 		out.Displaced[k] = v
 	}
+	// An entry recognised by either fingerprint is ours: a pending one the
+	// same as the one on disk says nothing more, and a rotation of one
+	// entry of thousands then records one pending fingerprint, not all.
+	for k, fp := range out.Pending {
+		if out.Owned[k] == fp {
+			delete(out.Pending, k)
+		}
+	}
 	return out
 }
 
 // ownedIn returns the entries of doc that st recognises as ours, with the
 // fingerprint that matched.
 func ownedIn(doc *document, st TargetState) map[string]string {
-	out := map[string]string{}
-	for key := range doc.auths {
-		switch {
-		case doc.hasFingerprint(key, st.Owned[key]):
-			out[key] = st.Owned[key]
-		case doc.hasFingerprint(key, st.Pending[key]):
-			out[key] = st.Pending[key]
+	out := make(map[string]string, len(st.Owned))
+	for key, fp := range st.Owned {
+		if doc.hasFingerprint(key, fp) {
+			out[key] = fp
+		}
+	}
+	for key, fp := range st.Pending {
+		if _, found := out[key]; !found && doc.hasFingerprint(key, fp) {
+			out[key] = fp
 		}
 	}
 	return out
@@ -132,8 +226,9 @@ func ownedIn(doc *document, st TargetState) map[string]string {
 
 // loadState reads the state file in the state folder d; a missing one is an
 // empty state. The state folder is nodecreds' own: a symlink, FIFO or
-// hard-linked file at the state's name is refused, never followed.
-func loadState(d *hostfs.Dir) (*State, error) {
+// hard-linked file at the state's name is refused, never followed. With a
+// memo, a state file as last saved is not decoded again.
+func loadState(d *hostfs.Dir, m *memo) (*State, error) {
 	s := &State{Version: stateVersion, Targets: map[string]*TargetState{}}
 	path := d.Name(stateFileName)
 	data, info, err := d.ReadFile(stateFileName, hostfs.MaxFileSize)
@@ -146,7 +241,12 @@ func loadState(d *hostfs.Dir) (*State, error) {
 	if info.Nlink > 1 {
 		return nil, fmt.Errorf("%w: %s has %d hard links; the state is nodecreds' own file: %s", ErrState, path, info.Nlink, stateAdvice)
 	}
-	if err := json.Unmarshal(data, s); err != nil {
+	if m != nil {
+		if st := m.loadedState(data); st != nil {
+			return st, nil
+		}
+	}
+	if err := decodeState(data, s); err != nil {
 		return nil, fmt.Errorf("%w: %s is not valid JSON (%v): %s", ErrState, path, jsonProblem(err), stateAdvice)
 	}
 	if s.Version != stateVersion {
@@ -156,6 +256,76 @@ func loadState(d *hostfs.Dir) (*State, error) {
 		s.Targets = map[string]*TargetState{}
 	}
 	return s, nil
+}
+
+// decodeState reads what encodeState writes (field names exactly as it
+// writes them; others are ignored). The state of a big file holds
+// thousands of fingerprints, which encoding/json would scan three times.
+func decodeState(data []byte, s *State) error {
+	if !json.Valid(data) {
+		return json.Unmarshal(data, new(any)) // the syntax error, by offset
+	}
+	i := skipSpace(data, 0)
+	if data[i] != '{' {
+		return &json.UnmarshalTypeError{Value: "non-object", Field: ""}
+	}
+	var err error
+	keep := func(e error) {
+		if err == nil {
+			err = e
+		}
+	}
+	eachMember(data, i, func(key, value []byte) {
+		switch unquote(key) {
+		case "version":
+			keep(json.Unmarshal(value, &s.Version))
+		case "targets":
+			if value[0] == 'n' {
+				return
+			}
+			if value[0] != '{' {
+				keep(&json.UnmarshalTypeError{Value: "non-object", Field: "targets"})
+				return
+			}
+			eachMember(value, 0, func(key, value []byte) {
+				t := &TargetState{}
+				if value[0] != 'n' {
+					keep(decodeTarget(value, t))
+				}
+				s.Targets[unquote(key)] = t
+			})
+		}
+	})
+	return err
+}
+
+func decodeTarget(data []byte, t *TargetState) error {
+	if data[0] != '{' {
+		return &json.UnmarshalTypeError{Value: "non-object", Field: "targets"}
+	}
+	var err error
+	keep := func(e error) {
+		if err == nil {
+			err = e
+		}
+	}
+	eachMember(data, 0, func(key, value []byte) {
+		switch k := unquote(key); k {
+		case "created":
+			keep(json.Unmarshal(value, &t.Created))
+		case "owned", "pending":
+			f := &t.Owned
+			if k == "pending" {
+				f = &t.Pending
+			}
+			if e := f.UnmarshalJSON(value); e != nil {
+				keep(&json.UnmarshalTypeError{Value: "non-string", Field: k})
+			}
+		case "displaced":
+			keep(json.Unmarshal(value, &t.Displaced))
+		}
+	})
+	return err
 }
 
 // ErrState means nodecreds' state file cannot be used; nothing is written
@@ -179,8 +349,12 @@ func jsonProblem(err error) string {
 }
 
 // saveState writes the state atomically, 0600, in the state folder d, and
-// syncs the folder so the rename survives a crash.
-func saveState(d *hostfs.Dir, s *State) error {
+// syncs the folder so the rename survives a crash. A memo is told what was
+// saved, or forgets when the save may not have happened.
+func saveState(d *hostfs.Dir, s *State, m *memo) (err error) {
+	if m != nil {
+		m.forgetState()
+	}
 	for k, t := range s.Targets {
 		if t.isZero() {
 			delete(s.Targets, k)
@@ -192,7 +366,11 @@ func saveState(d *hostfs.Dir, s *State) error {
 		}
 		return d.Sync()
 	}
-	data, err := json.Marshal(s)
+	var hint *[]string
+	if m != nil {
+		hint = &m.sortHint
+	}
+	data, err := encodeState(s, hint)
 	if err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
@@ -205,7 +383,8 @@ func saveState(d *hostfs.Dir, s *State) error {
 		return fmt.Errorf("writing state: %w", err)
 	}
 	defer func() { _ = d.Remove(tmp) }()
-	_, werr := f.Write(append(data, '\n'))
+	data = append(data, '\n')
+	_, werr := f.Write(data)
 	if werr == nil {
 		werr = f.Sync()
 	}
@@ -218,5 +397,11 @@ func saveState(d *hostfs.Dir, s *State) error {
 	if err := d.Rename(tmp, stateFileName); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
-	return d.Sync()
+	if err := d.Sync(); err != nil {
+		return err
+	}
+	if m != nil {
+		m.savedState(data, s)
+	}
+	return nil
 }

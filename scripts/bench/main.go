@@ -132,6 +132,19 @@ func run(ctx context.Context, cfg config) error {
 	if len(cfg.curve) > 0 {
 		return runCurve(ctx, cfg)
 	}
+	if os.Getenv("BENCH_ONLY") == "big-secret" {
+		// One case alone, for working on it; nothing is written.
+		bin, err := agentBinary()
+		if err != nil {
+			return err
+		}
+		work, err := os.MkdirTemp("", "nodecreds-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(work)
+		return (&results{cfg: cfg}).measureBigSecret(ctx, bin, work, envInt("BENCH_ROTATIONS", 20))
+	}
 	res := &results{cfg: cfg}
 	if err := measure(ctx, cfg, res); err != nil {
 		return err
