@@ -31,6 +31,12 @@ type Source interface {
 	Ready() <-chan struct{}
 }
 
+// completer is a Source that signals whole new versions apart from
+// changes that may still be under way (on Changed).
+type completer interface {
+	Completed() <-chan struct{}
+}
+
 // Files applies a desired set to the node's files.
 type Files interface {
 	Apply(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error)
@@ -374,8 +380,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-retry.C
 	bo := report.RetryBackoff(a.opts.MaxBackoff)
 	pending := ""
+	var lastRun time.Time
+
+	// A source that can tell a whole new version (a watch event, the
+	// kubelet's ..data swap) from a change that may be under way is synced
+	// at once on the first, with what follows within Debounce coalesced.
+	changes := a.src.Changed()
+	var completed <-chan struct{}
+	if c, ok := a.src.(completer); ok {
+		completed = c.Completed()
+		if completed == changes {
+			changes = nil // every change is complete
+		}
+	}
 
 	run := func(cause string) {
+		defer func() { lastRun = time.Now() }()
 		o := a.Sync(ctx, cause)
 		watch.refresh()
 		watch.settled() // our own writes are not drift
@@ -392,14 +412,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		debounce.Reset(a.opts.Debounce)
 	}
+	now := func(cause string) {
+		if pending == "" && time.Since(lastRun) >= a.opts.Debounce {
+			run(cause)
+			return
+		}
+		schedule(cause)
+	}
 
 	run(causeStart)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-a.src.Changed():
+		case <-changes:
 			schedule(causeSource)
+		case <-completed:
+			now(causeSource)
 		case ev, ok := <-w.Events:
 			if !ok {
 				return nil

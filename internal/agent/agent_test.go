@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
@@ -221,5 +222,74 @@ func TestStatusCarriesNotes(t *testing.T) {
 	bad := Outcome{Notes: []string{note}, Err: errors.New("x"), FilesErr: errors.New("state unusable")}.Status()
 	if bad.OK || !strings.HasSuffix(bad.Message, "; "+note) {
 		t.Errorf("failed status = %+v", bad)
+	}
+}
+
+// signalSource is a source whose change signals the test sends.
+type signalSource struct {
+	fakeSource
+	changed, completed chan struct{}
+}
+
+func (s *signalSource) Changed() <-chan struct{}   { return s.changed }
+func (s *signalSource) Completed() <-chan struct{} { return s.completed }
+
+// notifyingFiles tells each Apply on a channel.
+type notifyingFiles struct {
+	fakeFiles
+	applied chan struct{}
+}
+
+func (f *notifyingFiles) Apply(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error) {
+	f.applied <- struct{}{}
+	return f.fakeFiles.Apply(ctx, targets, desired, prune)
+}
+
+// TestCompleteChangesSyncAtOnce: a whole new version (a watch event, the
+// kubelet's ..data swap) is synced at once, not a debounce later; what
+// follows it within the debounce is coalesced into one more sync; a change
+// that may still be under way (a key file written in place) waits for the
+// debounce.
+func TestCompleteChangesSyncAtOnce(t *testing.T) {
+	const debounce = time.Second
+	src := &signalSource{fakeSource: fakeSource{snaps: []source.Snapshot{snap("a", "r.test", "u")}}, changed: make(chan struct{}, 1), completed: make(chan struct{}, 1)}
+	files := &notifyingFiles{applied: make(chan struct{}, 10)}
+	a := New(src, files, Options{Targets: []string{"/var/lib/kubelet/config.json"}, HostRoot: t.TempDir(), Prune: true, Debounce: debounce, Resync: time.Hour}, logrus.NewEntry(logrus.New()))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	within := func(d time.Duration) bool {
+		select {
+		case <-files.applied:
+			return true
+		case <-time.After(d):
+			return false
+		}
+	}
+	if !within(5 * time.Second) {
+		t.Fatal("no sync at start")
+	}
+	time.Sleep(debounce + 100*time.Millisecond)
+	start := time.Now()
+	src.completed <- struct{}{}
+	if !within(debounce / 2) {
+		t.Fatalf("a complete change was not synced at once (nothing after %v)", time.Since(start))
+	}
+	src.completed <- struct{}{} // right after: coalesced, after the debounce
+	if within(debounce / 2) {
+		t.Fatal("a second change right after the first was not debounced")
+	}
+	if !within(5 * time.Second) {
+		t.Fatal("the second change was never synced")
+	}
+	time.Sleep(debounce + 100*time.Millisecond)
+	src.changed <- struct{}{}
+	if within(debounce / 2) {
+		t.Fatal("a change that may be under way was synced before the debounce")
+	}
+	if !within(5 * time.Second) {
+		t.Fatal("the change under way was never synced")
 	}
 }

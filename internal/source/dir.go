@@ -25,20 +25,34 @@ import (
 // symlink; every step of that shows up as an event on the folder itself, so
 // a non-recursive watch on each folder sees the swap.
 type Dir struct {
-	dirs    []string
-	log     *logrus.Entry
-	changed chan struct{}
-	retry   time.Duration
-	watch   atomic.Pointer[filewatch.Watch]
+	dirs     []string
+	log      *logrus.Entry
+	changed  chan struct{}
+	swapped  chan struct{}
+	retry    time.Duration
+	watch    atomic.Pointer[filewatch.Watch]
+	relevant map[string]bool // names whose events may change what a folder holds
 }
 
 // NewDir returns a source over dirs, in precedence order.
 func NewDir(dirs []string, log *logrus.Entry) *Dir {
-	return &Dir{dirs: dirs, log: log, changed: make(chan struct{}, 1), retry: 2 * time.Second}
+	d := &Dir{dirs: dirs, log: log, changed: make(chan struct{}, 1), swapped: make(chan struct{}, 1), retry: 2 * time.Second, relevant: map[string]bool{}}
+	for _, dir := range dirs {
+		for _, name := range []string{dir, filepath.Join(dir, "..data"), filepath.Join(dir, dockercfg.KeyConfigJSON), filepath.Join(dir, dockercfg.KeyLegacy)} {
+			d.relevant[name] = true
+		}
+	}
+	return d
 }
 
-// Changed is signalled (coalesced) whenever a folder may have changed.
+// Changed is signalled (coalesced) whenever a folder may have changed:
+// a key file written in place may still be half written, so the agent
+// waits for the writes to settle.
 func (d *Dir) Changed() <-chan struct{} { return d.changed }
+
+// Completed is signalled when the kubelet swapped a folder's ..data link:
+// the swap is atomic, the new version whole, so the agent syncs at once.
+func (d *Dir) Completed() <-chan struct{} { return d.swapped }
 
 // Ready is closed at once: folders need no cache.
 func (d *Dir) Ready() <-chan struct{} {
@@ -163,7 +177,15 @@ func (d *Dir) Run(ctx context.Context) error {
 				// The folder itself went away; watch for it again.
 				delete(watched, ev.Name)
 			}
-			d.notify()
+			switch {
+			case filepath.Base(ev.Name) == "..data" && d.relevant[ev.Name] && ev.Has(fsnotify.Create):
+				signal(d.swapped)
+			case d.relevant[ev.Name]:
+				d.notify()
+			}
+			// Anything else is a step of the kubelet's swap (its new
+			// timestamped folder, ..data_tmp, the old folder's removal),
+			// which changes nothing until ..data moves.
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
@@ -202,9 +224,12 @@ func (d *Dir) Polling() string {
 	return ""
 }
 
-func (d *Dir) notify() {
+func (d *Dir) notify() { signal(d.changed) }
+
+// signal sends on a coalescing channel of one.
+func signal(c chan struct{}) {
 	select {
-	case d.changed <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
 }

@@ -98,15 +98,14 @@ func trimSecret(obj any) any {
 // deleted, or the Node's labels change.
 func (s *Secrets) Changed() <-chan struct{} { return s.changed }
 
+// Completed is Changed: a watch event is a whole new version of a Secret
+// (or of the Node's labels), so the agent syncs at once.
+func (s *Secrets) Completed() <-chan struct{} { return s.changed }
+
 // Ready is closed once every watch has its first list.
 func (s *Secrets) Ready() <-chan struct{} { return s.ready }
 
-func (s *Secrets) notify() {
-	select {
-	case s.changed <- struct{}{}:
-	default:
-	}
-}
+func (s *Secrets) notify() { signal(s.changed) }
 
 // Run runs the watches until ctx ends, and returns once they stopped.
 func (s *Secrets) Run(ctx context.Context) error {

@@ -106,17 +106,36 @@ func TestDirNotifiesOnDataSwap(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no notification when the watch started")
 	}
+	// The kubelet's steps before the swap change nothing a sync would read.
 	write(t, filepath.Join(dir, "..b", ".dockerconfigjson"), good)
 	if err := os.Symlink("..b", filepath.Join(dir, "..data_tmp")); err != nil {
 		t.Fatal(err)
 	}
+	select {
+	case <-d.Changed():
+		t.Fatal("notified before ..data moved")
+	case <-d.Completed():
+		t.Fatal("notified before ..data moved")
+	case <-time.After(200 * time.Millisecond):
+	}
+	// The swap is a whole new version: Completed, for a sync at once.
 	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-d.Changed():
+	case <-d.Completed():
 	case <-time.After(5 * time.Second):
 		t.Fatal("no notification for the ..data swap")
+	}
+	// A key file written in place may be half written: Changed, for a sync
+	// once the writes settle.
+	write(t, filepath.Join(dir, ".dockercfg"), []byte("{"))
+	select {
+	case <-d.Changed():
+	case <-d.Completed():
+		t.Fatal("a key file written in place was taken as a whole new version")
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification for a key file written in place")
 	}
 	if rev := d.Snapshots()[0].Revision; rev != "..b" {
 		t.Errorf("revision = %q, want ..b", rev)
