@@ -312,9 +312,9 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		case r.Removed:
 			rl.Info("removed target file nodecreds created, now empty")
 		case r.Changed && drifting:
-			rl.WithField("registries", desired.Keys()).Info("target had drifted; corrected")
+			rl.WithFields(registries(desired)).Info("target had drifted; corrected")
 		case r.Changed:
-			rl.WithField("registries", desired.Keys()).Info("target updated")
+			rl.WithFields(registries(desired)).Info("target updated")
 		default:
 			rl.Debug("target already in sync")
 		}
@@ -343,6 +343,20 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		a.opts.Health.SetReady()
 	}
 	log.WithFields(logrus.Fields{"result": result, "changed": o.Changed, "took": took.String()}).Debug("sync done")
+}
+
+// loggedRegistries bounds the registries named in one log line: a source
+// can hold thousands.
+const loggedRegistries = 20
+
+// registries names the desired registries for a log line: all of them, or
+// the first loggedRegistries and how many more.
+func registries(desired dockercfg.Set) logrus.Fields {
+	keys := desired.Keys()
+	if len(keys) <= loggedRegistries {
+		return logrus.Fields{"registries": keys}
+	}
+	return logrus.Fields{"registries": keys[:loggedRegistries], "moreRegistries": len(keys) - loggedRegistries}
 }
 
 func (a *Agent) count(f func(*report.Metrics)) {
@@ -397,6 +411,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run := func(cause string) {
 		defer func() { lastRun = time.Now() }()
 		o := a.Sync(ctx, cause)
+		watch.wrote(o.Results)
 		watch.refresh()
 		watch.settled() // our own writes are not drift
 		if o.Err != nil {
@@ -467,10 +482,17 @@ type targetWatch struct {
 	root    string
 	names   map[string]bool // host paths that matter
 	dirs    map[string]bool
+	left    map[string]leftFile // host path → the file our last write left there
+}
+
+// leftFile is what nodecreds' last write left at a path: a file, or none.
+type leftFile struct {
+	id     nodefile.FileID
+	absent bool
 }
 
 func newTargetWatch(w *filewatch.Watch, files Files, targets []string, root string) *targetWatch {
-	t := &targetWatch{w: w, files: files, targets: targets, root: root, names: map[string]bool{}, dirs: map[string]bool{}}
+	t := &targetWatch{w: w, files: files, targets: targets, root: root, names: map[string]bool{}, dirs: map[string]bool{}, left: map[string]leftFile{}}
 	t.refresh()
 	return t
 }
@@ -510,9 +532,29 @@ func (t *targetWatch) settled() bool {
 	return t.w.Changed(slices.Sorted(maps.Keys(t.names)))
 }
 
+// wrote records the files a sync wrote or removed, so that the events of
+// those writes are not taken for drift (they would cost a second full sync
+// after every change).
+func (t *targetWatch) wrote(results []nodefile.Result) {
+	for _, r := range results {
+		if !r.Changed || r.Err != nil {
+			continue
+		}
+		l := leftFile{id: r.Left, absent: r.Removed}
+		t.left[filepath.Join(t.root, r.Target)] = l
+		if r.Path != "" {
+			t.left[r.Path] = l
+		}
+	}
+}
+
 func (t *targetWatch) relevant(ev fsnotify.Event) bool {
 	if t.names[ev.Name] {
-		return true
+		// Unless the file is exactly as our last write left it: then the
+		// event is that write's.
+		l, ours := t.left[ev.Name]
+		id, exists := nodefile.StatID(ev.Name)
+		return !ours || exists == l.absent || exists && id != l.id
 	}
 	// The folder itself removed or renamed.
 	return t.dirs[ev.Name]

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 	"github.com/nodecreds/nodecreds/internal/report"
 	"github.com/nodecreds/nodecreds/internal/source"
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // fakeSource hands out whatever snapshots the test sets.
@@ -291,5 +293,91 @@ func TestCompleteChangesSyncAtOnce(t *testing.T) {
 	}
 	if !within(5 * time.Second) {
 		t.Fatal("the change under way was never synced")
+	}
+}
+
+// countingReporter counts syncs, safely across goroutines.
+type countingReporter struct{ n atomic.Int32 }
+
+func (c *countingReporter) Report(context.Context, report.SyncStatus) { c.n.Add(1) }
+
+// TestOwnWritesAreNotDrift: the inotify events of the agent's own writes
+// do not cost another sync; anyone else's write to a target, replacing it
+// or writing it in place, is drift and corrected.
+func TestOwnWritesAreNotDrift(t *testing.T) {
+	root := t.TempDir()
+	target := "/var/lib/kubelet/config.json"
+	path := filepath.Join(root, target)
+	src := &signalSource{fakeSource: fakeSource{snaps: []source.Snapshot{snap("a", "r.test", "u")}}, changed: make(chan struct{}, 1), completed: make(chan struct{}, 1)}
+	files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
+	syncs := &countingReporter{}
+	a := New(src, files, Options{Targets: []string{target}, HostRoot: root, Prune: true, Debounce: 50 * time.Millisecond, Resync: time.Hour, Reporters: []Reporter{syncs}}, logrus.NewEntry(logrus.New()))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	settle := func(want int32, what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for syncs.n.Load() < want && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(500 * time.Millisecond) // ten debounces: any extra sync would be done
+		if got := syncs.n.Load(); got != want {
+			t.Fatalf("%s: %d syncs, want %d", what, got, want)
+		}
+	}
+	settle(1, "start (creates the file)")
+	src.snaps = []source.Snapshot{snap("a", "r.test", "v")}
+	src.completed <- struct{}{}
+	settle(2, "a rotation (rewrites the file)")
+
+	ours := authFor("v")
+	for i, disturb := range []func(){
+		func() { // a docker login: a new file renamed over
+			testsupport.WriteFile(t, path+".new", `{"auths":{"other.test":{"auth":"eDp5"}}}`, 0o600)
+			if err := os.Rename(path+".new", path); err != nil {
+				t.Fatal(err)
+			}
+		},
+		func() { // an editor writing in place
+			if err := os.WriteFile(path, []byte(`{"auths":{}}`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		},
+	} {
+		disturb()
+		settle(int32(3+i), fmt.Sprintf("drift %d", i+1))
+		if !strings.Contains(string(testsupport.ReadFile(t, path)), ours) {
+			t.Fatalf("drift %d was not corrected:\n%s", i+1, testsupport.ReadFile(t, path))
+		}
+	}
+}
+
+func authFor(user string) string {
+	return (dockercfg.Entry{Username: user, Password: "p"}).Auth()
+}
+
+// TestRegistriesLoggedAreBounded: a source of thousands of registries
+// does not write them all into every log line.
+func TestRegistriesLoggedAreBounded(t *testing.T) {
+	set := func(n int) dockercfg.Set {
+		s := make(dockercfg.Set, n)
+		for i := range s {
+			s[i].Key = fmt.Sprintf("r%02d.test", i)
+		}
+		return s
+	}
+	for _, tt := range []struct {
+		n, named, more int
+	}{{0, 0, 0}, {3, 3, 0}, {loggedRegistries, loggedRegistries, 0}, {10000, loggedRegistries, 10000 - loggedRegistries}} {
+		f := registries(set(tt.n))
+		if got := len(f["registries"].([]string)); got != tt.named {
+			t.Errorf("%d registries: %d named, want %d", tt.n, got, tt.named)
+		}
+		if more, _ := f["moreRegistries"].(int); more != tt.more {
+			t.Errorf("%d registries: moreRegistries %v, want %d", tt.n, f["moreRegistries"], tt.more)
+		}
 	}
 }

@@ -78,7 +78,10 @@ type Result struct {
 	Displaced []string // foreign keys moved into the state file
 	Restored  []string // displaced keys put back
 	Warnings  []string // things an operator should know that are not errors
-	Err       error
+	// Left is the file nodecreds put at Path, when it wrote one, so that
+	// the events of its own write can be told from someone else's.
+	Left FileID
+	Err  error
 }
 
 // Resolve returns the host path of a node path, as the engine writes it
@@ -229,6 +232,7 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 	if len(targets) == 0 {
 		targets = sortedKeys(st.Targets)
 	}
+	want := e.memo.wanted(desired)
 	results := make([]Result, len(targets))
 	syncs := make([]*targetSync, len(targets))
 	seen := map[string]string{} // host path → the target that resolved to it first
@@ -250,7 +254,7 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 		seen[t.path] = target
 		// Plan every target before writing any, so that one state save
 		// records every intent.
-		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: target}, desired: desired, prune: prune}
+		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: target}, desired: want, prune: prune}
 		if err := sy.start(); err != nil {
 			results[i] = sy.res
 			results[i].Err = err
@@ -286,7 +290,7 @@ type targetSync struct {
 	root    *hostfs.Root
 	t       *openedTarget
 	rec     targetRecord
-	desired dockercfg.Set
+	desired *wanted
 	prune   bool
 
 	res       Result
@@ -500,14 +504,14 @@ func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur fileRead, p
 		}
 		res.SetAside = copyPath
 	}
-	replaced, existed, err := replace(t.dir, t.name, p.data, cur)
+	replaced, existed, id, err := replace(t.dir, t.name, p.data, cur)
 	if errors.Is(err, errRaced) {
 		return written{lost: true}, nil
 	}
 	if err != nil {
 		return written{}, err
 	}
-	res.Changed = true
+	res.Changed, res.Left = true, id
 	if existed == cur.exists && bytes.Equal(replaced, cur.data) {
 		return written{}, nil
 	}
@@ -548,7 +552,7 @@ type targetPlan struct {
 //
 // parse is parseDocument, or one that remembers; what it returns is never
 // modified.
-func planTarget(base, cur fileRead, prev *document, desired dockercfg.Set, prune bool, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
+func planTarget(base, cur fileRead, prev *document, desired *wanted, prune bool, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
 	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
 	doc, perr := parse(base.data)
 	if perr != nil {
@@ -565,20 +569,24 @@ func planTarget(base, cur fileRead, prev *document, desired dockercfg.Set, prune
 	if !base.exists && len(p.merged.doc.auths) > 0 {
 		p.merged.state.Created = true
 	}
-	// What of ours is in the file on disk right now: cur, which after a
-	// lost race is our own stale write rather than base.
-	onDisk := ownedIn(doc, old)
-	if racing {
-		if curDoc, err := parse(cur.data); err == nil {
-			onDisk = ownedIn(curDoc, old)
+	// The intent, recorded before the file is touched, covers what of
+	// ours is in the file on disk right now: cur, which after a lost race is
+	// our own stale write rather than base.
+	setIntent := func() {
+		onDisk := ownedIn(doc, old)
+		if racing {
+			if curDoc, err := parse(cur.data); err == nil {
+				onDisk = ownedIn(curDoc, old)
+			}
 		}
+		p.intent = intent(onDisk, old, p.merged.state)
 	}
-	p.intent = intent(onDisk, old, p.merged.state)
 	switch {
 	case perr != nil && len(p.merged.state.Owned) == 0 && len(p.merged.restored) == 0 && !racing:
 		p.step = stepLeave
 	case p.merged.state.Created && p.merged.doc.empty():
 		p.step = stepDrop
+		setIntent()
 	case perr == nil && !racing && p.merged.doc.equal(doc):
 		p.step = stepKeep
 	default:
@@ -587,6 +595,7 @@ func planTarget(base, cur fileRead, prev *document, desired dockercfg.Set, prune
 			return p, err
 		}
 		p.step, p.data = stepWrite, data
+		setIntent()
 	}
 	return p, nil
 }

@@ -3,6 +3,8 @@ package nodefile
 import (
 	"crypto/sha256"
 	"maps"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
 )
 
 // memo remembers the last content the engine read or wrote of each target
@@ -16,6 +18,19 @@ type memo struct {
 	state memoState
 	// sortHint is the sorted keys of the last fingerprints saved.
 	sortHint []string
+	// items are the desired items of the last run, prepared.
+	items map[dockercfg.Item]*wantedItem
+}
+
+// wanted prepares desired, reusing what the last run prepared for the same
+// items (a rotation changes one entry of thousands).
+func (m *memo) wanted(desired dockercfg.Set) *wanted {
+	w := newWanted(desired, m.items)
+	m.items = make(map[dockercfg.Item]*wantedItem, len(w.items))
+	for _, it := range w.items {
+		m.items[it.Item] = it
+	}
+	return w
 }
 
 type memoDoc struct {

@@ -295,22 +295,14 @@ type mergeResult struct {
 // a registry we provide is displaced into the state and restored when that
 // registry leaves the sources; with prune, entries that left the sources go;
 // an owned entry whose value someone else changed is no longer ours.
-func merge(cur *document, desired dockercfg.Set, prune bool, st TargetState) mergeResult {
-	m := &merger{doc: cur.clone(), st: st, wanted: make(map[string]dockercfg.Item, len(desired)), items: make([]dockercfg.Item, 0, len(desired)), next: TargetState{
+func merge(cur *document, w *wanted, prune bool, st TargetState) mergeResult {
+	m := &merger{doc: cur.clone(), st: st, wanted: w, next: TargetState{
 		Created:   st.Created,
-		Owned:     make(map[string]string, len(desired)),
+		Owned:     make(map[string]string, len(w.items)),
 		Displaced: maps.Clone(st.Displaced),
 	}}
 	if m.next.Displaced == nil {
 		m.next.Displaced = map[string]json.RawMessage{}
-	}
-	for _, it := range desired {
-		// A Set has one item per registry (dockercfg.Union); should one
-		// hold more, the first wins, as in Union.
-		if n := dockercfg.Normalize(it.Key); m.wanted[n].Key == "" {
-			m.wanted[n] = it
-			m.items = append(m.items, it)
-		}
 	}
 	m.settleOwned(prune)
 	m.writeDesired()
@@ -319,14 +311,49 @@ func merge(cur *document, desired dockercfg.Set, prune bool, st TargetState) mer
 	return m.res
 }
 
+// wanted is the desired set as every target's merge uses it, prepared
+// once per run: one item per registry, each with the entry as written and
+// its fingerprint.
+type wanted struct {
+	byRegistry map[string]*wantedItem // normalised registry → item
+	items      []*wantedItem
+}
+
+type wantedItem struct {
+	dockercfg.Item
+	raw []byte // the entry as written: compact, keys sorted
+	fp  string // entryDigest(raw)
+}
+
+// newWanted prepares desired. A Set has one item per registry
+// (dockercfg.Union); should one hold more, the first wins, as in Union.
+// known holds items prepared before (nil for none), whose encoding is
+// reused when the item is the same.
+func newWanted(desired dockercfg.Set, known map[dockercfg.Item]*wantedItem) *wanted {
+	w := &wanted{byRegistry: make(map[string]*wantedItem, len(desired)), items: make([]*wantedItem, 0, len(desired))}
+	for _, it := range desired {
+		n := dockercfg.Normalize(it.Key)
+		if w.byRegistry[n] != nil {
+			continue
+		}
+		wi := known[it]
+		if wi == nil {
+			raw, _ := it.Entry.MarshalJSON() // cannot fail: strings only
+			wi = &wantedItem{Item: it, raw: raw, fp: entryDigest(raw)}
+		}
+		w.byRegistry[n] = wi
+		w.items = append(w.items, wi)
+	}
+	return w
+}
+
 // merger holds one merge's working state.
 type merger struct {
 	doc    *document
-	st     TargetState               // the state before
-	next   TargetState               // the state after
-	wanted map[string]dockercfg.Item // normalised registry → desired item
-	items  []dockercfg.Item          // desired, one per registry
-	kept   []string                  // owned keys kept without prune
+	st     TargetState // the state before
+	next   TargetState // the state after
+	wanted *wanted
+	kept   []string // owned keys kept without prune
 	res    mergeResult
 }
 
@@ -354,7 +381,7 @@ func (m *merger) settle(key string, prune bool) {
 	if !present {
 		return // gone from the file: nothing to own
 	}
-	it, provided := m.wanted[dockercfg.Normalize(key)]
+	it, provided := m.wanted.byRegistry[dockercfg.Normalize(key)]
 	switch {
 	case !m.ours(key, raw):
 		// Someone else changed it, so it is theirs now. If the sources
@@ -382,7 +409,7 @@ func (m *merger) writeDesired() {
 	// One pass over the file (files can hold thousands of keys) finds the
 	// entries for the registries we write.
 	for key, raw := range m.doc.auths {
-		it, provided := m.wanted[dockercfg.Normalize(key)]
+		it, provided := m.wanted.byRegistry[dockercfg.Normalize(key)]
 		if !provided {
 			continue
 		}
@@ -397,9 +424,8 @@ func (m *merger) writeDesired() {
 		delete(m.doc.auths, key)
 	}
 	slices.Sort(m.res.displaced)
-	for _, it := range m.items {
-		raw, _ := it.Entry.MarshalJSON() // cannot fail: strings only
-		fp := entryDigest(raw)           // already compact with sorted keys
+	for _, it := range m.wanted.items {
+		raw, fp := it.raw, it.fp
 		if !m.doc.hasFingerprint(it.Key, fp) {
 			// Unless the file holds this very value (then its bytes stay,
 			// and an unchanged file compares equal without decoding).
@@ -425,7 +451,7 @@ func (m *merger) restoreDisplaced() {
 	}
 	for _, key := range sortedKeys(m.next.Displaced) {
 		n := dockercfg.Normalize(key)
-		if _, provided := m.wanted[n]; provided || covered[n] {
+		if _, provided := m.wanted.byRegistry[n]; provided || covered[n] {
 			continue
 		}
 		if _, taken := m.doc.auths[key]; !taken {

@@ -164,7 +164,7 @@ func TestMerge(t *testing.T) {
 			for k, v := range tt.cur {
 				cur.auths[k] = v
 			}
-			m := merge(cur, tt.desired, tt.prune, tt.state)
+			m := merge(cur, newWanted(tt.desired, nil), tt.prune, tt.state)
 			if len(m.doc.auths) != len(tt.wantAuths) {
 				t.Errorf("auths keys = %v, want %v", sortedKeys(m.doc.auths), sortedKeys(tt.wantAuths))
 			}
@@ -272,11 +272,11 @@ func TestIntentRecognisesEitherFile(t *testing.T) {
 	// A run that wrote b was killed before its final state: intent {a, b}.
 	old := TargetState{Owned: map[string]string{"r.test": fingerprint(a)}, Pending: map[string]string{"r.test": fingerprint(b)}}
 	onDiskB := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{"r.test": b}}
-	m := merge(onDiskB, dockercfg.Set{item("r.test", "u", "c")}, true, old)
+	m := merge(onDiskB, newWanted(dockercfg.Set{item("r.test", "u", "c")}, nil), true, old)
 	it := intent(ownedIn(onDiskB, old), old, m.state)
 	for name, raw := range map[string]json.RawMessage{"the old file (b)": b, "the new file (c)": c} {
 		disk := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{"r.test": raw}}
-		after := merge(disk, nil, true, it)
+		after := merge(disk, newWanted(nil, nil), true, it)
 		if _, still := after.doc.auths["r.test"]; still || len(after.state.Displaced) != 0 || len(after.released) != 0 {
 			t.Errorf("after a crash leaving %s, our entry is not recognised: auths %v displaced %v released %v",
 				name, sortedKeys(after.doc.auths), sortedKeys(after.state.Displaced), after.released)
@@ -310,7 +310,7 @@ func TestPlanTarget(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := planTarget(tt.base, tt.cur, nil, tt.desired, true, tt.old, parseDocument)
+			p, err := planTarget(tt.base, tt.cur, nil, newWanted(tt.desired, nil), true, tt.old, parseDocument)
 			if err != nil {
 				t.Fatal(err)
 			}

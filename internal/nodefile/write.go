@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -68,12 +69,12 @@ func tempPrefix(name string) string {
 // rename (as renameio does) cannot tell. A crash at any point leaves the old
 // or the new file at name, both whole. Every step is relative to the folder
 // handle d, by name, so nothing can be redirected outside the host root.
-func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte, existed bool, err error) {
+func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte, existed bool, id FileID, err error) {
 	if len(data) > hostfs.MaxFileSize {
 		// Never write what nodecreds (and check, and the plugin) would
 		// refuse to read back: a compact file near the limit grows when
 		// re-indented.
-		return nil, false, fmt.Errorf("%s would be %d bytes, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
+		return nil, false, id, fmt.Errorf("%s would be %d bytes, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
 			d.Name(name), len(data), hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
 	}
 	sweepTemps(d, name)
@@ -84,7 +85,7 @@ func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte
 	}
 	f, tmp, err := d.CreateTemp(tempPrefix(name), mode)
 	if err != nil {
-		return nil, false, fmt.Errorf("creating temp file for %s: %w", d.Name(name), err)
+		return nil, false, id, fmt.Errorf("creating temp file for %s: %w", d.Name(name), err)
 	}
 	defer func() { _ = d.Remove(tmp) }() // after the swap it holds the old file, which we have read
 	werr := func() error {
@@ -99,13 +100,20 @@ func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte
 				return err
 			}
 		}
-		return f.Sync()
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		info, err := f.Stat()
+		if err == nil {
+			id = idOf(info)
+		}
+		return err
 	}()
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
 	if werr != nil {
-		return nil, false, fmt.Errorf("writing %s: %w", d.Name(name), werr)
+		return nil, false, id, fmt.Errorf("writing %s: %w", d.Name(name), werr)
 	}
 
 	err = d.Exchange(tmp, name)
@@ -113,37 +121,64 @@ func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte
 	case err == nil:
 		old, _, rerr := d.ReadFile(tmp, hostfs.MaxFileSize)
 		if rerr != nil {
-			return nil, false, fmt.Errorf("reading back the replaced %s: %w", d.Name(name), rerr)
+			return nil, false, id, fmt.Errorf("reading back the replaced %s: %w", d.Name(name), rerr)
 		}
 		if err := d.Sync(); err != nil {
-			return nil, false, err
+			return nil, false, id, err
 		}
-		return old, true, nil
+		return old, true, id, nil
 	case errors.Is(err, fs.ErrNotExist):
 		// No target: create it, but not over one that appeared meanwhile.
 		err = d.RenameNoReplace(tmp, name)
 		if errors.Is(err, fs.ErrExist) {
-			return nil, false, errRaced
+			return nil, false, id, errRaced
 		}
 	case errors.Is(err, hostfs.ErrNoExchange):
 		// The file system cannot exchange: check, then rename. The window
 		// left is between the check and the rename.
 		cur, rerr := readTarget(d, name)
 		if rerr != nil {
-			return nil, false, rerr
+			return nil, false, id, rerr
 		}
 		if cur.exists != prev.exists || !bytes.Equal(cur.data, prev.data) {
-			return nil, false, errRaced
+			return nil, false, id, errRaced
 		}
 		err = d.Rename(tmp, name)
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("replacing %s: %w", d.Name(name), err)
+		return nil, false, id, fmt.Errorf("replacing %s: %w", d.Name(name), err)
 	}
 	if err := d.Sync(); err != nil {
-		return nil, false, err
+		return nil, false, id, err
 	}
-	return nil, false, nil
+	return nil, false, id, nil
+}
+
+// FileID identifies a file as nodecreds left it: the inode and what any
+// write to it changes. A rename does not change it (it moves the inode and
+// touches only its ctime), so the file nodecreds swapped in keeps the ID
+// it had as a temp file until someone writes to it or replaces it.
+type FileID struct {
+	Dev, Ino    uint64
+	Size, Mtime int64
+}
+
+func idOf(info fs.FileInfo) FileID {
+	id := FileID{Size: info.Size(), Mtime: info.ModTime().UnixNano()}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		id.Dev, id.Ino = uint64(st.Dev), st.Ino
+	}
+	return id
+}
+
+// StatID returns the ID of the file at path (following links), or false
+// when there is none.
+func StatID(path string) (FileID, bool) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return FileID{}, false
+	}
+	return idOf(info), true
 }
 
 // errRaced means the target changed under us and must be read again.
