@@ -38,6 +38,7 @@ type Dir struct {
 func NewDir(dirs []string, log *logrus.Entry) *Dir {
 	d := &Dir{dirs: dirs, log: log, changed: make(chan struct{}, 1), swapped: make(chan struct{}, 1), retry: 2 * time.Second, relevant: map[string]bool{}}
 	for _, dir := range dirs {
+		dir = filepath.Clean(dir) // as the watch names its events
 		for _, name := range []string{dir, filepath.Join(dir, "..data"), filepath.Join(dir, dockercfg.KeyConfigJSON), filepath.Join(dir, dockercfg.KeyLegacy)} {
 			d.relevant[name] = true
 		}
