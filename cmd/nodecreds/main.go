@@ -25,11 +25,18 @@ var version = "dev"
 // instance `check` printed NOT OK); main exits 1 without more output.
 var errFailed = errors.New("failed")
 
+// atExit runs before the process exits (a profiling build adds to it).
+var atExit []func()
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()
-	os.Exit(exitCode(err, os.Stderr))
+	code := exitCode(err, os.Stderr)
+	for _, f := range atExit {
+		f()
+	}
+	os.Exit(code)
 }
 
 func exitCode(err error, stderr io.Writer) int {

@@ -50,7 +50,24 @@ type Engine struct {
 	stateDir string
 	now      func() time.Time
 	mu       sync.Mutex
-	memo     memo // guarded by mu
+	memo     memo            // guarded by mu
+	swept    map[string]bool // folders (and prefixes) swept of a crash's leftovers; guarded by mu
+}
+
+// sweepOnce removes the files a crash left in d whose names start with
+// prefix, the first time this engine works there: nodecreds removes its
+// own temp files as it goes, so only a process before this one can have
+// left any (and listing a folder on every write is not free).
+func (e *Engine) sweepOnce(d *hostfs.Dir, prefix string) {
+	key := d.Name(prefix)
+	if e.swept[key] {
+		return
+	}
+	sweepPrefix(d, prefix)
+	if e.swept == nil {
+		e.swept = map[string]bool{}
+	}
+	e.swept[key] = true
 }
 
 // New returns an Engine.
@@ -223,7 +240,7 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 		return nil, err
 	}
 	defer unlock()
-	sweepPrefix(sd, "."+stateFileName+".")
+	e.sweepOnce(sd, "."+stateFileName+".")
 	st, err := loadState(sd, &e.memo)
 	if err != nil {
 		return nil, err
@@ -504,6 +521,7 @@ func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur fileRead, p
 		}
 		res.SetAside = copyPath
 	}
+	e.sweepOnce(t.dir, tempPrefix(t.name))
 	replaced, existed, id, err := replace(t.dir, t.name, p.data, cur)
 	if errors.Is(err, errRaced) {
 		return written{lost: true}, nil

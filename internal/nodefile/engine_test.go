@@ -429,3 +429,25 @@ func writeState(t *testing.T, root string, st *State) {
 		t.Fatal(err)
 	}
 }
+
+// TestCrashLeftoversSwept: temp files a killed nodecreds left (next to a
+// target, and of the state) are removed by the next process's first sync,
+// and a long-running engine leaves none of its own.
+func TestCrashLeftoversSwept(t *testing.T) {
+	e, root := newEngine(t)
+	leftovers := []string{
+		filepath.Join(root, "var/lib/kubelet/.config.json.nodecreds-0123456789abcdef"),
+		filepath.Join(root, stateDir, ".state.json.fedcba9876543210"),
+	}
+	for _, p := range leftovers {
+		testsupport.WriteFile(t, p, "half a file", 0o600)
+	}
+	for i := range 3 {
+		mustOK(t, apply(t, e, []string{kubeletFile, dockerFile}, dockercfg.Set{item("r.io", "u", fmt.Sprint("p", i))}, true))
+	}
+	for _, pattern := range []string{"var/lib/kubelet/.*", "root/.docker/.*", stateDir + "/.*"} {
+		if left, _ := filepath.Glob(filepath.Join(root, pattern)); len(left) != 0 {
+			t.Errorf("left behind: %v", left)
+		}
+	}
+}

@@ -382,7 +382,12 @@ func saveState(d *hostfs.Dir, s *State, m *memo) (err error) {
 	if err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
-	defer func() { _ = d.Remove(tmp) }()
+	renamed := false
+	defer func() {
+		if !renamed {
+			_ = d.Remove(tmp)
+		}
+	}()
 	data = append(data, '\n')
 	_, werr := f.Write(data)
 	if werr == nil {
@@ -397,6 +402,7 @@ func saveState(d *hostfs.Dir, s *State, m *memo) (err error) {
 	if err := d.Rename(tmp, stateFileName); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
+	renamed = true
 	if err := d.Sync(); err != nil {
 		return err
 	}

@@ -77,7 +77,6 @@ func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte
 		return nil, false, id, fmt.Errorf("%s would be %d bytes, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
 			d.Name(name), len(data), hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
 	}
-	sweepTemps(d, name)
 	mode := fs.FileMode(0o600)
 	if prev.exists {
 		// Keep an existing stricter mode; never loosen to more than 0600.
@@ -87,7 +86,12 @@ func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte
 	if err != nil {
 		return nil, false, id, fmt.Errorf("creating temp file for %s: %w", d.Name(name), err)
 	}
-	defer func() { _ = d.Remove(tmp) }() // after the swap it holds the old file, which we have read
+	swapped := false
+	defer func() {
+		if !swapped {
+			_ = d.Remove(tmp) // after an exchange it holds the old file, which we have read
+		}
+	}()
 	werr := func() error {
 		if _, err := f.Write(data); err != nil {
 			return err
@@ -148,6 +152,7 @@ func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (old []byte
 	if err != nil {
 		return nil, false, id, fmt.Errorf("replacing %s: %w", d.Name(name), err)
 	}
+	swapped = true // renamed: nothing left at tmp
 	if err := d.Sync(); err != nil {
 		return nil, false, id, err
 	}
@@ -184,8 +189,6 @@ func StatID(path string) (FileID, bool) {
 // errRaced means the target changed under us and must be read again.
 var errRaced = errors.New("target changed while being written")
 
-// sweepTemps removes temp files a crash left next to name.
-func sweepTemps(d *hostfs.Dir, name string) { sweepPrefix(d, tempPrefix(name)) }
 
 // setAside keeps a copy of a target that does not parse, next to it, as
 // <name>.corrupt-<UTC time>, mode 0600, before it is replaced. It returns

@@ -22,14 +22,15 @@ func main() {
 	every := flag.Int("every", 50, "sample every N rotations")
 	out := flag.String("out", "docs/benchmarks.md", "file whose soak section is replaced ('' prints only)")
 	keep := flag.Bool("keep", false, "keep the work folder")
+	tags := flag.String("tags", "", "build tags for the agent (profile: it writes a CPU profile to $NODECREDS_CPUPROFILE)")
 	flag.Parse()
-	if err := run(*rotations, *every, *out, *keep); err != nil {
+	if err := run(*rotations, *every, *out, *keep, *tags); err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		os.Exit(1)
 	}
 }
 
-func run(rotations, every int, out string, keep bool) error {
+func run(rotations, every int, out string, keep bool, tags string) error {
 	dir, err := os.MkdirTemp("", "nodecreds-soak-")
 	if err != nil {
 		return err
@@ -40,7 +41,7 @@ func run(rotations, every int, out string, keep bool) error {
 		fmt.Fprintln(os.Stderr, "work folder:", dir)
 	}
 	bin := filepath.Join(dir, "nodecreds")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/nodecreds")
+	build := exec.Command("go", "build", "-trimpath", "-tags="+tags, "-o", bin, "./cmd/nodecreds")
 	build.Dir, build.Stdout, build.Stderr = cluster.RepoRoot(), os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return err
