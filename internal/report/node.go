@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -66,6 +67,13 @@ type NodeReporter struct {
 	mu     sync.Mutex
 	latest *SyncStatus
 	signal chan struct{}
+	// spread is the longest a routine report (a new revision applied, with
+	// the Node reported before) waits, at random, before it is pushed: a
+	// rotation reaches every agent of a fleet at once, and their patches and
+	// Events would otherwise arrive together and compete with the other
+	// agents' file writes on the API server. Failures, the first report and
+	// sync --once are not delayed.
+	spread time.Duration
 
 	// What the Node already shows.
 	knownCond   *corev1.NodeCondition
@@ -76,7 +84,7 @@ type NodeReporter struct {
 
 // NewNodeReporter returns a reporter for node name.
 func NewNodeReporter(client kube.Interface, name string, recorder Recorder, log *logrus.Entry) *NodeReporter {
-	return &NodeReporter{client: client, name: name, recorder: recorder, log: log, now: time.Now, signal: make(chan struct{}, 1)}
+	return &NodeReporter{client: client, name: name, recorder: recorder, log: log, now: time.Now, signal: make(chan struct{}, 1), spread: reportSpread}
 }
 
 // Report records the latest status; Run pushes it.
@@ -89,6 +97,9 @@ func (n *NodeReporter) Report(_ context.Context, st SyncStatus) {
 	default:
 	}
 }
+
+// reportSpread is NodeReporter.spread's default.
+const reportSpread = time.Second
 
 // maxNodeBackoff caps the wait between failed Node updates.
 const maxNodeBackoff = 30 * time.Second
@@ -145,6 +156,14 @@ func (n *NodeReporter) Run(ctx context.Context) error {
 		if st == nil {
 			continue
 		}
+		if st.OK && n.knownCond != nil && n.spread > 0 && !n.shown(*st) {
+			if !n.wait(ctx) {
+				return nil
+			}
+			n.mu.Lock()
+			st = n.latest // what came meanwhile replaces it
+			n.mu.Unlock()
+		}
 		pushCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		err := n.push(pushCtx, *st)
 		cancel()
@@ -159,6 +178,35 @@ func (n *NodeReporter) Run(ctx context.Context) error {
 		}
 		bo = RetryBackoff(maxNodeBackoff)
 	}
+}
+
+// wait waits a random part of the spread, cut short by a failure to
+// report; false when ctx ended.
+func (n *NodeReporter) wait(ctx context.Context) bool {
+	timer := time.NewTimer(rand.N(n.spread))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return true
+		case <-n.signal:
+			n.mu.Lock()
+			failed := !n.latest.OK
+			n.mu.Unlock()
+			if failed {
+				return true
+			}
+		}
+	}
+}
+
+// shown reports whether the Node already shows st (pushing it would
+// change nothing).
+func (n *NodeReporter) shown(st SyncStatus) bool {
+	return st.Revision == n.reportedRev && n.knownCond.Status == corev1.ConditionTrue &&
+		n.knownCond.Reason == st.Reason && n.knownCond.Message == truncate(st.Message)
 }
 
 func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -82,4 +83,48 @@ func findCond(n *corev1.Node) *corev1.NodeCondition {
 		}
 	}
 	return nil
+}
+
+// TestRoutineReportsAreSpread: the first report and failures reach the
+// Node at once; a routine new revision within the spread (a fleet's
+// agents would otherwise all patch their Nodes in the same instant), and
+// only the latest status is pushed.
+func TestRoutineReportsAreSpread(t *testing.T) {
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	n := NewNodeReporter(kubetest.FromClientset(client), "n1", record.NewFakeRecorder(20), logrus.NewEntry(logrus.New()))
+	n.spread = 700 * time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	node := func() *corev1.Node {
+		got, _ := client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+		return got
+	}
+	within := func(d time.Duration, what string, cond func(*corev1.Node) bool) {
+		t.Helper()
+		deadline := time.Now().Add(d)
+		for !cond(node()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not on the Node after %v", what, d)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	rev := func(r string) func(*corev1.Node) bool {
+		return func(n *corev1.Node) bool { return n.Annotations[AnnotationRevision] == r }
+	}
+	n.Report(ctx, SyncStatus{Revision: "r1", OK: true, Reason: "Synced", Message: "1 entry"})
+	within(300*time.Millisecond, "the first report", rev("r1"))
+
+	n.Report(ctx, SyncStatus{Revision: "r2", OK: true, Reason: "Synced", Message: "1 entry"})
+	n.Report(ctx, SyncStatus{Revision: "r3", OK: true, Reason: "Synced", Message: "1 entry"})
+	within(n.spread+300*time.Millisecond, "a routine report", rev("r3"))
+
+	n.Report(ctx, SyncStatus{Revision: "r4", OK: false, Reason: "SourceInvalid", Message: "bad"})
+	within(300*time.Millisecond, "a failure", func(n *corev1.Node) bool {
+		c := findCond(n)
+		return c != nil && c.Status == corev1.ConditionFalse
+	})
 }

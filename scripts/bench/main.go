@@ -882,11 +882,18 @@ func (r *results) markdown(machine string) string {
 	w(`## Notes on the targets
 
 * **Rotation** (p99 ≤ 0.5 s at 100 agents, ≤ 2 s at 500; max ≤ 2 s): see
-  the targets table. About 100 ms of each latency is the agent's debounce,
-  which coalesces the several events of one change. The rest is the watch
-  event reaching processes that share this machine's 2 cores with the API
-  server and etcd: the per-rotation CPU column above and the cost curve show
-  the agents' own CPU is what fills the cores (docs/scale.md).
+  the targets table. A watch event is a whole new version, so the agent
+  syncs at once (the 100 ms debounce applies only to what follows within
+  it, and to target drift); its own writes no longer trigger a second sync.
+  What remains is the watch event reaching 100 processes that share this
+  machine's 2 cores and one disk with the API server and etcd: the
+  per-rotation CPU column above shows the agents' own CPU filling the
+  cores. A CPU profile of one agent through 300 rotations (` + "`NODECREDS_CPUPROFILE=/tmp/agent.prof NODECREDS_CPUPROFILE_FOR=40s go run ./scripts/soak -rotations 300 -out '' -tags profile`" + `)
+  puts about 60 %% of it in the file engine and most of that in system
+  calls — creating, fsyncing and renaming the temp files and the state that
+  make every write atomic and crash-safe (two state saves and two targets
+  per sync, each a temp file, fsync, rename and folder fsync) — and about
+  10 %% in the Node report; see docs/scale.md for what grows with the fleet.
 * **Memory** (median RSS ≤ 20 MiB): what each part costs, measured with
   stripped static test programs on this machine: a process that creates a
   client-go clientset is 18 MiB resident (client-go registers every API
@@ -908,15 +915,30 @@ func (r *results) markdown(machine string) string {
   so any cache longer than the time from a rotation to the next pull costs
   a whole back-off. Hence the 1 s default; a plugin run costs about 14 ms.
 * **10,000-entry merge + write** (≤ 50 ms) and the **10,000-entry mounted
-  Secret** end to end (≤ 300 ms): see the targets table. pprof of the Apply
-  benchmark: the merge about a quarter, the state file about a fifth
-  (written twice per change — an intent before replacing the target and the
-  final record after — so that a crash at any instant leaves a state that
-  still recognises whichever file is on disk), parsing a sixth, encoding a
-  tenth, GC the rest. End to end the 100 ms debounce, parsing and
-  validating the Secret (~76 ms) and two targets merged and written one
-  after the other add up. Files of that size are rare; typical node files
-  hold a handful of entries and take a few ms, almost all of it fsync.
+  Secret** end to end (≤ 300 ms): see the targets table. Where the time
+  went (140 ms and 809 ms before), measured phase by phase and with pprof:
+  parsing the file with encoding/json's decoder (now json.Valid plus one
+  walk that keeps values as slices of the file, and an indenter of our own;
+  both checked byte for byte against encoding/json by FuzzDocument);
+  sorting thousands of keys several times per merge (now once, and not at
+  all when the file is already in order, as nodecreds writes it); the state
+  file through encoding/json's reflection (now encoded and decoded by hand,
+  with pending fingerprints only where they differ from the owned ones);
+  parsing and hashing again the file nodecreds itself wrote the sync before
+  (the engine now remembers, by the SHA-256 of the content, what it read
+  and wrote: a file anyone else changed, even by one byte, is parsed
+  afresh; BenchmarkApplyFirst measures an engine that remembers nothing,
+  as after a restart); four state saves per sync of two targets (now one
+  for every target's intent before the first is touched and one for the
+  final records after the last — the fault suite's SIGKILL runs hold);
+  a second full sync after every change, set off by the agent's own writes
+  (now told apart by the file it left); and, end to end, the 100 ms
+  debounce before a ..data swap was synced (now at once). What is left for
+  the big Secret: validating the Secret's 10,000 entries (~45 ms), the two
+  targets' merges (a few map operations per entry, ~40 ms each for
+  10–12,000 entries on this machine) and the atomic writes. Files of that
+  size are rare; typical node files hold a handful of entries and take a
+  few ms, almost all of it fsync.
 `)
 	return b.String()
 }
