@@ -40,13 +40,24 @@ func benchSetup(b *testing.B, n int) (*Engine, dockercfg.Set) {
 // BenchmarkApply measures parse + merge + atomic write (and the state file,
 // before and after) of one target, each iteration rotating one entry with
 // the same engine, as a running agent does.
-func BenchmarkApply(b *testing.B) {
+func BenchmarkApply(b *testing.B) { benchRotations(b, false) }
+
+// BenchmarkApplyFirst is BenchmarkApply for an engine that remembers
+// nothing: each iteration is a new engine, as after an agent's restart or
+// for `nodecreds sync --once`, so the file and the state are parsed and
+// every entry hashed again.
+func BenchmarkApplyFirst(b *testing.B) { benchRotations(b, true) }
+
+func benchRotations(b *testing.B, fresh bool) {
 	for _, n := range []int{10, 1000, 10000} {
 		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
 			e, set := benchSetup(b, n)
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				set[0].Entry.Password = fmt.Sprintf("rotated-%d", i)
+				if fresh {
+					e = New(Options{HostRoot: e.root, StateDir: stateDir})
+				}
 				res, err := e.Apply(b.Context(), []string{kubeletFile}, set, true)
 				if err != nil || res[0].Err != nil || !res[0].Changed {
 					b.Fatalf("apply: %v %+v", err, res)
@@ -77,27 +88,6 @@ func BenchmarkApplyNoChange(b *testing.B) {
 			after, _ := os.Stat(p)
 			if !after.ModTime().Equal(before.ModTime()) || ino(after) != ino(before) {
 				b.Fatal("the no-change path rewrote the file")
-			}
-		})
-	}
-}
-
-// BenchmarkApplyFirst is BenchmarkApply for an engine that remembers
-// nothing: each iteration is a new engine, as after an agent's restart or
-// for `nodecreds sync --once`, so the file and the state are parsed and
-// every entry hashed again.
-func BenchmarkApplyFirst(b *testing.B) {
-	for _, n := range []int{10, 1000, 10000} {
-		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
-			e, set := benchSetup(b, n)
-			b.ReportAllocs()
-			for i := 0; b.Loop(); i++ {
-				set[0].Entry.Password = fmt.Sprintf("rotated-%d", i)
-				fresh := New(Options{HostRoot: e.root, StateDir: stateDir})
-				res, err := fresh.Apply(b.Context(), []string{kubeletFile}, set, true)
-				if err != nil || res[0].Err != nil || !res[0].Changed {
-					b.Fatalf("apply: %v %+v", err, res)
-				}
 			}
 		})
 	}

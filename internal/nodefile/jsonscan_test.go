@@ -64,38 +64,31 @@ func referenceParse(data []byte) (top, auths map[string]json.RawMessage, err err
 func referenceEncode(top, auths map[string]json.RawMessage) []byte {
 	top = maps.Clone(top)
 	if _, ok := top["auths"]; ok || len(auths) > 0 {
-		var b bytes.Buffer
-		b.WriteString("{")
-		for i, k := range slices.Sorted(maps.Keys(auths)) {
-			if i > 0 {
-				b.WriteString(",")
-			}
-			q, _ := json.Marshal(k)
-			b.Write(q)
-			b.WriteString(":")
-			b.Write(auths[k])
-		}
-		b.WriteString("}")
-		top["auths"] = b.Bytes()
+		top["auths"] = referenceObject(auths)
 	}
+	var out bytes.Buffer
+	if err := json.Indent(&out, referenceObject(top), "", "\t"); err != nil {
+		panic(err)
+	}
+	out.WriteString("\n")
+	return out.Bytes()
+}
+
+// referenceObject joins raw values into one compact object, keys sorted.
+func referenceObject(m map[string]json.RawMessage) []byte {
 	var b bytes.Buffer
 	b.WriteString("{")
-	for i, k := range slices.Sorted(maps.Keys(top)) {
+	for i, k := range slices.Sorted(maps.Keys(m)) {
 		if i > 0 {
 			b.WriteString(",")
 		}
 		q, _ := json.Marshal(k)
 		b.Write(q)
 		b.WriteString(":")
-		b.Write(top[k])
+		b.Write(m[k])
 	}
 	b.WriteString("}")
-	var out bytes.Buffer
-	if err := json.Indent(&out, b.Bytes(), "", "\t"); err != nil {
-		panic(err)
-	}
-	out.WriteString("\n")
-	return out.Bytes()
+	return b.Bytes()
 }
 
 // FuzzDocument checks the one-pass parse, compact and indent against

@@ -189,7 +189,6 @@ func StatID(path string) (FileID, bool) {
 // errRaced means the target changed under us and must be read again.
 var errRaced = errors.New("target changed while being written")
 
-
 // setAside keeps a copy of a target that does not parse, next to it, as
 // <name>.corrupt-<UTC time>, mode 0600, before it is replaced. It returns
 // the copy's host path.

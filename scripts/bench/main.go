@@ -5,6 +5,9 @@
 // per-agent memory and idle CPU, API server cost, and the file engine. It
 // compares with a hand-rolled periodic copy loop measured in the same run,
 // and writes docs/benchmarks.md.
+//
+// BENCH_ONLY=big-secret runs only the 10,000-entry mounted-Secret case
+// (BENCH_ROTATIONS changes, default 20) and writes nothing.
 package main
 
 import (
