@@ -728,14 +728,25 @@ func cpuTimes(agents []*agent) []time.Duration {
 
 // cpuTime is a process's user+system CPU time (0 when it is gone).
 func cpuTime(pid int) time.Duration {
+	st := procStat(pid)
+	return st.user + st.sys
+}
+
+// pstat is what /proc/PID/stat says of a process's CPU time and page
+// faults (zero when it is gone).
+type pstat struct {
+	user, sys time.Duration
+	faults    int
+}
+
+func procStat(pid int) pstat {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return pstat{}
 	}
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	ut, _ := strconv.Atoi(f[11])
-	st, _ := strconv.Atoi(f[12])
-	return time.Duration(ut+st) * time.Second / clkTck
+	n := func(i int) int { v, _ := strconv.Atoi(f[i]); return v }
+	return pstat{user: time.Duration(n(11)) * time.Second / clkTck, sys: time.Duration(n(12)) * time.Second / clkTck, faults: n(7) + n(9)}
 }
 
 func rssKiB(pid int) int { return procKiB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") }
@@ -1129,13 +1140,17 @@ func sum(m map[string]float64) float64 {
 // a rotation went from the Secret update to the last node's file: it shows
 // which of them the machine's cores were busy with.
 type cpuShare struct {
-	agents, apiserver, etcd, wall time.Duration
+	agents, agentsSys, apiserver, etcd, wall time.Duration
+	agentFaults                              int // page faults (minor and major) of all agents
 }
 
 func rotationCPU(agents []*agent) cpuShare {
 	var c cpuShare
-	for _, t := range cpuTimes(agents) {
-		c.agents += t
+	for _, a := range agents {
+		st := procStat(a.cmd.Process.Pid)
+		c.agents += st.user + st.sys
+		c.agentsSys += st.sys
+		c.agentFaults += st.faults
 	}
 	c.apiserver = cpuTime(pidByName("kube-apiserver"))
 	c.etcd = cpuTime(pidByName("etcd"))
@@ -1143,13 +1158,15 @@ func rotationCPU(agents []*agent) cpuShare {
 }
 
 func (c cpuShare) minus(before cpuShare, wall time.Duration) cpuShare {
-	return cpuShare{agents: c.agents - before.agents, apiserver: c.apiserver - before.apiserver, etcd: c.etcd - before.etcd, wall: wall}
+	return cpuShare{agents: c.agents - before.agents, agentsSys: c.agentsSys - before.agentsSys, agentFaults: c.agentFaults - before.agentFaults,
+		apiserver: c.apiserver - before.apiserver, etcd: c.etcd - before.etcd, wall: wall}
 }
 
 func (c cpuShare) String() string {
 	avail := time.Duration(runtime.NumCPU()) * c.wall
 	pctOf := func(d time.Duration) float64 { return 100 * d.Seconds() / avail.Seconds() }
-	return fmt.Sprintf("agents %s (%.0f%%), kube-apiserver %s (%.0f%%), etcd %s (%.0f%%) of %s (%d cores × %s)",
-		c.agents.Round(10*time.Millisecond), pctOf(c.agents), c.apiserver.Round(10*time.Millisecond), pctOf(c.apiserver),
+	return fmt.Sprintf("agents %s (%.0f%%; %s of it in the kernel; %d page faults), kube-apiserver %s (%.0f%%), etcd %s (%.0f%%) of %s (%d cores × %s)",
+		c.agents.Round(10*time.Millisecond), pctOf(c.agents), c.agentsSys.Round(10*time.Millisecond), c.agentFaults,
+		c.apiserver.Round(10*time.Millisecond), pctOf(c.apiserver),
 		c.etcd.Round(10*time.Millisecond), pctOf(c.etcd), avail.Round(10*time.Millisecond), runtime.NumCPU(), c.wall.Round(time.Millisecond))
 }
