@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
@@ -220,29 +221,37 @@ func TestNodePools(t *testing.T) {
 		createNode(t, admin, name)
 		nodes[name] = &poolAgent{node: name, root: t.TempDir()}
 	}
-	relabel := func(name string, set map[string]string) {
+	// The agents patch their Nodes meanwhile: read-modify-write, retried on
+	// a conflict, as kubectl label and taint are.
+	updateNode := func(name string, change func(*corev1.Node)) {
 		t.Helper()
-		n := getNode(t, admin, name)
-		for k, v := range set {
-			if v == "" {
-				delete(n.Labels, k)
-			} else {
-				n.Labels[k] = v
-			}
-		}
-		if _, err := admin.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			n := getNode(t, admin, name)
+			change(n)
+			_, err := admin.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+			return err
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
+	}
+	relabel := func(name string, set map[string]string) {
+		t.Helper()
+		updateNode(name, func(n *corev1.Node) {
+			for k, v := range set {
+				if v == "" {
+					delete(n.Labels, k)
+				} else {
+					n.Labels[k] = v
+				}
+			}
+		})
 	}
 	for name, lbls := range readme.labels {
 		relabel(name, lbls)
 	}
 	for name, taints := range readme.taints {
-		n := getNode(t, admin, name)
-		n.Spec.Taints = append(n.Spec.Taints, taints...)
-		if _, err := admin.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		updateNode(name, func(n *corev1.Node) { n.Spec.Taints = append(n.Spec.Taints, taints...) })
 	}
 	relabel("node-a", map[string]string{"pool": "a"})
 	relabel("node-b", map[string]string{"pool": "b"})

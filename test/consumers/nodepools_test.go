@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/kubernetes/pkg/credentialprovider"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
@@ -117,13 +118,19 @@ func TestKubeletSeesNodePools(t *testing.T) {
 		}
 	}
 
+	// The agents patch their Nodes meanwhile: read-modify-write, retried on
+	// a conflict, as kubectl label is.
 	relabel := func(name, pool string) {
-		n, err := nodes.Get(ctx, name, metav1.GetOptions{})
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			n, err := nodes.Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			n.Labels["pool"] = pool
+			_, err = nodes.Update(ctx, n, metav1.UpdateOptions{})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		n.Labels["pool"] = pool
-		if _, err := nodes.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
