@@ -269,63 +269,62 @@ func decodeState(data []byte, s *State) error {
 	if data[i] != '{' {
 		return &json.UnmarshalTypeError{Value: "non-object", Field: ""}
 	}
-	var err error
-	keep := func(e error) {
-		if err == nil {
-			err = e
-		}
-	}
+	var err firstErr
 	eachMember(data, i, func(key, value []byte) {
 		switch unquote(key) {
 		case "version":
-			keep(json.Unmarshal(value, &s.Version))
+			err.keep(json.Unmarshal(value, &s.Version))
 		case "targets":
 			if value[0] == 'n' {
 				return
 			}
 			if value[0] != '{' {
-				keep(&json.UnmarshalTypeError{Value: "non-object", Field: "targets"})
+				err.keep(&json.UnmarshalTypeError{Value: "non-object", Field: "targets"})
 				return
 			}
 			eachMember(value, 0, func(key, value []byte) {
 				t := &TargetState{}
 				if value[0] != 'n' {
-					keep(decodeTarget(value, t))
+					err.keep(decodeTarget(value, t))
 				}
 				s.Targets[unquote(key)] = t
 			})
 		}
 	})
-	return err
+	return err.err
 }
 
 func decodeTarget(data []byte, t *TargetState) error {
 	if data[0] != '{' {
 		return &json.UnmarshalTypeError{Value: "non-object", Field: "targets"}
 	}
-	var err error
-	keep := func(e error) {
-		if err == nil {
-			err = e
-		}
-	}
+	var err firstErr
 	eachMember(data, 0, func(key, value []byte) {
 		switch k := unquote(key); k {
 		case "created":
-			keep(json.Unmarshal(value, &t.Created))
+			err.keep(json.Unmarshal(value, &t.Created))
 		case "owned", "pending":
 			f := &t.Owned
 			if k == "pending" {
 				f = &t.Pending
 			}
 			if e := f.UnmarshalJSON(value); e != nil {
-				keep(&json.UnmarshalTypeError{Value: "non-string", Field: k})
+				err.keep(&json.UnmarshalTypeError{Value: "non-string", Field: k})
 			}
 		case "displaced":
-			keep(json.Unmarshal(value, &t.Displaced))
+			err.keep(json.Unmarshal(value, &t.Displaced))
 		}
 	})
-	return err
+	return err.err
+}
+
+// firstErr keeps the first error it is given.
+type firstErr struct{ err error }
+
+func (f *firstErr) keep(e error) {
+	if f.err == nil {
+		f.err = e
+	}
 }
 
 // ErrState means nodecreds' state file cannot be used; nothing is written
