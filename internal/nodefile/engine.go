@@ -317,8 +317,9 @@ type targetSync struct {
 	p         targetPlan
 }
 
-// start reads the target and plans the first attempt; its intent (or,
-// when nothing is to be written, its final record) is set in memory.
+// start reads the target and plans the first attempt; when it is to be
+// written, its intent is set in memory, to be saved with every other
+// target's before the first is touched.
 func (s *targetSync) start() error {
 	s.res = Result{Target: s.rec.target, Path: s.t.path}
 	s.old = s.rec.current()
@@ -332,8 +333,6 @@ func (s *targetSync) start() error {
 	}
 	if s.p.step == stepWrite || s.p.step == stepDrop {
 		s.rec.set(s.p.intent)
-	} else {
-		s.rec.set(s.p.merged.state)
 	}
 	return nil
 }
