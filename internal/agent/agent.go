@@ -553,8 +553,11 @@ func (t *targetWatch) relevant(ev fsnotify.Event) bool {
 		// Unless the file is exactly as our last write left it: then the
 		// event is that write's.
 		l, ours := t.left[ev.Name]
+		if !ours {
+			return true
+		}
 		id, exists := nodefile.StatID(ev.Name)
-		return !ours || exists == l.absent || exists && id != l.id
+		return exists == l.absent || exists && id != l.id
 	}
 	// The folder itself removed or renamed.
 	return t.dirs[ev.Name]
