@@ -205,8 +205,25 @@ func (n *NodeReporter) wait(ctx context.Context) bool {
 // shown reports whether the Node already shows st (pushing it would
 // change nothing).
 func (n *NodeReporter) shown(st SyncStatus) bool {
-	return st.Revision == n.reportedRev && n.knownCond.Status == corev1.ConditionTrue &&
-		n.knownCond.Reason == st.Reason && n.knownCond.Message == truncate(st.Message)
+	return !n.annotationStale(st) && !n.conditionStale(st)
+}
+
+// annotationStale reports whether st is a revision applied that the Node's
+// annotations do not name yet.
+func (n *NodeReporter) annotationStale(st SyncStatus) bool {
+	return st.OK && st.Revision != n.reportedRev
+}
+
+// conditionStale reports whether the Node's condition differs from st.
+func (n *NodeReporter) conditionStale(st SyncStatus) bool {
+	return n.knownCond.Status != conditionStatus(st) || n.knownCond.Reason != st.Reason || n.knownCond.Message != truncate(st.Message)
+}
+
+func conditionStatus(st SyncStatus) corev1.ConditionStatus {
+	if st.OK {
+		return corev1.ConditionTrue
+	}
+	return corev1.ConditionFalse
 }
 
 func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
@@ -229,7 +246,7 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 	ref := &corev1.ObjectReference{Kind: "Node", Name: n.name, UID: types.UID(n.name)}
 	msg := truncate(st.Message)
 
-	if st.OK && st.Revision != n.reportedRev {
+	if n.annotationStale(st) {
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
 			AnnotationRevision: st.Revision,
 			AnnotationSources:  st.Sources,
@@ -242,11 +259,8 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 		n.recorder.Eventf(ref, corev1.EventTypeNormal, "CredentialsApplied", "applied credentials revision %s: %s", st.Revision, msg)
 	}
 
-	status := corev1.ConditionTrue
-	if !st.OK {
-		status = corev1.ConditionFalse
-	}
-	if n.knownCond.Status != status || n.knownCond.Reason != st.Reason || n.knownCond.Message != msg {
+	if n.conditionStale(st) {
+		status := conditionStatus(st)
 		now := metav1.NewTime(n.now())
 		cond := corev1.NodeCondition{Type: ConditionType, Status: status, Reason: st.Reason, Message: msg,
 			LastHeartbeatTime: now, LastTransitionTime: n.knownCond.LastTransitionTime}
