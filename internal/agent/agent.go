@@ -37,9 +37,9 @@ type completer interface {
 	Completed() <-chan struct{}
 }
 
-// Files applies a desired set to the node's files.
+// Files brings the node's files in line with the sources.
 type Files interface {
-	Apply(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error)
+	Sync(ctx context.Context, targets []string, d nodefile.Desired) ([]nodefile.Result, error)
 	Resolve(nodePath string) (string, error)
 }
 
@@ -72,6 +72,9 @@ type Outcome struct {
 	Revision string
 	Sources  []source.Snapshot
 	Results  []nodefile.Result
+	// Held names the sources whose entries on the node were held back
+	// because their content is unknown (invalid and never seen valid).
+	Held []string
 	// FilesErr is why no target could be synced at all (the state file or
 	// its lock unusable).
 	FilesErr error
@@ -135,8 +138,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	}
 	o := Outcome{Cause: cause, Sources: a.src.Snapshots()}
 	var errs []error
-	named := make([]dockercfg.NamedSet, 0, len(o.Sources))
-	complete := true
+	d := nodefile.Desired{Sources: make([]dockercfg.NamedSet, 0, len(o.Sources)), Prune: a.opts.Prune}
 	var clashes []dockercfg.Clash
 	for _, s := range o.Sources {
 		if s.Err != nil {
@@ -147,25 +149,34 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 				// A deleted source counts as empty only with prune.
 				delete(a.lastGood, s.Name)
 				continue
+			case errors.Is(s.Err, source.ErrNodeUnknown):
+				// A Secret for some nodes, and this agent cannot tell
+				// whether its Node is one of them (its Node is gone, or
+				// it has no node name): it applies nowhere, whatever
+				// applied before.
+				delete(a.lastGood, s.Name)
+				continue
 			case ok:
 				s = good // keep the last good state in force
 			default:
-				complete = false // unknown: apply the rest but prune nothing
+				// Unknown: apply the rest; of what is on the node, hold
+				// back only what this source may have written.
+				d.Hold = append(d.Hold, s.Name)
 				continue
 			}
 		} else {
 			a.lastGood[s.Name] = s
 		}
 		clashes = append(clashes, s.Clashes...)
-		named = append(named, dockercfg.NamedSet{Name: s.Name, Set: s.Set})
+		d.Sources = append(d.Sources, dockercfg.NamedSet{Name: s.Name, Set: s.Set})
 	}
 	a.forgetGone(o.Sources)
-	desired, more := dockercfg.Union(named...)
+	desired, more := dockercfg.View(dockercfg.Kubelet, d.Sources...)
 	clashes = append(clashes, more...)
 	o.Revision = source.Revision(o.Sources)
+	o.Held = d.Hold
 
-	prune := a.opts.Prune && complete
-	results, err := a.files.Apply(ctx, a.opts.Targets, desired, prune)
+	results, err := a.files.Sync(ctx, a.opts.Targets, d)
 	if err != nil {
 		o.FilesErr = err
 		errs = append(errs, err)
@@ -256,6 +267,9 @@ func (o Outcome) Status() report.SyncStatus {
 		}
 		files++
 		entries = max(entries, r.Entries)
+	}
+	if len(o.Held) > 0 {
+		problems = append(problems, fmt.Sprintf("entries written before from %s stay on the node until it can be read again (entries of every other source that no longer apply were removed)", strings.Join(o.Held, ", ")))
 	}
 	if len(problems) > 0 {
 		if st.Reason == "Synced" {

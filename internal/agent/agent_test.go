@@ -33,18 +33,21 @@ func (f *fakeSource) Ready() <-chan struct{} {
 	return c
 }
 
-// fakeFiles records what would be applied and can inject an error.
+// fakeFiles records what would be applied (as the kubelet's file would get
+// it) and can inject an error.
 type fakeFiles struct {
 	desired     dockercfg.Set
 	prune       bool
+	hold        []string
 	injectError error
 }
 
-func (f *fakeFiles) Apply(_ context.Context, targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error) {
-	f.desired, f.prune = desired, prune
+func (f *fakeFiles) Sync(_ context.Context, targets []string, d nodefile.Desired) ([]nodefile.Result, error) {
+	f.desired, _ = dockercfg.View(dockercfg.Kubelet, d.Sources...)
+	f.prune, f.hold = d.Prune, d.Hold
 	out := make([]nodefile.Result, len(targets))
 	for i, t := range targets {
-		out[i] = nodefile.Result{Target: t, Entries: len(desired), Err: f.injectError}
+		out[i] = nodefile.Result{Target: t, Entries: len(f.desired), Err: f.injectError}
 	}
 	return out, nil
 }
@@ -72,6 +75,7 @@ func TestSync(t *testing.T) {
 		wantKeys   []string
 		wantUser   map[string]string
 		wantPrune  bool
+		wantHold   []string
 		wantOK     bool
 		wantReason string
 	}{
@@ -93,11 +97,24 @@ func TestSync(t *testing.T) {
 			wantPrune: true, wantOK: false, wantReason: "SourceInvalid",
 		},
 		{
-			name:      "an invalid source never good: apply the rest, prune nothing",
+			// Only what the unknown source may have written is held on the
+			// node; every other source's entries that left still go.
+			name:      "an invalid source never good: apply the rest, hold back only its entries",
 			prune:     true,
 			now:       []source.Snapshot{bad("a", invalid), snap("b", "q.test", "b")},
 			wantKeys:  []string{"q.test"},
-			wantPrune: false, wantOK: false, wantReason: "SourceInvalid",
+			wantHold:  []string{"a"},
+			wantPrune: true, wantOK: false, wantReason: "SourceInvalid",
+		},
+		{
+			// The Node is gone (or the agent has no node name): a Secret
+			// for some nodes applies nowhere, even one applied before.
+			name:      "a node-selected source whose Node is unknown applies nowhere",
+			prune:     true,
+			before:    []source.Snapshot{snap("a", "r.test", "good"), snap("b", "q.test", "b")},
+			now:       []source.Snapshot{bad("a", source.ErrNodeUnknown), snap("b", "q.test", "b")},
+			wantKeys:  []string{"q.test"},
+			wantPrune: true, wantOK: false, wantReason: "SourceNodeUnknown",
 		},
 		{
 			name:      "a deleted source counts as empty with prune",
@@ -136,8 +153,11 @@ func TestSync(t *testing.T) {
 					t.Errorf("%s from user %q, want %q", it.Key, it.Entry.Username, want)
 				}
 			}
-			if files.prune != tt.wantPrune {
-				t.Errorf("prune = %v, want %v", files.prune, tt.wantPrune)
+			if files.prune != tt.wantPrune || !slices.Equal(files.hold, tt.wantHold) {
+				t.Errorf("prune = %v hold %v, want %v %v", files.prune, files.hold, tt.wantPrune, tt.wantHold)
+			}
+			if len(tt.wantHold) > 0 && !strings.Contains(rep.got[len(rep.got)-1].Message, "stay on the node until it can be read") {
+				t.Errorf("the condition does not say that entries are held back: %q", rep.got[len(rep.got)-1].Message)
 			}
 			if (o.Err == nil) != tt.wantOK {
 				t.Errorf("outcome error %v, want ok=%v", o.Err, tt.wantOK)
@@ -242,9 +262,9 @@ type notifyingFiles struct {
 	applied chan struct{}
 }
 
-func (f *notifyingFiles) Apply(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]nodefile.Result, error) {
+func (f *notifyingFiles) Sync(ctx context.Context, targets []string, d nodefile.Desired) ([]nodefile.Result, error) {
 	f.applied <- struct{}{}
-	return f.fakeFiles.Apply(ctx, targets, desired, prune)
+	return f.fakeFiles.Sync(ctx, targets, d)
 }
 
 // TestCompleteChangesSyncAtOnce: a whole new version (a watch event, the

@@ -34,12 +34,18 @@ type ProbeResult struct {
 
 // Result is the answer for one image or registry.
 type Result struct {
-	Ref      string       `json:"ref"`
-	Found    bool         `json:"found"`
-	Entry    string       `json:"entry,omitempty"`
-	Username string       `json:"username,omitempty"`
-	Probe    *ProbeResult `json:"probe,omitempty"`
-	Error    string       `json:"error,omitempty"`
+	Ref   string `json:"ref"`
+	Found bool   `json:"found"`
+	// Entry is the auths key the kubelet tries first, Username its user.
+	Entry    string `json:"entry,omitempty"`
+	Username string `json:"username,omitempty"`
+	// Entries are all the auths keys the kubelet tries, in its order: more
+	// specific keys first; two keys it files under one index key (such as
+	// https://r.test/ and r.test) in an order it does not define, here in
+	// key order.
+	Entries []string     `json:"entries,omitempty"`
+	Probe   *ProbeResult `json:"probe,omitempty"`
+	Error   string       `json:"error,omitempty"`
 }
 
 // Report is the whole answer; it is what `check -o json` prints.
@@ -108,6 +114,10 @@ func Run(ctx context.Context, o Options) Report {
 		} else {
 			res.Found = true
 			res.Entry, res.Username = creds[0].Key, creds[0].Username
+			for _, c := range creds {
+				res.Entries = append(res.Entries, c.Key)
+			}
+			rep.Warnings = append(rep.Warnings, unordered(r.ref, creds)...)
 			if o.Prober != nil {
 				// The registry host as written (with port, if any), and for
 				// an image the repository in it; never a default registry.
@@ -123,6 +133,28 @@ func Run(ctx context.Context, o Options) Report {
 		rep.Results = append(rep.Results, res)
 	}
 	return rep
+}
+
+// unordered names the index keys under which the kubelet files two or more
+// entries: it tries them in no defined order, and a credential provider,
+// whose answer holds one credential per key, hands it only the first.
+func unordered(ref string, creds []kubeletcred.Match) []string {
+	var out []string
+	for i := 0; i < len(creds); {
+		j := i + 1
+		for j < len(creds) && creds[j].Pattern == creds[i].Pattern {
+			j++
+		}
+		if j-i > 1 {
+			keys := make([]string, 0, j-i)
+			for _, c := range creds[i:j] {
+				keys = append(keys, fmt.Sprintf("%q", c.Key))
+			}
+			out = append(out, fmt.Sprintf("%s: the kubelet files %s under one key (%s) and tries them in no defined order; the credential-provider plugin answers with %q only", ref, strings.Join(keys, " and "), creds[i].Pattern, creds[i].Key))
+		}
+		i = j
+	}
+	return out
 }
 
 func anyConfigJSONParsed(states []kubeletcred.File) bool {
@@ -196,7 +228,11 @@ func (r Report) WriteTable(w io.Writer) error {
 		if !res.Found {
 			found = "no"
 		}
-		line := []string{res.Ref, found, orDash(res.Entry), orDash(res.Username)}
+		entry := res.Entry
+		if len(res.Entries) > 1 {
+			entry = strings.Join(res.Entries, ",")
+		}
+		line := []string{res.Ref, found, orDash(entry), orDash(res.Username)}
 		if probe {
 			switch {
 			case res.Probe == nil:

@@ -150,9 +150,30 @@ func TestRunRefusesSpecialAndHugeFiles(t *testing.T) {
 			if w := strings.Join(rep.Warnings, "\n"); !strings.Contains(w, tt.warn) || !strings.Contains(w, "/var/lib/kubelet/config.json") {
 				t.Errorf("warnings %q do not name the file and say %q", w, tt.warn)
 			}
-			if _, err := kubeletcred.LookupFile(root, "/var/lib/kubelet/config.json", "reg.test/app"); err == nil || !strings.Contains(err.Error(), tt.warn) {
-				t.Errorf("LookupFile: want an error saying %q, got %v", tt.warn, err)
+			if _, err := kubeletcred.ProviderAnswer(root, "/var/lib/kubelet/config.json", "reg.test/app"); err == nil || !strings.Contains(err.Error(), tt.warn) {
+				t.Errorf("ProviderAnswer: want an error saying %q, got %v", tt.warn, err)
 			}
 		})
+	}
+}
+
+// TestRunNamesEveryCredential: check lists every key the kubelet tries, and
+// says where it files two under one index key (no defined order; the
+// plugin answers with the first).
+func TestRunNamesEveryCredential(t *testing.T) {
+	root := t.TempDir()
+	put(t, root, "var/lib/kubelet/config.json", `{"auths":{"r.test":{"auth":"`+testsupport.B64("b:1")+`"},"https://r.test/":{"auth":"`+testsupport.B64("a:2")+`"},"r.test/team":{"auth":"`+testsupport.B64("t:3")+`"}}}`)
+	rep := Run(t.Context(), Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: []string{"r.test/team/app:v1"}})
+	r := rep.Results[0]
+	if !rep.OK || r.Entry != "r.test/team" || strings.Join(r.Entries, " ") != "r.test/team https://r.test/ r.test" {
+		t.Errorf("result %+v", r)
+	}
+	if w := strings.Join(rep.Warnings, "\n"); !strings.Contains(w, `"https://r.test/" and "r.test" under one key (r.test)`) || !strings.Contains(w, `plugin answers with "https://r.test/" only`) {
+		t.Errorf("warnings %q do not say that two keys share one index key", rep.Warnings)
+	}
+	var out bytes.Buffer
+	_ = rep.WriteTable(&out)
+	if !strings.Contains(out.String(), "r.test/team,https://r.test/,r.test") {
+		t.Errorf("table does not list every entry:\n%s", out.String())
 	}
 }

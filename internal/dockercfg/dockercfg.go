@@ -102,14 +102,16 @@ func (e Entry) MarshalJSON() ([]byte, error) {
 }
 
 // Item is one registry key with its entry. Key is kept as the source spelled
-// it, because that is what gets written.
+// it, because that is what the kubelet's file gets. Source names the source
+// it came from (set by View).
 type Item struct {
-	Key   string
-	Entry Entry
+	Key    string
+	Entry  Entry
+	Source string
 }
 
-// Set is an ordered list of entries with unique normalised keys; earlier
-// items take precedence.
+// Set is an ordered list of entries with unique keys; earlier items take
+// precedence.
 type Set []Item
 
 // Keys returns the keys in order.
@@ -154,11 +156,12 @@ func invalid(key, format string, args ...any) *ValidationError {
 	return &ValidationError{Problems: []Problem{{Key: key, Reason: fmt.Sprintf(format, args...)}}}
 }
 
-// Parse validates a whole document and returns its entries sorted by key.
-// Either every entry is good and the Set is returned, or a *ValidationError
-// names each bad one. Two keys of one document that name the same registry
-// are not an error (the kubelet would try both); the first in key order is
-// kept and the rest are returned as clashes.
+// Parse validates a whole document and returns its entries sorted by key,
+// each key as spelled. Either every entry is good and the Set is returned,
+// or a *ValidationError names each bad one. Two keys of one document that
+// name the same registry are not an error (the kubelet tries both); they
+// are returned as clashes, with the one the docker CLI's file gets as the
+// winner.
 func Parse(data []byte, format Format) (Set, []Clash, error) {
 	if len(data) > MaxSize {
 		return nil, nil, invalid("", "document is %d bytes, larger than the 1 MiB a Secret may hold", len(data))
@@ -221,11 +224,7 @@ func Parse(data []byte, format Format) (Set, []Clash, error) {
 	if len(problems) > 0 {
 		return nil, nil, &ValidationError{Problems: problems}
 	}
-	set, clashes := Union(NamedSet{Set: set})
-	for i := range set {
-		set[i].Key = WriteKey(set[i].Key)
-	}
-	return set, clashes, nil
+	return set, inSourceClashes(set), nil
 }
 
 // looksLegacy reports whether every value of obj is an object carrying a

@@ -205,7 +205,7 @@ func TestNormalize(t *testing.T) {
 		{"https://index.docker.io/v1/", "docker.io"},
 		{"index.docker.io", "docker.io"},
 		{"docker.io", "docker.io"},
-		{"registry-1.docker.io", "docker.io"},
+		{"registry-1.docker.io", "registry-1.docker.io"}, // not Docker Hub to the kubelet or the docker CLI
 		{"*.example.com", "*.example.com"},
 	}
 	for _, tt := range tests {
@@ -231,29 +231,60 @@ func TestValidateKey(t *testing.T) {
 	}
 }
 
-func TestUnion(t *testing.T) {
-	a := NamedSet{Name: "first", Set: Set{{Key: "docker.io", Entry: Entry{Username: "a"}}, {Key: "r.io", Entry: Entry{Username: "a"}}}}
-	b := NamedSet{Name: "second", Set: Set{{Key: "https://index.docker.io/v1/", Entry: Entry{Username: "b"}}, {Key: "q.io", Entry: Entry{Username: "b"}}}}
-	set, clashes := Union(a, b)
-	if got := fmt.Sprint(set.Keys()); got != "[docker.io r.io q.io]" {
-		t.Errorf("keys = %s", got)
+func TestView(t *testing.T) {
+	e := func(u string) Entry { return Entry{Username: u} }
+	a := NamedSet{Name: "first", Set: Set{{Key: "docker.io", Entry: e("a")}, {Key: "https://r.io/", Entry: e("a2")}, {Key: "r.io", Entry: e("a")}}}
+	b := NamedSet{Name: "second", Set: Set{{Key: "https://index.docker.io/v1/", Entry: e("b")}, {Key: "q.io", Entry: e("b")}, {Key: "r.io/v2/", Entry: e("b")}}}
+	tests := []struct {
+		reader Reader
+		want   string // key=user@source ...
+	}{
+		// Every spelling of the first source, as spelled: the kubelet
+		// tries each, as with the Secret as an imagePullSecret.
+		{Kubelet, "docker.io=a@first https://r.io/=a2@first r.io=a@first q.io=b@second"},
+		// One key per registry, the one the docker CLI looks up first;
+		// Docker Hub under its key.
+		{DockerCLI, DockerHubKey + "=a@first r.io=a@first q.io=b@second"},
 	}
-	if set[0].Entry.Username != "a" {
-		t.Errorf("docker.io came from %q, want the first source", set[0].Entry.Username)
-	}
-	if len(clashes) != 1 || clashes[0].Winner != "first" || clashes[0].Loser != "second" || clashes[0].Registry != "docker.io" {
-		t.Errorf("clashes = %v", clashes)
+	for _, tt := range tests {
+		set, clashes := View(tt.reader, a, b)
+		var got []string
+		for _, it := range set {
+			got = append(got, it.Key+"="+it.Entry.Username+"@"+it.Source)
+		}
+		if strings.Join(got, " ") != tt.want {
+			t.Errorf("%v: %s, want %s", tt.reader, strings.Join(got, " "), tt.want)
+		}
+		if len(clashes) != 2 || clashes[0].Winner != "first" || clashes[0].Loser != "second" || clashes[0].Registry != "docker.io" || clashes[1].Registry != "r.io" {
+			t.Errorf("%v: clashes = %v", tt.reader, clashes)
+		}
 	}
 }
 
+func TestReaderOf(t *testing.T) {
+	for path, want := range map[string]Reader{
+		"/var/lib/kubelet/config.json": Kubelet,
+		"/root/.docker/config.json":    DockerCLI,
+		"/home/ci/.docker/config.json": DockerCLI,
+		"/etc/kubelet/config.json":     Kubelet,
+		"/root/.docker/other.json":     Kubelet,
+	} {
+		if got := ReaderOf(path); got != want {
+			t.Errorf("ReaderOf(%s) = %v, want %v", path, got, want)
+		}
+	}
+}
+
+// Two keys of one document for one registry are both kept (the kubelet
+// tries both); the clash names the one the docker CLI's file gets.
 func TestParseDuplicateRegistryInOneDocument(t *testing.T) {
 	doc := `{"auths":{"docker.io":{"auth":"` + testsupport.B64("a:1") + `"},"https://index.docker.io/v1/":{"auth":"` + testsupport.B64("b:2") + `"}}}`
 	set, clashes, err := Parse([]byte(doc), ConfigJSON)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(set) != 1 || set[0].Entry.Username != "a" || set[0].Key != DockerHubKey || len(clashes) != 1 || clashes[0].WinnerKey != "docker.io" {
-		t.Errorf("set %v clashes %v; want docker.io's entry kept, written as %s, and one clash", set.Keys(), clashes, DockerHubKey)
+	if fmt.Sprint(set.Keys()) != "[docker.io https://index.docker.io/v1/]" || len(clashes) != 1 || clashes[0].WinnerKey != DockerHubKey || clashes[0].LoserKey != "docker.io" {
+		t.Errorf("set %v clashes %v; want both keys kept and %s named as the docker CLI's", set.Keys(), clashes, DockerHubKey)
 	}
 }
 
@@ -280,10 +311,10 @@ func FuzzParse(f *testing.F) {
 			if err := ValidateKey(it.Key); err != nil {
 				t.Fatalf("accepted key %q: %v", it.Key, err)
 			}
-			if seen[Normalize(it.Key)] {
-				t.Fatalf("duplicate registry %q", it.Key)
+			if seen[it.Key] {
+				t.Fatalf("duplicate key %q", it.Key)
 			}
-			seen[Normalize(it.Key)] = true
+			seen[it.Key] = true
 			u, p, reason := DecodeAuth(it.Entry.Auth())
 			if reason != "" || u != it.Entry.Username || p != it.Entry.Password || u == "" {
 				t.Fatalf("round trip of %q failed: %s", it.Key, reason)
@@ -320,7 +351,8 @@ func TestAllWildcardKeyRefused(t *testing.T) {
 }
 
 // Keys that differ only in case are two registries to the kubelet, so both
-// are kept; Docker Hub is written under the docker CLI's key.
+// are kept; every key keeps its spelling (the docker CLI's file gets Docker
+// Hub under its own key: TestView).
 func TestCaseAndDockerHubKeys(t *testing.T) {
 	doc := `{"auths":{"R.TEST/":{"auth":"` + testsupport.B64("upper:1") + `"},"r.test":{"auth":"` + testsupport.B64("lower:2") + `"},"docker.io":{"auth":"` + testsupport.B64("hub:3") + `"}}}`
 	set, clashes, err := Parse([]byte(doc), ConfigJSON)
@@ -331,7 +363,7 @@ func TestCaseAndDockerHubKeys(t *testing.T) {
 	for _, it := range set {
 		got[it.Key] = it.Entry.Username
 	}
-	want := map[string]string{"R.TEST/": "upper", "r.test": "lower", DockerHubKey: "hub"}
+	want := map[string]string{"R.TEST/": "upper", "r.test": "lower", "docker.io": "hub"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("entries %v, want %v", got, want)
 	}

@@ -9,12 +9,14 @@ import (
 	"unicode"
 )
 
-// isDockerHub reports the hosts the kubelet and the docker CLI both treat
-// as Docker Hub. (A switch: Normalize runs for every key of files with
-// thousands.)
+// isDockerHub reports the hosts the docker CLI reads Docker Hub's
+// credentials for (docker.io and its legacy name index.docker.io), and that
+// the kubelet falls back to for Docker Hub images. registry-1.docker.io is
+// not one of them: to both it is a registry of its own. (A switch:
+// Normalize runs for every key of files with thousands.)
 func isDockerHub(host string) bool {
 	switch host {
-	case "docker.io", "index.docker.io", "registry-1.docker.io":
+	case "docker.io", "index.docker.io":
 		return true
 	}
 	return false
@@ -125,24 +127,19 @@ func SafeKey(key string) string {
 }
 
 // DockerHubKey is the key the docker CLI reads Docker Hub's credentials
-// from (and the kubelet reads them from too).
+// from. The kubelet reads it too, but as its fallback for every image whose
+// first path part has no dot or colon, localhost/... included; so it is
+// written only to files the docker CLI reads.
 const DockerHubKey = "https://index.docker.io/v1/"
-
-// WriteKey is the key an entry is written under: the source's spelling,
-// except that Docker Hub (docker.io, index.docker.io, ...) is written as
-// DockerHubKey, the only key the docker CLI looks Docker Hub up by.
-func WriteKey(key string) string {
-	if Normalize(key) == "docker.io" {
-		return DockerHubKey
-	}
-	return key
-}
 
 // Normalize returns the form under which two keys name the same registry:
 // no scheme, Docker Hub aliases folded to docker.io, a leading /v1/ or /v2/
 // dropped (as the kubelet does) and no trailing slash. Host names keep their
 // case: the kubelet matches them case-sensitively, so R.TEST and r.test are
-// two registries to it.
+// two registries to it. Keys that normalise alike are one registry for
+// precedence between sources and for displacing a node file's foreign
+// entries; a file the kubelet reads still gets every spelling one source
+// has (see View).
 func Normalize(key string) string {
 	rest := key
 	if i := strings.Index(rest, "://"); i >= 0 {
@@ -161,46 +158,4 @@ func Normalize(key string) string {
 	}
 	path = strings.TrimRight(path, "/")
 	return host + path
-}
-
-// NamedSet is a source's entries with the source's name, for Union's
-// precedence and clash reports.
-type NamedSet struct {
-	Name string
-	Set  Set
-}
-
-// Clash is a registry that more than one key provides; the first wins.
-type Clash struct {
-	Registry  string // normalised
-	WinnerKey string
-	Winner    string // source name
-	LoserKey  string
-	Loser     string // source name
-}
-
-func (c Clash) String() string {
-	return fmt.Sprintf("registry %q from %s (key %q) hides the one from %s (key %q)",
-		c.Registry, c.Winner, c.WinnerKey, c.Loser, c.LoserKey)
-}
-
-// Union merges sets in precedence order: for each registry (compared after
-// Normalize) the first entry wins and every later one is a Clash.
-func Union(sets ...NamedSet) (Set, []Clash) {
-	type winner struct{ key, source string }
-	seen := map[string]winner{}
-	var out Set
-	var clashes []Clash
-	for _, ns := range sets {
-		for _, it := range ns.Set {
-			n := Normalize(it.Key)
-			if w, ok := seen[n]; ok {
-				clashes = append(clashes, Clash{Registry: n, WinnerKey: w.key, Winner: w.source, LoserKey: it.Key, Loser: ns.Name})
-				continue
-			}
-			seen[n] = winner{key: it.Key, source: ns.Name}
-			out = append(out, it)
-		}
-	}
-	return out, clashes
 }

@@ -1,7 +1,8 @@
 // Package kubeletcred emulates how the kubelet finds registry credentials
-// on its node (k8s.io/kubernetes/pkg/credentialprovider): the same files in
-// the same order, the same parsing and the same key matching. `nodecreds
-// check` and the credential-provider plugin both answer through it.
+// on its node (k8s.io/kubernetes/pkg/credentialprovider, as of v1.37): the
+// same files in the same order, the same parsing and the same key matching.
+// `nodecreds check` and the credential-provider plugin both answer through
+// it; test/consumers checks it against the kubelet's own code.
 package kubeletcred
 
 import (
@@ -187,11 +188,16 @@ func decodeKubeletAuth(field string) (string, string, error) {
 	return u, p, nil
 }
 
-// Keyring mirrors credentialprovider.BasicDockerKeyring.
+// Keyring mirrors credentialprovider.BasicDockerKeyring (Add and Lookup).
 type Keyring struct {
-	index []string          // schemeless keys, reverse-sorted: more specific first
-	creds map[string][]Cred // by schemeless key
+	index []string          // the kubelet's index keys, reverse-sorted: more specific first
+	creds map[string][]Cred // by index key, each list in key order
 }
+
+// defaultRegistryHost is the index key whose credentials the kubelet falls
+// back to for images of the default registry (docker.io/..., and any whose
+// first part has no dot or colon, localhost/... included).
+const defaultRegistryHost = "index.docker.io"
 
 func NewKeyring(creds map[string]Cred) *Keyring {
 	k := &Keyring{creds: map[string][]Cred{}}
@@ -199,23 +205,13 @@ func NewKeyring(creds map[string]Cred) *Keyring {
 	for key := range creds {
 		keys = append(keys, key)
 	}
-	sort.Strings(keys) // the kubelet's map order is random; ours is stable
+	// Two keys of one index key (https://r.test/ and r.test) are tried in
+	// the kubelet's map order, which is random; here in key order.
+	sort.Strings(keys)
 	for _, key := range keys {
-		repo := key
-		if !strings.HasPrefix(repo, "https://") && !strings.HasPrefix(repo, "http://") {
-			repo = "https://" + repo
-		}
-		parsed, err := url.Parse(repo)
-		if err != nil {
+		idx, ok := IndexKey(key)
+		if !ok {
 			continue // the kubelet logs and ignores such an entry
-		}
-		path := parsed.Path
-		if strings.HasPrefix(path, "/v2/") || strings.HasPrefix(path, "/v1/") {
-			path = path[3:]
-		}
-		idx := parsed.Host
-		if path != "" && path != "/" {
-			idx = parsed.Host + path
 		}
 		if _, seen := k.creds[idx]; !seen {
 			k.index = append(k.index, idx)
@@ -226,8 +222,31 @@ func NewKeyring(creds map[string]Cred) *Keyring {
 	return k
 }
 
-// lookup returns the credentials the kubelet would try for repo, in order,
-// each with the index key (pattern) it matched under.
+// IndexKey is the kubelet's index key for an auths key: host[:port] and
+// path, scheme dropped, a leading /v1/ or /v2/ dropped; false when the
+// kubelet cannot parse the key (and ignores its entry).
+func IndexKey(key string) (string, bool) {
+	repo := key
+	if !strings.HasPrefix(repo, "https://") && !strings.HasPrefix(repo, "http://") {
+		repo = "https://" + repo
+	}
+	parsed, err := url.Parse(repo)
+	if err != nil {
+		return "", false
+	}
+	path := parsed.Path
+	if strings.HasPrefix(path, "/v2/") || strings.HasPrefix(path, "/v1/") {
+		path = path[3:]
+	}
+	if path != "" && path != "/" {
+		return parsed.Host + path, true
+	}
+	return parsed.Host, true
+}
+
+// Lookup returns every credential the kubelet would try for repo, in its
+// order (most specific index key first), each with the index key (Pattern)
+// it is filed under.
 func (k *Keyring) Lookup(repo string) []Match {
 	var out []Match
 	for _, idx := range k.index {
@@ -241,11 +260,39 @@ func (k *Keyring) Lookup(repo string) []Match {
 		return out
 	}
 	if isDefaultRegistryMatch(repo) {
-		for _, c := range k.creds["index.docker.io"] {
-			out = append(out, Match{Cred: c, Pattern: "docker.io"})
+		for _, c := range k.creds[defaultRegistryHost] {
+			out = append(out, Match{Cred: c, Pattern: defaultRegistryHost})
 		}
 	}
 	return out
+}
+
+// ForRegistry returns what a credential provider answering for repo hands
+// the kubelet: one credential per index key (the first in key order; the
+// answer is a map, so two spellings of one index key cannot both go) for
+// every index key whose host matches repo's registry, whatever its path,
+// and the default registry's when the kubelet would fall back to it. The
+// kubelet keeps the answer for every image of that registry (cache key
+// "Registry") and matches paths and the fallback itself, exactly as it
+// would in the file.
+func (k *Keyring) ForRegistry(repo string) []Match {
+	host, _, _ := strings.Cut(repo, "/")
+	var out []Match
+	for _, idx := range k.index {
+		if ok, _ := urlsMatchStr(hostOf(idx), host); ok {
+			out = append(out, Match{Cred: k.creds[idx][0], Pattern: idx})
+		}
+	}
+	if c := k.creds[defaultRegistryHost]; len(c) > 0 && isDefaultRegistryMatch(repo) && !slices.ContainsFunc(out, func(m Match) bool { return m.Pattern == defaultRegistryHost }) {
+		out = append(out, Match{Cred: c[0], Pattern: defaultRegistryHost})
+	}
+	return out
+}
+
+// hostOf is an index key's host[:port].
+func hostOf(idx string) string {
+	host, _, _ := strings.Cut(idx, "/")
+	return host
 }
 
 func isDefaultRegistryMatch(image string) bool {
@@ -320,19 +367,18 @@ func RepoOf(ref string, isRegistry bool) (string, error) {
 	return named.Name(), nil
 }
 
-// Match is the credential the kubelet would try first for an image, read
-// from one config.json, and the key under which the kubelet indexes it
-// (scheme and /v1/ stripped: a pattern for the credential-provider cache).
+// Match is a credential the kubelet would try, read from one config.json,
+// and the index key it is filed under (scheme and /v1/ stripped), which is
+// also the pattern a credential provider answers with.
 type Match struct {
 	Cred
 	Pattern string
 }
 
-// LookupFile resolves image against a single config.json (node path under
-// hostRoot) with the kubelet's parsing and matching: every matching entry,
-// most specific first, as the kubelet would try them. A file that does not
-// exist matches nothing.
-func LookupFile(hostRoot, nodePath, image string) ([]Match, error) {
+// ProviderAnswer is Keyring.ForRegistry for image, read from a single
+// config.json (node path under hostRoot) with the kubelet's parsing. A file
+// that does not exist answers nothing.
+func ProviderAnswer(hostRoot, nodePath, image string) ([]Match, error) {
 	st := Read(hostRoot, Candidate{Path: nodePath})
 	if st.Err != nil {
 		return nil, fmt.Errorf("%s: %w", nodePath, st.Err)
@@ -341,5 +387,5 @@ func LookupFile(hostRoot, nodePath, image string) ([]Match, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewKeyring(st.Creds).Lookup(repo), nil
+	return NewKeyring(st.Creds).ForRegistry(repo), nil
 }

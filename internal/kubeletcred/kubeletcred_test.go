@@ -1,6 +1,7 @@
 package kubeletcred
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -37,6 +38,40 @@ func TestKeyMatching(t *testing.T) {
 		}
 		if got != tt.want {
 			t.Errorf("%s (repo %s): found %q, want %q", tt.image, repo, got, tt.want)
+		}
+	}
+}
+
+// TestLookupEveryCredential: every credential the kubelet tries, in its
+// order, under its index key; the Docker Hub fallback under
+// index.docker.io (which a credential provider must answer with for the
+// kubelet to apply the same fallback); a credential provider's answer
+// covers every index key of the image's registry, one credential each.
+func TestLookupEveryCredential(t *testing.T) {
+	creds := map[string]Cred{}
+	for _, k := range []string{"https://r.test/", "r.test", "r.test/team", "*.test", "other.test", "https://index.docker.io/v1/"} {
+		creds[k] = Cred{Key: k}
+	}
+	ring := NewKeyring(creds)
+	render := func(ms []Match) string {
+		var out []string
+		for _, m := range ms {
+			out = append(out, m.Pattern+"="+m.Key)
+		}
+		return strings.Join(out, " ")
+	}
+	for _, tt := range []struct{ repo, lookup, answer string }{
+		{"r.test/team/app", "r.test/team=r.test/team r.test=https://r.test/ r.test=r.test *.test=*.test", "r.test/team=r.test/team r.test=https://r.test/ *.test=*.test"},
+		{"r.test/other/app", "r.test=https://r.test/ r.test=r.test *.test=*.test", "r.test/team=r.test/team r.test=https://r.test/ *.test=*.test"},
+		{"localhost/app", "index.docker.io=https://index.docker.io/v1/", "index.docker.io=https://index.docker.io/v1/"},
+		{"docker.io/library/busybox", "index.docker.io=https://index.docker.io/v1/", "index.docker.io=https://index.docker.io/v1/"},
+		{"q.example/app", "", ""},
+	} {
+		if got := render(ring.Lookup(tt.repo)); got != tt.lookup {
+			t.Errorf("Lookup(%s) = %s, want %s", tt.repo, got, tt.lookup)
+		}
+		if got := render(ring.ForRegistry(tt.repo)); got != tt.answer {
+			t.Errorf("ForRegistry(%s) = %s, want %s", tt.repo, got, tt.answer)
 		}
 	}
 }

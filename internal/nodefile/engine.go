@@ -112,22 +112,48 @@ func (e *Engine) Resolve(nodePath string) (string, error) {
 	return root.Join(nodePath)
 }
 
-// Apply brings every target in line with desired. Targets are independent:
-// one failing does not stop the others. The error is about the state file
-// or lock, without which nothing can be done safely.
+// Desired is what the targets are to hold.
+type Desired struct {
+	// Sources in precedence order. Each target gets dockercfg.View of them
+	// for its reader (dockercfg.ReaderOf its node path).
+	Sources []dockercfg.NamedSet
+	// Prune removes entries nodecreds wrote that no source provides now.
+	Prune bool
+	// Hold names sources whose content is unknown (invalid and never seen
+	// valid): with Prune, the entries they wrote stay (and entries recorded
+	// without a source, which may be theirs); every other source's go.
+	Hold []string
+}
+
+// Sync brings every target in line with d. Targets are independent: one
+// failing does not stop the others. The error is about the state file or
+// lock, without which nothing can be done safely.
 //
 // ctx bounds the wait for the state lock and the retries around another
 // writer: a stopping agent returns promptly, leaving every file as it was
 // or as one whole write left it.
+func (e *Engine) Sync(ctx context.Context, targets []string, d Desired) ([]Result, error) {
+	rule := pruneRule{on: d.Prune}
+	if len(d.Hold) > 0 {
+		rule.hold = make(map[string]bool, len(d.Hold))
+		for _, name := range d.Hold {
+			rule.hold[name] = true
+		}
+	}
+	return e.run(ctx, targets, d.Sources, rule)
+}
+
+// Apply is Sync with one source, desired, whose entries are recorded
+// without a source name.
 func (e *Engine) Apply(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]Result, error) {
-	return e.run(ctx, targets, desired, prune)
+	return e.Sync(ctx, targets, Desired{Sources: []dockercfg.NamedSet{{Set: desired}}, Prune: prune})
 }
 
 // Cleanup removes every entry nodecreds owns from targets (all targets in
 // the state when none are given), restores what it displaced, and deletes
 // files it created that are now empty.
 func (e *Engine) Cleanup(ctx context.Context, targets []string) ([]Result, error) {
-	return e.run(ctx, targets, nil, true)
+	return e.run(ctx, targets, nil, pruneRule{on: true})
 }
 
 // Owned lists the node paths the state file records.
@@ -227,7 +253,7 @@ func (s *stateStore) flush() error {
 	return nil
 }
 
-func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]Result, error) {
+func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.NamedSet, prune pruneRule) ([]Result, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	root, sd, done, err := e.open()
@@ -249,7 +275,15 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 	if len(targets) == 0 {
 		targets = sortedKeys(st.Targets)
 	}
-	want := e.memo.wanted(desired)
+	// What each reader's files get, prepared once for all its targets.
+	wants := map[dockercfg.Reader]*wanted{}
+	want := func(target string) *wanted {
+		r := dockercfg.ReaderOf(target)
+		if wants[r] == nil {
+			wants[r] = e.memo.wanted(r, sources)
+		}
+		return wants[r]
+	}
 	results := make([]Result, len(targets))
 	syncs := make([]*targetSync, len(targets))
 	seen := map[string]string{} // host path → the target that resolved to it first
@@ -271,7 +305,7 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 		seen[t.path] = target
 		// Plan every target before writing any, so that one state save
 		// records every intent.
-		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: target}, desired: want, prune: prune}
+		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: target}, desired: want(target), prune: prune}
 		if err := sy.start(); err != nil {
 			results[i] = sy.res
 			results[i].Err = err
@@ -308,7 +342,7 @@ type targetSync struct {
 	t       *openedTarget
 	rec     targetRecord
 	desired *wanted
-	prune   bool
+	prune   pruneRule
 
 	res       Result
 	old       TargetState // the record merged against
@@ -569,7 +603,7 @@ type targetPlan struct {
 //
 // parse is parseDocument, or one that remembers; what it returns is never
 // modified.
-func planTarget(base, cur fileRead, prev *document, desired *wanted, prune bool, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
+func planTarget(base, cur fileRead, prev *document, desired *wanted, prune pruneRule, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
 	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
 	doc, perr := parse(base.data)
 	if perr != nil {

@@ -1,12 +1,15 @@
 package nodefile
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -158,8 +161,10 @@ func TestApplyKeepsEverythingElse(t *testing.T) {
 	if fingerprint(got.auths["other.io"]) != fingerprint(want.auths["other.io"]) {
 		t.Errorf("foreign entry changed: %s", got.auths["other.io"])
 	}
-	if _, ok := got.auths["https://index.docker.io/v1/"]; ok {
-		t.Errorf("foreign Docker Hub entry was not displaced")
+	// The docker CLI's file gets Docker Hub under the key the docker CLI
+	// reads: ours now, the foreign one displaced.
+	if fingerprint(got.auths[dockercfg.DockerHubKey]) != fingerprint(json.RawMessage(`{"auth":"dTpw"}`)) {
+		t.Errorf("foreign Docker Hub entry was not displaced by ours: %s", got.auths[dockercfg.DockerHubKey])
 	}
 
 	// The registry leaves the sources: the displaced entry comes back as it was.
@@ -449,5 +454,82 @@ func TestCrashLeftoversSwept(t *testing.T) {
 		if left, _ := filepath.Glob(filepath.Join(root, pattern)); len(left) != 0 {
 			t.Errorf("left behind: %v", left)
 		}
+	}
+}
+
+func readState(t *testing.T, root string) *State {
+	t.Helper()
+	s := &State{Targets: map[string]*TargetState{}}
+	if err := decodeState(testsupport.ReadFile(t, filepath.Join(root, stateDir, stateFileName)), s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestUpgradeFromStateOf2026_11: testdata/upgrade-2026-11 is a node as the
+// release of 2026-11 left it (its state.json written by that release's
+// code, which has no "from"). This nodecreds reads it, respells the
+// kubelet file's Docker Hub key as the Secret spells it, records sources,
+// and cleanup still restores what that release displaced. The state keeps
+// version 1 and only adds a field that release ignores, so rolling back
+// to it stays possible.
+func TestUpgradeFromStateOf2026_11(t *testing.T) {
+	e, root := newEngine(t)
+	src := filepath.Join("testdata", "upgrade-2026-11")
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(root, rel), 0o700)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(root, rel), data, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := readState(t, root)
+	if len(old.Targets) != 2 || len(old.Targets[kubeletFile].Owned) != 3 || len(old.Targets[kubeletFile].Displaced) != 1 || !old.Targets[dockerFile].Created {
+		t.Fatalf("the state of 2026-11 read as %+v", old.Targets)
+	}
+	dockerBefore := testsupport.ReadFile(t, filepath.Join(root, dockerFile))
+
+	set, _, err := dockercfg.Parse([]byte(`{"auths":{"r.example.test":{"auth":"b3VyczpvLXB3"},"docker.io":{"auth":"aHViOmgtcHc=","email":"h@example.test"},"*.glob.example.test":{"username":"g","password":"g-pw"}}}`), dockercfg.ConfigJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.Sync(t.Context(), []string{kubeletFile, dockerFile}, Desired{Sources: []dockercfg.NamedSet{{Name: "nodecreds/registry-credentials", Set: set}}, Prune: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res)
+	kubelet := docOf(t, string(testsupport.ReadFile(t, filepath.Join(root, kubeletFile))))
+	if got := slices.Sorted(maps.Keys(kubelet.auths)); !slices.Equal(got, []string{"*.glob.example.test", "docker.io", "keep.example.test", "r.example.test"}) {
+		t.Errorf("kubelet file after the upgrade: %v", got)
+	}
+	if !bytes.Equal(testsupport.ReadFile(t, filepath.Join(root, dockerFile)), dockerBefore) || res[1].Changed {
+		t.Errorf("the docker CLI's file, already as it should be, was rewritten")
+	}
+	st := readState(t, root)
+	if st.Version != 1 || st.Targets[kubeletFile].From["docker.io"] != "nodecreds/registry-credentials" || len(st.Targets[kubeletFile].Displaced) != 1 {
+		t.Errorf("state after the upgrade: %+v", st.Targets[kubeletFile])
+	}
+
+	res, err = e.Cleanup(t.Context(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res)
+	kubelet = docOf(t, string(testsupport.ReadFile(t, filepath.Join(root, kubeletFile))))
+	if got := slices.Sorted(maps.Keys(kubelet.auths)); !slices.Equal(got, []string{"https://r.example.test/v1/", "keep.example.test"}) || string(kubelet.top["credsStore"]) != `"pass"` {
+		t.Errorf("kubelet file after cleanup: %v %s", got, kubelet.top)
+	}
+	if _, err := os.Stat(filepath.Join(root, dockerFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the docker CLI's file nodecreds created is still there after cleanup: %v", err)
 	}
 }

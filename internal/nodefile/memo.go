@@ -18,18 +18,24 @@ type memo struct {
 	state memoState
 	// sortHint is the sorted keys of the last fingerprints saved.
 	sortHint []string
-	// items are the desired items of the last run, prepared.
-	items map[dockercfg.Item]*wantedItem
+	// items are the desired items of the last run, prepared, by reader.
+	items map[dockercfg.Reader]map[dockercfg.Item]*wantedItem
 }
 
-// wanted prepares desired, reusing what the last run prepared for the same
-// items (a rotation changes one entry of thousands).
-func (m *memo) wanted(desired dockercfg.Set) *wanted {
-	w := newWanted(desired, m.items)
-	m.items = make(map[dockercfg.Item]*wantedItem, len(w.items))
-	for _, it := range w.items {
-		m.items[it.Item] = it
+// wanted prepares what the files of reader r get from sources, reusing
+// what the last run prepared for the same items (a rotation changes one
+// entry of thousands).
+func (m *memo) wanted(r dockercfg.Reader, sources []dockercfg.NamedSet) *wanted {
+	desired, _ := dockercfg.View(r, sources...)
+	if m.items == nil {
+		m.items = map[dockercfg.Reader]map[dockercfg.Item]*wantedItem{}
 	}
+	w := newWanted(desired, m.items[r])
+	items := make(map[dockercfg.Item]*wantedItem, len(w.items))
+	for _, it := range w.items {
+		items[it.Item] = it
+	}
+	m.items[r] = items
 	return w
 }
 

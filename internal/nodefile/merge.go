@@ -291,11 +291,12 @@ type mergeResult struct {
 // merge computes the new content of a target and its new ownership record.
 // It is pure: no I/O, so every rule is table-tested.
 //
-// Rules (README, "How it works": Merge): we own exactly the keys we wrote; a foreign entry for
-// a registry we provide is displaced into the state and restored when that
-// registry leaves the sources; with prune, entries that left the sources go;
-// an owned entry whose value someone else changed is no longer ours.
-func merge(cur *document, w *wanted, prune bool, st TargetState) mergeResult {
+// Rules (docs: "How it works"): we own exactly the keys we wrote; a foreign
+// entry for a registry we provide is displaced into the state and restored
+// when that registry leaves the sources; entries that left the sources go
+// as the prune rule says; an owned entry whose value someone else changed
+// is no longer ours.
+func merge(cur *document, w *wanted, prune pruneRule, st TargetState) mergeResult {
 	m := &merger{doc: cur.clone(), st: st, wanted: w, next: TargetState{
 		Created:   st.Created,
 		Owned:     make(map[string]string, len(w.items)),
@@ -311,11 +312,36 @@ func merge(cur *document, w *wanted, prune bool, st TargetState) mergeResult {
 	return m.res
 }
 
-// wanted is the desired set as every target's merge uses it, prepared
-// once per run: one item per registry, each with the entry as written and
-// its fingerprint.
+// pruneRule says which entries nodecreds wrote go once no source provides
+// them.
+type pruneRule struct {
+	on bool
+	// hold names sources whose content is unknown (invalid and never seen
+	// valid): entries they may have written stay until they are known.
+	hold map[string]bool
+}
+
+// removes reports whether the owned entry key, which no source provides
+// now, goes.
+func (p pruneRule) removes(st TargetState, key string) bool {
+	if !p.on {
+		return false
+	}
+	if len(p.hold) == 0 {
+		return true
+	}
+	src, known := st.From[key]
+	// An entry recorded without its source (by an older nodecreds) may
+	// be a held source's.
+	return known && !p.hold[src]
+}
+
+// wanted is the desired set as one reader's targets use it, prepared once
+// per run: each key to write, with the entry as written and its
+// fingerprint, and the registries they cover.
 type wanted struct {
-	byRegistry map[string]*wantedItem // normalised registry → item
+	byKey      map[string]*wantedItem
+	registries map[string]bool // normalised
 	items      []*wantedItem
 }
 
@@ -325,15 +351,13 @@ type wantedItem struct {
 	fp  string // entryDigest(raw)
 }
 
-// newWanted prepares desired. A Set has one item per registry
-// (dockercfg.Union); should one hold more, the first wins, as in Union.
-// known holds items prepared before (nil for none), whose encoding is
-// reused when the item is the same.
+// newWanted prepares desired (one item per key; should a key come twice,
+// the first wins). known holds items prepared before (nil for none), whose
+// encoding is reused when the item is the same.
 func newWanted(desired dockercfg.Set, known map[dockercfg.Item]*wantedItem) *wanted {
-	w := &wanted{byRegistry: make(map[string]*wantedItem, len(desired)), items: make([]*wantedItem, 0, len(desired))}
+	w := &wanted{byKey: make(map[string]*wantedItem, len(desired)), registries: make(map[string]bool, len(desired)), items: make([]*wantedItem, 0, len(desired))}
 	for _, it := range desired {
-		n := dockercfg.Normalize(it.Key)
-		if w.byRegistry[n] != nil {
+		if w.byKey[it.Key] != nil {
 			continue
 		}
 		wi := known[it]
@@ -341,11 +365,15 @@ func newWanted(desired dockercfg.Set, known map[dockercfg.Item]*wantedItem) *wan
 			raw, _ := it.Entry.MarshalJSON() // cannot fail: strings only
 			wi = &wantedItem{Item: it, raw: raw, fp: entryDigest(raw)}
 		}
-		w.byRegistry[n] = wi
+		w.byKey[it.Key] = wi
+		w.registries[dockercfg.Normalize(it.Key)] = true
 		w.items = append(w.items, wi)
 	}
 	return w
 }
+
+// provides reports whether the desired set covers key's registry.
+func (w *wanted) provides(key string) bool { return w.registries[dockercfg.Normalize(key)] }
 
 // merger holds one merge's working state.
 type merger struct {
@@ -353,7 +381,7 @@ type merger struct {
 	st     TargetState // the state before
 	next   TargetState // the state after
 	wanted *wanted
-	kept   []string // owned keys kept without prune
+	kept   []string // owned keys kept although no source provides them
 	res    mergeResult
 }
 
@@ -363,8 +391,8 @@ func (m *merger) ours(key string, raw []byte) bool {
 }
 
 // settleOwned decides the entries we owned that are not rewritten as they
-// are: someone else's now, respelled, kept without prune, or pruned.
-func (m *merger) settleOwned(prune bool) {
+// are: someone else's now, respelled, kept, or pruned.
+func (m *merger) settleOwned(prune pruneRule) {
 	for key := range m.st.Owned {
 		m.settle(key, prune)
 	}
@@ -376,12 +404,12 @@ func (m *merger) settleOwned(prune bool) {
 	slices.Sort(m.res.released)
 }
 
-func (m *merger) settle(key string, prune bool) {
+func (m *merger) settle(key string, prune pruneRule) {
 	raw, present := m.doc.auths[key]
 	if !present {
 		return // gone from the file: nothing to own
 	}
-	it, provided := m.wanted.byRegistry[dockercfg.Normalize(key)]
+	provided := m.wanted.provides(key)
 	switch {
 	case !m.ours(key, raw):
 		// Someone else changed it, so it is theirs now. If the sources
@@ -390,13 +418,14 @@ func (m *merger) settle(key string, prune bool) {
 		if !provided {
 			m.res.released = append(m.res.released, key)
 		}
-	case provided && it.Key == key:
+	case m.wanted.byKey[key] != nil:
 		// Rewritten below.
 	case provided:
-		// The source now spells the registry differently.
+		// The sources now spell the registry differently.
 		delete(m.doc.auths, key)
-	case !prune:
+	case !prune.removes(m.st, key):
 		m.next.Owned[key] = fingerprint(raw)
+		m.next.setFrom(key, m.st.From[key])
 		m.kept = append(m.kept, key)
 	default:
 		delete(m.doc.auths, key)
@@ -409,12 +438,11 @@ func (m *merger) writeDesired() {
 	// One pass over the file (files can hold thousands of keys) finds the
 	// entries for the registries we write.
 	for key, raw := range m.doc.auths {
-		it, provided := m.wanted.byRegistry[dockercfg.Normalize(key)]
-		if !provided {
+		if !m.wanted.provides(key) {
 			continue
 		}
 		if m.ours(key, raw) {
-			if key == it.Key {
+			if m.wanted.byKey[key] != nil {
 				continue // rewritten below
 			}
 		} else {
@@ -435,6 +463,7 @@ func (m *merger) writeDesired() {
 			}
 		}
 		m.next.Owned[it.Key] = fp
+		m.next.setFrom(it.Key, it.Source)
 	}
 }
 
@@ -451,7 +480,7 @@ func (m *merger) restoreDisplaced() {
 	}
 	for _, key := range sortedKeys(m.next.Displaced) {
 		n := dockercfg.Normalize(key)
-		if _, provided := m.wanted.byRegistry[n]; provided || covered[n] {
+		if m.wanted.registries[n] || covered[n] {
 			continue
 		}
 		if _, taken := m.doc.auths[key]; !taken {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"maps"
+	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 func entryJSON(t *testing.T, user, pass string) json.RawMessage {
@@ -164,7 +166,7 @@ func TestMerge(t *testing.T) {
 			for k, v := range tt.cur {
 				cur.auths[k] = v
 			}
-			m := merge(cur, newWanted(tt.desired, nil), tt.prune, tt.state)
+			m := merge(cur, newWanted(tt.desired, nil), pruneRule{on: tt.prune}, tt.state)
 			if len(m.doc.auths) != len(tt.wantAuths) {
 				t.Errorf("auths keys = %v, want %v", sortedKeys(m.doc.auths), sortedKeys(tt.wantAuths))
 			}
@@ -272,11 +274,11 @@ func TestIntentRecognisesEitherFile(t *testing.T) {
 	// A run that wrote b was killed before its final state: intent {a, b}.
 	old := TargetState{Owned: map[string]string{"r.test": fingerprint(a)}, Pending: map[string]string{"r.test": fingerprint(b)}}
 	onDiskB := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{"r.test": b}}
-	m := merge(onDiskB, newWanted(dockercfg.Set{item("r.test", "u", "c")}, nil), true, old)
+	m := merge(onDiskB, newWanted(dockercfg.Set{item("r.test", "u", "c")}, nil), pruneRule{on: true}, old)
 	it := intent(ownedIn(onDiskB, old), old, m.state)
 	for name, raw := range map[string]json.RawMessage{"the old file (b)": b, "the new file (c)": c} {
 		disk := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{"r.test": raw}}
-		after := merge(disk, newWanted(nil, nil), true, it)
+		after := merge(disk, newWanted(nil, nil), pruneRule{on: true}, it)
 		if _, still := after.doc.auths["r.test"]; still || len(after.state.Displaced) != 0 || len(after.released) != 0 {
 			t.Errorf("after a crash leaving %s, our entry is not recognised: auths %v displaced %v released %v",
 				name, sortedKeys(after.doc.auths), sortedKeys(after.state.Displaced), after.released)
@@ -310,7 +312,7 @@ func TestPlanTarget(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := planTarget(tt.base, tt.cur, nil, newWanted(tt.desired, nil), true, tt.old, parseDocument)
+			p, err := planTarget(tt.base, tt.cur, nil, newWanted(tt.desired, nil), pruneRule{on: true}, tt.old, parseDocument)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -367,10 +369,10 @@ func TestEncodeIsDockerCLIFormat(t *testing.T) {
 // encoding is byte for byte encoding/json's (sorted keys, same quoting,
 // fields left out when empty), and reads back to the same state.
 func TestStateEncodingLikeEncodingJSON(t *testing.T) {
-	f := fingerprints{"b.io": "00ff", "a.io:5000/x": "11", `we"ird\<key>&` + "\x01é\u2028": "22", "": "33"}
+	f := keyStrings{"b.io": "00ff", "a.io:5000/x": "11", `we"ird\<key>&` + "\x01é\u2028": "22", "": "33"}
 	st := &State{Version: stateVersion, Targets: map[string]*TargetState{
-		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: fingerprints{"c.io": "44"}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)}},
-		"/root/.docker/config.json":    {Owned: fingerprints{"x": "y"}},
+		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: keyStrings{"c.io": "44"}, From: keyStrings{"b.io": "ns/first", "": "ns/<second>"}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)}},
+		"/root/.docker/config.json":    {Owned: keyStrings{"x": "y"}},
 		"/only/displaced":              {Displaced: map[string]json.RawMessage{"e.io": json.RawMessage(`{}`)}},
 		"/empty":                       {},
 		"/nil":                         nil,
@@ -379,12 +381,13 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 		Created   bool                       `json:"created,omitempty"`
 		Owned     map[string]string          `json:"owned,omitempty"`
 		Pending   map[string]string          `json:"pending,omitempty"`
+		From      map[string]string          `json:"from,omitempty"`
 		Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
 	}
 	ref := map[string]*plain{}
 	for k, t := range st.Targets {
 		if t != nil {
-			ref[k] = &plain{t.Created, t.Owned, t.Pending, t.Displaced}
+			ref[k] = &plain{t.Created, t.Owned, t.Pending, t.From, t.Displaced}
 		} else {
 			ref[k] = nil
 		}
@@ -415,5 +418,88 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 	var bad State
 	if err := json.Unmarshal([]byte(`{"version":1,"targets":{"/x":{"owned":{"a":1}}}}`), &bad); err == nil {
 		t.Error("a fingerprint that is not a string was accepted")
+	}
+}
+
+// TestPruneHoldsOnlyUnknownSources: when one source is unknown (invalid
+// and never seen valid), only the entries it may have written stay; the
+// entries of every other source that no longer provides them leave.
+func TestPruneHoldsOnlyUnknownSources(t *testing.T) {
+	ours := func(u string) json.RawMessage { return entryJSON(t, u, "pw") }
+	cur := &document{top: map[string]json.RawMessage{"auths": json.RawMessage("{}")}, auths: map[string]json.RawMessage{
+		"a.test": ours("a"), "b.test": ours("b"), "legacy.test": ours("l"), "kept.test": ours("k"),
+	}}
+	st := TargetState{
+		Owned: keyStrings{"a.test": fingerprint(ours("a")), "b.test": fingerprint(ours("b")), "legacy.test": fingerprint(ours("l")), "kept.test": fingerprint(ours("k"))},
+		From:  keyStrings{"a.test": "ns/pool-a", "b.test": "ns/broken", "kept.test": "ns/live"},
+	}
+	kept := dockercfg.Item{Key: "kept.test", Entry: dockercfg.Entry{Username: "k", Password: "pw"}, Source: "ns/live"}
+	tests := []struct {
+		name string
+		rule pruneRule
+		want []string
+	}{
+		{"every source known: all that left go", pruneRule{on: true}, []string{"kept.test"}},
+		// a.test's source is known and no longer provides it: it goes;
+		// b.test's source is the broken one: it stays; legacy.test was
+		// recorded without a source, so it may be the broken one's.
+		{"one source unknown", pruneRule{on: true, hold: map[string]bool{"ns/broken": true}}, []string{"b.test", "kept.test", "legacy.test"}},
+		{"prune off", pruneRule{}, []string{"a.test", "b.test", "kept.test", "legacy.test"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := merge(cur, newWanted(dockercfg.Set{kept}, nil), tt.rule, st)
+			if got := slices.Sorted(maps.Keys(m.doc.auths)); !slices.Equal(got, tt.want) {
+				t.Errorf("entries %v, want %v", got, tt.want)
+			}
+			if got := slices.Sorted(maps.Keys(m.state.Owned)); !slices.Equal(got, tt.want) {
+				t.Errorf("owned %v, want %v", got, tt.want)
+			}
+			// Sources stay recorded for what is still ours.
+			for key, src := range st.From {
+				if _, owned := m.state.Owned[key]; owned && m.state.From[key] != src {
+					t.Errorf("%s recorded as from %q, want %q", key, m.state.From[key], src)
+				}
+			}
+		})
+	}
+}
+
+// TestKubeletViewKeepsEverySpelling: the kubelet's file gets every key of
+// a source as spelled (it tries each, as with the Secret as an
+// imagePullSecret); the docker CLI's gets one per registry, Docker Hub
+// under its own key. A foreign entry for a registry of ours is displaced
+// from both.
+func TestKubeletViewKeepsEverySpelling(t *testing.T) {
+	e, root := newEngine(t)
+	testsupport.WriteFile(t, filepath.Join(root, kubeletFile), `{"auths":{"https://index.docker.io/v1/":{"auth":"Zjpw"},"other.io":{"auth":"bzpw"}}}`, 0o600)
+	src := dockercfg.NamedSet{Name: "ns/creds", Set: dockercfg.Set{item("docker.io", "hub", "p"), item("https://r.io/", "s", "p"), item("r.io", "b", "p"), item("registry-1.docker.io", "r1", "p")}}
+	res, err := e.Sync(t.Context(), []string{kubeletFile, dockerFile}, Desired{Sources: []dockercfg.NamedSet{src}, Prune: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res)
+	users := func(path string) map[string]string {
+		out := map[string]string{}
+		for k, raw := range docOf(t, string(testsupport.ReadFile(t, filepath.Join(root, path)))).auths {
+			var w struct{ Auth string }
+			_ = json.Unmarshal(raw, &w)
+			u, _, _ := dockercfg.DecodeAuth(w.Auth)
+			out[k] = u
+		}
+		return out
+	}
+	if got, want := users(kubeletFile), map[string]string{"docker.io": "hub", "https://r.io/": "s", "r.io": "b", "registry-1.docker.io": "r1", "other.io": "o"}; !maps.Equal(got, want) {
+		t.Errorf("kubelet file %v, want %v", got, want)
+	}
+	if got, want := users(dockerFile), map[string]string{dockercfg.DockerHubKey: "hub", "r.io": "b", "registry-1.docker.io": "r1"}; !maps.Equal(got, want) {
+		t.Errorf("docker file %v, want %v", got, want)
+	}
+	if !slices.Equal(res[0].Displaced, []string{"https://index.docker.io/v1/"}) {
+		t.Errorf("displaced %v", res[0].Displaced)
+	}
+	st := readState(t, root)
+	if got := st.Targets[kubeletFile].From["https://r.io/"]; got != "ns/creds" {
+		t.Errorf("state records https://r.io/ as from %q", got)
 	}
 }

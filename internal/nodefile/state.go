@@ -31,28 +31,34 @@ type TargetState struct {
 	Created bool `json:"created,omitempty"`
 	// Owned maps each key we wrote to the fingerprint of what we wrote, so
 	// an entry someone else changed since is recognised as theirs.
-	Owned fingerprints `json:"owned,omitempty"`
-	// Pending holds fingerprints of a write in flight (where they differ
+	Owned keyStrings `json:"owned,omitempty"`
+	// Pending holds keyStrings of a write in flight (where they differ
 	// from Owned). It is recorded before the target is replaced, so a crash
 	// between the two leaves a state that still recognises whichever version
 	// is on disk.
-	Pending fingerprints `json:"pending,omitempty"`
+	Pending keyStrings `json:"pending,omitempty"`
+	// From names the source each owned entry came from, so that when one
+	// source is unknown (invalid and never seen valid) only its entries
+	// are held back and every other source's leave as they should. An
+	// entry without one (written by an older nodecreds, which ignores this
+	// field and drops it when it saves) may be any source's.
+	From keyStrings `json:"from,omitempty"`
 	// Displaced keeps foreign entries that a source overrides, verbatim, to
 	// put back when the registry leaves the sources or on cleanup.
 	Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
 }
 
-// fingerprints maps keys to entry digests. It has its own JSON encoding:
-// encoding/json sorts map keys and decodes map entries through reflection,
-// which for the thousands of keys of a big file cost more than the rest of
-// a state write.
-type fingerprints map[string]string
+// keyStrings maps registry keys to strings (entry digests, source names).
+// It has its own JSON encoding: encoding/json sorts map keys and decodes
+// map entries through reflection, which for the thousands of keys of a big
+// file cost more than the rest of a state write.
+type keyStrings map[string]string
 
-func (f fingerprints) MarshalJSON() ([]byte, error) { return f.appendJSON(nil, nil), nil }
+func (f keyStrings) MarshalJSON() ([]byte, error) { return f.appendJSON(nil, nil), nil }
 
 // appendJSON appends f; hint, when not nil, is a sorted key list that may
 // hold f's keys, and is set to f's.
-func (f fingerprints) appendJSON(b []byte, hint *[]string) []byte {
+func (f keyStrings) appendJSON(b []byte, hint *[]string) []byte {
 	var keys []string
 	if hint != nil {
 		keys = sortedWithHint(f, *hint)
@@ -75,18 +81,18 @@ func (f fingerprints) appendJSON(b []byte, hint *[]string) []byte {
 
 // UnmarshalJSON reads what MarshalJSON writes. encoding/json has checked
 // that data is valid JSON before it calls this.
-func (f *fingerprints) UnmarshalJSON(data []byte) error {
+func (f *keyStrings) UnmarshalJSON(data []byte) error {
 	if data[0] == 'n' { // null
 		return nil
 	}
 	if data[0] != '{' {
-		return errors.New("fingerprints: not an object")
+		return errors.New("state map: not an object")
 	}
-	m := fingerprints{}
+	m := keyStrings{}
 	var err error
 	eachMember(data, 0, func(key, value []byte) {
 		if value[0] != '"' {
-			err = errors.New("fingerprints: a value is not a string")
+			err = errors.New("state map: a value is not a string")
 			return
 		}
 		m[unquote(key)] = unquote(value)
@@ -130,6 +136,17 @@ func encodeState(s *State, hint *[]string) ([]byte, error) {
 			sep(`"pending":`)
 			b = t.Pending.appendJSON(b, nil)
 		}
+		if len(t.From) > 0 {
+			sep(`"from":`)
+			// Nearly the owned keys: sorted by the same hint, which stays
+			// the owned keys'.
+			var h *[]string
+			if hint != nil {
+				keys := *hint
+				h = &keys
+			}
+			b = t.From.appendJSON(b, h)
+		}
 		if len(t.Displaced) > 0 {
 			sep(`"displaced":`)
 			// Few, and kept verbatim: encoding/json compacts each.
@@ -158,12 +175,24 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
+// setFrom records that the owned entry key came from source src (nothing
+// for a source without a name).
+func (t *TargetState) setFrom(key, src string) {
+	if src == "" {
+		return
+	}
+	if t.From == nil {
+		t.From = keyStrings{}
+	}
+	t.From[key] = src
+}
+
 func (t TargetState) isZero() bool {
 	return !t.Created && len(t.Owned) == 0 && len(t.Pending) == 0 && len(t.Displaced) == 0
 }
 
 func (t TargetState) equal(o TargetState) bool {
-	if t.Created != o.Created || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || len(t.Displaced) != len(o.Displaced) {
+	if t.Created != o.Created || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || !maps.Equal(t.From, o.From) || len(t.Displaced) != len(o.Displaced) {
 		return false
 	}
 	for k, v := range t.Displaced {
@@ -185,7 +214,11 @@ func intent(onDisk map[string]string, old, next TargetState) TargetState {
 		Created:   old.Created || next.Created,
 		Owned:     maps.Clone(onDisk),
 		Pending:   maps.Clone(next.Owned),
+		From:      maps.Clone(old.From),
 		Displaced: maps.Clone(old.Displaced),
+	}
+	for k, src := range next.From {
+		out.setFrom(k, src)
 	}
 	if out.Owned == nil {
 		out.Owned = map[string]string{}
@@ -303,10 +336,13 @@ func decodeTarget(data []byte, t *TargetState) error {
 		switch k := unquote(key); k {
 		case "created":
 			err.keep(json.Unmarshal(value, &t.Created))
-		case "owned", "pending":
+		case "owned", "pending", "from":
 			f := &t.Owned
-			if k == "pending" {
+			switch k {
+			case "pending":
 				f = &t.Pending
+			case "from":
+				f = &t.From
 			}
 			if e := f.UnmarshalJSON(value); e != nil {
 				err.keep(&json.UnmarshalTypeError{Value: "non-string", Field: k})

@@ -53,18 +53,18 @@ func Serve(in io.Reader, out io.Writer, o Options) error {
 		CacheDuration: &metav1.Duration{Duration: o.CacheDuration},
 		Auth:          map[string]credv1.AuthConfig{},
 	}
-	matches, err := kubeletcred.LookupFile(o.HostRoot, o.File, req.Image)
+	// Every entry of the image's registry under its own index key: the
+	// kubelet matches them against this image, and against every other
+	// image of the registry while it keeps the answer, as it would the
+	// file's entries. Two entries of one index key (https://r.test/ and
+	// r.test) cannot both go in a map: the first in key order answers
+	// (`nodecreds check` says so where it happens).
+	matches, err := kubeletcred.ProviderAnswer(o.HostRoot, o.File, req.Image)
 	if err != nil {
 		return fmt.Errorf("looking up %s: %w", req.Image, err)
 	}
-	// Every match under its own pattern, so the kubelet tries them in the
-	// order it would have tried the file's entries. Two entries can fold to
-	// one pattern (https://r.test and r.test); the first, as the kubelet
-	// tries it first, answers.
 	for _, m := range matches {
-		if _, ok := resp.Auth[m.Pattern]; !ok {
-			resp.Auth[m.Pattern] = credv1.AuthConfig{Username: m.Username, Password: m.Password}
-		}
+		resp.Auth[m.Pattern] = credv1.AuthConfig{Username: m.Username, Password: m.Password}
 	}
 	return json.NewEncoder(out).Encode(resp)
 }

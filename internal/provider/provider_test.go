@@ -39,10 +39,13 @@ func TestServe(t *testing.T) {
 		image string
 		want  map[string]string // pattern → user
 	}{
-		{"reg.test:5000/other/app:v1", map[string]string{"reg.test:5000": "robot"}},
-		// Every matching entry, as the kubelet tries each in turn.
+		// Every entry of the image's registry, whatever its path: the
+		// kubelet keeps the answer for every image of the registry and
+		// matches paths itself.
+		{"reg.test:5000/other/app:v1", map[string]string{"reg.test:5000": "robot", "reg.test:5000/team": "teamrobot"}},
 		{"reg.test:5000/team/app:v1", map[string]string{"reg.test:5000/team": "teamrobot", "reg.test:5000": "robot"}},
 		{"team.test/private/app@sha256:" + strings.Repeat("a", 64), map[string]string{"team.test/private": "t"}},
+		{"team.test/public/app", map[string]string{"team.test/private": "t"}},
 		{"busybox", map[string]string{"docker.io": "hub"}},
 		{"other.test/app", nil},
 		{"reg.test/app", nil}, // port differs

@@ -78,6 +78,19 @@ func TestKubeletReadsWhatNodecredsWrites(t *testing.T) {
 			format: ".dockerconfigjson",
 			secret: `{"auths":{"docker.io":{"auth":"` + testsupport.B64("hub:h-pw") + `"}}}`,
 			wants:  []want{{"docker.io/library/busybox", "hub", "h-pw"}, {"docker.io/team/app", "hub", "h-pw"}},
+			// Written as https://index.docker.io/v1/, the kubelet would
+			// hand Docker Hub's password to a registry on the node's
+			// localhost too; as the Secret spells it, it does not.
+			none: []string{"localhost/app"},
+		},
+		{
+			// registry-1.docker.io is a registry of its own to the kubelet,
+			// not Docker Hub.
+			name:   "registry-1.docker.io is not Docker Hub",
+			format: ".dockerconfigjson",
+			secret: `{"auths":{"registry-1.docker.io":{"auth":"` + testsupport.B64("r1:r-pw") + `"}}}`,
+			wants:  []want{{"registry-1.docker.io/team/app", "r1", "r-pw"}},
+			none:   []string{"docker.io/library/busybox", "docker.io/team/app", "localhost/app"},
 		},
 		{
 			// The kubelet matches hosts case-sensitively: an upper-case key
