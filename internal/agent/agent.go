@@ -246,7 +246,11 @@ func (o Outcome) Status() report.SyncStatus {
 			if st.Reason == "Synced" {
 				st.Reason = "Source" + s.Reason()
 			}
-			problems = append(problems, s.Err.Error())
+			problem := s.Err.Error()
+			if slices.Contains(o.Held, s.Name) {
+				problem += " (entries written before from " + s.Name + " stay on the node until it can be read; every other source's that no longer apply were removed)"
+			}
+			problems = append(problems, problem)
 		}
 	}
 	if o.FilesErr != nil {
@@ -267,9 +271,6 @@ func (o Outcome) Status() report.SyncStatus {
 		}
 		files++
 		entries = max(entries, r.Entries)
-	}
-	if len(o.Held) > 0 {
-		problems = append(problems, fmt.Sprintf("entries written before from %s stay on the node until it can be read again (entries of every other source that no longer apply were removed)", strings.Join(o.Held, ", ")))
 	}
 	if len(problems) > 0 {
 		if st.Reason == "Synced" {
