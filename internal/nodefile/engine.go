@@ -397,6 +397,7 @@ func (s *targetSync) start() error {
 	for _, name := range slices.Clone(s.e.held[s.t.path]) {
 		s.load(name)
 	}
+	s.consolidate()
 	if err := s.plan(); err != nil {
 		return err
 	}
@@ -410,6 +411,57 @@ func (s *targetSync) start() error {
 func (s *targetSync) hold(name string) {
 	s.e.noteHeld(s.t.path, name)
 	s.load(name)
+	s.consolidate()
+}
+
+// maxHeld bounds the files held next to one target. A writer racing every
+// attempt until the sync gives up would otherwise leave one per attempt,
+// each up to 4 MiB on disk and in memory at the next sync.
+const maxHeld = 2
+
+// consolidate merges the held files, when there are more than maxHeld,
+// into one new held file, written whole (fsync) before the others go. A
+// crash in between leaves both, merged alike later. If their union would
+// be over the size limit, they are all kept.
+func (s *targetSync) consolidate() {
+	if len(s.held) <= maxHeld {
+		return
+	}
+	d := s.t.dir
+	doc, _ := parseDocument(nil)
+	for _, h := range s.held {
+		carry(h.doc, doc)
+	}
+	data, err := doc.encode()
+	if err != nil || len(data) > hostfs.MaxFileSize {
+		return
+	}
+	f, name, err := d.CreateTemp(heldPrefix(s.t.name), 0o600)
+	if err != nil {
+		return
+	}
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil || d.Sync() != nil {
+		_ = d.Remove(name)
+		return
+	}
+	s.e.noteHeld(s.t.path, name)
+	kept := []heldFile{{name: name, doc: doc}}
+	for _, h := range s.held {
+		if d.Remove(h.name) == nil {
+			s.e.forgetHeld(s.t.path, h.name)
+		} else {
+			kept = append(kept, h)
+		}
+	}
+	s.held = kept
+	_ = d.Sync()
 }
 
 // load reads a held file to merge it into the target. One that is gone was

@@ -439,3 +439,32 @@ func TestSwapKeepsAnotherWritersFile(t *testing.T) {
 		})
 	}
 }
+
+// TestHeldFilesBounded: however many files are held next to a target (a
+// writer that raced every attempt of syncs that gave up), at most maxHeld
+// stay on disk, merged into one beyond that, and every entry of theirs
+// reaches the target.
+func TestHeldFilesBounded(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	const n = 6
+	for i := range n {
+		testsupport.WriteFile(t, fmt.Sprintf("%s/.config.json.nodecreds-held-%016x", filepath.Dir(p), i),
+			fmt.Sprintf(`{"auths":{"held-%d.test":{"auth":"dzpw"}}}`, i), 0o600)
+	}
+	var during []string
+	e.hooks.beforeSwap = once(func() { during = leftovers(t, filepath.Dir(p)) })
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+	if len(during) > maxHeld {
+		t.Errorf("%d held files on disk during the sync: %v", len(during), during)
+	}
+	a := auths(t, p)
+	for i := range n {
+		if _, ok := a[fmt.Sprintf("held-%d.test", i)]; !ok {
+			t.Errorf("held-%d.test missing: %v", i, a)
+		}
+	}
+	if left := leftovers(t, filepath.Dir(p)); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
