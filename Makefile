@@ -49,8 +49,12 @@ unit: ## Unit tests only: no control plane, no binaries built, no root needed (w
 	$(GO) test -race -count=1 -short ./internal/... ./cmd/...
 
 .PHONY: e2e
-e2e: controlplane ## Every test of the main module, the real API server ones included
+e2e: controlplane test-noexchange ## Every test of the main module, the real API server ones included
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+.PHONY: test-noexchange
+test-noexchange: ## The file engine's and the agent's tests with renameat2's RENAME_EXCHANGE and RENAME_NOREPLACE switched off, as on a file system without them (-tags noexchange)
+	$(GO) test -race -count=1 -tags noexchange ./internal/hostfs/... ./internal/nodefile/... ./internal/agent/...
 
 .PHONY: test-faults
 test-faults: controlplane ## The slow fault tests alone (kill -9, full disk, read-only, API outage, concurrent writer)

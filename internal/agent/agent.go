@@ -261,7 +261,9 @@ func (o Outcome) Status() report.SyncStatus {
 		problems = append(problems, o.FilesErr.Error())
 	}
 	entries, files := 0, 0
+	var warnings []string // things fixed or to fix that are not errors: a loosened mode, another owner
 	for _, r := range o.Results {
+		warnings = append(warnings, r.Warnings...)
 		if r.Err != nil {
 			if st.Reason == "Synced" {
 				st.Reason = "TargetError"
@@ -276,10 +278,10 @@ func (o Outcome) Status() report.SyncStatus {
 		if st.Reason == "Synced" {
 			st.Reason = "Error"
 		}
-		st.Message = strings.Join(append(problems, o.Notes...), "; ")
+		st.Message = strings.Join(slices.Concat(problems, warnings, o.Notes), "; ")
 		return st
 	}
-	st.Message = strings.Join(append([]string{fmt.Sprintf("%d registry entries from %d source(s) in %d file(s)", entries, len(o.Sources), files)}, o.Notes...), "; ")
+	st.Message = strings.Join(slices.Concat([]string{fmt.Sprintf("%d registry entries from %d source(s) in %d file(s)", entries, len(o.Sources), files)}, warnings, o.Notes), "; ")
 	return st
 }
 
@@ -495,19 +497,21 @@ type targetWatch struct {
 	files   Files
 	targets []string
 	root    string
-	names   map[string]bool // host paths that matter
+	names   map[string][]string // host path that matters → the targets it stands for
 	dirs    map[string]bool
-	left    map[string]leftFile // host path → the file our last write left there
+	left    map[string]leftFile // target → what the last sync left where it resolved
+	stamps  *filewatch.Stamps
 }
 
-// leftFile is what nodecreds' last write left at a path: a file, or none.
+// leftFile is what a sync left at a target: the host path it resolved to
+// and the file there (content, mode, owner), or none.
 type leftFile struct {
-	id     nodefile.FileID
-	absent bool
+	path string
+	id   nodefile.FileID
 }
 
 func newTargetWatch(w *filewatch.Watch, files Files, targets []string, root string) *targetWatch {
-	t := &targetWatch{w: w, files: files, targets: targets, root: root, names: map[string]bool{}, dirs: map[string]bool{}, left: map[string]leftFile{}}
+	t := &targetWatch{w: w, files: files, targets: targets, root: root, names: map[string][]string{}, dirs: map[string]bool{}, left: map[string]leftFile{}, stamps: filewatch.NewStamps()}
 	t.refresh()
 	return t
 }
@@ -521,7 +525,9 @@ func (t *targetWatch) refresh() {
 			paths = append(paths, p)
 		}
 		for _, p := range paths {
-			t.names[p] = true
+			if !slices.Contains(t.names[p], tgt) {
+				t.names[p] = append(t.names[p], tgt)
+			}
 			dir := filepath.Dir(p)
 			if t.dirs[dir] {
 				continue
@@ -538,41 +544,60 @@ func (t *targetWatch) refresh() {
 	}
 }
 
-// settled compares the targets' metadata with the last call (polling
-// only) and reports whether any changed.
+// settled (polling only) reports whether a target drifted from what the
+// last sync left there, or, for a target with nothing recorded, whether
+// the metadata of its paths changed since the last call.
 func (t *targetWatch) settled() bool {
 	if t.w.Polling() == "" {
 		return false
 	}
-	return t.w.Changed(slices.Sorted(maps.Keys(t.names)))
+	moved := t.w.Changed(slices.Sorted(maps.Keys(t.names)))
+	for _, tgt := range t.targets {
+		if _, known := t.left[tgt]; known && t.drifted(tgt) || !known && moved {
+			return true
+		}
+	}
+	return false
 }
 
-// wrote records the files a sync wrote or removed, so that the events of
-// those writes are not taken for drift (they would cost a second full sync
-// after every change).
+// wrote records what a sync left at each target, so that the events of
+// its own writes are not taken for drift (they would cost a second full
+// sync after every change) and any other change is.
 func (t *targetWatch) wrote(results []nodefile.Result) {
+	byPath := map[string]*nodefile.FileID{} // for a target synced under another's name
 	for _, r := range results {
-		if !r.Changed || r.Err != nil {
-			continue
+		if r.Err == nil && r.Left != nil {
+			byPath[r.Path] = r.Left
 		}
-		l := leftFile{id: r.Left, absent: r.Removed}
-		t.left[filepath.Join(t.root, r.Target)] = l
-		if r.Path != "" {
-			t.left[r.Path] = l
+	}
+	for _, r := range results {
+		switch {
+		case r.Err != nil:
+			delete(t.left, r.Target)
+		case byPath[r.Path] != nil:
+			t.left[r.Target] = leftFile{path: r.Path, id: *byPath[r.Path]}
 		}
 	}
 }
 
+// drifted reports whether the target resolves elsewhere than at the last
+// sync, or the file there differs from what that sync left — content, mode
+// or owner — whatever its time stamps or inode say. A target with nothing
+// recorded has drifted.
+func (t *targetWatch) drifted(tgt string) bool {
+	l, ok := t.left[tgt]
+	if !ok {
+		return true
+	}
+	p, err := t.files.Resolve(tgt)
+	return err != nil || p != l.path || t.stamps.Of(p) != l.id
+}
+
 func (t *targetWatch) relevant(ev fsnotify.Event) bool {
-	if t.names[ev.Name] {
-		// Unless the file is exactly as our last write left it: then the
-		// event is that write's.
-		l, ours := t.left[ev.Name]
-		if !ours {
+	for _, tgt := range t.names[ev.Name] {
+		if t.drifted(tgt) {
 			return true
 		}
-		id, exists := nodefile.StatID(ev.Name)
-		return exists == l.absent || exists && id != l.id
 	}
 	// The folder itself removed or renamed.
 	return t.dirs[ev.Name]

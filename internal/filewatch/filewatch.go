@@ -53,6 +53,14 @@ func New(period time.Duration) *Watch {
 	return w
 }
 
+// NewPolling returns a Watch that polls every period from the start, for
+// why (a node known to lack inotify; tests of the polling path).
+func NewPolling(period time.Duration, why error) *Watch {
+	w := &Watch{period: period}
+	w.poll(why)
+	return w
+}
+
 // Add watches a folder. A folder that does not exist is reported as such
 // (fs.ErrNotExist) and may be added later; running out of inotify watches
 // switches to polling, which needs no per-folder set-up.
@@ -127,9 +135,10 @@ func (w *Watch) Close() {
 	}
 }
 
-// Fingerprint describes paths by what any write, rename or link change
-// alters: inode, size, modification and change times; a link also by its
-// target. It reads metadata only, never contents.
+// Fingerprint describes paths by what any write, rename, chmod, chown or
+// link change alters: inode, size, modification and change times, mode,
+// owner; a link also by its target. It reads metadata only, never
+// contents (see Stamps for those).
 func Fingerprint(paths []string) string {
 	var b strings.Builder
 	for _, p := range paths {
@@ -140,7 +149,7 @@ func Fingerprint(paths []string) string {
 			continue
 		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			fmt.Fprintf(&b, " %d %d %d.%d %d.%d %o", st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Mode)
+			fmt.Fprintf(&b, " %d %d %d.%d %d.%d %o %d:%d", st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Mode, st.Uid, st.Gid)
 		}
 		if fi.Mode()&os.ModeSymlink != 0 {
 			target, _ := os.Readlink(p)

@@ -81,11 +81,7 @@ func TestPollingSaysWhy(t *testing.T) {
 	}
 }
 
-func newPolling(period time.Duration, why error) *Watch {
-	w := &Watch{period: period}
-	w.poll(why)
-	return w
-}
+func newPolling(period time.Duration, why error) *Watch { return NewPolling(period, why) }
 
 func write(t *testing.T, path, s string) {
 	t.Helper()

@@ -13,6 +13,7 @@ package hostfs
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -166,11 +167,17 @@ func checkName(name string) error {
 
 // Info is what nodecreds needs to know of a file.
 type Info struct {
-	Mode  fs.FileMode // permission bits
+	Mode  fs.FileMode // permission bits (with setuid, setgid, sticky)
 	UID   int
 	GID   int
 	Nlink uint64
 	Size  int64
+	// Dev and Ino name the file; Mtime and Ctime are its modification and
+	// change times (ns since the epoch). A writer can set the first but
+	// not the second: every write, chmod, chown or rename moves it to the
+	// current time.
+	Dev, Ino     uint64
+	Mtime, Ctime int64
 }
 
 func infoOf(st *unix.Stat_t) Info {
@@ -180,7 +187,28 @@ func infoOf(st *unix.Stat_t) Info {
 		GID:   int(st.Gid),
 		Nlink: uint64(st.Nlink),
 		Size:  st.Size,
+		Dev:   uint64(st.Dev),
+		Ino:   st.Ino,
+		Mtime: st.Mtim.Nano(),
+		Ctime: st.Ctim.Nano(),
 	}
+}
+
+// Stamp is what a file holds and who may read it: the SHA-256 of its
+// bytes, its mode and owner. Two stamps are equal only if the files are,
+// whatever time stamps or inode either has.
+type Stamp struct {
+	Exists bool
+	Sum    [sha256.Size]byte // zero when the file could not be read whole
+	Mode   fs.FileMode
+	UID    int
+	GID    int
+}
+
+// StampOf returns the stamp of a file holding data with info's mode and
+// owner.
+func StampOf(data []byte, info Info) Stamp {
+	return Stamp{Exists: true, Sum: sha256.Sum256(data), Mode: info.Mode, UID: info.UID, GID: info.GID}
 }
 
 // kind names a stat mode's file type for messages.
@@ -335,13 +363,44 @@ func (d *Dir) Exchange(a, b string) error {
 	return d.renameat2(a, b, unix.RENAME_EXCHANGE)
 }
 
-// RenameNoReplace renames a to b unless b exists (fs.ErrExist).
+// RenameNoReplace renames a to b unless b exists (fs.ErrExist). Where the
+// file system lacks RENAME_NOREPLACE it links b to a's file (link(2)
+// never replaces either) and then removes the name a: readers see b
+// appear whole just the same, but a crash between the two leaves the file
+// under both names, so a must be a name the caller sweeps.
 func (d *Dir) RenameNoReplace(a, b string) error {
 	err := d.renameat2(a, b, unix.RENAME_NOREPLACE)
+	if errors.Is(err, ErrNoExchange) {
+		if err := d.Link(a, b); err != nil {
+			return err
+		}
+		return d.Remove(a)
+	}
 	if errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("renaming to %s: %w", d.Name(b), fs.ErrExist)
 	}
 	return err
+}
+
+// Link gives the file at a (a symlink itself, never followed) the second
+// name b, unless b exists (fs.ErrExist).
+func (d *Dir) Link(a, b string) error {
+	if err := checkName(a); err != nil {
+		return err
+	}
+	if err := checkName(b); err != nil {
+		return err
+	}
+	err := unix.Linkat(d.fd(), a, d.fd(), b, 0)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("linking %s to %s: %w", d.Name(a), d.Name(b), fs.ErrExist)
+	case errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("linking %s to %s: %w", d.Name(a), d.Name(b), fs.ErrNotExist)
+	}
+	return fmt.Errorf("linking %s to %s: %w", d.Name(a), d.Name(b), err)
 }
 
 // Rename renames a to b, replacing b.
@@ -357,6 +416,9 @@ func (d *Dir) renameat2(a, b string, flags uint) error {
 	}
 	if err := checkName(b); err != nil {
 		return err
+	}
+	if flags != 0 && RenameFlagsOff {
+		return fmt.Errorf("renaming %s to %s: %w (built with -tags noexchange)", d.Name(a), d.Name(b), ErrNoExchange)
 	}
 	err := unix.Renameat2(d.fd(), a, d.fd(), b, flags)
 	switch {
@@ -431,4 +493,13 @@ func OpenRegular(name string) (*os.File, Info, error) {
 		return nil, Info{}, openError(name, err)
 	}
 	return regularFile(fd, name)
+}
+
+// Stat describes an open file.
+func Stat(f *os.File) (Info, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return Info{}, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return infoOf(&st), nil
 }

@@ -7,11 +7,14 @@ package nodefile
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -50,24 +53,73 @@ type Engine struct {
 	stateDir string
 	now      func() time.Time
 	mu       sync.Mutex
-	memo     memo            // guarded by mu
-	swept    map[string]bool // folders (and prefixes) swept of a crash's leftovers; guarded by mu
+	memo     memo                // guarded by mu
+	swept    map[string]bool     // folders (and prefixes) swept of a crash's leftovers; guarded by mu
+	held     map[string][]string // target host path → names of files held next to it, not yet merged; guarded by mu
+	hooks    hooks               // tests only
+}
+
+// hooks let a test act in the windows where another writer could: each is
+// called, when set, at the instant it names.
+type hooks struct {
+	beforeSwap   func() // a write has read the file and is about to swap its own in
+	beforeRemove func() // a drop has read the file and is about to take it off its name
+	whileAway    func() // a drop has taken the file off its name and not yet decided
+}
+
+func call(f func()) {
+	if f != nil {
+		f()
+	}
 }
 
 // sweepOnce removes the files a crash left in d whose names start with
 // prefix, the first time this engine works there: nodecreds removes its
 // own temp files as it goes, so only a process before this one can have
-// left any (and listing a folder on every write is not free).
-func (e *Engine) sweepOnce(d *hostfs.Dir, prefix string) {
+// left any (and listing a folder on every write is not free). Held files
+// (heldPrefix) are not removed: it returns their names, to be merged.
+func (e *Engine) sweepOnce(d *hostfs.Dir, prefix, held string) []string {
 	key := d.Name(prefix)
 	if e.swept[key] {
-		return
+		return nil
 	}
-	sweepPrefix(d, prefix)
+	found := sweepPrefix(d, prefix, held)
 	if e.swept == nil {
 		e.swept = map[string]bool{}
 	}
 	e.swept[key] = true
+	return found
+}
+
+// sweepTarget sweeps the target's folder of a crash's leftovers the first
+// time, and notes the files held there.
+func (e *Engine) sweepTarget(t *openedTarget) {
+	for _, n := range e.sweepOnce(t.dir, tempPrefix(t.name), heldPrefix(t.name)) {
+		if sameFile(t.dir, n, t.name) {
+			// Put back by a link-and-unlink that a crash interrupted: the
+			// target under a second name, which would make it look
+			// hard-linked.
+			_ = t.dir.Remove(n)
+			continue
+		}
+		e.noteHeld(t.path, n)
+	}
+}
+
+func (e *Engine) noteHeld(path, name string) {
+	if e.held == nil {
+		e.held = map[string][]string{}
+	}
+	if !slices.Contains(e.held[path], name) {
+		e.held[path] = append(e.held[path], name)
+	}
+}
+
+func (e *Engine) forgetHeld(path, name string) {
+	e.held[path] = slices.DeleteFunc(e.held[path], func(n string) bool { return n == name })
+	if len(e.held[path]) == 0 {
+		delete(e.held, path)
+	}
 }
 
 // New returns an Engine.
@@ -95,9 +147,11 @@ type Result struct {
 	Displaced []string // foreign keys moved into the state file
 	Restored  []string // displaced keys put back
 	Warnings  []string // things an operator should know that are not errors
-	// Left is the file nodecreds put at Path, when it wrote one, so that
-	// the events of its own write can be told from someone else's.
-	Left FileID
+	// Left is what the sync left at Path (content, mode, owner; Exists
+	// false for no file), nil when the target was not synced, so that the
+	// events of nodecreds' own write can be told from anyone else's, and
+	// any later change from none.
+	Left *FileID
 	Err  error
 }
 
@@ -266,7 +320,7 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 		return nil, err
 	}
 	defer unlock()
-	e.sweepOnce(sd, "."+stateFileName+".")
+	e.sweepOnce(sd, "."+stateFileName+".", "")
 	st, err := loadState(sd, &e.memo)
 	if err != nil {
 		return nil, err
@@ -296,6 +350,9 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 		}
 		defer t.close()
 		results[i].Path = t.path
+		if t.dir != nil {
+			e.sweepTarget(t)
+		}
 		if first, dup := seen[t.path]; dup {
 			// Two names for one file: syncing it under both would make
 			// each displace the other's entries into the state.
@@ -348,7 +405,16 @@ type targetSync struct {
 	old       TargetState // the record merged against
 	base, cur fileRead    // see plan
 	prev      *document   // the last base merged into, while racing
+	held      []heldFile  // other writers' files taken off the target, to merge in
+	aside     map[[32]byte]string
 	p         targetPlan
+}
+
+// heldFile is a file another writer put at the target that nodecreds took
+// off it (see heldPrefix), as parsed.
+type heldFile struct {
+	name string
+	doc  *document
 }
 
 // start reads the target and plans the first attempt; when it is to be
@@ -362,6 +428,10 @@ func (s *targetSync) start() error {
 		return err
 	}
 	s.base, s.cur = cur, cur
+	for _, name := range slices.Clone(s.e.held[s.t.path]) {
+		s.load(name)
+	}
+	s.consolidate()
 	if err := s.plan(); err != nil {
 		return err
 	}
@@ -371,12 +441,163 @@ func (s *targetSync) start() error {
 	return nil
 }
 
+// hold notes a file taken off the target under name and loads it.
+func (s *targetSync) hold(name string) {
+	s.e.noteHeld(s.t.path, name)
+	s.load(name)
+	s.consolidate()
+}
+
+// maxHeld bounds the files held next to one target. A writer racing every
+// attempt until the sync gives up would otherwise leave one per attempt,
+// each up to 4 MiB on disk and in memory at the next sync.
+const maxHeld = 2
+
+// consolidate merges the held files, when there are more than maxHeld,
+// into one new held file, written whole (fsync) before the others go. A
+// crash in between leaves both, merged alike later. If their union would
+// be over the size limit, they are all kept.
+func (s *targetSync) consolidate() {
+	if len(s.held) <= maxHeld {
+		return
+	}
+	d := s.t.dir
+	doc, _ := parseDocument(nil)
+	for _, h := range s.held {
+		carry(h.doc, doc)
+	}
+	data, err := doc.encode()
+	if err != nil || len(data) > hostfs.MaxFileSize {
+		return
+	}
+	f, name, err := d.CreateTemp(heldPrefix(s.t.name), 0o600)
+	if err != nil {
+		return
+	}
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil || d.Sync() != nil {
+		_ = d.Remove(name)
+		return
+	}
+	s.e.noteHeld(s.t.path, name)
+	kept := []heldFile{{name: name, doc: doc}}
+	for _, h := range s.held {
+		if d.Remove(h.name) == nil {
+			s.e.forgetHeld(s.t.path, h.name)
+		} else {
+			kept = append(kept, h)
+		}
+	}
+	s.held = kept
+	_ = d.Sync()
+}
+
+// load reads a held file to merge it into the target. One that is gone was
+// merged by another nodecreds process; one that is not a readable regular
+// file is left where it is, with a warning; one that does not parse is set
+// aside like a corrupt target. Only a file whose content is merged (or
+// kept as a copy) is ever removed.
+func (s *targetSync) load(name string) {
+	d := s.t.dir
+	data, info, err := d.ReadFile(name, hostfs.MaxFileSize)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		s.e.forgetHeld(s.t.path, name)
+		return
+	case err != nil:
+		s.warn("%s: another writer's file taken off %s cannot be merged (%v); left as it is", d.Name(name), s.t.path, err)
+		s.e.forgetHeld(s.t.path, name)
+		return
+	case info.Nlink > 1 && sameFile(d, name, s.t.name):
+		// The target itself under a second name: a link-and-unlink (file
+		// systems without renameat2) put it back but did not finish.
+		if remove(d, name) == nil {
+			s.e.forgetHeld(s.t.path, name)
+		}
+		return
+	case info.Nlink > 1:
+		// As for a target: its other names would keep what we merged.
+		s.warn("%s: another writer's file taken off %s has %d names; left as it is", d.Name(name), s.t.path, info.Nlink)
+		s.e.forgetHeld(s.t.path, name)
+		return
+	}
+	doc, err := parseDocument(data)
+	if err != nil {
+		if _, aerr := s.setAside(data, err); aerr != nil {
+			s.warn("%s: %v", d.Name(name), aerr)
+		} else if remove(d, name) == nil {
+			s.e.forgetHeld(s.t.path, name)
+		}
+		return
+	}
+	s.held = append(s.held, heldFile{name: name, doc: doc})
+}
+
+// release removes the held files once their content is in the target.
+func (s *targetSync) release() error {
+	if len(s.held) == 0 {
+		return nil
+	}
+	for _, h := range s.held {
+		if err := s.t.dir.Remove(h.name); err != nil {
+			return err
+		}
+		s.e.forgetHeld(s.t.path, h.name)
+	}
+	s.held = nil
+	return s.t.dir.Sync()
+}
+
+// setAside keeps a copy of a corrupt file next to the target, once per
+// content in a sync.
+func (s *targetSync) setAside(data []byte, why error) (string, error) {
+	sum := sha256.Sum256(data)
+	if p, ok := s.aside[sum]; ok {
+		return p, nil
+	}
+	p, err := setAside(s.t.dir, s.t.name, data, s.e.now())
+	if err != nil {
+		return "", err
+	}
+	if s.aside == nil {
+		s.aside = map[[32]byte]string{}
+	}
+	s.aside[sum] = p
+	s.warn("%s: %v; a copy is kept as %s", s.t.path, why, p)
+	s.res.SetAside = p
+	return p, nil
+}
+
+// warn adds a warning to the result, once however often a race makes the
+// sync try again.
+func (s *targetSync) warn(format string, args ...any) {
+	if w := fmt.Sprintf(format, args...); !slices.Contains(s.res.Warnings, w) {
+		s.res.Warnings = append(s.res.Warnings, w)
+	}
+}
+
 // plan decides what the target becomes. base is what we merge into: cur,
 // except after we lost a race, when cur is our own (stale) file and base is
-// the other writer's.
+// the other writer's. Held files are carried into it.
 func (s *targetSync) plan() error {
 	parse := func(data []byte) (*document, error) { return s.e.memo.parse(s.t.path, data) }
-	p, err := planTarget(s.base, s.cur, s.prev, s.desired, s.prune, s.old, parse)
+	carried := s.prev
+	if len(s.held) > 0 {
+		carried, _ = parseDocument(nil)
+		if s.prev != nil {
+			carry(s.prev, carried)
+		}
+		for _, h := range s.held {
+			carry(h.doc, carried)
+		}
+	}
+	p, err := planTarget(s.base, s.cur, carried, s.desired, s.prune, s.old, parse)
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.t.path, err)
 	}
@@ -399,18 +620,22 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			}
 		}
 		p := s.p
+		var (
+			w   written
+			err error
+		)
 		switch p.step {
 		case stepLeave:
-			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; left alone as nodecreds has nothing to write to it", s.t.path, p.corrupt))
+			s.warn("%s: %v; left alone as nodecreds has nothing to write to it", s.t.path, p.corrupt)
 			s.rec.set(p.merged.state)
-			return *res, nil
+			return s.done(s.cur.stamp())
 		case stepKeep:
-			s.rec.set(p.merged.state)
-			return *res, nil
+			w, err = s.keep(p)
 		case stepDrop:
-			return *res, s.e.drop(s.t, s.cur, p, s.rec, res)
+			w, err = s.drop(p)
+		default:
+			w, err = s.write(p)
 		}
-		w, err := s.e.write(s.root, s.t, s.base, s.cur, p, s.rec, res)
 		switch {
 		case err != nil:
 			return *res, err
@@ -429,13 +654,28 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			s.base, s.cur = w.theirs, w.ours
 			s.old = intent(ownedIn(p.parsed, s.old), s.old, p.merged.state)
 		default:
-			// What the next sync will read back, unless someone writes it.
-			s.e.memo.remember(s.t.path, p.data, p.merged.doc)
+			if p.step == stepWrite {
+				// What the next sync will read back, unless someone writes it.
+				s.e.memo.remember(s.t.path, p.data, p.merged.doc)
+			}
 			s.rec.set(p.merged.state)
-			return *res, nil
+			if p.step == stepDrop {
+				s.rec.set(TargetState{})
+			}
+			return s.done(w.left)
 		}
 	}
 	return *res, fmt.Errorf("%s: %w; gave up after %d attempts", s.t.path, ErrContended, maxAttempts)
+}
+
+// done ends a sync of the target that left left there: the held files,
+// merged now, go.
+func (s *targetSync) done(left FileID) (Result, error) {
+	if err := s.release(); err != nil {
+		return s.res, err
+	}
+	s.res.Left = &left
+	return s.res, nil
 }
 
 // pause lets a writer in a loop finish its burst before attempt (none
@@ -510,68 +750,139 @@ func (r targetRecord) commit(ts TargetState) error {
 	return r.store.durable(r.target)
 }
 
-// drop removes a file nodecreds created once nothing is left in it.
-func (e *Engine) drop(t *openedTarget, cur fileRead, p targetPlan, rec targetRecord, res *Result) error {
-	if err := rec.commit(p.intent); err != nil {
-		return err
-	}
-	if cur.exists {
-		if err := remove(t.dir, t.name); err != nil {
-			return err
-		}
-		res.Changed, res.Removed = true, true
-	}
-	rec.set(TargetState{})
-	return nil
-}
-
-// written is what a write found at the target when it swapped ours in.
-type written struct {
-	lost   bool     // a file appeared or changed before the swap; ours is not in place
-	raced  bool     // ours is in place, but replaced a file other than the one we read
-	theirs fileRead // with raced: the file we replaced
-	ours   fileRead // with raced: ours, now on disk
-}
-
-// write records the intent, sets a corrupt file aside, and swaps the new
-// file in.
-func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur fileRead, p targetPlan, rec targetRecord, res *Result) (written, error) {
-	if err := rec.commit(p.intent); err != nil {
+// drop removes a file nodecreds created once nothing is left in it, and
+// only the file it read: the file is first taken off its name (an atomic
+// rename), then compared with what was read. Another writer's file
+// renamed over the target in the meantime is put back and merged again;
+// if yet another appeared at the name while it was off it, the taken one
+// is held and merged into that one.
+func (s *targetSync) drop(p targetPlan) (written, error) {
+	if err := s.rec.commit(p.intent); err != nil {
 		return written{}, err
 	}
-	if t.dir == nil {
-		d, name, err := root.OpenParent(res.Target, true, 0o700)
-		if err != nil {
+	if !s.cur.exists {
+		return written{}, nil
+	}
+	d := s.t.dir
+	call(s.e.hooks.beforeRemove)
+	taken, err := take(d, s.t.name)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Someone removed it first: there is nothing left to lose.
+		return written{}, nil
+	}
+	if err != nil {
+		return written{}, fmt.Errorf("removing %s: %w", s.t.path, err)
+	}
+	call(s.e.hooks.whileAway)
+	data, _, rerr := d.ReadFile(taken, hostfs.MaxFileSize)
+	if rerr == nil && bytes.Equal(data, s.cur.data) {
+		if err := remove(d, taken); err != nil {
 			return written{}, err
 		}
-		t.dir, t.name = d, name
+		s.res.Changed, s.res.Removed = true, true
+		return written{}, nil
 	}
-	if p.corrupt != nil && base.exists {
-		res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %v; replaced", t.path, p.corrupt))
-		copyPath, err := setAside(t.dir, t.name, base.data, e.now())
-		if err != nil {
-			return written{}, err
-		}
-		res.SetAside = copyPath
+	err = d.RenameNoReplace(taken, s.t.name)
+	if err == nil {
+		return written{lost: true}, d.Sync()
 	}
-	e.sweepOnce(t.dir, tempPrefix(t.name))
-	replaced, existed, id, err := replace(t.dir, t.name, p.data, cur)
+	s.hold(taken)
+	if errors.Is(err, fs.ErrExist) {
+		return written{lost: true}, nil
+	}
+	return written{}, fmt.Errorf("%s: putting back another writer's file, kept as %s: %w", s.t.path, d.Name(taken), err)
+}
+
+// keep leaves the content as it is, and makes sure that a file holding
+// nodecreds' credentials is readable by its owner alone.
+func (s *targetSync) keep(p targetPlan) (written, error) {
+	left := s.cur.stamp()
+	if !s.cur.exists || len(p.merged.state.Owned) == 0 {
+		return written{left: left}, nil
+	}
+	s.warnOwner(s.cur)
+	if !loosened(s.cur.mode) {
+		return written{left: left}, nil
+	}
+	mode, err := tighten(s.t.dir, s.t.name, s.cur)
 	if errors.Is(err, errRaced) {
 		return written{lost: true}, nil
 	}
 	if err != nil {
 		return written{}, err
 	}
-	res.Changed, res.Left = true, id
-	if existed == cur.exists && bytes.Equal(replaced, cur.data) {
-		return written{}, nil
+	s.warn("%s was mode %04o, readable by group or others although it holds credentials; set to %04o", s.t.path, s.cur.mode, mode)
+	s.res.Changed = true
+	left.Mode = mode // exactly: a chmod clears setuid, setgid and sticky too
+	return written{left: left}, nil
+}
+
+// warnOwner reports a file holding nodecreds' credentials that another
+// user owns: that user can read them, and the agent cannot give the file
+// back to root without a capability it does not have.
+func (s *targetSync) warnOwner(f fileRead) {
+	if f.exists && f.uid != os.Geteuid() {
+		s.warn("%s is owned by uid %d (gid %d), not by the agent's uid %d: that user can read the credentials nodecreds keeps in it; chown the file to root", s.t.path, f.uid, f.gid, os.Geteuid())
+	}
+}
+
+// written is what a step found at the target.
+type written struct {
+	lost   bool     // a file appeared or changed before the swap; ours is not in place
+	raced  bool     // ours is in place, but replaced a file other than the one we read
+	theirs fileRead // with raced: the file we replaced
+	ours   fileRead // with raced: ours, now on disk
+	left   FileID   // otherwise: what is at the target now
+}
+
+// write records the intent, sets a corrupt file aside, and swaps the new
+// file in.
+func (s *targetSync) write(p targetPlan) (written, error) {
+	t, base, cur := s.t, s.base, s.cur
+	if err := s.rec.commit(p.intent); err != nil {
+		return written{}, err
+	}
+	if t.dir == nil {
+		d, name, err := s.root.OpenParent(s.res.Target, true, 0o700)
+		if err != nil {
+			return written{}, err
+		}
+		t.dir, t.name = d, name
+		s.e.sweepTarget(t)
+	}
+	if p.corrupt != nil && base.exists {
+		if _, err := s.setAside(base.data, fmt.Errorf("%w; replaced", p.corrupt)); err != nil {
+			return written{}, err
+		}
+	}
+	if cur.exists && len(p.merged.state.Owned) > 0 {
+		s.warnOwner(cur)
+		if loosened(cur.mode) {
+			s.warn("%s was mode %04o, readable by group or others although it holds credentials; written %04o", t.path, cur.mode, cur.mode&0o600)
+		}
+	}
+	call(s.e.hooks.beforeSwap)
+	sw, err := replace(t.dir, t.name, p.data, cur)
+	if sw.held != "" {
+		// Kept until what the next attempt writes holds it too.
+		s.hold(sw.held)
+	}
+	if errors.Is(err, errRaced) {
+		return written{lost: true}, nil
+	}
+	if err != nil {
+		return written{}, err
+	}
+	s.res.Changed = true
+	if sw.held == "" && sw.existed == cur.exists {
+		return written{left: sw.left}, nil
 	}
 	w := written{
 		raced:  true,
-		theirs: fileRead{exists: existed, data: replaced, mode: cur.mode, uid: cur.uid, gid: cur.gid},
+		theirs: fileRead{exists: sw.existed, data: sw.old},
 		ours:   fileRead{exists: true, data: p.data, mode: cur.mode, uid: cur.uid, gid: cur.gid},
 	}
-	if !existed {
+	if !cur.exists {
 		w.ours.mode = 0o600
 	}
 	return w, nil
@@ -605,14 +916,16 @@ type targetPlan struct {
 // modified.
 func planTarget(base, cur fileRead, prev *document, desired *wanted, prune pruneRule, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
 	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
-	doc, perr := parse(base.data)
+	orig, perr := parse(base.data)
 	if perr != nil {
-		doc, _ = parseDocument(nil)
+		orig, _ = parseDocument(nil)
 	}
-	if racing && prev != nil {
+	doc := orig
+	if prev != nil {
 		// While our stale file was in place the other writer may have read
-		// it and written on top of it, dropping what it had added before.
-		// Carry forward everything seen from it in this sync.
+		// it and written on top of it, dropping what it had added before;
+		// or its file was taken off the target and is held. Carry forward
+		// everything seen from it in this sync.
 		doc = doc.clone()
 		carry(prev, doc)
 	}
@@ -630,15 +943,24 @@ func planTarget(base, cur fileRead, prev *document, desired *wanted, prune prune
 				onDisk = ownedIn(curDoc, old)
 			}
 		}
+		if prev != nil {
+			// Ours in a held file, which a crash leaves to the next
+			// process to merge, must be recognised there too.
+			for k, fp := range ownedIn(prev, old) {
+				if _, ok := onDisk[k]; !ok {
+					onDisk[k] = fp
+				}
+			}
+		}
 		p.intent = intent(onDisk, old, p.merged.state)
 	}
 	switch {
-	case perr != nil && len(p.merged.state.Owned) == 0 && len(p.merged.restored) == 0 && !racing:
+	case perr != nil && len(p.merged.state.Owned) == 0 && len(p.merged.restored) == 0 && !racing && prev == nil:
 		p.step = stepLeave
 	case p.merged.state.Created && p.merged.doc.empty():
 		p.step = stepDrop
 		setIntent()
-	case perr == nil && !racing && p.merged.doc.equal(doc):
+	case perr == nil && !racing && p.merged.doc.equal(orig):
 		p.step = stepKeep
 	default:
 		data, err := p.merged.doc.encode()
@@ -697,15 +1019,22 @@ func lock(ctx context.Context, d *hostfs.Dir) (func(), error) {
 	}
 }
 
-// sweepPrefix removes files a crash left in d whose names start with prefix.
-func sweepPrefix(d *hostfs.Dir, prefix string) {
+// sweepPrefix removes files a crash left in d whose names start with
+// prefix, except those starting with held (when not empty), whose names it
+// returns.
+func sweepPrefix(d *hostfs.Dir, prefix, held string) []string {
 	names, err := d.Names()
 	if err != nil {
-		return
+		return nil
 	}
+	var found []string
 	for _, n := range names {
-		if strings.HasPrefix(n, prefix) {
+		switch {
+		case held != "" && strings.HasPrefix(n, held):
+			found = append(found, n)
+		case strings.HasPrefix(n, prefix):
 			_ = d.Remove(n)
 		}
 	}
+	return found
 }

@@ -358,7 +358,9 @@ func TestRelativeTargetRefused(t *testing.T) {
 
 // TestConcurrentWriter runs a docker-login-style writer (read, add an entry,
 // write a temp file, rename over) in a tight loop while the engine rotates
-// the desired set. None of the writer's entries may be lost by nodecreds.
+// the desired set. None of the writer's entries may be lost by nodecreds
+// (except, in a -tags noexchange build, in the window that docs/security.md
+// names).
 func TestConcurrentWriter(t *testing.T) {
 	e, root := newEngine(t)
 	p := filepath.Join(root, dockerFile)
@@ -383,10 +385,21 @@ func TestConcurrentWriter(t *testing.T) {
 	}
 	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
 	a := auths(t, p)
+	lost := 0
 	for i := range writes {
 		if _, ok := a[fmt.Sprintf("w%d.io", i)]; !ok {
-			t.Errorf("writer's entry w%d.io was lost", i)
+			lost++
+			if !hostfs.RenameFlagsOff {
+				t.Errorf("writer's entry w%d.io was lost", i)
+			}
 		}
+	}
+	if hostfs.RenameFlagsOff {
+		// Without RENAME_EXCHANGE a writer renaming its file in between
+		// nodecreds' last check and its rename is not seen (docs/security.md
+		// says so); every file either wrote stays whole (the writer parses
+		// each one it reads).
+		t.Logf("without renameat2's flags, %d of the writer's %d entries were lost", lost, writes)
 	}
 	if authOf(t, p, "r.io") != (dockercfg.Entry{Username: "u", Password: "final"}).Auth() {
 		t.Errorf("our entry is not the final one")

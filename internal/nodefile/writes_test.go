@@ -1,0 +1,470 @@
+package nodefile
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/testsupport"
+)
+
+// renameOver puts content at path the way docker login does: a temp file
+// renamed over it.
+func renameOver(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	tmp := path + ".writer-tmp"
+	testsupport.WriteFile(t, tmp, content, mode)
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// once returns f wrapped to run only on its first call.
+func once(f func()) func() {
+	done := false
+	return func() {
+		if !done {
+			done = true
+			f()
+		}
+	}
+}
+
+// leftovers lists the names nodecreds may leave next to a target.
+func leftovers(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".nodecreds-") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestDropNeverRemovesAnotherWritersFile: a file nodecreds created is
+// removed once nothing is left in it (the Secret emptied, or cleanup), but
+// never when another writer renamed a file of its own over it between
+// nodecreds' read and the removal, nor when a third file appears while the
+// second is off its name: every entry of theirs ends up in the target.
+func TestDropNeverRemovesAnotherWritersFile(t *testing.T) {
+	theirs := func(keys ...string) string {
+		var parts []string
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%q:{\"auth\":\"dzpw\"}", k))
+		}
+		return `{"auths":{` + strings.Join(parts, ",") + `}}`
+	}
+	tests := []struct {
+		name         string
+		cleanup      bool
+		beforeRemove string // renamed over the target between read and removal
+		whileAway    string // renamed to the target's name while the file is off it
+		want         []string
+		gone         bool // the target is to be removed
+		setAside     bool // a corrupt copy is to be kept
+	}{
+		{name: "nothing in the way", gone: true},
+		{name: "a new file renamed over it", beforeRemove: theirs("theirs.test"), want: []string{"theirs.test"}},
+		{name: "cleanup: a new file renamed over it", cleanup: true, beforeRemove: theirs("theirs.test"), want: []string{"theirs.test"}},
+		{name: "the same bytes renamed over it", beforeRemove: "same", gone: true},
+		{name: "a third file while the second is away", beforeRemove: theirs("second.test"), whileAway: theirs("third.test"), want: []string{"second.test", "third.test"}},
+		{name: "cleanup: a third file while the second is away", cleanup: true, beforeRemove: theirs("second.test"), whileAway: theirs("third.test"), want: []string{"second.test", "third.test"}},
+		{name: "a corrupt second file, then a third", beforeRemove: "{garbage", whileAway: theirs("third.test"), want: []string{"third.test"}, setAside: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, root := newEngine(t)
+			p := filepath.Join(root, kubeletFile)
+			mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+			ours := string(testsupport.ReadFile(t, p))
+			if tt.beforeRemove != "" {
+				content := tt.beforeRemove
+				if content == "same" {
+					content = ours
+				}
+				e.hooks.beforeRemove = once(func() { renameOver(t, p, content, 0o600) })
+			}
+			if tt.whileAway != "" {
+				e.hooks.whileAway = once(func() { renameOver(t, p, tt.whileAway, 0o600) })
+			}
+			var res []Result
+			var err error
+			if tt.cleanup {
+				res, err = e.Cleanup(t.Context(), nil)
+			} else {
+				res, err = e.Apply(t.Context(), []string{kubeletFile}, nil, true)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustOK(t, res)
+			if tt.gone {
+				if _, err := os.Stat(p); !os.IsNotExist(err) {
+					t.Fatalf("the emptied file was not removed: %v", err)
+				}
+			} else {
+				a := auths(t, p)
+				for _, k := range tt.want {
+					if _, ok := a[k]; !ok {
+						t.Errorf("the other writer's entry %s was lost: the file holds %v", k, a)
+					}
+				}
+				if _, ok := a["r.io"]; ok {
+					t.Errorf("nodecreds' pruned entry is still there: %v", a)
+				}
+			}
+			if left := leftovers(t, filepath.Dir(p)); len(left) != 0 {
+				t.Errorf("left behind: %v", left)
+			}
+			if res[0].Left == nil || *res[0].Left != stampOf(t, p) {
+				t.Errorf("the result does not say what is on disk")
+			}
+			copies, _ := filepath.Glob(p + ".corrupt-*")
+			if tt.setAside != (len(copies) == 1) {
+				t.Errorf("corrupt copies: %v, want one: %v", copies, tt.setAside)
+			}
+		})
+	}
+}
+
+// TestHeldFileMergedAtStart: a file another writer put at a target, taken
+// off its name by a nodecreds process that then died before merging it, is
+// merged by the next one rather than swept away.
+func TestHeldFileMergedAtStart(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	testsupport.WriteFile(t, p, `{"auths":{"current.test":{"auth":"dzpw"}}}`, 0o600)
+	held := filepath.Join(filepath.Dir(p), ".config.json.nodecreds-held-0123456789abcdef")
+	testsupport.WriteFile(t, held, `{"auths":{"held.test":{"auth":"dzpw"}},"credsStore":"x"}`, 0o600)
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+	a := auths(t, p)
+	for _, k := range []string{"current.test", "held.test", "r.io"} {
+		if _, ok := a[k]; !ok {
+			t.Errorf("%s missing: %v", k, a)
+		}
+	}
+	if readJSON(t, p)["credsStore"] != "x" {
+		t.Errorf("the held file's top-level field was not merged")
+	}
+	if left := leftovers(t, filepath.Dir(p)); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
+
+// TestLoosenedPermissionsCorrected: a file holding nodecreds' credentials is
+// never left readable by group or others, whether its mode was loosened
+// in place or the same bytes were written anew with a looser mode; the
+// warning names the old mode, and another owner is reported.
+func TestLoosenedPermissionsCorrected(t *testing.T) {
+	tests := []struct {
+		name     string
+		disturb  func(t *testing.T, p string)
+		rotate   bool // the sync also writes new content
+		wantMode os.FileMode
+		warn     []string // each must appear in one warning
+		sameIno  bool     // corrected in place, not rewritten
+		root     bool     // needs root to give the file away
+	}{
+		{name: "chmod 0644", disturb: chmod(0o644), wantMode: 0o600, warn: []string{"0644"}, sameIno: true},
+		{name: "chmod 0640", disturb: chmod(0o640), wantMode: 0o600, warn: []string{"0640"}, sameIno: true},
+		{name: "chmod 0604", disturb: chmod(0o604), wantMode: 0o600, warn: []string{"0604"}, sameIno: true},
+		{name: "chmod 0440 keeps the owner's stricter bits", disturb: chmod(0o440), wantMode: 0o400, warn: []string{"0440"}, sameIno: true},
+		{name: "stricter 0400 is kept without a warning", disturb: chmod(0o400), wantMode: 0o400, sameIno: true},
+		{name: "same bytes written anew at 0644", disturb: func(t *testing.T, p string) {
+			renameOver(t, p, string(testsupport.ReadFile(t, p)), 0o644)
+		}, wantMode: 0o600, warn: []string{"0644"}},
+		{name: "chmod 0644, then new content", disturb: chmod(0o644), rotate: true, wantMode: 0o600, warn: []string{"0644"}},
+		{name: "chown 1000", disturb: chown(1000), wantMode: 0o600, warn: []string{"uid 1000"}, sameIno: true, root: true},
+		{name: "chown 1000 and chmod 0644", disturb: func(t *testing.T, p string) { chown(1000)(t, p); chmod(0o644)(t, p) },
+			wantMode: 0o600, warn: []string{"uid 1000", "0644"}, sameIno: true, root: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.root && os.Geteuid() != 0 {
+				t.Fatal("needs root to give a file to another user (make test runs as root)")
+			}
+			e, root := newEngine(t)
+			p := filepath.Join(root, kubeletFile)
+			mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+			tt.disturb(t, p)
+			before := testsupport.ReadFile(t, p)
+			fiBefore, _ := os.Stat(p)
+			pw := "p"
+			if tt.rotate {
+				pw = "q"
+			}
+			res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", pw)}, true)
+			mustOK(t, res)
+			fi, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != tt.wantMode {
+				t.Errorf("mode %04o after the sync, want %04o", fi.Mode().Perm(), tt.wantMode)
+			}
+			if tt.sameIno && !tt.rotate && (ino(fi) != ino(fiBefore) || string(testsupport.ReadFile(t, p)) != string(before)) {
+				t.Errorf("the file was rewritten; only its mode was to change")
+			}
+			for _, w := range tt.warn {
+				if !slices.ContainsFunc(res[0].Warnings, func(s string) bool { return strings.Contains(s, w) }) {
+					t.Errorf("no warning naming %q: %q", w, res[0].Warnings)
+				}
+			}
+			if res[0].Left == nil || *res[0].Left != stampOf(t, p) {
+				t.Errorf("the result does not say what is on disk")
+			}
+			if len(tt.warn) == 0 && len(res[0].Warnings) != 0 {
+				t.Errorf("unexpected warnings: %q", res[0].Warnings)
+			}
+			// The next sync finds nothing more to say about the mode.
+			again := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", pw)}, true)
+			mustOK(t, again)
+			if again[0].Changed {
+				t.Errorf("a second sync changed the file again")
+			}
+		})
+	}
+}
+
+func chmod(mode os.FileMode) func(*testing.T, string) {
+	return func(t *testing.T, p string) {
+		t.Helper()
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func chown(uid int) func(*testing.T, string) {
+	return func(t *testing.T, p string) {
+		t.Helper()
+		if err := os.Chown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestCorruptCopiesBounded: garbage renamed over a target again and again
+// leaves at most maxCorruptCopies copies next to it, the newest ones; a
+// file of the operator's that only looks like a copy is left alone.
+func TestCorruptCopiesBounded(t *testing.T) {
+	root := t.TempDir()
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	e := New(Options{HostRoot: root, StateDir: stateDir, Now: func() time.Time { return now }})
+	p := filepath.Join(root, kubeletFile)
+	mine := p + ".corrupt-keep-this"
+	testsupport.WriteFile(t, mine, "an operator's note", 0o600)
+	var want []string
+	for i := range 12 {
+		renameOver(t, p, fmt.Sprintf("{garbage %d", i), 0o600)
+		res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+		mustOK(t, res)
+		if res[0].SetAside == "" {
+			t.Fatalf("round %d: the corrupt file was not set aside", i)
+		}
+		want = append(want, res[0].SetAside)
+		if i%3 != 0 {
+			now = now.Add(time.Second) // and sometimes several in one second
+		}
+	}
+	got, _ := filepath.Glob(p + ".corrupt-2*")
+	slices.Sort(got)
+	want = want[len(want)-maxCorruptCopies:]
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("copies kept:\n%v\nwant the newest %d:\n%v", got, maxCorruptCopies, want)
+	}
+	if string(testsupport.ReadFile(t, mine)) != "an operator's note" {
+		t.Errorf("a file that only looks like a copy was touched")
+	}
+	if data := string(testsupport.ReadFile(t, got[len(got)-1])); data != "{garbage 11" {
+		t.Errorf("the newest copy holds %q", data)
+	}
+}
+
+// TestLeftoversSweptWithoutWriting: temp files a killed nodecreds left
+// (holding the old credentials, after a swap) go with the next process's
+// first sync even when it has nothing to write, in every target folder
+// and the state folder.
+func TestLeftoversSweptWithoutWriting(t *testing.T) {
+	e, root := newEngine(t)
+	desired := dockercfg.Set{item("r.io", "u", "p")}
+	mustOK(t, apply(t, e, []string{kubeletFile}, desired, true))
+	left := []string{
+		filepath.Join(root, "var/lib/kubelet/.config.json.nodecreds-0123456789abcdef"),
+		filepath.Join(root, "root/.docker/.config.json.nodecreds-fedcba9876543210"), // a target with no file
+		filepath.Join(root, stateDir, ".state.json.0011223344556677"),
+	}
+	for _, l := range left {
+		testsupport.WriteFile(t, l, `{"auths":{"r.io":{"auth":"b2xkOnB3"}}}`, 0o600)
+	}
+	// A new process: nothing to write, the kubelet file is in sync and
+	// the docker one has nothing of ours.
+	e2 := New(Options{HostRoot: root, StateDir: stateDir})
+	res := apply(t, e2, []string{kubeletFile}, desired, true)
+	mustOK(t, res)
+	res = apply(t, e2, []string{dockerFile}, nil, true)
+	mustOK(t, res)
+	if res[0].Changed {
+		t.Fatalf("the docker file was written")
+	}
+	for _, l := range left {
+		if _, err := os.Stat(l); !os.IsNotExist(err) {
+			t.Errorf("%s not swept: %v", l, err)
+		}
+	}
+}
+
+// TestLoosenedForeignFileWithoutFownerCapability: with the DaemonSet's
+// capabilities (none), the agent cannot narrow the mode of a file another
+// user owns; the sync fails with an error naming the capability and the
+// remedy, and says who owns it, instead of leaving it readable silently.
+// Run as a child process that drops CAP_FOWNER before syncing.
+func TestLoosenedForeignFileWithoutFownerCapability(t *testing.T) {
+	if os.Getenv("NODECREDS_TEST_NOFOWNER") == "1" {
+		noFownerChild(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root to give a file to another user (make test runs as root)")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+	chown(1000)(t, p)
+	chmod(0o644)(t, p)
+	before := testsupport.ReadFile(t, p)
+	cmd := execCommand(exe, "-test.run=^TestLoosenedForeignFileWithoutFownerCapability$", "-test.v")
+	cmd.Env = append(os.Environ(), "NODECREDS_TEST_NOFOWNER=1", "NODECREDS_TEST_ROOT="+root)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child failed: %v\n%s", err, out)
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o644 || string(testsupport.ReadFile(t, p)) != string(before) {
+		t.Errorf("the file changed: mode %04o", fi.Mode().Perm())
+	}
+}
+
+func noFownerChild(t *testing.T) {
+	if err := dropCapability(unix.CAP_FOWNER); err != nil {
+		t.Fatalf("dropping CAP_FOWNER: %v", err)
+	}
+	e := New(Options{HostRoot: os.Getenv("NODECREDS_TEST_ROOT"), StateDir: stateDir})
+	res, err := e.Apply(t.Context(), []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err == nil || !strings.Contains(res[0].Err.Error(), "FOWNER") || !strings.Contains(res[0].Err.Error(), "0644") || !strings.Contains(res[0].Err.Error(), "chown") {
+		t.Fatalf("want an error naming the mode, the FOWNER capability and the remedy, got %v", res[0].Err)
+	}
+	if !slices.ContainsFunc(res[0].Warnings, func(w string) bool { return strings.Contains(w, "uid 1000") }) {
+		t.Fatalf("the other owner is not reported: %q", res[0].Warnings)
+	}
+}
+
+// stampOf is what the file at path holds, as the agent's watch sees it.
+func stampOf(t *testing.T, path string) FileID {
+	t.Helper()
+	f, _, err := hostfs.OpenRegular(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return FileID{}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	info, err := hostfs.Stat(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hostfs.StampOf(testsupport.ReadFile(t, path), info)
+}
+
+// TestSwapKeepsAnotherWritersFile: a file another writer renames over the
+// target between nodecreds' read and its swap is merged (its entries
+// kept), or, if it does not parse, kept as one corrupt copy; nothing is
+// left next to the target, and the result says what is on disk.
+func TestSwapKeepsAnotherWritersFile(t *testing.T) {
+	tests := []struct {
+		name   string
+		theirs string
+		want   []string
+		copies int
+	}{
+		{"a file with an entry of its own", `{"auths":{"theirs.test":{"auth":"dzpw"}},"credsStore":"x"}`, []string{"theirs.test", "r.io"}, 0},
+		{"garbage", "{garbage", []string{"r.io"}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, root := newEngine(t)
+			p := filepath.Join(root, kubeletFile)
+			mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+			e.hooks.beforeSwap = once(func() { renameOver(t, p, tt.theirs, 0o600) })
+			res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "q")}, true)
+			mustOK(t, res)
+			a := auths(t, p)
+			for _, k := range tt.want {
+				if _, ok := a[k]; !ok {
+					t.Errorf("%s missing: %v", k, a)
+				}
+			}
+			if authOf(t, p, "r.io") != (dockercfg.Entry{Username: "u", Password: "q"}).Auth() {
+				t.Errorf("ours is not the new one")
+			}
+			if left := leftovers(t, filepath.Dir(p)); len(left) != 0 {
+				t.Errorf("left behind: %v", left)
+			}
+			if copies, _ := filepath.Glob(p + ".corrupt-*"); len(copies) != tt.copies {
+				t.Errorf("corrupt copies %v, want %d", copies, tt.copies)
+			}
+			if res[0].Left == nil || *res[0].Left != stampOf(t, p) {
+				t.Errorf("the result does not say what is on disk")
+			}
+		})
+	}
+}
+
+// TestHeldFilesBounded: however many files are held next to a target (a
+// writer that raced every attempt of syncs that gave up), at most maxHeld
+// stay on disk, merged into one beyond that, and every entry of theirs
+// reaches the target.
+func TestHeldFilesBounded(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	const n = 6
+	for i := range n {
+		testsupport.WriteFile(t, fmt.Sprintf("%s/.config.json.nodecreds-held-%016x", filepath.Dir(p), i),
+			fmt.Sprintf(`{"auths":{"held-%d.test":{"auth":"dzpw"}}}`, i), 0o600)
+	}
+	var during []string
+	e.hooks.beforeSwap = once(func() { during = leftovers(t, filepath.Dir(p)) })
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+	if len(during) > maxHeld {
+		t.Errorf("%d held files on disk during the sync: %v", len(during), during)
+	}
+	a := auths(t, p)
+	for i := range n {
+		if _, ok := a[fmt.Sprintf("held-%d.test", i)]; !ok {
+			t.Errorf("held-%d.test missing: %v", i, a)
+		}
+	}
+	if left := leftovers(t, filepath.Dir(p)); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
