@@ -280,6 +280,7 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 	log := a.log.WithFields(logrus.Fields{"cause": o.Cause, "revision": o.Revision})
 	if newRev {
 		for _, c := range clashes {
+			c = c.Safe()
 			log.WithFields(logrus.Fields{"registry": c.Registry, "winner": c.Winner, "winnerKey": c.WinnerKey, "loser": c.Loser, "loserKey": c.LoserKey}).
 				Warn("two sources provide the same registry; the first wins")
 		}
@@ -297,14 +298,16 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		for _, w := range r.Warnings {
 			rl.Warn(w)
 		}
+		// Foreign keys come from the node's files, not from a validated
+		// source: any of them may hold a password.
 		if len(r.Released) > 0 {
-			rl.WithField("keys", r.Released).Warn("entries nodecreds wrote were changed by someone else; leaving them to their new owner")
+			rl.WithField("keys", dockercfg.SafeKeys(r.Released)).Warn("entries nodecreds wrote were changed by someone else; leaving them to their new owner")
 		}
 		if len(r.Displaced) > 0 {
-			rl.WithField("keys", r.Displaced).Info("displaced foreign entries for registries the sources provide; they are kept and restored later")
+			rl.WithField("keys", dockercfg.SafeKeys(r.Displaced)).Info("displaced foreign entries for registries the sources provide; they are kept and restored later")
 		}
 		if len(r.Restored) > 0 {
-			rl.WithField("keys", r.Restored).Info("restored displaced entries")
+			rl.WithField("keys", dockercfg.SafeKeys(r.Restored)).Info("restored displaced entries")
 		}
 		switch {
 		case r.Err != nil:
@@ -354,9 +357,9 @@ const loggedRegistries = 20
 func registries(desired dockercfg.Set) logrus.Fields {
 	keys := desired.Keys()
 	if len(keys) <= loggedRegistries {
-		return logrus.Fields{"registries": keys}
+		return logrus.Fields{"registries": dockercfg.SafeKeys(keys)}
 	}
-	return logrus.Fields{"registries": keys[:loggedRegistries], "moreRegistries": len(keys) - loggedRegistries}
+	return logrus.Fields{"registries": dockercfg.SafeKeys(keys[:loggedRegistries]), "moreRegistries": len(keys) - loggedRegistries}
 }
 
 func (a *Agent) count(f func(*report.Metrics)) {

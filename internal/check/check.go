@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 )
 
@@ -107,7 +108,7 @@ func Run(ctx context.Context, o Options) Report {
 			}
 		} else {
 			res.Found = true
-			res.Entry, res.Username = creds[0].Key, creds[0].Username
+			res.Entry, res.Username = dockercfg.SafeKey(creds[0].Key), creds[0].Username
 			if o.Prober != nil {
 				// The registry host as written (with port, if any), and for
 				// an image the repository in it; never a default registry.
@@ -116,7 +117,7 @@ func Run(ctx context.Context, o Options) Report {
 				res.Probe = &p
 				if !p.OK {
 					rep.OK = false
-					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, creds[0].Key))
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, dockercfg.SafeKey(creds[0].Key)))
 				}
 			}
 		}
@@ -166,9 +167,9 @@ func elsewhere(states []kubeletcred.File, used *kubeletcred.File, repo string) s
 		}
 		if creds := kubeletcred.NewKeyring(s.Creds).Lookup(repo); len(creds) > 0 {
 			if used != nil {
-				return fmt.Sprintf("%s has an entry (%q) but the kubelet reads only %s", s.Path, creds[0].Key, used.Path)
+				return fmt.Sprintf("%s has an entry (%q) but the kubelet reads only %s", s.Path, dockercfg.SafeKey(creds[0].Key), used.Path)
 			}
-			return fmt.Sprintf("%s has an entry (%q)", s.Path, creds[0].Key)
+			return fmt.Sprintf("%s has an entry (%q)", s.Path, dockercfg.SafeKey(creds[0].Key))
 		}
 	}
 	return ""
