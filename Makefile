@@ -67,7 +67,8 @@ compat: deps controlplane ## Real consumers: the kubelet's credential code (node
 .PHONY: fuzz
 fuzz: ## Fuzz the credentials parser, the redaction of keys, and the node file's parse/encode against encoding/json briefly (FUZZTIME=15s each)
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./internal/dockercfg
-	$(GO) test -run='^$$' -fuzz=FuzzSafeKey -fuzztime=$(FUZZTIME) ./internal/dockercfg
+	$(GO) test -run='^$$' -fuzz='^FuzzSafeKey$$' -fuzztime=$(FUZZTIME) ./internal/dockercfg
+	$(GO) test -run='^$$' -fuzz=FuzzSafeKeyURLUserInfo -fuzztime=$(FUZZTIME) ./internal/dockercfg
 	$(GO) test -run='^$$' -fuzz=FuzzDocument -fuzztime=$(FUZZTIME) ./internal/nodefile
 
 .PHONY: test

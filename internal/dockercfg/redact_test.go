@@ -144,3 +144,39 @@ func jsonString(s string) string {
 	b.WriteByte('"')
 	return b.String()
 }
+
+// FuzzSafeKeyURLUserInfo takes any key and the user-info a URL parser (as
+// the kubelet's url.Parse) reads in it — the authority after the scheme,
+// up to its last '@' — and requires that SafeKey prints no 4 characters
+// of it that the rest of the key does not also hold.
+func FuzzSafeKeyURLUserInfo(f *testing.F) {
+	for _, k := range testsupport.UserInfoKeys(keyCanary) {
+		f.Add(k)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		s := key
+		prefix := ""
+		if i := strings.Index(s, "://"); i >= 0 {
+			prefix, s = s[:i+3], s[i+3:]
+		}
+		authority := s
+		if i := strings.IndexAny(s, "/?#"); i >= 0 {
+			authority = s[:i]
+		}
+		at := strings.LastIndex(authority, "@")
+		if at < 0 {
+			return
+		}
+		userinfo, rest := authority[:at], prefix+s[at+1:]
+		// What SafeKey printed of the key, between its "<redacted>"s.
+		printed := strings.Split(strings.ReplaceAll(SafeKey(key), redacted+"@", redacted), redacted)
+		for i := 0; i+testsupport.LeakMin <= len(userinfo); i++ {
+			piece := userinfo[i : i+testsupport.LeakMin]
+			for _, p := range printed {
+				if strings.Contains(p, piece) && !strings.Contains(rest, piece) {
+					t.Fatalf("SafeKey(%q) = %q prints %q of the user-info %q", key, SafeKey(key), piece, userinfo)
+				}
+			}
+		}
+	})
+}
