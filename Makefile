@@ -69,8 +69,10 @@ compat: deps controlplane ## Real consumers: the kubelet's credential code (node
 	cd test/consumers && $(GO) test -count=1 ./...
 
 .PHONY: fuzz
-fuzz: ## Fuzz the credentials parser, the node file's parse/encode against encoding/json, and the kubelet file against the kubelet's keyring briefly (FUZZTIME=15s each)
+fuzz: ## Fuzz the credentials parser, the redaction of keys, the node file's parse/encode against encoding/json, and the kubelet file against the kubelet's keyring briefly (FUZZTIME=15s each)
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./internal/dockercfg
+	$(GO) test -run='^$$' -fuzz='^FuzzSafeKey$$' -fuzztime=$(FUZZTIME) ./internal/dockercfg
+	$(GO) test -run='^$$' -fuzz=FuzzSafeKeyURLUserInfo -fuzztime=$(FUZZTIME) ./internal/dockercfg
 	$(GO) test -run='^$$' -fuzz=FuzzDocument -fuzztime=$(FUZZTIME) ./internal/nodefile
 	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzKubeletAgreesWithSecret -fuzztime=$(FUZZTIME) .
 

@@ -49,6 +49,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{name: "invalid flag value", files: good(), args: []string{"--resync", "soon"}, code: 2, want: "resync"},
 		{name: "invalid source", files: good(), args: []string{"--source", "ldap"}, code: 2, want: "--source"},
 		{name: "relative target", files: good(), args: []string{"--target", "config.json"}, code: 2, want: "absolute"},
+		{name: "target in /", files: good(), args: []string{"--target", "/config.json"}, code: 2, want: "/ is a system folder"},
+		{name: "target in /etc", files: good(), args: []string{"--target", "/var/lib/kubelet/config.json,/etc/config.json"}, code: 2, want: "/etc is a system folder"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -27,6 +27,10 @@ func TestMain(m *testing.M) {
 		hogInotify() // a helper process of TestInotifyExhausted
 		return
 	}
+	if bin := os.Getenv(netnsEnv); bin != "" {
+		probeInNetns(bin) // a helper process of TestProbeThroughAProxyReachesTheRegistryItself
+		return
+	}
 	dir, err := os.MkdirTemp("", "nodecreds-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

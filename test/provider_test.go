@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
@@ -91,4 +92,57 @@ func redactPasswords(s string) string {
 		return s[:i] + `"password":"…"}}}`
 	}
 	return s
+}
+
+// TestPluginInstallFailureKeepsSyncing: a plugin that cannot be installed
+// (a file where its folder should be, then a folder others can write)
+// stops nothing: `sync --once` syncs the files and exits 1 naming the
+// problem; the daemon syncs and follows rotations, logs the failure, and
+// installs the plugin once the folder is fixed.
+func TestPluginInstallFailureKeepsSyncing(t *testing.T) {
+	const reg = "plugin.example.test"
+	root := t.TempDir()
+	testsupport.WriteFile(t, filepath.Join(root, "opt/nodecreds/bin"), "not a folder", 0o644)
+	sec := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{reg: "u:plugin-canary-1"}))
+	args := []string{"--source", "dir", "--secret-dir", sec.dir, "--host-root", root, "--install-credential-provider", "/opt/nodecreds/bin", "--metrics-addr", "0"}
+	kubelet, plugin := filepath.Join(root, kubeletFile), filepath.Join(root, "opt/nodecreds/bin/nodecreds")
+
+	_, stderr, code := run(t, append([]string{"sync", "--once"}, args...)...)
+	if code != 1 || !strings.Contains(stderr, "/opt/nodecreds/bin") || authIn(kubelet, reg) != testsupport.B64("u:plugin-canary-1") {
+		t.Errorf("sync --once: exit %d, kubelet file synced: %v; want 1, the files synced and the plugin's folder named:\n%s",
+			code, authIn(kubelet, reg) != "", stderr)
+	}
+
+	agent := startAgent(t, args...)
+	sec.swap(".dockerconfigjson", dockerconfigjson(t, map[string]string{reg: "u:plugin-canary-2"}))
+	testsupport.Eventually(t, 20*time.Second, "a rotation applied while the plugin cannot be installed", func() bool {
+		return authIn(kubelet, reg) == testsupport.B64("u:plugin-canary-2")
+	})
+	testsupport.Eventually(t, 10*time.Second, "the failure logged, naming the folder", func() bool {
+		return strings.Contains(agent.logs.String(), "credential-provider plugin not installed") && strings.Contains(agent.logs.String(), "/opt/nodecreds/bin")
+	})
+	// Fixed, but the folder above is left world-writable: refused, named.
+	if err := os.Remove(filepath.Join(root, "opt/nodecreds/bin")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(root, "opt/nodecreds"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 40*time.Second, "the world-writable folder named in the log", func() bool {
+		return strings.Contains(agent.logs.String(), "chmod go-w /opt/nodecreds")
+	})
+	if _, err := os.Stat(plugin); err == nil {
+		t.Error("the plugin was installed in a folder anyone can write")
+	}
+	if err := os.Chmod(filepath.Join(root, "opt/nodecreds"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testsupport.Eventually(t, 40*time.Second, "the plugin installed once the folder is fixed", func() bool {
+		_, err := os.Stat(plugin)
+		return err == nil
+	})
+	if c := agent.stop(t); c != 0 {
+		t.Errorf("agent exit %d after SIGTERM", c)
+	}
+	assertNoSecrets(t, "agent log", agent.logs.String()+stderr, "plugin-canary-1", "plugin-canary-2")
 }

@@ -5,6 +5,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nodecreds/nodecreds/internal/config"
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 )
 
@@ -30,7 +31,7 @@ first (delete the DaemonSet), or it writes its entries again.`,
 			for _, r := range results {
 				l := log.WithFields(logrus.Fields{"target": r.Target, "path": r.Path})
 				if len(r.Restored) > 0 {
-					l = l.WithField("restored", r.Restored)
+					l = l.WithField("restored", dockercfg.SafeKeys(r.Restored))
 				}
 				switch {
 				case r.Err != nil:

@@ -85,14 +85,6 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		return nil, config.UsageError(fmt.Errorf("--source %s: unknown", cfg.Source))
 	}
 
-	if cfg.InstallProvider != "" {
-		inst, err := provider.Install(cfg.HostRoot, cfg.InstallProvider, config.ProviderBinary)
-		if err != nil {
-			return nil, err
-		}
-		log.WithFields(logrus.Fields{"path": inst.Path, "changed": inst.Changed}).Info("kubelet credential-provider plugin installed")
-	}
-
 	files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})
 	p.reg = prometheus.NewRegistry()
 	p.health = &report.Health{}
@@ -104,8 +96,25 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		Metrics:   report.NewMetrics(p.reg),
 		Health:    p.health,
 		Reporters: reporters,
+		Plugin:    plugin(cfg),
 	}, log.WithField("component", "agent"))
 	return p, nil
+}
+
+// plugin is the credential-provider plugin the agent keeps installed, or
+// nil.
+func plugin(cfg config.Sync) agent.Plugin {
+	if cfg.InstallProvider == "" {
+		return nil
+	}
+	return providerPlugin{hostRoot: cfg.HostRoot, dir: cfg.InstallProvider}
+}
+
+type providerPlugin struct{ hostRoot, dir string }
+
+func (p providerPlugin) Install() (string, bool, error) {
+	inst, err := provider.Install(p.hostRoot, p.dir, config.ProviderBinary)
+	return inst.Path, inst.Changed, err
 }
 
 func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
@@ -143,7 +152,7 @@ func runOnce(ctx context.Context, p *parts) error {
 			return err
 		}
 	}
-	if o.Err != nil {
+	if o.Err != nil || o.PluginErr != nil {
 		return errFailed // each problem was logged with its details
 	}
 	return nil

@@ -43,6 +43,13 @@ type Files interface {
 	Resolve(nodePath string) (string, error)
 }
 
+// Plugin is something the kubelet runs that the agent keeps on the node
+// (the credential-provider plugin): installed on the first sync, and on
+// every sync after one that failed, until it is in place.
+type Plugin interface {
+	Install() (path string, changed bool, err error)
+}
+
 // Reporter is told every sync's outcome (the Node's status in cluster mode).
 type Reporter interface {
 	Report(ctx context.Context, st report.SyncStatus)
@@ -64,6 +71,7 @@ type Options struct {
 	Metrics   *report.Metrics // optional
 	Health    *report.Health  // optional
 	Reporters []Reporter
+	Plugin    Plugin // optional
 }
 
 // Outcome is the result of one sync.
@@ -80,8 +88,12 @@ type Outcome struct {
 	FilesErr error
 	Changed  bool
 	// Notes are degraded-but-working states worth saying on the Node (a
-	// watch that polls because inotify is unavailable).
+	// watch that polls because inotify is unavailable, a plugin not
+	// installed).
 	Notes []string
+	// PluginErr is why the plugin could not be installed: the files are
+	// synced all the same, and the install is retried.
+	PluginErr error
 	// Err is nil when every source was usable and every target is in sync.
 	Err error
 }
@@ -99,6 +111,10 @@ type Agent struct {
 	// each is logged once.
 	polling map[string]string
 	targets *filewatch.Watch // nil until Run
+	// pluginDone: the plugin is in place; pluginErr: the install failure
+	// last logged as an error.
+	pluginDone bool
+	pluginErr  string
 }
 
 // poller is a source that may poll instead of watching (a mounted folder
@@ -190,6 +206,9 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	}
 	o.Err = errors.Join(errs...)
 	o.Notes = a.notes()
+	if o.PluginErr = a.installPlugin(); o.PluginErr != nil {
+		o.Notes = append(o.Notes, "credential-provider plugin not installed (retrying): "+o.PluginErr.Error())
+	}
 	a.record(o, clashes, desired, time.Since(start))
 	st := o.Status()
 	for _, r := range a.opts.Reporters {
@@ -223,6 +242,28 @@ func (a *Agent) notes() []string {
 		a.count(func(m *report.Metrics) { m.Polling.WithLabelValues(watch).Set(polling) })
 	}
 	return notes
+}
+
+// installPlugin installs the plugin until it is in place. A failure is
+// logged as an error once (again only when it changes): it is retried
+// with the sync's backoff.
+func (a *Agent) installPlugin() error {
+	if a.opts.Plugin == nil || a.pluginDone {
+		return nil
+	}
+	path, changed, err := a.opts.Plugin.Install()
+	if err != nil {
+		if err.Error() != a.pluginErr {
+			a.log.WithError(err).Error("credential-provider plugin not installed; the files are synced all the same, and the install is retried")
+		} else {
+			a.log.WithError(err).Debug("credential-provider plugin still not installed")
+		}
+		a.pluginErr = err.Error()
+		return err
+	}
+	a.pluginDone, a.pluginErr = true, ""
+	a.log.WithFields(logrus.Fields{"path": path, "changed": changed}).Info("kubelet credential-provider plugin installed")
+	return nil
 }
 
 // forgetGone drops the last good state of sources that no longer apply
@@ -297,6 +338,7 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 	log := a.log.WithFields(logrus.Fields{"cause": o.Cause, "revision": o.Revision})
 	if newRev {
 		for _, c := range clashes {
+			c = c.Safe()
 			log.WithFields(logrus.Fields{"registry": c.Registry, "winner": c.Winner, "winnerKey": c.WinnerKey, "loser": c.Loser, "loserKey": c.LoserKey}).
 				Warn("two sources provide the same registry; the first wins")
 		}
@@ -314,14 +356,16 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		for _, w := range r.Warnings {
 			rl.Warn(w)
 		}
+		// Foreign keys come from the node's files, not from a validated
+		// source: any of them may hold a password.
 		if len(r.Released) > 0 {
-			rl.WithField("keys", r.Released).Warn("entries nodecreds wrote were changed by someone else; leaving them to their new owner")
+			rl.WithField("keys", dockercfg.SafeKeys(r.Released)).Warn("entries nodecreds wrote were changed by someone else; leaving them to their new owner")
 		}
 		if len(r.Displaced) > 0 {
-			rl.WithField("keys", r.Displaced).Info("displaced foreign entries for registries the sources provide; they are kept and restored later")
+			rl.WithField("keys", dockercfg.SafeKeys(r.Displaced)).Info("displaced foreign entries for registries the sources provide; they are kept and restored later")
 		}
 		if len(r.Restored) > 0 {
-			rl.WithField("keys", r.Restored).Info("restored displaced entries")
+			rl.WithField("keys", dockercfg.SafeKeys(r.Restored)).Info("restored displaced entries")
 		}
 		switch {
 		case r.Err != nil:
@@ -371,9 +415,9 @@ const loggedRegistries = 20
 func registries(desired dockercfg.Set) logrus.Fields {
 	keys := desired.Keys()
 	if len(keys) <= loggedRegistries {
-		return logrus.Fields{"registries": keys}
+		return logrus.Fields{"registries": dockercfg.SafeKeys(keys)}
 	}
-	return logrus.Fields{"registries": keys[:loggedRegistries], "moreRegistries": len(keys) - loggedRegistries}
+	return logrus.Fields{"registries": dockercfg.SafeKeys(keys[:loggedRegistries]), "moreRegistries": len(keys) - loggedRegistries}
 }
 
 func (a *Agent) count(f func(*report.Metrics)) {
@@ -431,7 +475,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		watch.wrote(o.Results)
 		watch.refresh()
 		watch.settled() // our own writes are not drift
-		if o.Err != nil {
+		if o.Err != nil || o.PluginErr != nil {
 			retry.Reset(bo.Step())
 		} else {
 			retry.Stop()

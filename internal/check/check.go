@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 )
 
@@ -113,9 +114,9 @@ func Run(ctx context.Context, o Options) Report {
 			}
 		} else {
 			res.Found = true
-			res.Entry, res.Username = creds[0].Key, creds[0].Username
+			res.Entry, res.Username = dockercfg.SafeKey(creds[0].Key), creds[0].Username
 			for _, c := range creds {
-				res.Entries = append(res.Entries, c.Key)
+				res.Entries = append(res.Entries, dockercfg.SafeKey(c.Key))
 			}
 			rep.Warnings = append(rep.Warnings, unordered(r.ref, creds)...)
 			if o.Prober != nil {
@@ -126,7 +127,7 @@ func Run(ctx context.Context, o Options) Report {
 				res.Probe = &p
 				if !p.OK {
 					rep.OK = false
-					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, creds[0].Key))
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, dockercfg.SafeKey(creds[0].Key)))
 				}
 			}
 		}
@@ -148,9 +149,9 @@ func unordered(ref string, creds []kubeletcred.Match) []string {
 		if j-i > 1 {
 			keys := make([]string, 0, j-i)
 			for _, c := range creds[i:j] {
-				keys = append(keys, fmt.Sprintf("%q", c.Key))
+				keys = append(keys, fmt.Sprintf("%q", dockercfg.SafeKey(c.Key)))
 			}
-			out = append(out, fmt.Sprintf("%s: the kubelet files %s under one key (%s) and tries them in no defined order; the credential-provider plugin answers with %q only", ref, strings.Join(keys, " and "), creds[i].Pattern, creds[i].Key))
+			out = append(out, fmt.Sprintf("%s: the kubelet files %s under one key (%s) and tries them in no defined order; the credential-provider plugin answers with %q only", ref, strings.Join(keys, " and "), dockercfg.SafeKey(creds[i].Pattern), dockercfg.SafeKey(creds[i].Key)))
 		}
 		i = j
 	}
@@ -198,9 +199,9 @@ func elsewhere(states []kubeletcred.File, used *kubeletcred.File, repo string) s
 		}
 		if creds := kubeletcred.NewKeyring(s.Creds).Lookup(repo); len(creds) > 0 {
 			if used != nil {
-				return fmt.Sprintf("%s has an entry (%q) but the kubelet reads only %s", s.Path, creds[0].Key, used.Path)
+				return fmt.Sprintf("%s has an entry (%q) but the kubelet reads only %s", s.Path, dockercfg.SafeKey(creds[0].Key), used.Path)
 			}
-			return fmt.Sprintf("%s has an entry (%q)", s.Path, creds[0].Key)
+			return fmt.Sprintf("%s has an entry (%q)", s.Path, dockercfg.SafeKey(creds[0].Key))
 		}
 	}
 	return ""

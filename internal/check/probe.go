@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"sort"
@@ -29,9 +30,43 @@ import (
 // service that registry names in its challenge: every other host (a
 // redirect elsewhere, a default registry) is refused before a connection
 // is made, so a credential never leaves for a host it is not for.
+//
+// Proxies: HTTPS goes through the proxy the environment names
+// (HTTPS_PROXY, NO_PROXY), as pulls do, but only as a CONNECT tunnel: TLS
+// is made with the registry itself and its certificate verified, so the
+// proxy sees neither the credential nor can it answer in the registry's
+// place. Plain HTTP never goes through a proxy — it would get the
+// Authorization header in clear and could answer for a registry it never
+// contacted — but straight to the registry (HTTP_PROXY is not used).
 type RegistryProber struct {
-	Timeout   time.Duration
-	Transport http.RoundTripper // http.DefaultTransport when nil
+	Timeout time.Duration
+	// Proxy chooses the proxy of an HTTPS request
+	// (http.ProxyFromEnvironment when nil). It is never asked about plain
+	// HTTP.
+	Proxy func(*http.Request) (*url.URL, error)
+	// DialContext makes every connection, to a registry or a proxy (a
+	// net.Dialer's when nil).
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// transport is the probe's own: the proxy rule above holds whatever the
+// caller or the environment chose.
+func (p RegistryProber) transport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	proxy := p.Proxy
+	if proxy == nil {
+		proxy = http.ProxyFromEnvironment
+	}
+	t.Proxy = func(req *http.Request) (*url.URL, error) {
+		if req.URL.Scheme != "https" {
+			return nil, nil
+		}
+		return proxy(req)
+	}
+	if p.DialContext != nil {
+		t.DialContext = p.DialContext
+	}
+	return t
 }
 
 // Probe logs in to registry (host[:port] as the kubelet matched it) for
@@ -55,10 +90,8 @@ func (p RegistryProber) probe(ctx context.Context, registry, repository string, 
 	if repository != "" {
 		scopes = []string{reg.Repo(repository).Scope(transport.PullScope)}
 	}
-	inner := p.Transport
-	if inner == nil {
-		inner = http.DefaultTransport
-	}
+	inner := p.transport()
+	defer inner.CloseIdleConnections()
 	pin := newPinned(inner, reg)
 	auth := authn.FromConfig(authn.AuthConfig{Username: c.Username, Password: c.Password})
 	rt, err := transport.NewWithContext(ctx, reg, auth, pin, scopes)

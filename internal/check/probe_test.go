@@ -79,7 +79,7 @@ func TestProbeTalksOnlyToTheRegistryAsked(t *testing.T) {
 			proxy := httptest.NewServer(rec)
 			defer proxy.Close()
 			u, _ := url.Parse(proxy.URL)
-			p := RegistryProber{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(u)}}
+			p := RegistryProber{Timeout: 5 * time.Second, Proxy: http.ProxyURL(u)}
 			res := p.Probe(t.Context(), tt.registry, tt.repository, kubeletcred.Cred{Username: "robot", Password: "probe-canary"})
 			if res.OK {
 				t.Fatalf("probe through a refusing proxy succeeded: %+v", res)

@@ -157,6 +157,14 @@ func (c Sync) Validate() error {
 		errs = append(errs, usagef("--source %q: must be %s or %s", c.Source, SourceSecret, SourceDir))
 	}
 	errs = append(errs, validateRoot(c.HostRoot), validateNodePaths("--target", c.Targets), validateNodePaths("--state-dir", []string{c.StateDir}), c.Log.Validate())
+	for _, t := range c.Targets {
+		if filepath.IsAbs(t) {
+			errs = append(errs, refuseSystemFolder("--target", t, filepath.Dir(filepath.Clean(t))))
+		}
+	}
+	if filepath.IsAbs(c.StateDir) {
+		errs = append(errs, refuseSystemFolder("--state-dir", c.StateDir, filepath.Clean(c.StateDir)))
+	}
 	if c.Resync < time.Second {
 		errs = append(errs, usagef("--resync %s: must be at least 1s", c.Resync))
 	}
@@ -207,6 +215,56 @@ func validateNodePaths(flag string, paths []string) error {
 		seen[filepath.Clean(p)] = true
 	}
 	return nil
+}
+
+// refuseSystemFolder refuses a node folder the agent would need to write
+// in (a target's folder, the state folder) when it is a system folder: the
+// DaemonSet mounts such a folder read-write from the host, and write access
+// there hands over the node (or shares a folder with every program).
+func refuseSystemFolder(flag, path, dir string) error {
+	why := systemFolder(dir)
+	if why == "" {
+		return nil
+	}
+	return usagef("%s %s: %s is a system folder (%s); the DaemonSet mounts this folder read-write from the host: use a folder of nodecreds' own, such as /var/lib/kubelet, /root/.docker or /etc/containers", flag, path, dir, why)
+}
+
+// systemFolder says why dir (clean, absolute) is a folder whose write
+// access hands over the node, or "" when it is not one. Folders under
+// /var/lib, /etc, /run, /root, /home and /opt are fine unless named here:
+// /var/lib/kubelet, /root/.docker and /etc/containers hold the files
+// nodecreds is for.
+func systemFolder(dir string) string {
+	top, _, _ := strings.Cut(strings.TrimPrefix(dir, "/"), "/")
+	under := func(roots ...string) bool {
+		for _, r := range roots {
+			if dir == r || strings.HasPrefix(dir, r+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case dir == "/":
+		return "the node's whole file system"
+	case strings.HasPrefix(top, "lib") || under("/bin", "/sbin", "/usr"):
+		return "programs and libraries the node runs"
+	case under("/boot", "/dev", "/proc", "/sys"):
+		return "boot files, devices or kernel interfaces"
+	case under("/etc/kubernetes/manifests"):
+		return "the kubelet runs every Pod put there"
+	case under("/etc/systemd", "/etc/init.d", "/etc/cron.d", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly",
+		"/etc/cron.monthly", "/var/spool/cron", "/etc/sudoers.d", "/etc/ssh", "/root/.ssh", "/etc/profile.d",
+		"/etc/ld.so.conf.d", "/etc/pam.d", "/etc/security", "/etc/modprobe.d", "/etc/modules-load.d", "/etc/sysctl.d", "/etc/udev"):
+		return "services, schedules, logins or kernel settings of the node"
+	}
+	switch dir {
+	case "/etc", "/etc/kubernetes", "/var", "/var/lib", "/run", "/var/run", "/root", "/home", "/opt", "/srv", "/mnt", "/media":
+		return "it holds the node's own settings, state or homes"
+	case "/tmp", "/var/tmp":
+		return "every program shares it"
+	}
+	return ""
 }
 
 // Validate checks the log settings.

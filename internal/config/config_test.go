@@ -228,3 +228,42 @@ func TestFlagAliases(t *testing.T) {
 		t.Errorf("check --probe-timeout: %+v, %v", chk, err)
 	}
 }
+
+// TestSyncRefusesTargetsInSystemFolders: the DaemonSet mounts each target's
+// folder read-write from the host, so a target in / or in a folder whose
+// write access hands over the node (programs, libraries, boot, devices,
+// kernel and service settings, static Pods, homes, shared scratch) is a
+// usage error naming the folder and why; the usual targets still load.
+func TestSyncRefusesTargetsInSystemFolders(t *testing.T) {
+	refused := []string{
+		"/config.json", "/./config.json", "/bin/config.json", "/sbin/c.json", "/boot/c.json", "/boot/efi/c.json",
+		"/dev/c.json", "/dev/shm/c.json", "/etc/config.json", "/etc/kubernetes/config.json", "/etc/kubernetes/manifests/c.json",
+		"/etc/systemd/system/c.json", "/etc/cron.d/c.json", "/etc/sudoers.d/c.json", "/etc/ssh/c.json", "/lib/c.json",
+		"/lib64/c.json", "/lib/systemd/system/c.json", "/proc/c.json", "/proc/1/c.json", "/run/c.json", "/var/run/c.json",
+		"/sys/c.json", "/sys/fs/cgroup/c.json", "/usr/c.json", "/usr/local/bin/c.json", "/usr/libexec/x/c.json",
+		"/var/c.json", "/var/lib/c.json", "/var/spool/cron/c.json", "/root/c.json", "/root/.ssh/c.json", "/home/c.json",
+		"/opt/c.json", "/tmp/c.json", "/var/tmp/c.json", "/srv/c.json", "/mnt/c.json", "/etc/../etc/c.json",
+	}
+	for _, target := range refused {
+		t.Run(target, func(t *testing.T) {
+			_, err := LoadSync(syncFlags(t, "--target", "/var/lib/kubelet/config.json,"+target))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), target) || !strings.Contains(err.Error(), "system folder") {
+				t.Errorf("error %q: want a usage error naming %s as in a system folder", err, target)
+			}
+		})
+	}
+	for _, target := range []string{
+		"/var/lib/kubelet/config.json", "/root/.docker/config.json", "/etc/containers/auth.json", "/run/containers/0/auth.json",
+		"/home/ci/.docker/config.json", "/opt/registry/config.json", "/var/lib/nodecreds-extra/config.json", "/srv/creds/config.json",
+	} {
+		if _, err := LoadSync(syncFlags(t, "--target", target)); err != nil {
+			t.Errorf("--target %s refused: %v", target, err)
+		}
+	}
+	if _, err := LoadSync(syncFlags(t, "--state-dir", "/var/lib")); err == nil || !strings.Contains(err.Error(), "system folder") {
+		t.Errorf("--state-dir /var/lib: %v, want it refused as a system folder", err)
+	}
+}

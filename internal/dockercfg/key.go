@@ -3,6 +3,7 @@ package dockercfg
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -24,36 +25,46 @@ func isDockerHub(host string) bool {
 
 // ValidateKey reports whether key is a registry key both consumers can use:
 // an optional http(s) scheme, a host (globs allowed) with an optional
-// numeric port, and an optional path.
+// numeric port, and an optional path of repository characters. A valid key
+// holds nothing that could be a password (no '@' anywhere, nothing but
+// letters, digits, '.', '_', '-' and '/' after the host), so SafeKey prints
+// it as it is; the errors describe what is wrong and where, and never quote
+// any part of the key.
 func ValidateKey(key string) error {
 	if key == "" {
 		return errors.New("empty registry key")
 	}
-	for _, r := range key {
+	for i, r := range key {
 		if unicode.IsSpace(r) || unicode.IsControl(r) {
-			return errors.New("registry key contains white space or control characters")
+			return fmt.Errorf("registry key contains white space or control characters (at byte %d)", i)
 		}
+	}
+	if strings.Contains(key, "@") {
+		return errUserInfo
 	}
 	rest := key
 	if i := strings.Index(rest, "://"); i >= 0 {
 		scheme := strings.ToLower(rest[:i])
-		if strings.Contains(rest[:i], "@") {
-			return errUserInfo
-		}
 		if scheme != "http" && scheme != "https" {
-			return fmt.Errorf("registry key has scheme %q; only http and https are allowed", rest[:i])
+			return errors.New("registry key has a scheme other than http:// or https://")
 		}
 		rest = rest[i+3:]
 	}
-	hostport, _, _ := strings.Cut(rest, "/")
+	hostport, path, _ := strings.Cut(rest, "/")
 	if hostport == "" {
 		return errors.New("registry key has no host")
 	}
-	if strings.Contains(hostport, "@") {
-		return errUserInfo
+	// A path is a prefix of repositories, which hold nothing else: any
+	// other character (':' of "user:password", a query, a fragment, a
+	// percent-encoding) cannot match an image and may be a secret.
+	for i, r := range path {
+		if !isPathRune(r) {
+			return fmt.Errorf("registry key's path has a character no repository path has (at byte %d); a path holds only letters, digits, '.', '_', '-' and '/'", len(key)-len(path)+i)
+		}
 	}
 	host, port := hostport, ""
-	if strings.HasPrefix(hostport, "[") {
+	ipv6 := strings.HasPrefix(hostport, "[")
+	if ipv6 {
 		end := strings.Index(hostport, "]")
 		if end < 0 {
 			return errors.New("registry key has an unclosed IPv6 bracket")
@@ -61,6 +72,12 @@ func ValidateKey(key string) error {
 		host, port = hostport[1:end], strings.TrimPrefix(hostport[end+1:], ":")
 		if hostport[end+1:] != "" && !strings.HasPrefix(hostport[end+1:], ":") {
 			return errors.New("registry key has junk after the IPv6 address")
+		}
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
+			return errors.New("registry key's brackets do not hold an IPv6 address")
+		}
+		if strings.HasPrefix(hostport[end+1:], ":") && port == "" {
+			return errors.New("registry key has an empty port")
 		}
 	} else if h, p, ok := strings.Cut(hostport, ":"); ok {
 		host, port = h, p
@@ -73,26 +90,28 @@ func ValidateKey(key string) error {
 	}
 	if port != "" {
 		n, err := strconv.Atoi(port)
-		if err != nil || n < 1 || n > 65535 {
+		if err != nil || n < 1 || n > 65535 || port[0] == '+' || port[0] == '-' {
 			return errors.New("registry key's port is not a number from 1 to 65535")
 		}
 	}
-	if !strings.HasPrefix(hostport, "[") {
+	if !ipv6 {
+		at := len(key) - len(rest) // byte offset of the host in key
 		for _, label := range strings.Split(host, ".") {
 			if label == "" {
 				return errors.New("registry key has an empty host label")
 			}
-			for _, r := range label {
-				if !(r == '-' || r == '_' || r == '*' || r == '?' || r < unicode.MaxASCII && (unicode.IsLetter(r) || unicode.IsDigit(r))) {
-					return fmt.Errorf("registry key host has the character %q", r)
+			for i, r := range label {
+				if !isHostRune(r) {
+					return fmt.Errorf("registry key's host has a character a host name cannot have (at byte %d)", at+i)
 				}
 			}
+			at += len(label) + 1
 		}
-	}
-	if !strings.HasPrefix(hostport, "[") && strings.Trim(host, "*?.") == "" {
-		// The kubelet would send this credential to any registry a Pod
-		// names, including one an attacker runs.
-		return errors.New("registry key matches every host (only wildcards); name the registry, e.g. *.example.com")
+		if strings.Trim(host, "*?.") == "" {
+			// The kubelet would send this credential to any registry a Pod
+			// names, including one an attacker runs.
+			return errors.New("registry key matches every host (only wildcards); name the registry, e.g. *.example.com")
+		}
 	}
 	// The kubelet parses keys as URLs and silently skips those that fail.
 	if _, err := url.Parse("https://" + rest); err != nil {
@@ -101,30 +120,19 @@ func ValidateKey(key string) error {
 	return nil
 }
 
-// errUserInfo is returned for a key holding user-info (user:password@host).
-// It never echoes the key: the user-info may be a password.
-var errUserInfo = errors.New("registry key holds user-info (user:password@host); credentials belong in the entry's auth, not in its key")
-
-// SafeKey is key fit for a log, an Event or an error: user-info (a key
-// like user:password@host is refused, but is still named when refused) is
-// replaced by <redacted>.
-func SafeKey(key string) string {
-	scheme, rest := "", key
-	if i := strings.Index(rest, "://"); i >= 0 {
-		scheme, rest = rest[:i+3], rest[i+3:]
-	}
-	if strings.Contains(scheme, "@") {
-		return "<redacted>"
-	}
-	hostport, path, hasPath := strings.Cut(rest, "/")
-	if i := strings.LastIndex(hostport, "@"); i >= 0 {
-		hostport = "<redacted>@" + hostport[i+1:]
-	}
-	if hasPath {
-		return scheme + hostport + "/" + path
-	}
-	return scheme + hostport
+// isHostRune reports the characters of a host name label, globs included.
+func isHostRune(r rune) bool {
+	return r == '-' || r == '_' || r == '*' || r == '?' || r < unicode.MaxASCII && (unicode.IsLetter(r) || unicode.IsDigit(r))
 }
+
+// isPathRune reports the characters of a repository path (and its '/').
+func isPathRune(r rune) bool {
+	return r == '-' || r == '_' || r == '.' || r == '/' || r < unicode.MaxASCII && (unicode.IsLetter(r) || unicode.IsDigit(r))
+}
+
+// errUserInfo is returned for a key holding user-info (user:password@host),
+// or any '@'. It never echoes the key: the user-info may be a password.
+var errUserInfo = errors.New("registry key holds user-info (user:password@host) or an '@'; credentials belong in the entry's auth, not in its key")
 
 // DockerHubKey is the key the docker CLI reads Docker Hub's credentials
 // from. The kubelet reads it too, but as its fallback for every image whose

@@ -53,9 +53,20 @@ type Clash struct {
 	Loser     string // source name
 }
 
+// Safe is the clash as outputs print it: the keys through SafeKey, and the
+// registry (derived from them) only when both keys are valid.
+func (c Clash) Safe() Clash {
+	if ValidateKey(c.WinnerKey) != nil || ValidateKey(c.LoserKey) != nil {
+		c.Registry = redacted
+	}
+	c.WinnerKey, c.LoserKey = SafeKey(c.WinnerKey), SafeKey(c.LoserKey)
+	return c
+}
+
 func (c Clash) String() string {
+	c = c.Safe()
 	return fmt.Sprintf("registry %q from %s (key %q) hides the one from %s (key %q)",
-		SafeKey(c.Registry), c.Winner, SafeKey(c.WinnerKey), c.Loser, SafeKey(c.LoserKey))
+		c.Registry, c.Winner, c.WinnerKey, c.Loser, c.LoserKey)
 }
 
 // View returns what a file read by r gets from sources, given in

@@ -122,6 +122,66 @@ func (r *Root) openRel(rel, hostPath string, create bool, mode fs.FileMode) (*Di
 	return &Dir{f: d, path: hostPath}, nil
 }
 
+// Folder is one folder on the way to another, as OpenDirChain saw it.
+type Folder struct {
+	NodePath string
+	Info
+}
+
+// OpenDirChain is OpenDir, and it also describes every folder the result
+// hangs from, the root first and the folder itself last. Each is opened
+// relative to the one before it, by one name and without following a
+// link, so the folders described are the ones the returned folder is
+// reached through (a link swapped in meanwhile fails the walk).
+func (r *Root) OpenDirChain(nodePath string, create bool, mode fs.FileMode) (*Dir, []Folder, error) {
+	d, err := r.OpenDir(nodePath, create, mode)
+	if err != nil {
+		return nil, nil, err
+	}
+	d.Close() // created and resolved; walked again below, link-free
+	hostPath, err := r.Join(nodePath)
+	if err != nil {
+		return nil, nil, err
+	}
+	cur, err := pathrs.Reopen(r.fd, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening host root %s: %w", r.path, err)
+	}
+	defer func() { cur.Close() }()
+	var chain []Folder
+	node := "/"
+	describe := func() error {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(cur.Fd()), &st); err != nil {
+			return fmt.Errorf("stat %s: %w", node, err)
+		}
+		chain = append(chain, Folder{NodePath: node, Info: infoOf(&st)})
+		return nil
+	}
+	if err := describe(); err != nil {
+		return nil, nil, err
+	}
+	if rel := r.rel(hostPath); rel != "" {
+		for _, name := range strings.Split(rel, "/") {
+			fd, err := unix.Openat(int(cur.Fd()), name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			node = path.Join(node, name)
+			if err != nil {
+				return nil, nil, fmt.Errorf("opening folder %s: %w", node, err)
+			}
+			cur.Close()
+			cur = os.NewFile(uintptr(fd), filepath.Join(r.path, node))
+			if err := describe(); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	f, err := pathrs.Reopen(cur, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening folder %s: %w", hostPath, err)
+	}
+	return &Dir{f: f, path: hostPath}, chain, nil
+}
+
 // OpenParent resolves nodePath (following a symlink at the end too, so a
 // linked target is written through and the link kept) and opens the folder
 // that holds the file it names. It returns that folder and the file's name.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/distribution/reference"
 
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
@@ -30,8 +31,10 @@ type Cred struct {
 	Password string
 }
 
-// String never shows the password.
-func (c Cred) String() string { return fmt.Sprintf("Cred{key=%q, username=%q}", c.Key, c.Username) }
+// String never shows the password, nor a password in the key.
+func (c Cred) String() string {
+	return fmt.Sprintf("Cred{key=%q, username=%q}", dockercfg.SafeKey(c.Key), c.Username)
+}
 
 // GoString keeps %#v as safe as %v.
 func (c Cred) GoString() string { return c.String() }
@@ -159,7 +162,7 @@ func parseKubelet(data []byte, legacy bool) (map[string]Cred, error) {
 		if e.Auth != "" {
 			u, p, err := decodeKubeletAuth(e.Auth)
 			if err != nil {
-				return nil, fmt.Errorf("entry %q: %w", key, err)
+				return nil, fmt.Errorf("entry %q: %w", dockercfg.SafeKey(key), err)
 			}
 			c.Username, c.Password = u, p
 		}

@@ -43,11 +43,14 @@ func install(src, hostRoot, dir, name string) (Installed, error) {
 	defer root.Close()
 	// Every step below is relative to this folder handle, opened in the
 	// root: a folder swapped for a link cannot redirect the binary.
-	d, err := root.OpenDir(dir, true, 0o755)
+	d, chain, err := root.OpenDirChain(dir, true, 0o755)
 	if err != nil {
 		return res, fmt.Errorf("creating the plugin folder %s: %w", dir, err)
 	}
 	defer d.Close()
+	if err := onlyRootCanWrite(chain); err != nil {
+		return res, fmt.Errorf("installing the plugin in %s: %w", dir, err)
+	}
 	in, err := os.Open(src)
 	if err != nil {
 		return res, fmt.Errorf("reading the running binary: %w", err)
@@ -108,6 +111,30 @@ func copyInto(d *hostfs.Dir, name string, in io.Reader) error {
 		return err
 	}
 	return d.Sync()
+}
+
+// ErrUntrustedFolder means someone other than root could replace the
+// plugin the kubelet runs as root.
+var ErrUntrustedFolder = errors.New("the kubelet runs the plugin as root, so only root may be able to write where it lies")
+
+// onlyRootCanWrite refuses the plugin folder, or any folder above it up to
+// the host root, when another user can write in it: they could replace the
+// plugin (or the folder). A sticky folder above (/tmp's 1777) lets nobody
+// rename what is not theirs, so it is no way in; the plugin folder itself
+// must be closed. The agent's own user stands for root where it is not
+// root (tests).
+func onlyRootCanWrite(chain []hostfs.Folder) error {
+	self := os.Geteuid()
+	for i, f := range chain {
+		last := i == len(chain)-1
+		switch {
+		case f.UID != 0 && f.UID != self:
+			return fmt.Errorf("%w: %s is owned by uid %d, who could replace it; fix: chown root %s", ErrUntrustedFolder, f.NodePath, f.UID, f.NodePath)
+		case f.Mode&0o022 != 0 && (last || f.Mode&os.FileMode(0o1000) == 0):
+			return fmt.Errorf("%w: %s is writable by group or others (mode %04o); fix: chmod go-w %s", ErrUntrustedFolder, f.NodePath, uint32(f.Mode), f.NodePath)
+		}
+	}
+	return nil
 }
 
 // sha256Of is the SHA-256 of what r holds, to tell an identical binary.
