@@ -15,6 +15,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/config"
 	"github.com/nodecreds/nodecreds/internal/kube"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
+	"github.com/nodecreds/nodecreds/internal/nodelock"
 	"github.com/nodecreds/nodecreds/internal/provider"
 	"github.com/nodecreds/nodecreds/internal/report"
 	"github.com/nodecreds/nodecreds/internal/source"
@@ -54,6 +55,7 @@ type runnableSource interface {
 type parts struct {
 	src    runnableSource
 	node   *report.NodeReporter // nil without a Node to report to
+	events report.Recorder      // Events on the Node; nil without one
 	agent  *agent.Agent
 	reg    *prometheus.Registry
 	health *report.Health
@@ -79,6 +81,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		nodeLog := log.WithField("component", "node-status")
 		recorder := kube.EventRecorder{Client: client, Component: "nodecreds", Host: cfg.NodeName,
 			OnError: func(err error) { nodeLog.WithError(err).Warn("cannot record an Event") }}
+		p.events = recorder
 		p.node = report.NewNodeReporter(client, cfg.NodeName, recorder, nodeLog)
 		reporters = append(reporters, p.node)
 	default:
@@ -150,8 +153,12 @@ func runOnce(ctx context.Context, p *parts) error {
 }
 
 // runDaemon runs the agent, its sources, the Node reporter and the metrics
-// server until ctx ends.
+// server until ctx ends. The agent first takes its node's agent lock, held
+// until it stops: a second agent on the node's files waits (and says so)
+// instead of syncing them to its own Secrets in turn with the first.
 func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logger) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	if cfg.MetricsAddr != "0" {
 		srv := report.NewServer(cfg.MetricsAddr, p.reg, p.health)
@@ -160,16 +167,52 @@ func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logge
 		}
 		g.Go(func() error { return srv.Run(gctx) })
 	}
+	lock, err := holdNode(gctx, cfg, p, log)
+	if err != nil {
+		cancel()
+		if werr := g.Wait(); werr != nil && !errors.Is(werr, context.Canceled) {
+			return werr
+		}
+		if ctx.Err() != nil {
+			log.Info("nodecreds agent stopped while waiting for the node's other agent; node files left as they are")
+			return nil
+		}
+		return err
+	}
+	defer func() {
+		if err := lock.Release(); err != nil {
+			log.WithError(err).Warn("releasing the agent lock (the kernel releases it as the process ends)")
+		}
+	}()
 	g.Go(func() error { return p.src.Run(gctx) })
 	g.Go(func() error { return p.agent.Run(gctx) })
 	if p.node != nil {
 		g.Go(func() error { return p.node.Run(gctx) })
 	}
-	log.WithFields(logrus.Fields{"version": version, "source": cfg.Source, "targets": cfg.Targets, "hostRoot": cfg.HostRoot}).Info("nodecreds agent started")
-	err := g.Wait()
+	log.WithFields(logrus.Fields{"version": version, "source": cfg.Source, "targets": cfg.Targets, "hostRoot": cfg.HostRoot, "pool": cfg.Pool}).Info("nodecreds agent started")
+	err = g.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	log.Info("nodecreds agent stopped; node files left as they are")
 	return nil
+}
+
+// holdNode takes the node's agent lock, waiting (reported in the log, on
+// /readyz and, see report.AgentWait, on the Node) while another agent holds
+// it.
+func holdNode(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logger) (*nodelock.Lock, error) {
+	wait := &report.AgentWait{Recorder: p.events, Node: cfg.NodeName, Pool: cfg.Pool, Pod: cfg.PodName,
+		Health: p.health, Log: log.WithField("component", "agent-lock")}
+	lock, err := nodelock.Acquire(ctx, nodelock.Options{
+		HostRoot: cfg.HostRoot,
+		StateDir: cfg.StateDir,
+		Self:     nodelock.Holder{Pool: cfg.Pool, Pod: cfg.PodName},
+		OnWait:   wait.Waiting,
+	})
+	if err != nil {
+		return nil, err
+	}
+	wait.Acquired()
+	return lock, nil
 }
