@@ -395,6 +395,7 @@ type Status struct {
 	Namespace  string        `mapstructure:"namespace"`
 	Secrets    []string      `mapstructure:"secret"`
 	Selector   string        `mapstructure:"selector"`
+	Pool       string        `mapstructure:"pool"`
 	Wait       bool          `mapstructure:"wait"`
 	Timeout    time.Duration `mapstructure:"timeout"`
 	Output     string        `mapstructure:"output"`
@@ -407,6 +408,7 @@ func StatusFlags(fs *pflag.FlagSet) {
 	fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)")
 	fs.String("namespace", DefaultNamespace, "namespace of the source Secrets")
 	secretFlags(fs)
+	fs.String("pool", "", "count the nodes of this pool of the chart (its DaemonSet's); without it, those of the default DaemonSet")
 	fs.Bool("wait", false, "wait until every node has applied the current revision (exit 1 at --timeout)")
 	fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
 	outputFlag(fs)
@@ -429,6 +431,9 @@ func LoadStatus(fs *pflag.FlagSet) (Status, error) {
 	}
 	if c.Namespace == "" {
 		errs = append(errs, usagef("--namespace is empty"))
+	}
+	if c.Pool != "" && !poolName.MatchString(c.Pool) {
+		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))
 	}
 	return c, errors.Join(errs...)
 }
