@@ -320,9 +320,7 @@ func TestNodePoolIsolation(t *testing.T) {
 			}
 			return false
 		})
-		if old, err := admin.CoreV1().Pods(ns).Get(ctx, pods["node-r"].Name, metav1.GetOptions{}); err == nil && old.DeletionTimestamp == nil {
-			t.Errorf("the default DaemonSet's Pod on node-r is not being deleted")
-		}
+		stopped(t, admin, pods["node-r"])
 
 		// Pool A's new Pod starts while the default agent still runs: it
 		// waits, and says so.
@@ -349,6 +347,36 @@ func TestNodePoolIsolation(t *testing.T) {
 		testsupport.Eventually(t, 20*time.Second, "pool A's agent syncs node-r once the default one stopped", func() bool {
 			code, _ := httpGet("http://" + addrA + "/readyz")
 			return code == 200 && authIn(filepath.Join(root, kubeletFile), poolA.registry) == testsupport.B64(poolA.userpass)
+		})
+
+		// Moved back out of pool A, node-r loses pool A's key: the default
+		// agent that takes over prunes what pool A's put there (the state
+		// is the node's, not an agent's).
+		unlabel(t, admin, "node-r", poolLabel)
+		stopped(t, admin, newPod)
+		testsupport.Eventually(t, 30*time.Second, "exactly one agent Pod on node-r, the default one", func() bool {
+			running := agentPods(t, admin, "node-r")
+			if len(running) == 1 && owner(running[0]) == "nodecreds" {
+				newPod = running[0]
+				return true
+			}
+			return false
+		})
+		kc, _, err = c.PodTokenKubeconfig(ctx, newPod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back := startAgent(t, "--kubeconfig", kc, "--namespace", ns, "--node-name", "node-r",
+			"--secret", isolationCreds["default"].secret, "--host-root", root, "--metrics-addr", "0")
+		testsupport.Eventually(t, 20*time.Second, "the default agent waits for pool A's", func() bool {
+			return strings.Contains(back.logs.String(), "two nodecreds pools select this node")
+		})
+		if code := a.stop(t); code != 0 {
+			t.Errorf("pool A's agent exited %d", code)
+		}
+		testsupport.Eventually(t, 20*time.Second, "pool A's key leaves node-r's files", func() bool {
+			kubelet := filepath.Join(root, kubeletFile)
+			return authIn(kubelet, poolA.registry) == "" && authIn(kubelet, shared.registry) == testsupport.B64(shared.userpass)
 		})
 	})
 
@@ -390,13 +418,13 @@ func startClusterWith(t *testing.T, extra ...string) *cluster.Cluster {
 // Ready), so the scheduler places the DaemonSets' Pods on it.
 func schedulable(t *testing.T, client kubernetes.Interface, node *corev1.Node) {
 	t.Helper()
-	n, err := client.CoreV1().Nodes().Create(t.Context(), node, metav1.CreateOptions{})
-	if err != nil {
+	if _, err := client.CoreV1().Nodes().Create(t.Context(), node, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	res := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("4"), corev1.ResourceMemory: resource.MustParse("8Gi"), corev1.ResourcePods: resource.MustParse("110")}
-	n.Status = corev1.NodeStatus{Capacity: res, Allocatable: res, Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady"}}}
-	if _, err := client.CoreV1().Nodes().UpdateStatus(t.Context(), n, metav1.UpdateOptions{}); err != nil {
+	patch, _ := json.Marshal(map[string]any{"status": corev1.NodeStatus{Capacity: res, Allocatable: res,
+		Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady"}}}})
+	if _, err := client.CoreV1().Nodes().PatchStatus(t.Context(), node.Name, patch); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -430,6 +458,35 @@ func relabel(t *testing.T, client kubernetes.Interface, node, key, value string)
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		n := getNode(t, client, node)
 		n.Labels[key] = value
+		_, err := client.CoreV1().Nodes().Update(t.Context(), n, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// stopped waits until the DaemonSet controller deletes pod (its node left
+// the DaemonSet's nodes), then removes it as the kubelet does once its
+// containers stopped (there is no kubelet here): the DaemonSet controller
+// puts no new Pod of the same DaemonSet on a node until then.
+func stopped(t *testing.T, client kubernetes.Interface, pod *corev1.Pod) {
+	t.Helper()
+	testsupport.Eventually(t, 30*time.Second, "the DaemonSet controller deletes "+pod.Name, func() bool {
+		p, err := client.CoreV1().Pods(ns).Get(t.Context(), pod.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err) || err == nil && p.DeletionTimestamp != nil
+	})
+	zero := int64(0)
+	if err := client.CoreV1().Pods(ns).Delete(t.Context(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+}
+
+func unlabel(t *testing.T, client kubernetes.Interface, node, key string) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n := getNode(t, client, node)
+		delete(n.Labels, key)
 		_, err := client.CoreV1().Nodes().Update(t.Context(), n, metav1.UpdateOptions{})
 		return err
 	})
