@@ -23,9 +23,9 @@ import (
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
-// readmeNodePools is the README's "Different credentials for different
-// node pools" example, taken apart: the node commands, the Secret, the
-// helm --set value and the status command.
+// readmeNodePools is the README's "Placing Secrets on some nodes of a
+// pool" example, taken apart: the node commands, the Secret, the helm --set
+// value and the status command.
 type readmeNodePools struct {
 	labels  map[string]map[string]string // node → labels
 	taints  map[string][]corev1.Taint
@@ -41,9 +41,9 @@ func readReadmeNodePools(t *testing.T) readmeNodePools {
 		t.Fatal(err)
 	}
 	text := string(data)
-	start := strings.Index(text, "### Different credentials for different node pools")
+	start := strings.Index(text, "### Placing Secrets on some nodes of a pool")
 	if start < 0 {
-		t.Fatal(`README.md has no section "Different credentials for different node pools"`)
+		t.Fatal(`README.md has no section "Placing Secrets on some nodes of a pool"`)
 	}
 	section := text[start:]
 	if end := strings.Index(section[4:], "\n### "); end >= 0 {
@@ -335,7 +335,7 @@ func TestNodePools(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	args = install("secrets={" + secretName + ",tenant-a-registry,pool-a,pool-bc,broken}")
+	args = install("secrets={" + secretName + "," + readme.secret.Name + ",pool-a,pool-bc,broken}")
 	for _, p := range nodes {
 		if code := p.agent.stop(t); code != 0 {
 			t.Fatalf("agent on %s exited %d", p.node, code)

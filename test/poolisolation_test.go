@@ -11,15 +11,18 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -29,23 +32,87 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/yaml"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
+	"github.com/nodecreds/nodecreds/scripts/chart/render"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
-// The pools of TestNodePoolIsolation, as the README's helm --set gives them.
-const isolationPools = `pools[0].name=tenant-a,pools[0].nodeSelector.node-restriction\.kubernetes\.io/pool=tenant-a,pools[0].secrets={registry-credentials,tenant-a-registry}` +
-	`,pools[1].name=tenant-b,pools[1].nodeSelector.node-restriction\.kubernetes\.io/pool=tenant-b,pools[1].secrets={tenant-b-registry}`
-
 const poolLabel = "node-restriction.kubernetes.io/pool"
 
-// The registries and passwords of the three Secrets.
-var isolationCreds = map[string]struct{ secret, registry, userpass string }{
-	"default":  {"registry-credentials", "shared.example.test", "shared:iso-canary-shared"},
-	"tenant-a": {"tenant-a-registry", "registry.tenant-a.example", "tenant-a:iso-canary-a"},
-	"tenant-b": {"tenant-b-registry", "registry.tenant-b.example", "tenant-b:iso-canary-b"},
+// readmePools is the README's pools example ("Different credentials for
+// different node pools"), taken apart.
+type readmePools struct {
+	pools   map[string]string // node → pool
+	taints  map[string][]corev1.Taint
+	secret  *corev1.Secret // tenant A's
+	helmSet string         // every --set, joined
+	values  map[string]any // the values-file form
+	status  [][]string     // nodecreds status arguments
 }
+
+func readReadmePools(t *testing.T) readmePools {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(cluster.RepoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	start := strings.Index(text, "### Different credentials for different node pools")
+	if start < 0 {
+		t.Fatal(`README.md has no section "Different credentials for different node pools"`)
+	}
+	section := text[start:]
+	if end := strings.Index(section[4:], "\n### "); end >= 0 {
+		section = section[:end+4]
+	}
+	r := readmePools{pools: map[string]string{}, taints: map[string][]corev1.Taint{}}
+	for _, m := range regexp.MustCompile(`(?m)^kubectl label nodes? (\S+) `+regexp.QuoteMeta(poolLabel)+`=(\S+)$`).FindAllStringSubmatch(section, -1) {
+		r.pools[m[1]] = m[2]
+	}
+	for _, m := range regexp.MustCompile(`(?m)^kubectl taint nodes? (\S+) ([^=\s]+)=([^:\s]+):(\w+)$`).FindAllStringSubmatch(section, -1) {
+		r.taints[m[1]] = append(r.taints[m[1]], corev1.Taint{Key: m[2], Value: m[3], Effect: corev1.TaintEffect(m[4])})
+	}
+	for _, m := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(section, -1) {
+		switch {
+		case strings.Contains(m[1], "kind: Secret"):
+			r.secret = &corev1.Secret{}
+			if err := yaml.UnmarshalStrict([]byte(m[1]), r.secret); err != nil {
+				t.Fatalf("the README's Secret does not parse: %v", err)
+			}
+		case strings.HasPrefix(m[1], "pools:"):
+			if err := yaml.Unmarshal([]byte(m[1]), &r.values); err != nil {
+				t.Fatalf("the README's values do not parse: %v", err)
+			}
+		}
+	}
+	var sets []string
+	for _, m := range regexp.MustCompile(`--set '([^']+)'`).FindAllStringSubmatch(section, -1) {
+		sets = append(sets, m[1])
+	}
+	r.helmSet = strings.Join(sets, ",")
+	for _, m := range regexp.MustCompile(`(?m)^nodecreds (status .*)$`).FindAllStringSubmatch(section, -1) {
+		r.status = append(r.status, strings.Fields(m[1]))
+	}
+	if len(r.pools) != 2 || len(r.taints) == 0 || r.secret == nil || r.values == nil || r.helmSet == "" || len(r.status) == 0 {
+		t.Fatalf("the README's pools example lacks a part: %+v", r)
+	}
+	return r
+}
+
+// nodeOf is the README's node of pool.
+func (r readmePools) nodeOf(t *testing.T, pool string) string {
+	for n, p := range r.pools {
+		if p == pool {
+			return n
+		}
+	}
+	t.Fatalf("the README labels no node into pool %s", pool)
+	return ""
+}
+
+type isolationCred struct{ secret, registry, userpass string }
 
 // TestNodePoolIsolation proves the chart's pools on a real API server that
 // runs as a production one does (the Node authorizer and the
@@ -83,34 +150,73 @@ func TestNodePoolIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	labelNS(t, c, ns, "privileged")
-	if err := cluster.Apply(ctx, c.RESTConfig, objects(t, renderWithCluster(t, c, isolationPools, ns)), false); err != nil {
-		t.Fatalf("applying the chart with two pools: %v", err)
+	readme := readReadmePools(t)
+	// The README's helm --set and its values file are one install.
+	fromValues, err := render.RenderValues(chartDir(), readme.values, ns)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, cr := range isolationCreds {
-		sec := registrySecret(dockerconfigjson(t, map[string]string{cr.registry: cr.userpass}))
-		sec.Name = cr.secret
+	fromSet, err := render.Render(chartDir(), readme.helmSet, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(fromValues, fromSet) {
+		t.Errorf("the README's values file and its helm --set render differently")
+	}
+	objs := objects(t, renderWithCluster(t, c, readme.helmSet, ns))
+	if err := cluster.Apply(ctx, c.RESTConfig, objs, false); err != nil {
+		t.Fatalf("applying the chart with the README's pools: %v", err)
+	}
+	sets := all[appsv1.DaemonSet](t, objs, "DaemonSet")
+
+	// The README's Secret for tenant A, tenant B's "the same way", and the
+	// default one.
+	var auths struct {
+		Auths map[string]struct{ Username, Password string } `json:"auths"`
+	}
+	if err := json.Unmarshal([]byte(readme.secret.StringData[corev1.DockerConfigJsonKey]), &auths); err != nil {
+		t.Fatal(err)
+	}
+	creds := map[string]isolationCred{
+		"default":  {"registry-credentials", "shared.example.test", "shared:iso-canary-shared"},
+		"tenant-b": {"tenant-b-registry", "registry.tenant-b.example", "tenant-b-puller:iso-canary-b"},
+	}
+	for reg, a := range auths.Auths {
+		creds["tenant-a"] = isolationCred{readme.secret.Name, reg, a.Username + ":" + a.Password}
+	}
+	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, readme.secret, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the README's Secret: %v", err)
+	}
+	for _, pool := range []string{"default", "tenant-b"} {
+		sec := registrySecret(dockerconfigjson(t, map[string]string{creds[pool].registry: creds[pool].userpass}))
+		sec.Name = creds[pool].secret
 		if _, err := admin.CoreV1().Secrets(ns).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	// node-a and node-b are in the pools (an admin's labels), node-d and
-	// node-r in none; node-b registered with the startup taint and a
-	// tenant taint; node-b carries an annotation of someone else.
+	// The README's tenant nodes, labelled and tainted as it says; tenant
+	// B's registered with the startup taint too and carrying someone
+	// else's annotation; node-d and node-r in no pool.
+	nodeA, nodeB := readme.nodeOf(t, "tenant-a"), readme.nodeOf(t, "tenant-b")
 	startup := corev1.Taint{Key: "nodecreds.io/not-ready", Effect: corev1.TaintEffectNoSchedule}
-	tenantB := corev1.Taint{Key: "tenant", Value: "b", Effect: corev1.TaintEffectNoSchedule}
-	pools := map[string]string{"node-a": "tenant-a", "node-b": "tenant-b", "node-d": "", "node-r": ""}
+	pools := map[string]string{nodeA: "tenant-a", nodeB: "tenant-b", "node-d": "", "node-r": ""}
 	for name, pool := range pools {
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/os": "linux"}}}
 		if pool != "" {
 			node.Labels[poolLabel] = pool
 		}
-		if name == "node-b" {
-			node.Spec.Taints = []corev1.Taint{startup, tenantB}
+		node.Spec.Taints = readme.taints[name]
+		if name == nodeB {
+			node.Spec.Taints = append(node.Spec.Taints, startup)
 			node.Annotations = map[string]string{"example.com/owner": "team-b"}
 		}
 		schedulable(t, admin, node)
 	}
+	if len(readme.taints[nodeB]) != 1 {
+		t.Fatalf("the README taints %s with %v, want one tenant taint", nodeB, readme.taints[nodeB])
+	}
+	tenantB := readme.taints[nodeB][0]
 	dsOf := func(pool string) string {
 		if pool == "" {
 			return "nodecreds"
@@ -142,9 +248,9 @@ func TestNodePoolIsolation(t *testing.T) {
 	}
 
 	t.Run("secrets", func(t *testing.T) {
-		for _, tc := range []struct{ node, pool string }{{"node-a", "tenant-a"}, {"node-b", "tenant-b"}, {"node-d", "default"}} {
-			for pool, cr := range isolationCreds {
-				allowed := pool == tc.pool || tc.pool == "tenant-a" && pool == "default"
+		for _, tc := range []struct{ node, pool string }{{nodeA, "tenant-a"}, {nodeB, "tenant-b"}, {"node-d", "default"}} {
+			for pool, cr := range creds {
+				allowed := pool == tc.pool || pool == "default" // the README's pools share registry-credentials
 				secrets := tokens[tc.node].client.CoreV1().Secrets(ns)
 				_, getErr := secrets.Get(ctx, cr.secret, metav1.GetOptions{})
 				_, listErr := secrets.List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + cr.secret})
@@ -158,10 +264,10 @@ func TestNodePoolIsolation(t *testing.T) {
 	})
 
 	t.Run("policy", func(t *testing.T) {
-		b := tokens["node-b"].client.CoreV1().Nodes()
+		b := tokens[nodeB].client.CoreV1().Nodes()
 		// The API server loads a new policy in the background.
 		testsupport.Eventually(t, 20*time.Second, "the nodecreds-agents policy is in force", func() bool {
-			_, err := b.Patch(ctx, "node-b", types.MergePatchType, []byte(`{"metadata":{"labels":{"example.com/probe":"x"}}}`), metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}})
+			_, err := b.Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"labels":{"example.com/probe":"x"}}}`), metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}})
 			return apierrors.IsForbidden(err)
 		})
 		merge := func(node, patch string, sub ...string) error {
@@ -179,29 +285,29 @@ func TestNodePoolIsolation(t *testing.T) {
 			what string
 			err  error
 		}{
-			{"relabel its Node into pool A", merge("node-b", `{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`)},
-			{"relabel its Node into pool A (JSON patch)", jsonPatch(ctx, b, "node-b", `[{"op":"replace","path":"/metadata/labels/node-restriction.kubernetes.io~1pool","value":"tenant-a"}]`)},
-			{"relabel its Node into pool A (server-side apply)", apply(ctx, b, "node-b", `{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-b","labels":{"`+poolLabel+`":"tenant-a"}}}`)},
-			{"relabel its Node into pool A (strategic merge, status subresource)", strategic(ctx, b, "node-b", `{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`, "status")},
-			{"add a label", merge("node-b", `{"metadata":{"labels":{"example.com/x":"y"}}}`)},
-			{"remove a label", merge("node-b", `{"metadata":{"labels":{"kubernetes.io/os":null}}}`)},
-			{"add another annotation", merge("node-b", `{"metadata":{"annotations":{"example.com/x":"y"}}}`)},
-			{"change another annotation", merge("node-b", `{"metadata":{"annotations":{"example.com/owner":"me"}}}`)},
-			{"remove another annotation", merge("node-b", `{"metadata":{"annotations":{"example.com/owner":null}}}`)},
-			{"add a finalizer", merge("node-b", `{"metadata":{"finalizers":["example.com/hold"]}}`)},
-			{"add a taint", merge("node-b", taints(startup, tenantB, other))},
-			{"remove another taint", merge("node-b", taints(startup))},
-			{"remove another taint with the startup one", merge("node-b", taints())},
-			{"change the startup taint", merge("node-b", taints(startupNoExecute, tenantB))},
-			{"cordon its Node", merge("node-b", `{"spec":{"unschedulable":true}}`)},
-			{"set a provider ID", merge("node-b", `{"spec":{"providerID":"evil://x"}}`)},
-			{"set another condition", strategic(ctx, b, "node-b", `{"status":{"conditions":[{"type":"Ready","status":"False","reason":"Evil"}]}}`, "status")},
-			{"set its addresses", merge("node-b", `{"status":{"addresses":[{"type":"InternalIP","address":"10.6.6.6"}]}}`, "status")},
-			{"set its capacity", merge("node-b", `{"status":{"capacity":{"pods":"1000"}}}`, "status")},
-			{"annotate another Node", merge("node-a", `{"metadata":{"annotations":{"nodecreds.io/revision":"forged"}}}`)},
+			{"relabel its Node into pool A", merge(nodeB, `{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`)},
+			{"relabel its Node into pool A (JSON patch)", jsonPatch(ctx, b, nodeB, `[{"op":"replace","path":"/metadata/labels/node-restriction.kubernetes.io~1pool","value":"tenant-a"}]`)},
+			{"relabel its Node into pool A (server-side apply)", apply(ctx, b, nodeB, `{"apiVersion":"v1","kind":"Node","metadata":{"name":"`+nodeB+`","labels":{"`+poolLabel+`":"tenant-a"}}}`)},
+			{"relabel its Node into pool A (strategic merge, status subresource)", strategic(ctx, b, nodeB, `{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`, "status")},
+			{"add a label", merge(nodeB, `{"metadata":{"labels":{"example.com/x":"y"}}}`)},
+			{"remove a label", merge(nodeB, `{"metadata":{"labels":{"kubernetes.io/os":null}}}`)},
+			{"add another annotation", merge(nodeB, `{"metadata":{"annotations":{"example.com/x":"y"}}}`)},
+			{"change another annotation", merge(nodeB, `{"metadata":{"annotations":{"example.com/owner":"me"}}}`)},
+			{"remove another annotation", merge(nodeB, `{"metadata":{"annotations":{"example.com/owner":null}}}`)},
+			{"add a finalizer", merge(nodeB, `{"metadata":{"finalizers":["example.com/hold"]}}`)},
+			{"add a taint", merge(nodeB, taints(startup, tenantB, other))},
+			{"remove another taint", merge(nodeB, taints(startup))},
+			{"remove another taint with the startup one", merge(nodeB, taints())},
+			{"change the startup taint", merge(nodeB, taints(startupNoExecute, tenantB))},
+			{"cordon its Node", merge(nodeB, `{"spec":{"unschedulable":true}}`)},
+			{"set a provider ID", merge(nodeB, `{"spec":{"providerID":"evil://x"}}`)},
+			{"set another condition", strategic(ctx, b, nodeB, `{"status":{"conditions":[{"type":"Ready","status":"False","reason":"Evil"}]}}`, "status")},
+			{"set its addresses", merge(nodeB, `{"status":{"addresses":[{"type":"InternalIP","address":"10.6.6.6"}]}}`, "status")},
+			{"set its capacity", merge(nodeB, `{"status":{"capacity":{"pods":"1000"}}}`, "status")},
+			{"annotate another Node", merge(nodeA, `{"metadata":{"annotations":{"nodecreds.io/revision":"forged"}}}`)},
 			{"remove another Node's startup taint", merge("node-d", taints())},
-			{"set another Node's condition", strategic(ctx, b, "node-a", `{"status":{"conditions":[{"type":"RegistryCredentialsSynced","status":"False","reason":"Forged"}]}}`, "status")},
-			{"relabel another Node out of its pool", merge("node-a", `{"metadata":{"labels":{"`+poolLabel+`":null}}}`)},
+			{"set another Node's condition", strategic(ctx, b, nodeA, `{"status":{"conditions":[{"type":"RegistryCredentialsSynced","status":"False","reason":"Forged"}]}}`, "status")},
+			{"relabel another Node out of its pool", merge(nodeA, `{"metadata":{"labels":{"`+poolLabel+`":null}}}`)},
 		}
 		for _, f := range forbidden {
 			if !apierrors.IsForbidden(f.err) {
@@ -209,35 +315,35 @@ func TestNodePoolIsolation(t *testing.T) {
 			}
 		}
 		// The label attempt is refused by the policy (RBAC allows patch).
-		if err := merge("node-b", `{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`); err == nil || !strings.Contains(err.Error(), "nodecreds-agents") {
+		if err := merge(nodeB, `{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`); err == nil || !strings.Contains(err.Error(), "nodecreds-agents") {
 			t.Errorf("relabelling is not refused by the nodecreds-agents policy: %v", err)
 		}
 		// What the agent does on its own Node is allowed.
-		if err := merge("node-b", `{"metadata":{"annotations":{"nodecreds.io/revision":"r0","nodecreds.io/synced-at":"2026-11-30T12:00:00Z","nodecreds.io/sources":"x"}}}`); err != nil {
+		if err := merge(nodeB, `{"metadata":{"annotations":{"nodecreds.io/revision":"r0","nodecreds.io/synced-at":"2026-11-30T12:00:00Z","nodecreds.io/sources":"x"}}}`); err != nil {
 			t.Errorf("the agent cannot annotate its own Node: %v", err)
 		}
-		if err := strategic(ctx, b, "node-b", `{"status":{"conditions":[{"type":"RegistryCredentialsSynced","status":"False","reason":"Starting"}]}}`, "status"); err != nil {
+		if err := strategic(ctx, b, nodeB, `{"status":{"conditions":[{"type":"RegistryCredentialsSynced","status":"False","reason":"Starting"}]}}`, "status"); err != nil {
 			t.Errorf("the agent cannot set its condition on its own Node: %v", err)
 		}
 		// A token of the same ServiceAccount that is not bound to a Pod
 		// (so to no node) changes no Node, not even its own annotations.
 		unbound := tokenClient(t, c, ns, "nodecreds-tenant-b")
-		if _, err := unbound.CoreV1().Nodes().Patch(ctx, "node-b", types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r1"}}}`), metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
+		if _, err := unbound.CoreV1().Nodes().Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r1"}}}`), metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
 			t.Errorf("a token not bound to a Pod annotates a Node: %v", err)
 		}
-		n := getNode(t, admin, "node-b")
+		n := getNode(t, admin, nodeB)
 		if n.Labels[poolLabel] != "tenant-b" || n.Labels["example.com/x"] != "" || n.Annotations["example.com/owner"] != "team-b" ||
 			!hasTaint(n, startup.Key) || !hasTaint(n, tenantB.Key) || hasTaint(n, other.Key) || n.Spec.Unschedulable {
-			t.Errorf("node-b changed: labels %v annotations %v taints %v", n.Labels, n.Annotations, n.Spec.Taints)
+			t.Errorf("%s changed: labels %v annotations %v taints %v", nodeB, n.Labels, n.Annotations, n.Spec.Taints)
 		}
 	})
 
 	t.Run("kubelet", func(t *testing.T) {
-		kubelet := ca.client(t, c, "system:node:node-b", "system:nodes")
+		kubelet := ca.client(t, c, "system:node:"+nodeB, "system:nodes")
 		nodes := kubelet.CoreV1().Nodes()
-		_, labelErr := nodes.Patch(ctx, "node-b", types.MergePatchType, []byte(`{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`), metav1.PatchOptions{})
-		_, taintErr := nodes.Patch(ctx, "node-b", types.MergePatchType, []byte(`{"spec":{"taints":[]}}`), metav1.PatchOptions{})
-		_, secretErr := kubelet.CoreV1().Secrets(ns).Get(ctx, isolationCreds["tenant-a"].secret, metav1.GetOptions{})
+		_, labelErr := nodes.Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`), metav1.PatchOptions{})
+		_, taintErr := nodes.Patch(ctx, nodeB, types.MergePatchType, []byte(`{"spec":{"taints":[]}}`), metav1.PatchOptions{})
+		_, secretErr := kubelet.CoreV1().Secrets(ns).Get(ctx, creds["tenant-a"].secret, metav1.GetOptions{})
 		tokenFor := func(pod *corev1.Pod) error {
 			_, err := kubelet.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "nodecreds-tenant-a", &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
 				BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
@@ -249,52 +355,76 @@ func TestNodePoolIsolation(t *testing.T) {
 			"set the pool label on its Node":                   labelErr,
 			"remove its Node's taints":                         taintErr,
 			"read pool A's Secret":                             secretErr,
-			"get a token of pool A's agent (its Pod's)":        tokenFor(pods["node-a"]),
-			"get a token of pool A's agent (bound to its Pod)": tokenFor(pods["node-b"]),
+			"get a token of pool A's agent (its Pod's)":        tokenFor(pods[nodeA]),
+			"get a token of pool A's agent (bound to its Pod)": tokenFor(pods[nodeB]),
 			"get a token of pool A's agent (unbound)":          unboundErr,
 		} {
 			if err == nil {
-				t.Errorf("node-b's kubelet can %s", what)
+				t.Errorf("%s's kubelet can %s", nodeB, what)
 			}
 		}
 		// The kubelet can still do its own job (so the refusals above are
 		// about what it asked, not about who it is).
-		if _, err := kubelet.CoreV1().Nodes().Get(ctx, "node-b", metav1.GetOptions{}); err != nil {
-			t.Errorf("node-b's kubelet cannot read its Node: %v", err)
+		if _, err := kubelet.CoreV1().Nodes().Get(ctx, nodeB, metav1.GetOptions{}); err != nil {
+			t.Errorf("%s's kubelet cannot read its Node: %v", nodeB, err)
 		}
 	})
 
 	t.Run("agent", func(t *testing.T) {
-		root := t.TempDir()
-		sync := func(kubeconfig, node, pool string, secrets ...string) (string, int) {
-			_, stderr, code := run(t, "sync", "--once", "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", node,
-				"--pool", pool, "--secret", strings.Join(secrets, ","), "--host-root", root, "--metrics-addr", "0")
-			return stderr, code
-		}
 		// Pool B's agent asked for pool A's Secret is refused it.
-		thief := startAgent(t, "--kubeconfig", tokens["node-b"].kubeconfig, "--namespace", ns, "--node-name", "node-b", "--pool", "tenant-b",
-			"--secret", isolationCreds["tenant-a"].secret, "--host-root", root, "--metrics-addr", "0")
+		root := t.TempDir()
+		thief := startAgent(t, "--kubeconfig", tokens[nodeB].kubeconfig, "--namespace", ns, "--node-name", nodeB, "--pool", "tenant-b",
+			"--secret", creds["tenant-a"].secret, "--host-root", root, "--metrics-addr", "0")
 		testsupport.Eventually(t, 20*time.Second, "pool B's agent is refused pool A's Secret", func() bool {
 			return strings.Contains(thief.logs.String(), "forbidden")
 		})
 		thief.stop(t)
-		if authIn(filepath.Join(root, kubeletFile), isolationCreds["tenant-a"].registry) != "" {
+		if authIn(filepath.Join(root, kubeletFile), creds["tenant-a"].registry) != "" {
 			t.Errorf("pool B's agent wrote pool A's credentials")
 		}
-		assertNoSecrets(t, "its log", thief.logs.String(), "iso-canary-a", testsupport.B64(isolationCreds["tenant-a"].userpass))
-		// Its own Secret: files, annotations, condition, startup taint.
-		if stderr, code := sync(tokens["node-b"].kubeconfig, "node-b", "tenant-b", isolationCreds["tenant-b"].secret); code != 0 {
-			t.Fatalf("the agent of pool B with its Pod's token: exit %d\n%s", code, stderr)
+		assertNoSecrets(t, "its log", thief.logs.String(), creds["tenant-a"].userpass, testsupport.B64(creds["tenant-a"].userpass))
+
+		// Every node's agent as its DaemonSet runs it (its args, its pool,
+		// its Pod's token): files, annotations, condition, startup taint.
+		for node, pool := range pools {
+			ds := sets[ns+"/"+dsOf(pool)]
+			args := []string{"sync", "--once", "--kubeconfig", tokens[node].kubeconfig, "--namespace", ns, "--node-name", node,
+				"--pool", pool, "--host-root", filepath.Join(root, node), "--metrics-addr", "0"}
+			for _, a := range ds.Spec.Template.Spec.Containers[0].Args {
+				if strings.HasPrefix(a, "--secret=") {
+					args = append(args, a)
+				}
+			}
+			if err := os.MkdirAll(filepath.Join(root, node), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if _, stderr, code := run(t, args...); code != 0 {
+				t.Fatalf("the agent of %s on %s with its Pod's token: exit %d\n%s", dsOf(pool), node, code, stderr)
+			}
 		}
-		cr := isolationCreds["tenant-b"]
-		if authIn(filepath.Join(root, kubeletFile), cr.registry) != testsupport.B64(cr.userpass) {
-			t.Errorf("pool B's credentials are not in node-b's kubelet file")
+		for node, want := range map[string][]string{nodeA: {"default", "tenant-a"}, nodeB: {"default", "tenant-b"}, "node-d": {"default"}} {
+			got := map[string]bool{}
+			for pool, cr := range creds {
+				if auth := authIn(filepath.Join(root, node, kubeletFile), cr.registry); auth != "" {
+					got[pool] = auth == testsupport.B64(cr.userpass)
+				}
+			}
+			if len(got) != len(want) || !got[want[0]] || !got[want[len(want)-1]] {
+				t.Errorf("%s's kubelet file has the credentials of %v, want those of %v", node, got, want)
+			}
 		}
-		n := getNode(t, admin, "node-b")
+		n := getNode(t, admin, nodeB)
 		cond := condition(n)
 		if n.Annotations["nodecreds.io/revision"] == "r0" || n.Annotations["nodecreds.io/synced-at"] == "" || cond == nil || cond.Status != corev1.ConditionTrue ||
 			hasTaint(n, startup.Key) || !hasTaint(n, tenantB.Key) || n.Annotations["example.com/owner"] != "team-b" {
-			t.Errorf("node-b after its agent's sync: annotations %v, condition %+v, taints %v", n.Annotations, cond, n.Spec.Taints)
+			t.Errorf("%s after its agent's sync: annotations %v, condition %+v, taints %v", nodeB, n.Annotations, cond, n.Spec.Taints)
+		}
+		// The README's status commands: each pool's nodes, and the
+		// default DaemonSet's, have applied their Secrets.
+		for _, args := range readme.status {
+			if out, stderr, code := run(t, append(args, "--kubeconfig", c.Kubeconfig, "--namespace", ns, "--timeout", "20s")...); code != 0 {
+				t.Errorf("the README's nodecreds %s: exit %d\n%s\n%s", strings.Join(args, " "), code, out, stderr)
+			}
 		}
 	})
 
@@ -304,8 +434,8 @@ func TestNodePoolIsolation(t *testing.T) {
 		root := t.TempDir()
 		addrD, addrA := testsupport.FreeAddr(t), testsupport.FreeAddr(t)
 		def := startAgent(t, "--kubeconfig", tokens["node-r"].kubeconfig, "--namespace", ns, "--node-name", "node-r",
-			"--secret", isolationCreds["default"].secret, "--host-root", root, "--metrics-addr", addrD)
-		shared := isolationCreds["default"]
+			"--secret", creds["default"].secret, "--host-root", root, "--metrics-addr", addrD)
+		shared := creds["default"]
 		testsupport.Eventually(t, 20*time.Second, "the default agent syncs node-r", func() bool {
 			return authIn(filepath.Join(root, kubeletFile), shared.registry) == testsupport.B64(shared.userpass)
 		})
@@ -329,7 +459,7 @@ func TestNodePoolIsolation(t *testing.T) {
 			t.Fatal(err)
 		}
 		a := startAgent(t, "--kubeconfig", kc, "--namespace", ns, "--node-name", "node-r", "--pool", "tenant-a",
-			"--secret", isolationCreds["default"].secret+","+isolationCreds["tenant-a"].secret, "--host-root", root, "--metrics-addr", addrA)
+			"--secret", creds["default"].secret+","+creds["tenant-a"].secret, "--host-root", root, "--metrics-addr", addrA)
 		testsupport.Eventually(t, 20*time.Second, "pool A's agent reports that it waits for the default one", func() bool {
 			code, body := httpGet("http://" + addrA + "/readyz")
 			return code == 503 && strings.Contains(body, "two nodecreds pools select this node") && hasEvent(t, admin, "node-r", "TwoPoolsSelectNode")
@@ -337,7 +467,7 @@ func TestNodePoolIsolation(t *testing.T) {
 		if !strings.Contains(a.logs.String(), "two nodecreds pools select this node") {
 			t.Errorf("pool A's agent does not log who it waits for:\n%s", a.logs.String())
 		}
-		poolA := isolationCreds["tenant-a"]
+		poolA := creds["tenant-a"]
 		if authIn(filepath.Join(root, kubeletFile), poolA.registry) != "" {
 			t.Errorf("pool A's agent wrote node-r's files while the default one held them")
 		}
@@ -367,7 +497,7 @@ func TestNodePoolIsolation(t *testing.T) {
 			t.Fatal(err)
 		}
 		back := startAgent(t, "--kubeconfig", kc, "--namespace", ns, "--node-name", "node-r",
-			"--secret", isolationCreds["default"].secret, "--host-root", root, "--metrics-addr", "0")
+			"--secret", creds["default"].secret, "--host-root", root, "--metrics-addr", "0")
 		testsupport.Eventually(t, 20*time.Second, "the default agent waits for pool A's", func() bool {
 			return strings.Contains(back.logs.String(), "two nodecreds pools select this node")
 		})
@@ -384,7 +514,11 @@ func TestNodePoolIsolation(t *testing.T) {
 	for _, ev := range events(t, admin) {
 		logs.WriteString(ev.Message + "\n")
 	}
-	assertNoSecrets(t, "Events", logs.String(), "iso-canary-shared", "iso-canary-a", "iso-canary-b")
+	var canaries []string
+	for _, cr := range creds {
+		canaries = append(canaries, cr.userpass, strings.SplitN(cr.userpass, ":", 2)[1])
+	}
+	assertNoSecrets(t, "Events", logs.String(), canaries...)
 }
 
 // startClusterWith starts a control plane with extra API server flags.
