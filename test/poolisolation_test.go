@@ -114,30 +114,35 @@ func (r readmePools) nodeOf(t *testing.T, pool string) string {
 
 type isolationCred struct{ secret, registry, userpass string }
 
-// TestNodePoolIsolation proves the chart's pools on a real API server that
-// runs as a production one does (the Node authorizer and the
+// TestNodePoolIsolation runs the README's pools example on a real API
+// server set up as a production one is (the Node authorizer and the
 // NodeRestriction admission plugin, the DaemonSet controller and the
-// scheduler), attacking as whoever is root on a pool-B node would: with
+// scheduler), and attacks as whoever is root on a tenant-B node would: with
 // the agent's Pod-bound token and with the kubelet's own credentials.
 //
-//   - each pool's agent reads its own Secrets and gets 403 on the other
-//     pool's (so does the default agent);
+//   - each pool's agent reads its own Secrets and the shared one, and gets
+//     403 on the other pool's (the default agent on both);
 //   - the admission policy keeps an agent's token to nodecreds' own
 //     annotations, condition and startup taint on its own Node: it cannot
 //     relabel its Node into pool A, touch another Node, or change labels,
-//     other annotations, taints, other spec or status fields, by any patch
-//     type; a token not bound to a Pod changes no Node;
-//   - the kubelet cannot set the pool label, read pool A's Secret, or get a
-//     token of pool A's ServiceAccount;
-//   - the real agent binary with its Pod's token still annotates its Node,
-//     sets its condition and removes its startup taint (and, asked for pool
-//     A's Secret, gets nothing of it);
-//   - the DaemonSet controller runs exactly one agent on every node, and on
-//     a node relabelled from the default pool into pool A ends with exactly
-//     one, pool A's;
-//   - two agents on one node's files: the second (pool A's new Pod, while
-//     the default one still runs) waits, and says so in its log, on /readyz
-//     and in an Event on the Node; it syncs once the first stops.
+//     other annotations, finalizers, taints, other spec or status fields,
+//     by any patch type or subresource; a token not bound to a Pod changes
+//     no Node;
+//   - the kubelet cannot set the pool label, change its taints, read pool
+//     A's Secret, get a token of pool A's ServiceAccount, run a static Pod
+//     as it, or register another Node into pool A;
+//   - the real agent binary on every node, as its DaemonSet runs it with
+//     its Pod's token, writes its pool's credentials only, annotates its
+//     Node, sets its condition and removes its startup taint; asked for
+//     pool A's Secret, pool B's agent is refused; the README's status
+//     commands agree;
+//   - the DaemonSet controller runs exactly one agent on every node; a node
+//     relabelled from the default pool into pool A, and back, ends with
+//     exactly one agent, the right one;
+//   - two agents on one node's files: the second (the new pool's, while the
+//     old one still runs) waits, and says so in its log, on /readyz and in
+//     an Event on the Node; it syncs once the first stops, and a node
+//     moved out of pool A loses pool A's key.
 func TestNodePoolIsolation(t *testing.T) {
 	ca := newTestCA(t)
 	c := startClusterWith(t, "--enable-admission-plugins=NodeRestriction", "--authorization-mode=Node,RBAC", "--client-ca-file="+ca.file)
@@ -351,6 +356,14 @@ func TestNodePoolIsolation(t *testing.T) {
 			return err
 		}
 		_, unboundErr := kubelet.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "nodecreds-tenant-a", &authv1.TokenRequest{}, metav1.CreateOptions{})
+		// A static Pod of pool A's ServiceAccount on its node, whose token
+		// the kubelet would then request.
+		_, mirrorErr := kubelet.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "static-" + nodeB, Namespace: ns, Annotations: map[string]string{corev1.MirrorPodAnnotationKey: "x"}},
+			Spec:       corev1.PodSpec{NodeName: nodeB, ServiceAccountName: "nodecreds-tenant-a", Containers: []corev1.Container{{Name: "x", Image: "x.invalid/x"}}},
+		}, metav1.CreateOptions{})
+		// A second Node, registered into pool A.
+		_, twinErr := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeB + "-twin", Labels: map[string]string{poolLabel: "tenant-a"}}}, metav1.CreateOptions{})
 		for what, err := range map[string]error{
 			"set the pool label on its Node":                   labelErr,
 			"remove its Node's taints":                         taintErr,
@@ -358,6 +371,8 @@ func TestNodePoolIsolation(t *testing.T) {
 			"get a token of pool A's agent (its Pod's)":        tokenFor(pods[nodeA]),
 			"get a token of pool A's agent (bound to its Pod)": tokenFor(pods[nodeB]),
 			"get a token of pool A's agent (unbound)":          unboundErr,
+			"run a static Pod as pool A's agent":               mirrorErr,
+			"register another Node into pool A":                twinErr,
 		} {
 			if err == nil {
 				t.Errorf("%s's kubelet can %s", nodeB, what)
