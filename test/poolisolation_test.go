@@ -494,6 +494,25 @@ func TestNodePoolIsolation(t *testing.T) {
 			return code == 200 && authIn(filepath.Join(root, kubeletFile), poolA.registry) == testsupport.B64(poolA.userpass)
 		})
 
+		// A rollout's new Pod of pool A meanwhile: it waits for the running
+		// one, quietly (no Event within the grace), and stops cleanly if
+		// stopped while waiting.
+		dup := startAgent(t, "--kubeconfig", kc, "--namespace", ns, "--node-name", "node-r", "--pool", "tenant-a",
+			"--secret", creds["default"].secret+","+creds["tenant-a"].secret, "--host-root", root, "--metrics-addr", "0",
+			"--install-credential-provider", "/opt/nodecreds/bin")
+		testsupport.Eventually(t, 20*time.Second, "a second agent of pool A waits for the first", func() bool {
+			return strings.Contains(dup.logs.String(), "of the same pool, which holds this node's files")
+		})
+		if _, err := os.Lstat(filepath.Join(root, "opt/nodecreds/bin/nodecreds")); !os.IsNotExist(err) {
+			t.Errorf("a waiting agent installed the plugin binary (%v)", err)
+		}
+		if code := dup.stop(t); code != 0 || !strings.Contains(dup.logs.String(), "stopped while waiting") {
+			t.Errorf("a waiting agent stopped: exit %d\n%s", code, dup.logs.String())
+		}
+		if hasEvent(t, admin, "node-r", "WaitingForAgent") {
+			t.Errorf("a rollout's brief wait was reported on the Node")
+		}
+
 		// Moved back out of pool A, node-r loses pool A's key: the default
 		// agent that takes over prunes what pool A's put there (the state
 		// is the node's, not an agent's).
