@@ -334,8 +334,12 @@ func rbacChecks(t *testing.T, sa kubernetes.Interface) {
 	// Events go to the default namespace (those about Nodes) and nowhere
 	// else; the agent creates each once, never patches one.
 	event := func(namespace string) *corev1.Event {
+		about := corev1.ObjectReference{Kind: "Node", Name: "node-1"}
+		if namespace != metav1.NamespaceDefault {
+			about = corev1.ObjectReference{Kind: "Pod", Namespace: namespace, Name: "x"}
+		}
 		return &corev1.Event{ObjectMeta: metav1.ObjectMeta{GenerateName: "rbac-", Namespace: namespace},
-			InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: "node-1"}, Reason: "Test", Type: corev1.EventTypeNormal}
+			InvolvedObject: about, Reason: "Test", Type: corev1.EventTypeNormal}
 	}
 	_, forbidden["create an Event in its namespace"] = sa.CoreV1().Events(ns).Create(ctx, event(ns), metav1.CreateOptions{})
 	_, forbidden["create an Event in kube-system"] = sa.CoreV1().Events("kube-system").Create(ctx, event("kube-system"), metav1.CreateOptions{})
