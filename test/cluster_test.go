@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
@@ -164,7 +165,7 @@ func TestClusterMode(t *testing.T) {
 	otherTaint := corev1.Taint{Key: "example.com/keep", Value: "x", Effect: corev1.TaintEffectNoSchedule}
 	createNode(t, admin, "node-1", startupTaint, otherTaint)
 
-	kubeconfig, sa, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+	kubeconfig, sa, _, err := c.AgentKubeconfig(ctx, ns, "nodecreds", "node-1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,6 +331,24 @@ func rbacChecks(t *testing.T, sa kubernetes.Interface) {
 	_, forbidden["create a Node"] = sa.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
 	_, forbidden["list Pods"] = sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	_, forbidden["create a ConfigMap"] = sa.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+	// Events go to the default namespace (those about Nodes) and nowhere
+	// else; the agent creates each once, never patches one.
+	event := func(namespace string) *corev1.Event {
+		about := corev1.ObjectReference{Kind: "Node", Name: "node-1"}
+		if namespace != metav1.NamespaceDefault {
+			about = corev1.ObjectReference{Kind: "Pod", Namespace: namespace, Name: "x"}
+		}
+		return &corev1.Event{ObjectMeta: metav1.ObjectMeta{GenerateName: "rbac-", Namespace: namespace},
+			InvolvedObject: about, Reason: "Test", Type: corev1.EventTypeNormal}
+	}
+	_, forbidden["create an Event in its namespace"] = sa.CoreV1().Events(ns).Create(ctx, event(ns), metav1.CreateOptions{})
+	_, forbidden["create an Event in kube-system"] = sa.CoreV1().Events("kube-system").Create(ctx, event("kube-system"), metav1.CreateOptions{})
+	ev, err := sa.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, event(metav1.NamespaceDefault), metav1.CreateOptions{})
+	if err != nil {
+		t.Errorf("the agent cannot create an Event about its Node in the default namespace: %v", err)
+	} else {
+		_, forbidden["patch an Event"] = sa.CoreV1().Events(metav1.NamespaceDefault).Patch(ctx, ev.Name, types.MergePatchType, []byte(`{"message":"x"}`), metav1.PatchOptions{})
+	}
 	for what, err := range forbidden {
 		if !apierrors.IsForbidden(err) {
 			t.Errorf("the agent can %s (err %v), want Forbidden", what, err)
@@ -365,7 +384,7 @@ func TestFaultAPIServerOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	createNode(t, c.Admin, "node-o")
-	kubeconfig, _, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+	kubeconfig, _, _, err := c.AgentKubeconfig(ctx, ns, "nodecreds", "node-o")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,7 +453,7 @@ func TestOnceReportsToNode(t *testing.T) {
 	}
 	startupTaint := corev1.Taint{Key: "nodecreds.io/not-ready", Effect: corev1.TaintEffectNoSchedule}
 	createNode(t, c.Admin, "node-once", startupTaint)
-	kubeconfig, _, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+	kubeconfig, _, _, err := c.AgentKubeconfig(ctx, ns, "nodecreds", "node-once")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,9 +23,9 @@ import (
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
-// readmeNodePools is the README's "Different credentials for different
-// node pools" example, taken apart: the node commands, the Secret, the
-// helm --set value and the status command.
+// readmeNodePools is the README's "Placing Secrets on some nodes of a
+// pool" example, taken apart: the node commands, the Secret, the helm --set
+// value and the status command.
 type readmeNodePools struct {
 	labels  map[string]map[string]string // node → labels
 	taints  map[string][]corev1.Taint
@@ -41,9 +41,9 @@ func readReadmeNodePools(t *testing.T) readmeNodePools {
 		t.Fatal(err)
 	}
 	text := string(data)
-	start := strings.Index(text, "### Different credentials for different node pools")
+	start := strings.Index(text, "### Placing Secrets on some nodes of a pool")
 	if start < 0 {
-		t.Fatal(`README.md has no section "Different credentials for different node pools"`)
+		t.Fatal(`README.md has no section "Placing Secrets on some nodes of a pool"`)
 	}
 	section := text[start:]
 	if end := strings.Index(section[4:], "\n### "); end >= 0 {
@@ -81,15 +81,17 @@ func readReadmeNodePools(t *testing.T) readmeNodePools {
 	return r
 }
 
-// poolAgent is one node: its Node object, its root and its agent.
+// poolAgent is one node: its Node object, its root, its agent and the
+// agent's token (bound to a Pod on the node, as the kubelet gives it).
 type poolAgent struct {
-	node  string
-	root  string
-	agent *agentProc
+	node       string
+	root       string
+	agent      *agentProc
+	kubeconfig string
 }
 
-func (p *poolAgent) start(t *testing.T, kubeconfig string, args []string) {
-	p.agent = startAgent(t, append([]string{"--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", p.node,
+func (p *poolAgent) start(t *testing.T, args []string) {
+	p.agent = startAgent(t, append([]string{"--kubeconfig", p.kubeconfig, "--namespace", ns, "--node-name", p.node,
 		"--host-root", p.root, "--metrics-addr", "0", "--log-level", "debug"}, args...)...)
 }
 
@@ -276,12 +278,19 @@ func TestNodePools(t *testing.T) {
 		poolCreds[reg] = a.Username + ":" + a.Password
 	}
 
-	kubeconfig, sa, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
-	if err != nil {
-		t.Fatal(err)
+	var sa *kubernetes.Clientset
+	for _, p := range nodes {
+		var client *kubernetes.Clientset
+		var err error
+		if p.kubeconfig, client, _, err = c.AgentKubeconfig(ctx, ns, "nodecreds", p.node); err != nil {
+			t.Fatal(err)
+		}
+		if p.node == "node-a" {
+			sa = client
+		}
 	}
 	for _, p := range nodes {
-		p.start(t, kubeconfig, args)
+		p.start(t, args)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -326,12 +335,12 @@ func TestNodePools(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	args = install("secrets={" + secretName + ",tenant-a-registry,pool-a,pool-bc,broken}")
+	args = install("secrets={" + secretName + "," + readme.secret.Name + ",pool-a,pool-bc,broken}")
 	for _, p := range nodes {
 		if code := p.agent.stop(t); code != 0 {
 			t.Fatalf("agent on %s exited %d", p.node, code)
 		}
-		p.start(t, kubeconfig, args)
+		p.start(t, args)
 	}
 	statusArgs := []string{"--secret", strings.TrimPrefix(args[0], "--secret=")}
 	everyone := map[string]map[string]string{
@@ -421,7 +430,7 @@ func TestNodePools(t *testing.T) {
 	if code != 1 || !slices.Equal(st.Lagging, []string{"node-b"}) || !strings.Contains(stderr, "node-b ("+ns+"/pool-bc applied at an older version)") {
 		t.Errorf("status --wait with node-b's agent down: exit %d, lagging %v: %s", code, st.Lagging, stderr)
 	}
-	nodes["node-b"].start(t, kubeconfig, args)
+	nodes["node-b"].start(t, args)
 	everyone["node-b"] = wantSet("shared.example.test", "pool-bc.example.test")
 	waitSets("node-b catches up", everyone)
 	if _, stderr, code := status(t, c, append(statusArgs, "--wait", "--timeout", "20s")...); code != 0 {

@@ -18,7 +18,9 @@ func newStatusCmd(stdout io.Writer) *cobra.Command {
 		Long: `Show, per node, the revision of the source Secrets it has applied, whether that
 is the current one, when, and the agent's last message. A Secret with the
 nodecreds.io/node-selector annotation counts only for the nodes whose labels
-match it, so each node is compared with its own set. With --wait, wait until
+match it, so each node is compared with its own set. Only the nodes of one
+pool count: the default DaemonSet's, or with --pool those of that pool of
+the chart (give the pool's Secrets too). With --wait, wait until
 every node has applied its current revision: exit 0 then, or 1 at --timeout,
 naming the nodes that lag and the Secrets they wait for.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -31,7 +33,7 @@ naming the nodes that lag and the Secrets they wait for.`,
 			if err != nil {
 				return err
 			}
-			opts := rollout.Options{Namespace: cfg.Namespace, Secrets: cfg.Secrets, Selector: cfg.Selector}
+			opts := rollout.Options{Namespace: cfg.Namespace, Secrets: cfg.Secrets, Selector: cfg.Selector, Pool: cfg.Pool}
 			var st rollout.Rollout
 			if cfg.Wait {
 				st, err = rollout.Wait(cmd.Context(), client, opts, cfg.Timeout, time.Second)

@@ -15,6 +15,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/config"
 	"github.com/nodecreds/nodecreds/internal/kube"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
+	"github.com/nodecreds/nodecreds/internal/nodelock"
 	"github.com/nodecreds/nodecreds/internal/provider"
 	"github.com/nodecreds/nodecreds/internal/report"
 	"github.com/nodecreds/nodecreds/internal/source"
@@ -54,6 +55,7 @@ type runnableSource interface {
 type parts struct {
 	src    runnableSource
 	node   *report.NodeReporter // nil without a Node to report to
+	events report.Recorder      // Events on the Node; nil without one
 	agent  *agent.Agent
 	reg    *prometheus.Registry
 	health *report.Health
@@ -79,6 +81,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		nodeLog := log.WithField("component", "node-status")
 		recorder := kube.EventRecorder{Client: client, Component: "nodecreds", Host: cfg.NodeName,
 			OnError: func(err error) { nodeLog.WithError(err).Warn("cannot record an Event") }}
+		p.events = recorder
 		p.node = report.NewNodeReporter(client, cfg.NodeName, recorder, nodeLog)
 		reporters = append(reporters, p.node)
 	default:
@@ -123,9 +126,27 @@ func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
 		return err
 	}
 	if cfg.Once {
+		if err := installProvider(cfg, log); err != nil {
+			return err
+		}
 		return runOnce(ctx, p)
 	}
 	return runDaemon(ctx, cfg, p, log)
+}
+
+// installProvider keeps the credential-provider plugin binary in its node
+// folder, when asked to. The daemon does it once it holds the node, like
+// every other write to the node.
+func installProvider(cfg config.Sync, log *logrus.Logger) error {
+	if cfg.InstallProvider == "" {
+		return nil
+	}
+	inst, err := provider.Install(cfg.HostRoot, cfg.InstallProvider, config.ProviderBinary)
+	if err != nil {
+		return err
+	}
+	log.WithFields(logrus.Fields{"path": inst.Path, "changed": inst.Changed}).Info("kubelet credential-provider plugin installed")
+	return nil
 }
 
 // onceReportTimeout bounds how long `sync --once` keeps trying to report to
@@ -159,8 +180,12 @@ func runOnce(ctx context.Context, p *parts) error {
 }
 
 // runDaemon runs the agent, its sources, the Node reporter and the metrics
-// server until ctx ends.
+// server until ctx ends. The agent first takes its node's agent lock, held
+// until it stops: a second agent on the node's files waits (and says so)
+// instead of syncing them to its own Secrets in turn with the first.
 func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logger) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	if cfg.MetricsAddr != "0" {
 		srv := report.NewServer(cfg.MetricsAddr, p.reg, p.health)
@@ -169,16 +194,58 @@ func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logge
 		}
 		g.Go(func() error { return srv.Run(gctx) })
 	}
+	lock, err := holdNode(gctx, cfg, p, log)
+	if err != nil {
+		stopped := gctx.Err() != nil
+		cancel()
+		if werr := g.Wait(); werr != nil && !errors.Is(werr, context.Canceled) {
+			return werr
+		}
+		if stopped {
+			log.Info("nodecreds agent stopped while waiting for the node's other agent; node files left as they are")
+			return nil
+		}
+		return err
+	}
+	defer func() {
+		if err := lock.Release(); err != nil {
+			log.WithError(err).Warn("releasing the agent lock (the kernel releases it as the process ends)")
+		}
+	}()
+	if err := installProvider(cfg, log); err != nil {
+		cancel()
+		_ = g.Wait()
+		return err
+	}
 	g.Go(func() error { return p.src.Run(gctx) })
 	g.Go(func() error { return p.agent.Run(gctx) })
 	if p.node != nil {
 		g.Go(func() error { return p.node.Run(gctx) })
 	}
-	log.WithFields(logrus.Fields{"version": version, "source": cfg.Source, "targets": cfg.Targets, "hostRoot": cfg.HostRoot}).Info("nodecreds agent started")
-	err := g.Wait()
+	log.WithFields(logrus.Fields{"version": version, "source": cfg.Source, "targets": cfg.Targets, "hostRoot": cfg.HostRoot, "pool": cfg.Pool}).Info("nodecreds agent started")
+	err = g.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	log.Info("nodecreds agent stopped; node files left as they are")
 	return nil
+}
+
+// holdNode takes the node's agent lock, waiting (reported in the log, on
+// /readyz and, see report.AgentWait, on the Node) while another agent holds
+// it.
+func holdNode(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logger) (*nodelock.Lock, error) {
+	wait := &report.AgentWait{Recorder: p.events, Node: cfg.NodeName, Pool: cfg.Pool, Pod: cfg.PodName,
+		Health: p.health, Log: log.WithField("component", "agent-lock")}
+	lock, err := nodelock.Acquire(ctx, nodelock.Options{
+		HostRoot: cfg.HostRoot,
+		StateDir: cfg.StateDir,
+		Self:     nodelock.Holder{Pool: cfg.Pool, Pod: cfg.PodName},
+		OnWait:   wait.Waiting,
+	})
+	if err != nil {
+		return nil, err
+	}
+	wait.Acquired()
+	return lock, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -71,7 +72,13 @@ type Sync struct {
 	// InstallProvider is a node folder to keep the credential-provider
 	// plugin binary in; empty means the plugin is not installed.
 	InstallProvider string `mapstructure:"install-credential-provider"`
-	Log             `mapstructure:",squash"`
+	// Pool is the node pool this agent serves ("" for the default
+	// DaemonSet); it names the agent to another one met on the same node.
+	Pool string `mapstructure:"pool"`
+	// PodName names the agent's Pod (from $POD_NAME, else the host name,
+	// which is the Pod's name in a Pod).
+	PodName string `mapstructure:"-"`
+	Log     `mapstructure:",squash"`
 }
 
 // Source kinds.
@@ -97,6 +104,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.Duration("resync", 5*time.Minute, "period of the full re-check")
 	fs.String("metrics-addr", DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; 0 disables")
 	fs.String("install-credential-provider", "", "node folder to install the kubelet credential-provider plugin into (as "+ProviderBinary+"); empty: not installed")
+	fs.String("pool", "", "the node pool this agent serves (the chart sets it per DaemonSet); named when another agent meets this one on a node")
 	LogFlags(fs)
 }
 
@@ -120,6 +128,9 @@ func LoadSync(fs *pflag.FlagSet) (Sync, error) {
 	}
 	if c.NodeName == "" {
 		c.NodeName = os.Getenv("NODE_NAME")
+	}
+	if c.PodName = os.Getenv("POD_NAME"); c.PodName == "" {
+		c.PodName, _ = os.Hostname()
 	}
 	absRoot(&c.HostRoot)
 	for i := range c.SecretDirs {
@@ -174,8 +185,15 @@ func (c Sync) Validate() error {
 	if c.InstallProvider != "" {
 		errs = append(errs, validateNodePaths("--install-credential-provider", []string{c.InstallProvider}))
 	}
+	if c.Pool != "" && !poolName.MatchString(c.Pool) {
+		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))
+	}
 	return errors.Join(errs...)
 }
+
+// poolName is a DNS label, as the chart's pool names are (they name
+// Kubernetes objects).
+var poolName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // absRoot makes --host-root absolute so logs and errors name real paths.
 func absRoot(root *string) {
@@ -435,6 +453,7 @@ type Status struct {
 	Namespace  string        `mapstructure:"namespace"`
 	Secrets    []string      `mapstructure:"secret"`
 	Selector   string        `mapstructure:"selector"`
+	Pool       string        `mapstructure:"pool"`
 	Wait       bool          `mapstructure:"wait"`
 	Timeout    time.Duration `mapstructure:"timeout"`
 	Output     string        `mapstructure:"output"`
@@ -447,6 +466,7 @@ func StatusFlags(fs *pflag.FlagSet) {
 	fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)")
 	fs.String("namespace", DefaultNamespace, "namespace of the source Secrets")
 	secretFlags(fs)
+	fs.String("pool", "", "count the nodes of this pool of the chart (its DaemonSet's); without it, those of the default DaemonSet")
 	fs.Bool("wait", false, "wait until every node has applied the current revision (exit 1 at --timeout)")
 	fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
 	outputFlag(fs)
@@ -469,6 +489,9 @@ func LoadStatus(fs *pflag.FlagSet) (Status, error) {
 	}
 	if c.Namespace == "" {
 		errs = append(errs, usagef("--namespace is empty"))
+	}
+	if c.Pool != "" && !poolName.MatchString(c.Pool) {
+		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))
 	}
 	return c, errors.Join(errs...)
 }

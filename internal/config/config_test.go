@@ -79,6 +79,37 @@ func TestLoadSyncEnvList(t *testing.T) {
 	}
 }
 
+// The agent's pool comes from --pool or NODECREDS_POOL (the chart sets it
+// per DaemonSet), its Pod's name from $POD_NAME, else the host name (a
+// Pod's host name is its name): they name the agent to another one met on
+// the same node.
+func TestLoadSyncPoolAndPod(t *testing.T) {
+	host, _ := os.Hostname()
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		env       map[string]string
+		pool, pod string
+	}{
+		{"defaults", nil, map[string]string{"POD_NAME": ""}, "", host},
+		{"flag", []string{"--pool", "tenant-a"}, map[string]string{"POD_NAME": "nodecreds-tenant-a-x7k2p"}, "tenant-a", "nodecreds-tenant-a-x7k2p"},
+		{"environment", nil, map[string]string{"NODECREDS_POOL": "tenant-b", "POD_NAME": "p"}, "tenant-b", "p"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			c, err := LoadSync(syncFlags(t, tc.args...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Pool != tc.pool || c.PodName != tc.pod {
+				t.Errorf("pool %q pod %q, want %q %q", c.Pool, c.PodName, tc.pool, tc.pod)
+			}
+		})
+	}
+}
+
 func TestLoadSyncRefusesBadInput(t *testing.T) {
 	tests := []struct {
 		name string
@@ -103,6 +134,8 @@ func TestLoadSyncRefusesBadInput(t *testing.T) {
 		{name: "not yaml", yaml: "source: [dir\n", want: "reading --config"},
 		{name: "bad env value", env: map[string]string{"NODECREDS_ONCE": "perhaps"}, want: "once"},
 		{name: "relative plugin folder", args: []string{"--install-credential-provider", "opt/bin"}, want: "--install-credential-provider"},
+		{name: "pool not a DNS label", args: []string{"--pool", "Tenant_A"}, want: "--pool"},
+		{name: "pool from env not a DNS label", env: map[string]string{"NODECREDS_POOL": "a/b"}, want: "--pool"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

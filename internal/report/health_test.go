@@ -38,6 +38,8 @@ func TestHealthReflectsStuckSync(t *testing.T) {
 		say           string
 	}{
 		{"start", func() {}, 200, 503, "first sync"},
+		{"another agent holds the node", func() { h.SetWaiting("two nodecreds pools select this node") }, 200, 503, "two nodecreds pools"},
+		{"it stopped", func() { h.SetWaiting("") }, 200, 503, "first sync"},
 		{"first sync running", h.SyncStarted, 200, 503, ""},
 		{"first sync done", func() { h.SetReady(); h.SyncEnded() }, 200, 200, ""},
 		{"a sync runs briefly", func() { h.SyncStarted(); now = now.Add(59 * time.Second) }, 200, 200, ""},

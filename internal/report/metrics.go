@@ -64,14 +64,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 // Health backs /healthz (the process serves, and no sync has been running
-// for longer than MaxSync) and /readyz (the first sync succeeded, so the
-// node has its credentials, and no sync is stuck). A sync normally takes
+// for longer than MaxSync) and /readyz (the agent does not wait for another
+// one on its node, the first sync succeeded, so the node has its
+// credentials, and no sync is stuck). A sync normally takes
 // milliseconds; one that does not finish is stuck on the node (a file that
 // cannot be read, a lock never released), and a restart is the remedy the
 // kubelet's liveness probe can apply.
 type Health struct {
 	ready   atomic.Bool
 	started atomic.Int64 // unix nanoseconds of the running sync's start; 0 when none
+	waiting atomic.Pointer[string]
 	// MaxSync is how long a sync may run before health fails; DefaultMaxSync
 	// when zero.
 	MaxSync time.Duration
@@ -88,6 +90,18 @@ func (h *Health) SetReady() { h.ready.Store(true) }
 
 // Ready reports whether the first sync succeeded and none is stuck.
 func (h *Health) Ready() bool { return h.ready.Load() && h.Stuck() == "" }
+
+// SetWaiting says why the agent has not started syncing: it waits for
+// another agent on its node ("" when it no longer waits). /readyz says so.
+func (h *Health) SetWaiting(why string) { h.waiting.Store(&why) }
+
+// Waiting is what SetWaiting said last.
+func (h *Health) Waiting() string {
+	if w := h.waiting.Load(); w != nil {
+		return *w
+	}
+	return ""
+}
 
 // SyncStarted records that a sync began.
 func (h *Health) SyncStarted() { h.started.Store(h.now().UnixNano()) }
@@ -171,6 +185,10 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if why := s.health.Stuck(); why != "" {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		if why := s.health.Waiting(); why != "" {
 			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}

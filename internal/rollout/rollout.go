@@ -26,11 +26,15 @@ import (
 	"github.com/nodecreds/nodecreds/internal/source"
 )
 
-// Options names the source Secrets, as the agents were given them.
+// Options names the source Secrets, as the agents were given them, and
+// the agents' pool.
 type Options struct {
 	Namespace string
 	Secrets   []string
 	Selector  string
+	// Pool is the chart's pool whose nodes count ("" for the default
+	// DaemonSet's): a pool's nodes apply that pool's Secrets only.
+	Pool string
 }
 
 // NodeRow is one node's row.
@@ -74,6 +78,17 @@ type Rollout struct {
 // DaemonSetLabel finds the nodecreds DaemonSets in the namespace.
 const DaemonSetLabel = "app.kubernetes.io/name=nodecreds"
 
+// PoolLabel names a pool's DaemonSet's pool (the chart's pools).
+const PoolLabel = "nodecreds.io/pool"
+
+// daemonSets selects the DaemonSets of pool ("" for those of no pool).
+func daemonSets(pool string) string {
+	if pool == "" {
+		return DaemonSetLabel + ",!" + PoolLabel
+	}
+	return DaemonSetLabel + "," + PoolLabel + "=" + pool
+}
+
 // scope decides which nodes a rollout must reach: those where a nodecreds
 // DaemonSet in the namespace would run a Pod. Without one (or without the
 // right to read DaemonSets), every node counts.
@@ -82,13 +97,14 @@ type scope struct {
 	desc string
 }
 
-func getScope(ctx context.Context, client kube.Interface, namespace string) scope {
-	list, err := client.DaemonSets(namespace).List(ctx, metav1.ListOptions{LabelSelector: DaemonSetLabel})
+func getScope(ctx context.Context, client kube.Interface, namespace, pool string) scope {
+	sel := daemonSets(pool)
+	list, err := client.DaemonSets(namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	switch {
 	case err != nil:
 		return scope{desc: fmt.Sprintf("every node (DaemonSets in %s not readable: %v)", namespace, apiReason(err))}
 	case len(list.Items) == 0:
-		return scope{desc: fmt.Sprintf("every node (no DaemonSet labelled %s in %s)", DaemonSetLabel, namespace)}
+		return scope{desc: fmt.Sprintf("every node (no DaemonSet labelled %s in %s)", sel, namespace)}
 	}
 	names := make([]string, len(list.Items))
 	for i, ds := range list.Items {
@@ -160,7 +176,7 @@ func Get(ctx context.Context, client kube.Interface, o Options) (Rollout, error)
 	if err != nil {
 		return Rollout{}, fmt.Errorf("listing nodes: %w", err)
 	}
-	sc := getScope(ctx, client, o.Namespace)
+	sc := getScope(ctx, client, o.Namespace, o.Pool)
 	st.Scope = sc.desc
 	expected := map[string]bool{}
 	for i := range nodes.Items {

@@ -120,6 +120,60 @@ func TestScope(t *testing.T) {
 	}
 }
 
+// TestScopePools: with the chart's pools, the default DaemonSet's nodes are
+// counted without --pool, a pool's with it: each pool's nodes apply that
+// pool's Secrets only, so the others would lag for ever.
+func TestScopePools(t *testing.T) {
+	const poolKey = "node-restriction.kubernetes.io/pool"
+	n := func(name, pool string) *corev1.Node {
+		nd := node(name, "", "")
+		nd.Labels = map[string]string{"kubernetes.io/os": "linux"}
+		if pool != "" {
+			nd.Labels[poolKey] = pool
+		}
+		return nd
+	}
+	ds := func(name, pool string) *appsv1.DaemonSet {
+		d := &appsv1.DaemonSet{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{"app.kubernetes.io/name": "nodecreds"}},
+			Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				NodeSelector: map[string]string{"kubernetes.io/os": "linux"},
+				Tolerations:  []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			}}},
+		}
+		if pool == "" {
+			d.Spec.Template.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+				NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: poolKey, Operator: corev1.NodeSelectorOpNotIn, Values: []string{"a", "b"}}}}}}}}
+		} else {
+			d.Labels[PoolLabel] = pool
+			d.Spec.Template.Spec.NodeSelector[poolKey] = pool
+		}
+		return d
+	}
+	client := kubetest.FromClientset(fake.NewClientset(n("d1", ""), n("a1", "a"), n("a2", "a"), n("b1", "b"),
+		ds("nodecreds", ""), ds("nodecreds-a", "a"), ds("nodecreds-b", "b")))
+	for _, tt := range []struct {
+		pool             string
+		counted, ignored []string
+	}{
+		{"", []string{"d1"}, []string{"a1", "a2", "b1"}},
+		{"a", []string{"a1", "a2"}, []string{"b1", "d1"}},
+		{"b", []string{"b1"}, []string{"a1", "a2", "d1"}},
+	} {
+		st, err := Get(t.Context(), client, Options{Namespace: "ns", Secrets: []string{"s"}, Pool: tt.pool})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var counted []string
+		for _, row := range st.Nodes {
+			counted = append(counted, row.Name)
+		}
+		if !slices.Equal(counted, tt.counted) || !slices.Equal(st.Ignored, tt.ignored) {
+			t.Errorf("pool %q: counted %v ignored %v, want %v and %v (scope %q)", tt.pool, counted, st.Ignored, tt.counted, tt.ignored, st.Scope)
+		}
+	}
+}
+
 // TestStatusAndAgentAgree: the revision `nodecreds status` expects is the
 // one the agent's Secret source computes, for --secret a,b (with one
 // missing) and for --selector, so `status --wait` converges.

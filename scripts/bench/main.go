@@ -224,8 +224,9 @@ func measure(ctx context.Context, cfg config, res *results) error {
 	}
 	kubeconfigs := make([]string, cfg.agents)
 	for i := range agents {
-		// A token per agent, as each DaemonSet pod gets its own.
-		kc, _, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+		// A token per agent, bound to a Pod on its node, as each DaemonSet
+		// Pod gets its own.
+		kc, _, _, err := c.AgentKubeconfig(ctx, ns, "nodecreds", agents[i].name)
 		if err != nil {
 			return err
 		}

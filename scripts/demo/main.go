@@ -125,7 +125,7 @@ func run(ctx context.Context) error {
 	show(root, "/var/lib/kubelet/config.json")
 	show(root, "/root/.docker/config.json")
 
-	kubeconfig, _, err := c.ServiceAccountKubeconfig(ctx, "nodecreds", "nodecreds")
+	kubeconfig, _, _, err := c.AgentKubeconfig(ctx, "nodecreds", "nodecreds", "demo-node")
 	if err != nil {
 		return err
 	}

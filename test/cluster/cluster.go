@@ -19,7 +19,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -68,7 +70,8 @@ func BinDir() string { return filepath.Join(RepoRoot(), "bin") }
 
 // Start starts etcd and kube-apiserver in dir and waits until the API
 // server is ready. Their output goes to files in dir. extraArgs go to the
-// API server (see PodSecurityArgs).
+// API server (see PodSecurityArgs), each replacing the default of its
+// flag.
 func Start(ctx context.Context, dir string, extraArgs ...string) (*Cluster, error) {
 	c := &Cluster{Dir: dir, binDir: BinDir(), extraArgs: extraArgs}
 	for _, b := range []string{"etcd", "kube-apiserver"} {
@@ -198,6 +201,12 @@ func (c *Cluster) prepareAPIServer() error {
 		"--profiling=false",
 		"--v=0",
 	}
+	// An extra flag replaces the default of the same name (list flags such
+	// as --authorization-mode would otherwise add up).
+	c.apiArgs = slices.DeleteFunc(c.apiArgs, func(a string) bool {
+		name, _, _ := strings.Cut(a, "=")
+		return slices.ContainsFunc(c.extraArgs, func(e string) bool { return strings.HasPrefix(e, name+"=") })
+	})
 	c.apiArgs = append(c.apiArgs, c.extraArgs...)
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -23,6 +24,54 @@ func (c *Cluster) ServiceAccountKubeconfig(ctx context.Context, namespace, name 
 		return "", nil, fmt.Errorf("requesting a token for %s/%s: %w", namespace, name, err)
 	}
 	path := filepath.Join(c.Dir, fmt.Sprintf("sa-%s-%s.kubeconfig", namespace, name))
+	if err := WriteKubeconfig(path, c.URL, c.CAFile, tr.Status.Token); err != nil {
+		return "", nil, err
+	}
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: c.URL, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAFile: c.CAFile}})
+	if err != nil {
+		return "", nil, err
+	}
+	return path, client, nil
+}
+
+// AgentKubeconfig is what the kubelet gives a DaemonSet Pod of ServiceAccount
+// namespace/name on node: a token bound to a Pod on that node, so the API
+// server puts the node's name in the token's user (extra
+// authentication.kubernetes.io/node-name), which nodecreds' admission policy
+// requires of an agent that changes a Node. The Pod is a placeholder
+// created here with spec.nodeName set (nothing runs it); its lifetime is
+// the token's validity. It returns the kubeconfig's path, a client with the
+// token, and the Pod.
+func (c *Cluster) AgentKubeconfig(ctx context.Context, namespace, name, node string) (string, *kubernetes.Clientset, *corev1.Pod, error) {
+	pod, err := c.Admin.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: name + "-", Namespace: namespace},
+		Spec: corev1.PodSpec{
+			NodeName:           node,
+			ServiceAccountName: name,
+			Containers:         []corev1.Container{{Name: "agent", Image: "nodecreds.invalid/placeholder"}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("creating a Pod of %s/%s on %s: %w", namespace, name, node, err)
+	}
+	path, client, err := c.PodTokenKubeconfig(ctx, pod)
+	return path, client, pod, err
+}
+
+// PodTokenKubeconfig requests, as the kubelet does for a Pod, a token of the
+// Pod's ServiceAccount bound to the Pod, and writes a kubeconfig with it.
+func (c *Cluster) PodTokenKubeconfig(ctx context.Context, pod *corev1.Pod) (string, *kubernetes.Clientset, error) {
+	expiry := int64(3600)
+	tr, err := c.Admin.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authv1.TokenRequest{
+		Spec: authv1.TokenRequestSpec{
+			ExpirationSeconds: &expiry,
+			BoundObjectRef:    &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", nil, fmt.Errorf("requesting a token for Pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	path := filepath.Join(c.Dir, fmt.Sprintf("pod-%s-%s.kubeconfig", pod.Namespace, pod.Name))
 	if err := WriteKubeconfig(path, c.URL, c.CAFile, tr.Status.Token); err != nil {
 		return "", nil, err
 	}

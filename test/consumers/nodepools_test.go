@@ -81,11 +81,13 @@ func TestKubeletSeesNodePools(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	kubeconfig, _, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
-	if err != nil {
-		t.Fatal(err)
-	}
 	for name, root := range roots {
+		// The agent's token is bound to a Pod on its node, as the kubelet
+		// gives it (nodecreds' admission policy requires it).
+		kubeconfig, _, _, err := c.AgentKubeconfig(ctx, ns, "nodecreds", name)
+		if err != nil {
+			t.Fatal(err)
+		}
 		agent := exec.Command(binary, "sync", "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", name,
 			"--host-root", root, "--metrics-addr", "0")
 		testsupport.Start(t, "agent on "+name, agent)

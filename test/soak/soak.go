@@ -83,7 +83,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if _, err := secrets.Create(ctx, secretFor(0), metav1.CreateOptions{}); err != nil {
 		return res, err
 	}
-	kubeconfig, _, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+	kubeconfig, _, _, err := c.AgentKubeconfig(ctx, ns, "nodecreds", node)
 	if err != nil {
 		return res, err
 	}

@@ -34,7 +34,7 @@ const Namespace = "nodecreds"
 const ManifestValues = "namespace.create=true"
 
 // order is the templates' order in the manifest (Helm's install order).
-var order = []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "servicemonitor.yaml", "daemonset.yaml"}
+var order = []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "admission.yaml", "servicemonitor.yaml", "daemonset.yaml"}
 
 const header = `# nodecreds: keeps private-registry pull credentials on every Linux node in
 # sync with the Secret nodecreds/registry-credentials.
@@ -59,19 +59,28 @@ func Render(dir, set, ns string) (map[string]string, error) {
 	return RenderWithCluster(dir, set, ns, nil)
 }
 
+// RenderValues is Render with values as a values file gives them.
+func RenderValues(dir string, vals map[string]any, ns string) (map[string]string, error) {
+	return render(dir, vals, ns, nil)
+}
+
 // RenderWithCluster is Render as `helm install` does it against a cluster:
 // the chart's lookup calls read from the API server at cfg (nil: none, as
 // `helm template`).
 func RenderWithCluster(dir, set, ns string, cfg *rest.Config) (map[string]string, error) {
-	ch, err := loader.Load(dir)
-	if err != nil {
-		return nil, fmt.Errorf("loading chart %s: %w", dir, err)
-	}
 	vals := map[string]any{}
 	if set != "" {
 		if err := strvals.ParseInto(set, vals); err != nil {
 			return nil, fmt.Errorf("values %q: %w", set, err)
 		}
+	}
+	return render(dir, vals, ns, cfg)
+}
+
+func render(dir string, vals map[string]any, ns string, cfg *rest.Config) (map[string]string, error) {
+	ch, err := loader.Load(dir)
+	if err != nil {
+		return nil, fmt.Errorf("loading chart %s: %w", dir, err)
 	}
 	rv, err := util.ToRenderValues(ch, vals, common.ReleaseOptions{Name: "nodecreds", Namespace: ns, IsInstall: true}, common.DefaultCapabilities)
 	if err != nil {

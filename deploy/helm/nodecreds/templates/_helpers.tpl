@@ -18,3 +18,166 @@ app.kubernetes.io/name: nodecreds
 {{- else -}}dir{{ . | replace "/" "-" | replace "." "-" | replace "_" "-" | lower | trunc 50 | trimSuffix "-" }}
 {{- end -}}
 {{- end -}}
+
+{{/* The ServiceAccounts of every agent, default first, as "name". */}}
+{{- define "nodecreds.serviceAccounts" -}}
+{{- $out := list "nodecreds" -}}
+{{- range .Values.pools }}{{ $out = append $out (printf "nodecreds-%s" .name) }}{{ end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* An agent Pod's labels: the default DaemonSet's keep the selector they
+always had; a pool's differ from them, so no DaemonSet's selector matches
+another's Pods. The argument is the pool's name ("" for the default). */}}
+{{- define "nodecreds.podLabels" -}}
+{{- if . -}}
+app.kubernetes.io/name: nodecreds-pool
+nodecreds.io/pool: {{ . }}
+{{- else -}}
+app.kubernetes.io/name: nodecreds
+{{- end }}
+app.kubernetes.io/part-of: nodecreds
+{{- end -}}
+
+{{/* Node selector terms (JSON: a list of matchExpressions lists) matching
+every node that none of the given pools selects. A pool selects the nodes
+that have all its labels, so a node is outside it when one of them differs
+(NotIn also matches a node without the label); outside all of them is the
+product of those choices. */}}
+{{- define "nodecreds.notInTerms" -}}
+{{- $terms := list (list) -}}
+{{- range $p := . -}}
+{{- $next := list -}}
+{{- range $t := $terms -}}
+{{- range $k := keys $p.nodeSelector | sortAlpha -}}
+{{- $next = append $next (append $t (dict "key" $k "operator" "NotIn" "values" (list (toString (get $p.nodeSelector $k))))) -}}
+{{- end -}}
+{{- end -}}
+{{- $terms = $next -}}
+{{- end -}}
+{{- if gt (len $terms) 64 -}}
+{{- fail (printf "pools: keeping each node to one pool takes %d node selector terms (one per combination of the earlier pools' nodeSelector labels); give each pool fewer labels, such as the one key node-restriction.kubernetes.io/pool" (len $terms)) -}}
+{{- end -}}
+{{- toJson $terms -}}
+{{- end -}}
+
+{{/* affinity (JSON) with, in its required node affinity, the nodes of the
+given pools excluded: every term of the user's own required affinity is
+combined with every term of the exclusion. */}}
+{{- define "nodecreds.affinity" -}}
+{{- $aff := deepCopy (.affinity | default dict) -}}
+{{- if .exclude -}}
+{{- $terms := include "nodecreds.notInTerms" .exclude | fromJsonArray -}}
+{{- $na := get $aff "nodeAffinity" | default dict -}}
+{{- $req := get $na "requiredDuringSchedulingIgnoredDuringExecution" | default dict -}}
+{{- $user := get $req "nodeSelectorTerms" | default (list (dict)) -}}
+{{- $out := list -}}
+{{- range $u := $user -}}
+{{- range $t := $terms -}}
+{{- $term := deepCopy $u -}}
+{{- $_ := set $term "matchExpressions" (concat (get $u "matchExpressions" | default list) $t) -}}
+{{- $out = append $out $term -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $req "nodeSelectorTerms" $out -}}
+{{- $_ := set $na "requiredDuringSchedulingIgnoredDuringExecution" $req -}}
+{{- $_ := set $aff "nodeAffinity" $na -}}
+{{- end -}}
+{{- toJson $aff -}}
+{{- end -}}
+
+{{/* Refuses a node folder the chart would mount read-write from the host
+that is the root or a system folder: a typo such as targets={/config.json}
+would otherwise hand the agent the whole node. */}}
+{{- define "nodecreds.checkFolder" -}}
+{{- $what := index . 0 -}}
+{{- $path := toString (index . 1) -}}
+{{- $isFile := index . 2 -}}
+{{- if not (isAbs $path) -}}
+{{- fail (printf "%s: %q must be an absolute node path" $what $path) -}}
+{{- end -}}
+{{- $dir := clean $path -}}
+{{- if $isFile }}{{ $dir = dir $dir }}{{ end -}}
+{{- $system := list "/" "/bin" "/boot" "/dev" "/etc" "/home" "/lib" "/lib32" "/lib64" "/libx32" "/media" "/mnt" "/opt" "/proc" "/root" "/run" "/sbin" "/srv" "/sys" "/tmp" "/usr" "/usr/local" "/var" "/var/lib" "/var/log" "/var/run" "/var/tmp" "/var/lib/nodecreds" -}}
+{{- $subtrees := list "/bin" "/boot" "/dev" "/lib" "/lib32" "/lib64" "/libx32" "/proc" "/sbin" "/sys" "/usr/bin" "/usr/lib" "/usr/libexec" "/usr/sbin" -}}
+{{- $bad := has $dir $system -}}
+{{- range $subtrees }}{{ if or (eq . $dir) (hasPrefix (printf "%s/" .) $dir) }}{{ $bad = true }}{{ end }}{{ end -}}
+{{- if $bad -}}
+{{- fail (printf "%s: %q: the chart would mount the node folder %s read-write into the agent, and that is the root, a system folder or nodecreds' state folder; use a folder of its own (the defaults are /var/lib/kubelet/config.json, /root/.docker/config.json and /opt/nodecreds/bin)" $what $path $dir) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Every check of the values that the templates cannot express: each
+fails the install naming the fix. */}}
+{{- define "nodecreds.validate" -}}
+{{- range .Values.targets -}}
+{{- include "nodecreds.checkFolder" (list "targets" . true) -}}
+{{- end -}}
+{{- if .Values.credentialProvider.enabled -}}
+{{- include "nodecreds.checkFolder" (list "credentialProvider.binDir" .Values.credentialProvider.binDir false) -}}
+{{- end -}}
+{{- with .Values.updateStrategy.rollingUpdate -}}
+{{- if and .maxSurge (not (has (toString .maxSurge) (list "0" "0%"))) -}}
+{{- fail (printf "updateStrategy.rollingUpdate.maxSurge=%v: a node runs one agent at a time (a new agent waits for the old one to stop, and is not ready meanwhile), so a surge rollout, which stops the old Pod only once the new one is ready, would never finish; use maxUnavailable" .maxSurge) -}}
+{{- end -}}
+{{- end -}}
+{{- $pools := .Values.pools | default list -}}
+{{- if and .Values.selector $pools -}}
+{{- fail (printf "selector=%q with pools: a label selector lets the default DaemonSet's agents list every Secret in namespace %s, the pools' Secrets included (RBAC cannot narrow a label-selected list); name the default Secrets in secrets instead" .Values.selector $.Release.Namespace) -}}
+{{- end -}}
+{{- $names := dict -}}
+{{- range $i, $p := $pools -}}
+{{- if not (kindIs "map" $p) -}}
+{{- fail (printf "pools[%d]: must be a map with name, nodeSelector, secrets (and optionally tolerations)" $i) -}}
+{{- end -}}
+{{- range $k, $_ := $p -}}
+{{- if not (has $k (list "name" "nodeSelector" "tolerations" "secrets" "selector")) -}}
+{{- fail (printf "pools[%d]: unknown key %q (a pool has name, nodeSelector, tolerations, secrets)" $i $k) -}}
+{{- end -}}
+{{- end -}}
+{{- $name := toString ($p.name | default "") -}}
+{{- if not (regexMatch `^[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?$` $name) -}}
+{{- fail (printf "pools[%d].name %q: must be a DNS label of at most 50 characters (it names the pool's ServiceAccount, Role and DaemonSet)" $i $name) -}}
+{{- end -}}
+{{- if hasKey $names $name -}}
+{{- fail (printf "pools[%d].name %q: two pools have that name" $i $name) -}}
+{{- end -}}
+{{- $_ := set $names $name true -}}
+{{- $where := printf "pools[%d] (%s)" $i $name -}}
+{{- if not (and (kindIs "map" $p.nodeSelector) $p.nodeSelector) -}}
+{{- fail (printf "%s: nodeSelector is missing; a pool is the nodes that carry its labels, e.g. nodeSelector: {node-restriction.kubernetes.io/pool: %s}" $where $name) -}}
+{{- end -}}
+{{- range $k, $v := $p.nodeSelector -}}
+{{- if not (regexMatch `^([a-z0-9.-]+\.)?node-restriction\.kubernetes\.io/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$` $k) -}}
+{{- fail (printf "%s: nodeSelector key %q is a label a node can set on itself (NodeRestriction lets a kubelet set most labels on its own Node), so a node could move itself into this pool and be given its Secrets; use a label under node-restriction.kubernetes.io/, which no kubelet may set, e.g. node-restriction.kubernetes.io/pool=%s (kubectl label node NODE node-restriction.kubernetes.io/pool=%s)" $where $k $name $name) -}}
+{{- end -}}
+{{- if eq (toString $v) "" -}}
+{{- fail (printf "%s: nodeSelector %s has an empty value" $where $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if $p.selector -}}
+{{- fail (printf "%s: selector: a label selector lets the pool's agents list every Secret in namespace %s, the other pools' and the default ones included (RBAC cannot narrow a label-selected list), which is what pools exist to prevent; name the pool's Secrets in pools[%d].secrets" $where $.Release.Namespace $i) -}}
+{{- end -}}
+{{- if not $p.secrets -}}
+{{- fail (printf "%s: secrets is empty; name the pool's source Secrets (in namespace %s), in precedence order" $where $.Release.Namespace) -}}
+{{- end -}}
+{{- range $p.secrets -}}
+{{- if not (regexMatch `^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$` (toString .)) -}}
+{{- fail (printf "%s: secrets: %q is not a Secret name" $where (toString .)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $j, $q := $pools -}}
+{{- range $i, $p := $pools -}}
+{{- if lt $i $j -}}
+{{- $inside := true -}}
+{{- range $k, $v := $p.nodeSelector -}}
+{{- if not (and (hasKey $q.nodeSelector $k) (eq (toString (get $q.nodeSelector $k)) (toString $v))) }}{{ $inside = false }}{{ end -}}
+{{- end -}}
+{{- if $inside -}}
+{{- fail (printf "pools[%d] (%s) selects only nodes that pools[%d] (%s) selects, so it would run on none (each node runs the agent of the first pool that selects it); give it labels of its own" $j $q.name $i $p.name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
