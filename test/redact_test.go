@@ -39,7 +39,7 @@ func TestKeyPasswordsNeverPrinted(t *testing.T) {
 	applyManifest(t, c)
 	admin := c.Admin
 	createNode(t, admin, node)
-	kubeconfig, _, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+	kubeconfig, _, _, err := c.AgentKubeconfig(ctx, ns, "nodecreds", node)
 	if err != nil {
 		t.Fatal(err)
 	}
