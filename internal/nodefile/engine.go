@@ -20,6 +20,7 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/jsonwalk"
 )
 
 // maxAttempts bounds how often one target is re-merged because another
@@ -572,7 +573,12 @@ type targetPlan struct {
 func planTarget(base, cur fileRead, prev *document, desired *wanted, prune bool, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
 	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
 	doc, perr := parse(base.data)
-	if perr != nil {
+	if perr != nil && !errors.Is(perr, ErrCorrupt) {
+		// Not corrupt but not to be taken apart (too many entries): the
+		// file is left as it is, never set aside.
+		return targetPlan{}, perr
+	}
+	if doc == nil {
 		doc, _ = parseDocument(nil)
 	}
 	if racing && prev != nil {
@@ -626,9 +632,21 @@ func carry(prev, doc *document) {
 			doc.auths[k] = v
 		}
 	}
+	fields := map[string]bool{}
+	for k := range doc.top {
+		fields[jsonwalk.Fold(k)] = true
+	}
+	for _, m := range doc.repeated {
+		fields[jsonwalk.Fold(m.key)] = true
+	}
 	for k, v := range prev.top {
-		if _, ok := doc.top[k]; !ok && k != "auths" {
+		if !fields[jsonwalk.Fold(k)] {
 			doc.top[k] = v
+		}
+	}
+	for _, m := range prev.repeated {
+		if !fields[jsonwalk.Fold(m.key)] {
+			doc.repeated = append(doc.repeated, m)
 		}
 	}
 }

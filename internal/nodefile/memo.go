@@ -43,7 +43,8 @@ type memoState struct {
 	st  *State // nil when nothing is remembered
 }
 
-// parse returns the document data holds for the target at path.
+// parse returns the document data holds for the target at path, as
+// parseDocument does.
 func (m *memo) parse(path string, data []byte) (*document, error) {
 	sum := sha256.Sum256(data)
 	if d, ok := m.docs[path]; ok && d.sum == sum {
@@ -52,7 +53,7 @@ func (m *memo) parse(path string, data []byte) (*document, error) {
 	doc, err := parseDocument(data)
 	if err != nil {
 		m.forget(path)
-		return nil, err
+		return doc, err // a corrupt file may come with what the docker CLI read of it
 	}
 	m.remember(path, data, doc)
 	return doc, nil

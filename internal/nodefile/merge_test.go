@@ -230,7 +230,7 @@ func TestParseDocument(t *testing.T) {
 		{"normal", `{"auths":{"r.io":{"auth":"dTpw"}},"x":[1,2]}`, false},
 		{"not json", `{"auths":`, true},
 		{"array", `[]`, true},
-		{"null", `null`, true},
+		{"null", `null`, false}, // both consumers read no credentials from it
 		{"auths string", `{"auths":"x"}`, true},
 		{"entry not object", `{"auths":{"r.io":1}}`, true},
 		{"trailing garbage", `{"auths":{}}x`, true},
