@@ -83,7 +83,14 @@ type wireEntry struct {
 // registrytoken), which nodefile relies on to fingerprint it cheaply. It is
 // built by hand because files can hold thousands of entries.
 func (e Entry) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, 64)
+	// Sized for the usual entry, auth alone: a sync holds thousands.
+	size := len(`{"auth":""}`) + base64.StdEncoding.EncodedLen(len(e.Username)+1+len(e.Password))
+	for _, v := range []string{e.Email, e.IdentityToken, e.RegistryToken} {
+		if v != "" {
+			size += len(`,"identitytoken":""`) + len(v)
+		}
+	}
+	b := make([]byte, 0, size)
 	b = append(b, `{"auth":"`...)
 	b = base64.StdEncoding.AppendEncode(b, []byte(e.Username+":"+e.Password))
 	b = append(b, '"')

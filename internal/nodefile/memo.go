@@ -18,17 +18,18 @@ type memo struct {
 	state memoState
 	// sortHint is the sorted keys of the last fingerprints saved.
 	sortHint []string
-	// items are the desired items of the last run, prepared.
-	items map[dockercfg.Item]*wantedItem
+	// items are the desired items of the last run, prepared, by key (a map
+	// keyed by the whole item cost a hundred bytes more per entry).
+	items map[string]*wantedItem
 }
 
 // wanted prepares desired, reusing what the last run prepared for the same
 // items (a rotation changes one entry of thousands).
 func (m *memo) wanted(desired dockercfg.Set) *wanted {
 	w := newWanted(desired, m.items)
-	m.items = make(map[dockercfg.Item]*wantedItem, len(w.items))
+	m.items = make(map[string]*wantedItem, len(w.items))
 	for _, it := range w.items {
-		m.items[it.Item] = it
+		m.items[it.Key] = it
 	}
 	return w
 }

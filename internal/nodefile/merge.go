@@ -382,7 +382,15 @@ func sortedWithHint[V any](m map[string]V, hint []string) []string {
 	if len(keys) == len(m) {
 		return keys
 	}
-	return slices.Sorted(maps.Keys(m))
+	keys = keys[:0]
+	if cap(keys) < len(m) {
+		keys = make([]string, 0, len(m))
+	}
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // appendKey appends "key": as encoding/json quotes it.
@@ -436,8 +444,16 @@ func (d *document) equal(o *document) bool {
 	return true
 }
 
-func (d *document) clone() *document {
-	return &document{top: maps.Clone(d.top), repeated: slices.Clip(d.repeated), auths: maps.Clone(d.auths), digests: d.digests, order: d.order}
+func (d *document) clone() *document { return d.cloneWithRoom(0) }
+
+// cloneWithRoom is clone with room for extra more entries: a map that
+// grows past its size holds its old and new tables at once, which for a
+// merge adding thousands of entries to thousands was a third of a sync's
+// peak memory.
+func (d *document) cloneWithRoom(extra int) *document {
+	auths := make(map[string]json.RawMessage, len(d.auths)+extra)
+	maps.Copy(auths, d.auths)
+	return &document{top: maps.Clone(d.top), repeated: slices.Clip(d.repeated), auths: auths, digests: d.digests, order: d.order}
 }
 
 // sameJSON reports whether two raw values are the same JSON value. Most
@@ -530,7 +546,7 @@ type mergeResult struct {
 // registry leaves the sources; with prune, entries that left the sources go;
 // an owned entry whose value someone else changed is no longer ours.
 func merge(cur *document, w *wanted, prune bool, st TargetState) mergeResult {
-	m := &merger{doc: cur.clone(), st: st, wanted: w, next: TargetState{
+	m := &merger{doc: cur.cloneWithRoom(w.missingFrom(cur)), st: st, wanted: w, next: TargetState{
 		Created:   st.Created,
 		Owned:     make(map[string]string, len(w.items)),
 		Displaced: maps.Clone(st.Displaced),
@@ -561,17 +577,17 @@ type wantedItem struct {
 
 // newWanted prepares desired. A Set has one item per registry
 // (dockercfg.Union); should one hold more, the first wins, as in Union.
-// known holds items prepared before (nil for none), whose encoding is
-// reused when the item is the same.
-func newWanted(desired dockercfg.Set, known map[dockercfg.Item]*wantedItem) *wanted {
+// known holds items prepared before by key (nil for none), whose encoding
+// is reused when the item is the same.
+func newWanted(desired dockercfg.Set, known map[string]*wantedItem) *wanted {
 	w := &wanted{byRegistry: make(map[string]*wantedItem, len(desired)), items: make([]*wantedItem, 0, len(desired))}
 	for _, it := range desired {
 		n := dockercfg.Normalize(it.Key)
 		if w.byRegistry[n] != nil {
 			continue
 		}
-		wi := known[it]
-		if wi == nil {
+		wi := known[it.Key]
+		if wi == nil || wi.Item != it {
 			raw, _ := it.Entry.MarshalJSON() // cannot fail: strings only
 			wi = &wantedItem{Item: it, raw: raw, fp: entryDigest(raw)}
 		}
@@ -579,6 +595,18 @@ func newWanted(desired dockercfg.Set, known map[dockercfg.Item]*wantedItem) *wan
 		w.items = append(w.items, wi)
 	}
 	return w
+}
+
+// missingFrom counts the wanted keys doc lacks: how many entries a merge
+// into it may add.
+func (w *wanted) missingFrom(doc *document) int {
+	n := 0
+	for _, it := range w.items {
+		if _, ok := doc.auths[it.Key]; !ok {
+			n++
+		}
+	}
+	return n
 }
 
 // merger holds one merge's working state.
