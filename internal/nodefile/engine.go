@@ -328,6 +328,7 @@ func (s *targetSync) start() error {
 	if err != nil {
 		return err
 	}
+	cur.data = s.e.memo.same(s.t.path, cur.data)
 	s.base, s.cur = cur, cur
 	if err := s.plan(); err != nil {
 		return err

@@ -232,6 +232,17 @@ func FuzzDocument(f *testing.F) {
 		if len(got) != cap(got) {
 			t.Fatalf("encode(%q) counted %d bytes and wrote %d", data, cap(got), len(got))
 		}
+		// What the memo keeps after a write: the same document, every value
+		// a slice of the file written.
+		c := d.clone()
+		if !repoint(c, got) || !c.equal(d) || !maps.EqualFunc(d.auths, auths, sameBytes) {
+			t.Fatalf("repoint(%q) failed or changed a value (or the original)", got)
+		}
+		for _, v := range slices.Concat(slices.Collect(maps.Values(c.auths)), slices.Collect(maps.Values(c.top))) {
+			if len(v) > 0 && string(v) != "{}" && !bytes.Contains(got, v) {
+				t.Fatalf("repoint left %q outside the file written", v)
+			}
+		}
 		values := slices.Collect(maps.Values(d.top))
 		for _, m := range d.repeated {
 			values = append(values, m.value)

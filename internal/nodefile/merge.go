@@ -369,6 +369,9 @@ func (d *document) sortedKeys() []string { return sortedWithHint(d.auths, d.orde
 // in ascending order (the keys of a file nodecreds wrote, the last state
 // saved) they are taken from it, sparing the sort of thousands of keys.
 func sortedWithHint[V any](m map[string]V, hint []string) []string {
+	if len(hint) == len(m) && sortedKeysOf(m, hint) {
+		return hint // never modified: shared
+	}
 	keys := make([]string, 0, len(m))
 	for _, k := range hint {
 		if _, ok := m[k]; !ok {
@@ -391,6 +394,16 @@ func sortedWithHint[V any](m map[string]V, hint []string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// sortedKeysOf reports whether keys, ascending, are all keys of m.
+func sortedKeysOf[V any](m map[string]V, keys []string) bool {
+	for i, k := range keys {
+		if _, ok := m[k]; !ok || i > 0 && keys[i-1] >= k {
+			return false
+		}
+	}
+	return true
 }
 
 // appendKey appends "key": as encoding/json quotes it.
