@@ -120,7 +120,18 @@ func (e *Engine) Resolve(nodePath string) (string, error) {
 // ctx bounds the wait for the state lock and the retries around another
 // writer: a stopping agent returns promptly, leaving every file as it was
 // or as one whole write left it.
+//
+// More desired entries than a target may hold (MaxEntries) is refused for
+// every target before anything is built or touched: several sources can
+// add up to more than one may hold.
 func (e *Engine) Apply(ctx context.Context, targets []string, desired dockercfg.Set, prune bool) ([]Result, error) {
+	if len(desired) > MaxEntries {
+		results := make([]Result, len(targets))
+		for i, target := range targets {
+			results[i] = Result{Target: target, Err: fmt.Errorf("%s: the sources hold %d entries, more than the %d nodecreds writes to one file; nothing written: %w", target, len(desired), MaxEntries, ErrTooManyEntries)}
+		}
+		return results, nil
+	}
 	return e.run(ctx, targets, desired, prune)
 }
 
@@ -285,6 +296,7 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 			r, err := sy.run(ctx)
 			r.Err = err
 			results[i] = r
+			sy.release()
 		}
 	}
 	if err := store.flush(); err != nil {
@@ -398,12 +410,18 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			s.old = intent(ownedIn(p.parsed, s.old), s.old, p.merged.state)
 		default:
 			// What the next sync will read back, unless someone writes it.
-			s.e.memo.remember(s.t.path, p.data, p.merged.doc)
+			s.e.memo.remember(s.t.path, w.data, p.merged.doc)
 			s.rec.set(p.merged.state)
 			return *res, nil
 		}
 	}
 	return *res, fmt.Errorf("%s: %w; gave up after %d attempts", s.t.path, ErrContended, maxAttempts)
+}
+
+// release drops what the sync held (the files read, the documents merged)
+// once it is done, so that they do not add to the next target's.
+func (s *targetSync) release() {
+	s.p, s.prev, s.base, s.cur = targetPlan{}, nil, fileRead{}, fileRead{}
 }
 
 // pause lets a writer in a loop finish its burst before attempt (none
@@ -499,11 +517,18 @@ type written struct {
 	raced  bool     // ours is in place, but replaced a file other than the one we read
 	theirs fileRead // with raced: the file we replaced
 	ours   fileRead // with raced: ours, now on disk
+	data   []byte   // the file written
 }
 
 // write records the intent, sets a corrupt file aside, and swaps the new
 // file in.
 func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur fileRead, p targetPlan, rec targetRecord, res *Result) (written, error) {
+	// Encoded only now (the plan checked its size): a sync of several
+	// targets holds one new file at a time.
+	data, err := p.merged.doc.encode()
+	if err != nil {
+		return written{}, err
+	}
 	if err := rec.commit(p.intent); err != nil {
 		return written{}, err
 	}
@@ -523,7 +548,7 @@ func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur fileRead, p
 		res.SetAside = copyPath
 	}
 	e.sweepOnce(t.dir, tempPrefix(t.name))
-	replaced, existed, id, err := replace(t.dir, t.name, p.data, cur)
+	replaced, existed, id, err := replace(t.dir, t.name, data, cur)
 	if errors.Is(err, errRaced) {
 		return written{lost: true}, nil
 	}
@@ -532,12 +557,13 @@ func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur fileRead, p
 	}
 	res.Changed, res.Left = true, id
 	if existed == cur.exists && bytes.Equal(replaced, cur.data) {
-		return written{}, nil
+		return written{data: data}, nil
 	}
 	w := written{
 		raced:  true,
 		theirs: fileRead{exists: existed, data: replaced, mode: cur.mode, uid: cur.uid, gid: cur.gid},
-		ours:   fileRead{exists: true, data: p.data, mode: cur.mode, uid: cur.uid, gid: cur.gid},
+		ours:   fileRead{exists: true, data: data, mode: cur.mode, uid: cur.uid, gid: cur.gid},
+		data:   data,
 	}
 	if !existed {
 		w.ours.mode = 0o600
@@ -549,7 +575,7 @@ func (e *Engine) write(root *hostfs.Root, t *openedTarget, base, cur fileRead, p
 type planStep int
 
 const (
-	stepWrite planStep = iota // replace the file with data
+	stepWrite planStep = iota // replace the file with the merged document
 	stepKeep                  // the file is as it should be; record the state
 	stepLeave                 // a corrupt file with nothing of ours for it: leave it
 	stepDrop                  // a file nodecreds created, now empty: remove it
@@ -562,7 +588,6 @@ type targetPlan struct {
 	corrupt error     // why base does not parse
 	merged  mergeResult
 	intent  TargetState // recorded before the file is touched
-	data    []byte      // the new file, with stepWrite
 }
 
 // planTarget decides, without I/O, what a target becomes: base is the file
@@ -614,11 +639,12 @@ func planTarget(base, cur fileRead, prev *document, desired *wanted, prune bool,
 	case perr == nil && !racing && p.merged.doc.equal(doc):
 		p.step = stepKeep
 	default:
-		data, err := p.merged.doc.encode()
-		if err != nil {
+		// Refused here, before anything is recorded or touched, if it
+		// cannot be written; encoded when it is written.
+		if _, err := p.merged.doc.encodedSize(); err != nil {
 			return p, err
 		}
-		p.step, p.data = stepWrite, data
+		p.step = stepWrite
 		setIntent()
 	}
 	return p, nil

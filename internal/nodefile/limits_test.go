@@ -78,6 +78,28 @@ func TestEntryLimit(t *testing.T) {
 	}
 }
 
+// TestTooManyDesiredRefusedUpFront (issue 21, point 4): sources that add
+// up to more entries than a file may hold are refused for every target
+// before anything is built, and nothing is touched.
+func TestTooManyDesiredRefusedUpFront(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	testsupport.WriteFile(t, p, `{"auths":{}}`, 0o600)
+	set := make(dockercfg.Set, MaxEntries+1)
+	for i := range set {
+		set[i] = item(fmt.Sprintf("r%d.test", i), "u", "p")
+	}
+	res := apply(t, e, []string{kubeletFile, dockerFile}, set, true)
+	for _, r := range res {
+		if !errors.Is(r.Err, ErrTooManyEntries) || r.Changed {
+			t.Errorf("%s: %v, changed %v; want refused", r.Target, r.Err, r.Changed)
+		}
+	}
+	if string(testsupport.ReadFile(t, p)) != `{"auths":{}}` {
+		t.Error("the file changed")
+	}
+}
+
 // TestDeepNestingRefusedCheaply (issue 21, point 4): a foreign value nested
 // 9,000 levels deep (18 KB, valid JSON) would indent to some 80 MB; the
 // write is refused naming the size limit, having allocated little. Under a

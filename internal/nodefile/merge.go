@@ -261,48 +261,13 @@ func (d *document) fields() []field {
 // indent to some 100 MB), or hold more than MaxEntries entries and fields,
 // is refused without being built.
 func (d *document) encode() ([]byte, error) {
-	if n := len(d.auths) + len(d.top) + len(d.repeated); n > MaxEntries {
-		return nil, fmt.Errorf("would hold %d entries and fields, more than the %d nodecreds writes to one file; nothing written (remove entries from the file or the sources): %w", n, MaxEntries, ErrTooManyEntries)
+	size, err := d.encodedSize()
+	if err != nil {
+		return nil, err
 	}
 	fields := d.fields()
 	_, hasAuths := d.top["auths"]
 	hasAuths = hasAuths || len(d.auths) > 0
-	// The file written is in this order: remembered for when it is read
-	// back.
-	if len(d.auths) > 0 {
-		d.order = d.sortedKeys()
-	}
-	size, members := len("{}\n"), 0
-	member := func(key string, value int) {
-		if members > 0 {
-			size++ // ,
-		}
-		members++
-		size += len("\n\t") + quotedLen(key) + len(": ") + value
-	}
-	for _, f := range fields {
-		for _, m := range f.members {
-			member(m.key, indentSize(bytes.TrimSpace(m.value), len("\t"), len("\t")))
-		}
-	}
-	if hasAuths {
-		value := len("{}")
-		if len(d.auths) > 0 {
-			value = len("{\n\t}") + len(d.order) - 1 // the commas
-			for _, k := range d.order {
-				value += len("\n\t\t") + quotedLen(k) + len(": ") + indentSize(bytes.TrimSpace(d.auths[k]), len("\t\t"), len("\t"))
-			}
-		}
-		member("auths", value)
-	}
-	if members > 0 {
-		size++ // the newline before the closing brace
-	}
-	if size > hostfs.MaxFileSize {
-		return nil, fmt.Errorf("would be %d bytes once indented, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
-			size, hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
-	}
-
 	buf := make([]byte, 0, size)
 	buf = append(buf, '{')
 	first := true
@@ -349,6 +314,52 @@ func (d *document) encode() ([]byte, error) {
 		buf = append(buf, '\n')
 	}
 	return append(buf, "}\n"...), nil
+}
+
+// encodedSize is the size of the file encode writes, counted without
+// building it; a document over hostfs.MaxFileSize, or over MaxEntries
+// entries and fields, is an error. It sets d.order, the order encode writes
+// the entries in.
+func (d *document) encodedSize() (int, error) {
+	if n := len(d.auths) + len(d.top) + len(d.repeated); n > MaxEntries {
+		return 0, fmt.Errorf("would hold %d entries and fields, more than the %d nodecreds writes to one file; nothing written (remove entries from the file or the sources): %w", n, MaxEntries, ErrTooManyEntries)
+	}
+	// The file written is in this order: remembered for when it is read
+	// back.
+	if len(d.auths) > 0 {
+		d.order = d.sortedKeys()
+	}
+	size, members := len("{}\n"), 0
+	member := func(key string, value int) {
+		if members > 0 {
+			size++ // ,
+		}
+		members++
+		size += len("\n\t") + quotedLen(key) + len(": ") + value
+	}
+	for _, f := range d.fields() {
+		for _, m := range f.members {
+			member(m.key, indentSize(bytes.TrimSpace(m.value), len("\t"), len("\t")))
+		}
+	}
+	if _, ok := d.top["auths"]; ok || len(d.auths) > 0 {
+		value := len("{}")
+		if len(d.auths) > 0 {
+			value = len("{\n\t}") + len(d.order) - 1 // the commas
+			for _, k := range d.order {
+				value += len("\n\t\t") + quotedLen(k) + len(": ") + indentSize(bytes.TrimSpace(d.auths[k]), len("\t\t"), len("\t"))
+			}
+		}
+		member("auths", value)
+	}
+	if members > 0 {
+		size++ // the newline before the closing brace
+	}
+	if size > hostfs.MaxFileSize {
+		return 0, fmt.Errorf("would be %d bytes once indented, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
+			size, hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
+	}
+	return size, nil
 }
 
 // quotedLen is len(appendJSONString(nil, s)).

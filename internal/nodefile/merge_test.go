@@ -318,7 +318,11 @@ func TestPlanTarget(t *testing.T) {
 				t.Errorf("step %d created %v, want %d %v", p.step, p.merged.state.Created, tt.want, tt.created)
 			}
 			if p.step == stepWrite {
-				if _, err := parseDocument(p.data); err != nil {
+				data, err := p.merged.doc.encode()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := parseDocument(data); err != nil {
 					t.Errorf("planned content does not parse: %v", err)
 				}
 				for k, fp := range p.merged.state.Owned {
