@@ -163,15 +163,15 @@ func invalid(key, format string, args ...any) *ValidationError {
 	return &ValidationError{Problems: []Problem{{Key: key, Reason: fmt.Sprintf(format, args...)}}}
 }
 
-// MaxEntries is the most registry entries one source document may hold.
-// Each entry costs the agent about 1 KiB of memory between decoding and
-// the node files, so a 1 MiB Secret of tiny entries (some 50,000) would
-// push it past its 64 Mi limit; the count is taken before anything is
-// built, and such a Secret is refused like any invalid one (the last good
-// credentials stay in force). Twice the largest registry list seen in use
-// here (10,000); measured in docs/benchmarks.md, "Memory: the largest
-// inputs".
-const MaxEntries = 20_000
+// MaxEntries is the most registry entries one source document may hold:
+// the largest registry list measured here (docs/benchmarks.md). An entry
+// costs the agent some 1.5 KiB of memory on its way to two node files, so
+// the 1 MiB the API server allows (some 50,000 tiny entries) would push the
+// agent past its memory limit; the entries are counted before any is built,
+// and a document with more is refused like any invalid one (the last good
+// credentials stay in force). Measured in docs/benchmarks.md, "Memory: the
+// largest inputs".
+const MaxEntries = 10_000
 
 // Parse validates a whole document and returns its entries sorted by key.
 // Either every entry is good and the Set is returned, or a *ValidationError
