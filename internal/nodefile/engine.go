@@ -291,6 +291,15 @@ func (e *Engine) run(ctx context.Context, targets []string, desired dockercfg.Se
 		}
 		syncs[i] = sy
 	}
+	first := true
+	for _, sy := range syncs {
+		if sy != nil && !first {
+			// Merged again when its turn comes: meanwhile its merged
+			// document would only add to the one being written.
+			sy.p.merged.doc = nil
+		}
+		first = first && sy == nil
+	}
 	for i, sy := range syncs {
 		if sy != nil {
 			r, err := sy.run(ctx)
@@ -374,6 +383,8 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			if err := pause(ctx, attempt, s.t.path); err != nil {
 				return *res, err
 			}
+		}
+		if attempt > 0 || s.p.step == stepWrite && s.p.merged.doc == nil {
 			if err := s.plan(); err != nil {
 				return *res, err
 			}

@@ -61,6 +61,9 @@ type document struct {
 	// order is the entries' keys in the order of the file parsed: sorted
 	// when nodecreds wrote it, which spares sorting thousands of keys again.
 	order []string
+	// size is what encodedSize counted (0: not counted yet); a document is
+	// not changed once it is encoded.
+	size int
 }
 
 // member is one top-level member of a file, as written.
@@ -321,6 +324,9 @@ func (d *document) encode() ([]byte, error) {
 // entries and fields, is an error. It sets d.order, the order encode writes
 // the entries in.
 func (d *document) encodedSize() (int, error) {
+	if d.size > 0 {
+		return d.size, nil
+	}
 	if n := len(d.auths) + len(d.top) + len(d.repeated); n > MaxEntries {
 		return 0, fmt.Errorf("would hold %d entries and fields, more than the %d nodecreds writes to one file; nothing written (remove entries from the file or the sources): %w", n, MaxEntries, ErrTooManyEntries)
 	}
@@ -359,6 +365,7 @@ func (d *document) encodedSize() (int, error) {
 		return 0, fmt.Errorf("would be %d bytes once indented, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
 			size, hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
 	}
+	d.size = size
 	return size, nil
 }
 
