@@ -164,13 +164,14 @@ func invalid(key, format string, args ...any) *ValidationError {
 }
 
 // MaxEntries is the most registry entries one source document may hold:
-// the largest registry list measured here (docs/benchmarks.md). An entry
-// costs the agent some 1.5 KiB of memory on its way to two node files, so
-// the 1 MiB the API server allows (some 50,000 tiny entries) would push the
-// agent past its memory limit; the entries are counted before any is built,
-// and a document with more is refused like any invalid one (the last good
-// credentials stay in force). Measured in docs/benchmarks.md, "Memory: the
-// largest inputs".
+// the largest registry list measured here (docs/benchmarks.md). Each entry
+// is held several times on its way to two node files (decoded, prepared,
+// in each file's documents and fingerprints), about 1 KiB in all, so the
+// 1 MiB the API server allows (some 50,000 tiny entries) would take the
+// agent past its memory limit. The entries are counted before any is
+// decoded, and a document with more is refused like any invalid one (the
+// last good credentials stay in force). Measured in docs/benchmarks.md,
+// "Memory: the largest inputs".
 const MaxEntries = 10_000
 
 // Parse validates a whole document and returns its entries sorted by key.

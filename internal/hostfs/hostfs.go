@@ -30,8 +30,9 @@ import (
 
 // MaxFileSize is the largest credentials or state file nodecreds reads. A
 // config.json with 10,000 registries is about 1 MiB; 4 MiB leaves room while
-// a merge of the largest file stays well inside the DaemonSet's 64 Mi memory
-// limit.
+// a merge of two such files stays inside the DaemonSet's memory limit
+// (docs/benchmarks.md, "Memory: the largest inputs"; the number of entries
+// is bounded too, by nodefile.MaxEntries).
 const MaxFileSize = 4 << 20
 
 var (

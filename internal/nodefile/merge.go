@@ -27,11 +27,11 @@ var ErrCorrupt = errors.New("not a valid config.json")
 var ErrTooManyEntries = errors.New("too many entries")
 
 // MaxEntries is the most entries and top-level fields nodecreds reads from,
-// or writes to, one target. Measured (docs/benchmarks.md, "Memory: the
-// largest inputs"): a sync of two targets at this size, with the largest
-// Secret dockercfg accepts, stays well inside the DaemonSet's 64 Mi memory
-// limit, where a 4 MiB file of tiny entries (some 440,000) would not. It is
-// five times the 10,000 registries of the largest file seen in use here.
+// or writes to, one target: five times the 10,000 registries of the largest
+// file measured in use here. A 4 MiB file of tiny entries holds some
+// 440,000, which would take the agent far past its memory limit; with two
+// files at this size and the largest Secret dockercfg accepts, a sync stays
+// inside it with room (docs/benchmarks.md, "Memory: the largest inputs").
 const MaxEntries = 50_000
 
 // document is a parsed config.json that keeps every top-level field as the
