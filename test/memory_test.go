@@ -254,9 +254,9 @@ func foreignFile(n int) []byte {
 // (its anonymous memory and the binary's pages it runs from) stays under the
 // limit with a margin.
 func TestWorstInputsUnderTheMemoryLimit(t *testing.T) {
+	c := startCluster(t)
 	limit, gomemlimit := shippedMemory(t)
 	cg := newMemcg(t, limit)
-	c := startCluster(t)
 	ctx := t.Context()
 	applyManifest(t, c)
 	createNode(t, c.Admin, "node-mem")
