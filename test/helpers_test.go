@@ -18,8 +18,9 @@ import (
 )
 
 // binary is the nodecreds binary built once for the whole package, with
-// the race detector; plainBinary is built as released, for tests where the
-// detector's slowness would distort timing (kill -9 at random points).
+// the race detector; plainBinary is built as released (no cgo, no
+// symbols), for tests where the detector would distort timing (kill -9 at
+// random points) or memory (the memory limit).
 var binary, plainBinary string
 
 func TestMain(m *testing.M) {
@@ -38,11 +39,11 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "nodecreds")
 	plainBinary = filepath.Join(dir, "nodecreds-plain")
-	for _, b := range []struct {
-		out   string
-		flags []string
-	}{{binary, []string{"-race"}}, {plainBinary, []string{"-trimpath"}}} {
-		if err := testsupport.BuildNodecreds("..", b.out, b.flags...); err != nil {
+	for _, build := range []func() error{
+		func() error { return testsupport.BuildNodecreds("..", binary, "-race") },
+		func() error { return testsupport.BuildRelease("..", plainBinary) },
+	} {
+		if err := build(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}

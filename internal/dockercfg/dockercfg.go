@@ -13,8 +13,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
+
+	"github.com/nodecreds/nodecreds/internal/jsonwalk"
 )
 
 // Format is the shape of a credentials document.
@@ -81,7 +83,14 @@ type wireEntry struct {
 // registrytoken), which nodefile relies on to fingerprint it cheaply. It is
 // built by hand because files can hold thousands of entries.
 func (e Entry) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, 64)
+	// Sized for the usual entry, auth alone: a sync holds thousands.
+	size := len(`{"auth":""}`) + base64.StdEncoding.EncodedLen(len(e.Username)+1+len(e.Password))
+	for _, v := range []string{e.Email, e.IdentityToken, e.RegistryToken} {
+		if v != "" {
+			size += len(`,"identitytoken":""`) + len(v)
+		}
+	}
+	b := make([]byte, 0, size)
 	b = append(b, `{"auth":"`...)
 	b = base64.StdEncoding.AppendEncode(b, []byte(e.Username+":"+e.Password))
 	b = append(b, '"')
@@ -156,6 +165,17 @@ func invalid(key, format string, args ...any) *ValidationError {
 	return &ValidationError{Problems: []Problem{{Key: key, Reason: fmt.Sprintf(format, args...)}}}
 }
 
+// MaxEntries is the most registry entries one source document may hold:
+// the largest registry list measured here (docs/benchmarks.md). Each entry
+// is held several times on its way to two node files (decoded, prepared,
+// in each file's documents and fingerprints), about 1 KiB in all, so the
+// 1 MiB the API server allows (some 50,000 tiny entries) would take the
+// agent past its memory limit. The entries are counted before any is
+// decoded, and a document with more is refused like any invalid one (the
+// last good credentials stay in force). Measured in docs/benchmarks.md,
+// "Memory: the largest inputs".
+const MaxEntries = 10_000
+
 // Parse validates a whole document and returns its entries sorted by key,
 // each key as spelled. Either every entry is good and the Set is returned,
 // or a *ValidationError names each bad one. Two keys of one document that
@@ -163,63 +183,9 @@ func invalid(key, format string, args ...any) *ValidationError {
 // are returned as clashes, with the one the docker CLI's file gets as the
 // winner.
 func Parse(data []byte, format Format) (Set, []Clash, error) {
-	if len(data) > MaxSize {
-		return nil, nil, invalid("", "document is %d bytes, larger than the 1 MiB a Secret may hold", len(data))
-	}
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, nil, invalid("", "document is empty")
-	}
-	var top any
-	if err := json.Unmarshal(data, &top); err != nil {
-		return nil, nil, invalid("", "not valid JSON (%s)", describeJSONError(err))
-	}
-	obj, ok := top.(map[string]any)
-	if !ok {
-		return nil, nil, invalid("", "not a JSON object but %s", jsonKind(top))
-	}
-
-	var raw map[string]any
-	switch format {
-	case ConfigJSON:
-		auths, present := obj["auths"]
-		if !present {
-			if looksLegacy(obj) {
-				return nil, nil, invalid("", `no "auths" object; this looks like legacy .dockercfg content, which belongs in a kubernetes.io/dockercfg Secret`)
-			}
-			return nil, nil, invalid("", `no "auths" object`)
-		}
-		raw, ok = auths.(map[string]any)
-		if !ok {
-			return nil, nil, invalid("", `"auths" is %s, not an object`, jsonKind(auths))
-		}
-	case Legacy:
-		if auths, isObj := obj["auths"].(map[string]any); isObj && looksLegacy(auths) {
-			return nil, nil, invalid("", `has an "auths" object; this is .dockerconfigjson content, which belongs in a kubernetes.io/dockerconfigjson Secret`)
-		}
-		raw = obj
-	default:
-		return nil, nil, fmt.Errorf("unknown format %d", format)
-	}
-
-	keys := make([]string, 0, len(raw))
-	for k := range raw {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-
-	var problems []Problem
-	set := make(Set, 0, len(keys))
-	for _, key := range keys {
-		if err := ValidateKey(key); err != nil {
-			problems = append(problems, Problem{Key: key, Reason: err.Error()})
-			continue
-		}
-		entry, reason := parseEntry(raw[key])
-		if reason != "" {
-			problems = append(problems, Problem{Key: key, Reason: reason})
-			continue
-		}
-		set = append(set, Item{Key: key, Entry: entry})
+	set, problems, err := decode(data, format)
+	if err != nil {
+		return nil, nil, err
 	}
 	if len(problems) > 0 {
 		return nil, nil, &ValidationError{Problems: problems}
@@ -227,56 +193,234 @@ func Parse(data []byte, format Format) (Set, []Clash, error) {
 	return set, inSourceClashes(set), nil
 }
 
-// looksLegacy reports whether every value of obj is an object carrying a
-// credential field: the shape of a registry map.
-func looksLegacy(obj map[string]any) bool {
-	if len(obj) == 0 {
-		return false
+// decode reads a document as the kubelet reads a Secret of its format
+// (credentialprovider/secrets: encoding/json into DockerConfigJSON or
+// DockerConfig): every member naming the "auths" field, in any case,
+// merged in order with a null starting afresh, the later of two equal keys
+// winning, entry fields matched case-insensitively with a null leaving the
+// field as it was. Whatever the kubelet would refuse (an entry of the wrong
+// type, even one a later key replaces) is a problem, and so is whatever
+// nodecreds cannot write faithfully. It walks the document in place
+// (jsonwalk) rather than decoding it into map[string]any, which costs some
+// 400 bytes per entry, and counts the entries before it builds any.
+// Entries are returned sorted by key; problems in key order.
+func decode(data []byte, format Format) (Set, []Problem, error) {
+	if len(data) > MaxSize {
+		return nil, nil, invalid("", "document is %d bytes, larger than the 1 MiB a Secret may hold", len(data))
 	}
-	for _, v := range obj {
-		m, ok := v.(map[string]any)
-		if !ok {
-			return false
-		}
-		_, a := m["auth"]
-		_, u := m["username"]
-		if !a && !u {
-			return false
-		}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, nil, invalid("", "document is empty")
 	}
-	return true
+	if !json.Valid(data) {
+		return nil, nil, invalid("", "not valid JSON (%s)", describeJSONError(json.Unmarshal(data, &struct{}{})))
+	}
+	start := jsonwalk.SkipSpace(data, 0)
+	if data[start] != '{' {
+		return nil, nil, invalid("", "not a JSON object but %s", jsonwalk.Kind(data[start]))
+	}
+	var d decoder
+	switch format {
+	case ConfigJSON:
+		if err := d.configJSON(data, start); err != nil {
+			return nil, nil, err
+		}
+	case Legacy:
+		if err := d.legacy(data, start); err != nil {
+			return nil, nil, err
+		}
+	default:
+		return nil, nil, fmt.Errorf("unknown format %d", format)
+	}
+	return d.result()
 }
 
-func parseEntry(v any) (Entry, string) {
-	m, ok := v.(map[string]any)
-	if !ok {
-		return Entry{}, fmt.Sprintf("entry is %s, not an object", jsonKind(v))
-	}
-	str := func(field string) (string, string) {
-		fv, present := m[field]
-		if !present || fv == nil {
-			return "", ""
+// decoder collects a document's entries as decode walks it.
+type decoder struct {
+	entries  []occurrence // of the auths field as it stands
+	problems []Problem
+}
+
+// occurrence is one key of the document with its entry, where it stands.
+type occurrence struct {
+	key   string
+	entry Entry
+}
+
+func (d *decoder) configJSON(data []byte, start int) error {
+	n := 0
+	jsonwalk.EachMember(data, start, func(key, value []byte) {
+		if value[0] == '{' && jsonwalk.Names(key, "auths") {
+			n += jsonwalk.CountMembers(value, 0)
 		}
-		s, ok := fv.(string)
-		if !ok {
-			return "", fmt.Sprintf("%q is %s, not a string", field, jsonKind(fv))
-		}
-		return s, ""
+	})
+	if n > MaxEntries {
+		return tooMany(n)
 	}
-	var w wireEntry
-	for _, f := range []struct {
-		name string
-		dst  *string
-	}{
-		{"auth", &w.Auth}, {"username", &w.Username}, {"password", &w.Password},
-		{"email", &w.Email}, {"identitytoken", &w.IdentityToken}, {"registrytoken", &w.RegistryToken},
-	} {
-		s, reason := str(f.name)
+	var auths, null bool
+	var kind string // of an "auths" that is neither an object nor null
+	jsonwalk.EachMember(data, start, func(key, value []byte) {
+		switch {
+		case jsonwalk.Names(key, "auths"):
+			auths = true
+			switch value[0] {
+			case 'n':
+				d.entries, null = d.entries[:0], true
+			case '{':
+				if d.entries == nil {
+					d.entries = make([]occurrence, 0, n)
+				}
+				d.collect(value)
+				null = false
+			default:
+				kind = jsonwalk.Kind(value[0])
+			}
+		case jsonwalk.Names(key, "HttpHeaders"):
+			// The kubelet decodes it too: a wrong type fails the Secret.
+			if !stringObject(value) {
+				kind = "HttpHeaders"
+			}
+		}
+	})
+	switch {
+	case kind == "HttpHeaders":
+		return invalid("", `"HttpHeaders" is not an object of strings, which the kubelet refuses`)
+	case kind != "":
+		return invalid("", `"auths" is %s, not an object`, kind)
+	case !auths && looksLegacy(data, start):
+		return invalid("", `no "auths" object; this looks like legacy .dockercfg content, which belongs in a kubernetes.io/dockercfg Secret`)
+	case !auths:
+		return invalid("", `no "auths" object`)
+	case null:
+		return invalid("", `"auths" is null, not an object`)
+	}
+	return nil
+}
+
+func (d *decoder) legacy(data []byte, start int) error {
+	if n := jsonwalk.CountMembers(data, start); n > MaxEntries {
+		return tooMany(n)
+	}
+	var wrapped bool
+	jsonwalk.EachMember(data, start, func(key, value []byte) {
+		if value[0] == '{' && jsonwalk.Unquote(key) == "auths" && looksLegacy(value, 0) {
+			wrapped = true
+		}
+	})
+	if wrapped {
+		return invalid("", `has an "auths" object; this is .dockerconfigjson content, which belongs in a kubernetes.io/dockerconfigjson Secret`)
+	}
+	d.collect(data[start:])
+	return nil
+}
+
+func tooMany(n int) error {
+	return invalid("", "holds %d registry entries, more than the %d nodecreds accepts in one Secret (each agent holds them all in its memory)", n, MaxEntries)
+}
+
+// collect adds the members of the object obj as entries. Every one is
+// checked, also one a later key replaces: the kubelet refuses the whole
+// document for it.
+func (d *decoder) collect(obj []byte) {
+	jsonwalk.EachMember(obj, 0, func(key, value []byte) {
+		k := jsonwalk.Unquote(key)
+		e, reason := parseEntry(value)
 		if reason != "" {
-			return Entry{}, reason
+			d.problems = append(d.problems, Problem{Key: k, Reason: reason})
 		}
-		*f.dst = s
+		d.entries = append(d.entries, occurrence{key: k, entry: e})
+	})
+}
+
+// result keeps the last entry of each key, in key order, and checks each
+// key.
+func (d *decoder) result() (Set, []Problem, error) {
+	slices.SortStableFunc(d.entries, func(a, b occurrence) int { return strings.Compare(a.key, b.key) })
+	set := make(Set, 0, len(d.entries))
+	for i, o := range d.entries {
+		if i+1 < len(d.entries) && d.entries[i+1].key == o.key {
+			continue // a later one wins
+		}
+		if err := ValidateKey(o.key); err != nil {
+			d.problems = append(d.problems, Problem{Key: o.key, Reason: err.Error()})
+			continue
+		}
+		set = append(set, Item{Key: o.key, Entry: o.entry})
 	}
+	if len(d.problems) == 0 {
+		return set, nil, nil
+	}
+	// One problem per key, in key order.
+	slices.SortStableFunc(d.problems, func(a, b Problem) int { return strings.Compare(a.Key, b.Key) })
+	problems := slices.CompactFunc(d.problems, func(a, b Problem) bool { return a.Key == b.Key })
+	return nil, problems, nil
+}
+
+// looksLegacy reports whether every member of the object at data[start] is
+// an object carrying a credential field: the shape of a registry map.
+func looksLegacy(data []byte, start int) bool {
+	n, creds := 0, 0
+	jsonwalk.EachMember(data, start, func(_, value []byte) {
+		n++
+		if value[0] != '{' {
+			return
+		}
+		found := false
+		jsonwalk.EachMember(value, 0, func(key, _ []byte) {
+			found = found || jsonwalk.Names(key, "auth") || jsonwalk.Names(key, "username")
+		})
+		if found {
+			creds++
+		}
+	})
+	return n > 0 && creds == n
+}
+
+// stringObject reports whether v is null or an object of strings and
+// nulls: what encoding/json decodes into a map[string]string.
+func stringObject(v []byte) bool {
+	if v[0] == 'n' {
+		return true
+	}
+	if v[0] != '{' {
+		return false
+	}
+	ok := true
+	jsonwalk.EachMember(v, 0, func(_, value []byte) {
+		ok = ok && (value[0] == '"' || value[0] == 'n')
+	})
+	return ok
+}
+
+func parseEntry(v []byte) (Entry, string) {
+	if v[0] != '{' {
+		return Entry{}, fmt.Sprintf("entry is %s, not an object", jsonwalk.Kind(v[0]))
+	}
+	// The kubelet's fields (auth, username, password, email) and the docker
+	// CLI's tokens.
+	entryFields := [...]string{"auth", "username", "password", "email", "identitytoken", "registrytoken"}
+	var values [len(entryFields)]string
+	var reason string
+	jsonwalk.EachMember(v, 0, func(key, value []byte) {
+		for i, name := range entryFields {
+			if !jsonwalk.Names(key, name) {
+				continue
+			}
+			switch value[0] {
+			case 'n': // encoding/json leaves the field as it was
+			case '"':
+				values[i] = jsonwalk.Unquote(value)
+			default:
+				if reason == "" {
+					reason = fmt.Sprintf("%q is %s, not a string", name, jsonwalk.Kind(value[0]))
+				}
+			}
+			return
+		}
+	})
+	if reason != "" {
+		return Entry{}, reason
+	}
+	w := wireEntry{Auth: values[0], Username: values[1], Password: values[2], Email: values[3], IdentityToken: values[4], RegistryToken: values[5]}
 
 	e := Entry{Email: w.Email, IdentityToken: w.IdentityToken, RegistryToken: w.RegistryToken}
 	switch {
@@ -308,15 +452,16 @@ func parseEntry(v any) (Entry, string) {
 // unpadded standard base64) and applies the docker CLI's extra rule that the
 // user is not empty. The reason it returns never contains the value.
 func DecodeAuth(auth string) (user, pass, reason string) {
-	s := strings.TrimSpace(auth)
 	var (
 		decoded []byte
 		err     error
 	)
-	if strings.HasSuffix(s, "=") {
-		decoded, err = base64.StdEncoding.DecodeString(s)
+	// As the kubelet: white space decides the padding, and is then
+	// decoded with the rest (base64 skips line breaks, refuses the rest).
+	if strings.HasSuffix(strings.TrimSpace(auth), "=") {
+		decoded, err = base64.StdEncoding.DecodeString(auth)
 	} else {
-		decoded, err = base64.RawStdEncoding.DecodeString(s)
+		decoded, err = base64.RawStdEncoding.DecodeString(auth)
 	}
 	if err != nil {
 		return "", "", `"auth" is not valid base64`
@@ -342,22 +487,4 @@ func describeJSONError(err error) string {
 		return fmt.Sprintf("unexpected end of input at byte %d", syn.Offset)
 	}
 	return fmt.Sprintf("syntax error at byte %d", syn.Offset)
-}
-
-func jsonKind(v any) string {
-	switch v.(type) {
-	case nil:
-		return "null"
-	case bool:
-		return "a boolean"
-	case float64:
-		return "a number"
-	case string:
-		return "a string"
-	case []any:
-		return "an array"
-	case map[string]any:
-		return "an object"
-	}
-	return "of an unknown type"
 }

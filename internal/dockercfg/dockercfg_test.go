@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
+	"github.com/nodecreds/nodecreds/internal/testsupport/consumers"
 )
 
 const canary = "s3cr3t-CANARY-pw"
@@ -288,10 +291,19 @@ func TestParseDuplicateRegistryInOneDocument(t *testing.T) {
 	}
 }
 
+// FuzzParse: whatever Parse accepts encodes to something both consumers
+// decode back to the same user and password; and what it decodes is what
+// the kubelet decodes from the same Secret (its struct shapes) — keys,
+// users, passwords and emails — with the tokens the docker CLI's entry type
+// reads: whenever nodecreds accepts a Secret, the kubelet would too, and
+// would see the same entries.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"auths":{"r.io":{"auth":"dTpw"}}}`), false)
 	f.Add([]byte(`{"r.io":{"username":"u","password":"p"}}`), true)
 	f.Add([]byte(`{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw=="}}}`), false)
+	f.Add([]byte(`{"auths":{"a.io":{"auth":"dTpw"}},"Auths":{"b.io":{"Auth":"dTpw","AUTH":null,"email":"e"}},"auths":null,"auth\u017f":{"c.io":{"UserName":"u","password":"p","identityToken":"t"}}}`), false)
+	f.Add([]byte(`{"r.io":{"auth":" dTpw"},"r.io":{"auth":"dTpw\n"}}`), true)
+	f.Add([]byte(`{"auths":{"r.io":"x","r.io":{"auth":"dTpw"}},"HttpHeaders":{"a":"b"}}`), false)
 	f.Fuzz(func(t *testing.T, data []byte, legacy bool) {
 		format := ConfigJSON
 		if legacy {
@@ -320,7 +332,150 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("round trip of %q failed: %s", it.Key, reason)
 			}
 		}
+		decoded, problems, err := decode(data, format)
+		if err != nil || len(problems) > 0 {
+			t.Fatalf("Parse accepted what decode refuses: %v %v", err, problems)
+		}
+		checkLikeTheKubelet(t, data, legacy, decoded)
 	})
+}
+
+// checkLikeTheKubelet fails unless the kubelet decodes data (a Secret's
+// document) without error into exactly the entries of set, and the docker
+// CLI's entry type reads the same tokens.
+func checkLikeTheKubelet(t *testing.T, data []byte, legacy bool, set Set) {
+	t.Helper()
+	var k consumers.KubeletConfig
+	var err error
+	if legacy {
+		k, err = consumers.KubeletLegacy(data)
+	} else {
+		var cfg consumers.KubeletConfigJSON
+		cfg, err = consumers.Kubelet(data)
+		k = cfg.Auths
+	}
+	if err != nil {
+		t.Fatalf("%q: nodecreds accepts what the kubelet refuses: %v", data, err)
+	}
+	d, err := consumers.DockerCLIEntries(data, legacy)
+	if err != nil {
+		t.Fatalf("%q: nodecreds accepts what the docker CLI's entry type refuses: %v", data, err)
+	}
+	if len(k) != len(set) {
+		t.Fatalf("%q: nodecreds reads %q, the kubelet %d entries", data, set.Keys(), len(k))
+	}
+	for _, it := range set {
+		want, ok := k[it.Key]
+		if !ok || want.Username != it.Entry.Username || want.Password != it.Entry.Password || want.Email != it.Entry.Email {
+			t.Fatalf("%q: entry %q is %#v to nodecreds and %q/%d/%q to the kubelet", data, it.Key, it.Entry, want.Username, len(want.Password), want.Email)
+		}
+		if tok := d[it.Key]; tok.IdentityToken != it.Entry.IdentityToken || tok.RegistryToken != it.Entry.RegistryToken {
+			t.Fatalf("%q: entry %q has other tokens to the docker CLI", data, it.Key)
+		}
+	}
+}
+
+// TestParseReadsLikeTheKubelet (issue 21, point 6, for Secrets): a Secret
+// is read as the kubelet reads it as an imagePullSecret — two "auths"
+// objects merged, any spelling of the field and of entry fields, a null
+// field leaving what came before, a null "auths" starting afresh — and what
+// the kubelet would refuse is refused, even in an entry a later key
+// replaces.
+func TestParseReadsLikeTheKubelet(t *testing.T) {
+	a, b := testsupport.B64("alice:"+canary), testsupport.B64("bob:"+canary)
+	tests := []struct {
+		name, doc string
+		legacy    bool
+		want      map[string]string // key → user; nil: refused
+	}{
+		{"two auths objects", `{"auths":{"a.test":{"auth":"` + a + `"}},"auths":{"b.test":{"auth":"` + b + `"}}}`, false, map[string]string{"a.test": "alice", "b.test": "bob"}},
+		{"Auths", `{"Auths":{"a.test":{"auth":"` + a + `"}}}`, false, map[string]string{"a.test": "alice"}},
+		{"the later of auth and Auth", `{"auths":{"a.test":{"auth":"` + a + `","Auth":"` + b + `"}}}`, false, map[string]string{"a.test": "bob"}},
+		{"a null field keeps the earlier", `{"auths":{"a.test":{"auth":"` + a + `","auth":null}}}`, false, map[string]string{"a.test": "alice"}},
+		{"Username and Password", `{"auths":{"a.test":{"Username":"carol","PASSWORD":"x"}}}`, false, map[string]string{"a.test": "carol"}},
+		{"a null auths starts afresh", `{"auths":{"a.test":{"auth":"` + a + `"}},"auths":null,"auths":{"b.test":{"auth":"` + b + `"}}}`, false, map[string]string{"b.test": "bob"}},
+		{"the later of two keys", `{"a.test":{"auth":"` + a + `"},"a.test":{"auth":"` + b + `"}}`, true, map[string]string{"a.test": "bob"}},
+		{"an entry of the wrong type, replaced", `{"auths":{"a.test":"x","a.test":{"auth":"` + a + `"}}}`, false, nil},
+		{"a field of the wrong type, replaced", `{"auths":{"a.test":{"auth":5},"a.test":{"auth":"` + a + `"}}}`, false, nil},
+		{"a bad auth, replaced", `{"a.test":{"auth":"!"},"a.test":{"auth":"` + a + `"}}`, true, nil},
+		{"HttpHeaders of the wrong type", `{"auths":{"a.test":{"auth":"` + a + `"}},"HttpHeaders":5}`, false, nil},
+		{"white space before auth", `{"auths":{"a.test":{"auth":" ` + a + `"}}}`, false, nil},
+		{"only a null auths", `{"auths":{"a.test":{"auth":"` + a + `"}},"auths":null}`, false, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			format := ConfigJSON
+			if tt.legacy {
+				format = Legacy
+			}
+			set, _, err := Parse([]byte(tt.doc), format)
+			if tt.want == nil {
+				if err == nil {
+					t.Fatalf("accepted: %v", set.Keys())
+				}
+				if strings.Contains(err.Error(), canary) {
+					t.Errorf("error %q leaks a secret", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, it := range set {
+				got[it.Key] = it.Entry.Username
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Errorf("entries %v, want %v", got, tt.want)
+			}
+			checkLikeTheKubelet(t, []byte(tt.doc), tt.legacy, set)
+		})
+	}
+}
+
+// TestParseEntryLimit (issue 21, point 4): a Secret of more than
+// MaxEntries entries is refused, counted before any is built, with a
+// reason naming the limit; at the limit it is accepted.
+func TestParseEntryLimit(t *testing.T) {
+	doc := func(n int, legacy bool) []byte {
+		var b strings.Builder
+		if !legacy {
+			b.WriteString(`{"auths":{"r0.t":{"auth":"dTpw"}},"auths":{`)
+		} else {
+			b.WriteString(`{"r0.t":{"auth":"dTpw"},`)
+		}
+		for i := range n - 1 {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `"r%d.t":{"auth":"dTpw"}`, i)
+		}
+		if !legacy {
+			b.WriteString(`}`)
+		}
+		b.WriteString(`}`)
+		return []byte(b.String())
+	}
+	for _, legacy := range []bool{false, true} {
+		format := ConfigJSON
+		if legacy {
+			format = Legacy
+		}
+		if set, _, err := Parse(doc(MaxEntries, legacy), format); err != nil || len(set) != MaxEntries-1 {
+			t.Errorf("legacy %v: %d entries at the limit: %d, %v", legacy, MaxEntries, len(set), err)
+		}
+		over := doc(MaxEntries+1, legacy)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, _, err := Parse(over, format)
+		runtime.ReadMemStats(&after)
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("more than the %d nodecreds accepts", MaxEntries)) {
+			t.Errorf("legacy %v: one over the limit: %v", legacy, err)
+		}
+		if got := after.TotalAlloc - before.TotalAlloc; got > 1<<20 {
+			t.Errorf("legacy %v: refusing it allocated %d KiB", legacy, got>>10)
+		}
+	}
 }
 
 // A key carrying user-info is refused without echoing it: the error reaches

@@ -21,6 +21,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
@@ -30,8 +31,9 @@ import (
 
 // MaxFileSize is the largest credentials or state file nodecreds reads. A
 // config.json with 10,000 registries is about 1 MiB; 4 MiB leaves room while
-// a merge of the largest file stays well inside the DaemonSet's 64 Mi memory
-// limit.
+// a merge of two such files stays inside the DaemonSet's memory limit
+// (docs/benchmarks.md, "Memory: the largest inputs"; the number of entries
+// is bounded too, by nodefile.MaxEntries).
 const MaxFileSize = 4 << 20
 
 var (
@@ -368,9 +370,22 @@ func readAll(f *os.File, size, max int64) ([]byte, error) {
 	if size > max {
 		return nil, fmt.Errorf("%s is %d bytes: %w (the limit is %d MiB)", f.Name(), size, ErrTooLarge, max>>20)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", f.Name(), err)
+	// Sized by the stat, so a file of several MiB is read into one buffer
+	// of its size rather than grown by doubling (twice its size at the
+	// end, and more than that in garbage on the way).
+	data := make([]byte, 0, min(size, max)+1)
+	for int64(len(data)) <= max {
+		if len(data) == cap(data) {
+			data = slices.Grow(data, 4096)
+		}
+		n, err := f.Read(data[len(data):cap(data)])
+		data = data[:len(data)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", f.Name(), err)
+		}
 	}
 	if int64(len(data)) > max {
 		return nil, fmt.Errorf("%s: %w (the limit is %d MiB)", f.Name(), ErrTooLarge, max>>20)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/jsonwalk"
 )
 
 // maxAttempts bounds how often one target is re-merged because another
@@ -186,7 +187,18 @@ type Desired struct {
 // ctx bounds the wait for the state lock and the retries around another
 // writer: a stopping agent returns promptly, leaving every file as it was
 // or as one whole write left it.
+//
+// More desired entries than a target may hold (MaxEntries) is refused for
+// every target before anything is built or touched: several sources can
+// add up to more than one may hold.
 func (e *Engine) Sync(ctx context.Context, targets []string, d Desired) ([]Result, error) {
+	if n := desiredEntries(d.Sources); n > MaxEntries {
+		results := make([]Result, len(targets))
+		for i, target := range targets {
+			results[i] = Result{Target: target, Err: fmt.Errorf("%s: the sources hold %d entries, more than the %d nodecreds writes to one file; nothing written: %w", target, n, MaxEntries, ErrTooManyEntries)}
+		}
+		return results, nil
+	}
 	rule := pruneRule{on: d.Prune}
 	if len(d.Hold) > 0 {
 		rule.hold = make(map[string]bool, len(d.Hold))
@@ -195,6 +207,16 @@ func (e *Engine) Sync(ctx context.Context, targets []string, d Desired) ([]Resul
 		}
 	}
 	return e.run(ctx, targets, d.Sources, rule)
+}
+
+// desiredEntries counts the entries of sources, an upper bound of what
+// any target gets (View keeps at most every key of each).
+func desiredEntries(sources []dockercfg.NamedSet) int {
+	n := 0
+	for _, ns := range sources {
+		n += len(ns.Set)
+	}
+	return n
 }
 
 // Apply is Sync with one source, desired, whose entries are recorded
@@ -370,11 +392,21 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 		}
 		syncs[i] = sy
 	}
+	first := true
+	for _, sy := range syncs {
+		if sy != nil && !first {
+			// Merged again when its turn comes: meanwhile its merged
+			// document would only add to the one being written.
+			sy.p.merged.doc = nil
+		}
+		first = first && sy == nil
+	}
 	for i, sy := range syncs {
 		if sy != nil {
 			r, err := sy.run(ctx)
 			r.Err = err
 			results[i] = r
+			sy.forget()
 		}
 	}
 	if err := store.flush(); err != nil {
@@ -427,6 +459,7 @@ func (s *targetSync) start() error {
 	if err != nil {
 		return err
 	}
+	cur.data = s.e.memo.same(s.t.path, cur.data)
 	s.base, s.cur = cur, cur
 	for _, name := range slices.Clone(s.e.held[s.t.path]) {
 		s.load(name)
@@ -615,6 +648,8 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			if err := pause(ctx, attempt, s.t.path); err != nil {
 				return *res, err
 			}
+		}
+		if attempt > 0 || s.p.step == stepWrite && s.p.merged.doc == nil {
 			if err := s.plan(); err != nil {
 				return *res, err
 			}
@@ -656,7 +691,7 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 		default:
 			if p.step == stepWrite {
 				// What the next sync will read back, unless someone writes it.
-				s.e.memo.remember(s.t.path, p.data, p.merged.doc)
+				s.e.memo.remember(s.t.path, w.data, p.merged.doc)
 			}
 			s.rec.set(p.merged.state)
 			if p.step == stepDrop {
@@ -676,6 +711,12 @@ func (s *targetSync) done(left FileID) (Result, error) {
 	}
 	s.res.Left = &left
 	return s.res, nil
+}
+
+// forget drops what the sync held (the files read, the documents merged)
+// once it is done, so that they do not add to the next target's.
+func (s *targetSync) forget() {
+	s.p, s.prev, s.base, s.cur, s.held = targetPlan{}, nil, fileRead{}, fileRead{}, nil
 }
 
 // pause lets a writer in a loop finish its burst before attempt (none
@@ -833,12 +874,19 @@ type written struct {
 	theirs fileRead // with raced: the file we replaced
 	ours   fileRead // with raced: ours, now on disk
 	left   FileID   // otherwise: what is at the target now
+	data   []byte   // with a write: the file written
 }
 
 // write records the intent, sets a corrupt file aside, and swaps the new
 // file in.
 func (s *targetSync) write(p targetPlan) (written, error) {
 	t, base, cur := s.t, s.base, s.cur
+	// Encoded only now (the plan checked its size): a sync of several
+	// targets holds one new file at a time.
+	data, err := p.merged.doc.encode()
+	if err != nil {
+		return written{}, err
+	}
 	if err := s.rec.commit(p.intent); err != nil {
 		return written{}, err
 	}
@@ -862,7 +910,7 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 		}
 	}
 	call(s.e.hooks.beforeSwap)
-	sw, err := replace(t.dir, t.name, p.data, cur)
+	sw, err := replace(t.dir, t.name, data, cur)
 	if sw.held != "" {
 		// Kept until what the next attempt writes holds it too.
 		s.hold(sw.held)
@@ -875,12 +923,13 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 	}
 	s.res.Changed = true
 	if sw.held == "" && sw.existed == cur.exists {
-		return written{left: sw.left}, nil
+		return written{left: sw.left, data: data}, nil
 	}
 	w := written{
 		raced:  true,
 		theirs: fileRead{exists: sw.existed, data: sw.old},
-		ours:   fileRead{exists: true, data: p.data, mode: cur.mode, uid: cur.uid, gid: cur.gid},
+		ours:   fileRead{exists: true, data: data, mode: cur.mode, uid: cur.uid, gid: cur.gid},
+		data:   data,
 	}
 	if !cur.exists {
 		w.ours.mode = 0o600
@@ -892,7 +941,7 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 type planStep int
 
 const (
-	stepWrite planStep = iota // replace the file with data
+	stepWrite planStep = iota // replace the file with the merged document
 	stepKeep                  // the file is as it should be; record the state
 	stepLeave                 // a corrupt file with nothing of ours for it: leave it
 	stepDrop                  // a file nodecreds created, now empty: remove it
@@ -905,7 +954,6 @@ type targetPlan struct {
 	corrupt error     // why base does not parse
 	merged  mergeResult
 	intent  TargetState // recorded before the file is touched
-	data    []byte      // the new file, with stepWrite
 }
 
 // planTarget decides, without I/O, what a target becomes: base is the file
@@ -917,7 +965,12 @@ type targetPlan struct {
 func planTarget(base, cur fileRead, prev *document, desired *wanted, prune pruneRule, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
 	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
 	orig, perr := parse(base.data)
-	if perr != nil {
+	if perr != nil && !errors.Is(perr, ErrCorrupt) {
+		// Not corrupt but not to be taken apart (too many entries): the
+		// file is left as it is, never set aside.
+		return targetPlan{}, perr
+	}
+	if orig == nil {
 		orig, _ = parseDocument(nil)
 	}
 	doc := orig
@@ -963,11 +1016,12 @@ func planTarget(base, cur fileRead, prev *document, desired *wanted, prune prune
 	case perr == nil && !racing && p.merged.doc.equal(orig):
 		p.step = stepKeep
 	default:
-		data, err := p.merged.doc.encode()
-		if err != nil {
+		// Refused here, before anything is recorded or touched, if it
+		// cannot be written; encoded when it is written.
+		if _, err := p.merged.doc.encodedSize(); err != nil {
 			return p, err
 		}
-		p.step, p.data = stepWrite, data
+		p.step = stepWrite
 		setIntent()
 	}
 	return p, nil
@@ -982,9 +1036,21 @@ func carry(prev, doc *document) {
 			doc.auths[k] = v
 		}
 	}
+	fields := map[string]bool{}
+	for k := range doc.top {
+		fields[jsonwalk.Fold(k)] = true
+	}
+	for _, m := range doc.repeated {
+		fields[jsonwalk.Fold(m.key)] = true
+	}
 	for k, v := range prev.top {
-		if _, ok := doc.top[k]; !ok && k != "auths" {
+		if !fields[jsonwalk.Fold(k)] {
 			doc.top[k] = v
+		}
+	}
+	for _, m := range prev.repeated {
+		if !fields[jsonwalk.Fold(m.key)] {
+			doc.repeated = append(doc.repeated, m)
 		}
 	}
 }

@@ -1,7 +1,8 @@
 package nodefile
 
 import (
-	"encoding/json"
+	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/jsonwalk"
 )
 
 // The helpers below walk, compact and indent JSON that json.Valid has
@@ -10,89 +11,14 @@ import (
 // entries, and a sync reads, compares and writes every one. They are
 // checked byte for byte against encoding/json by FuzzDocument.
 
-// isSpace reports JSON's insignificant white space.
-func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+// The walking itself is jsonwalk's, shared with dockercfg's reading of
+// Secrets; these names keep this package's code short.
 
-// skipSpace returns the index of the first non-space byte at or after i.
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && isSpace(b[i]) {
-		i++
-	}
-	return i
-}
-
-// stringEnd returns the index just past the string starting at b[i] ('"').
-func stringEnd(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return i
-}
-
-// valueEnd returns the index just past the value starting at b[i].
-func valueEnd(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return stringEnd(b, i)
-	case '{', '[':
-		depth := 0
-		for ; i < len(b); i++ {
-			switch b[i] {
-			case '"':
-				i = stringEnd(b, i) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				if depth--; depth == 0 {
-					return i + 1
-				}
-			}
-		}
-		return i
-	default: // number, true, false, null
-		for i < len(b) && !isSpace(b[i]) && b[i] != ',' && b[i] != '}' && b[i] != ']' {
-			i++
-		}
-		return i
-	}
-}
-
-// eachMember calls fn with the quoted key and the value (capped, so that
-// appending to it can never write into b) of each member of the object
-// starting at b[i] ('{').
-func eachMember(b []byte, i int, fn func(key, value []byte)) {
-	i = skipSpace(b, i+1)
-	for i < len(b) && b[i] == '"' {
-		ke := stringEnd(b, i)
-		key := b[i:ke]
-		i = skipSpace(b, skipSpace(b, ke)+1) // past ':'
-		ve := valueEnd(b, i)
-		fn(key, b[i:ve:ve])
-		i = skipSpace(b, ve)
-		if i < len(b) && b[i] == ',' {
-			i = skipSpace(b, i+1)
-		}
-	}
-}
-
-// unquote decodes a quoted key as encoding/json does; plain ASCII without
-// escapes, which is nearly every registry key, needs no decoding.
-func unquote(q []byte) string {
-	s := q[1 : len(q)-1]
-	for _, c := range s {
-		if c == '\\' || c >= 0x80 {
-			var out string
-			_ = json.Unmarshal(q, &out) // valid JSON: cannot fail
-			return out
-		}
-	}
-	return string(s)
-}
+func isSpace(c byte) bool                              { return jsonwalk.IsSpace(c) }
+func skipSpace(b []byte, i int) int                    { return jsonwalk.SkipSpace(b, i) }
+func stringEnd(b []byte, i int) int                    { return jsonwalk.StringEnd(b, i) }
+func eachMember(b []byte, i int, fn func(k, v []byte)) { jsonwalk.EachMember(b, i, fn) }
+func unquote(q []byte) string                          { return jsonwalk.Unquote(q) }
 
 // compact returns raw without insignificant white space, as json.Compact
 // does; raw itself when there is none.
@@ -131,6 +57,9 @@ func compact(raw []byte) []byte {
 // indent) does: white space outside strings dropped, a newline, prefix and
 // one indent per level before each member or element, empty objects and
 // arrays kept as {} and [].
+//
+// It stops once dst is longer than hostfs.MaxFileSize, which nothing
+// writes: 20 KB of nested brackets would indent to some 100 MB.
 func appendIndent(dst, src []byte, prefix, indent string) []byte {
 	depth := 0
 	pending := false // an object or array opened; its first line not yet begun
@@ -141,7 +70,7 @@ func appendIndent(dst, src []byte, prefix, indent string) []byte {
 			dst = append(dst, indent...)
 		}
 	}
-	for i := 0; i < len(src); i++ {
+	for i := 0; i < len(src) && len(dst) <= hostfs.MaxFileSize; i++ {
 		c := src[i]
 		if isSpace(c) {
 			continue
@@ -177,4 +106,48 @@ func appendIndent(dst, src []byte, prefix, indent string) []byte {
 		}
 	}
 	return dst
+}
+
+// indentSize is len(appendIndent(nil, src, prefix, indent)) for a prefix and
+// an indent of those lengths, counted without building anything; once over
+// hostfs.MaxFileSize it stops counting.
+func indentSize(src []byte, prefix, indent int) int {
+	n, depth, pending := 0, 0, false
+	newline := func() { n += 1 + prefix + depth*indent }
+	for i := 0; i < len(src) && n <= hostfs.MaxFileSize; i++ {
+		c := src[i]
+		if isSpace(c) {
+			continue
+		}
+		if pending && c != '}' && c != ']' {
+			pending = false
+			depth++
+			newline()
+		}
+		switch c {
+		case '"':
+			e := stringEnd(src, i)
+			n += e - i
+			i = e - 1
+		case '{', '[':
+			pending = true
+			n++
+		case ',':
+			n++
+			newline()
+		case ':':
+			n += 2
+		case '}', ']':
+			if pending {
+				pending = false
+			} else {
+				depth--
+				newline()
+			}
+			n++
+		default:
+			n++
+		}
+	}
+	return n
 }

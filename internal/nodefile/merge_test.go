@@ -232,7 +232,7 @@ func TestParseDocument(t *testing.T) {
 		{"normal", `{"auths":{"r.io":{"auth":"dTpw"}},"x":[1,2]}`, false},
 		{"not json", `{"auths":`, true},
 		{"array", `[]`, true},
-		{"null", `null`, true},
+		{"null", `null`, false}, // both consumers read no credentials from it
 		{"auths string", `{"auths":"x"}`, true},
 		{"entry not object", `{"auths":{"r.io":1}}`, true},
 		{"trailing garbage", `{"auths":{}}x`, true},
@@ -320,7 +320,11 @@ func TestPlanTarget(t *testing.T) {
 				t.Errorf("step %d created %v, want %d %v", p.step, p.merged.state.Created, tt.want, tt.created)
 			}
 			if p.step == stepWrite {
-				if _, err := parseDocument(p.data); err != nil {
+				data, err := p.merged.doc.encode()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := parseDocument(data); err != nil {
 					t.Errorf("planned content does not parse: %v", err)
 				}
 				for k, fp := range p.merged.state.Owned {

@@ -345,7 +345,7 @@ func TestTargetSizeLimit(t *testing.T) {
 		if i > 0 {
 			doc.WriteByte(',')
 		}
-		fmt.Fprintf(&doc, `"f%06d.example.test":{"auth":"dTpw"}`, i)
+		fmt.Fprintf(&doc, `"f%06d.example.test":{"auth":"dTpw","x":"%0100d"}`, i, i)
 	}
 	doc.WriteString(`}}`)
 	testsupport.WriteFile(t, p, doc.String(), 0o600)

@@ -209,11 +209,13 @@ func (t TargetState) equal(o TargetState) bool {
 // state after the write. Whichever of the two files a crash leaves on disk,
 // every entry of ours in it is recognised, and nothing displaced is
 // forgotten.
+//
+// intent takes onDisk over (callers build it for the purpose).
 func intent(onDisk map[string]string, old, next TargetState) TargetState {
 	out := TargetState{
 		Created:   old.Created || next.Created,
-		Owned:     maps.Clone(onDisk),
-		Pending:   maps.Clone(next.Owned),
+		Owned:     onDisk,
+		Pending:   map[string]string{},
 		From:      maps.Clone(old.From),
 		Displaced: maps.Clone(old.Displaced),
 	}
@@ -231,10 +233,11 @@ func intent(onDisk map[string]string, old, next TargetState) TargetState {
 	}
 	// An entry recognised by either fingerprint is ours: a pending one the
 	// same as the one on disk says nothing more, and a rotation of one
-	// entry of thousands then records one pending fingerprint, not all.
-	for k, fp := range out.Pending {
-		if out.Owned[k] == fp {
-			delete(out.Pending, k)
+	// entry of thousands then records (and holds) one pending fingerprint,
+	// not all.
+	for k, fp := range next.Owned {
+		if out.Owned[k] != fp {
+			out.Pending[k] = fp
 		}
 	}
 	return out

@@ -39,6 +39,13 @@ type Secrets struct {
 	watches []*watched
 	changed chan struct{}
 	ready   chan struct{}
+
+	// parsed holds the snapshot of each Secret (by namespace/name) for the
+	// version it was made from: a Secret is decoded once per version, not
+	// on every sync, and the agent's last good snapshot is that same one
+	// rather than a second copy of thousands of entries.
+	mu     sync.Mutex
+	parsed map[string]Snapshot
 }
 
 // NewSecrets returns a source over the named Secrets (in precedence order)
@@ -50,7 +57,7 @@ func NewSecrets(client kube.Interface, namespace string, names []string, selecto
 		names = nil // the selector decides which Secrets
 	}
 	s := &Secrets{namespace: namespace, names: names, selector: selector, log: log,
-		changed: make(chan struct{}, 1), ready: make(chan struct{})}
+		changed: make(chan struct{}, 1), ready: make(chan struct{}), parsed: map[string]Snapshot{}}
 	if nodeName != "" {
 		s.node = NewNode(client, nodeName, s.notify)
 	}
@@ -79,9 +86,10 @@ func NewSecrets(client kube.Interface, namespace string, names []string, selecto
 	return s
 }
 
-// trimSecret keeps only what nodecreds reads: managed fields and
-// annotations such as last-applied-configuration would double the memory
-// for nothing.
+// trimSecret keeps only what nodecreds reads: managed fields, annotations
+// such as last-applied-configuration, and data keys other than the two
+// credential keys (a Secret may carry up to 1 MiB of anything) would add to
+// the memory for nothing.
 func trimSecret(obj any) any {
 	if sec, ok := obj.(*corev1.Secret); ok {
 		sec.ManagedFields = nil
@@ -89,6 +97,11 @@ func trimSecret(obj any) any {
 			sec.Annotations = map[string]string{AnnotationNodeSelector: sel}
 		} else {
 			sec.Annotations = nil
+		}
+		for k := range sec.Data {
+			if k != dockercfg.KeyConfigJSON && k != dockercfg.KeyLegacy {
+				delete(sec.Data, k)
+			}
 		}
 	}
 	return obj
@@ -134,11 +147,54 @@ func (s *Secrets) Run(ctx context.Context) error {
 // last saw them, in precedence order.
 func (s *Secrets) Snapshots() []Snapshot {
 	snaps, _ := Select(s.namespace, s.names, s.selector, cacheLookup{s}) // the caches cannot fail
+	s.keepParsed(snaps)
 	var node *NodeLabels
 	if s.node != nil {
 		node = s.node.Labels()
 	}
 	return ForNode(snaps, node)
+}
+
+// snapshot is FromSecret(sec), made once per version of each Secret (an
+// object without a resourceVersion, which the API server never hands out,
+// every time).
+func (s *Secrets) snapshot(sec *corev1.Secret) Snapshot {
+	if sec.ResourceVersion == "" {
+		return FromSecret(sec)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	name := sec.Namespace + "/" + sec.Name
+	if snap, ok := s.parsed[name]; ok && snap.Revision == revision(sec) {
+		return snap
+	}
+	snap := FromSecret(sec)
+	s.parsed[name] = snap
+	return snap
+}
+
+// keepParsed forgets the snapshots of Secrets no longer among snaps.
+func (s *Secrets) keepParsed(snaps []Snapshot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.parsed) == 0 {
+		return
+	}
+	current := make(map[string]bool, len(snaps))
+	for _, snap := range snaps {
+		current[snap.Name] = true
+	}
+	for name := range s.parsed {
+		if !current[name] {
+			delete(s.parsed, name)
+		}
+	}
+}
+
+// snapshotter is a SecretLookup that keeps each Secret's snapshot (the
+// agent's caches); Select asks it rather than decoding again.
+type snapshotter interface {
+	snapshot(*corev1.Secret) Snapshot
 }
 
 // SecretLookup is where Select reads Secrets: the watches' caches in the
@@ -155,6 +211,10 @@ type SecretLookup interface {
 // name in order, a missing one as Missing. The agent and `nodecreds status`
 // both use it, so their revisions are computed from the same list.
 func Select(namespace string, names []string, selector string, l SecretLookup) ([]Snapshot, error) {
+	fromSecret := FromSecret
+	if sn, ok := l.(snapshotter); ok {
+		fromSecret = sn.snapshot
+	}
 	if selector != "" {
 		secrets, err := l.List()
 		if err != nil {
@@ -163,7 +223,7 @@ func Select(namespace string, names []string, selector string, l SecretLookup) (
 		sort.Slice(secrets, func(i, j int) bool { return secrets[i].Name < secrets[j].Name })
 		out := make([]Snapshot, len(secrets))
 		for i, sec := range secrets {
-			out[i] = FromSecret(sec)
+			out[i] = fromSecret(sec)
 		}
 		return out, nil
 	}
@@ -176,7 +236,7 @@ func Select(namespace string, names []string, selector string, l SecretLookup) (
 		case sec == nil:
 			out[i] = Missing(namespace, name)
 		default:
-			out[i] = FromSecret(sec)
+			out[i] = fromSecret(sec)
 		}
 	}
 	return out, nil
@@ -184,6 +244,8 @@ func Select(namespace string, names []string, selector string, l SecretLookup) (
 
 // cacheLookup reads the watches' caches.
 type cacheLookup struct{ s *Secrets }
+
+func (c cacheLookup) snapshot(sec *corev1.Secret) Snapshot { return c.s.snapshot(sec) }
 
 func (c cacheLookup) Get(name string) (*corev1.Secret, error) {
 	for i, n := range c.s.names {
@@ -222,7 +284,7 @@ func Missing(namespace, name string) Snapshot {
 func FromSecret(sec *corev1.Secret) Snapshot {
 	snap := Snapshot{
 		Name:     sec.Namespace + "/" + sec.Name,
-		Revision: string(sec.UID) + "/" + sec.ResourceVersion,
+		Revision: revision(sec),
 	}
 	sel, err := parseNodeSelector(snap.Name, sec.Annotations)
 	if err != nil {
@@ -248,6 +310,9 @@ func FromSecret(sec *corev1.Secret) Snapshot {
 	snap.Set, snap.Clashes = set, clashes
 	return snap
 }
+
+// revision names a Secret's version: its uid and resourceVersion.
+func revision(sec *corev1.Secret) string { return string(sec.UID) + "/" + sec.ResourceVersion }
 
 // Revision digests the sources' names and revisions (never their data)
 // into the value the agent puts in the nodecreds.io/revision annotation and

@@ -180,6 +180,48 @@ func TestFromSecret(t *testing.T) {
 	}
 }
 
+// TestSecretDecodedOncePerVersion (issue 21, point 4): a Secret is decoded
+// once per version, so the agent's last good snapshot and the next sync
+// share one set of entries; a new version is decoded afresh, and data keys
+// other than the two credential keys are not kept in the cache.
+func TestSecretDecodedOncePerVersion(t *testing.T) {
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "s", UID: "u1", ResourceVersion: "1"}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{".dockerconfigjson": good, "padding": make([]byte, 512<<10)}}
+	client := fake.NewClientset(sec)
+	s := runSecrets(t, client, []string{"s"}, "")
+	first, again := s.Snapshots(), s.Snapshots()
+	if first[0].Err != nil || len(first[0].Set) != 1 || &first[0].Set[0] != &again[0].Set[0] {
+		t.Fatalf("the same version was decoded twice (or not at all): %v", first[0].Err)
+	}
+	obj, _, _ := s.watches[0].store.GetByKey("ns/s")
+	if _, kept := obj.(*corev1.Secret).Data["padding"]; kept {
+		t.Error("a data key nodecreds does not read is kept in the cache")
+	}
+	next := sec.DeepCopy()
+	next.ResourceVersion = "2"
+	next.Data = map[string][]byte{".dockerconfigjson": []byte(`{"auths":{"r.test":{"auth":"` + testsupport.B64("u:new") + `"}}}`)}
+	if _, err := client.CoreV1().Secrets("ns").Update(t.Context(), next, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		snaps := s.Snapshots()
+		if snaps[0].Revision == "u1/2" {
+			if len(snaps[0].Set) != 1 || snaps[0].Set[0].Entry.Password != "new" {
+				t.Fatalf("the new version was not decoded: %+v", snaps[0].Set)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the update was not seen")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(s.parsed) != 1 {
+		t.Errorf("%d snapshots kept, want the current one", len(s.parsed))
+	}
+}
+
 // runSecrets runs a Secrets source over a fake clientset until the test
 // ends, and returns it once its caches are in.
 func runSecrets(t *testing.T, client *fake.Clientset, names []string, node string) *Secrets {

@@ -115,6 +115,21 @@ func BuildNodecreds(repoRoot, out string, flags ...string) error {
 	return nil
 }
 
+// BuildRelease builds ./cmd/nodecreds of the checkout at repoRoot into out
+// the way a release is built (the Dockerfile's flags: no cgo, no symbols),
+// for tests whose measurements must be the released binary's (memory,
+// timing).
+func BuildRelease(repoRoot, out string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./cmd/nodecreds")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("building nodecreds as released: %w", err)
+	}
+	return nil
+}
+
 // Buffer is a bytes.Buffer safe for a child process's output and the test
 // reading it at once.
 type Buffer struct {

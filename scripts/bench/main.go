@@ -921,8 +921,9 @@ func (r *results) markdown(machine string) string {
   packages), and parses the compiled-in TLS roots only for check --probe
   (0.7 MiB allocated at every start before). The anonymous part (heap,
   stacks) is about 4.5 MiB; the rest is the binary's pages that start-up
-  touches, clean and file-backed. The limit stays 64 MiB for the largest
-  file nodecreds accepts (values.yaml says why); the request is 24 MiB.
+  touches, clean and file-backed. The request is 24 MiB; the limit, 112
+  MiB with GOMEMLIMIT=64MiB, is for the largest inputs nodecreds accepts
+  (section "Memory: the largest inputs", and values.yaml).
 * **Idle CPU** ≈ 0 and **API traffic**: met; see above.
 * **Rotation with the credential provider** (new Pod Running < 15 s after a
   rotation): met with the default 1 s cache (2 s in the runs recorded

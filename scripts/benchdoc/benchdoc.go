@@ -1,6 +1,7 @@
 // Package benchdoc edits docs/benchmarks.md for the commands that measure:
-// `make bench` writes the file, while `make bench-curve` and `make soak`
-// each own a section between markers, which `make bench` keeps.
+// `make bench` writes the file, while `make bench-curve`, `make soak` and
+// the memory test (test/memory_test.go, by hand) each own a section between
+// markers, which `make bench` keeps.
 package benchdoc
 
 import (
@@ -8,10 +9,12 @@ import (
 	"strings"
 )
 
-// Curve and Soak name the sections of make bench-curve and make soak.
+// Curve, Soak and Memory name the sections of make bench-curve, make soak
+// and the memory test.
 const (
-	Curve = "curve"
-	Soak  = "soak"
+	Curve  = "curve"
+	Soak   = "soak"
+	Memory = "memory"
 )
 
 func markers(name string) (begin, end string) {
@@ -37,13 +40,14 @@ func Replace(path, name, section string) error {
 }
 
 // Keep appends to report, a new benchmarks.md, the sections that the file
-// at path holds for the other commands (curve, soak), markers included.
+// at path holds for the other commands (curve, soak, memory), markers
+// included.
 func Keep(report, path string) string {
 	old, err := os.ReadFile(path)
 	if err != nil {
 		return report
 	}
-	for _, name := range []string{Curve, Soak} {
+	for _, name := range []string{Curve, Soak, Memory} {
 		begin, end := markers(name)
 		i, j := strings.Index(string(old), begin), strings.Index(string(old), end)
 		if i >= 0 && j > i {
