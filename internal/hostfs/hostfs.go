@@ -519,6 +519,17 @@ func (d *Dir) Remove(name string) error {
 	return nil
 }
 
+// Exists reports whether name in the folder is a regular file (never
+// following a link at name).
+func (d *Dir) Exists(name string) bool {
+	if checkName(name) != nil {
+		return false
+	}
+	var st unix.Stat_t
+	err := unix.Fstatat(d.fd(), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	return err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+
 // Names lists the folder's entries.
 func (d *Dir) Names() ([]string, error) {
 	// A fresh handle: reading the directory moves its offset.

@@ -351,6 +351,14 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 	if len(targets) == 0 {
 		targets = sortedKeys(st.Targets)
 	}
+	// The sources that apply to the node now, known or held.
+	applies := maps.Clone(prune.hold)
+	if applies == nil {
+		applies = map[string]bool{}
+	}
+	for _, ns := range sources {
+		applies[ns.Name] = true
+	}
 	// What each reader's files get, prepared once for all its targets.
 	wants := map[dockercfg.Reader]*wanted{}
 	want := func(target string) *wanted {
@@ -384,7 +392,7 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 		seen[t.path] = target
 		// Plan every target before writing any, so that one state save
 		// records every intent.
-		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: target}, desired: want(target), prune: prune}
+		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: target}, desired: want(target), prune: prune, applies: applies}
 		if err := sy.start(); err != nil {
 			results[i] = sy.res
 			results[i].Err = err
@@ -439,6 +447,8 @@ type targetSync struct {
 	prev      *document   // the last base merged into, while racing
 	held      []heldFile  // other writers' files taken off the target, to merge in
 	aside     map[[32]byte]string
+	copies    map[string][]string // copies made in this sync → sources (State.Copies)
+	applies   map[string]bool     // names of the sources that apply to the node now
 	p         targetPlan
 }
 
@@ -602,6 +612,12 @@ func (s *targetSync) setAside(data []byte, why error) (string, error) {
 		s.aside = map[[32]byte]string{}
 	}
 	s.aside[sum] = p
+	if srcs := s.copySources(); len(srcs) > 0 {
+		if s.copies == nil {
+			s.copies = map[string][]string{}
+		}
+		s.copies[filepath.Base(p)] = srcs
+	}
 	s.warn("%s: %v; a copy is kept as %s", s.t.path, why, p)
 	s.res.SetAside = p
 	return p, nil
@@ -695,7 +711,7 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			}
 			s.rec.set(p.merged.state)
 			if p.step == stepDrop {
-				s.rec.set(TargetState{})
+				s.rec.set(TargetState{Copies: p.merged.state.Copies})
 			}
 			return s.done(w.left)
 		}
@@ -709,8 +725,70 @@ func (s *targetSync) done(left FileID) (Result, error) {
 	if err := s.release(); err != nil {
 		return s.res, err
 	}
+	s.settleCopies()
 	s.res.Left = &left
 	return s.res, nil
+}
+
+// copySources names the sources whose entries a copy of the target made
+// now may hold: those its record says nodecreds' entries came from (an
+// entry recorded without one, by an older nodecreds, may be any current
+// source's); none when nodecreds owns nothing there.
+func (s *targetSync) copySources() []string {
+	var out []string
+	add := func(src string) {
+		if !slices.Contains(out, src) {
+			out = append(out, src)
+		}
+	}
+	for _, owned := range []keyStrings{s.old.Owned, s.old.Pending} {
+		for key := range owned {
+			if src, ok := s.old.From[key]; ok {
+				add(src)
+				continue
+			}
+			for name := range s.applies {
+				add(name)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// settleCopies records the copies made in this sync, forgets copies that
+// are gone (bounded away, or removed by hand), and, with prune, removes
+// every copy holding entries of a source that no longer applies to the
+// node: a copy cannot be read to take those out, and a node that left a
+// pool must not keep its credentials in any file.
+func (s *targetSync) settleCopies() {
+	cur := s.rec.current()
+	if len(cur.Copies) == 0 && len(s.copies) == 0 {
+		return
+	}
+	copies := maps.Clone(cur.Copies)
+	if copies == nil {
+		copies = map[string][]string{}
+	}
+	maps.Copy(copies, s.copies)
+	for _, name := range sortedKeys(copies) {
+		if s.t.dir == nil || !s.t.dir.Exists(name) {
+			delete(copies, name)
+			continue
+		}
+		gone := slices.IndexFunc(copies[name], func(src string) bool { return !s.applies[src] })
+		if !s.prune.on || gone < 0 {
+			continue
+		}
+		if err := s.t.dir.Remove(name); err != nil {
+			s.warn("%s: %v", s.t.path, err)
+			continue
+		}
+		s.warn("removed %s, the copy of a corrupt %s, as it held credentials from %s, which no longer applies to this node", s.t.dir.Name(name), s.t.path, copies[name][gone])
+		delete(copies, name)
+	}
+	cur.Copies = copies
+	s.rec.set(cur)
 }
 
 // forget drops what the sync held (the files read, the documents merged)

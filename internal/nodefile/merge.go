@@ -581,6 +581,7 @@ func merge(cur *document, w *wanted, prune pruneRule, st TargetState) mergeResul
 	m := &merger{doc: cur.cloneWithRoom(w.missingFrom(cur)), st: st, wanted: w, next: TargetState{
 		Created:   st.Created,
 		Owned:     make(map[string]string, len(w.items)),
+		Copies:    maps.Clone(st.Copies),
 		Displaced: maps.Clone(st.Displaced),
 	}}
 	if m.next.Displaced == nil {

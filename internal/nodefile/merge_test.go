@@ -375,7 +375,7 @@ func TestEncodeIsDockerCLIFormat(t *testing.T) {
 func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 	f := keyStrings{"b.io": "00ff", "a.io:5000/x": "11", `we"ird\<key>&` + "\x01é\u2028": "22", "": "33"}
 	st := &State{Version: stateVersion, Targets: map[string]*TargetState{
-		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: keyStrings{"c.io": "44"}, From: keyStrings{"b.io": "ns/first", "": "ns/<second>"}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)}},
+		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: keyStrings{"c.io": "44"}, From: keyStrings{"b.io": "ns/first", "": "ns/<second>"}, Copies: map[string][]string{"config.json.corrupt-20261130T120000Z": {"ns/first", "/mnt/<x>"}}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)}},
 		"/root/.docker/config.json":    {Owned: keyStrings{"x": "y"}},
 		"/only/displaced":              {Displaced: map[string]json.RawMessage{"e.io": json.RawMessage(`{}`)}},
 		"/empty":                       {},
@@ -386,12 +386,13 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 		Owned     map[string]string          `json:"owned,omitempty"`
 		Pending   map[string]string          `json:"pending,omitempty"`
 		From      map[string]string          `json:"from,omitempty"`
+		Copies    map[string][]string        `json:"copies,omitempty"`
 		Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
 	}
 	ref := map[string]*plain{}
 	for k, t := range st.Targets {
 		if t != nil {
-			ref[k] = &plain{t.Created, t.Owned, t.Pending, t.From, t.Displaced}
+			ref[k] = &plain{t.Created, t.Owned, t.Pending, t.From, t.Copies, t.Displaced}
 		} else {
 			ref[k] = nil
 		}

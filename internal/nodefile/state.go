@@ -43,6 +43,12 @@ type TargetState struct {
 	// entry without one (written by an older nodecreds, which ignores this
 	// field and drops it when it saves) may be any source's.
 	From keyStrings `json:"from,omitempty"`
+	// Copies names the corrupt copies nodecreds made of this target (file
+	// names in its folder) while it held nodecreds' entries, each with the
+	// sources those entries came from: a copy cannot be read to take them
+	// out, so it goes when one of those sources stops applying to the node
+	// (a pool move, a deleted Secret) and on cleanup.
+	Copies map[string][]string `json:"copies,omitempty"`
 	// Displaced keeps foreign entries that a source overrides, verbatim, to
 	// put back when the registry leaves the sources or on cleanup.
 	Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
@@ -147,6 +153,14 @@ func encodeState(s *State, hint *[]string) ([]byte, error) {
 			}
 			b = t.From.appendJSON(b, h)
 		}
+		if len(t.Copies) > 0 {
+			sep(`"copies":`)
+			c, err := json.Marshal(t.Copies)
+			if err != nil {
+				return nil, err
+			}
+			b = append(b, c...)
+		}
 		if len(t.Displaced) > 0 {
 			sep(`"displaced":`)
 			// Few, and kept verbatim: encoding/json compacts each.
@@ -188,11 +202,12 @@ func (t *TargetState) setFrom(key, src string) {
 }
 
 func (t TargetState) isZero() bool {
-	return !t.Created && len(t.Owned) == 0 && len(t.Pending) == 0 && len(t.Displaced) == 0
+	return !t.Created && len(t.Owned) == 0 && len(t.Pending) == 0 && len(t.Displaced) == 0 && len(t.Copies) == 0
 }
 
 func (t TargetState) equal(o TargetState) bool {
-	if t.Created != o.Created || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || !maps.Equal(t.From, o.From) || len(t.Displaced) != len(o.Displaced) {
+	if t.Created != o.Created || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || !maps.Equal(t.From, o.From) || len(t.Displaced) != len(o.Displaced) ||
+		!maps.EqualFunc(t.Copies, o.Copies, slices.Equal) {
 		return false
 	}
 	for k, v := range t.Displaced {
@@ -217,7 +232,14 @@ func intent(onDisk map[string]string, old, next TargetState) TargetState {
 		Owned:     onDisk,
 		Pending:   map[string]string{},
 		From:      maps.Clone(old.From),
+		Copies:    maps.Clone(old.Copies),
 		Displaced: maps.Clone(old.Displaced),
+	}
+	for name, srcs := range next.Copies {
+		if out.Copies == nil {
+			out.Copies = map[string][]string{}
+		}
+		out.Copies[name] = srcs
 	}
 	for k, src := range next.From {
 		out.setFrom(k, src)
@@ -352,6 +374,8 @@ func decodeTarget(data []byte, t *TargetState) error {
 			}
 		case "displaced":
 			err.keep(json.Unmarshal(value, &t.Displaced))
+		case "copies":
+			err.keep(json.Unmarshal(value, &t.Copies))
 		}
 	})
 	return err.err

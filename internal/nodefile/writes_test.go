@@ -468,3 +468,90 @@ func TestHeldFilesBounded(t *testing.T) {
 		t.Errorf("left behind: %v", left)
 	}
 }
+
+// TestCorruptCopyLeavesWithItsSource: a copy of a corrupt target that held
+// a source's entries cannot be read to take them out, so it goes when that
+// source stops applying to the node (a node moved out of a pool must keep
+// the pool's password in no file) and on cleanup; it stays while the source
+// applies, while it is held (unknown), and without prune. A copy of a file
+// that held nothing of nodecreds' is the owner's and stays.
+func TestCorruptCopyLeavesWithItsSource(t *testing.T) {
+	poolA := dockercfg.NamedSet{Name: "ns/pool-a", Set: dockercfg.Set{item("a.pool.test", "a", "copy-canary-a")}}
+	poolB := dockercfg.NamedSet{Name: "ns/pool-b", Set: dockercfg.Set{item("b.pool.test", "b", "b-pw")}}
+	sync := func(t *testing.T, e *Engine, d Desired) []Result {
+		t.Helper()
+		res, err := e.Sync(t.Context(), []string{kubeletFile}, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustOK(t, res)
+		return res
+	}
+	tests := []struct {
+		name  string
+		then  func(t *testing.T, e *Engine) []Result
+		stays bool
+	}{
+		{"the node moves to another pool", func(t *testing.T, e *Engine) []Result {
+			return sync(t, e, Desired{Sources: []dockercfg.NamedSet{poolB}, Prune: true})
+		}, false},
+		{"the source still applies", func(t *testing.T, e *Engine) []Result {
+			return sync(t, e, Desired{Sources: []dockercfg.NamedSet{poolA, poolB}, Prune: true})
+		}, true},
+		{"the source cannot be read", func(t *testing.T, e *Engine) []Result {
+			return sync(t, e, Desired{Sources: []dockercfg.NamedSet{poolB}, Prune: true, Hold: []string{"ns/pool-a"}})
+		}, true},
+		{"prune off", func(t *testing.T, e *Engine) []Result {
+			return sync(t, e, Desired{Sources: []dockercfg.NamedSet{poolB}})
+		}, true},
+		{"cleanup", func(t *testing.T, e *Engine) []Result {
+			res, err := e.Cleanup(t.Context(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustOK(t, res)
+			return res
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, root := newEngine(t)
+			p := filepath.Join(root, kubeletFile)
+			sync(t, e, Desired{Sources: []dockercfg.NamedSet{poolA}, Prune: true})
+			// A stray comma: the file holding pool A's entry is corrupt;
+			// the next sync keeps a copy of it, pool A's password and all.
+			data := testsupport.ReadFile(t, p)
+			renameOver(t, p, string(data[:len(data)-3])+",}\n", 0o600)
+			res := sync(t, e, Desired{Sources: []dockercfg.NamedSet{poolA}, Prune: true})
+			copyPath := res[0].SetAside
+			if copyPath == "" || !strings.Contains(string(testsupport.ReadFile(t, copyPath)), testsupport.B64("a:copy-canary-a")) {
+				t.Fatalf("no copy holding pool A's entry was made: %+v", res[0])
+			}
+			res = tt.then(t, e)
+			_, err := os.Stat(copyPath)
+			if tt.stays != (err == nil) {
+				t.Errorf("copy kept: %v, want %v (warnings %q)", err == nil, tt.stays, res[0].Warnings)
+			}
+			if !tt.stays && !strings.Contains(strings.Join(res[0].Warnings, "\n"), "removed "+copyPath) {
+				t.Errorf("the removal is not reported: %q", res[0].Warnings)
+			}
+		})
+	}
+
+	t.Run("a copy of a file holding nothing of nodecreds' stays", func(t *testing.T) {
+		e, root := newEngine(t)
+		p := filepath.Join(root, kubeletFile)
+		testsupport.WriteFile(t, p, `{"auths":{"theirs.test":{"auth":"dTpw"}},}`, 0o600)
+		res := sync(t, e, Desired{Sources: []dockercfg.NamedSet{poolA}, Prune: true})
+		if res[0].SetAside == "" {
+			t.Fatal("no copy made")
+		}
+		sync(t, e, Desired{Sources: []dockercfg.NamedSet{poolB}, Prune: true})
+		if res, err := e.Cleanup(t.Context(), nil); err != nil || res[0].Err != nil {
+			t.Fatal(err, res)
+		}
+		if _, err := os.Stat(res[0].SetAside); err != nil {
+			t.Errorf("the owner's copy went: %v", err)
+		}
+	})
+}
