@@ -122,22 +122,30 @@ func (s *secretDir) swap(key string, data []byte) {
 type agentProc struct {
 	cmd  *exec.Cmd
 	logs *testsupport.Buffer
-	done chan error
+	done chan error // the exit, once; tests may take it
+	// exited is closed once the process is waited for, so cleanup can tell
+	// without reading ProcessState while Wait writes it.
+	exited chan struct{}
 }
 
 func startAgent(t *testing.T, args ...string) *agentProc {
 	t.Helper()
 	cmd := exec.Command(binary, append([]string{"sync"}, args...)...)
-	p := &agentProc{cmd: cmd, logs: &testsupport.Buffer{}, done: make(chan error, 1)}
+	p := &agentProc{cmd: cmd, logs: &testsupport.Buffer{}, done: make(chan error, 1), exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.done <- cmd.Wait() }()
+	go func() {
+		p.done <- cmd.Wait()
+		close(p.exited)
+	}()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		select {
+		case <-p.exited:
+		default:
 			_ = cmd.Process.Kill()
-			<-p.done
+			<-p.exited
 		}
 		if t.Failed() {
 			t.Logf("agent logs:\n%s", p.logs.String())

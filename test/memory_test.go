@@ -260,7 +260,7 @@ func TestWorstInputsUnderTheMemoryLimit(t *testing.T) {
 	ctx := t.Context()
 	applyManifest(t, c)
 	createNode(t, c.Admin, "node-mem")
-	kubeconfig, _, err := c.ServiceAccountKubeconfig(ctx, ns, "nodecreds")
+	kubeconfig, _, _, err := c.AgentKubeconfig(ctx, ns, "nodecreds", "node-mem")
 	if err != nil {
 		t.Fatal(err)
 	}

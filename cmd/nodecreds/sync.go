@@ -126,27 +126,9 @@ func runSync(ctx context.Context, cfg config.Sync, log *logrus.Logger) error {
 		return err
 	}
 	if cfg.Once {
-		if err := installProvider(cfg, log); err != nil {
-			return err
-		}
 		return runOnce(ctx, p)
 	}
 	return runDaemon(ctx, cfg, p, log)
-}
-
-// installProvider keeps the credential-provider plugin binary in its node
-// folder, when asked to. The daemon does it once it holds the node, like
-// every other write to the node.
-func installProvider(cfg config.Sync, log *logrus.Logger) error {
-	if cfg.InstallProvider == "" {
-		return nil
-	}
-	inst, err := provider.Install(cfg.HostRoot, cfg.InstallProvider, config.ProviderBinary)
-	if err != nil {
-		return err
-	}
-	log.WithFields(logrus.Fields{"path": inst.Path, "changed": inst.Changed}).Info("kubelet credential-provider plugin installed")
-	return nil
 }
 
 // onceReportTimeout bounds how long `sync --once` keeps trying to report to
@@ -212,11 +194,6 @@ func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logge
 			log.WithError(err).Warn("releasing the agent lock (the kernel releases it as the process ends)")
 		}
 	}()
-	if err := installProvider(cfg, log); err != nil {
-		cancel()
-		_ = g.Wait()
-		return err
-	}
 	g.Go(func() error { return p.src.Run(gctx) })
 	g.Go(func() error { return p.agent.Run(gctx) })
 	if p.node != nil {
