@@ -359,13 +359,24 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 	for _, ns := range sources {
 		applies[ns.Name] = true
 	}
-	// What each reader's files get, prepared once for all its targets.
+	// What each reader's files get, prepared once for all its targets, and
+	// once for both readers when they get the same (no Docker Hub key, no
+	// two spellings of one registry: most sources).
 	wants := map[dockercfg.Reader]*wanted{}
+	views := map[dockercfg.Reader]dockercfg.Set{}
 	want := func(target string) *wanted {
 		r := dockercfg.ReaderOf(target)
-		if wants[r] == nil {
-			wants[r] = e.memo.wanted(r, sources)
+		if w := wants[r]; w != nil {
+			return w
 		}
+		view, _ := dockercfg.View(r, sources...)
+		for other, w := range wants {
+			if slices.Equal(views[other], view) {
+				wants[r] = w
+				return w
+			}
+		}
+		wants[r], views[r] = e.memo.wanted(r, view), view
 		return wants[r]
 	}
 	results := make([]Result, len(targets))

@@ -26,11 +26,10 @@ type memo struct {
 	items map[dockercfg.Reader]map[string]*wantedItem
 }
 
-// wanted prepares what the files of reader r get from sources, reusing
-// what the last run prepared for the same items (a rotation changes one
-// entry of thousands).
-func (m *memo) wanted(r dockercfg.Reader, sources []dockercfg.NamedSet) *wanted {
-	desired, _ := dockercfg.View(r, sources...)
+// wanted prepares desired, what the files of reader r get, reusing what
+// the last run prepared for the same items (a rotation changes one entry of
+// thousands).
+func (m *memo) wanted(r dockercfg.Reader, desired dockercfg.Set) *wanted {
 	if m.items == nil {
 		m.items = map[dockercfg.Reader]map[string]*wantedItem{}
 	}

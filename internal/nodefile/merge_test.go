@@ -385,6 +385,7 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 		Created   bool                       `json:"created,omitempty"`
 		Owned     map[string]string          `json:"owned,omitempty"`
 		Pending   map[string]string          `json:"pending,omitempty"`
+		FromAll   string                     `json:"fromAll,omitempty"`
 		From      map[string]string          `json:"from,omitempty"`
 		Copies    map[string][]string        `json:"copies,omitempty"`
 		Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
@@ -392,7 +393,11 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 	ref := map[string]*plain{}
 	for k, t := range st.Targets {
 		if t != nil {
-			ref[k] = &plain{t.Created, t.Owned, t.Pending, t.From, t.Copies, t.Displaced}
+			all, rest := t.fromParts()
+			if len(rest) == 0 {
+				rest = nil
+			}
+			ref[k] = &plain{t.Created, t.Owned, t.Pending, all, rest, t.Copies, t.Displaced}
 		} else {
 			ref[k] = nil
 		}

@@ -143,15 +143,16 @@ func encodeState(s *State, hint *[]string) ([]byte, error) {
 			b = t.Pending.appendJSON(b, nil)
 		}
 		if len(t.From) > 0 {
-			sep(`"from":`)
-			// Nearly the owned keys: sorted by the same hint, which stays
-			// the owned keys'.
-			var h *[]string
-			if hint != nil {
-				keys := *hint
-				h = &keys
+			// One source gives most entries: it is written once, and only
+			// the entries from another (or from none known, "") by key;
+			// thousands of entries would otherwise repeat its name.
+			all, rest := t.fromParts()
+			sep(`"fromAll":`)
+			b = appendJSONString(b, all)
+			if len(rest) > 0 {
+				sep(`"from":`)
+				b = rest.appendJSON(b, nil)
 			}
-			b = t.From.appendJSON(b, h)
 		}
 		if len(t.Copies) > 0 {
 			sep(`"copies":`)
@@ -187,6 +188,31 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	b = append(b, s...)
 	return append(b, '"')
+}
+
+// fromParts splits From for the state file: the source most entries came
+// from, and the owned or pending keys whose source is another one, or
+// unknown ("").
+func (t TargetState) fromParts() (string, keyStrings) {
+	count := map[string]int{}
+	for _, src := range t.From {
+		count[src]++
+	}
+	all := ""
+	for src, n := range count {
+		if n > count[all] || n == count[all] && src < all {
+			all = src
+		}
+	}
+	rest := keyStrings{}
+	for _, owned := range []keyStrings{t.Owned, t.Pending} {
+		for key := range owned {
+			if src := t.From[key]; src != all {
+				rest[key] = src
+			}
+		}
+	}
+	return all, rest
 }
 
 // setFrom records that the owned entry key came from source src (nothing
@@ -352,11 +378,39 @@ func decodeState(data []byte, s *State) error {
 	return err.err
 }
 
+// UnmarshalJSON reads a target's record as decodeState does.
+func (t *TargetState) UnmarshalJSON(data []byte) error {
+	*t = TargetState{}
+	if data[0] == 'n' { // null
+		return nil
+	}
+	return decodeTarget(data, t)
+}
+
 func decodeTarget(data []byte, t *TargetState) error {
 	if data[0] != '{' {
 		return &json.UnmarshalTypeError{Value: "non-object", Field: "targets"}
 	}
 	var err firstErr
+	var fromAll string
+	defer func() {
+		// Every owned or pending entry not named in "from" came from
+		// "fromAll"; one named with "" from no source known.
+		if fromAll != "" {
+			for _, owned := range []keyStrings{t.Owned, t.Pending} {
+				for key := range owned {
+					if _, named := t.From[key]; !named {
+						t.setFrom(key, fromAll)
+					}
+				}
+			}
+		}
+		for key, src := range t.From {
+			if src == "" {
+				delete(t.From, key)
+			}
+		}
+	}()
 	eachMember(data, 0, func(key, value []byte) {
 		switch k := unquote(key); k {
 		case "created":
@@ -372,6 +426,8 @@ func decodeTarget(data []byte, t *TargetState) error {
 			if e := f.UnmarshalJSON(value); e != nil {
 				err.keep(&json.UnmarshalTypeError{Value: "non-string", Field: k})
 			}
+		case "fromAll":
+			err.keep(json.Unmarshal(value, &fromAll))
 		case "displaced":
 			err.keep(json.Unmarshal(value, &t.Displaced))
 		case "copies":
