@@ -219,9 +219,13 @@ func TestNormalize(t *testing.T) {
 }
 
 func TestValidateKey(t *testing.T) {
-	good := []string{"r.io", "localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "https://r.io/v1/", "http://r.io", "*.r.io", "r.io/team/sub", "my_registry.local", "[2001:db8::1]/team", "R.IO/Team_a/b-c.d"}
+	good := []string{"r.io", "localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "https://r.io/v1/", "http://r.io", "*.r.io", "r.io/team/sub", "my_registry.local", "[2001:db8::1]/team", "R.IO/Team_a/b-c.d",
+		"*.example.com", "a.*.example.com", "r?.example.com", "*.eu.example.co.uk", "*.r.test"}
 	bad := []string{"", " ", "r.io ", "https://", "https:///x", "ftp://r.io", "r.io:x", "r.io:0", ":5000", "r..io", "r.io\t", "[::1", "r.io:", "a/b c", "r!.io", "r.io/team/robot:pw", "r.io/x?y", "r.io/x#y", "r.io/%41", "r.io/a~b", "[robot:pw]:5000", "[fe80::1%25eth0]", "r.io:+80", "pw@r.io/x", "r.io/x@y",
-		"*", "*.*", "*.*.*", "?", "*:5000", "https://*/v2/", "*.?", "**"}
+		"*", "*.*", "*.*.*", "?", "*:5000", "https://*/v2/", "*.?", "**",
+		// Wildcards beyond one registrable domain: every registry under
+		// .com, .co.uk, .test would get the credential.
+		"*.com", "*e*.*", "reg*.com", "*.co.uk", "*.example.*", "a.*.com", "*.test", "*.COM:5000"}
 	for _, k := range good {
 		if err := ValidateKey(k); err != nil {
 			t.Errorf("ValidateKey(%q) = %v, want ok", k, err)

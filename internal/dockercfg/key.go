@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+
+	"golang.org/x/net/publicsuffix"
 )
 
 // isDockerHub reports the hosts the docker CLI reads Docker Hub's
@@ -112,10 +114,36 @@ func ValidateKey(key string) error {
 			// names, including one an attacker runs.
 			return errors.New("registry key matches every host (only wildcards); name the registry, e.g. *.example.com")
 		}
+		if err := globWithinDomain(host); err != nil {
+			return err
+		}
 	}
 	// The kubelet parses keys as URLs and silently skips those that fail.
 	if _, err := url.Parse("https://" + rest); err != nil {
 		return errors.New("registry key is not a valid URL")
+	}
+	return nil
+}
+
+// globWithinDomain refuses a glob host whose wildcards reach beyond one
+// registrable domain: everything right of the last label with a wildcard
+// must hold a whole domain under a public suffix (example.com, not com or
+// co.uk). The kubelet would send the credential of *.com to every registry
+// under .com, an attacker's included.
+func globWithinDomain(host string) error {
+	labels := strings.Split(host, ".")
+	last := -1
+	for i, l := range labels {
+		if strings.ContainsAny(l, "*?") {
+			last = i
+		}
+	}
+	if last < 0 {
+		return nil
+	}
+	suffix := strings.ToLower(strings.Join(labels[last+1:], "."))
+	if _, err := publicsuffix.EffectiveTLDPlusOne(suffix); suffix == "" || err != nil {
+		return errors.New("registry key's wildcards reach beyond one domain (as *.com would): the kubelet would send this credential to any registry there; name the domain, e.g. *.example.com")
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -380,7 +381,11 @@ type Match struct {
 
 // ProviderAnswer is Keyring.ForRegistry for image, read from a single
 // config.json (node path under hostRoot) with the kubelet's parsing. A file
-// that does not exist answers nothing.
+// that does not exist answers nothing. The answer names each entry by its
+// key (the index key), so only entries whose key nodecreds itself accepts
+// (dockercfg.ValidateKey: no user-info, no character a repository path
+// lacks) are in it: the kubelet still reads the others from the file, but
+// a password written into a key never leaves in the plugin's answer.
 func ProviderAnswer(hostRoot, nodePath, image string) ([]Match, error) {
 	st := Read(hostRoot, Candidate{Path: nodePath})
 	if st.Err != nil {
@@ -390,5 +395,7 @@ func ProviderAnswer(hostRoot, nodePath, image string) ([]Match, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewKeyring(st.Creds).ForRegistry(repo), nil
+	creds := maps.Clone(st.Creds)
+	maps.DeleteFunc(creds, func(key string, _ Cred) bool { return dockercfg.ValidateKey(key) != nil })
+	return NewKeyring(creds).ForRegistry(repo), nil
 }

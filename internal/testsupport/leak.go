@@ -70,5 +70,9 @@ func UserInfoKeys(secret string) []string {
 		"https://[robot:" + secret + "]/v2/",
 		"[::1]:" + secret,
 		host + ":" + secret + "/v2/",
+		// A password in the path: url.Parse takes it, the kubelet too.
+		host + "/team:" + secret,
+		host + "/" + secret + "%3A",
+		"https://" + host + "/v2/robot:" + secret,
 	}
 }

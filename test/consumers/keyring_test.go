@@ -63,9 +63,9 @@ func (g *gen) of(choices []string) string { return choices[g.pick(len(choices))]
 var (
 	keySchemes = []string{"", "https://", "http://"}
 	keyHosts   = []string{"r.test", "R.TEST", "r.test:5000", "a.r.test", "*.r.test", "docker.io", "index.docker.io", "registry-1.docker.io",
-		"localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "Docker.io", "x.test", "*.test"}
+		"localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "Docker.io", "x.test", "*.b.test", "*.test"}
 	keyPaths    = []string{"", "", "/", "/v1/", "/v2/", "/team", "/team/", "/v1/team", "/v2/team/sub", "/Team", "/v1", "/teamx"}
-	imageHosts  = []string{"r.test", "R.TEST", "r.test:5000", "a.r.test", "b.a.r.test", "docker.io", "index.docker.io", "registry-1.docker.io", "localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "x.test", "", "y.test"}
+	imageHosts  = []string{"r.test", "R.TEST", "r.test:5000", "a.r.test", "b.a.r.test", "docker.io", "index.docker.io", "registry-1.docker.io", "localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "x.test", "", "y.test", "x.b.test"}
 	imagePaths  = []string{"team/app", "team/sub/app", "Team/app", "library/busybox", "teamx/app", "app", "v1/app", "v2/team/app"}
 	imageSuffix = []string{"", ":v1", "@sha256:" + strings.Repeat("a", 64)}
 )
@@ -98,7 +98,7 @@ func randomSecret(g *gen) ([]byte, map[string]struct{ user, pass, email string }
 // randomImages are image references of the kinds a Pod names, and the
 // repository the kubelet looks each up by.
 func randomImages(g *gen) (refs, repos []string) {
-	for range 6 {
+	for range 10 {
 		host := g.of(imageHosts)
 		ref := g.of(imagePaths) + g.of(imageSuffix)
 		if host != "" {
@@ -357,12 +357,12 @@ func dockerCLIAgrees(t *testing.T, root string, creds map[string]struct{ user, p
 	}
 }
 
-// TestKubeletAgreesWithSecret runs 600 random Secrets (a fixed seed, so a
+// TestKubeletAgreesWithSecret runs 1,000 random Secrets (a fixed seed, so a
 // failure is reproducible) through the judges above.
 func TestKubeletAgreesWithSecret(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 14))
 	var st differStats
-	for range 600 {
+	for range 1000 {
 		b := make([]byte, 64)
 		for i := range b {
 			b[i] = byte(rng.UintN(256))
@@ -375,7 +375,7 @@ func TestKubeletAgreesWithSecret(t *testing.T) {
 	t.Logf("%d Secrets accepted, %d refused; %d lookups, %d with credentials", st.accepted, st.refused, st.lookups, st.found)
 	// Most random Secrets must be accepted, and hundreds of lookups must
 	// find credentials, or the comparison proves little.
-	if st.accepted < 300 || st.found < 300 {
+	if st.accepted < 500 || st.found < 500 {
 		t.Errorf("too few accepted Secrets (%d) or found credentials (%d of %d) for the comparison to mean much", st.accepted, st.found, st.lookups)
 	}
 }
