@@ -69,16 +69,27 @@ compat: deps controlplane ## Real consumers: the kubelet's credential code (node
 	cd test/consumers && $(GO) test -count=1 ./...
 
 .PHONY: fuzz
-fuzz: ## Fuzz the credentials parser, the redaction of keys, the node file's parse/encode against encoding/json, and the kubelet file against the kubelet's keyring briefly (FUZZTIME=15s each)
+fuzz: ## Fuzz the credentials parser, the redaction of keys, the node file's parse/encode and the JSON walker against encoding/json, and the kubelet file and shapes against the kubelet's own code briefly (FUZZTIME=15s each)
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./internal/dockercfg
 	$(GO) test -run='^$$' -fuzz='^FuzzSafeKey$$' -fuzztime=$(FUZZTIME) ./internal/dockercfg
 	$(GO) test -run='^$$' -fuzz=FuzzSafeKeyURLUserInfo -fuzztime=$(FUZZTIME) ./internal/dockercfg
 	$(GO) test -run='^$$' -fuzz=FuzzDocument -fuzztime=$(FUZZTIME) ./internal/nodefile
+	$(GO) test -run='^$$' -fuzz=FuzzWalk -fuzztime=$(FUZZTIME) ./internal/jsonwalk
+	$(GO) test -run='^$$' -fuzz=FuzzFold -fuzztime=$(FUZZTIME) ./internal/jsonwalk
 	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzKubeletAgreesWithSecret -fuzztime=$(FUZZTIME) .
+	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzKubeletShapes -fuzztime=$(FUZZTIME) .
 
 .PHONY: test
-test: lint e2e compat e2e-node fuzz ## Everything: lint, unit, e2e, compatibility, the real node, fuzz
-	@echo "make test: all suites passed"
+TEST_SUITES := lint e2e compat e2e-node fuzz
+
+test: ## Everything: lint, unit, e2e, compatibility, the real node, fuzz; prints the minutes each took
+	@set -e; total=$$(date +%s); \
+	for t in $(TEST_SUITES); do \
+		start=$$(date +%s); \
+		$(MAKE) --no-print-directory $$t || { echo ">> make $$t failed after $$(( ($$(date +%s) - start) / 60 )) min"; exit 1; }; \
+		echo ">> make $$t took $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"; \
+	done; \
+	echo "make test: all suites passed in $$(( ($$(date +%s) - total) / 60 )) min"
 
 .PHONY: bench
 bench: build controlplane ## Measure N agents (BENCH_AGENTS=100) on a local control plane; writes docs/benchmarks.md
