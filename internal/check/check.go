@@ -26,11 +26,22 @@ type Prober interface {
 	Probe(ctx context.Context, registry, repository string, c kubeletcred.Cred) ProbeResult
 }
 
-// ProbeResult is a login's outcome.
+// ProbeResult is a login's outcome. Nothing in it is text a registry
+// chose: Error is one of a fixed set of descriptions, or the registry's
+// Codes.
 type ProbeResult struct {
-	OK     bool   `json:"ok"`
-	Status int    `json:"status"`
-	Error  string `json:"error"`
+	// OK: the registry let the probe in (its /v2/ answered 200).
+	OK     bool `json:"ok"`
+	Status int  `json:"status"`
+	// Anonymous: the registry answered without asking for credentials, so
+	// it never checked the credential: OK does not say that it works.
+	Anonymous bool `json:"anonymous,omitempty"`
+	// NotSent: the probe did not send the credential (see Error).
+	NotSent bool `json:"not_sent,omitempty"`
+	// Codes are the registry's error codes, only those the distribution
+	// spec defines.
+	Codes []string `json:"codes,omitempty"`
+	Error string   `json:"error"`
 }
 
 // Result is the answer for one image or registry.
@@ -238,8 +249,14 @@ func (r Report) WriteTable(w io.Writer) error {
 			switch {
 			case res.Probe == nil:
 				line = append(line, "-")
+			case res.Probe.OK && res.Probe.Anonymous:
+				line = append(line, fmt.Sprintf("ok (%d) without credentials: not verified", res.Probe.Status))
 			case res.Probe.OK:
 				line = append(line, fmt.Sprintf("ok (%d)", res.Probe.Status))
+			case res.Probe.NotSent:
+				line = append(line, res.Probe.Error)
+			case res.Probe.Status == 0:
+				line = append(line, "failed: "+res.Probe.Error)
 			default:
 				line = append(line, fmt.Sprintf("failed (%d) %s", res.Probe.Status, res.Probe.Error))
 			}
