@@ -109,7 +109,10 @@ func Run(ctx context.Context, o Options) Report {
 	}
 	for _, r := range refs {
 		res := Result{Ref: r.ref}
-		repo, err := kubeletcred.RepoOf(r.ref, r.registry)
+		repo, err := kubeletcred.RepoOf(r.ref, false)
+		if r.registry {
+			repo, err = registryRepo(r.ref)
+		}
 		if err != nil {
 			res.Error = err.Error()
 			rep.OK = false
@@ -130,21 +133,60 @@ func Run(ctx context.Context, o Options) Report {
 				res.Entries = append(res.Entries, dockercfg.SafeKey(c.Key))
 			}
 			rep.Warnings = append(rep.Warnings, unordered(r.ref, creds)...)
-			if o.Prober != nil {
-				// The registry host as written (with port, if any), and for
-				// an image the repository in it; never a default registry.
-				host, path, _ := strings.Cut(repo, "/")
+			// The registry host as written (with port, if any), and for an
+			// image the repository in it.
+			host, path, _ := strings.Cut(repo, "/")
+			key := dockercfg.SafeKey(creds[0].Key)
+			hubElsewhere := isDockerHub(hostOf(creds[0].Pattern)) && !isDockerHub(host)
+			if hubElsewhere {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: no entry names %s, so the kubelet falls back to Docker Hub's (%q) and the container runtime sends Docker Hub's password to %s; give %s an entry of its own. check does not send it there", r.ref, host, key, host, host))
+			}
+			switch {
+			case o.Prober == nil:
+			case hubElsewhere:
+				res.Probe = &ProbeResult{NotSent: true, Error: descNotSent}
+				rep.OK = false
+			default:
 				p := o.Prober.Probe(ctx, host, path, creds[0].Cred)
 				res.Probe = &p
 				if !p.OK {
 					rep.OK = false
-					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, dockercfg.SafeKey(creds[0].Key)))
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, key))
 				}
 			}
 		}
 		rep.Results = append(rep.Results, res)
 	}
 	return rep
+}
+
+// registryRepo is what the kubelet looks up for an image of registry ref
+// with no path of its own ("host/", so its Docker Hub fallback applies
+// where it does for images: docker.io, index.docker.io and localhost). A
+// name with neither a dot nor a colon is no registry host to the kubelet,
+// localhost aside: it pulls myregistry/app from Docker Hub
+// (docker.io/myregistry/app), never from a host myregistry.
+func registryRepo(ref string) (string, error) {
+	host, err := kubeletcred.RepoOf(ref, true)
+	if err != nil {
+		return "", err
+	}
+	if host != "localhost" && !strings.ContainsAny(host, ".:") {
+		return "", fmt.Errorf("%q is not a registry host: the kubelet pulls %s/... from Docker Hub (docker.io/%s/...), never from a host %s; check --registry docker.io, --image %s/IMAGE, or the registry's name with its domain or port", ref, host, host, host, host)
+	}
+	return host + "/", nil
+}
+
+// isDockerHub: host is a name of Docker Hub's registry, whose credential
+// the kubelet files under index.docker.io.
+func isDockerHub(host string) bool {
+	return host == "docker.io" || host == "index.docker.io"
+}
+
+// hostOf is an index key's host[:port].
+func hostOf(idx string) string {
+	host, _, _ := strings.Cut(idx, "/")
+	return host
 }
 
 // unordered names the index keys under which the kubelet files two or more
