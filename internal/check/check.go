@@ -149,9 +149,12 @@ func Run(ctx context.Context, o Options) Report {
 			default:
 				p := o.Prober.Probe(ctx, host, path, creds[0].Cred)
 				res.Probe = &p
-				if !p.OK {
+				switch {
+				case !p.OK:
 					rep.OK = false
 					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, key))
+				case p.Anonymous:
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry let the probe in without asking for credentials, so entry %q is not verified: registry clients send it only when a registry asks, and a wrong one fails only there", r.ref, key))
 				}
 			}
 		}

@@ -415,3 +415,40 @@ func fixedText(res ProbeResult) bool {
 	}
 	return true
 }
+
+// TestProbeSaysWhenNoCredentialWasAsked: a registry whose /v2/ answers
+// 200 without credentials lets any password in; the probe says it was not
+// asked for one, and check warns that the entry is not verified.
+func TestProbeSaysWhenNoCredentialWasAsked(t *testing.T) {
+	tests := []struct {
+		name          string
+		handler       http.HandlerFunc
+		wantAnonymous bool
+	}{
+		{"anonymous registry", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }, true},
+		{"registry that asks", basicRegistry("robot", "right-pw"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(tt.handler)
+			defer srv.Close()
+			host := strings.TrimPrefix(srv.URL, "http://")
+			root := t.TempDir()
+			put(t, root, "var/lib/kubelet/config.json", `{"auths":{"`+host+`":{"auth":"`+testsupport.B64("robot:right-pw")+`"}}}`)
+			dialer := &loopbackDialer{}
+			rep := Run(t.Context(), Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Registries: []string{host},
+				Prober: RegistryProber{Timeout: 5 * time.Second, Proxy: noProxy, DialContext: dialer.DialContext}})
+			p := rep.Results[0].Probe
+			if p == nil || !p.OK || p.Anonymous != tt.wantAnonymous {
+				t.Fatalf("probe %+v, want ok and anonymous=%v", p, tt.wantAnonymous)
+			}
+			var out bytes.Buffer
+			_ = rep.WriteTable(&out)
+			warned := strings.Contains(strings.Join(rep.Warnings, "\n"), "without asking for credentials")
+			said := strings.Contains(out.String(), "without credentials: not verified")
+			if warned != tt.wantAnonymous || said != tt.wantAnonymous {
+				t.Errorf("warned=%v, table says it=%v; want %v:\n%s", warned, said, tt.wantAnonymous, out.String())
+			}
+		})
+	}
+}
