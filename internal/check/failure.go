@@ -93,18 +93,26 @@ func statusResult(status int, diags []transport.Diagnostic) ProbeResult {
 			other = true
 		}
 	}
+	res.Error = statusError(status, res.Codes, other)
+	return res
+}
+
+// statusError describes a refusal by its codes, or by its status when it
+// has none; other says that codes outside the spec were left out.
+func statusError(status int, codes []string, other bool) string {
+	var msg string
 	switch {
-	case len(res.Codes) > 0:
-		res.Error = strings.Join(res.Codes, ", ")
+	case len(codes) > 0:
+		msg = strings.Join(codes, ", ")
 	case http.StatusText(status) != "":
-		res.Error = http.StatusText(status)
+		msg = http.StatusText(status)
 	default:
-		res.Error = fmt.Sprintf("HTTP status %d", status)
+		msg = fmt.Sprintf("HTTP status %d", status)
 	}
 	if other {
-		res.Error += "; " + descCodeOther
+		msg += "; " + descCodeOther
 	}
-	return res
+	return msg
 }
 
 func containsString(list []string, s string) bool {

@@ -107,6 +107,20 @@ func (p RegistryProber) Probe(ctx context.Context, registry, repository string, 
 	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
 	defer cancel()
 	res := p.probe(ctx, registry, repository, c)
+	// A spec code that is (or holds) the password is left out as well.
+	codes := make([]string, 0, len(res.Codes))
+	for _, code := range res.Codes {
+		if scrub(code, c) == code {
+			codes = append(codes, code)
+		}
+	}
+	if len(codes) < len(res.Codes) {
+		res.Codes = codes
+		res.Error = statusError(res.Status, codes, true)
+	}
+	if len(res.Codes) == 0 {
+		res.Codes = nil
+	}
 	res.Error = scrub(res.Error, c)
 	return res
 }

@@ -227,7 +227,7 @@ func setEchoHeaders(w http.ResponseWriter, user, pass string) {
 // spec defines, and one of its fixed descriptions; neither its result nor
 // check's table or JSON holds any form of the password.
 func TestProbePrintsNoTextTheServerChose(t *testing.T) {
-	passwords := []string{`Zq7"Can\ary9`, "ZQ7HUNTERCANARY", "p@ss/w+rd Zq7canary", "Zq7Canary%2F<>&'"}
+	passwords := []string{`Zq7"Can\ary9`, "ZQ7HUNTERCANARY", "p@ss/w+rd Zq7canary", "Zq7Canary%2F<>&'", "UNAUTHORIZED"}
 	scenarios := []struct {
 		name    string
 		handler func(user, pass string) http.HandlerFunc
