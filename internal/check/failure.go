@@ -71,9 +71,7 @@ var distributionCodes = map[string]bool{
 
 // Refusals of the probe's own transport; their texts are fixed.
 var (
-	// ErrOtherHost means a probe was about to contact a host other than
-	// the registry it checks and the token service that registry named.
-	ErrOtherHost = errors.New("refusing to contact a host other than the registry being probed")
+	errOtherHost = errors.New("refusing to contact a host other than the registry being probed")
 	errDowngrade = errors.New("refusing to switch from HTTPS to plain HTTP")
 	errPlainHTTP = errors.New("refusing plain HTTP to an address that is neither loopback nor private")
 	errProxy     = errors.New("the proxy refused the tunnel")
@@ -133,7 +131,7 @@ func classify(err error, f facts) ProbeResult {
 		return ProbeResult{Error: descDowngrade}
 	case errors.Is(err, errPlainHTTP):
 		return ProbeResult{Error: descPlainHTTP}
-	case errors.Is(err, ErrOtherHost):
+	case errors.Is(err, errOtherHost):
 		return ProbeResult{Error: descOtherHost}
 	case errors.Is(err, errProxy):
 		return ProbeResult{Error: descProxy}

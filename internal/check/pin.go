@@ -74,7 +74,7 @@ func (p *pinned) RoundTrip(req *http.Request) (*http.Response, error) {
 	case "http":
 		rt = p.plain
 	default:
-		return nil, ErrOtherHost
+		return nil, errOtherHost
 	}
 	if prev := req.Response; prev != nil && prev.Request != nil && prev.Request.URL.Scheme == "https" && req.URL.Scheme == "http" {
 		return nil, errDowngrade
@@ -93,14 +93,21 @@ func (p *pinned) RoundTrip(req *http.Request) (*http.Response, error) {
 	case downgrade:
 		return nil, errDowngrade
 	case !allowed:
-		return nil, ErrOtherHost
+		return nil, errOtherHost
 	}
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		return nil, err
 	}
+	noToken := false
+	if isToken && resp.StatusCode == http.StatusOK {
+		if noToken, err = tokenless(resp); err != nil {
+			return nil, err
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.facts.noToken = p.facts.noToken || noToken
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "" {
 		p.facts.redirected = true
 	}
@@ -120,32 +127,24 @@ func (p *pinned) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 	}
-	if isToken && resp.StatusCode == http.StatusOK {
-		if err := p.noteToken(resp); err != nil {
-			return nil, err
-		}
-	}
 	return resp, nil
 }
 
-// noteToken records a token service's 200 that holds no token (the
+// tokenless says whether a token service's 200 holds no token (the
 // library's error for it quotes the whole answer), leaving the body for
 // the library to read.
-func (p *pinned) noteToken(resp *http.Response) error {
+func tokenless(resp *http.Response) (bool, error) {
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenBody+1))
 	resp.Body.Close()
 	if err != nil {
-		return fmt.Errorf("reading the token service's answer: %w", err)
+		return false, fmt.Errorf("reading the token service's answer: %w", err)
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	var tok struct {
 		Token       string `json:"token"`
 		AccessToken string `json:"access_token"`
 	}
-	if json.Unmarshal(body, &tok) == nil && tok.Token == "" && tok.AccessToken == "" {
-		p.facts.noToken = true
-	}
-	return nil
+	return json.Unmarshal(body, &tok) == nil && tok.Token == "" && tok.AccessToken == "", nil
 }
 
 // hostKey is scheme://host:port, the host in lower case and the scheme's

@@ -45,7 +45,7 @@ func TestClassify(t *testing.T) {
 		{errors.New("no token in bearer response:\n{\"pw\":\"secret\"}"), facts{bearer: true, realmAsked: true, noToken: true}, 0, descNoToken},
 		{errors.New("invalid realm in www-authenticate: secret"), facts{bearer: true}, 0, descRealm},
 		{errors.New(`refusing token-server redirect to "http://169.254.169.254/?pw=secret"`), facts{bearer: true, realmAsked: true, redirected: true}, 0, descRedirect},
-		{&url.Error{Op: "Get", URL: "http://r.test/?pw=secret", Err: fmt.Errorf("x: %w", ErrOtherHost)}, facts{}, 0, descOtherHost},
+		{&url.Error{Op: "Get", URL: "http://r.test/?pw=secret", Err: fmt.Errorf("x: %w", errOtherHost)}, facts{}, 0, descOtherHost},
 		{errors.New("library text quoting the registry: secret"), facts{}, 0, descOther},
 	}
 	for _, tt := range tests {
