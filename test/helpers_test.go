@@ -32,6 +32,10 @@ func TestMain(m *testing.M) {
 		probeInNetns(bin) // a helper process of TestProbeThroughAProxyReachesTheRegistryItself
 		return
 	}
+	if bin := os.Getenv(hostsNetnsEnv); bin != "" {
+		probeWithHosts(bin) // a helper process of TestProbeSendsNoCredentialWhereItDoesNotBelong
+		return
+	}
 	dir, err := os.MkdirTemp("", "nodecreds-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

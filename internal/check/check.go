@@ -26,11 +26,22 @@ type Prober interface {
 	Probe(ctx context.Context, registry, repository string, c kubeletcred.Cred) ProbeResult
 }
 
-// ProbeResult is a login's outcome.
+// ProbeResult is a login's outcome. Nothing in it is text a registry
+// chose: Error is one of a fixed set of descriptions, or the registry's
+// Codes.
 type ProbeResult struct {
-	OK     bool   `json:"ok"`
-	Status int    `json:"status"`
-	Error  string `json:"error"`
+	// OK: the registry let the probe in (its /v2/ answered 200).
+	OK     bool `json:"ok"`
+	Status int  `json:"status"`
+	// Anonymous: the registry answered without asking for credentials, so
+	// it never checked the credential: OK does not say that it works.
+	Anonymous bool `json:"anonymous,omitempty"`
+	// NotSent: the probe did not send the credential (see Error).
+	NotSent bool `json:"not_sent,omitempty"`
+	// Codes are the registry's error codes, only those the distribution
+	// spec defines.
+	Codes []string `json:"codes,omitempty"`
+	Error string   `json:"error"`
 }
 
 // Result is the answer for one image or registry.
@@ -98,7 +109,10 @@ func Run(ctx context.Context, o Options) Report {
 	}
 	for _, r := range refs {
 		res := Result{Ref: r.ref}
-		repo, err := kubeletcred.RepoOf(r.ref, r.registry)
+		repo, err := kubeletcred.RepoOf(r.ref, false)
+		if r.registry {
+			repo, err = registryRepo(r.ref)
+		}
 		if err != nil {
 			res.Error = err.Error()
 			rep.OK = false
@@ -119,21 +133,63 @@ func Run(ctx context.Context, o Options) Report {
 				res.Entries = append(res.Entries, dockercfg.SafeKey(c.Key))
 			}
 			rep.Warnings = append(rep.Warnings, unordered(r.ref, creds)...)
-			if o.Prober != nil {
-				// The registry host as written (with port, if any), and for
-				// an image the repository in it; never a default registry.
-				host, path, _ := strings.Cut(repo, "/")
+			// The registry host as written (with port, if any), and for an
+			// image the repository in it.
+			host, path, _ := strings.Cut(repo, "/")
+			key := dockercfg.SafeKey(creds[0].Key)
+			hubElsewhere := isDockerHub(hostOf(creds[0].Pattern)) && !isDockerHub(host)
+			if hubElsewhere {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: no entry names %s, so the kubelet falls back to Docker Hub's (%q) and the container runtime sends Docker Hub's password to %s; give %s an entry of its own. check does not send it there", r.ref, host, key, host, host))
+			}
+			switch {
+			case o.Prober == nil:
+			case hubElsewhere:
+				res.Probe = &ProbeResult{NotSent: true, Error: descNotSent}
+				rep.OK = false
+			default:
 				p := o.Prober.Probe(ctx, host, path, creds[0].Cred)
 				res.Probe = &p
-				if !p.OK {
+				switch {
+				case !p.OK:
 					rep.OK = false
-					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, dockercfg.SafeKey(creds[0].Key)))
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, key))
+				case p.Anonymous:
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry let the probe in without asking for credentials, so entry %q is not verified: registry clients send it only when a registry asks, and a wrong one fails only there", r.ref, key))
 				}
 			}
 		}
 		rep.Results = append(rep.Results, res)
 	}
 	return rep
+}
+
+// registryRepo is what the kubelet looks up for an image of registry ref
+// with no path of its own ("host/", so its Docker Hub fallback applies
+// where it does for images: docker.io, index.docker.io and localhost). A
+// name with neither a dot nor a colon is no registry host to the kubelet,
+// localhost aside: it pulls myregistry/app from Docker Hub
+// (docker.io/myregistry/app), never from a host myregistry.
+func registryRepo(ref string) (string, error) {
+	host, err := kubeletcred.RepoOf(ref, true)
+	if err != nil {
+		return "", err
+	}
+	if host != "localhost" && !strings.ContainsAny(host, ".:") {
+		return "", fmt.Errorf("%q is not a registry host: the kubelet pulls %s/... from Docker Hub (docker.io/%s/...), never from a host %s; check --registry docker.io, --image %s/IMAGE, or the registry's name with its domain or port", ref, host, host, host, host)
+	}
+	return host + "/", nil
+}
+
+// isDockerHub: host is a name of Docker Hub's registry, whose credential
+// the kubelet files under index.docker.io.
+func isDockerHub(host string) bool {
+	return host == "docker.io" || host == "index.docker.io"
+}
+
+// hostOf is an index key's host[:port].
+func hostOf(idx string) string {
+	host, _, _ := strings.Cut(idx, "/")
+	return host
 }
 
 // unordered names the index keys under which the kubelet files two or more
@@ -238,8 +294,14 @@ func (r Report) WriteTable(w io.Writer) error {
 			switch {
 			case res.Probe == nil:
 				line = append(line, "-")
+			case res.Probe.OK && res.Probe.Anonymous:
+				line = append(line, fmt.Sprintf("ok (%d) without credentials: not verified", res.Probe.Status))
 			case res.Probe.OK:
 				line = append(line, fmt.Sprintf("ok (%d)", res.Probe.Status))
+			case res.Probe.NotSent:
+				line = append(line, res.Probe.Error)
+			case res.Probe.Status == 0:
+				line = append(line, "failed: "+res.Probe.Error)
 			default:
 				line = append(line, fmt.Sprintf("failed (%d) %s", res.Probe.Status, res.Probe.Error))
 			}

@@ -2,10 +2,13 @@ package check
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,5 +178,89 @@ func TestRunNamesEveryCredential(t *testing.T) {
 	_ = rep.WriteTable(&out)
 	if !strings.Contains(out.String(), "r.test/team,https://r.test/,r.test") {
 		t.Errorf("table does not list every entry:\n%s", out.String())
+	}
+}
+
+// recordingProber records where it was asked to log in, and lets every
+// login in.
+type recordingProber struct {
+	mu    sync.Mutex
+	asked []string
+}
+
+func (p *recordingProber) Probe(_ context.Context, registry, _ string, _ kubeletcred.Cred) ProbeResult {
+	p.mu.Lock()
+	p.asked = append(p.asked, registry)
+	p.mu.Unlock()
+	return ProbeResult{OK: true, Status: 200}
+}
+
+// TestDockerHubCredentialProbedAtDockerHubOnly: the kubelet hands Docker
+// Hub's credential to every image whose first part has no dot or colon,
+// localhost/... included. check probes it at Docker Hub only: for
+// localhost it warns that the runtime sends Docker Hub's password there
+// and sends nothing itself; a --registry name without a dot or colon
+// (other than localhost) is no registry host to the kubelet and is
+// refused; and a --registry host gets Docker Hub's credential only where
+// the kubelet would give it to that host's images (never for
+// reg.example.com).
+func TestDockerHubCredentialProbedAtDockerHubOnly(t *testing.T) {
+	hub := `{"auths":{"https://index.docker.io/v1/":{"auth":"` + testsupport.B64("hubuser:HubCanary123") + `"}}}`
+	tests := []struct {
+		name       string
+		images     []string
+		registries []string
+		wantFound  bool
+		wantProbe  string // where the prober is asked; "" for nowhere
+		wantErr    string // in the result's error
+		wantWarn   string
+	}{
+		{name: "a single-label registry", registries: []string{"myregistry"}, wantErr: "is not a registry host: the kubelet pulls myregistry/... from Docker Hub"},
+		{name: "a single-label registry as a URL", registries: []string{"https://myregistry/"}, wantErr: "is not a registry host"},
+		{name: "localhost as a registry", registries: []string{"localhost"}, wantFound: true, wantWarn: "sends Docker Hub's password to localhost"},
+		{name: "an image on localhost", images: []string{"localhost/app:v1"}, wantFound: true, wantWarn: "sends Docker Hub's password to localhost"},
+		{name: "a registry with a domain", registries: []string{"reg.example.com"}},
+		{name: "a registry with a port", registries: []string{"myregistry:5000"}},
+		{name: "an image on localhost with a port", images: []string{"localhost:5000/app"}},
+		{name: "an image whose first part has no dot", images: []string{"myregistry/app"}, wantFound: true, wantProbe: "docker.io"},
+		{name: "a short image name", images: []string{"busybox"}, wantFound: true, wantProbe: "docker.io"},
+		{name: "docker.io as a registry", registries: []string{"docker.io"}, wantFound: true, wantProbe: "docker.io"},
+		{name: "index.docker.io as a registry", registries: []string{"index.docker.io"}, wantFound: true, wantProbe: "index.docker.io"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			put(t, root, "var/lib/kubelet/config.json", hub)
+			prober := &recordingProber{}
+			rep := Run(t.Context(), Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: tt.images, Registries: tt.registries, Prober: prober})
+			r := rep.Results[0]
+			if r.Found != tt.wantFound || !strings.Contains(r.Error, tt.wantErr) {
+				t.Errorf("result %+v; want found=%v and an error saying %q", r, tt.wantFound, tt.wantErr)
+			}
+			want := []string{}
+			if tt.wantProbe != "" {
+				want = []string{tt.wantProbe}
+			}
+			if got := append([]string{}, prober.asked...); !slices.Equal(got, want) {
+				t.Errorf("probed %v, want %v", got, want)
+			}
+			warnings := strings.Join(rep.Warnings, "\n")
+			if tt.wantWarn != "" {
+				if !strings.Contains(warnings, tt.wantWarn) || r.Probe == nil || !r.Probe.NotSent || rep.OK {
+					t.Errorf("warnings %q, probe %+v, ok=%v: want a warning saying %q, the probe not sent, and not ok", warnings, r.Probe, rep.OK, tt.wantWarn)
+				}
+				var out bytes.Buffer
+				_ = rep.WriteTable(&out)
+				if !strings.Contains(out.String(), "not sent") {
+					t.Errorf("the table does not say the probe was not sent:\n%s", out.String())
+				}
+			}
+			var out bytes.Buffer
+			_ = json.NewEncoder(&out).Encode(rep)
+			_ = rep.WriteTable(&out)
+			if leak := testsupport.Leak(out.String(), "HubCanary123"); leak != "" {
+				t.Errorf("output holds %q", leak)
+			}
+		})
 	}
 }

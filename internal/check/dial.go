@@ -1,0 +1,68 @@
+package check
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+)
+
+// Resolver looks up a host's addresses (*net.Resolver is one).
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// plainDialer connects plain-HTTP requests, which carry a credential in
+// clear, and only to a host whose addresses are all loopback or private:
+// it looks the name up once, checks every address, and dials the checked
+// addresses themselves, so a second lookup cannot answer otherwise (DNS
+// rebinding) and a name (".localhost", a private-looking one) proves
+// nothing.
+func plainDialer(dial dialFunc, res Resolver) dialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, portStr, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		port, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("port of %s: %w", addr, err)
+		}
+		var addrs []netip.Addr
+		if ip, err := netip.ParseAddr(host); err == nil {
+			addrs = []netip.Addr{ip}
+		} else if addrs, err = res.LookupNetIP(ctx, "ip", host); err != nil {
+			return nil, err
+		}
+		if len(addrs) == 0 {
+			return nil, &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
+		}
+		for _, a := range addrs {
+			if !plainHTTPAllowed(a) {
+				return nil, errPlainHTTP
+			}
+		}
+		var errs []error
+		for _, a := range addrs {
+			c, err := dial(ctx, network, netip.AddrPortFrom(a.Unmap(), uint16(port)).String())
+			if err == nil {
+				return c, nil
+			}
+			errs = append(errs, err)
+		}
+		return nil, errors.Join(errs...)
+	}
+}
+
+// plainHTTPAllowed: loopback (127.0.0.0/8, ::1) and private addresses
+// (RFC 1918, ULA fc00::/7), an IPv4-mapped address as its IPv4 one. Not
+// link-local (169.254.0.0/16 holds cloud metadata services; fe80::/10),
+// not the unspecified address, not shared (100.64.0.0/10) or NAT64 space.
+func plainHTTPAllowed(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsLoopback() || a.IsPrivate()
+}
