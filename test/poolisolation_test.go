@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -222,6 +223,15 @@ func TestNodePoolIsolation(t *testing.T) {
 		t.Fatalf("the README taints %s with %v, want one tenant taint", nodeB, readme.taints[nodeB])
 	}
 	tenantB := readme.taints[nodeB][0]
+	// Node B's provisioning applies its pool label and taints (server-side
+	// apply), so it owns them: an agent must not hand them away
+	// (managedFields), and its removal of the startup taint moves only the
+	// taints' ownership.
+	provisioned := `{"apiVersion":"v1","kind":"Node","metadata":{"name":"` + nodeB + `","labels":{"` + poolLabel + `":"tenant-b"}},"spec":{"taints":` + mustJSON(t, append([]corev1.Taint{tenantB}, startup)) + `}}`
+	force := true
+	if _, err := admin.CoreV1().Nodes().Patch(ctx, nodeB, types.ApplyPatchType, []byte(provisioned), metav1.PatchOptions{FieldManager: "provisioner", Force: &force}); err != nil {
+		t.Fatal(err)
+	}
 	dsOf := func(pool string) string {
 		if pool == "" {
 			return "nodecreds"
@@ -276,7 +286,7 @@ func TestNodePoolIsolation(t *testing.T) {
 			return apierrors.IsForbidden(err)
 		})
 		merge := func(node, patch string, sub ...string) error {
-			_, err := b.Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, sub...)
+			_, err := b.Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "nodecreds"}, sub...)
 			return err
 		}
 		taints := func(ts ...corev1.Taint) string {
@@ -319,6 +329,84 @@ func TestNodePoolIsolation(t *testing.T) {
 				t.Errorf("pool B's agent token can %s (err %v), want Forbidden", f.what, f.err)
 			}
 		}
+
+		// Field ownership: a later server-side apply by a manager drops the
+		// fields it owned alone and no longer sets, so an agent handing the
+		// provisioner's label and taints to another manager (or taking them
+		// away) would let that apply strip them.
+		others := func() []metav1.ManagedFieldsEntry {
+			return slices.DeleteFunc(getNode(t, admin, nodeB).ManagedFields, func(e metav1.ManagedFieldsEntry) bool { return e.Manager == "nodecreds" })
+		}
+		before := others()
+		owners := func(edit func(e map[string]any)) string {
+			raw, _ := json.Marshal(getNode(t, admin, nodeB).ManagedFields)
+			var entries []map[string]any
+			if err := json.Unmarshal(raw, &entries); err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range entries {
+				edit(e)
+			}
+			return mustJSON(t, map[string]any{"metadata": map[string]any{"managedFields": entries}})
+		}
+		fields := func(e map[string]any) map[string]any { return e["fieldsV1"].(map[string]any) }
+		withTaintRemoval := func(patch string) string {
+			var p map[string]any
+			_ = json.Unmarshal([]byte(patch), &p)
+			p["spec"] = map[string]any{"taints": []corev1.Taint{tenantB}}
+			return mustJSON(t, p)
+		}
+		dropProvisionerLabel := owners(func(e map[string]any) {
+			if e["manager"] == "provisioner" {
+				delete(fields(e), "f:metadata")
+			}
+		})
+		forceApply := true
+		ownershipAttacks := []struct {
+			what string
+			err  error
+		}{
+			// The reviewer's: the label and taints claimed for a manager that
+			// will apply without them.
+			{"give the pool label and the taints to another manager", merge(nodeB, `{"metadata":{"managedFields":[{"manager":"provisioner","operation":"Apply","apiVersion":"v1","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{"f:node-restriction.kubernetes.io/pool":{}}},"f:spec":{"f:taints":{}}}}]}}`)},
+			{"reset every manager's ownership", merge(nodeB, `{"metadata":{"managedFields":[{}]}}`)},
+			{"take the pool label from the provisioner", merge(nodeB, dropProvisionerLabel)},
+			{"take the pool label while removing the startup taint", merge(nodeB, withTaintRemoval(dropProvisionerLabel))},
+			{"reset ownership while removing the startup taint", merge(nodeB, withTaintRemoval(`{"metadata":{"managedFields":[{}]}}`))},
+			{"give another manager the taints", merge(nodeB, owners(func(e map[string]any) {
+				if e["manager"] != "provisioner" && e["manager"] != "nodecreds" && e["subresource"] == nil {
+					fields(e)["f:spec"] = map[string]any{"f:taints": map[string]any{}}
+				}
+			}))},
+			{"own the pool label as nodecreds", merge(nodeB, owners(func(e map[string]any) {
+				if e["manager"] == "provisioner" {
+					e["manager"] = "nodecreds"
+					e["operation"] = "Update"
+				}
+			}))},
+			{"own its fields by server-side apply", func() error {
+				_, err := b.Patch(ctx, nodeB, types.ApplyPatchType, []byte(`{"apiVersion":"v1","kind":"Node","metadata":{"name":"`+nodeB+`","annotations":{"nodecreds.io/revision":"r9"}}}`), metav1.PatchOptions{FieldManager: "nodecreds", Force: &forceApply})
+				return err
+			}()},
+			{"remove an entry (JSON patch)", jsonPatch(ctx, b, nodeB, `[{"op":"remove","path":"/metadata/managedFields/0"}]`)},
+			{"rewrite ownership (strategic merge)", strategic(ctx, b, nodeB, dropProvisionerLabel)},
+			{"annotate as another field manager", func() error {
+				_, err := b.Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r8"}}}`), metav1.PatchOptions{FieldManager: "provisioner"})
+				return err
+			}()},
+			{"annotate as a new field manager", func() error {
+				_, err := b.Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r7"}}}`), metav1.PatchOptions{})
+				return err
+			}()},
+		}
+		for _, f := range ownershipAttacks {
+			if f.err == nil || !strings.Contains(f.err.Error(), "nodecreds-agents") {
+				t.Errorf("pool B's agent token can %s (err %v), want refused by the nodecreds-agents policy", f.what, f.err)
+			}
+		}
+		if after := others(); !reflect.DeepEqual(before, after) {
+			t.Errorf("the other managers' ownership of %s changed:\n%v\n→\n%v", nodeB, before, after)
+		}
 		// The label attempt is refused by the policy (RBAC allows patch).
 		if err := merge(nodeB, `{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`); err == nil || !strings.Contains(err.Error(), "nodecreds-agents") {
 			t.Errorf("relabelling is not refused by the nodecreds-agents policy: %v", err)
@@ -333,7 +421,7 @@ func TestNodePoolIsolation(t *testing.T) {
 		// A token of the same ServiceAccount that is not bound to a Pod
 		// (so to no node) changes no Node, not even its own annotations.
 		unbound := tokenClient(t, c, ns, "nodecreds-tenant-b")
-		if _, err := unbound.CoreV1().Nodes().Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r1"}}}`), metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
+		if _, err := unbound.CoreV1().Nodes().Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r1"}}}`), metav1.PatchOptions{FieldManager: "nodecreds"}); !apierrors.IsForbidden(err) {
 			t.Errorf("a token not bound to a Pod annotates a Node: %v", err)
 		}
 		n := getNode(t, admin, nodeB)
@@ -433,6 +521,20 @@ func TestNodePoolIsolation(t *testing.T) {
 		if n.Annotations["nodecreds.io/revision"] == "r0" || n.Annotations["nodecreds.io/synced-at"] == "" || cond == nil || cond.Status != corev1.ConditionTrue ||
 			hasTaint(n, startup.Key) || !hasTaint(n, tenantB.Key) || n.Annotations["example.com/owner"] != "team-b" {
 			t.Errorf("%s after its agent's sync: annotations %v, condition %+v, taints %v", nodeB, n.Annotations, cond, n.Spec.Taints)
+		}
+		// Removing the startup taint moved the taints' ownership (an atomic
+		// list) to the agent, as the API server does; the provisioner still
+		// owns the pool label, and nothing else changed hands.
+		for _, e := range n.ManagedFields {
+			f := string(e.FieldsV1.Raw)
+			switch {
+			case e.Manager == "provisioner" && f != `{"f:metadata":{"f:labels":{"f:`+poolLabel+`":{}}}}`:
+				t.Errorf("after the agent's sync the provisioner owns %s, want the pool label only", f)
+			case e.Manager == "nodecreds" && e.Subresource == "" && !strings.Contains(f, `"f:spec":{"f:taints":{}}`):
+				t.Errorf("after removing the startup taint the agent owns %s, without the taints", f)
+			case e.Manager != "nodecreds" && e.Manager != "provisioner" && strings.Contains(f, "f:taints"):
+				t.Errorf("after the agent removed the startup taint %s still owns the taints: %s", e.Manager, f)
+			}
 		}
 		// The README's status commands: each pool's nodes, and the
 		// default DaemonSet's, have applied their Secrets.
@@ -682,13 +784,15 @@ type nodePatcher interface {
 	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Node, error)
 }
 
+// jsonPatch, strategic and merge patches sign as the agent's field manager,
+// so that a refusal is about what they change, not about who signs.
 func jsonPatch(ctx context.Context, nodes nodePatcher, node, patch string) error {
-	_, err := nodes.Patch(ctx, node, types.JSONPatchType, []byte(patch), metav1.PatchOptions{})
+	_, err := nodes.Patch(ctx, node, types.JSONPatchType, []byte(patch), metav1.PatchOptions{FieldManager: "nodecreds"})
 	return err
 }
 
 func strategic(ctx context.Context, nodes nodePatcher, node, patch string, sub ...string) error {
-	_, err := nodes.Patch(ctx, node, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, sub...)
+	_, err := nodes.Patch(ctx, node, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "nodecreds"}, sub...)
 	return err
 }
 
@@ -696,6 +800,15 @@ func apply(ctx context.Context, nodes nodePatcher, node, obj string) error {
 	force := true
 	_, err := nodes.Patch(ctx, node, types.ApplyPatchType, []byte(obj), metav1.PatchOptions{FieldManager: "evil", Force: &force})
 	return err
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	raw, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
 }
 
 // tokenClient is a client with a token of namespace/name bound to nothing.

@@ -303,3 +303,43 @@ none. */ -}}
 {{- end -}}
 {{- end -}}
 
+{{/* A CEL expression: every field path of the managedFields set (fieldsV1)
+named by the first argument is in the one named by the second, checked to
+the depth given last (deeper, the two must be equal: refused when unsure).
+Arguments: list X Y level depth. */}}
+{{- define "nodecreds.celSubset" -}}
+{{- $x := index . 0 }}{{ $y := index . 1 }}{{ $level := index . 2 }}{{ $depth := index . 3 -}}
+{{- if ge $level $depth -}}
+{{ $x }} == {{ $y }}
+{{- else -}}
+{{- $k := printf "k%d" $level -}}
+{{ $x }}.all({{ $k }}, {{ $k }} in {{ $y }} && ({{ $x }}[{{ $k }}].size() == 0 || {{ include "nodecreds.celSubset" (list (printf "%s[%s]" $x $k) (printf "%s[%s]" $y $k) (add1 $level) $depth) }}))
+{{- end -}}
+{{- end -}}
+
+{{/* A CEL expression: the managedFields entry n is the old entry o, or o
+less what the agent's own writes take from other managers: the taints
+(when they changed), nodecreds' annotations, its condition. */}}
+{{- define "nodecreds.celKept" -}}
+n.manager == o.manager && n.operation == o.operation &&
+n.?subresource.orValue('') == o.?subresource.orValue('') && n.?apiVersion.orValue('') == o.?apiVersion.orValue('') &&
+n.?time == o.?time && n.?fieldsType == o.?fieldsType &&
+n.fieldsV1.all(k, k in o.fieldsV1) &&
+o.fieldsV1.all(k, k == 'f:spec' ? (
+o.fieldsV1[k].all(j, (j == 'f:taints' && variables.taintsChanged) || n.fieldsV1[?k].orValue({})[?j] == o.fieldsV1[k][?j]) &&
+n.fieldsV1[?k].orValue({}).all(j, j in o.fieldsV1[k] && n.fieldsV1[k][j] == o.fieldsV1[k][j])
+) : k == 'f:metadata' ? (
+o.fieldsV1[k].all(j, j == 'f:annotations' ?
+o.fieldsV1[k][j].all(a, a in variables.ourAnnotationFields || n.fieldsV1[?k].orValue({})[?j].orValue({})[?a] == o.fieldsV1[k][j][?a]) :
+n.fieldsV1[?k].orValue({})[?j] == o.fieldsV1[k][?j]) &&
+n.fieldsV1[?k].orValue({}).all(j, j in o.fieldsV1[k] && (j == 'f:annotations' ?
+n.fieldsV1[k][j].all(a, a in o.fieldsV1[k][j] && n.fieldsV1[k][j][a] == o.fieldsV1[k][j][a]) : n.fieldsV1[k][j] == o.fieldsV1[k][j]))
+) : k == 'f:status' ? (
+o.fieldsV1[k].all(j, j == 'f:conditions' ?
+o.fieldsV1[k][j].all(c, c == variables.conditionField || n.fieldsV1[?k].orValue({})[?j].orValue({})[?c] == o.fieldsV1[k][j][?c]) :
+n.fieldsV1[?k].orValue({})[?j] == o.fieldsV1[k][?j]) &&
+n.fieldsV1[?k].orValue({}).all(j, j in o.fieldsV1[k] && (j == 'f:conditions' ?
+n.fieldsV1[k][j].all(c, c in o.fieldsV1[k][j] && (c == variables.conditionField ? n.fieldsV1[k][j][c].all(x, x in o.fieldsV1[k][j][c]) : n.fieldsV1[k][j][c] == o.fieldsV1[k][j][c])) :
+n.fieldsV1[k][j] == o.fieldsV1[k][j]))
+) : n.fieldsV1[?k] == o.fieldsV1[?k])
+{{- end -}}
