@@ -878,6 +878,16 @@ func TestChartPoolSecretsStayInTheirPools(t *testing.T) {
 		{"imagePullSecrets as names", readmeValues(nil, map[string]any{"imagePullSecrets": []any{"tenant-a-registry"}}), []string{"imagePullSecrets[0]: must be {name: SECRET}"}},
 		{"extraEnv secretKeyRef without a name", readmeValues(nil, map[string]any{"extraEnv": []any{map[string]any{"name": "X", "valueFrom": map[string]any{"secretKeyRef": map[string]any{"key": "k"}}}}}), []string{"extraEnv[0].valueFrom.secretKeyRef: must name a Secret"}},
 		{"extraEnv not a list of variables", readmeValues(nil, map[string]any{"extraEnv": []any{"X=tenant-a-registry"}}), []string{"extraEnv[0]: must be an environment variable"}},
+		// A line break in a value written as it is would add a field to
+		// the Pod spec: such values are quoted or refused.
+		{"a line break in priorityClassName", readmeValues(nil, map[string]any{"priorityClassName": "x\n      imagePullSecrets:\n        - name: tenant-a-registry"}), nil},
+		{"a line break in image.tag", readmeValues(nil, map[string]any{"image": map[string]any{"tag": "1\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"image.tag", "is not an image tag"}},
+		{"a line break in image.repository", readmeValues(nil, map[string]any{"image": map[string]any{"repository": "r\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"is not an image repository"}},
+		{"a line break in image.pullPolicy", readmeValues(nil, map[string]any{"image": map[string]any{"pullPolicy": "Always\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"image.pullPolicy"}},
+		{"a line break in a target", readmeValues(nil, map[string]any{"targets": []any{"/var/lib/kubelet/config.json\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"a node path here may hold"}},
+		{"a line break in extraArgs", readmeValues(nil, map[string]any{"extraArgs": []any{"--x\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), nil},
+		{"a line break in metrics.port", readmeValues(nil, map[string]any{"metrics": map[string]any{"port": "9102\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"metrics.port", "is not a port number"}},
+		{"a line break in the plugin folder", readmeValues(nil, map[string]any{"credentialProvider": map[string]any{"enabled": true, "binDir": "/opt/x\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"a node path here may hold"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := render.RenderValues(chartDir(), tc.vals, "ns1")
@@ -896,6 +906,9 @@ func TestChartPoolSecretsStayInTheirPools(t *testing.T) {
 				t.Fatal(err)
 			}
 			sets := all[appsv1.DaemonSet](t, objects(t, out), "DaemonSet")
+			if len(sets) < 2 {
+				t.Fatalf("%d DaemonSets rendered, want the pools' at least", len(sets))
+			}
 			sources := map[string][]string{} // Secret → the DaemonSets that sync it
 			for name, ds := range sets {
 				for _, a := range ds.Spec.Template.Spec.Containers[0].Args {

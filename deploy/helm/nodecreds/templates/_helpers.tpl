@@ -180,6 +180,9 @@ would otherwise hand the agent the whole node. */}}
 {{- if not (isAbs $path) -}}
 {{- fail (printf "%s: %q must be an absolute node path" $what $path) -}}
 {{- end -}}
+{{- if not (regexMatch `^[A-Za-z0-9._+@/-]+$` $path) -}}
+{{- fail (printf "%s: %q: a node path here may hold letters, digits and . _ + @ / - only" $what $path) -}}
+{{- end -}}
 {{- $dir := clean $path -}}
 {{- if $isFile }}{{ $dir = dir $dir }}{{ end -}}
 {{- $system := list "/" "/bin" "/boot" "/dev" "/etc" "/home" "/lib" "/lib32" "/lib64" "/libx32" "/media" "/mnt" "/opt" "/proc" "/root" "/run" "/sbin" "/srv" "/sys" "/tmp" "/usr" "/usr/local" "/var" "/var/lib" "/var/log" "/var/run" "/var/tmp" "/var/lib/nodecreds" -}}
@@ -199,6 +202,26 @@ fails the install naming the fix. */}}
 {{- end -}}
 {{- if .Values.credentialProvider.enabled -}}
 {{- include "nodecreds.checkFolder" (list "credentialProvider.binDir" .Values.credentialProvider.binDir false) -}}
+{{- end -}}
+{{- /* Values written into the Pod spec as they are: nothing but what
+they name (no line break could add a field). */ -}}
+{{- with .Values.image -}}
+{{- if not (regexMatch `^[a-z0-9]([-a-z0-9._:/]*[a-z0-9])?$` (toString .repository)) -}}
+{{- fail (printf "image.repository: %q is not an image repository" (toString .repository)) -}}
+{{- end -}}
+{{- if and .tag (not (regexMatch `^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$` (toString .tag))) -}}
+{{- fail (printf "image.tag: %q is not an image tag" (toString .tag)) -}}
+{{- end -}}
+{{- if and .digest (not (regexMatch `^sha256:[a-f0-9]{64}$` (toString .digest))) -}}
+{{- fail (printf "image.digest: %q is not a sha256 digest (sha256:<64 hex>)" (toString .digest)) -}}
+{{- end -}}
+{{- if not (has (toString .pullPolicy) (list "Always" "IfNotPresent" "Never")) -}}
+{{- fail (printf "image.pullPolicy: %q is not Always, IfNotPresent or Never" (toString .pullPolicy)) -}}
+{{- end -}}
+{{- end -}}
+{{- $port := .Values.metrics.port -}}
+{{- if not (and (or (kindIs "int" $port) (kindIs "int64" $port) (kindIs "float64" $port)) (eq (float64 $port) (float64 (int $port))) (ge (int $port) 1) (le (int $port) 65535)) -}}
+{{- fail (printf "metrics.port: %v is not a port number (1-65535)" $port) -}}
 {{- end -}}
 {{- with .Values.updateStrategy.rollingUpdate -}}
 {{- if and .maxSurge (not (has (toString .maxSurge) (list "0" "0%"))) -}}
