@@ -407,6 +407,106 @@ func TestNodePoolIsolation(t *testing.T) {
 		if after := others(); !reflect.DeepEqual(before, after) {
 			t.Errorf("the other managers' ownership of %s changed:\n%v\n→\n%v", nodeB, before, after)
 		}
+
+		// The API server keeps at most 10 update entries: the agent's first
+		// write on node-d, which has 10, makes it merge the oldest into
+		// "ancient-changes". That is allowed; a merge made up by the agent
+		// (fields no update entry held, an entry dropped without its
+		// fields, an applier's entry merged) is not.
+		d := tokens["node-d"].client.CoreV1().Nodes()
+		if _, err := admin.CoreV1().Nodes().Patch(ctx, "node-d", types.ApplyPatchType, []byte(`{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-d","labels":{"example.com/rack":"r1"}}}`), metav1.PatchOptions{FieldManager: "provisioner", Force: &force}); err != nil {
+			t.Fatal(err)
+		}
+		updates := func() int {
+			n := 0
+			for _, e := range getNode(t, admin, "node-d").ManagedFields {
+				if e.Operation == metav1.ManagedFieldsOperationUpdate {
+					n++
+				}
+			}
+			return n
+		}
+		for i := 0; updates() < 10; i++ {
+			if _, err := admin.CoreV1().Nodes().Patch(ctx, "node-d", types.MergePatchType, []byte(fmt.Sprintf(`{"metadata":{"annotations":{"example.com/m%d":"x"}}}`, i)), metav1.PatchOptions{FieldManager: fmt.Sprintf("tool-%d", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := d.Patch(ctx, "node-d", types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r0"}}}`), metav1.PatchOptions{FieldManager: "nodecreds"}); err != nil {
+			t.Errorf("the agent's first write on a Node with 10 update entries is refused: %v", err)
+		}
+		if !slices.ContainsFunc(getNode(t, admin, "node-d").ManagedFields, func(e metav1.ManagedFieldsEntry) bool { return e.Manager == "ancient-changes" }) {
+			t.Errorf("the API server merged no entry into ancient-changes: this case tests nothing")
+		}
+		forge := func(edit func(entries []map[string]any) []map[string]any) string {
+			raw, _ := json.Marshal(getNode(t, admin, "node-d").ManagedFields)
+			var entries []map[string]any
+			if err := json.Unmarshal(raw, &entries); err != nil {
+				t.Fatal(err)
+			}
+			return mustJSON(t, map[string]any{"metadata": map[string]any{"managedFields": edit(entries)}})
+		}
+		bucket := func(entries []map[string]any) map[string]any {
+			for _, e := range entries {
+				if e["manager"] == "ancient-changes" {
+					return fields(e)
+				}
+			}
+			t.Fatal("no ancient-changes entry")
+			return nil
+		}
+		// own makes path (keys of fieldsV1) a member of set.
+		own := func(set map[string]any, path ...string) {
+			for _, k := range path {
+				if set[k] == nil {
+					set[k] = map[string]any{}
+				}
+				set = set[k].(map[string]any)
+			}
+		}
+		// mergeOne merges a tool's entry into ancient-changes, as the API
+		// server would, and then applies extra.
+		mergeOne := func(extra func(entries []map[string]any)) func([]map[string]any) []map[string]any {
+			return func(entries []map[string]any) []map[string]any {
+				for i, e := range entries {
+					if strings.HasPrefix(e["manager"].(string), "tool-") {
+						for k := range fields(e)["f:metadata"].(map[string]any)["f:annotations"].(map[string]any) {
+							own(bucket(entries), "f:metadata", "f:annotations", k)
+						}
+						entries = slices.Delete(entries, i, i+1)
+						break
+					}
+				}
+				if extra != nil {
+					extra(entries)
+				}
+				return entries
+			}
+		}
+		for what, patch := range map[string]string{
+			"merge an entry into ancient-changes with a field no update entry held": forge(mergeOne(func(entries []map[string]any) {
+				own(bucket(entries), "f:metadata", "f:labels", "f:example.com/rack")
+			})),
+			"drop an update entry without its fields": forge(func(entries []map[string]any) []map[string]any {
+				i := slices.IndexFunc(entries, func(e map[string]any) bool { return strings.HasPrefix(e["manager"].(string), "tool-") })
+				return slices.Delete(entries, i, i+1)
+			}),
+			"merge the applier's entry into ancient-changes": forge(func(entries []map[string]any) []map[string]any {
+				own(bucket(entries), "f:metadata", "f:labels", "f:example.com/rack")
+				return slices.DeleteFunc(entries, func(e map[string]any) bool { return e["manager"] == "provisioner" })
+			}),
+			"take a field from ancient-changes": forge(func(entries []map[string]any) []map[string]any {
+				b := bucket(entries)
+				for k := range b {
+					delete(b, k)
+					break
+				}
+				return entries
+			}),
+		} {
+			if _, err := d.Patch(ctx, "node-d", types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "nodecreds"}); err == nil || !strings.Contains(err.Error(), "nodecreds-agents") {
+				t.Errorf("the default agent's token can %s: %v", what, err)
+			}
+		}
 		// The label attempt is refused by the policy (RBAC allows patch).
 		if err := merge(nodeB, `{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`); err == nil || !strings.Contains(err.Error(), "nodecreds-agents") {
 			t.Errorf("relabelling is not refused by the nodecreds-agents policy: %v", err)

@@ -123,6 +123,15 @@ func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
 		return err != nil && strings.Contains(err.Error(), "nodecreds-agents")
 	})
 	t.Logf("the API server enforced the new policy %v after it was created", time.Since(start).Round(10*time.Millisecond))
+	// Every expression type-checks against Node (a field misnamed would
+	// otherwise only show when evaluated).
+	vap, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, "nodecreds-agents", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc := vap.Status.TypeChecking; tc == nil || len(tc.ExpressionWarnings) != 0 {
+		t.Errorf("the admission policy's type checking: %+v", tc)
+	}
 
 	// relabelRefused takes, as root on node would, the token of the agent
 	// Pod of ds that the DaemonSet controller puts there, and tries to move

@@ -366,3 +366,19 @@ n.fieldsV1[k][j].all(c, c in o.fieldsV1[k][j] && (c == variables.conditionField 
 n.fieldsV1[k][j] == o.fieldsV1[k][j]))
 ) : n.fieldsV1[?k] == o.fieldsV1[?k])
 {{- end -}}
+
+{{/* A CEL expression: every field path of the "ancient-changes" entry n
+was owned before by an update entry of its API version (so the API
+server's merge of the oldest entries into it moves ownership, never makes
+it up). Arguments: list level depth; deeper paths are refused. */}}
+{{- define "nodecreds.celOwnedBefore" -}}
+{{- $level := index . 0 }}{{ $depth := index . 1 -}}
+{{- $x := "n.fieldsV1" }}{{ range $i := until (int (sub $level 1)) }}{{ $x = printf "%s[k%d]" $x (add1 $i) }}{{ end -}}
+{{- $k := printf "k%d" $level -}}
+{{- $in := list -}}
+{{- range $i := until (int $level) -}}
+{{- $e := "e.fieldsV1" }}{{ range $j := until $i }}{{ $e = printf "%s[k%d]" $e (add1 $j) }}{{ end -}}
+{{- $in = append $in (printf "k%d in %s" (add1 $i) $e) -}}
+{{- end -}}
+{{ $x }}.all({{ $k }}, {{ $x }}[{{ $k }}].size() == 0 ? variables.oldFields.exists(e, e.operation == 'Update' && e.?apiVersion.orValue('') == n.?apiVersion.orValue('') && {{ join " && " $in }}) : {{ if ge (int $level) (int $depth) }}false{{ else }}{{ include "nodecreds.celOwnedBefore" (list (add1 $level) $depth) }}{{ end }})
+{{- end -}}
