@@ -26,6 +26,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -51,6 +52,16 @@ type readmePools struct {
 	helmSet string         // every --set, joined
 	values  map[string]any // the values-file form
 	status  [][]string     // nodecreds status arguments
+	first   firstInstall   // "A first install with the policy in force first"
+}
+
+// firstInstall is the README's install of the admission policy alone, the
+// operator's check that it is enforced, and the upgrade that adds the
+// agents.
+type firstInstall struct {
+	set                     string // helm install --set
+	as, asGroup, probe      string // kubectl patch --as, --as-group, -p
+	upgradeSet, probeDryRun string
 }
 
 func readReadmePools(t *testing.T) readmePools {
@@ -69,6 +80,25 @@ func readReadmePools(t *testing.T) readmePools {
 		section = section[:end+4]
 	}
 	r := readmePools{pools: map[string]string{}, taints: map[string][]corev1.Taint{}}
+	first, ok := strings.CutPrefix(section[strings.Index(section, "\n#### A first install")+1:], "#### A first install")
+	if !ok {
+		t.Fatal(`README.md has no section "A first install with the policy in force first" in its pools section`)
+	}
+	section = section[:strings.Index(section, "\n#### A first install")]
+	for re, into := range map[string]*string{
+		`(?m)^helm install nodecreds \S+ --namespace \S+ --set (\S+)$`: &r.first.set,
+		`--as=(\S+)`:       &r.first.as,
+		`--as-group=(\S+)`: &r.first.asGroup,
+		`-p '([^']+)'`:     &r.first.probe,
+		`--dry-run=(\S+)`:  &r.first.probeDryRun,
+		`(?m)^helm upgrade nodecreds .*\n\s*--set (\S+)`: &r.first.upgradeSet,
+	} {
+		m := regexp.MustCompile(re).FindStringSubmatch(first)
+		if m == nil {
+			t.Fatalf("the README's first install lacks %s", re)
+		}
+		*into = strings.ReplaceAll(m[1], `'`, "") // as the shell reads it
+	}
 	for _, m := range regexp.MustCompile(`(?m)^kubectl label nodes? (\S+) `+regexp.QuoteMeta(poolLabel)+`=(\S+)$`).FindAllStringSubmatch(section, -1) {
 		r.pools[m[1]] = m[2]
 	}
@@ -223,6 +253,17 @@ func TestNodePoolIsolation(t *testing.T) {
 		t.Fatalf("the README taints %s with %v, want one tenant taint", nodeB, readme.taints[nodeB])
 	}
 	tenantB := readme.taints[nodeB][0]
+	// The kubelet admits a Pod bound by spec.nodeName, which skips the
+	// scheduler, against NoExecute taints only
+	// (pkg/kubelet/lifecycle/predicate.go, v1.37): a tenant taint of
+	// another effect keeps no Pod off a node.
+	for node, taints := range readme.taints {
+		for _, tn := range taints {
+			if tn.Effect != corev1.TaintEffectNoExecute {
+				t.Errorf("the README taints %s with %s=%s:%s; a tenant taint must be NoExecute", node, tn.Key, tn.Value, tn.Effect)
+			}
+		}
+	}
 	// Node B's provisioning applies its pool label and taints (server-side
 	// apply), so it owns them: an agent must not hand them away
 	// (managedFields), and its removal of the startup taint moves only the
@@ -571,6 +612,44 @@ func TestNodePoolIsolation(t *testing.T) {
 		if _, err := kubelet.CoreV1().Nodes().Get(ctx, nodeB, metav1.GetOptions{}); err != nil {
 			t.Errorf("%s's kubelet cannot read its Node: %v", nodeB, err)
 		}
+	})
+
+	t.Run("tenants", func(t *testing.T) {
+		// Tenant B may create Pods in its namespace, nothing else. A Pod
+		// bound by spec.nodeName to tenant A's node skips the scheduler
+		// and needs no toleration to be stored; A's NoExecute taint is what
+		// keeps it off: the kubelet refuses it at admission (v1.37
+		// pkg/kubelet/lifecycle/predicate.go checks NoExecute taints only)
+		// and the taint eviction controller deletes it, which is what an API
+		// server without a kubelet shows.
+		if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "tenant-b"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.RbacV1().Roles("tenant-b").Create(ctx, &rbacv1.Role{
+			ObjectMeta: metav1.ObjectMeta{Name: "pods"},
+			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"create", "get"}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.RbacV1().RoleBindings("tenant-b").Create(ctx, &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "dev"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "pods"},
+			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: "tenant-b-dev"}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		dev := ca.client(t, c, "tenant-b-dev", "tenants")
+		pod, err := dev.CoreV1().Pods("tenant-b").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "on-" + nodeA, Namespace: "tenant-b"},
+			Spec:       corev1.PodSpec{NodeName: nodeA, Containers: []corev1.Container{{Name: "app", Image: creds["tenant-a"].registry + "/private/app:1"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("tenant B's Pod bound to %s: %v", nodeA, err)
+		}
+		testsupport.Eventually(t, 30*time.Second, "tenant B's Pod bound to "+nodeA+" is evicted by its NoExecute tenant taint", func() bool {
+			p, err := dev.CoreV1().Pods("tenant-b").Get(ctx, pod.Name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err) || err == nil && p.DeletionTimestamp != nil
+		})
 	})
 
 	t.Run("agent", func(t *testing.T) {

@@ -48,9 +48,10 @@ func helmOrder(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
 // another pool in that window. Here each upgrade is applied without the
 // policy at all (the state between Helm's steps), and the new agents'
 // tokens, taken as root on the node would take them, are refused at once.
-// The first install follows docs/security.md: the policy alone first
-// (secrets=null, no pools), enforced before any agent's token exists; the
-// time the API server takes to enforce it is logged.
+// The first install follows the README ("A first install with the policy
+// in force first"): the policy alone (secrets=null, no pools), the
+// operator's check that it is enforced, then the agents; the time the API
+// server takes to enforce it is logged.
 func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
 	ca := newTestCA(t)
 	c := startClusterWith(t, "--enable-admission-plugins=NodeRestriction", "--authorization-mode=Node,RBAC", "--client-ca-file="+ca.file)
@@ -104,14 +105,17 @@ func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
 		})
 	}
 
-	// 1. The policy alone. It is enforced some time after it is created:
-	// what an operator checks (docs/security.md) before going on.
-	first := render("secrets=null")
+	// 1. The README's first install: the policy alone. It is enforced some
+	// time after it is created: the README's check, before going on.
+	first := render(readme.first.set)
 	if kinds := kindsOf(first); !slices.Equal(kinds, []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}) {
 		t.Fatalf("the first step renders %v, want the admission policy alone", kinds)
 	}
 	cfg := rest.CopyConfig(c.RESTConfig)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":nodecreds", Groups: []string{"system:masters"}}
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: strings.Replace(readme.first.as, ":nodecreds:", ":"+ns+":", 1), Groups: []string{readme.first.asGroup}}
+	if readme.first.probeDryRun != "server" {
+		t.Fatalf("the README's check is not a server-side dry run: --dry-run=%s", readme.first.probeDryRun)
+	}
 	probe, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +123,7 @@ func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
 	start := time.Now()
 	install(first)
 	testsupport.Eventually(t, 30*time.Second, "the policy is enforced (the operator's check)", func() bool {
-		_, err := probe.CoreV1().Nodes().Patch(ctx, "node-d", types.MergePatchType, []byte(`{"metadata":{"labels":{"nodecreds.io/probe":"x"}}}`), metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}})
+		_, err := probe.CoreV1().Nodes().Patch(ctx, "node-d", types.MergePatchType, []byte(readme.first.probe), metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}})
 		return err != nil && strings.Contains(err.Error(), "nodecreds-agents")
 	})
 	t.Logf("the API server enforced the new policy %v after it was created", time.Since(start).Round(10*time.Millisecond))
@@ -171,7 +175,7 @@ func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
 	// each applied up to the point where Helm would come to the policy.
 	renamed := strings.ReplaceAll(readme.helmSet, "pools[1].name=tenant-b", "pools[1].name=tenant-bee")
 	for _, step := range []struct{ set, node, ds string }{
-		{"", nodeB, "nodecreds"},
+		{readme.first.upgradeSet, nodeB, "nodecreds"},
 		{readme.helmSet, nodeB, "nodecreds-tenant-b"},
 		{renamed, nodeB, "nodecreds-tenant-bee"},
 	} {
