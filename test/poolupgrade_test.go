@@ -162,7 +162,7 @@ func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
 				_, err := nodes.Patch(ctx, node, types.MergePatchType, []byte(`{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`), metav1.PatchOptions{FieldManager: "nodecreds"})
 				return err
 			}(),
-			"JSON patch": jsonPatch(ctx, nodes, node, `[{"op":"add","path":"/metadata/labels/node-restriction.kubernetes.io~1pool","value":"tenant-a"}]`),
+			"JSON patch":        jsonPatch(ctx, nodes, node, `[{"op":"add","path":"/metadata/labels/node-restriction.kubernetes.io~1pool","value":"tenant-a"}]`),
 			"server-side apply": apply(ctx, nodes, node, `{"apiVersion":"v1","kind":"Node","metadata":{"name":"`+node+`","labels":{"`+poolLabel+`":"tenant-a"}}}`),
 		} {
 			if err == nil || !strings.Contains(err.Error(), "nodecreds-agents") {
