@@ -82,7 +82,7 @@ func TestManifestIsTheChartsRender(t *testing.T) {
 // TestChartLint runs Helm's linter over the defaults and over every
 // documented value set at once.
 func TestChartLint(t *testing.T) {
-	for _, set := range []string{"", everyValue, "selector=team=a,secrets=null"} {
+	for _, set := range []string{"", everyValue, "selector=team=a,secrets=null", "secrets=null", "secrets=null," + poolsSet} {
 		if err := render.Lint(chartDir(), set); err != nil {
 			t.Errorf("helm lint with %q: %v", set, err)
 		}
