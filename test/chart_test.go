@@ -3,8 +3,10 @@ package test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodecreds/nodecreds/scripts/chart/render"
@@ -79,7 +82,7 @@ func TestManifestIsTheChartsRender(t *testing.T) {
 // TestChartLint runs Helm's linter over the defaults and over every
 // documented value set at once.
 func TestChartLint(t *testing.T) {
-	for _, set := range []string{"", everyValue, "selector=team=a,secrets=null"} {
+	for _, set := range []string{"", everyValue, "selector=team=a,secrets=null", "secrets=null", "secrets=null," + poolsSet} {
 		if err := render.Lint(chartDir(), set); err != nil {
 			t.Errorf("helm lint with %q: %v", set, err)
 		}
@@ -141,7 +144,7 @@ func TestChartValues(t *testing.T) {
 		{"credentialProvider.enabled", slices.Contains(c.Args, "--install-credential-provider=/opt/nodecreds/bin") && hasMount(c, "/host/opt/nodecreds/bin")},
 		{"priorityClassName", spec.PriorityClassName == "custom"},
 		{"nodeSelector", spec.NodeSelector["pool"] == "a"},
-		{"tolerations", len(spec.Tolerations) == 1 && spec.Tolerations[0].Key == "k"},
+		{"tolerations (and the startup taint's)", len(spec.Tolerations) == 2 && spec.Tolerations[0].Key == "k" && spec.Tolerations[1].Key == "nodecreds.io/not-ready"},
 		{"affinity", spec.Affinity != nil && spec.Affinity.NodeAffinity != nil},
 		{"resources", c.Resources.Limits.Memory().String() == "80Mi"},
 		{"podAnnotations", ds.Spec.Template.Annotations["a"] == "b"},
@@ -273,10 +276,10 @@ func createPodFrom(ctx context.Context, c *cluster.Cluster, ns string, ds *appsv
 }
 
 // poolsSet is two pools as the README sets them, the second with its own
-// tolerations.
+// tolerations (its tenant taint).
 const poolsSet = `pools[0].name=tenant-a,pools[0].nodeSelector.node-restriction\.kubernetes\.io/pool=tenant-a,pools[0].secrets={registry-credentials,tenant-a-registry}` +
-	`,pools[1].name=tenant-b,pools[1].nodeSelector.node-restriction\.kubernetes\.io/pool=tenant-b,pools[1].secrets={tenant-b-registry}` +
-	`,pools[1].tolerations[0].key=tenant,pools[1].tolerations[0].value=b,pools[1].tolerations[0].effect=NoSchedule`
+	`,pools[1].name=tenant-b,pools[1].nodeSelector.node-restriction\.kubernetes\.io/pool=tenant-b,pools[1].secrets={registry-credentials,tenant-b-registry}` +
+	`,pools[1].tolerations[0].key=tenant,pools[1].tolerations[0].value=b,pools[1].tolerations[0].effect=NoExecute`
 
 func all[T any](t *testing.T, objs []*unstructured.Unstructured, kind string) map[string]*T {
 	t.Helper()
@@ -314,7 +317,7 @@ func TestChartPools(t *testing.T) {
 	for _, pool := range []struct {
 		name    string
 		secrets []string
-	}{{"", []string{"registry-credentials"}}, {"tenant-a", []string{"registry-credentials", "tenant-a-registry"}}, {"tenant-b", []string{"tenant-b-registry"}}} {
+	}{{"", []string{"registry-credentials"}}, {"tenant-a", []string{"registry-credentials", "tenant-a-registry"}}, {"tenant-b", []string{"registry-credentials", "tenant-b-registry"}}} {
 		name, roleName := "nodecreds", "nodecreds-secrets"
 		if pool.name != "" {
 			name, roleName = "nodecreds-"+pool.name, "nodecreds-"+pool.name+"-secrets"
@@ -350,8 +353,9 @@ func TestChartPools(t *testing.T) {
 				t.Errorf("pool %q: %s: not rendered so", pool.name, ck.what)
 			}
 		}
-		if pool.name == "tenant-b" && !slices.ContainsFunc(spec.Tolerations, func(tl corev1.Toleration) bool { return tl.Key == "nodecreds.io/not-ready" }) {
-			t.Errorf("a pool with its own tolerations does not tolerate the startup taint: %v", spec.Tolerations)
+		if pool.name == "tenant-b" && (!tolerates(spec, corev1.Taint{Key: "nodecreds.io/not-ready", Effect: corev1.TaintEffectNoSchedule}) ||
+			!tolerates(spec, corev1.Taint{Key: "tenant", Value: "b", Effect: corev1.TaintEffectNoExecute})) {
+			t.Errorf("a pool with its own tolerations does not tolerate the startup taint and its own: %v", spec.Tolerations)
 		}
 		// No other DaemonSet's selector matches this one's Pods.
 		for other, o := range sets {
@@ -379,19 +383,43 @@ func TestChartPools(t *testing.T) {
 		len(bindings["default/nodecreds-events"].Subjects) != 3 {
 		t.Errorf("Events Role in default: %+v, binding %+v", events, bindings["default/nodecreds-events"])
 	}
-	vap, ok := find[unstructured.Unstructured](t, objs, "ValidatingAdmissionPolicy")
-	if !ok {
-		t.Fatal("no ValidatingAdmissionPolicy")
+	// The admission policy covers every agent by the chart's naming rule,
+	// not by a list of today's pools: it renders the same whatever the
+	// pools (so the policy in force already covers a pool that an upgrade
+	// adds or renames), and names the release namespace's nodecreds and
+	// nodecreds-<anything> accounts.
+	vap := policyOf(t, objs)
+	for _, set := range []string{"", "secrets=null", strings.ReplaceAll(poolsSet, "tenant-b", "tenant-c"), poolsSet + `,pools[2].name=x,pools[2].secrets={registry-credentials,x},pools[2].nodeSelector.node-restriction\.kubernetes\.io/pool=x`} {
+		out, err := render.Render(chartDir(), set, "ns1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if other := policyOf(t, objects(t, out)); !reflect.DeepEqual(other, vap) {
+			t.Errorf("the admission policy with %q differs from the one with pools", set)
+		}
 	}
 	match, _, _ := unstructured.NestedSlice(vap.Object, "spec", "matchConditions")
-	for _, sa := range []string{"nodecreds", "nodecreds-tenant-a", "nodecreds-tenant-b"} {
-		if !strings.Contains(fmt.Sprint(match), `"system:serviceaccount:ns1:`+sa+`"`) {
-			t.Errorf("the admission policy does not cover %s: %v", sa, match)
-		}
+	if s := fmt.Sprint(match); !strings.Contains(s, `== 'system:serviceaccount:ns1:nodecreds'`) || !strings.Contains(s, `.startsWith('system:serviceaccount:ns1:nodecreds-')`) {
+		t.Errorf("the admission policy does not match the agents by name: %v", match)
 	}
 	if err := render.Lint(chartDir(), poolsSet); err != nil {
 		t.Errorf("helm lint with pools: %v", err)
 	}
+}
+
+func policyOf(t *testing.T, objs []*unstructured.Unstructured) *unstructured.Unstructured {
+	t.Helper()
+	vap, ok := find[unstructured.Unstructured](t, objs, "ValidatingAdmissionPolicy")
+	if !ok {
+		t.Fatal("no ValidatingAdmissionPolicy")
+	}
+	return vap
+}
+
+// tolerates reports whether a Pod of spec tolerates taint, as the
+// scheduler and the kubelet decide.
+func tolerates(spec corev1.PodSpec, taint corev1.Taint) bool {
+	return slices.ContainsFunc(spec.Tolerations, func(tl corev1.Toleration) bool { return tl.ToleratesTaint(klog.Background(), &taint, false) })
 }
 
 // TestChartPoolsOneAgentPerNode: whatever a node's labels, exactly one of
@@ -549,5 +577,355 @@ func TestChartRefuses(t *testing.T) {
 		if _, err := render.Render(chartDir(), set, "ns1"); err != nil {
 			t.Errorf("%s refused: %v", set, err)
 		}
+	}
+}
+
+// readmeValues is the README's two pools as a values file gives them,
+// with the top-level secrets given (or left out when secrets is nil).
+func readmeValues(secrets any, extra map[string]any) map[string]any {
+	vals := map[string]any{"pools": []any{
+		map[string]any{"name": "tenant-a", "nodeSelector": map[string]any{"node-restriction.kubernetes.io/pool": "tenant-a"}, "secrets": []any{"registry-credentials", "tenant-a-registry"}},
+		map[string]any{"name": "tenant-b", "nodeSelector": map[string]any{"node-restriction.kubernetes.io/pool": "tenant-b"}, "secrets": []any{"registry-credentials", "tenant-b-registry"}},
+	}}
+	if secrets != nil {
+		vals["secrets"] = secrets
+	}
+	maps.Copy(vals, extra)
+	return vals
+}
+
+// withPool is readmeValues with pool i's key set to v.
+func withPool(i int, key string, v any) map[string]any {
+	vals := readmeValues(nil, nil)
+	vals["pools"].([]any)[i].(map[string]any)[key] = v
+	return vals
+}
+
+// TestChartRolesNameTheirSecrets: whatever shape the lists of Secrets take
+// (helm --set or a values file), every rule the chart renders on Secrets
+// names them — resourceNames neither empty (RBAC: every Secret) nor holding
+// "" (RBAC: a list without a name), each name once — or the chart refuses
+// the values naming the fix; only the top-level selector, which pools
+// refuse, lists Secrets without names. Each agent's Role names exactly what
+// its DaemonSet reads.
+func TestChartRolesNameTheirSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		set     string
+		vals    map[string]any
+		refused []string
+	}{
+		{name: "--set secrets={} (one empty name)", set: "secrets={}," + poolsSet, refused: []string{"secrets[0] is empty", "secrets=null"}},
+		{name: "--set secrets={} without pools", set: "secrets={}", refused: []string{"secrets[0] is empty"}},
+		{name: "--set a pool's secrets={}", set: strings.Replace(poolsSet, "pools[1].secrets={registry-credentials,tenant-b-registry}", "pools[1].secrets={}", 1), refused: []string{"pools[1].secrets[0] is empty"}},
+		{name: "--set secrets=null (no default agent)", set: "secrets=null," + poolsSet},
+		{name: "--set two names, one empty", set: `secrets={registry-credentials,""}`, refused: []string{`secrets[1]: "\"\"" is not a Secret name`}},
+		{name: "--set a number", set: "secrets={123}", refused: []string{"secrets[0]: 123 is not a string", "--set-string"}},
+		{name: "--set a name twice", set: "secrets={a,b,a}", refused: []string{`secrets: "a" is listed twice`}},
+		{name: "--set a pool's name twice", set: strings.Replace(poolsSet, "{registry-credentials,tenant-b-registry}", "{tenant-b-registry,tenant-b-registry}", 1), refused: []string{`pools[1].secrets: "tenant-b-registry" is listed twice`}},
+		{name: "--set a string", set: "secrets=registry-credentials", refused: []string{"must be a list of Secret names"}},
+		{name: "--set a bad name", set: "secrets={Tenant_A}", refused: []string{`"Tenant_A" is not a Secret name`}},
+		{name: "secrets: [] (no default agent)", vals: readmeValues([]any{}, nil)},
+		{name: "secrets: [] without pools (the policy only)", vals: map[string]any{"secrets": []any{}}},
+		{name: "secrets: [\"\"]", vals: readmeValues([]any{""}, nil), refused: []string{"secrets[0] is empty"}},
+		{name: "secrets: [null]", vals: readmeValues([]any{nil}, nil), refused: []string{"secrets[0]: <nil> is not a string"}},
+		{name: "secrets: [{name: x}]", vals: readmeValues([]any{map[string]any{"name": "x"}}, nil), refused: []string{"secrets[0]", "is not a string"}},
+		{name: "secrets: {}", vals: readmeValues(map[string]any{}, nil), refused: []string{"secrets: must be a list"}},
+		{name: "secrets: a string", vals: readmeValues("registry-credentials", nil), refused: []string{"secrets: must be a list"}},
+		{name: "a pool's secrets: []", vals: withPool(0, "secrets", []any{}), refused: []string{"pools[0] (tenant-a): secrets is empty"}},
+		{name: "a pool's secrets: null", vals: withPool(0, "secrets", nil), refused: []string{"pools[0] (tenant-a): secrets is empty"}},
+		{name: "a pool's secrets: [\"\"]", vals: withPool(1, "secrets", []any{""}), refused: []string{"pools[1].secrets[0] is empty"}},
+		{name: "a pool's secrets: a string", vals: withPool(1, "secrets", "tenant-b-registry"), refused: []string{"pools[1].secrets: must be a list"}},
+		{name: "a pool's secrets: [1]", vals: withPool(1, "secrets", []any{1}), refused: []string{"pools[1].secrets[0]: 1 is not a string"}},
+		{name: "pools: a map", vals: map[string]any{"pools": map[string]any{"name": "a"}}, refused: []string{"pools: must be a list"}},
+		{name: "the top-level lists a pool's Secret", vals: readmeValues([]any{"registry-credentials", "tenant-a-registry"}, nil),
+			refused: []string{`secrets: "tenant-a-registry" is a Secret of pool tenant-a`, "every node in no pool", "keep it in its pools"}},
+		{name: "the top-level lists a Secret of some pools", set: strings.Replace(poolsSet, "pools[1].secrets={registry-credentials,", "pools[1].secrets={", 1),
+			refused: []string{`secrets: "registry-credentials" is a Secret of pool tenant-a`}},
+		{name: "the README's pools", set: poolsSet},
+		{name: "a selector without pools", set: "selector=team=a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out map[string]string
+			var err error
+			if tc.vals != nil {
+				out, err = render.RenderValues(chartDir(), tc.vals, "ns1")
+			} else {
+				out, err = render.Render(chartDir(), tc.set, "ns1")
+			}
+			if tc.refused != nil {
+				if err == nil {
+					t.Fatal("rendered; want a refusal")
+				}
+				for _, w := range tc.refused {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("the refusal %q does not say %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs := objects(t, out)
+			roles := all[rbacv1.Role](t, objs, "Role")
+			for name, role := range roles {
+				for _, r := range role.Rules {
+					if !slices.Contains(r.Resources, "secrets") {
+						continue
+					}
+					if tc.set == "selector=team=a" && len(r.ResourceNames) == 0 && !slices.Contains(r.Verbs, "get") {
+						continue
+					}
+					seen := map[string]bool{}
+					for _, n := range r.ResourceNames {
+						if n == "" || seen[n] {
+							t.Errorf("Role %s names %q (empty or twice): %v", name, n, r.ResourceNames)
+						}
+						seen[n] = true
+					}
+					if len(r.ResourceNames) == 0 {
+						t.Errorf("Role %s allows every Secret: %+v", name, r)
+					}
+				}
+			}
+			// Each DaemonSet's --secret is what its ServiceAccount's Role names.
+			bindings := all[rbacv1.RoleBinding](t, objs, "RoleBinding")
+			for _, ds := range all[appsv1.DaemonSet](t, objs, "DaemonSet") {
+				var names []string
+				for _, b := range bindings {
+					if len(b.Subjects) == 1 && b.Subjects[0].Name == ds.Spec.Template.Spec.ServiceAccountName && roles["ns1/"+b.RoleRef.Name] != nil {
+						names = append(names, roles["ns1/"+b.RoleRef.Name].Rules[0].ResourceNames...)
+					}
+				}
+				if tc.set != "selector=team=a" && !slices.Contains(ds.Spec.Template.Spec.Containers[0].Args, "--secret="+strings.Join(names, ",")) {
+					t.Errorf("DaemonSet %s reads %v; its Roles name %v", ds.Name, ds.Spec.Template.Spec.Containers[0].Args, names)
+				}
+			}
+		})
+	}
+}
+
+// TestChartWithoutDefaultAgent: with secrets empty (secrets: [] or
+// --set secrets=null) and no selector, the chart renders no default
+// ServiceAccount, Role or DaemonSet: a node in no pool runs no agent (and
+// a pool's node exactly its pool's), checked with the scheduler's node
+// affinity code; without pools as well, it renders the admission policy
+// alone (the first step of an install with no window, docs/security.md).
+func TestChartWithoutDefaultAgent(t *testing.T) {
+	for _, vals := range []map[string]any{readmeValues([]any{}, nil), {"secrets": nil, "pools": readmeValues(nil, nil)["pools"]}} {
+		out, err := render.RenderValues(chartDir(), vals, "ns1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs := objects(t, out)
+		sets := all[appsv1.DaemonSet](t, objs, "DaemonSet")
+		sas := all[corev1.ServiceAccount](t, objs, "ServiceAccount")
+		roles := all[rbacv1.Role](t, objs, "Role")
+		if sets["ns1/nodecreds"] != nil || sas["ns1/nodecreds"] != nil || roles["ns1/nodecreds-secrets"] != nil || len(sets) != 2 || len(sas) != 2 {
+			t.Errorf("secrets %v: DaemonSets %v, ServiceAccounts %v, Roles %v; want only the pools'", vals["secrets"], slices.Sorted(maps.Keys(sets)), slices.Sorted(maps.Keys(sas)), slices.Sorted(maps.Keys(roles)))
+		}
+		crb, _ := find[rbacv1.ClusterRoleBinding](t, objs, "ClusterRoleBinding")
+		if slices.ContainsFunc(crb.Subjects, func(s rbacv1.Subject) bool { return s.Name == "nodecreds" }) {
+			t.Errorf("the Node ClusterRole is bound to a default agent that does not exist: %v", crb.Subjects)
+		}
+		for _, pool := range []string{"", "tenant-a", "tenant-b", "tenant-c"} {
+			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{"kubernetes.io/os": "linux"}}}
+			if pool != "" {
+				node.Labels["node-restriction.kubernetes.io/pool"] = pool
+			}
+			var running []string
+			for name, ds := range sets {
+				spec := ds.Spec.Template.Spec
+				if ok, err := nodeaffinity.NewRequiredNodeAffinity(spec.NodeSelector, spec.Affinity).Match(node); err != nil {
+					t.Fatal(err)
+				} else if ok {
+					running = append(running, name)
+				}
+			}
+			want := []string{}
+			if pool == "tenant-a" || pool == "tenant-b" {
+				want = []string{"ns1/nodecreds-" + pool}
+			}
+			if !slices.Equal(append([]string{}, running...), want) {
+				t.Errorf("a node of pool %q runs %v, want %v", pool, running, want)
+			}
+		}
+	}
+	out, err := render.RenderValues(chartDir(), map[string]any{"secrets": []any{}}, "ns1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, o := range objects(t, out) {
+		kinds = append(kinds, o.GetKind())
+	}
+	slices.Sort(kinds)
+	if !slices.Equal(kinds, []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}) {
+		t.Errorf("with no Secrets and no pools the chart renders %v, want the admission policy alone", kinds)
+	}
+	if !strings.Contains(out["NOTES.txt"], "No agent runs") {
+		t.Errorf("NOTES do not say that no agent runs:\n%s", out["NOTES.txt"])
+	}
+}
+
+// TestChartToleratesStartupTaint: every DaemonSet tolerates the
+// nodecreds.io/not-ready startup taint (either effect) whatever the
+// tolerations given — none, an empty list, others — as values.yaml
+// promises, and each pool's agent the taints its own tolerations name.
+func TestChartToleratesStartupTaint(t *testing.T) {
+	tenantB := corev1.Taint{Key: "tenant", Value: "b", Effect: corev1.TaintEffectNoExecute}
+	for _, tc := range []struct {
+		name string
+		vals map[string]any
+	}{
+		{"the defaults", nil},
+		{"tolerations: []", map[string]any{"tolerations": []any{}}},
+		{"tolerations: null", map[string]any{"tolerations": nil}},
+		{"other tolerations", map[string]any{"tolerations": []any{map[string]any{"key": "x", "operator": "Exists", "effect": "NoSchedule"}}}},
+		{"the startup taint's NoSchedule only", map[string]any{"tolerations": []any{map[string]any{"key": "nodecreds.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}}}},
+		{"pools, tolerations: []", readmeValues(nil, map[string]any{"tolerations": []any{}})},
+		{"a pool's own tolerations", func() map[string]any {
+			v := withPool(1, "tolerations", []any{map[string]any{"key": "tenant", "value": "b", "effect": "NoExecute"}})
+			v["tolerations"] = []any{}
+			return v
+		}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := render.RenderValues(chartDir(), tc.vals, "ns1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, ds := range all[appsv1.DaemonSet](t, objects(t, out), "DaemonSet") {
+				spec := ds.Spec.Template.Spec
+				for _, effect := range []corev1.TaintEffect{corev1.TaintEffectNoSchedule, corev1.TaintEffectNoExecute} {
+					if !tolerates(spec, corev1.Taint{Key: "nodecreds.io/not-ready", Effect: effect}) {
+						t.Errorf("%s does not tolerate nodecreds.io/not-ready:%s: %v", name, effect, spec.Tolerations)
+					}
+				}
+				if tc.name == "a pool's own tolerations" && name == "ns1/nodecreds-tenant-b" && !tolerates(spec, tenantB) {
+					t.Errorf("%s does not tolerate its own pool's taint: %v", name, spec.Tolerations)
+				}
+			}
+		})
+	}
+}
+
+// podSecretRefs are the Secrets a Pod spec references, which the Node
+// authorizer lets the kubelet of its node read.
+func podSecretRefs(spec corev1.PodSpec) []string {
+	var out []string
+	for _, s := range spec.ImagePullSecrets {
+		out = append(out, s.Name)
+	}
+	for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
+		for _, e := range c.Env {
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+				out = append(out, e.ValueFrom.SecretKeyRef.Name)
+			}
+		}
+		for _, e := range c.EnvFrom {
+			if e.SecretRef != nil {
+				out = append(out, e.SecretRef.Name)
+			}
+		}
+	}
+	for _, v := range spec.Volumes {
+		if v.Secret != nil {
+			out = append(out, v.Secret.SecretName)
+		}
+		if v.Projected != nil {
+			for _, s := range v.Projected.Sources {
+				if s.Secret != nil {
+					out = append(out, s.Secret.Name)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestChartPoolSecretsStayInTheirPools: no value puts a Secret that some
+// agents sync into the Pod spec of an agent that does not sync it (every
+// node that runs such a Pod lets its kubelet read the Secret): a pool's
+// Secret in imagePullSecrets or extraEnv (reaching the default agents' and
+// the other pools' nodes), a default Secret there (reaching the pools'
+// nodes). A Secret every agent syncs, or none (the image's own pull
+// Secret), stays fine. Judged on every DaemonSet's rendered Pod spec.
+func TestChartPoolSecretsStayInTheirPools(t *testing.T) {
+	envFrom := func(name string) map[string]any {
+		return map[string]any{"extraEnv": []any{map[string]any{"name": "X", "valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": name, "key": "k"}}}}}
+	}
+	pull := func(names ...string) map[string]any {
+		var l []any
+		for _, n := range names {
+			l = append(l, map[string]any{"name": n})
+		}
+		return map[string]any{"imagePullSecrets": l}
+	}
+	for _, tc := range []struct {
+		name    string
+		vals    map[string]any
+		refused []string
+	}{
+		{"a pool's Secret as imagePullSecrets", readmeValues(nil, pull("pull", "tenant-a-registry")), []string{`imagePullSecrets[1]: "tenant-a-registry" is a source Secret of tenant-a only`, "Node authorizer"}},
+		{"a pool's Secret in extraEnv", readmeValues(nil, envFrom("tenant-b-registry")), []string{`extraEnv[0].valueFrom.secretKeyRef: "tenant-b-registry" is a source Secret of tenant-b only`}},
+		{"a default Secret in the pools' Pods", readmeValues([]any{"registry-credentials", "default-only"}, pull("default-only")), []string{`"default-only" is a source Secret of the default agents only`}},
+		{"a Secret of the pools but not of the default agents", readmeValues([]any{"default-only"}, envFrom("registry-credentials")), []string{`"registry-credentials" is a source Secret of tenant-a, tenant-b only`}},
+		{"a Secret of every pool without a default agent", readmeValues([]any{}, pull("registry-credentials")), nil},
+		{"a Secret every agent syncs", readmeValues(nil, pull("registry-credentials")), nil},
+		{"the image's own pull Secret", readmeValues(nil, pull("nodecreds-pull")), nil},
+		{"imagePullSecrets as names", readmeValues(nil, map[string]any{"imagePullSecrets": []any{"tenant-a-registry"}}), []string{"imagePullSecrets[0]: must be {name: SECRET}"}},
+		{"extraEnv secretKeyRef without a name", readmeValues(nil, map[string]any{"extraEnv": []any{map[string]any{"name": "X", "valueFrom": map[string]any{"secretKeyRef": map[string]any{"key": "k"}}}}}), []string{"extraEnv[0].valueFrom.secretKeyRef: must name a Secret"}},
+		{"extraEnv not a list of variables", readmeValues(nil, map[string]any{"extraEnv": []any{"X=tenant-a-registry"}}), []string{"extraEnv[0]: must be an environment variable"}},
+		// A line break in a value written as it is would add a field to
+		// the Pod spec: such values are quoted or refused.
+		{"a line break in priorityClassName", readmeValues(nil, map[string]any{"priorityClassName": "x\n      imagePullSecrets:\n        - name: tenant-a-registry"}), nil},
+		{"a line break in image.tag", readmeValues(nil, map[string]any{"image": map[string]any{"tag": "1\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"image.tag", "is not an image tag"}},
+		{"a line break in image.repository", readmeValues(nil, map[string]any{"image": map[string]any{"repository": "r\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"is not an image repository"}},
+		{"a line break in image.pullPolicy", readmeValues(nil, map[string]any{"image": map[string]any{"pullPolicy": "Always\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"image.pullPolicy"}},
+		{"a line break in a target", readmeValues(nil, map[string]any{"targets": []any{"/var/lib/kubelet/config.json\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"a node path here may hold"}},
+		{"a line break in extraArgs", readmeValues(nil, map[string]any{"extraArgs": []any{"--x\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), nil},
+		{"a line break in metrics.port", readmeValues(nil, map[string]any{"metrics": map[string]any{"port": "9102\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"metrics.port", "is not a port number"}},
+		{"a line break in the plugin folder", readmeValues(nil, map[string]any{"credentialProvider": map[string]any{"enabled": true, "binDir": "/opt/x\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"a node path here may hold"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := render.RenderValues(chartDir(), tc.vals, "ns1")
+			if tc.refused != nil {
+				if err == nil {
+					t.Fatal("rendered; want a refusal")
+				}
+				for _, w := range tc.refused {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("the refusal %q does not say %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			sets := all[appsv1.DaemonSet](t, objects(t, out), "DaemonSet")
+			if len(sets) < 2 {
+				t.Fatalf("%d DaemonSets rendered, want the pools' at least", len(sets))
+			}
+			sources := map[string][]string{} // Secret → the DaemonSets that sync it
+			for name, ds := range sets {
+				for _, a := range ds.Spec.Template.Spec.Containers[0].Args {
+					if list, ok := strings.CutPrefix(a, "--secret="); ok {
+						for _, s := range strings.Split(list, ",") {
+							sources[s] = append(sources[s], name)
+						}
+					}
+				}
+			}
+			for name, ds := range sets {
+				for _, ref := range podSecretRefs(ds.Spec.Template.Spec) {
+					if by := sources[ref]; len(by) > 0 && !slices.Contains(by, name) {
+						t.Errorf("%s's Pods reference %s, a Secret of %v only", name, ref, by)
+					}
+				}
+			}
+		})
 	}
 }

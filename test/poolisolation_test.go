@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -50,6 +52,16 @@ type readmePools struct {
 	helmSet string         // every --set, joined
 	values  map[string]any // the values-file form
 	status  [][]string     // nodecreds status arguments
+	first   firstInstall   // "A first install with the policy in force first"
+}
+
+// firstInstall is the README's install of the admission policy alone, the
+// operator's check that it is enforced, and the upgrade that adds the
+// agents.
+type firstInstall struct {
+	set                     string // helm install --set
+	as, asGroup, probe      string // kubectl patch --as, --as-group, -p
+	upgradeSet, probeDryRun string
 }
 
 func readReadmePools(t *testing.T) readmePools {
@@ -68,6 +80,25 @@ func readReadmePools(t *testing.T) readmePools {
 		section = section[:end+4]
 	}
 	r := readmePools{pools: map[string]string{}, taints: map[string][]corev1.Taint{}}
+	first, ok := strings.CutPrefix(section[strings.Index(section, "\n#### A first install")+1:], "#### A first install")
+	if !ok {
+		t.Fatal(`README.md has no section "A first install with the policy in force first" in its pools section`)
+	}
+	section = section[:strings.Index(section, "\n#### A first install")]
+	for re, into := range map[string]*string{
+		`(?m)^helm install nodecreds \S+ --namespace \S+ --set (\S+)$`: &r.first.set,
+		`--as=(\S+)`:       &r.first.as,
+		`--as-group=(\S+)`: &r.first.asGroup,
+		`-p '([^']+)'`:     &r.first.probe,
+		`--dry-run=(\S+)`:  &r.first.probeDryRun,
+		`(?m)^helm upgrade nodecreds .*\n\s*--set (\S+)`: &r.first.upgradeSet,
+	} {
+		m := regexp.MustCompile(re).FindStringSubmatch(first)
+		if m == nil {
+			t.Fatalf("the README's first install lacks %s", re)
+		}
+		*into = strings.ReplaceAll(m[1], `'`, "") // as the shell reads it
+	}
 	for _, m := range regexp.MustCompile(`(?m)^kubectl label nodes? (\S+) `+regexp.QuoteMeta(poolLabel)+`=(\S+)$`).FindAllStringSubmatch(section, -1) {
 		r.pools[m[1]] = m[2]
 	}
@@ -222,6 +253,26 @@ func TestNodePoolIsolation(t *testing.T) {
 		t.Fatalf("the README taints %s with %v, want one tenant taint", nodeB, readme.taints[nodeB])
 	}
 	tenantB := readme.taints[nodeB][0]
+	// The kubelet admits a Pod bound by spec.nodeName, which skips the
+	// scheduler, against NoExecute taints only
+	// (pkg/kubelet/lifecycle/predicate.go, v1.37): a tenant taint of
+	// another effect keeps no Pod off a node.
+	for node, taints := range readme.taints {
+		for _, tn := range taints {
+			if tn.Effect != corev1.TaintEffectNoExecute {
+				t.Errorf("the README taints %s with %s=%s:%s; a tenant taint must be NoExecute", node, tn.Key, tn.Value, tn.Effect)
+			}
+		}
+	}
+	// Node B's provisioning applies its pool label and taints (server-side
+	// apply), so it owns them: an agent must not hand them away
+	// (managedFields), and its removal of the startup taint moves only the
+	// taints' ownership.
+	provisioned := `{"apiVersion":"v1","kind":"Node","metadata":{"name":"` + nodeB + `","labels":{"` + poolLabel + `":"tenant-b"}},"spec":{"taints":` + mustJSON(t, append([]corev1.Taint{tenantB}, startup)) + `}}`
+	force := true
+	if _, err := admin.CoreV1().Nodes().Patch(ctx, nodeB, types.ApplyPatchType, []byte(provisioned), metav1.PatchOptions{FieldManager: "provisioner", Force: &force}); err != nil {
+		t.Fatal(err)
+	}
 	dsOf := func(pool string) string {
 		if pool == "" {
 			return "nodecreds"
@@ -276,7 +327,7 @@ func TestNodePoolIsolation(t *testing.T) {
 			return apierrors.IsForbidden(err)
 		})
 		merge := func(node, patch string, sub ...string) error {
-			_, err := b.Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, sub...)
+			_, err := b.Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "nodecreds"}, sub...)
 			return err
 		}
 		taints := func(ts ...corev1.Taint) string {
@@ -319,6 +370,184 @@ func TestNodePoolIsolation(t *testing.T) {
 				t.Errorf("pool B's agent token can %s (err %v), want Forbidden", f.what, f.err)
 			}
 		}
+
+		// Field ownership: a later server-side apply by a manager drops the
+		// fields it owned alone and no longer sets, so an agent handing the
+		// provisioner's label and taints to another manager (or taking them
+		// away) would let that apply strip them.
+		others := func() []metav1.ManagedFieldsEntry {
+			return slices.DeleteFunc(getNode(t, admin, nodeB).ManagedFields, func(e metav1.ManagedFieldsEntry) bool { return e.Manager == "nodecreds" })
+		}
+		before := others()
+		owners := func(edit func(e map[string]any)) string {
+			raw, _ := json.Marshal(getNode(t, admin, nodeB).ManagedFields)
+			var entries []map[string]any
+			if err := json.Unmarshal(raw, &entries); err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range entries {
+				edit(e)
+			}
+			return mustJSON(t, map[string]any{"metadata": map[string]any{"managedFields": entries}})
+		}
+		fields := func(e map[string]any) map[string]any { return e["fieldsV1"].(map[string]any) }
+		withTaintRemoval := func(patch string) string {
+			var p map[string]any
+			_ = json.Unmarshal([]byte(patch), &p)
+			p["spec"] = map[string]any{"taints": []corev1.Taint{tenantB}}
+			return mustJSON(t, p)
+		}
+		dropProvisionerLabel := owners(func(e map[string]any) {
+			if e["manager"] == "provisioner" {
+				delete(fields(e), "f:metadata")
+			}
+		})
+		forceApply := true
+		ownershipAttacks := []struct {
+			what string
+			err  error
+		}{
+			// The reviewer's: the label and taints claimed for a manager that
+			// will apply without them.
+			{"give the pool label and the taints to another manager", merge(nodeB, `{"metadata":{"managedFields":[{"manager":"provisioner","operation":"Apply","apiVersion":"v1","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:labels":{"f:node-restriction.kubernetes.io/pool":{}}},"f:spec":{"f:taints":{}}}}]}}`)},
+			{"reset every manager's ownership", merge(nodeB, `{"metadata":{"managedFields":[{}]}}`)},
+			{"take the pool label from the provisioner", merge(nodeB, dropProvisionerLabel)},
+			{"take the pool label while removing the startup taint", merge(nodeB, withTaintRemoval(dropProvisionerLabel))},
+			{"reset ownership while removing the startup taint", merge(nodeB, withTaintRemoval(`{"metadata":{"managedFields":[{}]}}`))},
+			{"give another manager the taints", merge(nodeB, owners(func(e map[string]any) {
+				if e["manager"] != "provisioner" && e["manager"] != "nodecreds" && e["subresource"] == nil {
+					fields(e)["f:spec"] = map[string]any{"f:taints": map[string]any{}}
+				}
+			}))},
+			{"own the pool label as nodecreds", merge(nodeB, owners(func(e map[string]any) {
+				if e["manager"] == "provisioner" {
+					e["manager"] = "nodecreds"
+					e["operation"] = "Update"
+				}
+			}))},
+			{"own its fields by server-side apply", func() error {
+				_, err := b.Patch(ctx, nodeB, types.ApplyPatchType, []byte(`{"apiVersion":"v1","kind":"Node","metadata":{"name":"`+nodeB+`","annotations":{"nodecreds.io/revision":"r9"}}}`), metav1.PatchOptions{FieldManager: "nodecreds", Force: &forceApply})
+				return err
+			}()},
+			{"remove an entry (JSON patch)", jsonPatch(ctx, b, nodeB, `[{"op":"remove","path":"/metadata/managedFields/0"}]`)},
+			{"rewrite ownership (strategic merge)", strategic(ctx, b, nodeB, dropProvisionerLabel)},
+			{"annotate as another field manager", func() error {
+				_, err := b.Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r8"}}}`), metav1.PatchOptions{FieldManager: "provisioner"})
+				return err
+			}()},
+			{"annotate as a new field manager", func() error {
+				_, err := b.Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r7"}}}`), metav1.PatchOptions{})
+				return err
+			}()},
+		}
+		for _, f := range ownershipAttacks {
+			if f.err == nil || !strings.Contains(f.err.Error(), "nodecreds-agents") {
+				t.Errorf("pool B's agent token can %s (err %v), want refused by the nodecreds-agents policy", f.what, f.err)
+			}
+		}
+		if after := others(); !reflect.DeepEqual(before, after) {
+			t.Errorf("the other managers' ownership of %s changed:\n%v\n→\n%v", nodeB, before, after)
+		}
+
+		// The API server keeps at most 10 update entries: the agent's first
+		// write on node-d, which has 10, makes it merge the oldest into
+		// "ancient-changes". That is allowed; a merge made up by the agent
+		// (fields no update entry held, an entry dropped without its
+		// fields, an applier's entry merged) is not.
+		d := tokens["node-d"].client.CoreV1().Nodes()
+		if _, err := admin.CoreV1().Nodes().Patch(ctx, "node-d", types.ApplyPatchType, []byte(`{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-d","labels":{"example.com/rack":"r1"}}}`), metav1.PatchOptions{FieldManager: "provisioner", Force: &force}); err != nil {
+			t.Fatal(err)
+		}
+		updates := func() int {
+			n := 0
+			for _, e := range getNode(t, admin, "node-d").ManagedFields {
+				if e.Operation == metav1.ManagedFieldsOperationUpdate {
+					n++
+				}
+			}
+			return n
+		}
+		for i := 0; updates() < 10; i++ {
+			if _, err := admin.CoreV1().Nodes().Patch(ctx, "node-d", types.MergePatchType, []byte(fmt.Sprintf(`{"metadata":{"annotations":{"example.com/m%d":"x"}}}`, i)), metav1.PatchOptions{FieldManager: fmt.Sprintf("tool-%d", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := d.Patch(ctx, "node-d", types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r0"}}}`), metav1.PatchOptions{FieldManager: "nodecreds"}); err != nil {
+			t.Errorf("the agent's first write on a Node with 10 update entries is refused: %v", err)
+		}
+		if !slices.ContainsFunc(getNode(t, admin, "node-d").ManagedFields, func(e metav1.ManagedFieldsEntry) bool { return e.Manager == "ancient-changes" }) {
+			t.Errorf("the API server merged no entry into ancient-changes: this case tests nothing")
+		}
+		forge := func(edit func(entries []map[string]any) []map[string]any) string {
+			raw, _ := json.Marshal(getNode(t, admin, "node-d").ManagedFields)
+			var entries []map[string]any
+			if err := json.Unmarshal(raw, &entries); err != nil {
+				t.Fatal(err)
+			}
+			return mustJSON(t, map[string]any{"metadata": map[string]any{"managedFields": edit(entries)}})
+		}
+		bucket := func(entries []map[string]any) map[string]any {
+			for _, e := range entries {
+				if e["manager"] == "ancient-changes" {
+					return fields(e)
+				}
+			}
+			t.Fatal("no ancient-changes entry")
+			return nil
+		}
+		// own makes path (keys of fieldsV1) a member of set.
+		own := func(set map[string]any, path ...string) {
+			for _, k := range path {
+				if set[k] == nil {
+					set[k] = map[string]any{}
+				}
+				set = set[k].(map[string]any)
+			}
+		}
+		// mergeOne merges a tool's entry into ancient-changes, as the API
+		// server would, and then applies extra.
+		mergeOne := func(extra func(entries []map[string]any)) func([]map[string]any) []map[string]any {
+			return func(entries []map[string]any) []map[string]any {
+				for i, e := range entries {
+					if strings.HasPrefix(e["manager"].(string), "tool-") {
+						for k := range fields(e)["f:metadata"].(map[string]any)["f:annotations"].(map[string]any) {
+							own(bucket(entries), "f:metadata", "f:annotations", k)
+						}
+						entries = slices.Delete(entries, i, i+1)
+						break
+					}
+				}
+				if extra != nil {
+					extra(entries)
+				}
+				return entries
+			}
+		}
+		for what, patch := range map[string]string{
+			"merge an entry into ancient-changes with a field no update entry held": forge(mergeOne(func(entries []map[string]any) {
+				own(bucket(entries), "f:metadata", "f:labels", "f:example.com/rack")
+			})),
+			"drop an update entry without its fields": forge(func(entries []map[string]any) []map[string]any {
+				i := slices.IndexFunc(entries, func(e map[string]any) bool { return strings.HasPrefix(e["manager"].(string), "tool-") })
+				return slices.Delete(entries, i, i+1)
+			}),
+			"merge the applier's entry into ancient-changes": forge(func(entries []map[string]any) []map[string]any {
+				own(bucket(entries), "f:metadata", "f:labels", "f:example.com/rack")
+				return slices.DeleteFunc(entries, func(e map[string]any) bool { return e["manager"] == "provisioner" })
+			}),
+			"take a field from ancient-changes": forge(func(entries []map[string]any) []map[string]any {
+				b := bucket(entries)
+				for k := range b {
+					delete(b, k)
+					break
+				}
+				return entries
+			}),
+		} {
+			if _, err := d.Patch(ctx, "node-d", types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "nodecreds"}); err == nil || !strings.Contains(err.Error(), "nodecreds-agents") {
+				t.Errorf("the default agent's token can %s: %v", what, err)
+			}
+		}
 		// The label attempt is refused by the policy (RBAC allows patch).
 		if err := merge(nodeB, `{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`); err == nil || !strings.Contains(err.Error(), "nodecreds-agents") {
 			t.Errorf("relabelling is not refused by the nodecreds-agents policy: %v", err)
@@ -333,7 +562,7 @@ func TestNodePoolIsolation(t *testing.T) {
 		// A token of the same ServiceAccount that is not bound to a Pod
 		// (so to no node) changes no Node, not even its own annotations.
 		unbound := tokenClient(t, c, ns, "nodecreds-tenant-b")
-		if _, err := unbound.CoreV1().Nodes().Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r1"}}}`), metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
+		if _, err := unbound.CoreV1().Nodes().Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"annotations":{"nodecreds.io/revision":"r1"}}}`), metav1.PatchOptions{FieldManager: "nodecreds"}); !apierrors.IsForbidden(err) {
 			t.Errorf("a token not bound to a Pod annotates a Node: %v", err)
 		}
 		n := getNode(t, admin, nodeB)
@@ -385,6 +614,44 @@ func TestNodePoolIsolation(t *testing.T) {
 		}
 	})
 
+	t.Run("tenants", func(t *testing.T) {
+		// Tenant B may create Pods in its namespace, nothing else. A Pod
+		// bound by spec.nodeName to tenant A's node skips the scheduler
+		// and needs no toleration to be stored; A's NoExecute taint is what
+		// keeps it off: the kubelet refuses it at admission (v1.37
+		// pkg/kubelet/lifecycle/predicate.go checks NoExecute taints only)
+		// and the taint eviction controller deletes it, which is what an API
+		// server without a kubelet shows.
+		if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "tenant-b"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.RbacV1().Roles("tenant-b").Create(ctx, &rbacv1.Role{
+			ObjectMeta: metav1.ObjectMeta{Name: "pods"},
+			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"create", "get"}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.RbacV1().RoleBindings("tenant-b").Create(ctx, &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "dev"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "pods"},
+			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: "tenant-b-dev"}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		dev := ca.client(t, c, "tenant-b-dev", "tenants")
+		pod, err := dev.CoreV1().Pods("tenant-b").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "on-" + nodeA, Namespace: "tenant-b"},
+			Spec:       corev1.PodSpec{NodeName: nodeA, Containers: []corev1.Container{{Name: "app", Image: creds["tenant-a"].registry + "/private/app:1"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("tenant B's Pod bound to %s: %v", nodeA, err)
+		}
+		testsupport.Eventually(t, 30*time.Second, "tenant B's Pod bound to "+nodeA+" is evicted by its NoExecute tenant taint", func() bool {
+			p, err := dev.CoreV1().Pods("tenant-b").Get(ctx, pod.Name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err) || err == nil && p.DeletionTimestamp != nil
+		})
+	})
+
 	t.Run("agent", func(t *testing.T) {
 		// Pool B's agent asked for pool A's Secret is refused it.
 		root := t.TempDir()
@@ -433,6 +700,20 @@ func TestNodePoolIsolation(t *testing.T) {
 		if n.Annotations["nodecreds.io/revision"] == "r0" || n.Annotations["nodecreds.io/synced-at"] == "" || cond == nil || cond.Status != corev1.ConditionTrue ||
 			hasTaint(n, startup.Key) || !hasTaint(n, tenantB.Key) || n.Annotations["example.com/owner"] != "team-b" {
 			t.Errorf("%s after its agent's sync: annotations %v, condition %+v, taints %v", nodeB, n.Annotations, cond, n.Spec.Taints)
+		}
+		// Removing the startup taint moved the taints' ownership (an atomic
+		// list) to the agent, as the API server does; the provisioner still
+		// owns the pool label, and nothing else changed hands.
+		for _, e := range n.ManagedFields {
+			f := string(e.FieldsV1.Raw)
+			switch {
+			case e.Manager == "provisioner" && f != `{"f:metadata":{"f:labels":{"f:`+poolLabel+`":{}}}}`:
+				t.Errorf("after the agent's sync the provisioner owns %s, want the pool label only", f)
+			case e.Manager == "nodecreds" && e.Subresource == "" && !strings.Contains(f, `"f:spec":{"f:taints":{}}`):
+				t.Errorf("after removing the startup taint the agent owns %s, without the taints", f)
+			case e.Manager != "nodecreds" && e.Manager != "provisioner" && strings.Contains(f, "f:taints"):
+				t.Errorf("after the agent removed the startup taint %s still owns the taints: %s", e.Manager, f)
+			}
 		}
 		// The README's status commands: each pool's nodes, and the
 		// default DaemonSet's, have applied their Secrets.
@@ -682,13 +963,15 @@ type nodePatcher interface {
 	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Node, error)
 }
 
+// jsonPatch, strategic and merge patches sign as the agent's field manager,
+// so that a refusal is about what they change, not about who signs.
 func jsonPatch(ctx context.Context, nodes nodePatcher, node, patch string) error {
-	_, err := nodes.Patch(ctx, node, types.JSONPatchType, []byte(patch), metav1.PatchOptions{})
+	_, err := nodes.Patch(ctx, node, types.JSONPatchType, []byte(patch), metav1.PatchOptions{FieldManager: "nodecreds"})
 	return err
 }
 
 func strategic(ctx context.Context, nodes nodePatcher, node, patch string, sub ...string) error {
-	_, err := nodes.Patch(ctx, node, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, sub...)
+	_, err := nodes.Patch(ctx, node, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "nodecreds"}, sub...)
 	return err
 }
 
@@ -696,6 +979,15 @@ func apply(ctx context.Context, nodes nodePatcher, node, obj string) error {
 	force := true
 	_, err := nodes.Patch(ctx, node, types.ApplyPatchType, []byte(obj), metav1.PatchOptions{FieldManager: "evil", Force: &force})
 	return err
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	raw, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
 }
 
 // tokenClient is a client with a token of namespace/name bound to nothing.

@@ -28,6 +28,9 @@ const (
 	AnnotationSources = "nodecreds.io/sources"
 	ConditionType     = corev1.NodeConditionType("RegistryCredentialsSynced")
 	StartupTaintKey   = "nodecreds.io/not-ready"
+	// FieldManager owns, in the Node's managedFields, what the agent
+	// writes; the chart's admission policy allows an agent no other.
+	FieldManager = "nodecreds"
 )
 
 // maxMessage bounds condition and event messages.
@@ -252,7 +255,7 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 			AnnotationSources:  st.Sources,
 			AnnotationSyncedAt: n.now().UTC().Format(time.RFC3339),
 		}}})
-		if _, err := nodes.Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "nodecreds"}); err != nil {
+		if _, err := nodes.Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
 			return fmt.Errorf("annotating node %s: %w", n.name, err)
 		}
 		n.reportedRev = st.Revision
@@ -268,7 +271,9 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 			cond.LastTransitionTime = now
 		}
 		patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
-		if _, err := nodes.PatchStatus(ctx, n.name, patch); err != nil {
+		// As the field manager of every other write: the admission policy
+		// lets an agent own fields as "nodecreds" only.
+		if _, err := nodes.Patch(ctx, n.name, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}, "status"); err != nil {
 			return fmt.Errorf("setting condition on node %s: %w", n.name, err)
 		}
 		n.knownCond = &cond
@@ -313,7 +318,7 @@ func (n *NodeReporter) removeStartupTaint(ctx context.Context) error {
 			"metadata": map[string]any{"resourceVersion": node.ResourceVersion},
 			"spec":     map[string]any{"taints": kept},
 		})
-		_, err = n.client.Nodes().Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "nodecreds"})
+		_, err = n.client.Nodes().Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager})
 		if apierrors.IsConflict(err) {
 			continue
 		}

@@ -19,11 +19,95 @@ app.kubernetes.io/name: nodecreds
 {{- end -}}
 {{- end -}}
 
-{{/* The ServiceAccounts of every agent, default first, as "name". */}}
+{{/* "true" when the default DaemonSet runs (on every node in no pool):
+it has Secrets to read, named or by a label selector. With neither
+(secrets: [] or null), nodes in no pool run no agent. */}}
+{{- define "nodecreds.hasDefault" -}}
+{{- if or .Values.selector .Values.secrets }}true{{ end -}}
+{{- end -}}
+
+{{/* The ServiceAccounts of every agent, default first, as "name". The
+admission policy does not use this list: it covers every name the chart
+can give an agent (nodecreds, nodecreds-<pool>), whatever the values. */}}
 {{- define "nodecreds.serviceAccounts" -}}
-{{- $out := list "nodecreds" -}}
+{{- $out := list -}}
+{{- if include "nodecreds.hasDefault" . }}{{ $out = append $out "nodecreds" }}{{ end -}}
 {{- range .Values.pools }}{{ $out = append $out (printf "nodecreds-%s" .name) }}{{ end -}}
 {{- toJson $out -}}
+{{- end -}}
+
+{{/* Refuses a list of Secret names that RBAC would read wider than the
+names: resourceNames [] allows every name, and [""] (what helm --set
+'secrets={}' gives) a list call without one; a duplicate or a non-string
+is a mistake. Arguments: list WHERE VALUE. */}}
+{{- define "nodecreds.checkSecretNames" -}}
+{{- $where := index . 0 }}{{ $v := index . 1 -}}
+{{- if not (kindIs "slice" $v) -}}
+{{- fail (printf "%s: must be a list of Secret names, e.g. {registry-credentials}; got %v" $where $v) -}}
+{{- end -}}
+{{- if not $v -}}
+{{- fail (printf "%s is empty: a Role must name the Secrets it allows (an empty resourceNames allows them all); name the Secrets" $where) -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range $i, $n := $v -}}
+{{- if not (kindIs "string" $n) -}}
+{{- fail (printf "%s[%d]: %v is not a string; quote it (helm --set-string, or \"...\" in a values file)" $where $i $n) -}}
+{{- end -}}
+{{- if eq $n "" -}}
+{{- fail (printf "%s[%d] is empty: in a Role an empty name matches a list of every Secret (helm --set '%s={}' gives one); name the Secrets (no default agent at all: --set secrets=null, or secrets: [] in a values file)" $where $i $where) -}}
+{{- end -}}
+{{- if or (gt (len $n) 253) (not (regexMatch `^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$` $n)) -}}
+{{- fail (printf "%s[%d]: %q is not a Secret name" $where $i $n) -}}
+{{- end -}}
+{{- if hasKey $seen $n -}}
+{{- fail (printf "%s: %q is listed twice" $where $n) -}}
+{{- end -}}
+{{- $_ := set $seen $n true -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secrets the chart's values put into every agent's Pod spec
+(imagePullSecrets, extraEnv's secretKeyRef), as JSON: a list of [where,
+name]. The kubelet of every node that runs one of these Pods may read them
+(the Node authorizer). */}}
+{{- define "nodecreds.podSecretRefs" -}}
+{{- $out := list -}}
+{{- range $i, $s := .Values.imagePullSecrets | default list -}}
+{{- if not (and (kindIs "map" $s) (kindIs "string" $s.name) $s.name) -}}
+{{- fail (printf "imagePullSecrets[%d]: must be {name: SECRET}; got %v" $i $s) -}}
+{{- end -}}
+{{- $out = append $out (list (printf "imagePullSecrets[%d]" $i) $s.name) -}}
+{{- end -}}
+{{- range $i, $e := .Values.extraEnv | default list -}}
+{{- if not (kindIs "map" $e) -}}
+{{- fail (printf "extraEnv[%d]: must be an environment variable ({name, value} or {name, valueFrom}); got %v" $i $e) -}}
+{{- end -}}
+{{- with $e.valueFrom -}}
+{{- if hasKey . "secretKeyRef" -}}
+{{- $ref := .secretKeyRef -}}
+{{- if not (and (kindIs "map" $ref) (kindIs "string" $ref.name) $ref.name) -}}
+{{- fail (printf "extraEnv[%d].valueFrom.secretKeyRef: must name a Secret" $i) -}}
+{{- end -}}
+{{- $out = append $out (list (printf "extraEnv[%d].valueFrom.secretKeyRef" $i) $ref.name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Tolerations (JSON) with the nodecreds.io/not-ready startup taint the
+agent removes always tolerated (any effect): without it a node registered
+with that taint would wait for an agent for ever. */}}
+{{- define "nodecreds.tolerations" -}}
+{{- $list := . | default list -}}
+{{- $covered := false -}}
+{{- range $list -}}
+{{- if and (kindIs "map" .) (eq (toString (.operator | default "")) "Exists") (not .effect) (or (not .key) (eq (toString .key) "nodecreds.io/not-ready")) }}{{ $covered = true }}{{ end -}}
+{{- end -}}
+{{- if not $covered -}}
+{{- $list = append $list (dict "key" "nodecreds.io/not-ready" "operator" "Exists") -}}
+{{- end -}}
+{{- toJson $list -}}
 {{- end -}}
 
 {{/* An agent Pod's labels: the default DaemonSet's keep the selector they
@@ -96,6 +180,9 @@ would otherwise hand the agent the whole node. */}}
 {{- if not (isAbs $path) -}}
 {{- fail (printf "%s: %q must be an absolute node path" $what $path) -}}
 {{- end -}}
+{{- if not (regexMatch `^[A-Za-z0-9._+@/-]+$` $path) -}}
+{{- fail (printf "%s: %q: a node path here may hold letters, digits and . _ + @ / - only" $what $path) -}}
+{{- end -}}
 {{- $dir := clean $path -}}
 {{- if $isFile }}{{ $dir = dir $dir }}{{ end -}}
 {{- $system := list "/" "/bin" "/boot" "/dev" "/etc" "/home" "/lib" "/lib32" "/lib64" "/libx32" "/media" "/mnt" "/opt" "/proc" "/root" "/run" "/sbin" "/srv" "/sys" "/tmp" "/usr" "/usr/local" "/var" "/var/lib" "/var/log" "/var/run" "/var/tmp" "/var/lib/nodecreds" -}}
@@ -116,12 +203,35 @@ fails the install naming the fix. */}}
 {{- if .Values.credentialProvider.enabled -}}
 {{- include "nodecreds.checkFolder" (list "credentialProvider.binDir" .Values.credentialProvider.binDir false) -}}
 {{- end -}}
+{{- /* Values written into the Pod spec as they are: nothing but what
+they name (no line break could add a field). */ -}}
+{{- with .Values.image -}}
+{{- if not (regexMatch `^[a-z0-9]([-a-z0-9._:/]*[a-z0-9])?$` (toString .repository)) -}}
+{{- fail (printf "image.repository: %q is not an image repository" (toString .repository)) -}}
+{{- end -}}
+{{- if and .tag (not (regexMatch `^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$` (toString .tag))) -}}
+{{- fail (printf "image.tag: %q is not an image tag" (toString .tag)) -}}
+{{- end -}}
+{{- if and .digest (not (regexMatch `^sha256:[a-f0-9]{64}$` (toString .digest))) -}}
+{{- fail (printf "image.digest: %q is not a sha256 digest (sha256:<64 hex>)" (toString .digest)) -}}
+{{- end -}}
+{{- if not (has (toString .pullPolicy) (list "Always" "IfNotPresent" "Never")) -}}
+{{- fail (printf "image.pullPolicy: %q is not Always, IfNotPresent or Never" (toString .pullPolicy)) -}}
+{{- end -}}
+{{- end -}}
+{{- $port := .Values.metrics.port -}}
+{{- if not (and (or (kindIs "int" $port) (kindIs "int64" $port) (kindIs "float64" $port)) (eq (float64 $port) (float64 (int $port))) (ge (int $port) 1) (le (int $port) 65535)) -}}
+{{- fail (printf "metrics.port: %v is not a port number (1-65535)" $port) -}}
+{{- end -}}
 {{- with .Values.updateStrategy.rollingUpdate -}}
 {{- if and .maxSurge (not (has (toString .maxSurge) (list "0" "0%"))) -}}
 {{- fail (printf "updateStrategy.rollingUpdate.maxSurge=%v: a node runs one agent at a time (a new agent waits for the old one to stop, and is not ready meanwhile), so a surge rollout, which stops the old Pod only once the new one is ready, would never finish; use maxUnavailable" .maxSurge) -}}
 {{- end -}}
 {{- end -}}
 {{- $pools := .Values.pools | default list -}}
+{{- if not (kindIs "slice" $pools) -}}
+{{- fail (printf "pools: must be a list of pools; got %v" $pools) -}}
+{{- end -}}
 {{- if and .Values.selector $pools -}}
 {{- fail (printf "selector=%q with pools: a label selector lets the default DaemonSet's agents list every Secret in namespace %s, the pools' Secrets included (RBAC cannot narrow a label-selected list); name the default Secrets in secrets instead" .Values.selector $.Release.Namespace) -}}
 {{- end -}}
@@ -161,10 +271,44 @@ fails the install naming the fix. */}}
 {{- if not $p.secrets -}}
 {{- fail (printf "%s: secrets is empty; name the pool's source Secrets (in namespace %s), in precedence order" $where $.Release.Namespace) -}}
 {{- end -}}
-{{- range $p.secrets -}}
-{{- if not (regexMatch `^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$` (toString .)) -}}
-{{- fail (printf "%s: secrets: %q is not a Secret name" $where (toString .)) -}}
+{{- include "nodecreds.checkSecretNames" (list (printf "pools[%d].secrets" $i) $p.secrets) -}}
 {{- end -}}
+{{- /* The default agent's Secrets: every node in no pool gets them,
+including any node that joins the cluster. With pools, none may be one
+that some pools list and others do not (a tenant's), and with no Secret
+and no selector no default agent runs (nodes in no pool get none). */ -}}
+{{- if and (not .Values.selector) (ne (kindOf .Values.secrets) "invalid") -}}
+{{- if or (not (kindIs "slice" .Values.secrets)) .Values.secrets -}}
+{{- include "nodecreds.checkSecretNames" (list "secrets" .Values.secrets) -}}
+{{- end -}}
+{{- end -}}
+{{- $readers := dict -}}
+{{- range $p := $pools -}}
+{{- range $p.secrets }}{{ $_ := set $readers . (append (get $readers . | default list) $p.name) }}{{ end -}}
+{{- end -}}
+{{- if not .Values.selector -}}
+{{- range .Values.secrets | default list -}}
+{{- $by := get $readers . | default list -}}
+{{- if and $by (lt (len $by) (len $pools)) -}}
+{{- fail (printf "secrets: %q is a Secret of pool %s, not of every pool: listed here it would reach every node in no pool, including any node that joins the cluster; keep it in its pools only (a Secret every node may have is listed here and by every pool)" . (join ", " $by)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* Secrets referenced by the agents' Pod specs reach the kubelet of
+every node that runs an agent: each must be one that every agent reads, or
+none. */ -}}
+{{- $agents := len $pools -}}
+{{- $default := list -}}
+{{- if include "nodecreds.hasDefault" . -}}
+{{- $agents = add1 $agents -}}
+{{- if not .Values.selector }}{{ $default = .Values.secrets }}{{ end -}}
+{{- end -}}
+{{- range include "nodecreds.podSecretRefs" . | fromJsonArray -}}
+{{- $where := index . 0 }}{{ $name := index . 1 -}}
+{{- $by := get $readers $name | default list -}}
+{{- if has $name $default }}{{ $by = prepend $by "the default agents" }}{{ end -}}
+{{- if and $by (lt (len $by) $agents) -}}
+{{- fail (printf "%s: %q is a source Secret of %s only; in the agents' Pod spec it would reach the kubelet of every node that runs an agent (the Node authorizer lets a kubelet read the Secrets its Pods reference), the other pools' included; reference a Secret that no agent syncs (for the nodecreds image: its own pull Secret)" $where $name (join ", " $by)) -}}
 {{- end -}}
 {{- end -}}
 {{- range $j, $q := $pools -}}
@@ -180,4 +324,61 @@ fails the install naming the fix. */}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* A CEL expression: every field path of the managedFields set (fieldsV1)
+named by the first argument is in the one named by the second, checked to
+the depth given last (deeper, the two must be equal: refused when unsure).
+Arguments: list X Y level depth. */}}
+{{- define "nodecreds.celSubset" -}}
+{{- $x := index . 0 }}{{ $y := index . 1 }}{{ $level := index . 2 }}{{ $depth := index . 3 -}}
+{{- if ge $level $depth -}}
+{{ $x }} == {{ $y }}
+{{- else -}}
+{{- $k := printf "k%d" $level -}}
+{{ $x }}.all({{ $k }}, {{ $k }} in {{ $y }} && ({{ $x }}[{{ $k }}].size() == 0 || {{ include "nodecreds.celSubset" (list (printf "%s[%s]" $x $k) (printf "%s[%s]" $y $k) (add1 $level) $depth) }}))
+{{- end -}}
+{{- end -}}
+
+{{/* A CEL expression: the managedFields entry n is the old entry o, or o
+less what the agent's own writes take from other managers: the taints
+(when they changed), nodecreds' annotations, its condition. */}}
+{{- define "nodecreds.celKept" -}}
+n.manager == o.manager && n.operation == o.operation &&
+n.?subresource.orValue('') == o.?subresource.orValue('') && n.?apiVersion.orValue('') == o.?apiVersion.orValue('') &&
+n.?time == o.?time && n.?fieldsType == o.?fieldsType &&
+n.fieldsV1.all(k, k in o.fieldsV1) &&
+o.fieldsV1.all(k, k == 'f:spec' ? (
+o.fieldsV1[k].all(j, (j == 'f:taints' && variables.taintsChanged) || n.fieldsV1[?k].orValue({})[?j] == o.fieldsV1[k][?j]) &&
+n.fieldsV1[?k].orValue({}).all(j, j in o.fieldsV1[k] && n.fieldsV1[k][j] == o.fieldsV1[k][j])
+) : k == 'f:metadata' ? (
+o.fieldsV1[k].all(j, j == 'f:annotations' ?
+o.fieldsV1[k][j].all(a, a in variables.ourAnnotationFields || n.fieldsV1[?k].orValue({})[?j].orValue({})[?a] == o.fieldsV1[k][j][?a]) :
+n.fieldsV1[?k].orValue({})[?j] == o.fieldsV1[k][?j]) &&
+n.fieldsV1[?k].orValue({}).all(j, j in o.fieldsV1[k] && (j == 'f:annotations' ?
+n.fieldsV1[k][j].all(a, a in o.fieldsV1[k][j] && n.fieldsV1[k][j][a] == o.fieldsV1[k][j][a]) : n.fieldsV1[k][j] == o.fieldsV1[k][j]))
+) : k == 'f:status' ? (
+o.fieldsV1[k].all(j, j == 'f:conditions' ?
+o.fieldsV1[k][j].all(c, c == variables.conditionField || n.fieldsV1[?k].orValue({})[?j].orValue({})[?c] == o.fieldsV1[k][j][?c]) :
+n.fieldsV1[?k].orValue({})[?j] == o.fieldsV1[k][?j]) &&
+n.fieldsV1[?k].orValue({}).all(j, j in o.fieldsV1[k] && (j == 'f:conditions' ?
+n.fieldsV1[k][j].all(c, c in o.fieldsV1[k][j] && (c == variables.conditionField ? n.fieldsV1[k][j][c].all(x, x in o.fieldsV1[k][j][c]) : n.fieldsV1[k][j][c] == o.fieldsV1[k][j][c])) :
+n.fieldsV1[k][j] == o.fieldsV1[k][j]))
+) : n.fieldsV1[?k] == o.fieldsV1[?k])
+{{- end -}}
+
+{{/* A CEL expression: every field path of the "ancient-changes" entry n
+was owned before by an update entry of its API version (so the API
+server's merge of the oldest entries into it moves ownership, never makes
+it up). Arguments: list level depth; deeper paths are refused. */}}
+{{- define "nodecreds.celOwnedBefore" -}}
+{{- $level := index . 0 }}{{ $depth := index . 1 -}}
+{{- $x := "n.fieldsV1" }}{{ range $i := until (int (sub $level 1)) }}{{ $x = printf "%s[k%d]" $x (add1 $i) }}{{ end -}}
+{{- $k := printf "k%d" $level -}}
+{{- $in := list -}}
+{{- range $i := until (int $level) -}}
+{{- $e := "e.fieldsV1" }}{{ range $j := until $i }}{{ $e = printf "%s[k%d]" $e (add1 $j) }}{{ end -}}
+{{- $in = append $in (printf "k%d in %s" (add1 $i) $e) -}}
+{{- end -}}
+{{ $x }}.all({{ $k }}, {{ $x }}[{{ $k }}].size() == 0 ? variables.oldFields.exists(e, e.operation == 'Update' && e.?apiVersion.orValue('') == n.?apiVersion.orValue('') && {{ join " && " $in }}) : {{ if ge (int $level) (int $depth) }}false{{ else }}{{ include "nodecreds.celOwnedBefore" (list (add1 $level) $depth) }}{{ end }})
 {{- end -}}
