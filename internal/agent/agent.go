@@ -172,6 +172,11 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 				// applied before.
 				delete(a.lastGood, s.Name)
 				continue
+			case ok && !a.stillApplies(good):
+				// Its last good content was for nodes this one no longer
+				// is (relabelled, or gone) while it cannot be read now.
+				delete(a.lastGood, s.Name)
+				continue
 			case ok:
 				s = good // keep the last good state in force
 			default:
@@ -215,6 +220,17 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		r.Report(ctx, st)
 	}
 	return o
+}
+
+// applier is a source that can tell whether a snapshot seen before still
+// applies to this node (its node selector against the Node's labels now).
+type applier interface{ StillApplies(source.Snapshot) bool }
+
+func (a *Agent) stillApplies(good source.Snapshot) bool {
+	if ap, ok := a.src.(applier); ok {
+		return ap.StillApplies(good)
+	}
+	return true
 }
 
 // notes says, once in the log and on every sync in the outcome and the

@@ -401,3 +401,31 @@ func TestRegistriesLoggedAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// appliesSource is a source whose last good snapshots no longer apply to
+// the node (its labels changed, or its Node is gone).
+type appliesSource struct {
+	fakeSource
+	applies bool
+}
+
+func (s *appliesSource) StillApplies(source.Snapshot) bool { return s.applies }
+
+// TestLastGoodOnlyWhereItStillApplies: a Secret for some nodes that turns
+// unreadable keeps its last good content in force only while its last good
+// selector still matches the node; relabelled out (or the Node gone), it
+// applies nowhere.
+func TestLastGoodOnlyWhereItStillApplies(t *testing.T) {
+	invalid := &dockercfg.ValidationError{Problems: []dockercfg.Problem{{Reason: "annotation does not parse"}}}
+	for _, applies := range []bool{true, false} {
+		src := &appliesSource{fakeSource: fakeSource{snaps: []source.Snapshot{snap("a", "r.test", "good")}}, applies: applies}
+		files := &fakeFiles{}
+		a := New(src, files, Options{Targets: []string{"/t"}, Prune: true}, logrus.NewEntry(logrus.New()))
+		a.Sync(t.Context(), "test")
+		src.snaps = []source.Snapshot{bad("a", invalid)}
+		a.Sync(t.Context(), "test")
+		if got := len(files.desired) == 1; got != applies || len(files.hold) != 0 {
+			t.Errorf("still applies %v: last good in force %v (hold %v)", applies, got, files.hold)
+		}
+	}
+}

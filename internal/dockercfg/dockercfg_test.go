@@ -204,7 +204,14 @@ func TestNormalize(t *testing.T) {
 		{"https://reg.example.com/v2/", "reg.example.com"},
 		{"reg.example.com/v1/", "reg.example.com"},
 		{"reg.example.com:5000", "reg.example.com:5000"},
-		{"reg.example.com/Team/", "reg.example.com/Team"},
+		// As the kubelet files them: a trailing slash stays (r/Team/ does
+		// not cover r/Teamx), "/v1" without one is a path, HTTPS:// no scheme.
+		{"reg.example.com/Team/", "reg.example.com/Team/"},
+		{"reg.example.com/Team", "reg.example.com/Team"},
+		{"reg.example.com/v1", "reg.example.com/v1"},
+		{"reg.example.com/v2/team/", "reg.example.com/team/"},
+		{"reg.example.com/", "reg.example.com"},
+		{"HTTPS://reg.example.com", "HTTPS://reg.example.com"}, // not r.example.com
 		{"https://index.docker.io/v1/", "docker.io"},
 		{"index.docker.io", "docker.io"},
 		{"docker.io", "docker.io"},
@@ -225,7 +232,9 @@ func TestValidateKey(t *testing.T) {
 		"*", "*.*", "*.*.*", "?", "*:5000", "https://*/v2/", "*.?", "**",
 		// Wildcards beyond one registrable domain: every registry under
 		// .com, .co.uk, .test would get the credential.
-		"*.com", "*e*.*", "reg*.com", "*.co.uk", "*.example.*", "a.*.com", "*.test", "*.COM:5000"}
+		"*.com", "*e*.*", "reg*.com", "*.co.uk", "*.example.*", "a.*.com", "*.test", "*.COM:5000",
+		// Schemes the kubelet does not read as schemes.
+		"HTTPS://r.io", "Https://r.io", "HTTP://r.io"}
 	for _, k := range good {
 		if err := ValidateKey(k); err != nil {
 			t.Errorf("ValidateKey(%q) = %v, want ok", k, err)
@@ -525,5 +534,24 @@ func TestCaseAndDockerHubKeys(t *testing.T) {
 	want := map[string]string{"R.TEST/": "upper", "r.test": "lower", "docker.io": "hub"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("entries %v, want %v", got, want)
+	}
+}
+
+// TestViewClashesAsTheKubeletFilesKeys: two sources clash only on keys the
+// kubelet files under one index key, so a key it would use is never
+// dropped for one it files elsewhere (r.test/v1 is a path to it; HTTPS://
+// is no scheme; r.test/team/ does not cover r.test/teamx).
+func TestViewClashesAsTheKubeletFilesKeys(t *testing.T) {
+	for _, first := range []string{"r.test/v1", "r.test/team/", "r.test/team"} {
+		a := NamedSet{Name: "a", Set: Set{{Key: first, Entry: Entry{Username: "a"}}}}
+		b := NamedSet{Name: "b", Set: Set{{Key: "r.test", Entry: Entry{Username: "b"}}, {Key: "r.test/team/", Entry: Entry{Username: "b"}}}}
+		set, clashes := View(Kubelet, a, b)
+		want := 3
+		if first == "r.test/team/" {
+			want = 2 // the same key: b's is a clash
+		}
+		if len(set) != want || len(clashes) != 3-want {
+			t.Errorf("%s before r.test and r.test/team/: kept %v, clashes %v", first, set.Keys(), clashes)
+		}
 	}
 }

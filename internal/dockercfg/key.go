@@ -46,9 +46,11 @@ func ValidateKey(key string) error {
 	}
 	rest := key
 	if i := strings.Index(rest, "://"); i >= 0 {
-		scheme := strings.ToLower(rest[:i])
+		scheme := rest[:i]
 		if scheme != "http" && scheme != "https" {
-			return errors.New("registry key has a scheme other than http:// or https://")
+			// The kubelet knows only these two, in lower case: it reads
+			// HTTPS://r.test as a host named "HTTPS:".
+			return errors.New("registry key has a scheme other than http:// or https:// (in lower case, the only spellings the kubelet reads)")
 		}
 		rest = rest[i+3:]
 	}
@@ -170,16 +172,21 @@ const DockerHubKey = "https://index.docker.io/v1/"
 
 // Normalize returns the form under which two keys name the same registry:
 // no scheme, Docker Hub aliases folded to docker.io, a leading /v1/ or /v2/
-// dropped (as the kubelet does) and no trailing slash. Host names keep their
+// dropped and a path of "/" none (as the kubelet files keys). Host names keep their
 // case: the kubelet matches them case-sensitively, so R.TEST and r.test are
 // two registries to it. Keys that normalise alike are one registry for
 // precedence between sources and for displacing a node file's foreign
 // entries; a file the kubelet reads still gets every spelling one source
 // has (see View).
 func Normalize(key string) string {
+	// As the kubelet files a key (credentialprovider's BasicDockerKeyring.Add):
+	// only a lower-case scheme is one, a leading /v1/ or /v2/ is dropped, a
+	// path of "/" is none, any other trailing slash stays.
 	rest := key
-	if i := strings.Index(rest, "://"); i >= 0 {
-		rest = rest[i+3:]
+	if r, ok := strings.CutPrefix(rest, "https://"); ok {
+		rest = r
+	} else if r, ok := strings.CutPrefix(rest, "http://"); ok {
+		rest = r
 	}
 	host, path, _ := strings.Cut(rest, "/")
 	if isDockerHub(host) {
@@ -189,9 +196,11 @@ func Normalize(key string) string {
 		return host // nearly every key: no allocation
 	}
 	path = "/" + path
-	if strings.HasPrefix(path, "/v1/") || strings.HasPrefix(path, "/v2/") || path == "/v1" || path == "/v2" {
+	if strings.HasPrefix(path, "/v1/") || strings.HasPrefix(path, "/v2/") {
 		path = path[3:]
 	}
-	path = strings.TrimRight(path, "/")
+	if path == "/" {
+		return host
+	}
 	return host + path
 }

@@ -546,3 +546,19 @@ func TestUpgradeFromStateOf2026_11(t *testing.T) {
 		t.Errorf("the docker CLI's file nodecreds created is still there after cleanup: %v", err)
 	}
 }
+
+// TestForeignKeyDisplacedOnlyByTheSameIndexKey: a foreign entry is
+// displaced only by a key the kubelet files alike; r.test/v1 (a path to
+// the kubelet) or r.test/team/ leaves the foreign r.test the kubelet uses
+// for other images in place.
+func TestForeignKeyDisplacedOnlyByTheSameIndexKey(t *testing.T) {
+	for key, displaced := range map[string]bool{"r.test/v1": false, "r.test/team/": false, "https://r.test/": true, "r.test/v2/": true} {
+		e, root := newEngine(t)
+		testsupport.WriteFile(t, filepath.Join(root, kubeletFile), `{"auths":{"r.test":{"auth":"Zjpw"}}}`, 0o600)
+		res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item(key, "u", "p")}, true)
+		mustOK(t, res)
+		if got := len(res[0].Displaced) == 1; got != displaced {
+			t.Errorf("%s: foreign r.test displaced %v, want %v", key, got, displaced)
+		}
+	}
+}

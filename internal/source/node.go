@@ -36,6 +36,19 @@ type NodeLabels struct {
 	Labels labels.Set
 }
 
+// StillApplies reports whether a snapshot seen valid before (the agent's
+// last good one) applies to the agent's Node as its labels are now: a
+// Secret whose annotation turned invalid keeps its last good content in
+// force only where its last good selector still matches.
+func (s *Secrets) StillApplies(good Snapshot) bool {
+	var node *NodeLabels
+	if s.node != nil {
+		node = s.node.Labels()
+	}
+	kept := ForNode([]Snapshot{good}, node)
+	return len(kept) == 1 && kept[0].Err == nil
+}
+
 // ForNode keeps the snapshots that apply to node, in order: those without
 // a node selector, and those whose selector matches its labels. A Secret
 // whose selector cannot be evaluated (invalid, or the node's labels
@@ -45,7 +58,7 @@ func ForNode(snaps []Snapshot, node *NodeLabels) []Snapshot {
 	out := make([]Snapshot, 0, len(snaps))
 	for _, s := range snaps {
 		switch {
-		case s.NodeSelector == nil:
+		case !s.Selected:
 			out = append(out, s) // applies everywhere, or already an error
 		case node == nil:
 			s.Err = fmt.Errorf("Secret %s has the %s annotation, but the agent has no --node-name to match it against: %w", s.Name, AnnotationNodeSelector, ErrNodeUnknown)
@@ -53,6 +66,8 @@ func ForNode(snaps []Snapshot, node *NodeLabels) []Snapshot {
 		case !node.Found:
 			s.Err = fmt.Errorf("Secret %s has the %s annotation, but Node %s is not found: %w", s.Name, AnnotationNodeSelector, node.Name, ErrNodeUnknown)
 			out = append(out, s)
+		case s.NodeSelector == nil:
+			out = append(out, s) // an annotation that does not parse: reported
 		case s.NodeSelector.Matches(node.Labels):
 			out = append(out, s)
 		}

@@ -286,6 +286,7 @@ func FromSecret(sec *corev1.Secret) Snapshot {
 		Name:     sec.Namespace + "/" + sec.Name,
 		Revision: revision(sec),
 	}
+	_, snap.Selected = sec.Annotations[AnnotationNodeSelector]
 	sel, err := parseNodeSelector(snap.Name, sec.Annotations)
 	if err != nil {
 		// Nobody can tell which nodes it is for: every agent reports it.

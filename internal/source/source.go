@@ -29,6 +29,9 @@ type Snapshot struct {
 	// NodeSelector limits the source to the Nodes it matches (a Secret's
 	// nodecreds.io/node-selector annotation); nil applies everywhere.
 	NodeSelector labels.Selector
+	// Selected is set when the source carries a node-selector annotation at
+	// all, valid or not: it is for some nodes only.
+	Selected bool
 	// Err is why the source cannot be used now. errors.Is(Err, ErrNotFound)
 	// when it does not exist, dockercfg.ErrInvalid when it does not validate.
 	Err error

@@ -324,10 +324,13 @@ func TestForNode(t *testing.T) {
 			[]string{"ns/everywhere", "ns/pool-bc", "ns/invalid!Invalid", "ns/empty!Invalid"}},
 		{"no labels", &NodeLabels{Name: "n", Found: true},
 			[]string{"ns/everywhere", "ns/not-gpu", "ns/invalid!Invalid", "ns/empty!Invalid"}},
+		// Node unknown: every Secret for some nodes applies nowhere, one
+		// whose annotation does not parse too (its last good content must
+		// not stay in force on a node gone).
 		{"node not found", &NodeLabels{Name: "n"},
-			[]string{"ns/everywhere", "ns/pool-a!NodeUnknown", "ns/pool-bc!NodeUnknown", "ns/not-gpu!NodeUnknown", "ns/invalid!Invalid", "ns/empty!Invalid"}},
+			[]string{"ns/everywhere", "ns/pool-a!NodeUnknown", "ns/pool-bc!NodeUnknown", "ns/not-gpu!NodeUnknown", "ns/invalid!NodeUnknown", "ns/empty!NodeUnknown"}},
 		{"no node name", nil,
-			[]string{"ns/everywhere", "ns/pool-a!NodeUnknown", "ns/pool-bc!NodeUnknown", "ns/not-gpu!NodeUnknown", "ns/invalid!Invalid", "ns/empty!Invalid"}},
+			[]string{"ns/everywhere", "ns/pool-a!NodeUnknown", "ns/pool-bc!NodeUnknown", "ns/not-gpu!NodeUnknown", "ns/invalid!NodeUnknown", "ns/empty!NodeUnknown"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
