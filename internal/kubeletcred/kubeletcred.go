@@ -131,45 +131,86 @@ func read(root *hostfs.Root, c Candidate) File {
 	return st
 }
 
-// kubeletEntry mirrors credentialprovider.DockerConfigEntry's decoding.
+// kubeletEntry mirrors credentialprovider.DockerConfigEntry's decoding: its
+// UnmarshalJSON decodes auth as each entry is read, so an entry that does
+// not decode fails the whole file even when a later entry of the same key
+// replaces it.
 type kubeletEntry struct {
-	Auth     string `json:"auth"`
-	Username string `json:"username"`
-	Password string `json:"password"`
-	Email    string `json:"email"`
+	Auth     string
+	Username string
+	Password string
+	Email    string
+}
+
+// errBadAuth is an auth the kubelet cannot decode. It never holds the value.
+var errBadAuth = errors.New("auth is not base64 of user:password")
+
+func (e *kubeletEntry) UnmarshalJSON(data []byte) error {
+	var tmp struct {
+		Username string `json:"username,omitempty"`
+		Password string `json:"password,omitempty"`
+		Email    string `json:"email,omitempty"`
+		Auth     string `json:"auth,omitempty"`
+	}
+	if err := json.Unmarshal(data, &tmp); err != nil {
+		return err
+	}
+	*e = kubeletEntry{Auth: tmp.Auth, Username: tmp.Username, Password: tmp.Password, Email: tmp.Email}
+	if tmp.Auth != "" {
+		if _, _, err := decodeKubeletAuth(tmp.Auth); err != nil {
+			return errBadAuth
+		}
+	}
+	return nil
 }
 
 // parseKubelet decodes like credentialprovider.readDockerConfigJSONFileFromBytes
-// (config.json) and ReadDockerConfigFileFromBytes (.dockercfg): one bad
-// entry makes the whole file unreadable.
+// (config.json: DockerConfigJSON, whose HttpHeaders must be strings too) and
+// ReadDockerConfigFileFromBytes (.dockercfg): one bad entry makes the whole
+// file unreadable.
 func parseKubelet(data []byte, legacy bool) (map[string]Cred, error) {
 	var entries map[string]kubeletEntry
+	var err error
 	if legacy {
-		if err := json.Unmarshal(data, &entries); err != nil {
-			return nil, errors.New("not a valid .dockercfg")
-		}
+		err = json.Unmarshal(data, &entries)
 	} else {
 		var doc struct {
-			Auths map[string]kubeletEntry `json:"auths"`
+			Auths       map[string]kubeletEntry `json:"auths"`
+			HTTPHeaders map[string]string       `json:"HttpHeaders,omitempty"`
 		}
-		if err := json.Unmarshal(data, &doc); err != nil {
-			return nil, errors.New("not valid JSON of the config.json shape")
-		}
+		err = json.Unmarshal(data, &doc)
 		entries = doc.Auths
+	}
+	switch {
+	case errors.Is(err, errBadAuth):
+		return nil, errors.New("an entry's auth does not decode to user:password (one is enough for the kubelet to read none of the file)")
+	case err != nil && legacy:
+		return nil, errors.New("not a valid .dockercfg")
+	case err != nil:
+		return nil, fmt.Errorf("not valid JSON of the config.json shape (%s)", jsonShapeProblem(err))
 	}
 	creds := map[string]Cred{}
 	for key, e := range entries {
 		c := Cred{Key: key, Username: e.Username, Password: e.Password}
 		if e.Auth != "" {
-			u, p, err := decodeKubeletAuth(e.Auth)
-			if err != nil {
-				return nil, fmt.Errorf("entry %q: %w", dockercfg.SafeKey(key), err)
-			}
-			c.Username, c.Password = u, p
+			c.Username, c.Password, _ = decodeKubeletAuth(e.Auth) // decoded above
 		}
 		creds[key] = c
 	}
 	return creds, nil
+}
+
+// jsonShapeProblem says where a file does not fit the kubelet's struct, by
+// field name only: a syntax error's text may quote the file.
+func jsonShapeProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		// The top-level field only: the rest of the path holds the file's
+		// keys, which may hold anything.
+		top, _, _ := strings.Cut(te.Field, ".")
+		return fmt.Sprintf("a value in %q has the wrong type", top)
+	}
+	return "not a JSON object of that shape"
 }
 
 func decodeKubeletAuth(field string) (string, string, error) {

@@ -75,3 +75,23 @@ func TestLookupEveryCredential(t *testing.T) {
 		}
 	}
 }
+
+// TestReadRefusesWhatTheKubeletRefuses: a file the kubelet's decoding
+// refuses is unreadable here too (check then says so): HttpHeaders that are
+// not strings, an auth that does not decode in an entry a later duplicate
+// replaces.
+func TestReadRefusesWhatTheKubeletRefuses(t *testing.T) {
+	good := `{"auth":"dTpw"}`
+	for _, doc := range []string{
+		`{"auths":{"r.test":` + good + `},"HttpHeaders":{"X":1}}`,
+		`{"auths":{"r.test":` + good + `},"httpheaders":["x"]}`,
+		`{"auths":{"r.test":{"auth":"not base64!"},"r.test":` + good + `}}`,
+	} {
+		if _, err := parseKubelet([]byte(doc), false); err == nil {
+			t.Errorf("%s: read, the kubelet refuses it", doc)
+		}
+	}
+	if _, err := parseKubelet([]byte(`{"auths":{"r.test":`+good+`},"HttpHeaders":{"X":"y"}}`), false); err != nil {
+		t.Errorf("good file refused: %v", err)
+	}
+}
