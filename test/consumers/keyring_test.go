@@ -389,3 +389,28 @@ func FuzzKubeletAgreesWithSecret(f *testing.F) {
 		differ(t, &gen{b: b}, &differStats{})
 	})
 }
+
+// TestCheckReadsFilesAsTheKubeletDoes: for node files the kubelet refuses
+// (or reads), `nodecreds check` names the same file or none, judged by the
+// kubelet's own ReadDockerConfigJSONFile.
+func TestCheckReadsFilesAsTheKubeletDoes(t *testing.T) {
+	good := `{"auth":"` + testsupport.B64("u:p") + `"}`
+	for _, doc := range []string{
+		`{"auths":{"r.test":` + good + `}}`,
+		`{"auths":{"r.test":` + good + `},"HttpHeaders":{"X":1}}`,
+		`{"auths":{"r.test":` + good + `},"HTTPHEADERS":{"X":"y"}}`,
+		`{"auths":{"r.test":{"auth":"not base64!"},"r.test":` + good + `}}`,
+		`{"auths":{"r.test":` + good + `,"r.test":{"auth":"%%%"}}}`,
+		`{"Auths":{"r.test":` + good + `},"auths":null}`,
+		`{"auths":{"r.test":{"Auth":"` + testsupport.B64("u:p") + `","auth":null}}}`,
+	} {
+		root := t.TempDir()
+		dir := filepath.Join(root, "var/lib/kubelet")
+		testsupport.WriteFile(t, filepath.Join(dir, "config.json"), doc, 0o600)
+		_, kerr := credentialprovider.ReadDockerConfigJSONFile([]string{dir})
+		rep := nccheck.Run(t.Context(), nccheck.Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: []string{"r.test/app"}})
+		if (kerr == nil) != (rep.File != "") {
+			t.Errorf("%s: the kubelet reads it: %v; check says the kubelet reads %q", doc, kerr == nil, rep.File)
+		}
+	}
+}
