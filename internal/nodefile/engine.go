@@ -381,9 +381,11 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 	}
 	results := make([]Result, len(targets))
 	syncs := make([]*targetSync, len(targets))
-	seen := map[string]string{} // host path → the target that resolved to it first
+	opened := make([]*openedTarget, len(targets))
+	sameAs := make([]int, len(targets)) // index of the target synced for this one's file
+	seen := map[string]int{}            // file id → the first target that is that file
 	for i, target := range targets {
-		results[i].Target = target
+		results[i].Target, sameAs[i] = target, i
 		t, err := openTarget(root, target)
 		if err != nil {
 			results[i].Err = err
@@ -391,19 +393,33 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 		}
 		defer t.close()
 		results[i].Path = t.path
+		first, dup := seen[t.id]
+		if !dup {
+			seen[t.id], opened[i] = i, t
+			continue
+		}
+		// Two names for one file (a link, a bind mount): syncing it under
+		// both would make each displace the other's entries into the
+		// state. What the state recorded under this name is recorded
+		// under the first from now on.
+		sameAs[i] = first
+		results[i].Warnings = []string{fmt.Sprintf("%s is the same file as target %s; synced once, under %s", target, targets[first], targets[first])}
+		if ts := st.Targets[target]; ts != nil {
+			merged := targetRecord{store: store, target: targets[first]}.current().absorb(*ts)
+			store.set(targets[first], merged)
+			store.set(target, TargetState{})
+		}
+	}
+	for i, t := range opened {
+		if t == nil {
+			continue
+		}
 		if t.dir != nil {
 			e.sweepTarget(t)
 		}
-		if first, dup := seen[t.path]; dup {
-			// Two names for one file: syncing it under both would make
-			// each displace the other's entries into the state.
-			results[i].Warnings = []string{fmt.Sprintf("%s is the same file as target %s; synced once, under %s", target, first, first)}
-			continue
-		}
-		seen[t.path] = target
 		// Plan every target before writing any, so that one state save
 		// records every intent.
-		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: target}, desired: want(target), prune: prune, applies: applies}
+		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: targets[i]}, desired: want(targets[i]), prune: prune, applies: applies}
 		if err := sy.start(); err != nil {
 			results[i] = sy.res
 			results[i].Err = err
@@ -426,6 +442,13 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 			r.Err = err
 			results[i] = r
 			sy.forget()
+		}
+	}
+	for i, first := range sameAs {
+		if first != i && results[first].Err == nil {
+			// The file as that sync left it, so that its own events are
+			// not taken for drift under this name either.
+			results[i].Left = results[first].Left
 		}
 	}
 	if err := store.flush(); err != nil {
@@ -828,27 +851,36 @@ type openedTarget struct {
 	path string // host path, for messages
 	dir  *hostfs.Dir
 	name string
+	// id names the file the target is, whatever path leads to it: two
+	// targets with one id are one file (a link, a bind mount).
+	id string
 }
 
-// openTarget opens the target's folder once, in the root; every step after
-// is relative to it. A missing folder is created only when something is
-// written.
+// openTarget opens the target's folder once, in the root, through folders
+// only root can change (trustedWay); every step after is relative to it.
+// A missing folder is created only when something is written.
 func openTarget(root *hostfs.Root, target string) (*openedTarget, error) {
 	if !filepath.IsAbs(target) {
 		return nil, fmt.Errorf("target %q is not an absolute path", target)
 	}
-	path, err := root.Join(target)
+	way, err := root.Walk(target, false, 0, trustedWay)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", target, err)
 	}
-	dir, name, err := root.OpenParent(target, false, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		dir, err = nil, nil
+	return &openedTarget{path: way.Path, dir: way.Dir, name: way.Name, id: fileID(way)}, nil
+}
+
+// fileID names the file a walk reached by what it is, not by path: an
+// existing file by its device and inode, a missing one by those of the
+// deepest folder on its way that exists and the names below it.
+func fileID(way *hostfs.Way) string {
+	if way.Dir == nil {
+		return fmt.Sprintf("in %d:%d %s", way.Folder.Dev, way.Folder.Ino, way.Missing)
 	}
-	if err != nil {
-		return nil, err
+	if info, err := way.Dir.StatName(way.Name); err == nil {
+		return fmt.Sprintf("file %d:%d", info.Dev, info.Ino)
 	}
-	return &openedTarget{path: path, dir: dir, name: name}, nil
+	return fmt.Sprintf("in %d:%d %s", way.Folder.Dev, way.Folder.Ino, way.Name)
 }
 
 func (t *openedTarget) close() {
@@ -980,11 +1012,11 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 		return written{}, err
 	}
 	if t.dir == nil {
-		d, name, err := s.root.OpenParent(s.res.Target, true, 0o700)
+		way, err := s.root.Walk(s.res.Target, true, 0o700, trustedWay)
 		if err != nil {
-			return written{}, err
+			return written{}, fmt.Errorf("%s: %w", s.res.Target, err)
 		}
-		t.dir, t.name = d, name
+		t.dir, t.name = way.Dir, way.Name
 		s.e.sweepTarget(t)
 	}
 	if p.corrupt != nil && base.exists {

@@ -227,6 +227,69 @@ func (t *TargetState) setFrom(key, src string) {
 	t.From[key] = src
 }
 
+// absorb returns t with o, the record of another name of the same file
+// (two targets found to be one file), folded in: every entry either
+// recognises as nodecreds' stays recognised, and entries o displaced
+// that are nodecreds' own (one name's write "displaced" by the other's, as
+// a release that did not see they were one file did) are dropped, as the
+// state keeps no credential nodecreds wrote.
+func (t TargetState) absorb(o TargetState) TargetState {
+	out := TargetState{
+		Created:   t.Created || o.Created,
+		Owned:     maps.Clone(t.Owned),
+		Pending:   maps.Clone(t.Pending),
+		From:      maps.Clone(t.From),
+		Copies:    maps.Clone(t.Copies),
+		Displaced: maps.Clone(t.Displaced),
+	}
+	if out.Owned == nil {
+		out.Owned = keyStrings{}
+	}
+	if out.Pending == nil {
+		out.Pending = keyStrings{}
+	}
+	for _, fps := range []keyStrings{o.Owned, o.Pending} {
+		for k, fp := range fps {
+			switch {
+			case out.Owned[k] == "":
+				out.Owned[k] = fp
+			case out.Owned[k] != fp && out.Pending[k] == "":
+				out.Pending[k] = fp
+			}
+		}
+	}
+	for k, src := range o.From {
+		if _, ok := out.From[k]; !ok {
+			out.setFrom(k, src)
+		}
+	}
+	for name, srcs := range o.Copies {
+		if out.Copies == nil {
+			out.Copies = map[string][]string{}
+		}
+		if _, ok := out.Copies[name]; !ok {
+			out.Copies[name] = srcs
+		}
+	}
+	for k, raw := range o.Displaced {
+		fp := fingerprint(raw)
+		if _, ok := out.Displaced[k]; ok || fp == out.Owned[k] || fp == out.Pending[k] || fp == o.Owned[k] || fp == o.Pending[k] {
+			continue
+		}
+		if out.Displaced == nil {
+			out.Displaced = map[string]json.RawMessage{}
+		}
+		out.Displaced[k] = raw
+	}
+	// t's own displaced entries may be o's writes too.
+	for k, raw := range out.Displaced {
+		if fp := fingerprint(raw); fp == o.Owned[k] || fp == o.Pending[k] {
+			delete(out.Displaced, k)
+		}
+	}
+	return out
+}
+
 func (t TargetState) isZero() bool {
 	return !t.Created && len(t.Owned) == 0 && len(t.Pending) == 0 && len(t.Displaced) == 0 && len(t.Copies) == 0
 }
