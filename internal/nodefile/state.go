@@ -271,9 +271,16 @@ func (t TargetState) absorb(o TargetState) TargetState {
 			out.Copies[name] = srcs
 		}
 	}
+	ours := func(k string, raw json.RawMessage) bool {
+		for _, fp := range []string{out.Owned[k], out.Pending[k], o.Owned[k], o.Pending[k]} {
+			if fp != "" && (entryDigest(compact(raw)) == fp || fingerprint(raw) == fp) {
+				return true
+			}
+		}
+		return false
+	}
 	for k, raw := range o.Displaced {
-		fp := fingerprint(raw)
-		if _, ok := out.Displaced[k]; ok || fp == out.Owned[k] || fp == out.Pending[k] || fp == o.Owned[k] || fp == o.Pending[k] {
+		if _, ok := out.Displaced[k]; ok {
 			continue
 		}
 		if out.Displaced == nil {
@@ -281,9 +288,8 @@ func (t TargetState) absorb(o TargetState) TargetState {
 		}
 		out.Displaced[k] = raw
 	}
-	// t's own displaced entries may be o's writes too.
 	for k, raw := range out.Displaced {
-		if fp := fingerprint(raw); fp == o.Owned[k] || fp == o.Pending[k] {
+		if ours(k, raw) {
 			delete(out.Displaced, k)
 		}
 	}
