@@ -199,7 +199,7 @@ func (e *Engine) Sync(ctx context.Context, targets []string, d Desired) ([]Resul
 		}
 		return results, nil
 	}
-	rule := pruneRule{on: d.Prune}
+	rule := pruneRule{on: d.Prune, now: e.now().Unix()}
 	if len(d.Hold) > 0 {
 		rule.hold = make(map[string]bool, len(d.Hold))
 		for _, name := range d.Hold {
@@ -745,7 +745,7 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			}
 			s.rec.set(p.merged.state)
 			if p.step == stepDrop {
-				s.rec.set(TargetState{Copies: p.merged.state.Copies})
+				s.rec.set(TargetState{Copies: p.merged.state.Copies, Stale: p.merged.state.Stale})
 			}
 			return s.done(w.left)
 		}

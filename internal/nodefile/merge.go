@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
@@ -578,6 +579,7 @@ type mergeResult struct {
 // as the prune rule says; an owned entry whose value someone else changed
 // is no longer ours.
 func merge(cur *document, w *wanted, prune pruneRule, st TargetState) mergeResult {
+	st.Stale = st.Stale.fresh(prune.now)
 	m := &merger{doc: cur.cloneWithRoom(w.missingFrom(cur)), st: st, wanted: w, next: TargetState{
 		Created:   st.Created,
 		Owned:     make(map[string]string, len(w.items)),
@@ -590,9 +592,69 @@ func merge(cur *document, w *wanted, prune pruneRule, st TargetState) mergeResul
 	m.settleOwned(prune)
 	m.writeDesired()
 	m.restoreDisplaced()
+	m.settleStale(prune)
 	m.res.doc, m.res.state = m.doc, m.next
 	return m.res
 }
+
+// staleWindow is how long nodecreds recognises an entry it wrote and then
+// replaced (a rotation) or removed (pruned, respelled) when another writer
+// saves it back: the docker CLI saves the file it loaded, with what was in
+// it then, seconds after (docker login) or, in an editor, much later.
+// Such an entry is nodecreds' own stale one, rewritten or removed again,
+// never taken for another writer's. After the window it is: an entry
+// someone deliberately puts back is theirs.
+const staleWindow = 24 * time.Hour
+
+// maxStale bounds the stale fingerprints one target's record keeps (the
+// oldest go first): as many as the largest Secret holds entries.
+const maxStale = 10_000
+
+// settleStale records, for every entry nodecreds wrote that it has now
+// replaced or removed, the fingerprint of what it wrote before, and keeps
+// the ones still in the window; an entry released to another writer has
+// none. Cleanup (now 0) records none.
+func (m *merger) settleStale(prune pruneRule) {
+	if prune.now == 0 {
+		return
+	}
+	next := staleMarks{}
+	for key, mark := range m.st.Stale {
+		if !slices.Contains(m.res.released, key) {
+			next[key] = mark
+		}
+	}
+	replaced := func(key string) {
+		if slices.Contains(m.res.released, key) || m.keptAsIs(key) {
+			return
+		}
+		cur := m.next.Owned[key]
+		// The version that was in the file, else the one last recorded
+		// on disk, else the one that was being written.
+		for _, fp := range []string{m.was[key], m.st.Owned[key], m.st.Pending[key]} {
+			if fp != "" && fp != cur && fp != m.st.Stale[key].fp {
+				next[key] = staleMark{fp: fp, at: prune.now}
+				return
+			}
+		}
+	}
+	for key := range m.st.Owned {
+		replaced(key)
+	}
+	for key := range m.st.Pending {
+		replaced(key)
+	}
+	for key, fp := range m.next.Owned {
+		if next[key].fp == fp {
+			delete(next, key)
+		}
+	}
+	m.next.Stale = next.bounded(maxStale)
+}
+
+// keptAsIs reports whether the owned entry key is in the file unchanged
+// (kept although no source provides it).
+func (m *merger) keptAsIs(key string) bool { return slices.Contains(m.kept, key) }
 
 // pruneRule says which entries nodecreds wrote go once no source provides
 // them.
@@ -601,6 +663,9 @@ type pruneRule struct {
 	// hold names sources whose content is unknown (invalid and never seen
 	// valid): entries they may have written stay until they are known.
 	hold map[string]bool
+	// now (Unix seconds) stamps the fingerprints of entries nodecreds
+	// replaces or removes (see staleWindow); 0 (cleanup) records none.
+	now int64
 }
 
 // removes reports whether the owned entry key, which no source provides
@@ -675,13 +740,26 @@ type merger struct {
 	st     TargetState // the state before
 	next   TargetState // the state after
 	wanted *wanted
-	kept   []string // owned keys kept although no source provides them
+	kept   []string          // owned keys kept although no source provides them
+	was    map[string]string // owned keys → the fingerprint the file's entry had
 	res    mergeResult
 }
 
-// ours reports whether the file's entry for key is one we wrote.
+// ours reports whether the file's entry for key is one we wrote: the
+// current version, one being written, or one written before it and
+// replaced or removed since (stale, saved back by another writer that had
+// loaded it).
 func (m *merger) ours(key string, raw []byte) bool {
-	return m.doc.matches(key, raw, m.st.Owned[key]) || m.doc.matches(key, raw, m.st.Pending[key])
+	for _, fp := range []string{m.st.Owned[key], m.st.Pending[key], m.st.Stale[key].fp} {
+		if m.doc.matches(key, raw, fp) {
+			if m.was == nil {
+				m.was = map[string]string{}
+			}
+			m.was[key] = fp
+			return true
+		}
+	}
+	return false
 }
 
 // settleOwned decides the entries we owned that are not rewritten as they
@@ -693,6 +771,19 @@ func (m *merger) settleOwned(prune pruneRule) {
 	for key := range m.st.Pending {
 		if _, both := m.st.Owned[key]; !both {
 			m.settle(key, prune)
+		}
+	}
+	// An entry nodecreds removed before, saved back by another writer:
+	// removed again (or, provided again, rewritten below).
+	for key, mark := range m.st.Stale {
+		_, owned := m.st.Owned[key]
+		_, pending := m.st.Pending[key]
+		raw, present := m.doc.auths[key]
+		if owned || pending || !present || !m.doc.matches(key, raw, mark.fp) {
+			continue
+		}
+		if m.wanted.byKey[key] == nil {
+			delete(m.doc.auths, key)
 		}
 	}
 	slices.Sort(m.res.released)

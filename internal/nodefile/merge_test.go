@@ -6,6 +6,7 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
@@ -375,20 +376,22 @@ func TestEncodeIsDockerCLIFormat(t *testing.T) {
 func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 	f := keyStrings{"b.io": "00ff", "a.io:5000/x": "11", `we"ird\<key>&` + "\x01é\u2028": "22", "": "33"}
 	st := &State{Version: stateVersion, Targets: map[string]*TargetState{
-		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: keyStrings{"c.io": "44"}, From: keyStrings{"b.io": "ns/first", "": "ns/<second>"}, Copies: map[string][]string{"config.json.corrupt-20261130T120000Z": {"ns/first", "/mnt/<x>"}}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)}},
-		"/root/.docker/config.json":    {Owned: keyStrings{"x": "y"}},
-		"/only/displaced":              {Displaced: map[string]json.RawMessage{"e.io": json.RawMessage(`{}`)}},
-		"/empty":                       {},
-		"/nil":                         nil,
+		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: keyStrings{"c.io": "44"}, From: keyStrings{"b.io": "ns/first", "": "ns/<second>"}, Copies: map[string][]string{"config.json.corrupt-20261130T120000Z": {"ns/first", "/mnt/<x>"}}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)},
+			Stale: staleMarks{"s1.io": {fp: "55", at: 1795000000}, "s2.io": {fp: "66", at: 1795000000}, "<s3>": {fp: "77", at: 1795000060}}},
+		"/root/.docker/config.json": {Owned: keyStrings{"x": "y"}},
+		"/only/displaced":           {Displaced: map[string]json.RawMessage{"e.io": json.RawMessage(`{}`)}},
+		"/empty":                    {},
+		"/nil":                      nil,
 	}}
 	type plain struct {
-		Created   bool                       `json:"created,omitempty"`
-		Owned     map[string]string          `json:"owned,omitempty"`
-		Pending   map[string]string          `json:"pending,omitempty"`
-		FromAll   string                     `json:"fromAll,omitempty"`
-		From      map[string]string          `json:"from,omitempty"`
-		Copies    map[string][]string        `json:"copies,omitempty"`
-		Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
+		Created   bool                         `json:"created,omitempty"`
+		Owned     map[string]string            `json:"owned,omitempty"`
+		Pending   map[string]string            `json:"pending,omitempty"`
+		FromAll   string                       `json:"fromAll,omitempty"`
+		From      map[string]string            `json:"from,omitempty"`
+		Copies    map[string][]string          `json:"copies,omitempty"`
+		Stale     map[string]map[string]string `json:"stale,omitempty"`
+		Displaced map[string]json.RawMessage   `json:"displaced,omitempty"`
 	}
 	ref := map[string]*plain{}
 	for k, t := range st.Targets {
@@ -397,7 +400,18 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 			if len(rest) == 0 {
 				rest = nil
 			}
-			ref[k] = &plain{t.Created, t.Owned, t.Pending, all, rest, t.Copies, t.Displaced}
+			var stale map[string]map[string]string
+			for key, m := range t.Stale {
+				if stale == nil {
+					stale = map[string]map[string]string{}
+				}
+				at := strconv.FormatInt(m.at, 10)
+				if stale[at] == nil {
+					stale[at] = map[string]string{}
+				}
+				stale[at][key] = m.fp
+			}
+			ref[k] = &plain{t.Created, t.Owned, t.Pending, all, rest, t.Copies, stale, t.Displaced}
 		} else {
 			ref[k] = nil
 		}
@@ -428,6 +442,27 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 	var bad State
 	if err := json.Unmarshal([]byte(`{"version":1,"targets":{"/x":{"owned":{"a":1}}}}`), &bad); err == nil {
 		t.Error("a fingerprint that is not a string was accepted")
+	}
+	for _, s := range []string{`{"s":{"x":"y"}}`, `{"1":"y"}`, `{"1":{"a":1}}`, `[]`} {
+		if err := json.Unmarshal([]byte(`{"version":1,"targets":{"/x":{"stale":`+s+`}}}`), &bad); err == nil {
+			t.Errorf("stale marks %s were accepted", s)
+		}
+	}
+	// The release before the stale marks reads the same state, ignoring
+	// them: it decodes the fields it knows (as these plain ones) alone.
+	var release struct {
+		Targets map[string]*struct {
+			Owned     map[string]string          `json:"owned"`
+			Pending   map[string]string          `json:"pending"`
+			Displaced map[string]json.RawMessage `json:"displaced"`
+			Copies    map[string][]string        `json:"copies"`
+		} `json:"targets"`
+	}
+	if err := json.Unmarshal(got, &release); err != nil {
+		t.Fatal(err)
+	}
+	if r := release.Targets["/var/lib/kubelet/config.json"]; len(r.Owned) != 4 || len(r.Pending) != 1 || len(r.Displaced) != 1 || len(r.Copies) != 1 {
+		t.Errorf("the fields the release knows read as %+v", r)
 	}
 }
 
