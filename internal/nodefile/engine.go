@@ -632,29 +632,73 @@ func (s *targetSync) release() error {
 }
 
 // setAside keeps a copy of a corrupt file next to the target, once per
-// content in a sync.
+// content in a sync. A copy that may hold nodecreds' entries (copySources)
+// holds their credentials, and cannot be read to take them out: its name
+// is recorded in the state, on disk, before the copy is created, so that
+// no crash and no later error leaves a copy the state does not know (a
+// record whose file never appeared is dropped by settleCopies).
 func (s *targetSync) setAside(data []byte, why error) (string, error) {
 	sum := sha256.Sum256(data)
 	if p, ok := s.aside[sum]; ok {
 		return p, nil
 	}
-	p, err := setAside(s.t.dir, s.t.name, data, s.e.now())
-	if err != nil {
-		return "", err
-	}
-	if s.aside == nil {
-		s.aside = map[[32]byte]string{}
-	}
-	s.aside[sum] = p
-	if srcs := s.copySources(); len(srcs) > 0 {
-		if s.copies == nil {
-			s.copies = map[string][]string{}
+	d, srcs, now := s.t.dir, s.copySources(), s.e.now()
+	for skip := 0; ; skip++ {
+		name, err := copyName(d, s.t.name, now, skip)
+		if err != nil {
+			return "", err
 		}
-		s.copies[filepath.Base(p)] = srcs
+		if len(srcs) > 0 {
+			if err := s.recordCopy(name, srcs); err != nil {
+				return "", err
+			}
+		}
+		err = createCopy(d, s.t.name, name, data)
+		if err != nil && len(srcs) > 0 {
+			// Never a record of a name another file holds: it would be
+			// removed as a copy of ours.
+			if uerr := s.recordCopy(name, nil); uerr != nil {
+				return "", errors.Join(err, uerr)
+			}
+		}
+		if errors.Is(err, fs.ErrExist) && skip < 100 {
+			continue // taken meanwhile
+		}
+		if err != nil {
+			return "", err
+		}
+		p := d.Name(name)
+		if s.aside == nil {
+			s.aside = map[[32]byte]string{}
+		}
+		s.aside[sum] = p
+		s.warn("%s: %v; a copy is kept as %s", s.t.path, why, p)
+		s.res.SetAside = p
+		return p, nil
 	}
-	s.warn("%s: %v; a copy is kept as %s", s.t.path, why, p)
-	s.res.SetAside = p
-	return p, nil
+}
+
+// recordCopy records (srcs not nil) or forgets the copy name, with the
+// sources whose entries it may hold, in the target's record on disk and in
+// the record the sync merges against.
+func (s *targetSync) recordCopy(name string, srcs []string) error {
+	set := func(copies map[string][]string) map[string][]string {
+		copies = maps.Clone(copies) // shared with the record as saved
+		if srcs == nil {
+			delete(copies, name)
+			return copies
+		}
+		if copies == nil {
+			copies = map[string][]string{}
+		}
+		copies[name] = srcs
+		return copies
+	}
+	s.copies = set(s.copies)
+	s.old.Copies = set(s.old.Copies)
+	cur := s.rec.current()
+	cur.Copies = set(cur.Copies)
+	return s.rec.commit(cur)
 }
 
 // warn adds a warning to the result, once however often a race makes the

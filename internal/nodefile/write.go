@@ -307,36 +307,51 @@ const maxCorruptCopies = 3
 
 const corruptInfix = ".corrupt-"
 
-// setAside keeps a copy of a target that does not parse, next to it, as
-// <name>.corrupt-<UTC time>, mode 0600, before it is replaced, and removes
-// the oldest copies beyond maxCorruptCopies. It returns the copy's host
-// path.
-func setAside(d *hostfs.Dir, name string, data []byte, now time.Time) (string, error) {
+// copyName returns a name for a copy of name's corrupt content made at
+// now, <name>.corrupt-<UTC time>, with .1, .2, ... after it when taken:
+// free when it returns, though another process may take it before the
+// copy is created (createCopy then says fs.ErrExist).
+func copyName(d *hostfs.Dir, name string, now time.Time, skip int) (string, error) {
 	base := name + corruptInfix + now.UTC().Format(copyTime)
-	cname := base
-	for i := 1; ; i++ {
-		f, err := d.CreateExcl(cname, 0o600)
-		if errors.Is(err, fs.ErrExist) && i < 1000 {
+	for i := 0; i < 1000; i++ {
+		cname := base
+		if i > 0 {
 			cname = fmt.Sprintf("%s.%d", base, i)
-			continue
 		}
-		if err != nil {
-			return "", fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), err)
+		if _, err := d.StatName(cname); errors.Is(err, fs.ErrNotExist) {
+			if skip == 0 {
+				return cname, nil
+			}
+			skip--
 		}
-		_, werr := f.Write(data)
-		if werr == nil {
-			werr = f.Sync()
-		}
-		if cerr := f.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
-			_ = d.Remove(cname)
-			return "", fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), werr)
-		}
-		pruneCopies(d, name, cname)
-		return d.Name(cname), nil
 	}
+	return "", fmt.Errorf("setting aside corrupt %s: no free name for a copy", d.Name(name))
+}
+
+// createCopy keeps data, a target that does not parse, next to it as
+// cname (a name copyName gave), mode 0600, never over an existing file
+// (fs.ErrExist), and removes the oldest copies beyond maxCorruptCopies.
+func createCopy(d *hostfs.Dir, name, cname string, data []byte) error {
+	f, err := d.CreateExcl(cname, 0o600)
+	if err != nil {
+		return fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), err)
+	}
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = d.Sync()
+	}
+	if werr != nil {
+		_ = d.Remove(cname)
+		return fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), werr)
+	}
+	pruneCopies(d, name, cname)
+	return nil
 }
 
 const copyTime = "20060102T150405Z"

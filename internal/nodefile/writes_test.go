@@ -555,3 +555,82 @@ func TestCorruptCopyLeavesWithItsSource(t *testing.T) {
 		}
 	})
 }
+
+// TestCorruptCopyRecordedBeforeItIsMade: a copy of a corrupt target that
+// may hold a source's credentials is in the state on disk before the copy
+// exists, so a kill at any instant after (here: the disk as it is just
+// before the swap, taken up by a fresh engine) or any error later never
+// leaves a copy the state does not know: it still goes when the source
+// stops applying, and on cleanup. A record whose copy never appeared is
+// dropped, and never removes a file that later takes its name.
+func TestCorruptCopyRecordedBeforeItIsMade(t *testing.T) {
+	const canary = "recorded-copy-canary"
+	poolA := dockercfg.NamedSet{Name: "ns/pool-a", Set: dockercfg.Set{item("a.pool.test", "a", canary)}}
+	poolB := dockercfg.NamedSet{Name: "ns/pool-b", Set: dockercfg.Set{item("b.pool.test", "b", "b-pw")}}
+	sync := func(t *testing.T, e *Engine, sources ...dockercfg.NamedSet) []Result {
+		t.Helper()
+		res, err := e.Sync(t.Context(), []string{kubeletFile}, Desired{Sources: sources, Prune: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustOK(t, res)
+		return res
+	}
+	holding := func(t *testing.T, dir string) []string {
+		t.Helper()
+		var out []string
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if data, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil && strings.Contains(string(data), testsupport.B64("a:"+canary)) {
+				out = append(out, e.Name())
+			}
+		}
+		return out
+	}
+
+	t.Run("killed after the copy is made", func(t *testing.T) {
+		e, root := newEngine(t)
+		p := filepath.Join(root, kubeletFile)
+		sync(t, e, poolA, poolB)
+		data := testsupport.ReadFile(t, p)
+		renameOver(t, p, string(data[:len(data)-3])+",}\n", 0o600) // a stray comma
+		crashed := t.TempDir()
+		e.hooks.beforeSwap = once(func() {
+			if err := os.CopyFS(crashed, os.DirFS(root)); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if res := sync(t, e, poolA, poolB); res[0].SetAside == "" {
+			t.Fatal("no copy made")
+		}
+		dir := filepath.Join(crashed, filepath.Dir(kubeletFile))
+		if len(holding(t, dir)) < 2 {
+			t.Fatalf("the disk at the kill holds no copy: %v", holding(t, dir))
+		}
+		after := New(Options{HostRoot: crashed, StateDir: stateDir})
+		sync(t, after, poolB) // the node left pool A
+		if left := holding(t, dir); len(left) != 0 {
+			t.Errorf("pool A's password is still in %v", left)
+		}
+	})
+
+	t.Run("a record without its copy", func(t *testing.T) {
+		e, root := newEngine(t)
+		p := filepath.Join(root, kubeletFile)
+		sync(t, e, poolA, poolB)
+		st := readState(t, root)
+		const name = "config.json.corrupt-20260101T000000Z"
+		st.Targets[kubeletFile].Copies = map[string][]string{name: {"ns/pool-a"}}
+		writeState(t, root, st)
+		sync(t, e, poolA, poolB)
+		if copies := readState(t, root).Targets[kubeletFile].Copies; len(copies) != 0 {
+			t.Errorf("the record of a copy that never appeared stays: %v", copies)
+		}
+		admin := filepath.Join(filepath.Dir(p), name)
+		testsupport.WriteFile(t, admin, "an admin's file", 0o600)
+		sync(t, e, poolB)
+		if _, err := os.Stat(admin); err != nil {
+			t.Errorf("a file that took the name of a copy never made was removed: %v", err)
+		}
+	})
+}
