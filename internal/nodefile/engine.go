@@ -479,18 +479,11 @@ type targetSync struct {
 	old       TargetState // the record merged against
 	base, cur fileRead    // see plan
 	prev      *document   // the last base merged into, while racing
-	held      []heldFile  // other writers' files taken off the target, to merge in
+	held      heldSet     // other writers' files taken off the target, to merge in
 	aside     map[[32]byte]string
 	copies    map[string][]string // copies made in this sync → sources (State.Copies)
 	applies   map[string]bool     // names of the sources that apply to the node now
 	p         targetPlan
-}
-
-// heldFile is a file another writer put at the target that nodecreds took
-// off it (see heldPrefix), as parsed.
-type heldFile struct {
-	name string
-	doc  *document
 }
 
 // start reads the target and plans the first attempt; when it is to be
@@ -505,10 +498,7 @@ func (s *targetSync) start() error {
 	}
 	cur.data = s.e.memo.same(s.t.path, cur.data)
 	s.base, s.cur = cur, cur
-	for _, name := range slices.Clone(s.e.held[s.t.path]) {
-		s.load(name)
-	}
-	s.consolidate()
+	s.loadHeld()
 	if err := s.plan(); err != nil {
 		return err
 	}
@@ -516,119 +506,6 @@ func (s *targetSync) start() error {
 		s.rec.set(s.p.intent)
 	}
 	return nil
-}
-
-// hold notes a file taken off the target under name and loads it.
-func (s *targetSync) hold(name string) {
-	s.e.noteHeld(s.t.path, name)
-	s.load(name)
-	s.consolidate()
-}
-
-// maxHeld bounds the files held next to one target. A writer racing every
-// attempt until the sync gives up would otherwise leave one per attempt,
-// each up to 4 MiB on disk and in memory at the next sync.
-const maxHeld = 2
-
-// consolidate merges the held files, when there are more than maxHeld,
-// into one new held file, written whole (fsync) before the others go. A
-// crash in between leaves both, merged alike later. If their union would
-// be over the size limit, they are all kept.
-func (s *targetSync) consolidate() {
-	if len(s.held) <= maxHeld {
-		return
-	}
-	d := s.t.dir
-	doc, _ := parseDocument(nil)
-	for _, h := range s.held {
-		carry(h.doc, doc)
-	}
-	data, err := doc.encode()
-	if err != nil || len(data) > hostfs.MaxFileSize {
-		return
-	}
-	f, name, err := d.CreateTemp(heldPrefix(s.t.name), 0o600)
-	if err != nil {
-		return
-	}
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil || d.Sync() != nil {
-		_ = d.Remove(name)
-		return
-	}
-	s.e.noteHeld(s.t.path, name)
-	kept := []heldFile{{name: name, doc: doc}}
-	for _, h := range s.held {
-		if d.Remove(h.name) == nil {
-			s.e.forgetHeld(s.t.path, h.name)
-		} else {
-			kept = append(kept, h)
-		}
-	}
-	s.held = kept
-	_ = d.Sync()
-}
-
-// load reads a held file to merge it into the target. One that is gone was
-// merged by another nodecreds process; one that is not a readable regular
-// file is left where it is, with a warning; one that does not parse is set
-// aside like a corrupt target. Only a file whose content is merged (or
-// kept as a copy) is ever removed.
-func (s *targetSync) load(name string) {
-	d := s.t.dir
-	data, info, err := d.ReadFile(name, hostfs.MaxFileSize)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		s.e.forgetHeld(s.t.path, name)
-		return
-	case err != nil:
-		s.warn("%s: another writer's file taken off %s cannot be merged (%v); left as it is", d.Name(name), s.t.path, err)
-		s.e.forgetHeld(s.t.path, name)
-		return
-	case info.Nlink > 1 && sameFile(d, name, s.t.name):
-		// The target itself under a second name: a link-and-unlink (file
-		// systems without renameat2) put it back but did not finish.
-		if remove(d, name) == nil {
-			s.e.forgetHeld(s.t.path, name)
-		}
-		return
-	case info.Nlink > 1:
-		// As for a target: its other names would keep what we merged.
-		s.warn("%s: another writer's file taken off %s has %d names; left as it is", d.Name(name), s.t.path, info.Nlink)
-		s.e.forgetHeld(s.t.path, name)
-		return
-	}
-	doc, err := parseDocument(data)
-	if err != nil {
-		if _, aerr := s.setAside(data, err); aerr != nil {
-			s.warn("%s: %v", d.Name(name), aerr)
-		} else if remove(d, name) == nil {
-			s.e.forgetHeld(s.t.path, name)
-		}
-		return
-	}
-	s.held = append(s.held, heldFile{name: name, doc: doc})
-}
-
-// release removes the held files once their content is in the target.
-func (s *targetSync) release() error {
-	if len(s.held) == 0 {
-		return nil
-	}
-	for _, h := range s.held {
-		if err := s.t.dir.Remove(h.name); err != nil {
-			return err
-		}
-		s.e.forgetHeld(s.t.path, h.name)
-	}
-	s.held = nil
-	return s.t.dir.Sync()
 }
 
 // setAside keeps a copy of a corrupt file next to the target, once per
@@ -715,16 +592,22 @@ func (s *targetSync) warn(format string, args ...any) {
 func (s *targetSync) plan() error {
 	parse := func(data []byte) (*document, error) { return s.e.memo.parse(s.t.path, data) }
 	carried := s.prev
-	if len(s.held) > 0 {
-		carried, _ = parseDocument(nil)
+	if s.held.doc != nil {
+		carried = s.held.doc
 		if s.prev != nil {
+			carried, _ = parseDocument(nil)
 			carry(s.prev, carried)
-		}
-		for _, h := range s.held {
-			carry(h.doc, carried)
+			carry(s.held.doc, carried)
 		}
 	}
 	p, err := planTarget(s.base, s.cur, carried, s.desired, s.prune, s.old, parse)
+	if err != nil && s.held.doc != nil && (errors.Is(err, hostfs.ErrTooLarge) || errors.Is(err, ErrTooManyEntries)) {
+		// The held files would take the target over a limit: it is
+		// synced without them, and they stay where they are.
+		s.warn("%s: %s, held next to it, cannot be merged into it within the limits (%v); left as they are", s.t.path, strings.Join(s.held.names, ", "), err)
+		s.held.leave()
+		p, err = planTarget(s.base, s.cur, s.prev, s.desired, s.prune, s.old, parse)
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.t.path, err)
 	}
@@ -872,7 +755,7 @@ func (s *targetSync) settleCopies() {
 // forget drops what the sync held (the files read, the documents merged)
 // once it is done, so that they do not add to the next target's.
 func (s *targetSync) forget() {
-	s.p, s.prev, s.base, s.cur, s.held = targetPlan{}, nil, fileRead{}, fileRead{}, nil
+	s.p, s.prev, s.base, s.cur, s.held = targetPlan{}, nil, fileRead{}, fileRead{}, heldSet{}
 }
 
 // pause lets a writer in a loop finish its burst before attempt (none

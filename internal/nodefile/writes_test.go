@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -633,4 +635,64 @@ func TestCorruptCopyRecordedBeforeItIsMade(t *testing.T) {
 			t.Errorf("a file that took the name of a copy never made was removed: %v", err)
 		}
 	})
+}
+
+// TestHeldFilesMergedOneAtATime: however many held files there are, and
+// however large, a sync holds one of them and their union so far in
+// memory, never all: what would take the union (or the target) past the
+// limits of one file stays on disk, reported, and everything else reaches
+// the target.
+func TestHeldFilesMergedOneAtATime(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	dir := filepath.Dir(p)
+	const n, pad = 40, 2 << 20
+	for i := range n {
+		testsupport.WriteFile(t, fmt.Sprintf("%s/.config.json.nodecreds-held-%016x", dir, i),
+			fmt.Sprintf(`{"auths":{"held-%d.test":{"auth":"dzpw"}},"pad%d":"%s"}`, i, i, strings.Repeat("A", pad)), 0o600)
+	}
+	// The most the Go heap held during the sync, sampled; a GC target
+	// well under what n files take keeps garbage from hiding it.
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(32 << 20))
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	stop, peak := make(chan struct{}), make(chan uint64)
+	go func() {
+		var most uint64
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			most = max(most, ms.HeapAlloc)
+			select {
+			case <-stop:
+				peak <- most
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	close(stop)
+	most := <-peak
+	grew := (most - min(most, base.HeapAlloc)) >> 20
+	mustOK(t, res)
+	t.Logf("heap grew %d MiB", grew)
+	if grew > 48 {
+		t.Errorf("the heap grew by %d MiB during the sync (%d held files of %d MiB)", grew, n, pad>>20)
+	}
+	a := auths(t, p)
+	merged := 0
+	for i := range n {
+		if _, ok := a[fmt.Sprintf("held-%d.test", i)]; ok {
+			merged++
+		}
+	}
+	left := leftovers(t, dir)
+	if merged == 0 || merged+len(left) != n {
+		t.Errorf("%d held files merged, %d left on disk, of %d", merged, len(left), n)
+	}
+	if w := strings.Join(res[0].Warnings, "\n"); len(left) > 0 && !strings.Contains(w, "left as it is") {
+		t.Errorf("the files left are not reported: %q", w)
+	}
 }
