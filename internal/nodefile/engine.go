@@ -66,6 +66,7 @@ type hooks struct {
 	beforeSwap   func() // a write has read the file and is about to swap its own in
 	beforeRemove func() // a drop has read the file and is about to take it off its name
 	whileAway    func() // a drop has taken the file off its name and not yet decided
+	afterHold    func() // a write swapped ours in and holds the other writer's file it replaced
 }
 
 func call(f func()) {
@@ -480,10 +481,13 @@ type targetSync struct {
 	base, cur fileRead    // see plan
 	prev      *document   // the last base merged into, while racing
 	held      heldSet     // other writers' files taken off the target, to merge in
-	aside     map[[32]byte]string
-	copies    map[string][]string // copies made in this sync → sources (State.Copies)
-	applies   map[string]bool     // names of the sources that apply to the node now
-	p         targetPlan
+	// newer is the union of the held files that are newer than the
+	// target (see loadHeld), nil for none.
+	newer   *document
+	aside   map[[32]byte]string
+	copies  map[string][]string // copies made in this sync → sources (State.Copies)
+	applies map[string]bool     // names of the sources that apply to the node now
+	p       targetPlan
 }
 
 // start reads the target and plans the first attempt; when it is to be
@@ -498,7 +502,7 @@ func (s *targetSync) start() error {
 	}
 	cur.data = s.e.memo.same(s.t.path, cur.data)
 	s.base, s.cur = cur, cur
-	s.loadHeld()
+	s.loadHeld(cur)
 	if err := s.plan(); err != nil {
 		return err
 	}
@@ -600,13 +604,18 @@ func (s *targetSync) plan() error {
 			carry(s.held.doc, carried)
 		}
 	}
-	p, err := planTarget(s.base, s.cur, carried, s.desired, s.prune, s.old, parse)
+	p, err := planTarget(s.base, s.cur, carried, s.newer, s.desired, s.prune, s.old, parse)
 	if err != nil && s.held.doc != nil && (errors.Is(err, hostfs.ErrTooLarge) || errors.Is(err, ErrTooManyEntries)) {
 		// The held files would take the target over a limit: it is
 		// synced without them, and they stay where they are.
 		s.warn("%s: %s, held next to it, cannot be merged into it within the limits (%v); left as they are", s.t.path, strings.Join(s.held.names, ", "), err)
 		s.held.leave()
-		p, err = planTarget(s.base, s.cur, s.prev, s.desired, s.prune, s.old, parse)
+		s.newer = nil
+		p, err = planTarget(s.base, s.cur, s.prev, nil, s.desired, s.prune, s.old, parse)
+	}
+	if err == nil && p.step == stepWrite {
+		// Recorded with the intent: what a crash can leave at the target.
+		p.intent.Writing, err = p.merged.doc.encodedDigest()
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.t.path, err)
@@ -657,13 +666,13 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			if s.cur, err = readTarget(s.t.dir, s.t.name); err != nil {
 				return *res, err
 			}
-			s.base, s.prev = s.cur, nil
+			s.base, s.prev, s.newer = s.cur, nil, nil
 		case w.raced:
 			// Someone replaced the file between our read and our swap. Ours
 			// is in place now but built on stale content: merge again on top
 			// of theirs, recognising both what was ours in their file and
 			// our stale write, which is what is on disk now.
-			s.base, s.cur = w.theirs, w.ours
+			s.base, s.cur, s.newer = w.theirs, w.ours, nil
 			s.old = intent(ownedIn(p.parsed, s.old), s.old, p.merged.state)
 		default:
 			if p.step == stepWrite {
@@ -755,7 +764,7 @@ func (s *targetSync) settleCopies() {
 // forget drops what the sync held (the files read, the documents merged)
 // once it is done, so that they do not add to the next target's.
 func (s *targetSync) forget() {
-	s.p, s.prev, s.base, s.cur, s.held = targetPlan{}, nil, fileRead{}, fileRead{}, heldSet{}
+	s.p, s.prev, s.base, s.cur, s.held, s.newer = targetPlan{}, nil, fileRead{}, fileRead{}, heldSet{}, nil
 }
 
 // pause lets a writer in a loop finish its burst before attempt (none
@@ -962,6 +971,7 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 	if sw.held != "" {
 		// Kept until what the next attempt writes holds it too.
 		s.hold(sw.held)
+		call(s.e.hooks.afterHold)
 	}
 	if errors.Is(err, errRaced) {
 		return written{lost: true}, nil
@@ -1010,7 +1020,7 @@ type targetPlan struct {
 //
 // parse is parseDocument, or one that remembers; what it returns is never
 // modified.
-func planTarget(base, cur fileRead, prev *document, desired *wanted, prune pruneRule, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
+func planTarget(base, cur fileRead, prev, newer *document, desired *wanted, prune pruneRule, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
 	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
 	orig, perr := parse(base.data)
 	if perr != nil && !errors.Is(perr, ErrCorrupt) {
@@ -1022,12 +1032,21 @@ func planTarget(base, cur fileRead, prev *document, desired *wanted, prune prune
 		orig, _ = parseDocument(nil)
 	}
 	doc := orig
+	if newer != nil {
+		// Newer than base for every key both hold (held files a write of
+		// ours replaced, and base is that write): their values win, base
+		// fills in what they lack.
+		doc = newer.clone()
+		carry(orig, doc)
+	}
 	if prev != nil {
 		// While our stale file was in place the other writer may have read
 		// it and written on top of it, dropping what it had added before;
 		// or its file was taken off the target and is held. Carry forward
 		// everything seen from it in this sync.
-		doc = doc.clone()
+		if doc == orig {
+			doc = doc.clone()
+		}
 		carry(prev, doc)
 	}
 	p := targetPlan{parsed: doc, corrupt: perr, merged: merge(doc, desired, prune, old)}

@@ -2,6 +2,7 @@ package nodefile
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,7 +32,16 @@ const maxHeld = 2
 // loadHeld merges the files held next to the target, newest first (by
 // change time: the rename that held it), so that for a key several hold
 // the newest value wins, and then consolidates them.
-func (s *targetSync) loadHeld() {
+//
+// They are older than the target, which wins over them, except after a
+// crash in the middle of a write: when the target is exactly the file
+// nodecreds was writing (State.Writing), the files that write replaced
+// and held (changed at or after the target: the exchange, then the hold)
+// are newer than it for every key, as they are in the sync that held them
+// (see run): their union is kept apart as s.newer. Files held before that
+// write (left over a limit) and any file written at the target since
+// are not: no value newer than another is replaced by it.
+func (s *targetSync) loadHeld(target fileRead) {
 	names := slices.Clone(s.e.held[s.t.path])
 	ctime := make(map[string]int64, len(names))
 	for _, n := range names {
@@ -39,17 +49,13 @@ func (s *targetSync) loadHeld() {
 			ctime[n] = info.Ctime
 		}
 	}
-	slices.SortStableFunc(names, func(a, b string) int {
-		switch {
-		case ctime[a] > ctime[b]:
-			return -1
-		case ctime[a] < ctime[b]:
-			return 1
-		}
-		return 0
-	})
-	for _, n := range names {
+	slices.SortStableFunc(names, func(a, b string) int { return cmp.Compare(ctime[b], ctime[a]) })
+	ours := s.old.Writing != "" && target.exists && fileDigest(target.data) == s.old.Writing
+	for i, n := range names {
 		s.load(n, false)
+		if ours && ctime[n] >= target.info.Ctime && (i+1 == len(names) || ctime[names[i+1]] < target.info.Ctime) {
+			s.newer = s.held.doc // the newer ones are first
+		}
 	}
 	s.consolidate()
 }

@@ -269,10 +269,43 @@ func (d *document) encode() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return d.appendEncoded(make([]byte, 0, size), nil), nil
+}
+
+// encodedDigest is fileDigest of what encode writes, hashed as it is
+// encoded: a few KiB at a time rather than the whole file in memory.
+func (d *document) encodedDigest() (string, error) {
+	if _, err := d.encodedSize(); err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	flush := func(b []byte) []byte {
+		h.Write(b)
+		return b[:0]
+	}
+	flush(d.appendEncoded(make([]byte, 0, 64<<10), flush))
+	return hex.EncodeToString(h.Sum(nil)[:16]), nil
+}
+
+// fileDigest is 128 bits of the SHA-256 of a whole file: it tells the file
+// nodecreds wrote from any other (State.Writing).
+func fileDigest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:16])
+}
+
+// appendEncoded appends the document as encode writes it to buf; with
+// flush, buf is handed to it (and replaced by what it returns) whenever it
+// holds 32 KiB or more.
+func (d *document) appendEncoded(buf []byte, flush func([]byte) []byte) []byte {
+	spill := func() {
+		if flush != nil && len(buf) >= 32<<10 {
+			buf = flush(buf)
+		}
+	}
 	fields := d.fields()
 	_, hasAuths := d.top["auths"]
 	hasAuths = hasAuths || len(d.auths) > 0
-	buf := make([]byte, 0, size)
 	buf = append(buf, '{')
 	first := true
 	sep := func() {
@@ -291,6 +324,7 @@ func (d *document) encode() ([]byte, error) {
 		}
 		buf = append(buf, '{')
 		for j, ak := range d.order {
+			spill()
 			if j > 0 {
 				buf = append(buf, ',')
 			}
@@ -306,6 +340,7 @@ func (d *document) encode() ([]byte, error) {
 			hasAuths = false
 		}
 		for _, m := range f.members {
+			spill()
 			sep()
 			buf = appendKey(buf, m.key)
 			buf = appendIndent(buf, bytes.TrimSpace(m.value), "\t", "\t")
@@ -317,7 +352,7 @@ func (d *document) encode() ([]byte, error) {
 	if !first {
 		buf = append(buf, '\n')
 	}
-	return append(buf, "}\n"...), nil
+	return append(buf, "}\n"...)
 }
 
 // encodedSize is the size of the file encode writes, counted without

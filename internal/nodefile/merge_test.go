@@ -3,10 +3,12 @@ package nodefile
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
@@ -313,7 +315,7 @@ func TestPlanTarget(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := planTarget(tt.base, tt.cur, nil, newWanted(tt.desired, nil), pruneRule{on: true}, tt.old, parseDocument)
+			p, err := planTarget(tt.base, tt.cur, nil, nil, newWanted(tt.desired, nil), pruneRule{on: true}, tt.old, parseDocument)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -546,5 +548,34 @@ func TestKubeletViewKeepsEverySpelling(t *testing.T) {
 	st := readState(t, root)
 	if got := st.Targets[kubeletFile].From["https://r.io/"]; got != "ns/creds" {
 		t.Errorf("state records https://r.io/ as from %q", got)
+	}
+}
+
+// TestEncodedDigestIsTheFileWritten: the digest recorded with a write's
+// intent, hashed as the document is encoded in pieces, is that of the file
+// written, for small and multi-chunk documents alike.
+func TestEncodedDigestIsTheFileWritten(t *testing.T) {
+	for _, n := range []int{0, 1, 3000} {
+		var b strings.Builder
+		b.WriteString(`{"credsStore":"x","auths":{`)
+		for i := range n {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, `"r%05d.test":{"auth":"dTpw","x":[1,{"y":2}]}`, i)
+		}
+		b.WriteString(`},"zz":{"deep":[[["a"]]]}}`)
+		d := docOf(t, b.String())
+		data, err := d.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.encodedDigest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != fileDigest(data) {
+			t.Errorf("%d entries: digest %s, want %s", n, got, fileDigest(data))
+		}
 	}
 }

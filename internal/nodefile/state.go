@@ -62,6 +62,12 @@ type TargetState struct {
 	// saving the file it loaded) is recognised as nodecreds' own stale
 	// entry, not adopted as its.
 	Stale staleMarks `json:"-"`
+	// Writing is fileDigest of the file a write in flight puts at the
+	// target, recorded with its intent: after a crash, a target that is
+	// exactly that file is nodecreds' own write, which replaced whatever
+	// another writer's files held next to it held, so their values are the
+	// newer ones.
+	Writing string `json:"writing,omitempty"`
 }
 
 // staleMark is a fingerprint of an entry nodecreds wrote that is no longer
@@ -265,6 +271,10 @@ func encodeState(s *State, hint *[]string) ([]byte, error) {
 			}
 			b = append(b, c...)
 		}
+		if t.Writing != "" {
+			sep(`"writing":`)
+			b = appendJSONString(b, t.Writing)
+		}
 		if len(t.Stale) > 0 {
 			sep(`"stale":`)
 			b = t.Stale.appendJSON(b)
@@ -417,7 +427,7 @@ func (t TargetState) isZero() bool {
 }
 
 func (t TargetState) equal(o TargetState) bool {
-	if t.Created != o.Created || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || !maps.Equal(t.From, o.From) || len(t.Displaced) != len(o.Displaced) ||
+	if t.Created != o.Created || t.Writing != o.Writing || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || !maps.Equal(t.From, o.From) || len(t.Displaced) != len(o.Displaced) ||
 		!maps.EqualFunc(t.Copies, o.Copies, slices.Equal) || !maps.Equal(t.Stale, o.Stale) {
 		return false
 	}
@@ -624,6 +634,8 @@ func decodeTarget(data []byte, t *TargetState) error {
 			err.keep(json.Unmarshal(value, &t.Displaced))
 		case "copies":
 			err.keep(json.Unmarshal(value, &t.Copies))
+		case "writing":
+			err.keep(json.Unmarshal(value, &t.Writing))
 		case "stale":
 			stale, e := decodeStale(value)
 			if e != nil {

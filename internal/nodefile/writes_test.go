@@ -1,6 +1,7 @@
 package nodefile
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -694,5 +695,82 @@ func TestHeldFilesMergedOneAtATime(t *testing.T) {
 	}
 	if w := strings.Join(res[0].Warnings, "\n"); len(left) > 0 && !strings.Contains(w, "left as it is") {
 		t.Errorf("the files left are not reported: %q", w)
+	}
+}
+
+// TestHeldFileNewerThanOurStaleWriteAfterACrash: another writer (docker
+// login) renames its file over the target between nodecreds' read and its
+// swap, changing its own entry P1 -> P2; the swap puts nodecreds' file,
+// built on P1, in place and holds theirs; nodecreds is killed there. The
+// next start sees the target is exactly the file nodecreds was writing, so
+// the held file is newer for every key: P2 wins, and nodecreds' rotation
+// stays. If anyone wrote the target after the kill, the target is newer
+// and wins instead: no rule reverts a newer value.
+func TestHeldFileNewerThanOurStaleWriteAfterACrash(t *testing.T) {
+	entry := func(user, pass string) string {
+		return fmt.Sprintf(`{"auth":%q}`, testsupport.B64(user+":"+pass))
+	}
+	tests := []struct {
+		name       string
+		afterCrash string // renamed over the target before the restart
+		want       string // mine.test's password
+	}{
+		{"restarted as the kill left it", "", "P2"},
+		{"the target written again after the kill", `{"auths":{"mine.test":` + entry("me", "P3") + `}}`, "P3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, root := newEngine(t)
+			p := filepath.Join(root, kubeletFile)
+			testsupport.WriteFile(t, p, `{"auths":{"mine.test":`+entry("me", "P1")+`}}`, 0o600)
+			mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v1")}, true))
+			// docker login saves P2 (and what it loaded of ours) just
+			// before the swap of the rotation to v2.
+			loaded := readJSON(t, p)
+			loaded["auths"].(map[string]any)["mine.test"] = map[string]any{"auth": testsupport.B64("me:P2")}
+			theirs, _ := json.Marshal(loaded)
+			e.hooks.beforeSwap = once(func() { renameOver(t, p, string(theirs), 0o600) })
+			crashed := t.TempDir()
+			e.hooks.afterHold = once(func() {
+				if err := os.CopyFS(crashed, os.DirFS(root)); err != nil {
+					t.Fatal(err)
+				}
+			})
+			mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v2")}, true))
+			if hostfs.RenameFlagsOff {
+				// Without the exchange their file is found before the
+				// rename, never replaced and held: merged at once.
+				if got := authOf(t, p, "mine.test"); got != testsupport.B64("me:P2") {
+					t.Errorf("mine.test holds %q, want me:P2", got)
+				}
+				return
+			}
+			cp := filepath.Join(crashed, kubeletFile)
+			held := leftovers(t, filepath.Dir(cp))
+			if len(held) == 0 {
+				t.Fatal("the disk at the kill holds no held file")
+			}
+			// The copy's change times in the order of the original's:
+			// the swap, then the hold.
+			for _, f := range append([]string{cp}, filepath.Join(filepath.Dir(cp), held[0])) {
+				if err := os.Chmod(f, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.afterCrash != "" {
+				renameOver(t, cp, tt.afterCrash, 0o600)
+			}
+			after := New(Options{HostRoot: crashed, StateDir: stateDir})
+			mustOK(t, apply(t, after, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v2")}, true))
+			if got := authOf(t, cp, "mine.test"); got != testsupport.B64("me:"+tt.want) {
+				t.Errorf("mine.test holds %q, want me:%s", got, tt.want)
+			}
+			if got := authOf(t, cp, "r.test"); got != testsupport.B64("robot:v2") {
+				t.Errorf("r.test holds %q, want the rotation's v2", got)
+			}
+			if left := leftovers(t, filepath.Dir(cp)); len(left) != 0 {
+				t.Errorf("left behind: %v", left)
+			}
+		})
 	}
 }
