@@ -379,7 +379,7 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 	f := keyStrings{"b.io": "00ff", "a.io:5000/x": "11", `we"ird\<key>&` + "\x01é\u2028": "22", "": "33"}
 	st := &State{Version: stateVersion, Targets: map[string]*TargetState{
 		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: keyStrings{"c.io": "44"}, From: keyStrings{"b.io": "ns/first", "": "ns/<second>"}, Copies: map[string][]string{"config.json.corrupt-20261130T120000Z": {"ns/first", "/mnt/<x>"}}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)},
-			Stale: staleMarks{"s1.io": {fp: "55", at: 1795000000}, "s2.io": {fp: "66", at: 1795000000}, "<s3>": {fp: "77", at: 1795000060}}},
+			Writing: "0123abcd", Stale: staleMarks{"s1.io": {fp: "55", at: 1795000000}, "s2.io": {fp: "66", at: 1795000000}, "<s3>": {fp: "77", at: 1795000060}}},
 		"/root/.docker/config.json": {Owned: keyStrings{"x": "y"}},
 		"/only/displaced":           {Displaced: map[string]json.RawMessage{"e.io": json.RawMessage(`{}`)}},
 		"/empty":                    {},
@@ -392,6 +392,7 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 		FromAll   string                       `json:"fromAll,omitempty"`
 		From      map[string]string            `json:"from,omitempty"`
 		Copies    map[string][]string          `json:"copies,omitempty"`
+		Writing   string                       `json:"writing,omitempty"`
 		Stale     map[string]map[string]string `json:"stale,omitempty"`
 		Displaced map[string]json.RawMessage   `json:"displaced,omitempty"`
 	}
@@ -413,7 +414,7 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 				}
 				stale[at][key] = m.fp
 			}
-			ref[k] = &plain{t.Created, t.Owned, t.Pending, all, rest, t.Copies, stale, t.Displaced}
+			ref[k] = &plain{t.Created, t.Owned, t.Pending, all, rest, t.Copies, t.Writing, stale, t.Displaced}
 		} else {
 			ref[k] = nil
 		}
