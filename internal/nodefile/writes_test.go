@@ -774,3 +774,72 @@ func TestHeldFileNewerThanOurStaleWriteAfterACrash(t *testing.T) {
 		})
 	}
 }
+
+// TestOtherWritersFileKeptWithoutFreeInodes: the file system runs out of
+// inodes just as another writer's file is swapped out for nodecreds' (the
+// review's tmpfs of 400 inodes): holding it takes a rename, which needs no
+// inode, so it is never left under a temp name for the next start to
+// sweep; the sync reports the full disk, and once there is room again the
+// writer's entry reaches the target.
+func TestOtherWritersFileKeptWithoutFreeInodes(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	dir := filepath.Dir(p)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m,nr_inodes=64,mode=0700"); err != nil {
+		t.Fatalf("mount tmpfs: %v (the test needs root with CAP_SYS_ADMIN, as on the project's machines)", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	testsupport.WriteFile(t, p, `{"auths":{"mine.test":{"auth":"bWU6UDE="}}}`, 0o600)
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v1")}, true))
+	fill := filepath.Join(dir, "fill")
+	e.hooks.beforeSwap = once(func() {
+		renameOver(t, p, `{"auths":{"new.test":{"auth":"ZG9ja2VyOmxvZ2lu"},"mine.test":{"auth":"bWU6UDE="}}}`, 0o600)
+		if err := os.Mkdir(fill, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			f, err := os.Create(filepath.Join(fill, fmt.Sprint(i)))
+			if err != nil {
+				// Out of inodes: one back, for nodecreds' temp file,
+				// and none is left once it is made.
+				if err := os.Remove(filepath.Join(fill, fmt.Sprint(i-1))); err != nil {
+					t.Fatal(err)
+				}
+				break
+			}
+			f.Close()
+		}
+	})
+	res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v2")}, true)
+	if res[0].Err == nil {
+		t.Log("synced although out of inodes")
+	}
+	var temps, held []string
+	for _, n := range leftovers(t, dir) {
+		if strings.HasPrefix(n, heldPrefix("config.json")) {
+			held = append(held, n)
+		} else {
+			temps = append(temps, n)
+		}
+	}
+	if len(temps) != 0 {
+		t.Errorf("the next start would sweep %v", temps)
+	}
+	if res[0].Err != nil && len(held) == 0 && authOf(t, p, "new.test") == "" {
+		t.Fatalf("the other writer's file is neither held nor at the target (%v)", res[0].Err)
+	}
+	if err := os.RemoveAll(fill); err != nil {
+		t.Fatal(err)
+	}
+	restarted := New(Options{HostRoot: root, StateDir: stateDir})
+	mustOK(t, apply(t, restarted, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v2")}, true))
+	if authOf(t, p, "new.test") == "" || authOf(t, p, "r.test") != testsupport.B64("robot:v2") {
+		t.Errorf("after the restart the target holds %v", auths(t, p))
+	}
+	if left := leftovers(t, dir); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
