@@ -160,12 +160,24 @@ type Result struct {
 // Resolve returns the host path of a node path, as the engine writes it
 // now. It is a name for watches and messages; writes never go through it.
 func (e *Engine) Resolve(nodePath string) (string, error) {
+	path, _, err := e.Route(nodePath)
+	return path, err
+}
+
+// Route is Resolve, and it also names the host paths of the symlinks
+// followed on the way: re-pointing one re-points the target.
+func (e *Engine) Route(nodePath string) (string, []string, error) {
 	root, err := hostfs.OpenRoot(e.root)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	defer root.Close()
-	return root.Join(nodePath)
+	way, err := root.Walk(nodePath, false, 0, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	way.Close()
+	return way.Path, way.Links, nil
 }
 
 // Desired is what the targets are to hold.
