@@ -1164,9 +1164,10 @@ func lock(ctx context.Context, d *hostfs.Dir) (func(), error) {
 	}
 }
 
-// sweepPrefix removes files a crash left in d whose names start with
-// prefix, except those starting with held (when not empty), whose names it
-// returns.
+// sweepPrefix removes files a crash left in d named prefix and the 16 hex
+// digits hostfs.CreateTemp adds, except those named so after held (when
+// not empty), whose names it returns. A name that merely starts alike (an
+// admin's ".config.json.nodecreds-backup") is not nodecreds' and is left.
 func sweepPrefix(d *hostfs.Dir, prefix, held string) []string {
 	names, err := d.Names()
 	if err != nil {
@@ -1175,11 +1176,27 @@ func sweepPrefix(d *hostfs.Dir, prefix, held string) []string {
 	var found []string
 	for _, n := range names {
 		switch {
-		case held != "" && strings.HasPrefix(n, held):
+		case held != "" && isTempName(n, held):
 			found = append(found, n)
-		case strings.HasPrefix(n, prefix):
+		case isTempName(n, prefix):
 			_ = d.Remove(n)
 		}
 	}
 	return found
+}
+
+// isTempName reports whether n is prefix and the 16 lowercase hex digits
+// hostfs.CreateTemp adds: the names nodecreds' temp and held files have
+// had from the start.
+func isTempName(n, prefix string) bool {
+	rest, ok := strings.CutPrefix(n, prefix)
+	if !ok || len(rest) != 16 {
+		return false
+	}
+	for _, c := range rest {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

@@ -313,6 +313,12 @@ func TestLeftoversSweptWithoutWriting(t *testing.T) {
 	for _, l := range left {
 		testsupport.WriteFile(t, l, `{"auths":{"r.io":{"auth":"b2xkOnB3"}}}`, 0o600)
 	}
+	// Names that merely look like nodecreds' are an admin's.
+	var admins []string
+	for _, n := range []string{".config.json.nodecreds-backup", ".config.json.nodecreds-held-mine", ".config.json.nodecreds-0123456789ABCDEF", ".config.json.nodecreds-held-0123456789abcdef0"} {
+		admins = append(admins, filepath.Join(root, "var/lib/kubelet", n))
+		testsupport.WriteFile(t, admins[len(admins)-1], `{"auths":{"admin.test":{"auth":"YTpi"}}}`, 0o600)
+	}
 	// A new process: nothing to write, the kubelet file is in sync and
 	// the docker one has nothing of ours.
 	e2 := New(Options{HostRoot: root, StateDir: stateDir})
@@ -327,6 +333,14 @@ func TestLeftoversSweptWithoutWriting(t *testing.T) {
 		if _, err := os.Stat(l); !os.IsNotExist(err) {
 			t.Errorf("%s not swept: %v", l, err)
 		}
+	}
+	for _, admin := range admins {
+		if data, err := os.ReadFile(admin); err != nil || string(data) != `{"auths":{"admin.test":{"auth":"YTpi"}}}` {
+			t.Errorf("an admin's file %s, named like nodecreds' own, was touched: %q %v", admin, data, err)
+		}
+	}
+	if _, ok := auths(t, filepath.Join(root, kubeletFile))["admin.test"]; ok {
+		t.Errorf("an admin's file was merged as a held file")
 	}
 }
 
