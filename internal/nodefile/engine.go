@@ -495,7 +495,10 @@ type targetSync struct {
 	held      heldSet     // other writers' files taken off the target, to merge in
 	// newer is the union of the held files that are newer than the
 	// target (see loadHeld), nil for none.
-	newer   *document
+	newer *document
+	// ours is fileDigest of the target when it is a file nodecreds wrote
+	// and meant to replace (a write that raced, or one a crash left).
+	ours    string
 	aside   map[[32]byte]string
 	copies  map[string][]string // copies made in this sync → sources (State.Copies)
 	applies map[string]bool     // names of the sources that apply to the node now
@@ -626,8 +629,12 @@ func (s *targetSync) plan() error {
 		p, err = planTarget(s.base, s.cur, s.prev, nil, s.desired, s.prune, s.old, parse)
 	}
 	if err == nil && p.step == stepWrite {
-		// Recorded with the intent: what a crash can leave at the target.
+		// Recorded with the intent: what a crash can leave at the target,
+		// the file written now or, after a race, ours already there.
 		p.intent.Writing, err = p.merged.doc.encodedDigest()
+		if s.ours != "" {
+			p.intent.Writing += " " + s.ours
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.t.path, err)
@@ -678,13 +685,13 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			if s.cur, err = readTarget(s.t.dir, s.t.name); err != nil {
 				return *res, err
 			}
-			s.base, s.prev, s.newer = s.cur, nil, nil
+			s.base, s.prev, s.newer, s.ours = s.cur, nil, nil, ""
 		case w.raced:
 			// Someone replaced the file between our read and our swap. Ours
 			// is in place now but built on stale content: merge again on top
 			// of theirs, recognising both what was ours in their file and
 			// our stale write, which is what is on disk now.
-			s.base, s.cur, s.newer = w.theirs, w.ours, nil
+			s.base, s.cur, s.newer, s.ours = w.theirs, w.ours, nil, fileDigest(w.ours.data)
 			s.old = intent(ownedIn(p.parsed, s.old), s.old, p.merged.state)
 		default:
 			if p.step == stepWrite {

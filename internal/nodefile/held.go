@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
+	"strings"
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
@@ -50,7 +51,10 @@ func (s *targetSync) loadHeld(target fileRead) {
 		}
 	}
 	slices.SortStableFunc(names, func(a, b string) int { return cmp.Compare(ctime[b], ctime[a]) })
-	ours := s.old.Writing != "" && target.exists && fileDigest(target.data) == s.old.Writing
+	ours := target.exists && slices.Contains(strings.Fields(s.old.Writing), fileDigest(target.data))
+	if ours {
+		s.ours = fileDigest(target.data)
+	}
 	for i, n := range names {
 		s.load(n, false)
 		if ours && ctime[n] >= target.info.Ctime && (i+1 == len(names) || ctime[names[i+1]] < target.info.Ctime) {

@@ -63,10 +63,11 @@ type TargetState struct {
 	// entry, not adopted as its.
 	Stale staleMarks `json:"-"`
 	// Writing is fileDigest of the file a write in flight puts at the
-	// target, recorded with its intent: after a crash, a target that is
-	// exactly that file is nodecreds' own write, which replaced whatever
-	// another writer's files held next to it held, so their values are the
-	// newer ones.
+	// target, recorded with its intent, and after a race, separated by a
+	// space, of nodecreds' own file already there: after a crash, a target
+	// that is exactly one of them is nodecreds' own write, which replaced
+	// what another writer's files held next to it hold, so their values
+	// are the newer ones.
 	Writing string `json:"writing,omitempty"`
 }
 

@@ -726,11 +726,13 @@ func TestHeldFileNewerThanOurStaleWriteAfterACrash(t *testing.T) {
 	}
 	tests := []struct {
 		name       string
+		atRetry    bool   // killed at the swap of the merge that follows the hold
 		afterCrash string // renamed over the target before the restart
 		want       string // mine.test's password
 	}{
-		{"restarted as the kill left it", "", "P2"},
-		{"the target written again after the kill", `{"auths":{"mine.test":` + entry("me", "P3") + `}}`, "P3"},
+		{"restarted as the kill left it", false, "", "P2"},
+		{"killed at the next swap", true, "", "P2"},
+		{"the target written again after the kill", false, `{"auths":{"mine.test":` + entry("me", "P3") + `}}`, "P3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -743,13 +745,24 @@ func TestHeldFileNewerThanOurStaleWriteAfterACrash(t *testing.T) {
 			loaded := readJSON(t, p)
 			loaded["auths"].(map[string]any)["mine.test"] = map[string]any{"auth": testsupport.B64("me:P2")}
 			theirs, _ := json.Marshal(loaded)
-			e.hooks.beforeSwap = once(func() { renameOver(t, p, string(theirs), 0o600) })
 			crashed := t.TempDir()
-			e.hooks.afterHold = once(func() {
+			kill := once(func() {
 				if err := os.CopyFS(crashed, os.DirFS(root)); err != nil {
 					t.Fatal(err)
 				}
 			})
+			swaps := 0
+			e.hooks.beforeSwap = func() {
+				switch swaps++; {
+				case swaps == 1:
+					renameOver(t, p, string(theirs), 0o600)
+				case tt.atRetry:
+					kill()
+				}
+			}
+			if !tt.atRetry {
+				e.hooks.afterHold = kill
+			}
 			mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v2")}, true))
 			if hostfs.RenameFlagsOff {
 				// Without the exchange their file is found before the
