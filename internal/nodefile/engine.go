@@ -711,7 +711,7 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 // done ends a sync of the target that left left there: the held files,
 // merged now, go.
 func (s *targetSync) done(left FileID) (Result, error) {
-	if err := s.release(); err != nil {
+	if err := s.release(s.held.names); err != nil {
 		return s.res, err
 	}
 	s.settleCopies()
@@ -986,14 +986,21 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 		}
 	}
 	call(s.e.hooks.beforeSwap)
+	merged := slices.Clone(s.held.names) // what the plan carried into data
 	sw, err := replace(t.dir, t.name, data, cur)
+	if errors.Is(err, errRaced) {
+		return written{lost: true}, nil
+	}
+	if err == nil || sw.held != "" {
+		// Ours is in place, with what the held files hold: they go, so
+		// that every held file left is newer than nodecreds' last write
+		// (loadHeld counts on it).
+		s.release(merged)
+	}
 	if sw.held != "" {
 		// Kept until what the next attempt writes holds it too.
 		s.hold(sw.held)
 		call(s.e.hooks.afterHold)
-	}
-	if errors.Is(err, errRaced) {
-		return written{lost: true}, nil
 	}
 	if err != nil {
 		return written{}, err

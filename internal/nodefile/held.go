@@ -61,7 +61,11 @@ func (s *targetSync) loadHeld(target fileRead) {
 			s.newer = s.held.doc // the newer ones are first
 		}
 	}
-	s.consolidate()
+	if s.newer == nil {
+		// Not when newer and older files are held: one file of both
+		// would pass for newer after another crash.
+		s.consolidate()
+	}
 }
 
 // hold notes a file taken off the target under name (the newest of all)
@@ -194,17 +198,20 @@ func (s *targetSync) consolidate() {
 	_ = d.Sync()
 }
 
-// release removes the held files once their content is in the target.
-func (s *targetSync) release() error {
-	if len(s.held.names) == 0 {
+// release removes the held files names once their content is in the
+// target; the held set keeps what they held, for the merges still to come
+// in this sync.
+func (s *targetSync) release(names []string) error {
+	if len(names) == 0 {
 		return nil
 	}
-	for _, n := range s.held.names {
+	names = slices.Clone(names)
+	for _, n := range names {
 		if err := s.t.dir.Remove(n); err != nil {
 			return fmt.Errorf("removing %s, merged into %s: %w", s.t.dir.Name(n), s.t.path, err)
 		}
 		s.e.forgetHeld(s.t.path, n)
+		s.held.names = slices.DeleteFunc(s.held.names, func(h string) bool { return h == n })
 	}
-	s.held = heldSet{}
 	return s.t.dir.Sync()
 }
