@@ -569,13 +569,19 @@ func newTargetWatch(w *filewatch.Watch, files Files, targets []string, root stri
 // refresh (re)adds watches, as folders may appear with the first write and
 // links may be re-pointed: `ln -sfn /data/d2 /root/.docker` is an event in
 // /root, the folder of a link on the way (and of the target's folder as
-// given), which is watched too.
+// given), which is watched too, as is every folder above the target's
+// folder as given.
 func (t *targetWatch) refresh() {
 	t.ways = map[string][]string{}
 	for _, tgt := range t.targets {
 		given := filepath.Join(t.root, tgt)
 		paths := []string{given}
-		ways := []string{filepath.Dir(given)}
+		// The target's folder as given and every folder above it, up to
+		// the root: replacing any by a link re-points the target.
+		var ways []string
+		for dir := filepath.Dir(given); dir != filepath.Clean(t.root) && dir != filepath.Dir(dir); dir = filepath.Dir(dir) {
+			ways = append(ways, dir)
+		}
 		if p, links, err := t.files.Route(tgt); err == nil {
 			paths = append(paths, p)
 			ways = append(ways, links...)
@@ -674,6 +680,6 @@ func (t *targetWatch) relevant(ev fsnotify.Event) bool {
 			return true
 		}
 	}
-	// The folder itself removed or renamed.
-	return t.dirs[ev.Name]
+	// A watched folder itself removed or renamed (its watch is gone).
+	return t.dirs[ev.Name] && ev.Op&(fsnotify.Remove|fsnotify.Rename) != 0
 }
