@@ -9,6 +9,7 @@
 // removed relative to that folder handle, by a single name, without following
 // a link and without blocking on a FIFO or device. A folder swapped for a
 // symlink at any instant can therefore redirect nothing outside the root.
+// OpenRegular alone takes a path string, for reads only.
 package hostfs
 
 import (
@@ -629,9 +630,12 @@ func (d *Dir) Chmod(mode fs.FileMode) error {
 	return nil
 }
 
-// OpenRegular opens a file that is not on a node path (a mounted Secret),
-// following links as usual but refusing, without blocking, anything that is
-// not a regular file. A missing file is fs.ErrNotExist.
+// OpenRegular opens a file by path, following links as the kernel finds
+// them, but refusing, without blocking, anything that is not a regular
+// file. It is for reading only: a mounted Secret, and the drift watch's
+// hash of a host path already resolved under the root (a link re-pointed
+// in between can make that a file outside the root, which is then hashed,
+// never written). A missing file is fs.ErrNotExist.
 func OpenRegular(name string) (*os.File, Info, error) {
 	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
