@@ -456,13 +456,6 @@ func intent(onDisk map[string]string, old, next TargetState) TargetState {
 		From:      maps.Clone(old.From),
 		Copies:    maps.Clone(old.Copies),
 		Displaced: maps.Clone(old.Displaced),
-		Stale:     maps.Clone(old.Stale),
-	}
-	for k, m := range next.Stale {
-		if out.Stale == nil {
-			out.Stale = staleMarks{}
-		}
-		out.Stale[k] = m
 	}
 	for name, srcs := range next.Copies {
 		if out.Copies == nil {
@@ -489,6 +482,18 @@ func intent(onDisk map[string]string, old, next TargetState) TargetState {
 	for k, fp := range next.Owned {
 		if out.Owned[k] != fp {
 			out.Pending[k] = fp
+		}
+	}
+	// The stale marks of before, but for the entries being rewritten:
+	// what they had on disk is in Owned, and after the write their one
+	// mark is that (next.Stale), so the state of a rotation of thousands
+	// holds two fingerprints per entry at most, as it did without marks.
+	for k, m := range old.Stale {
+		if _, rewritten := out.Pending[k]; !rewritten {
+			if out.Stale == nil {
+				out.Stale = staleMarks{}
+			}
+			out.Stale[k] = m
 		}
 	}
 	return out
