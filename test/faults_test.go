@@ -310,7 +310,9 @@ func TestFaultPseudoFileTargetRefused(t *testing.T) {
 	}
 	mountOrFail(t, "nodev", trace, "tracefs", 0, "")
 	t.Cleanup(func() { _ = unix.Unmount(trace, unix.MNT_DETACH) })
-	instance := filepath.Join(trace, "instances", filepath.Base(root))
+	// Instances are the kernel's, shared by every tracefs mount: a name of
+	// this run's own.
+	instance := filepath.Join(trace, "instances", fmt.Sprintf("nodecreds-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	if err := os.Mkdir(instance, 0o700); err != nil {
 		t.Fatalf("a private trace instance: %v", err)
 	}
@@ -320,20 +322,23 @@ func TestFaultPseudoFileTargetRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	secret := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:pseudo-canary"}))
+	// Killed at the end if it blocks, so that the instance can go.
+	cmd := exec.Command(plainBinary, "sync", "--once", "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", "0")
+	var out testsupport.Buffer
+	cmd.Stderr = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
-	var (
-		stderr string
-		code   int
-	)
-	go func() {
-		defer close(done)
-		_, stderr, code = run(t, "sync", "--once", "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", "0")
-	}()
+	go func() { _ = cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
 		t.Fatal("sync --once blocked reading the trace pipe")
 	}
+	stderr, code := out.String(), cmd.ProcessState.ExitCode()
 	if code != 1 || !strings.Contains(stderr, "tracefs") {
 		t.Errorf("sync --once: exit %d, want 1 and an error naming tracefs:\n%s", code, stderr)
 	}
