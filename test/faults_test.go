@@ -293,3 +293,63 @@ func TestFaultConcurrentWriterWhileRotating(t *testing.T) {
 	}
 	agent.stop(t)
 }
+
+// TestFaultPseudoFileTargetRefused: a target linked (inside the host root)
+// to a regular file of a kernel pseudo file system whose reads block — a
+// private tracefs instance's empty trace_pipe — used to hang `sync --once`
+// for good, holding the state lock (SIGTERM ignored, cleanup waiting).
+// Now it is refused at once, naming the file system, the other target
+// syncs, and cleanup returns.
+func TestFaultPseudoFileTargetRefused(t *testing.T) {
+	root := t.TempDir()
+	trace := filepath.Join(root, "trace")
+	for _, d := range []string{trace, filepath.Join(root, "var/lib/kubelet")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mountOrFail(t, "nodev", trace, "tracefs", 0, "")
+	t.Cleanup(func() { _ = unix.Unmount(trace, unix.MNT_DETACH) })
+	// Instances are the kernel's, shared by every tracefs mount: a name of
+	// this run's own.
+	instance := filepath.Join(trace, "instances", fmt.Sprintf("nodecreds-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	if err := os.Mkdir(instance, 0o700); err != nil {
+		t.Fatalf("a private trace instance: %v", err)
+	}
+	t.Cleanup(func() { _ = os.Remove(instance) })
+	pipe := strings.TrimPrefix(filepath.Join(instance, "trace_pipe"), root)
+	if err := os.Symlink(pipe, filepath.Join(root, kubeletFile)); err != nil {
+		t.Fatal(err)
+	}
+	secret := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{"r.test": "u:pseudo-canary"}))
+	// Killed at the end if it blocks, so that the instance can go.
+	cmd := exec.Command(plainBinary, "sync", "--once", "--source", "dir", "--secret-dir", secret.dir, "--host-root", root, "--metrics-addr", "0")
+	var out testsupport.Buffer
+	cmd.Stderr = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatal("sync --once blocked reading the trace pipe")
+	}
+	stderr, code := out.String(), cmd.ProcessState.ExitCode()
+	if code != 1 || !strings.Contains(stderr, "tracefs") {
+		t.Errorf("sync --once: exit %d, want 1 and an error naming tracefs:\n%s", code, stderr)
+	}
+	if authIn(filepath.Join(root, dockerFile), "r.test") != testsupport.B64("u:pseudo-canary") {
+		t.Error("the other target was not synced")
+	}
+	cleaned := make(chan int, 1)
+	go func() { _, _, c := run(t, "cleanup", "--host-root", root); cleaned <- c }()
+	select {
+	case <-cleaned:
+	case <-time.After(30 * time.Second):
+		t.Fatal("cleanup blocked")
+	}
+}

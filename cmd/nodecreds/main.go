@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -28,15 +29,45 @@ var errFailed = errors.New("failed")
 // atExit runs before the process exits (a profiling build adds to it).
 var atExit []func()
 
+// stopGrace is how long a command may still run once it is asked to stop
+// (SIGTERM, SIGINT): long enough for the metrics server's 5 s shutdown,
+// short of the DaemonSet's 10 s termination grace period.
+const stopGrace = 8 * time.Second
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go exitWhenStuck(ctx, done, stopGrace, os.Stderr, os.Exit)
 	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	close(done)
 	stop()
 	code := exitCode(err, os.Stderr)
 	for _, f := range atExit {
 		f()
 	}
 	os.Exit(code)
+}
+
+// exitWhenStuck exits (1) when the command is still running grace after
+// ctx ended. Every wait of nodecreds' own ends with ctx, but a read of a
+// file cannot be interrupted: one on a hung network or FUSE mount would
+// keep a stopped `sync --once` or `cleanup` running for ever, holding the
+// state lock. Exiting then is as safe as kill -9, which every write
+// survives (atomic replacement, state recorded first).
+func exitWhenStuck(ctx context.Context, done <-chan struct{}, grace time.Duration, stderr io.Writer, exit func(int)) {
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		fmt.Fprintf(stderr, "nodecreds: still running %s after the stop signal (a file read that does not return?); exiting: the node's files are whole whenever nodecreds stops\n", grace)
+		exit(1)
+	}
 }
 
 func exitCode(err error, stderr io.Writer) int {

@@ -40,7 +40,9 @@ type completer interface {
 // Files brings the node's files in line with the sources.
 type Files interface {
 	Sync(ctx context.Context, targets []string, d nodefile.Desired) ([]nodefile.Result, error)
-	Resolve(nodePath string) (string, error)
+	// Route returns the host path a node path leads to now and the host
+	// paths of the symlinks followed on the way.
+	Route(nodePath string) (path string, links []string, err error)
 }
 
 // Plugin is something the kubelet runs that the agent keeps on the node
@@ -551,16 +553,20 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // targetWatch watches the folders of the targets (as given and as resolved
-// through symlinks) and says which events concern a target.
+// through symlinks), and the folders holding each link on the way and the
+// target's folder as given, and says which events concern a target.
 type targetWatch struct {
 	w       *filewatch.Watch
 	files   Files
 	targets []string
 	root    string
 	names   map[string][]string // host path that matters → the targets it stands for
-	dirs    map[string]bool
-	left    map[string]leftFile // target → what the last sync left where it resolved
-	stamps  *filewatch.Stamps
+	// ways are the host paths whose change re-points a target (a link on
+	// the way, the target's folder as given) → the targets.
+	ways   map[string][]string
+	dirs   map[string]bool
+	left   map[string]leftFile // target → what the last sync left where it resolved
+	stamps *filewatch.Stamps
 }
 
 // leftFile is what a sync left at a target: the host path it resolved to
@@ -571,24 +577,45 @@ type leftFile struct {
 }
 
 func newTargetWatch(w *filewatch.Watch, files Files, targets []string, root string) *targetWatch {
-	t := &targetWatch{w: w, files: files, targets: targets, root: root, names: map[string][]string{}, dirs: map[string]bool{}, left: map[string]leftFile{}, stamps: filewatch.NewStamps()}
+	t := &targetWatch{w: w, files: files, targets: targets, root: root, names: map[string][]string{}, ways: map[string][]string{}, dirs: map[string]bool{}, left: map[string]leftFile{}, stamps: filewatch.NewStamps()}
 	t.refresh()
 	return t
 }
 
 // refresh (re)adds watches, as folders may appear with the first write and
-// links may be re-pointed.
+// links may be re-pointed: `ln -sfn /data/d2 /root/.docker` is an event in
+// /root, the folder of a link on the way (and of the target's folder as
+// given), which is watched too, as is every folder above the target's
+// folder as given.
 func (t *targetWatch) refresh() {
+	t.ways = map[string][]string{}
 	for _, tgt := range t.targets {
-		paths := []string{filepath.Join(t.root, tgt)}
-		if p, err := t.files.Resolve(tgt); err == nil {
-			paths = append(paths, p)
+		given := filepath.Join(t.root, tgt)
+		paths := []string{given}
+		// The target's folder as given and every folder above it, up to
+		// the root: replacing any by a link re-points the target.
+		var ways []string
+		for dir := filepath.Dir(given); dir != filepath.Clean(t.root) && dir != filepath.Dir(dir); dir = filepath.Dir(dir) {
+			ways = append(ways, dir)
 		}
+		if p, links, err := t.files.Route(tgt); err == nil {
+			paths = append(paths, p)
+			ways = append(ways, links...)
+		}
+		var dirs []string
 		for _, p := range paths {
 			if !slices.Contains(t.names[p], tgt) {
 				t.names[p] = append(t.names[p], tgt)
 			}
-			dir := filepath.Dir(p)
+			dirs = append(dirs, filepath.Dir(p))
+		}
+		for _, w := range ways {
+			if !slices.Contains(t.ways[w], tgt) {
+				t.ways[w] = append(t.ways[w], tgt)
+			}
+			dirs = append(dirs, filepath.Dir(w))
+		}
+		for _, dir := range dirs {
 			if t.dirs[dir] {
 				continue
 			}
@@ -649,16 +676,26 @@ func (t *targetWatch) drifted(tgt string) bool {
 	if !ok {
 		return true
 	}
-	p, err := t.files.Resolve(tgt)
+	p, _, err := t.files.Route(tgt)
 	return err != nil || p != l.path || t.stamps.Of(p) != l.id
 }
 
 func (t *targetWatch) relevant(ev fsnotify.Event) bool {
+	if tgts := t.ways[ev.Name]; len(tgts) > 0 {
+		// A link on the way, or the target's folder, changed: the target
+		// may lead elsewhere now, to be watched too.
+		t.refresh()
+		for _, tgt := range tgts {
+			if t.drifted(tgt) {
+				return true
+			}
+		}
+	}
 	for _, tgt := range t.names[ev.Name] {
 		if t.drifted(tgt) {
 			return true
 		}
 	}
-	// The folder itself removed or renamed.
-	return t.dirs[ev.Name]
+	// A watched folder itself removed or renamed (its watch is gone).
+	return t.dirs[ev.Name] && ev.Op&(fsnotify.Remove|fsnotify.Rename) != 0
 }

@@ -51,7 +51,7 @@ func (f *fakeFiles) Sync(_ context.Context, targets []string, d nodefile.Desired
 	}
 	return out, nil
 }
-func (f *fakeFiles) Resolve(p string) (string, error) { return p, nil }
+func (f *fakeFiles) Route(p string) (string, []string, error) { return p, nil, nil }
 
 type fakeReporter struct{ got []report.SyncStatus }
 

@@ -29,7 +29,7 @@ func (f foreignKeyFiles) Sync(_ context.Context, targets []string, _ nodefile.De
 	}
 	return out, nil
 }
-func (foreignKeyFiles) Resolve(p string) (string, error) { return p, nil }
+func (foreignKeyFiles) Route(p string) (string, []string, error) { return p, nil, nil }
 
 // TestLoggedKeysHideUserInfo: the keys the agent logs — released,
 // displaced and restored foreign keys from the node's files, clashes, the

@@ -325,3 +325,68 @@ func TestLinkedTargetSettles(t *testing.T) {
 		t.Error("the link re-pointed was not seen")
 	}
 }
+
+// TestRepointedFolderLinkIsWatched: re-pointing a link on the way to a
+// target (`ln -sfn /data/d2 /root/.docker`) is an event in the folder that
+// holds the link, which is watched: the target where it now leads is
+// synced within about a second, and watched from then on — also when it
+// needed nothing at first.
+func TestRepointedFolderLinkIsWatched(t *testing.T) {
+	tests := []struct {
+		name  string
+		ready bool // d2 already holds what the sync writes
+		above bool // the link re-pointed is a folder above, made a link
+	}{
+		{"the new folder's file needs a sync", false, false},
+		{"the new folder's file is already in sync", true, false},
+		{"a folder above the target's replaced by a link", false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			target := "/root/.docker/config.json"
+			for _, d := range []string{"data/d1", "data/d2", "root", "data/home/.docker"} {
+				must(t, os.MkdirAll(filepath.Join(root, d), 0o700))
+			}
+			must(t, os.Symlink("/data/d1", filepath.Join(root, "root/.docker")))
+			d2 := filepath.Join(root, "data/d2/config.json")
+			if tt.above {
+				d2 = filepath.Join(root, "data/home/.docker/config.json")
+			}
+			src := &signalSource{fakeSource: fakeSource{snaps: []source.Snapshot{snap("a", "r.test", "u")}}, changed: make(chan struct{}, 1), completed: make(chan struct{}, 1)}
+			files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
+			rep := &statusReporter{}
+			a := New(src, files, Options{Targets: []string{target}, HostRoot: root, Prune: true, Debounce: 50 * time.Millisecond, Resync: time.Hour, Reporters: []Reporter{rep}}, logrus.NewEntry(logrus.New()))
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			testsupport.Eventually(t, 5*time.Second, "the first sync", func() bool { return rep.n() == 1 })
+			if tt.ready {
+				testsupport.WriteFile(t, d2, string(testsupport.ReadFile(t, filepath.Join(root, "data/d1/config.json"))), 0o600)
+			} else {
+				testsupport.WriteFile(t, d2, `{"auths":{"other.test":{"auth":"bzpv"}}}`, 0o644)
+			}
+			if tt.above {
+				// /root becomes a link to /data/home
+				must(t, os.Symlink("/data/home", filepath.Join(root, "root.tmp")))
+				must(t, os.Rename(filepath.Join(root, "root"), filepath.Join(root, "root.old")))
+				must(t, os.Rename(filepath.Join(root, "root.tmp"), filepath.Join(root, "root")))
+			} else {
+				// ln -sfn /data/d2 /root/.docker
+				must(t, os.Symlink("/data/d2", filepath.Join(root, "root/.docker.tmp")))
+				must(t, os.Rename(filepath.Join(root, "root/.docker.tmp"), filepath.Join(root, "root/.docker")))
+			}
+			if !tt.ready {
+				testsupport.Eventually(t, 3*time.Second, "d2 synced", func() bool {
+					data, _ := os.ReadFile(d2)
+					return strings.Contains(string(data), `"r.test"`) && modeIs(d2, 0o600)() == nil
+				})
+			}
+			// Watched from now on.
+			before := rep.n()
+			must(t, os.Chmod(d2, 0o644))
+			testsupport.Eventually(t, 3*time.Second, "a sync after d2 changed", func() bool { return rep.n() > before && modeIs(d2, 0o600)() == nil })
+		})
+	}
+}

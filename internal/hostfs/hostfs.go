@@ -9,6 +9,7 @@
 // removed relative to that folder handle, by a single name, without following
 // a link and without blocking on a FIFO or device. A folder swapped for a
 // symlink at any instant can therefore redirect nothing outside the root.
+// OpenRegular alone takes a path string, for reads only.
 package hostfs
 
 import (
@@ -291,8 +292,9 @@ func kind(mode uint32) string {
 }
 
 // Open opens a regular file for reading. It never blocks (a FIFO or device
-// at name is refused, not opened for I/O) and never follows a symlink at
-// name. A missing file is fs.ErrNotExist.
+// at name is refused, not opened for I/O, and so is a file of a kernel
+// pseudo file system, whose reads may never return) and never follows a
+// symlink at name. A missing file is fs.ErrNotExist.
 func (d *Dir) Open(name string) (*os.File, Info, error) {
 	return d.open(name, unix.O_RDONLY, 0)
 }
@@ -344,11 +346,69 @@ func regularFile(fd int, name string) (*os.File, Info, error) {
 		f.Close()
 		return nil, Info{}, fmt.Errorf("%s: %w (it is a %s)", name, ErrNotRegular, kind(st.Mode))
 	}
+	if fsName, err := pseudoFS(fd); err != nil || fsName != "" {
+		f.Close()
+		if err != nil {
+			return nil, Info{}, fmt.Errorf("statfs %s: %w", name, err)
+		}
+		return nil, Info{}, fmt.Errorf("%s: %w (it is a file of %s, a kernel file system whose reads can wait for ever)", name, ErrNotRegular, fsName)
+	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0); err != nil {
 		f.Close()
 		return nil, Info{}, fmt.Errorf("opening %s: %w", name, err)
 	}
 	return f, infoOf(&st), nil
+}
+
+// pseudoFileSystems are the kernel's own file systems: their "regular"
+// files are views of kernel state, and a read of some of them waits for
+// an event (tracefs' trace_pipe, debugfs' and procfs' message queues, a
+// cgroup's event files) with no end in sight. No credentials file lives
+// on one, so any file found there is refused before it is read.
+var pseudoFileSystems = map[int64]string{
+	unix.PROC_SUPER_MAGIC:     "procfs",
+	unix.SYSFS_MAGIC:          "sysfs",
+	unix.TRACEFS_MAGIC:        "tracefs",
+	unix.DEBUGFS_MAGIC:        "debugfs",
+	unix.SECURITYFS_MAGIC:     "securityfs",
+	unix.CGROUP_SUPER_MAGIC:   "cgroup",
+	unix.CGROUP2_SUPER_MAGIC:  "cgroup2",
+	unix.BPF_FS_MAGIC:         "bpf",
+	unix.PSTOREFS_MAGIC:       "pstore",
+	unix.EFIVARFS_MAGIC:       "efivarfs",
+	unix.SELINUX_MAGIC:        "selinuxfs",
+	unix.SMACK_MAGIC:          "smackfs",
+	unix.BINFMTFS_MAGIC:       "binfmt_misc",
+	unix.DEVPTS_SUPER_MAGIC:   "devpts",
+	unix.RDTGROUP_SUPER_MAGIC: "resctrl",
+	unix.NSFS_MAGIC:           "nsfs",
+	unix.PIPEFS_MAGIC:         "pipefs",
+	unix.SOCKFS_MAGIC:         "sockfs",
+	unix.ANON_INODE_FS_MAGIC:  "anon_inodefs",
+	unix.AUTOFS_SUPER_MAGIC:   "autofs",
+	unix.OPENPROM_SUPER_MAGIC: "openpromfs",
+	configfsMagic:             "configfs",
+	fusectlMagic:              "fusectl",
+	mqueueMagic:               "mqueue",
+	rpcPipefsMagic:            "rpc_pipefs",
+}
+
+// Magic numbers golang.org/x/sys does not name (linux/magic.h, fs/*).
+const (
+	configfsMagic  = 0x62656570
+	fusectlMagic   = 0x65735543
+	mqueueMagic    = 0x19800202
+	rpcPipefsMagic = 0x67596969
+)
+
+// pseudoFS names the kernel pseudo file system the open file fd is on, or
+// "" for any other.
+func pseudoFS(fd int) (string, error) {
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		return "", err
+	}
+	return pseudoFileSystems[int64(sfs.Type)], nil
 }
 
 // ReadFile reads a regular file of at most max bytes. A missing file is
@@ -570,9 +630,12 @@ func (d *Dir) Chmod(mode fs.FileMode) error {
 	return nil
 }
 
-// OpenRegular opens a file that is not on a node path (a mounted Secret),
-// following links as usual but refusing, without blocking, anything that is
-// not a regular file. A missing file is fs.ErrNotExist.
+// OpenRegular opens a file by path, following links as the kernel finds
+// them, but refusing, without blocking, anything that is not a regular
+// file. It is for reading only: a mounted Secret, and the drift watch's
+// hash of a host path already resolved under the root (a link re-pointed
+// in between can make that a file outside the root, which is then hashed,
+// never written). A missing file is fs.ErrNotExist.
 func OpenRegular(name string) (*os.File, Info, error) {
 	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -97,3 +97,44 @@ func write(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// TestPseudoFileSystemsRefused: a "regular" file of a kernel pseudo file
+// system (procfs, sysfs, ...), whose reads may wait for ever (tracefs'
+// trace_pipe), is refused before it is read, through a folder handle and
+// by path alike.
+func TestPseudoFileSystemsRefused(t *testing.T) {
+	tests := []struct{ root, dir, name string }{
+		{"/proc", "/self", "status"},
+		{"/proc", "/", "uptime"},
+		{"/sys", "/kernel", "uevent_seqnum"},
+	}
+	for _, tt := range tests {
+		t.Run(filepath.Join(tt.root, tt.dir, tt.name), func(t *testing.T) {
+			r, err := OpenRoot(tt.root)
+			if err != nil {
+				t.Fatalf("%v (the test needs %s mounted)", err, tt.root)
+			}
+			defer r.Close()
+			d, err := r.OpenDir(tt.dir, false, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if _, _, err := d.ReadFile(tt.name, MaxFileSize); !errors.Is(err, ErrNotRegular) {
+				t.Errorf("read through a folder handle: err = %v, want ErrNotRegular", err)
+			}
+			if f, _, err := OpenRegular(filepath.Join(tt.root, tt.dir, tt.name)); !errors.Is(err, ErrNotRegular) {
+				if f != nil {
+					f.Close()
+				}
+				t.Errorf("opened by path: err = %v, want ErrNotRegular", err)
+			}
+		})
+	}
+	// A file of an ordinary file system still opens.
+	d, dir := openDir(t)
+	write(t, filepath.Join(dir, "f"), "x")
+	if _, _, err := d.ReadFile("f", MaxFileSize); err != nil {
+		t.Fatal(err)
+	}
+}

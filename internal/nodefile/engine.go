@@ -66,6 +66,7 @@ type hooks struct {
 	beforeSwap   func() // a write has read the file and is about to swap its own in
 	beforeRemove func() // a drop has read the file and is about to take it off its name
 	whileAway    func() // a drop has taken the file off its name and not yet decided
+	afterHold    func() // a write swapped ours in and holds the other writer's file it replaced
 }
 
 func call(f func()) {
@@ -159,12 +160,24 @@ type Result struct {
 // Resolve returns the host path of a node path, as the engine writes it
 // now. It is a name for watches and messages; writes never go through it.
 func (e *Engine) Resolve(nodePath string) (string, error) {
+	path, _, err := e.Route(nodePath)
+	return path, err
+}
+
+// Route is Resolve, and it also names the host paths of the symlinks
+// followed on the way: re-pointing one re-points the target.
+func (e *Engine) Route(nodePath string) (string, []string, error) {
 	root, err := hostfs.OpenRoot(e.root)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	defer root.Close()
-	return root.Join(nodePath)
+	way, err := root.Walk(nodePath, false, 0, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	way.Close()
+	return way.Path, way.Links, nil
 }
 
 // Desired is what the targets are to hold.
@@ -199,7 +212,7 @@ func (e *Engine) Sync(ctx context.Context, targets []string, d Desired) ([]Resul
 		}
 		return results, nil
 	}
-	rule := pruneRule{on: d.Prune}
+	rule := pruneRule{on: d.Prune, now: e.now().Unix()}
 	if len(d.Hold) > 0 {
 		rule.hold = make(map[string]bool, len(d.Hold))
 		for _, name := range d.Hold {
@@ -381,9 +394,11 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 	}
 	results := make([]Result, len(targets))
 	syncs := make([]*targetSync, len(targets))
-	seen := map[string]string{} // host path → the target that resolved to it first
+	opened := make([]*openedTarget, len(targets))
+	sameAs := make([]int, len(targets)) // index of the target synced for this one's file
+	seen := map[string]int{}            // file id → the first target that is that file
 	for i, target := range targets {
-		results[i].Target = target
+		results[i].Target, sameAs[i] = target, i
 		t, err := openTarget(root, target)
 		if err != nil {
 			results[i].Err = err
@@ -391,19 +406,33 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 		}
 		defer t.close()
 		results[i].Path = t.path
+		first, dup := seen[t.id]
+		if !dup {
+			seen[t.id], opened[i] = i, t
+			continue
+		}
+		// Two names for one file (a link, a bind mount): syncing it under
+		// both would make each displace the other's entries into the
+		// state. What the state recorded under this name is recorded
+		// under the first from now on.
+		sameAs[i] = first
+		results[i].Warnings = []string{fmt.Sprintf("%s is the same file as target %s; synced once, under %s", target, targets[first], targets[first])}
+		if ts := st.Targets[target]; ts != nil {
+			merged := targetRecord{store: store, target: targets[first]}.current().absorb(*ts)
+			store.set(targets[first], merged)
+			store.set(target, TargetState{})
+		}
+	}
+	for i, t := range opened {
+		if t == nil {
+			continue
+		}
 		if t.dir != nil {
 			e.sweepTarget(t)
 		}
-		if first, dup := seen[t.path]; dup {
-			// Two names for one file: syncing it under both would make
-			// each displace the other's entries into the state.
-			results[i].Warnings = []string{fmt.Sprintf("%s is the same file as target %s; synced once, under %s", target, first, first)}
-			continue
-		}
-		seen[t.path] = target
 		// Plan every target before writing any, so that one state save
 		// records every intent.
-		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: target}, desired: want(target), prune: prune, applies: applies}
+		sy := &targetSync{e: e, root: root, t: t, rec: targetRecord{store: store, target: targets[i]}, desired: want(targets[i]), prune: prune, applies: applies}
 		if err := sy.start(); err != nil {
 			results[i] = sy.res
 			results[i].Err = err
@@ -426,6 +455,13 @@ func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.
 			r.Err = err
 			results[i] = r
 			sy.forget()
+		}
+	}
+	for i, first := range sameAs {
+		if first != i && results[first].Err == nil {
+			// The file as that sync left it, so that its own events are
+			// not taken for drift under this name either.
+			results[i].Left = results[first].Left
 		}
 	}
 	if err := store.flush(); err != nil {
@@ -456,18 +492,17 @@ type targetSync struct {
 	old       TargetState // the record merged against
 	base, cur fileRead    // see plan
 	prev      *document   // the last base merged into, while racing
-	held      []heldFile  // other writers' files taken off the target, to merge in
-	aside     map[[32]byte]string
-	copies    map[string][]string // copies made in this sync → sources (State.Copies)
-	applies   map[string]bool     // names of the sources that apply to the node now
-	p         targetPlan
-}
-
-// heldFile is a file another writer put at the target that nodecreds took
-// off it (see heldPrefix), as parsed.
-type heldFile struct {
-	name string
-	doc  *document
+	held      heldSet     // other writers' files taken off the target, to merge in
+	// newer is the union of the held files that are newer than the
+	// target (see loadHeld), nil for none.
+	newer *document
+	// ours is fileDigest of the target when it is a file nodecreds wrote
+	// and meant to replace (a write that raced, or one a crash left).
+	ours    string
+	aside   map[[32]byte]string
+	copies  map[string][]string // copies made in this sync → sources (State.Copies)
+	applies map[string]bool     // names of the sources that apply to the node now
+	p       targetPlan
 }
 
 // start reads the target and plans the first attempt; when it is to be
@@ -482,10 +517,7 @@ func (s *targetSync) start() error {
 	}
 	cur.data = s.e.memo.same(s.t.path, cur.data)
 	s.base, s.cur = cur, cur
-	for _, name := range slices.Clone(s.e.held[s.t.path]) {
-		s.load(name)
-	}
-	s.consolidate()
+	s.loadHeld(cur)
 	if err := s.plan(); err != nil {
 		return err
 	}
@@ -495,143 +527,74 @@ func (s *targetSync) start() error {
 	return nil
 }
 
-// hold notes a file taken off the target under name and loads it.
-func (s *targetSync) hold(name string) {
-	s.e.noteHeld(s.t.path, name)
-	s.load(name)
-	s.consolidate()
-}
-
-// maxHeld bounds the files held next to one target. A writer racing every
-// attempt until the sync gives up would otherwise leave one per attempt,
-// each up to 4 MiB on disk and in memory at the next sync.
-const maxHeld = 2
-
-// consolidate merges the held files, when there are more than maxHeld,
-// into one new held file, written whole (fsync) before the others go. A
-// crash in between leaves both, merged alike later. If their union would
-// be over the size limit, they are all kept.
-func (s *targetSync) consolidate() {
-	if len(s.held) <= maxHeld {
-		return
-	}
-	d := s.t.dir
-	doc, _ := parseDocument(nil)
-	for _, h := range s.held {
-		carry(h.doc, doc)
-	}
-	data, err := doc.encode()
-	if err != nil || len(data) > hostfs.MaxFileSize {
-		return
-	}
-	f, name, err := d.CreateTemp(heldPrefix(s.t.name), 0o600)
-	if err != nil {
-		return
-	}
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil || d.Sync() != nil {
-		_ = d.Remove(name)
-		return
-	}
-	s.e.noteHeld(s.t.path, name)
-	kept := []heldFile{{name: name, doc: doc}}
-	for _, h := range s.held {
-		if d.Remove(h.name) == nil {
-			s.e.forgetHeld(s.t.path, h.name)
-		} else {
-			kept = append(kept, h)
-		}
-	}
-	s.held = kept
-	_ = d.Sync()
-}
-
-// load reads a held file to merge it into the target. One that is gone was
-// merged by another nodecreds process; one that is not a readable regular
-// file is left where it is, with a warning; one that does not parse is set
-// aside like a corrupt target. Only a file whose content is merged (or
-// kept as a copy) is ever removed.
-func (s *targetSync) load(name string) {
-	d := s.t.dir
-	data, info, err := d.ReadFile(name, hostfs.MaxFileSize)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		s.e.forgetHeld(s.t.path, name)
-		return
-	case err != nil:
-		s.warn("%s: another writer's file taken off %s cannot be merged (%v); left as it is", d.Name(name), s.t.path, err)
-		s.e.forgetHeld(s.t.path, name)
-		return
-	case info.Nlink > 1 && sameFile(d, name, s.t.name):
-		// The target itself under a second name: a link-and-unlink (file
-		// systems without renameat2) put it back but did not finish.
-		if remove(d, name) == nil {
-			s.e.forgetHeld(s.t.path, name)
-		}
-		return
-	case info.Nlink > 1:
-		// As for a target: its other names would keep what we merged.
-		s.warn("%s: another writer's file taken off %s has %d names; left as it is", d.Name(name), s.t.path, info.Nlink)
-		s.e.forgetHeld(s.t.path, name)
-		return
-	}
-	doc, err := parseDocument(data)
-	if err != nil {
-		if _, aerr := s.setAside(data, err); aerr != nil {
-			s.warn("%s: %v", d.Name(name), aerr)
-		} else if remove(d, name) == nil {
-			s.e.forgetHeld(s.t.path, name)
-		}
-		return
-	}
-	s.held = append(s.held, heldFile{name: name, doc: doc})
-}
-
-// release removes the held files once their content is in the target.
-func (s *targetSync) release() error {
-	if len(s.held) == 0 {
-		return nil
-	}
-	for _, h := range s.held {
-		if err := s.t.dir.Remove(h.name); err != nil {
-			return err
-		}
-		s.e.forgetHeld(s.t.path, h.name)
-	}
-	s.held = nil
-	return s.t.dir.Sync()
-}
-
 // setAside keeps a copy of a corrupt file next to the target, once per
-// content in a sync.
+// content in a sync. A copy that may hold nodecreds' entries (copySources)
+// holds their credentials, and cannot be read to take them out: its name
+// is recorded in the state, on disk, before the copy is created, so that
+// no crash and no later error leaves a copy the state does not know (a
+// record whose file never appeared is dropped by settleCopies).
 func (s *targetSync) setAside(data []byte, why error) (string, error) {
 	sum := sha256.Sum256(data)
 	if p, ok := s.aside[sum]; ok {
 		return p, nil
 	}
-	p, err := setAside(s.t.dir, s.t.name, data, s.e.now())
-	if err != nil {
-		return "", err
-	}
-	if s.aside == nil {
-		s.aside = map[[32]byte]string{}
-	}
-	s.aside[sum] = p
-	if srcs := s.copySources(); len(srcs) > 0 {
-		if s.copies == nil {
-			s.copies = map[string][]string{}
+	d, srcs, now := s.t.dir, s.copySources(), s.e.now()
+	for skip := 0; ; skip++ {
+		name, err := copyName(d, s.t.name, now, skip)
+		if err != nil {
+			return "", err
 		}
-		s.copies[filepath.Base(p)] = srcs
+		if len(srcs) > 0 {
+			if err := s.recordCopy(name, srcs); err != nil {
+				return "", err
+			}
+		}
+		err = createCopy(d, s.t.name, name, data)
+		if err != nil && len(srcs) > 0 {
+			// Never a record of a name another file holds: it would be
+			// removed as a copy of ours.
+			if uerr := s.recordCopy(name, nil); uerr != nil {
+				return "", errors.Join(err, uerr)
+			}
+		}
+		if errors.Is(err, fs.ErrExist) && skip < 100 {
+			continue // taken meanwhile
+		}
+		if err != nil {
+			return "", err
+		}
+		p := d.Name(name)
+		if s.aside == nil {
+			s.aside = map[[32]byte]string{}
+		}
+		s.aside[sum] = p
+		s.warn("%s: %v; a copy is kept as %s", s.t.path, why, p)
+		s.res.SetAside = p
+		return p, nil
 	}
-	s.warn("%s: %v; a copy is kept as %s", s.t.path, why, p)
-	s.res.SetAside = p
-	return p, nil
+}
+
+// recordCopy records (srcs not nil) or forgets the copy name, with the
+// sources whose entries it may hold, in the target's record on disk and in
+// the record the sync merges against.
+func (s *targetSync) recordCopy(name string, srcs []string) error {
+	set := func(copies map[string][]string) map[string][]string {
+		copies = maps.Clone(copies) // shared with the record as saved
+		if srcs == nil {
+			delete(copies, name)
+			return copies
+		}
+		if copies == nil {
+			copies = map[string][]string{}
+		}
+		copies[name] = srcs
+		return copies
+	}
+	s.copies = set(s.copies)
+	s.old.Copies = set(s.old.Copies)
+	cur := s.rec.current()
+	cur.Copies = set(cur.Copies)
+	return s.rec.commit(cur)
 }
 
 // warn adds a warning to the result, once however often a race makes the
@@ -648,16 +611,31 @@ func (s *targetSync) warn(format string, args ...any) {
 func (s *targetSync) plan() error {
 	parse := func(data []byte) (*document, error) { return s.e.memo.parse(s.t.path, data) }
 	carried := s.prev
-	if len(s.held) > 0 {
-		carried, _ = parseDocument(nil)
+	if s.held.doc != nil {
+		carried = s.held.doc
 		if s.prev != nil {
+			carried, _ = parseDocument(nil)
 			carry(s.prev, carried)
-		}
-		for _, h := range s.held {
-			carry(h.doc, carried)
+			carry(s.held.doc, carried)
 		}
 	}
-	p, err := planTarget(s.base, s.cur, carried, s.desired, s.prune, s.old, parse)
+	p, err := planTarget(s.base, s.cur, carried, s.newer, s.desired, s.prune, s.old, parse)
+	if err != nil && s.held.doc != nil && (errors.Is(err, hostfs.ErrTooLarge) || errors.Is(err, ErrTooManyEntries)) {
+		// The held files would take the target over a limit: it is
+		// synced without them, and they stay where they are.
+		s.warn("%s: %s, held next to it, cannot be merged into it within the limits (%v); left as they are", s.t.path, strings.Join(s.held.names, ", "), err)
+		s.held.leave()
+		s.newer = nil
+		p, err = planTarget(s.base, s.cur, s.prev, nil, s.desired, s.prune, s.old, parse)
+	}
+	if err == nil && p.step == stepWrite {
+		// Recorded with the intent: what a crash can leave at the target,
+		// the file written now or, after a race, ours already there.
+		p.intent.Writing, err = p.merged.doc.encodedDigest()
+		if s.ours != "" {
+			p.intent.Writing += " " + s.ours
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.t.path, err)
 	}
@@ -707,13 +685,13 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			if s.cur, err = readTarget(s.t.dir, s.t.name); err != nil {
 				return *res, err
 			}
-			s.base, s.prev = s.cur, nil
+			s.base, s.prev, s.newer, s.ours = s.cur, nil, nil, ""
 		case w.raced:
 			// Someone replaced the file between our read and our swap. Ours
 			// is in place now but built on stale content: merge again on top
 			// of theirs, recognising both what was ours in their file and
 			// our stale write, which is what is on disk now.
-			s.base, s.cur = w.theirs, w.ours
+			s.base, s.cur, s.newer, s.ours = w.theirs, w.ours, nil, fileDigest(w.ours.data)
 			s.old = intent(ownedIn(p.parsed, s.old), s.old, p.merged.state)
 		default:
 			if p.step == stepWrite {
@@ -722,7 +700,7 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			}
 			s.rec.set(p.merged.state)
 			if p.step == stepDrop {
-				s.rec.set(TargetState{Copies: p.merged.state.Copies})
+				s.rec.set(TargetState{Copies: p.merged.state.Copies, Stale: p.merged.state.Stale})
 			}
 			return s.done(w.left)
 		}
@@ -733,7 +711,7 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 // done ends a sync of the target that left left there: the held files,
 // merged now, go.
 func (s *targetSync) done(left FileID) (Result, error) {
-	if err := s.release(); err != nil {
+	if err := s.release(s.held.names); err != nil {
 		return s.res, err
 	}
 	s.settleCopies()
@@ -805,7 +783,7 @@ func (s *targetSync) settleCopies() {
 // forget drops what the sync held (the files read, the documents merged)
 // once it is done, so that they do not add to the next target's.
 func (s *targetSync) forget() {
-	s.p, s.prev, s.base, s.cur, s.held = targetPlan{}, nil, fileRead{}, fileRead{}, nil
+	s.p, s.prev, s.base, s.cur, s.held, s.newer = targetPlan{}, nil, fileRead{}, fileRead{}, heldSet{}, nil
 }
 
 // pause lets a writer in a loop finish its burst before attempt (none
@@ -828,27 +806,36 @@ type openedTarget struct {
 	path string // host path, for messages
 	dir  *hostfs.Dir
 	name string
+	// id names the file the target is, whatever path leads to it: two
+	// targets with one id are one file (a link, a bind mount).
+	id string
 }
 
-// openTarget opens the target's folder once, in the root; every step after
-// is relative to it. A missing folder is created only when something is
-// written.
+// openTarget opens the target's folder once, in the root, through folders
+// only root can change (trustedWay); every step after is relative to it.
+// A missing folder is created only when something is written.
 func openTarget(root *hostfs.Root, target string) (*openedTarget, error) {
 	if !filepath.IsAbs(target) {
 		return nil, fmt.Errorf("target %q is not an absolute path", target)
 	}
-	path, err := root.Join(target)
+	way, err := root.Walk(target, false, 0, trustedWay)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", target, err)
 	}
-	dir, name, err := root.OpenParent(target, false, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		dir, err = nil, nil
+	return &openedTarget{path: way.Path, dir: way.Dir, name: way.Name, id: fileID(way)}, nil
+}
+
+// fileID names the file a walk reached by what it is, not by path: an
+// existing file by its device and inode, a missing one by those of the
+// deepest folder on its way that exists and the names below it.
+func fileID(way *hostfs.Way) string {
+	if way.Dir == nil {
+		return fmt.Sprintf("in %d:%d %s", way.Folder.Dev, way.Folder.Ino, way.Missing)
 	}
-	if err != nil {
-		return nil, err
+	if info, err := way.Dir.StatName(way.Name); err == nil {
+		return fmt.Sprintf("file %d:%d", info.Dev, info.Ino)
 	}
-	return &openedTarget{path: path, dir: dir, name: name}, nil
+	return fmt.Sprintf("in %d:%d %s", way.Folder.Dev, way.Folder.Ino, way.Name)
 }
 
 func (t *openedTarget) close() {
@@ -980,11 +967,11 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 		return written{}, err
 	}
 	if t.dir == nil {
-		d, name, err := s.root.OpenParent(s.res.Target, true, 0o700)
+		way, err := s.root.Walk(s.res.Target, true, 0o700, trustedWay)
 		if err != nil {
-			return written{}, err
+			return written{}, fmt.Errorf("%s: %w", s.res.Target, err)
 		}
-		t.dir, t.name = d, name
+		t.dir, t.name = way.Dir, way.Name
 		s.e.sweepTarget(t)
 	}
 	if p.corrupt != nil && base.exists {
@@ -999,13 +986,21 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 		}
 	}
 	call(s.e.hooks.beforeSwap)
+	merged := slices.Clone(s.held.names) // what the plan carried into data
 	sw, err := replace(t.dir, t.name, data, cur)
+	if errors.Is(err, errRaced) {
+		return written{lost: true}, nil
+	}
+	if err == nil || sw.held != "" {
+		// Ours is in place, with what the held files hold: they go, so
+		// that every held file left is newer than nodecreds' last write
+		// (loadHeld counts on it).
+		s.release(merged)
+	}
 	if sw.held != "" {
 		// Kept until what the next attempt writes holds it too.
 		s.hold(sw.held)
-	}
-	if errors.Is(err, errRaced) {
-		return written{lost: true}, nil
+		call(s.e.hooks.afterHold)
 	}
 	if err != nil {
 		return written{}, err
@@ -1051,7 +1046,7 @@ type targetPlan struct {
 //
 // parse is parseDocument, or one that remembers; what it returns is never
 // modified.
-func planTarget(base, cur fileRead, prev *document, desired *wanted, prune pruneRule, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
+func planTarget(base, cur fileRead, prev, newer *document, desired *wanted, prune pruneRule, old TargetState, parse func([]byte) (*document, error)) (targetPlan, error) {
 	racing := base.exists != cur.exists || !bytes.Equal(base.data, cur.data)
 	orig, perr := parse(base.data)
 	if perr != nil && !errors.Is(perr, ErrCorrupt) {
@@ -1063,12 +1058,21 @@ func planTarget(base, cur fileRead, prev *document, desired *wanted, prune prune
 		orig, _ = parseDocument(nil)
 	}
 	doc := orig
+	if newer != nil {
+		// Newer than base for every key both hold (held files a write of
+		// ours replaced, and base is that write): their values win, base
+		// fills in what they lack.
+		doc = newer.clone()
+		carry(orig, doc)
+	}
 	if prev != nil {
 		// While our stale file was in place the other writer may have read
 		// it and written on top of it, dropping what it had added before;
 		// or its file was taken off the target and is held. Carry forward
 		// everything seen from it in this sync.
-		doc = doc.clone()
+		if doc == orig {
+			doc = doc.clone()
+		}
 		carry(prev, doc)
 	}
 	p := targetPlan{parsed: doc, corrupt: perr, merged: merge(doc, desired, prune, old)}
@@ -1174,9 +1178,10 @@ func lock(ctx context.Context, d *hostfs.Dir) (func(), error) {
 	}
 }
 
-// sweepPrefix removes files a crash left in d whose names start with
-// prefix, except those starting with held (when not empty), whose names it
-// returns.
+// sweepPrefix removes files a crash left in d named prefix and the 16 hex
+// digits hostfs.CreateTemp adds, except those named so after held (when
+// not empty), whose names it returns. A name that merely starts alike (an
+// admin's ".config.json.nodecreds-backup") is not nodecreds' and is left.
 func sweepPrefix(d *hostfs.Dir, prefix, held string) []string {
 	names, err := d.Names()
 	if err != nil {
@@ -1185,11 +1190,27 @@ func sweepPrefix(d *hostfs.Dir, prefix, held string) []string {
 	var found []string
 	for _, n := range names {
 		switch {
-		case held != "" && strings.HasPrefix(n, held):
+		case held != "" && isTempName(n, held):
 			found = append(found, n)
-		case strings.HasPrefix(n, prefix):
+		case isTempName(n, prefix):
 			_ = d.Remove(n)
 		}
 	}
 	return found
+}
+
+// isTempName reports whether n is prefix and the 16 lowercase hex digits
+// hostfs.CreateTemp adds: the names nodecreds' temp and held files have
+// had from the start.
+func isTempName(n, prefix string) bool {
+	rest, ok := strings.CutPrefix(n, prefix)
+	if !ok || len(rest) != 16 {
+		return false
+	}
+	for _, c := range rest {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
@@ -268,10 +269,43 @@ func (d *document) encode() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return d.appendEncoded(make([]byte, 0, size), nil), nil
+}
+
+// encodedDigest is fileDigest of what encode writes, hashed as it is
+// encoded: a few KiB at a time rather than the whole file in memory.
+func (d *document) encodedDigest() (string, error) {
+	if _, err := d.encodedSize(); err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	flush := func(b []byte) []byte {
+		h.Write(b)
+		return b[:0]
+	}
+	flush(d.appendEncoded(make([]byte, 0, 64<<10), flush))
+	return hex.EncodeToString(h.Sum(nil)[:16]), nil
+}
+
+// fileDigest is 128 bits of the SHA-256 of a whole file: it tells the file
+// nodecreds wrote from any other (State.Writing).
+func fileDigest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:16])
+}
+
+// appendEncoded appends the document as encode writes it to buf; with
+// flush, buf is handed to it (and replaced by what it returns) whenever it
+// holds 32 KiB or more.
+func (d *document) appendEncoded(buf []byte, flush func([]byte) []byte) []byte {
+	spill := func() {
+		if flush != nil && len(buf) >= 32<<10 {
+			buf = flush(buf)
+		}
+	}
 	fields := d.fields()
 	_, hasAuths := d.top["auths"]
 	hasAuths = hasAuths || len(d.auths) > 0
-	buf := make([]byte, 0, size)
 	buf = append(buf, '{')
 	first := true
 	sep := func() {
@@ -290,6 +324,7 @@ func (d *document) encode() ([]byte, error) {
 		}
 		buf = append(buf, '{')
 		for j, ak := range d.order {
+			spill()
 			if j > 0 {
 				buf = append(buf, ',')
 			}
@@ -305,6 +340,7 @@ func (d *document) encode() ([]byte, error) {
 			hasAuths = false
 		}
 		for _, m := range f.members {
+			spill()
 			sep()
 			buf = appendKey(buf, m.key)
 			buf = appendIndent(buf, bytes.TrimSpace(m.value), "\t", "\t")
@@ -316,7 +352,7 @@ func (d *document) encode() ([]byte, error) {
 	if !first {
 		buf = append(buf, '\n')
 	}
-	return append(buf, "}\n"...), nil
+	return append(buf, "}\n"...)
 }
 
 // encodedSize is the size of the file encode writes, counted without
@@ -578,6 +614,7 @@ type mergeResult struct {
 // as the prune rule says; an owned entry whose value someone else changed
 // is no longer ours.
 func merge(cur *document, w *wanted, prune pruneRule, st TargetState) mergeResult {
+	st.Stale = st.Stale.fresh(prune.now)
 	m := &merger{doc: cur.cloneWithRoom(w.missingFrom(cur)), st: st, wanted: w, next: TargetState{
 		Created:   st.Created,
 		Owned:     make(map[string]string, len(w.items)),
@@ -590,9 +627,69 @@ func merge(cur *document, w *wanted, prune pruneRule, st TargetState) mergeResul
 	m.settleOwned(prune)
 	m.writeDesired()
 	m.restoreDisplaced()
+	m.settleStale(prune)
 	m.res.doc, m.res.state = m.doc, m.next
 	return m.res
 }
+
+// staleWindow is how long nodecreds recognises an entry it wrote and then
+// replaced (a rotation) or removed (pruned, respelled) when another writer
+// saves it back: the docker CLI saves the file it loaded, with what was in
+// it then, seconds after (docker login) or, in an editor, much later.
+// Such an entry is nodecreds' own stale one, rewritten or removed again,
+// never taken for another writer's. After the window it is: an entry
+// someone deliberately puts back is theirs.
+const staleWindow = 24 * time.Hour
+
+// maxStale bounds the stale fingerprints one target's record keeps (the
+// oldest go first): as many as the largest Secret holds entries.
+const maxStale = 10_000
+
+// settleStale records, for every entry nodecreds wrote that it has now
+// replaced or removed, the fingerprint of what it wrote before, and keeps
+// the ones still in the window; an entry released to another writer has
+// none. Cleanup (now 0) records none.
+func (m *merger) settleStale(prune pruneRule) {
+	if prune.now == 0 {
+		return
+	}
+	next := staleMarks{}
+	for key, mark := range m.st.Stale {
+		if !slices.Contains(m.res.released, key) {
+			next[key] = mark
+		}
+	}
+	replaced := func(key string) {
+		if slices.Contains(m.res.released, key) || m.keptAsIs(key) {
+			return
+		}
+		cur := m.next.Owned[key]
+		// The version that was in the file, else the one last recorded
+		// on disk, else the one that was being written.
+		for _, fp := range []string{m.was[key], m.st.Owned[key], m.st.Pending[key]} {
+			if fp != "" && fp != cur && fp != m.st.Stale[key].fp {
+				next[key] = staleMark{fp: fp, at: prune.now}
+				return
+			}
+		}
+	}
+	for key := range m.st.Owned {
+		replaced(key)
+	}
+	for key := range m.st.Pending {
+		replaced(key)
+	}
+	for key, fp := range m.next.Owned {
+		if next[key].fp == fp {
+			delete(next, key)
+		}
+	}
+	m.next.Stale = next.bounded(maxStale)
+}
+
+// keptAsIs reports whether the owned entry key is in the file unchanged
+// (kept although no source provides it).
+func (m *merger) keptAsIs(key string) bool { return slices.Contains(m.kept, key) }
 
 // pruneRule says which entries nodecreds wrote go once no source provides
 // them.
@@ -601,6 +698,9 @@ type pruneRule struct {
 	// hold names sources whose content is unknown (invalid and never seen
 	// valid): entries they may have written stay until they are known.
 	hold map[string]bool
+	// now (Unix seconds) stamps the fingerprints of entries nodecreds
+	// replaces or removes (see staleWindow); 0 (cleanup) records none.
+	now int64
 }
 
 // removes reports whether the owned entry key, which no source provides
@@ -675,13 +775,26 @@ type merger struct {
 	st     TargetState // the state before
 	next   TargetState // the state after
 	wanted *wanted
-	kept   []string // owned keys kept although no source provides them
+	kept   []string          // owned keys kept although no source provides them
+	was    map[string]string // owned keys → the fingerprint the file's entry had
 	res    mergeResult
 }
 
-// ours reports whether the file's entry for key is one we wrote.
+// ours reports whether the file's entry for key is one we wrote: the
+// current version, one being written, or one written before it and
+// replaced or removed since (stale, saved back by another writer that had
+// loaded it).
 func (m *merger) ours(key string, raw []byte) bool {
-	return m.doc.matches(key, raw, m.st.Owned[key]) || m.doc.matches(key, raw, m.st.Pending[key])
+	for _, fp := range []string{m.st.Owned[key], m.st.Pending[key], m.st.Stale[key].fp} {
+		if m.doc.matches(key, raw, fp) {
+			if m.was == nil {
+				m.was = map[string]string{}
+			}
+			m.was[key] = fp
+			return true
+		}
+	}
+	return false
 }
 
 // settleOwned decides the entries we owned that are not rewritten as they
@@ -693,6 +806,19 @@ func (m *merger) settleOwned(prune pruneRule) {
 	for key := range m.st.Pending {
 		if _, both := m.st.Owned[key]; !both {
 			m.settle(key, prune)
+		}
+	}
+	// An entry nodecreds removed before, saved back by another writer:
+	// removed again (or, provided again, rewritten below).
+	for key, mark := range m.st.Stale {
+		_, owned := m.st.Owned[key]
+		_, pending := m.st.Pending[key]
+		raw, present := m.doc.auths[key]
+		if owned || pending || !present || !m.doc.matches(key, raw, mark.fp) {
+			continue
+		}
+		if m.wanted.byKey[key] == nil {
+			delete(m.doc.auths, key)
 		}
 	}
 	slices.Sort(m.res.released)

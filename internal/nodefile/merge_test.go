@@ -3,9 +3,12 @@ package nodefile
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
@@ -312,7 +315,7 @@ func TestPlanTarget(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := planTarget(tt.base, tt.cur, nil, newWanted(tt.desired, nil), pruneRule{on: true}, tt.old, parseDocument)
+			p, err := planTarget(tt.base, tt.cur, nil, nil, newWanted(tt.desired, nil), pruneRule{on: true}, tt.old, parseDocument)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -375,20 +378,23 @@ func TestEncodeIsDockerCLIFormat(t *testing.T) {
 func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 	f := keyStrings{"b.io": "00ff", "a.io:5000/x": "11", `we"ird\<key>&` + "\x01é\u2028": "22", "": "33"}
 	st := &State{Version: stateVersion, Targets: map[string]*TargetState{
-		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: keyStrings{"c.io": "44"}, From: keyStrings{"b.io": "ns/first", "": "ns/<second>"}, Copies: map[string][]string{"config.json.corrupt-20261130T120000Z": {"ns/first", "/mnt/<x>"}}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)}},
-		"/root/.docker/config.json":    {Owned: keyStrings{"x": "y"}},
-		"/only/displaced":              {Displaced: map[string]json.RawMessage{"e.io": json.RawMessage(`{}`)}},
-		"/empty":                       {},
-		"/nil":                         nil,
+		"/var/lib/kubelet/config.json": {Created: true, Owned: f, Pending: keyStrings{"c.io": "44"}, From: keyStrings{"b.io": "ns/first", "": "ns/<second>"}, Copies: map[string][]string{"config.json.corrupt-20261130T120000Z": {"ns/first", "/mnt/<x>"}}, Displaced: map[string]json.RawMessage{"d.io": json.RawMessage(`{ "auth" : "<&>" }`)},
+			Writing: "0123abcd", Stale: staleMarks{"s1.io": {fp: "55", at: 1795000000}, "s2.io": {fp: "66", at: 1795000000}, "<s3>": {fp: "77", at: 1795000060}}},
+		"/root/.docker/config.json": {Owned: keyStrings{"x": "y"}},
+		"/only/displaced":           {Displaced: map[string]json.RawMessage{"e.io": json.RawMessage(`{}`)}},
+		"/empty":                    {},
+		"/nil":                      nil,
 	}}
 	type plain struct {
-		Created   bool                       `json:"created,omitempty"`
-		Owned     map[string]string          `json:"owned,omitempty"`
-		Pending   map[string]string          `json:"pending,omitempty"`
-		FromAll   string                     `json:"fromAll,omitempty"`
-		From      map[string]string          `json:"from,omitempty"`
-		Copies    map[string][]string        `json:"copies,omitempty"`
-		Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
+		Created   bool                         `json:"created,omitempty"`
+		Owned     map[string]string            `json:"owned,omitempty"`
+		Pending   map[string]string            `json:"pending,omitempty"`
+		FromAll   string                       `json:"fromAll,omitempty"`
+		From      map[string]string            `json:"from,omitempty"`
+		Copies    map[string][]string          `json:"copies,omitempty"`
+		Writing   string                       `json:"writing,omitempty"`
+		Stale     map[string]map[string]string `json:"stale,omitempty"`
+		Displaced map[string]json.RawMessage   `json:"displaced,omitempty"`
 	}
 	ref := map[string]*plain{}
 	for k, t := range st.Targets {
@@ -397,7 +403,18 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 			if len(rest) == 0 {
 				rest = nil
 			}
-			ref[k] = &plain{t.Created, t.Owned, t.Pending, all, rest, t.Copies, t.Displaced}
+			var stale map[string]map[string]string
+			for key, m := range t.Stale {
+				if stale == nil {
+					stale = map[string]map[string]string{}
+				}
+				at := strconv.FormatInt(m.at, 10)
+				if stale[at] == nil {
+					stale[at] = map[string]string{}
+				}
+				stale[at][key] = m.fp
+			}
+			ref[k] = &plain{t.Created, t.Owned, t.Pending, all, rest, t.Copies, t.Writing, stale, t.Displaced}
 		} else {
 			ref[k] = nil
 		}
@@ -428,6 +445,27 @@ func TestStateEncodingLikeEncodingJSON(t *testing.T) {
 	var bad State
 	if err := json.Unmarshal([]byte(`{"version":1,"targets":{"/x":{"owned":{"a":1}}}}`), &bad); err == nil {
 		t.Error("a fingerprint that is not a string was accepted")
+	}
+	for _, s := range []string{`{"s":{"x":"y"}}`, `{"1":"y"}`, `{"1":{"a":1}}`, `[]`} {
+		if err := json.Unmarshal([]byte(`{"version":1,"targets":{"/x":{"stale":`+s+`}}}`), &bad); err == nil {
+			t.Errorf("stale marks %s were accepted", s)
+		}
+	}
+	// The release before the stale marks reads the same state, ignoring
+	// them: it decodes the fields it knows (as these plain ones) alone.
+	var release struct {
+		Targets map[string]*struct {
+			Owned     map[string]string          `json:"owned"`
+			Pending   map[string]string          `json:"pending"`
+			Displaced map[string]json.RawMessage `json:"displaced"`
+			Copies    map[string][]string        `json:"copies"`
+		} `json:"targets"`
+	}
+	if err := json.Unmarshal(got, &release); err != nil {
+		t.Fatal(err)
+	}
+	if r := release.Targets["/var/lib/kubelet/config.json"]; len(r.Owned) != 4 || len(r.Pending) != 1 || len(r.Displaced) != 1 || len(r.Copies) != 1 {
+		t.Errorf("the fields the release knows read as %+v", r)
 	}
 }
 
@@ -511,5 +549,34 @@ func TestKubeletViewKeepsEverySpelling(t *testing.T) {
 	st := readState(t, root)
 	if got := st.Targets[kubeletFile].From["https://r.io/"]; got != "ns/creds" {
 		t.Errorf("state records https://r.io/ as from %q", got)
+	}
+}
+
+// TestEncodedDigestIsTheFileWritten: the digest recorded with a write's
+// intent, hashed as the document is encoded in pieces, is that of the file
+// written, for small and multi-chunk documents alike.
+func TestEncodedDigestIsTheFileWritten(t *testing.T) {
+	for _, n := range []int{0, 1, 3000} {
+		var b strings.Builder
+		b.WriteString(`{"credsStore":"x","auths":{`)
+		for i := range n {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, `"r%05d.test":{"auth":"dTpw","x":[1,{"y":2}]}`, i)
+		}
+		b.WriteString(`},"zz":{"deep":[[["a"]]]}}`)
+		d := docOf(t, b.String())
+		data, err := d.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.encodedDigest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != fileDigest(data) {
+			t.Errorf("%d entries: digest %s, want %s", n, got, fileDigest(data))
+		}
 	}
 }

@@ -2,8 +2,10 @@ package nodefile
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -296,32 +298,132 @@ func noChownChild(t *testing.T) {
 	}
 }
 
-// TestTwoTargetsOneFile: targets that resolve to the same file are synced
-// once; nodecreds must not displace its own entries into the state.
+// TestTwoTargetsOneFile: targets that are one file — through a symlink, or
+// a bind mount (what a node's symlink /root/.docker -> /var/lib/kubelet
+// becomes in the DaemonSet: hostPath mounts follow links), with the file
+// or its folders there or not yet — are synced once, under the first name,
+// whatever the order: nodecreds never displaces its own entries into the
+// state, and cleanup restores none of them. A state that an older release
+// left with such a displaced entry is folded into one record, without it.
 func TestTwoTargetsOneFile(t *testing.T) {
-	e, root := newEngine(t)
-	docker := filepath.Join(root, dockerFile)
-	testsupport.WriteFile(t, docker, `{"auths":{}}`, 0o600)
-	if err := os.MkdirAll(filepath.Join(root, "/var/lib/kubelet"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(dockerFile, filepath.Join(root, kubeletFile)); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 3 {
-		res := apply(t, e, []string{kubeletFile, dockerFile}, dockercfg.Set{item("r.io", "u", fmt.Sprintf("secret-%d", i))}, true)
-		mustOK(t, res)
-		if len(res[0].Displaced)+len(res[1].Displaced) > 0 {
-			t.Fatalf("run %d displaced its own entries: %+v", i, res)
+	const canary = "one-file-canary"
+	bind := func(t *testing.T, root, from, to string) {
+		t.Helper()
+		for _, d := range []string{from, to} {
+			if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+				t.Fatal(err)
+			}
 		}
+		if err := unix.Mount(filepath.Join(root, from), filepath.Join(root, to), "", unix.MS_BIND, ""); err != nil {
+			t.Fatalf("bind mount: %v (the test needs root with CAP_SYS_ADMIN, as on the project's machines)", err)
+		}
+		t.Cleanup(func() { _ = unix.Unmount(filepath.Join(root, to), unix.MNT_DETACH) })
 	}
-	state, err := os.ReadFile(filepath.Join(root, stateDir, stateFileName))
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name    string
+		targets []string
+		setup   func(t *testing.T, root string)
+		file    string // where the one file is
+	}{
+		{"a symlinked file", []string{kubeletFile, dockerFile}, func(t *testing.T, root string) {
+			testsupport.WriteFile(t, filepath.Join(root, dockerFile), `{"auths":{}}`, 0o600)
+			if err := os.MkdirAll(filepath.Join(root, "/var/lib/kubelet"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(dockerFile, filepath.Join(root, kubeletFile)); err != nil {
+				t.Fatal(err)
+			}
+		}, dockerFile},
+		{"a bind-mounted folder", []string{kubeletFile, dockerFile}, func(t *testing.T, root string) {
+			bind(t, root, "/var/lib/kubelet", "/root/.docker")
+			testsupport.WriteFile(t, filepath.Join(root, kubeletFile), `{"auths":{"theirs.test":{"auth":"dTpw"}}}`, 0o600)
+		}, kubeletFile},
+		{"a bind-mounted folder, docker's first", []string{dockerFile, kubeletFile}, func(t *testing.T, root string) {
+			bind(t, root, "/var/lib/kubelet", "/root/.docker")
+		}, kubeletFile},
+		{"a bind-mounted folder above folders not made yet", []string{"/srv/a/x/config.json", "/srv/b/x/config.json"}, func(t *testing.T, root string) {
+			bind(t, root, "/srv/a", "/srv/b")
+		}, "/srv/a/x/config.json"},
 	}
-	if strings.Contains(string(state), "displaced") || strings.Contains(string(state), "secret-") {
-		t.Errorf("the state holds our own credentials: %s", state)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, root := newEngine(t)
+			tt.setup(t, root)
+			for i := range 3 {
+				set := dockercfg.Set{item("r.io", "u", fmt.Sprintf("%s-%d", canary, i)), item("docker.io", "u", fmt.Sprintf("%s-hub-%d", canary, i))}
+				res := apply(t, e, tt.targets, set, true)
+				mustOK(t, res)
+				if len(res[0].Displaced)+len(res[1].Displaced) > 0 {
+					t.Fatalf("run %d displaced its own entries: %+v", i, res)
+				}
+				if len(res[1].Warnings) != 1 || !strings.Contains(res[1].Warnings[0], "same file") {
+					t.Fatalf("run %d: the second name is not reported as the same file: %q", i, res[1].Warnings)
+				}
+				if res[1].Left == nil || *res[1].Left != stampOf(t, filepath.Join(root, tt.file)) {
+					t.Errorf("run %d: the second name's result does not say what is on disk", i)
+				}
+			}
+			state := string(stateBytes(t, root))
+			if strings.Contains(state, "displaced") || strings.Contains(state, testsupport.B64("u:" + canary)[:12]) {
+				t.Errorf("the state holds our own credentials: %s", state)
+			}
+			res, err := e.Cleanup(t.Context(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustOK(t, res)
+			if data, err := os.ReadFile(filepath.Join(root, tt.file)); err == nil && strings.Contains(string(data), testsupport.B64("u:" + canary)[:12]) {
+				t.Errorf("cleanup left or restored our credentials: %s", data)
+			}
+			if state := stateBytes(t, root); len(state) != 0 {
+				t.Errorf("cleanup left a state: %s", state)
+			}
+		})
 	}
+
+	t.Run("a state left by a release that synced both names", func(t *testing.T) {
+		e, root := newEngine(t)
+		bind(t, root, "/var/lib/kubelet", "/root/.docker")
+		ours := item("r.io", "u", canary)
+		raw, _ := ours.Entry.MarshalJSON()
+		testsupport.WriteFile(t, filepath.Join(root, kubeletFile), `{"auths":{"r.io":`+string(raw)+`,"theirs.test":{"auth":"dTpw"}}}`, 0o600)
+		// What that release left: the kubelet's name owns the entry, and
+		// the docker name "displaced" it, password and all.
+		writeState(t, root, &State{Version: stateVersion, Targets: map[string]*TargetState{
+			kubeletFile: {Owned: keyStrings{"r.io": entryDigest(raw)}},
+			dockerFile:  {Displaced: map[string]json.RawMessage{"r.io": raw}},
+		}})
+		// The Secret no longer provides r.io: pruned under one name, it
+		// must not be "restored" under the other.
+		mustOK(t, apply(t, e, []string{kubeletFile, dockerFile}, dockercfg.Set{item("s.io", "u", "p")}, true))
+		a := auths(t, filepath.Join(root, kubeletFile))
+		if _, ok := a["r.io"]; ok {
+			t.Errorf("the pruned entry was restored: %v", a)
+		}
+		if state := string(stateBytes(t, root)); strings.Contains(state, testsupport.B64("u:" + canary)[:12]) {
+			t.Errorf("the state still holds our credential: %s", state)
+		}
+		// Cleanup syncs under the name that sorts first (docker's): the
+		// kubelet name's record must come with it.
+		res, err := e.Cleanup(t.Context(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustOK(t, res)
+		a = auths(t, filepath.Join(root, kubeletFile))
+		if _, ok := a["r.io"]; ok {
+			t.Errorf("cleanup left or restored our entry: %v", a)
+		}
+		if _, ok := a["s.io"]; ok {
+			t.Errorf("cleanup left our entry: %v", a)
+		}
+		if _, ok := a["theirs.test"]; !ok {
+			t.Errorf("cleanup removed another's entry: %v", a)
+		}
+		if state := stateBytes(t, root); len(state) != 0 {
+			t.Errorf("cleanup left a state: %s", state)
+		}
+	})
 }
 
 // TestTargetSizeLimit: a target over the limit is refused with a clear
@@ -420,4 +522,132 @@ func holdLock(t *testing.T, path string) func() {
 	}
 	var once sync.Once
 	return func() { once.Do(func() { f.Close() }) }
+}
+
+// TestTargetsOnlyThroughFoldersOnlyRootCanChange: a target is written only
+// if no one but root can change any folder on the way to it, as resolved
+// (links included): a user who owns the target's folder, or can write in
+// any folder on the way, could point it at any file root may write (the
+// kubelet's client key) and have nodecreds replace it. Such a target is
+// refused, naming the folder, its owner and mode and the fix, before
+// anything is created or written; the other targets still sync. A sticky
+// folder on the way (/tmp) is fine when what nodecreds goes through in it
+// is root's; the target's own folder must be closed.
+func TestTargetsOnlyThroughFoldersOnlyRootCanChange(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root, to make folders and links owned by another user (make test runs as root)")
+	}
+	const user = 1000
+	const key = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+	type fixture struct {
+		dirs  map[string]os.FileMode // made by root, with this mode
+		owned []string               // then given to the user
+		links map[string]string      // made by the user
+	}
+	tests := []struct {
+		name   string
+		fx     fixture
+		target string
+		refuse string // a folder named in the error; "" to accept
+	}{
+		{"a user's folder with the file linked to the kubelet's key",
+			fixture{dirs: map[string]os.FileMode{"/home/ci/.docker": 0o700}, owned: []string{"/home/ci/.docker"}, links: map[string]string{"/home/ci/.docker/config.json": key}},
+			"/home/ci/.docker/config.json", "/home/ci/.docker"},
+		{"a user's folder, no file yet",
+			fixture{dirs: map[string]os.FileMode{"/home/ci/.docker": 0o700}, owned: []string{"/home/ci/.docker"}},
+			"/home/ci/.docker/config.json", "/home/ci/.docker"},
+		{"a folder to create in a user's folder",
+			fixture{dirs: map[string]os.FileMode{"/home/ci": 0o700}, owned: []string{"/home/ci"}},
+			"/home/ci/.docker/config.json", "/home/ci"},
+		{"a folder link in a user's folder",
+			fixture{dirs: map[string]os.FileMode{"/home/ci": 0o755}, owned: []string{"/home/ci"}, links: map[string]string{"/home/ci/.docker": "/var/lib/kubelet"}},
+			"/home/ci/.docker/config.json", "/home/ci"},
+		{"a world-writable target folder",
+			fixture{dirs: map[string]os.FileMode{"/etc/containers": 0o777}},
+			"/etc/containers/auth.json", "/etc/containers"},
+		{"a sticky target folder",
+			fixture{dirs: map[string]os.FileMode{"/srv/drop": 0o1777}},
+			"/srv/drop/config.json", "/srv/drop"},
+		{"a group-writable folder on the way",
+			fixture{dirs: map[string]os.FileMode{"/srv": 0o775, "/srv/creds": 0o700}},
+			"/srv/creds/config.json", "/srv"},
+		{"a user's link in a sticky folder on the way",
+			fixture{dirs: map[string]os.FileMode{"/tmp": 0o1777}, links: map[string]string{"/tmp/creds": "/var/lib/kubelet/pki"}},
+			"/tmp/creds/config.json", "/tmp"},
+		{"a root folder in a sticky folder on the way",
+			fixture{dirs: map[string]os.FileMode{"/tmp": 0o1777, "/tmp/creds": 0o700}},
+			"/tmp/creds/config.json", ""},
+		{"root's folders",
+			fixture{},
+			"/root/.docker/config.json", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, root := newEngine(t)
+			testsupport.WriteFile(t, filepath.Join(root, key), "-----BEGIN EC PRIVATE KEY-----\n", 0o600)
+			for d, mode := range tt.fx.dirs {
+				if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := unix.Chmod(filepath.Join(root, d), uint32(mode)); err != nil { // os.Chmod maps 0o1000 to nothing
+					t.Fatal(err)
+				}
+			}
+			for _, d := range tt.fx.owned {
+				if err := os.Chown(filepath.Join(root, d), user, user); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for l, target := range tt.fx.links {
+				if err := os.Symlink(target, filepath.Join(root, l)); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Lchown(filepath.Join(root, l), user, user); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := snapshot(t, root)
+			res := apply(t, e, []string{tt.target, kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+			if res[1].Err != nil {
+				t.Fatalf("the other target did not sync: %v", res[1].Err)
+			}
+			if tt.refuse == "" {
+				mustOK(t, res)
+				if _, ok := auths(t, res[0].Path)["r.io"]; !ok {
+					t.Errorf("not written")
+				}
+				return
+			}
+			err := res[0].Err
+			if !errors.Is(err, ErrUntrustedFolder) || !strings.Contains(err.Error(), filepath.Join(root, tt.refuse)+" ") || !strings.Contains(err.Error(), "fix:") {
+				t.Fatalf("want a refusal naming %s and the fix, got %v", tt.refuse, err)
+			}
+			if data := string(testsupport.ReadFile(t, filepath.Join(root, key))); !strings.HasPrefix(data, "-----BEGIN") {
+				t.Errorf("the kubelet's key was replaced: %q", data)
+			}
+			after := snapshot(t, root)
+			for p := range after {
+				if _, ok := before[p]; !ok && !strings.HasPrefix(p, "/var/lib/") {
+					t.Errorf("%s was created", p)
+				}
+			}
+		})
+	}
+}
+
+// snapshot lists every path under root (as node paths).
+func snapshot(t *testing.T, root string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	err := filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		out[strings.TrimPrefix(p, root)] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

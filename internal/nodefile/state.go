@@ -1,12 +1,16 @@
 package nodefile
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
 	"slices"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
@@ -52,6 +56,112 @@ type TargetState struct {
 	// Displaced keeps foreign entries that a source overrides, verbatim, to
 	// put back when the registry leaves the sources or on cleanup.
 	Displaced map[string]json.RawMessage `json:"displaced,omitempty"`
+	// Stale holds, for entries nodecreds replaced (a rotation) or removed
+	// (pruned) within staleWindow, the fingerprint of what it wrote
+	// before, so that another writer saving that back (the docker CLI
+	// saving the file it loaded) is recognised as nodecreds' own stale
+	// entry, not adopted as its.
+	Stale staleMarks `json:"-"`
+	// Writing is fileDigest of the file a write in flight puts at the
+	// target, recorded with its intent, and after a race, separated by a
+	// space, of nodecreds' own file already there: after a crash, a target
+	// that is exactly one of them is nodecreds' own write, which replaced
+	// what another writer's files held next to it hold, so their values
+	// are the newer ones.
+	Writing string `json:"writing,omitempty"`
+}
+
+// staleMark is a fingerprint of an entry nodecreds wrote that is no longer
+// current, and when (Unix seconds) it stopped being so.
+type staleMark struct {
+	fp string
+	at int64
+}
+
+// staleMarks are stale fingerprints by key.
+type staleMarks map[string]staleMark
+
+// fresh returns the marks still in staleWindow at now (all, for now 0).
+func (s staleMarks) fresh(now int64) staleMarks {
+	if now == 0 || len(s) == 0 {
+		return s
+	}
+	out := make(staleMarks, len(s))
+	for k, m := range s {
+		if now-m.at < int64(staleWindow/time.Second) {
+			out[k] = m
+		}
+	}
+	return out
+}
+
+// bounded returns the n newest marks (nil for none).
+func (s staleMarks) bounded(n int) staleMarks {
+	if len(s) == 0 {
+		return nil
+	}
+	if len(s) <= n {
+		return s
+	}
+	keys := slices.SortedFunc(maps.Keys(s), func(a, b string) int {
+		return cmp.Or(cmp.Compare(s[b].at, s[a].at), strings.Compare(a, b))
+	})
+	for _, k := range keys[n:] {
+		delete(s, k)
+	}
+	return s
+}
+
+// appendJSON writes the marks grouped by time, each time once: one sync
+// stamps every entry it rotates, thousands at once.
+func (s staleMarks) appendJSON(b []byte) []byte {
+	byTime := map[int64]keyStrings{}
+	for k, m := range s {
+		if byTime[m.at] == nil {
+			byTime[m.at] = keyStrings{}
+		}
+		byTime[m.at][k] = m.fp
+	}
+	b = append(b, '{')
+	for i, at := range slices.Sorted(maps.Keys(byTime)) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, strconv.FormatInt(at, 10))
+		b = append(b, ':')
+		b = byTime[at].appendJSON(b, nil)
+	}
+	return append(b, '}')
+}
+
+// decodeStale reads what appendJSON writes.
+func decodeStale(data []byte) (staleMarks, error) {
+	if data[0] == 'n' {
+		return nil, nil
+	}
+	if data[0] != '{' {
+		return nil, errors.New("stale: not an object")
+	}
+	out := staleMarks{}
+	var err error
+	eachMember(data, 0, func(key, value []byte) {
+		at, perr := strconv.ParseInt(unquote(key), 10, 64)
+		var fps keyStrings
+		if perr == nil && value[0] != '{' {
+			perr = errors.New("not an object")
+		}
+		if perr == nil {
+			perr = fps.UnmarshalJSON(value)
+		}
+		if perr != nil {
+			err = errors.New("stale: not a map of times to fingerprints")
+			return
+		}
+		for k, fp := range fps {
+			out[k] = staleMark{fp: fp, at: at}
+		}
+	})
+	return out, err
 }
 
 // keyStrings maps registry keys to strings (entry digests, source names).
@@ -162,6 +272,14 @@ func encodeState(s *State, hint *[]string) ([]byte, error) {
 			}
 			b = append(b, c...)
 		}
+		if t.Writing != "" {
+			sep(`"writing":`)
+			b = appendJSONString(b, t.Writing)
+		}
+		if len(t.Stale) > 0 {
+			sep(`"stale":`)
+			b = t.Stale.appendJSON(b)
+		}
 		if len(t.Displaced) > 0 {
 			sep(`"displaced":`)
 			// Few, and kept verbatim: encoding/json compacts each.
@@ -227,13 +345,91 @@ func (t *TargetState) setFrom(key, src string) {
 	t.From[key] = src
 }
 
+// absorb returns t with o, the record of another name of the same file
+// (two targets found to be one file), folded in: every entry either
+// recognises as nodecreds' stays recognised, and entries o displaced
+// that are nodecreds' own (one name's write "displaced" by the other's, as
+// a release that did not see they were one file did) are dropped, as the
+// state keeps no credential nodecreds wrote.
+func (t TargetState) absorb(o TargetState) TargetState {
+	out := TargetState{
+		Created:   t.Created || o.Created,
+		Owned:     maps.Clone(t.Owned),
+		Pending:   maps.Clone(t.Pending),
+		From:      maps.Clone(t.From),
+		Copies:    maps.Clone(t.Copies),
+		Displaced: maps.Clone(t.Displaced),
+		Stale:     maps.Clone(t.Stale),
+	}
+	if out.Owned == nil {
+		out.Owned = keyStrings{}
+	}
+	if out.Pending == nil {
+		out.Pending = keyStrings{}
+	}
+	for _, fps := range []keyStrings{o.Owned, o.Pending} {
+		for k, fp := range fps {
+			switch {
+			case out.Owned[k] == "":
+				out.Owned[k] = fp
+			case out.Owned[k] != fp && out.Pending[k] == "":
+				out.Pending[k] = fp
+			}
+		}
+	}
+	for k, src := range o.From {
+		if _, ok := out.From[k]; !ok {
+			out.setFrom(k, src)
+		}
+	}
+	for k, m := range o.Stale {
+		if out.Stale == nil {
+			out.Stale = staleMarks{}
+		}
+		if _, ok := out.Stale[k]; !ok {
+			out.Stale[k] = m
+		}
+	}
+	for name, srcs := range o.Copies {
+		if out.Copies == nil {
+			out.Copies = map[string][]string{}
+		}
+		if _, ok := out.Copies[name]; !ok {
+			out.Copies[name] = srcs
+		}
+	}
+	ours := func(k string, raw json.RawMessage) bool {
+		for _, fp := range []string{out.Owned[k], out.Pending[k], out.Stale[k].fp, o.Owned[k], o.Pending[k]} {
+			if fp != "" && (entryDigest(compact(raw)) == fp || fingerprint(raw) == fp) {
+				return true
+			}
+		}
+		return false
+	}
+	for k, raw := range o.Displaced {
+		if _, ok := out.Displaced[k]; ok {
+			continue
+		}
+		if out.Displaced == nil {
+			out.Displaced = map[string]json.RawMessage{}
+		}
+		out.Displaced[k] = raw
+	}
+	for k, raw := range out.Displaced {
+		if ours(k, raw) {
+			delete(out.Displaced, k)
+		}
+	}
+	return out
+}
+
 func (t TargetState) isZero() bool {
-	return !t.Created && len(t.Owned) == 0 && len(t.Pending) == 0 && len(t.Displaced) == 0 && len(t.Copies) == 0
+	return !t.Created && len(t.Owned) == 0 && len(t.Pending) == 0 && len(t.Displaced) == 0 && len(t.Copies) == 0 && len(t.Stale) == 0
 }
 
 func (t TargetState) equal(o TargetState) bool {
-	if t.Created != o.Created || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || !maps.Equal(t.From, o.From) || len(t.Displaced) != len(o.Displaced) ||
-		!maps.EqualFunc(t.Copies, o.Copies, slices.Equal) {
+	if t.Created != o.Created || t.Writing != o.Writing || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || !maps.Equal(t.From, o.From) || len(t.Displaced) != len(o.Displaced) ||
+		!maps.EqualFunc(t.Copies, o.Copies, slices.Equal) || !maps.Equal(t.Stale, o.Stale) {
 		return false
 	}
 	for k, v := range t.Displaced {
@@ -286,6 +482,18 @@ func intent(onDisk map[string]string, old, next TargetState) TargetState {
 	for k, fp := range next.Owned {
 		if out.Owned[k] != fp {
 			out.Pending[k] = fp
+		}
+	}
+	// The stale marks of before, but for the entries being rewritten:
+	// what they had on disk is in Owned, and after the write their one
+	// mark is that (next.Stale), so the state of a rotation of thousands
+	// holds two fingerprints per entry at most, as it did without marks.
+	for k, m := range old.Stale {
+		if _, rewritten := out.Pending[k]; !rewritten {
+			if out.Stale == nil {
+				out.Stale = staleMarks{}
+			}
+			out.Stale[k] = m
 		}
 	}
 	return out
@@ -432,6 +640,15 @@ func decodeTarget(data []byte, t *TargetState) error {
 			err.keep(json.Unmarshal(value, &t.Displaced))
 		case "copies":
 			err.keep(json.Unmarshal(value, &t.Copies))
+		case "writing":
+			err.keep(json.Unmarshal(value, &t.Writing))
+		case "stale":
+			stale, e := decodeStale(value)
+			if e != nil {
+				e = &json.UnmarshalTypeError{Value: "non-object", Field: k}
+			}
+			t.Stale = stale
+			err.keep(e)
 		}
 	})
 	return err.err

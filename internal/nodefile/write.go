@@ -3,6 +3,7 @@ package nodefile
 import (
 	"bytes"
 	"cmp"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -167,7 +168,7 @@ func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (swap, erro
 	switch {
 	case err == nil:
 		placed = true // tmp now holds the file replaced
-		return settle(d, name, tmp, prev, left)
+		return settle(d, name, tmp, prev, data, left)
 	case errors.Is(err, fs.ErrNotExist):
 		// No target: create it, but not over one that appeared meanwhile.
 		err = d.RenameNoReplace(tmp, name)
@@ -206,8 +207,12 @@ func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (swap, erro
 
 // settle deals with what an exchange put at tmp: the file read, which is
 // merged into ours and goes; or another writer's, which is held until it
-// is merged too.
-func settle(d *hostfs.Dir, name, tmp string, prev fileRead, left FileID) (swap, error) {
+// is merged too. When it cannot be held (a disk out of space, on which a
+// rename to a new name can still need a block), the exchange is undone:
+// their file goes back to the target, untouched, and ours, now at tmp,
+// goes (errRaced: the next attempt reads theirs). Never is their file
+// left under the temp name, which the next start would sweep.
+func settle(d *hostfs.Dir, name, tmp string, prev fileRead, data []byte, left FileID) (swap, error) {
 	old, _, err := d.ReadFile(tmp, hostfs.MaxFileSize)
 	if err == nil && prev.exists && bytes.Equal(old, prev.data) {
 		if err := d.Remove(tmp); err != nil {
@@ -215,11 +220,41 @@ func settle(d *hostfs.Dir, name, tmp string, prev fileRead, left FileID) (swap, 
 		}
 		return swap{existed: true, old: old, left: left}, d.Sync()
 	}
-	held, herr := hold(d, name, tmp)
-	if herr != nil {
-		return swap{}, fmt.Errorf("%s: ours is in place, but the file another writer put there just before is left as %s: %w", d.Name(name), d.Name(tmp), herr)
+	held, herr := holdTemp(d, name, tmp)
+	if herr == nil {
+		return swap{existed: true, old: old, held: held, left: left}, d.Sync()
 	}
-	return swap{existed: true, old: old, held: held, left: left}, d.Sync()
+	// Undo: exchange again (needs no space at all), and check that what
+	// came back is ours, not a third writer's put at the name meanwhile.
+	if xerr := d.Exchange(tmp, name); xerr == nil {
+		back, _, rerr := d.ReadFile(tmp, hostfs.MaxFileSize)
+		if rerr == nil && bytes.Equal(back, data) {
+			if err := remove(d, tmp); err != nil {
+				return swap{}, err
+			}
+			return swap{}, errRaced
+		}
+	}
+	return swap{}, fmt.Errorf("%s: ours is in place, but the file another writer put there just before is left as %s (merge it into the target by hand: the next start removes it): %w", d.Name(name), d.Name(tmp), herr)
+}
+
+// holdTemp renames tmp, a temp file of ours that now holds another
+// writer's file, to a new held name. A rename needs no new inode, so a
+// file system out of inodes can still hold it.
+func holdTemp(d *hostfs.Dir, name, tmp string) (string, error) {
+	var buf [8]byte
+	for range 100 {
+		if _, err := io.ReadFull(rand.Reader, buf[:]); err != nil {
+			return "", fmt.Errorf("random name: %w", err)
+		}
+		held := fmt.Sprintf("%s%x", heldPrefix(name), buf)
+		err := d.RenameNoReplace(tmp, held)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		return held, err
+	}
+	return "", fmt.Errorf("holding %s: too many collisions", d.Name(tmp))
 }
 
 // hold renames the file at from to a new held name, never over anything
@@ -307,36 +342,51 @@ const maxCorruptCopies = 3
 
 const corruptInfix = ".corrupt-"
 
-// setAside keeps a copy of a target that does not parse, next to it, as
-// <name>.corrupt-<UTC time>, mode 0600, before it is replaced, and removes
-// the oldest copies beyond maxCorruptCopies. It returns the copy's host
-// path.
-func setAside(d *hostfs.Dir, name string, data []byte, now time.Time) (string, error) {
+// copyName returns a name for a copy of name's corrupt content made at
+// now, <name>.corrupt-<UTC time>, with .1, .2, ... after it when taken:
+// free when it returns, though another process may take it before the
+// copy is created (createCopy then says fs.ErrExist).
+func copyName(d *hostfs.Dir, name string, now time.Time, skip int) (string, error) {
 	base := name + corruptInfix + now.UTC().Format(copyTime)
-	cname := base
-	for i := 1; ; i++ {
-		f, err := d.CreateExcl(cname, 0o600)
-		if errors.Is(err, fs.ErrExist) && i < 1000 {
+	for i := 0; i < 1000; i++ {
+		cname := base
+		if i > 0 {
 			cname = fmt.Sprintf("%s.%d", base, i)
-			continue
 		}
-		if err != nil {
-			return "", fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), err)
+		if _, err := d.StatName(cname); errors.Is(err, fs.ErrNotExist) {
+			if skip == 0 {
+				return cname, nil
+			}
+			skip--
 		}
-		_, werr := f.Write(data)
-		if werr == nil {
-			werr = f.Sync()
-		}
-		if cerr := f.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
-			_ = d.Remove(cname)
-			return "", fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), werr)
-		}
-		pruneCopies(d, name, cname)
-		return d.Name(cname), nil
 	}
+	return "", fmt.Errorf("setting aside corrupt %s: no free name for a copy", d.Name(name))
+}
+
+// createCopy keeps data, a target that does not parse, next to it as
+// cname (a name copyName gave), mode 0600, never over an existing file
+// (fs.ErrExist), and removes the oldest copies beyond maxCorruptCopies.
+func createCopy(d *hostfs.Dir, name, cname string, data []byte) error {
+	f, err := d.CreateExcl(cname, 0o600)
+	if err != nil {
+		return fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), err)
+	}
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = d.Sync()
+	}
+	if werr != nil {
+		_ = d.Remove(cname)
+		return fmt.Errorf("setting aside corrupt %s: %w", d.Name(name), werr)
+	}
+	pruneCopies(d, name, cname)
+	return nil
 }
 
 const copyTime = "20060102T150405Z"

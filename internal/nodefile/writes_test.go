@@ -1,11 +1,14 @@
 package nodefile
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -310,6 +313,12 @@ func TestLeftoversSweptWithoutWriting(t *testing.T) {
 	for _, l := range left {
 		testsupport.WriteFile(t, l, `{"auths":{"r.io":{"auth":"b2xkOnB3"}}}`, 0o600)
 	}
+	// Names that merely look like nodecreds' are an admin's.
+	var admins []string
+	for _, n := range []string{".config.json.nodecreds-backup", ".config.json.nodecreds-held-mine", ".config.json.nodecreds-0123456789ABCDEF", ".config.json.nodecreds-held-0123456789abcdef0"} {
+		admins = append(admins, filepath.Join(root, "var/lib/kubelet", n))
+		testsupport.WriteFile(t, admins[len(admins)-1], `{"auths":{"admin.test":{"auth":"YTpi"}}}`, 0o600)
+	}
 	// A new process: nothing to write, the kubelet file is in sync and
 	// the docker one has nothing of ours.
 	e2 := New(Options{HostRoot: root, StateDir: stateDir})
@@ -324,6 +333,14 @@ func TestLeftoversSweptWithoutWriting(t *testing.T) {
 		if _, err := os.Stat(l); !os.IsNotExist(err) {
 			t.Errorf("%s not swept: %v", l, err)
 		}
+	}
+	for _, admin := range admins {
+		if data, err := os.ReadFile(admin); err != nil || string(data) != `{"auths":{"admin.test":{"auth":"YTpi"}}}` {
+			t.Errorf("an admin's file %s, named like nodecreds' own, was touched: %q %v", admin, data, err)
+		}
+	}
+	if _, ok := auths(t, filepath.Join(root, kubeletFile))["admin.test"]; ok {
+		t.Errorf("an admin's file was merged as a held file")
 	}
 }
 
@@ -554,4 +571,302 @@ func TestCorruptCopyLeavesWithItsSource(t *testing.T) {
 			t.Errorf("the owner's copy went: %v", err)
 		}
 	})
+}
+
+// TestCorruptCopyRecordedBeforeItIsMade: a copy of a corrupt target that
+// may hold a source's credentials is in the state on disk before the copy
+// exists, so a kill at any instant after (here: the disk as it is just
+// before the swap, taken up by a fresh engine) or any error later never
+// leaves a copy the state does not know: it still goes when the source
+// stops applying, and on cleanup. A record whose copy never appeared is
+// dropped, and never removes a file that later takes its name.
+func TestCorruptCopyRecordedBeforeItIsMade(t *testing.T) {
+	const canary = "recorded-copy-canary"
+	poolA := dockercfg.NamedSet{Name: "ns/pool-a", Set: dockercfg.Set{item("a.pool.test", "a", canary)}}
+	poolB := dockercfg.NamedSet{Name: "ns/pool-b", Set: dockercfg.Set{item("b.pool.test", "b", "b-pw")}}
+	sync := func(t *testing.T, e *Engine, sources ...dockercfg.NamedSet) []Result {
+		t.Helper()
+		res, err := e.Sync(t.Context(), []string{kubeletFile}, Desired{Sources: sources, Prune: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustOK(t, res)
+		return res
+	}
+	holding := func(t *testing.T, dir string) []string {
+		t.Helper()
+		var out []string
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if data, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil && strings.Contains(string(data), testsupport.B64("a:"+canary)) {
+				out = append(out, e.Name())
+			}
+		}
+		return out
+	}
+
+	t.Run("killed after the copy is made", func(t *testing.T) {
+		e, root := newEngine(t)
+		p := filepath.Join(root, kubeletFile)
+		sync(t, e, poolA, poolB)
+		data := testsupport.ReadFile(t, p)
+		renameOver(t, p, string(data[:len(data)-3])+",}\n", 0o600) // a stray comma
+		crashed := t.TempDir()
+		e.hooks.beforeSwap = once(func() {
+			if err := os.CopyFS(crashed, os.DirFS(root)); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if res := sync(t, e, poolA, poolB); res[0].SetAside == "" {
+			t.Fatal("no copy made")
+		}
+		dir := filepath.Join(crashed, filepath.Dir(kubeletFile))
+		if len(holding(t, dir)) < 2 {
+			t.Fatalf("the disk at the kill holds no copy: %v", holding(t, dir))
+		}
+		after := New(Options{HostRoot: crashed, StateDir: stateDir})
+		sync(t, after, poolB) // the node left pool A
+		if left := holding(t, dir); len(left) != 0 {
+			t.Errorf("pool A's password is still in %v", left)
+		}
+	})
+
+	t.Run("a record without its copy", func(t *testing.T) {
+		e, root := newEngine(t)
+		p := filepath.Join(root, kubeletFile)
+		sync(t, e, poolA, poolB)
+		st := readState(t, root)
+		const name = "config.json.corrupt-20260101T000000Z"
+		st.Targets[kubeletFile].Copies = map[string][]string{name: {"ns/pool-a"}}
+		writeState(t, root, st)
+		sync(t, e, poolA, poolB)
+		if copies := readState(t, root).Targets[kubeletFile].Copies; len(copies) != 0 {
+			t.Errorf("the record of a copy that never appeared stays: %v", copies)
+		}
+		admin := filepath.Join(filepath.Dir(p), name)
+		testsupport.WriteFile(t, admin, "an admin's file", 0o600)
+		sync(t, e, poolB)
+		if _, err := os.Stat(admin); err != nil {
+			t.Errorf("a file that took the name of a copy never made was removed: %v", err)
+		}
+	})
+}
+
+// TestHeldFilesMergedOneAtATime: however many held files there are, and
+// however large, a sync holds one of them and their union so far in
+// memory, never all: what would take the union (or the target) past the
+// limits of one file stays on disk, reported, and everything else reaches
+// the target.
+func TestHeldFilesMergedOneAtATime(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	dir := filepath.Dir(p)
+	const n, pad = 40, 2 << 20
+	for i := range n {
+		testsupport.WriteFile(t, fmt.Sprintf("%s/.config.json.nodecreds-held-%016x", dir, i),
+			fmt.Sprintf(`{"auths":{"held-%d.test":{"auth":"dzpw"}},"pad%d":"%s"}`, i, i, strings.Repeat("A", pad)), 0o600)
+	}
+	// The most the Go heap held during the sync, sampled; a GC target
+	// well under what n files take keeps garbage from hiding it.
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(32 << 20))
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	stop, peak := make(chan struct{}), make(chan uint64)
+	go func() {
+		var most uint64
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			most = max(most, ms.HeapAlloc)
+			select {
+			case <-stop:
+				peak <- most
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+	close(stop)
+	most := <-peak
+	grew := (most - min(most, base.HeapAlloc)) >> 20
+	mustOK(t, res)
+	t.Logf("heap grew %d MiB", grew)
+	if grew > 48 {
+		t.Errorf("the heap grew by %d MiB during the sync (%d held files of %d MiB)", grew, n, pad>>20)
+	}
+	a := auths(t, p)
+	merged := 0
+	for i := range n {
+		if _, ok := a[fmt.Sprintf("held-%d.test", i)]; ok {
+			merged++
+		}
+	}
+	left := leftovers(t, dir)
+	if merged == 0 || merged+len(left) != n {
+		t.Errorf("%d held files merged, %d left on disk, of %d", merged, len(left), n)
+	}
+	if w := strings.Join(res[0].Warnings, "\n"); len(left) > 0 && !strings.Contains(w, "left as it is") {
+		t.Errorf("the files left are not reported: %q", w)
+	}
+}
+
+// TestHeldFileNewerThanOurStaleWriteAfterACrash: another writer (docker
+// login) renames its file over the target between nodecreds' read and its
+// swap, changing its own entry P1 -> P2; the swap puts nodecreds' file,
+// built on P1, in place and holds theirs; nodecreds is killed there. The
+// next start sees the target is exactly the file nodecreds was writing, so
+// the held file is newer for every key: P2 wins, and nodecreds' rotation
+// stays. If anyone wrote the target after the kill, the target is newer
+// and wins instead: no rule reverts a newer value.
+func TestHeldFileNewerThanOurStaleWriteAfterACrash(t *testing.T) {
+	entry := func(user, pass string) string {
+		return fmt.Sprintf(`{"auth":%q}`, testsupport.B64(user+":"+pass))
+	}
+	tests := []struct {
+		name       string
+		atRetry    bool   // killed at the swap of the merge that follows the hold
+		afterCrash string // renamed over the target before the restart
+		want       string // mine.test's password
+	}{
+		{"restarted as the kill left it", false, "", "P2"},
+		{"killed at the next swap", true, "", "P2"},
+		{"the target written again after the kill", false, `{"auths":{"mine.test":` + entry("me", "P3") + `}}`, "P3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, root := newEngine(t)
+			p := filepath.Join(root, kubeletFile)
+			testsupport.WriteFile(t, p, `{"auths":{"mine.test":`+entry("me", "P1")+`}}`, 0o600)
+			mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v1")}, true))
+			// docker login saves P2 (and what it loaded of ours) just
+			// before the swap of the rotation to v2.
+			loaded := readJSON(t, p)
+			loaded["auths"].(map[string]any)["mine.test"] = map[string]any{"auth": testsupport.B64("me:P2")}
+			theirs, _ := json.Marshal(loaded)
+			crashed := t.TempDir()
+			kill := once(func() {
+				if err := os.CopyFS(crashed, os.DirFS(root)); err != nil {
+					t.Fatal(err)
+				}
+			})
+			swaps := 0
+			e.hooks.beforeSwap = func() {
+				switch swaps++; {
+				case swaps == 1:
+					renameOver(t, p, string(theirs), 0o600)
+				case tt.atRetry:
+					kill()
+				}
+			}
+			if !tt.atRetry {
+				e.hooks.afterHold = kill
+			}
+			mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v2")}, true))
+			if hostfs.RenameFlagsOff {
+				// Without the exchange their file is found before the
+				// rename, never replaced and held: merged at once.
+				if got := authOf(t, p, "mine.test"); got != testsupport.B64("me:P2") {
+					t.Errorf("mine.test holds %q, want me:P2", got)
+				}
+				return
+			}
+			cp := filepath.Join(crashed, kubeletFile)
+			held := leftovers(t, filepath.Dir(cp))
+			if len(held) == 0 {
+				t.Fatal("the disk at the kill holds no held file")
+			}
+			// The copy's change times in the order of the original's:
+			// the swap, then the hold.
+			for _, f := range append([]string{cp}, filepath.Join(filepath.Dir(cp), held[0])) {
+				if err := os.Chmod(f, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.afterCrash != "" {
+				renameOver(t, cp, tt.afterCrash, 0o600)
+			}
+			after := New(Options{HostRoot: crashed, StateDir: stateDir})
+			mustOK(t, apply(t, after, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v2")}, true))
+			if got := authOf(t, cp, "mine.test"); got != testsupport.B64("me:"+tt.want) {
+				t.Errorf("mine.test holds %q, want me:%s", got, tt.want)
+			}
+			if got := authOf(t, cp, "r.test"); got != testsupport.B64("robot:v2") {
+				t.Errorf("r.test holds %q, want the rotation's v2", got)
+			}
+			if left := leftovers(t, filepath.Dir(cp)); len(left) != 0 {
+				t.Errorf("left behind: %v", left)
+			}
+		})
+	}
+}
+
+// TestOtherWritersFileKeptWithoutFreeInodes: the file system runs out of
+// inodes just as another writer's file is swapped out for nodecreds' (the
+// review's tmpfs of 400 inodes): holding it takes a rename, which needs no
+// inode, so it is never left under a temp name for the next start to
+// sweep; the sync reports the full disk, and once there is room again the
+// writer's entry reaches the target.
+func TestOtherWritersFileKeptWithoutFreeInodes(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	dir := filepath.Dir(p)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m,nr_inodes=64,mode=0700"); err != nil {
+		t.Fatalf("mount tmpfs: %v (the test needs root with CAP_SYS_ADMIN, as on the project's machines)", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	testsupport.WriteFile(t, p, `{"auths":{"mine.test":{"auth":"bWU6UDE="}}}`, 0o600)
+	mustOK(t, apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v1")}, true))
+	fill := filepath.Join(dir, "fill")
+	e.hooks.beforeSwap = once(func() {
+		renameOver(t, p, `{"auths":{"new.test":{"auth":"ZG9ja2VyOmxvZ2lu"},"mine.test":{"auth":"bWU6UDE="}}}`, 0o600)
+		if err := os.Mkdir(fill, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			f, err := os.Create(filepath.Join(fill, fmt.Sprint(i)))
+			if err != nil {
+				// Out of inodes: one back, for nodecreds' temp file,
+				// and none is left once it is made.
+				if err := os.Remove(filepath.Join(fill, fmt.Sprint(i-1))); err != nil {
+					t.Fatal(err)
+				}
+				break
+			}
+			f.Close()
+		}
+	})
+	res := apply(t, e, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v2")}, true)
+	if res[0].Err == nil {
+		t.Log("synced although out of inodes")
+	}
+	var temps, held []string
+	for _, n := range leftovers(t, dir) {
+		if strings.HasPrefix(n, heldPrefix("config.json")) {
+			held = append(held, n)
+		} else {
+			temps = append(temps, n)
+		}
+	}
+	if len(temps) != 0 {
+		t.Errorf("the next start would sweep %v", temps)
+	}
+	if res[0].Err != nil && len(held) == 0 && authOf(t, p, "new.test") == "" {
+		t.Fatalf("the other writer's file is neither held nor at the target (%v)", res[0].Err)
+	}
+	if err := os.RemoveAll(fill); err != nil {
+		t.Fatal(err)
+	}
+	restarted := New(Options{HostRoot: root, StateDir: stateDir})
+	mustOK(t, apply(t, restarted, []string{kubeletFile}, dockercfg.Set{item("r.test", "robot", "v2")}, true))
+	if authOf(t, p, "new.test") == "" || authOf(t, p, "r.test") != testsupport.B64("robot:v2") {
+		t.Errorf("after the restart the target holds %v", auths(t, p))
+	}
+	if left := leftovers(t, dir); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
+	}
 }
