@@ -201,14 +201,16 @@ type Desired struct {
 // writer: a stopping agent returns promptly, leaving every file as it was
 // or as one whole write left it.
 //
-// More desired entries than a target may hold (MaxEntries) is refused for
-// every target before anything is built or touched: several sources can
-// add up to more than one may hold.
+// More desired entries, all sources together, than one Secret may hold
+// (dockercfg.MaxEntries) is refused for every target before anything is
+// built or touched: several sources each under the limit can add up to
+// more than an agent holds within its memory limit, and than its state
+// file records.
 func (e *Engine) Sync(ctx context.Context, targets []string, d Desired) ([]Result, error) {
-	if n := desiredEntries(d.Sources); n > MaxEntries {
+	if n := desiredEntries(d.Sources); n > dockercfg.MaxEntries {
 		results := make([]Result, len(targets))
 		for i, target := range targets {
-			results[i] = Result{Target: target, Err: fmt.Errorf("%s: the sources hold %d entries, more than the %d nodecreds writes to one file; nothing written: %w", target, n, MaxEntries, ErrTooManyEntries)}
+			results[i] = Result{Target: target, Err: fmt.Errorf("%s: the sources hold %d entries together, more than the %d nodecreds applies (its memory limit and state file are sized for them); nothing written, the files stay as they are: %w", target, n, dockercfg.MaxEntries, ErrTooManyEntries)}
 		}
 		return results, nil
 	}

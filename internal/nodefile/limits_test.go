@@ -139,3 +139,54 @@ func TestDeepNestingRefusedCheaply(t *testing.T) {
 		}
 	}
 }
+
+// TestSourcesAddingUpRefused (found by review): five sources each under a
+// Secret's limit add up to more than nodecreds applies: refused for every
+// target before anything is built, the files as they were.
+func TestSourcesAddingUpRefused(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, kubeletFile)
+	testsupport.WriteFile(t, p, `{"auths":{}}`, 0o600)
+	var sources []dockercfg.NamedSet
+	for s := range 5 {
+		set := make(dockercfg.Set, dockercfg.MaxEntries/5+1)
+		for i := range set {
+			set[i] = item(fmt.Sprintf("r%d-%d.test", s, i), "u", "p")
+		}
+		sources = append(sources, dockercfg.NamedSet{Name: fmt.Sprintf("ns/s%d", s), Set: set})
+	}
+	res, err := e.Sync(t.Context(), []string{kubeletFile, dockerFile}, Desired{Sources: sources, Prune: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if !errors.Is(r.Err, ErrTooManyEntries) || r.Changed {
+			t.Errorf("%s: %v, changed %v; want refused", r.Target, r.Err, r.Changed)
+		}
+	}
+	if string(testsupport.ReadFile(t, p)) != `{"auths":{}}` {
+		t.Error("the file changed")
+	}
+}
+
+// TestFullRotationOfTheLargestSecretFitsTheState (found by review): every
+// password of a 10,000-entry Secret rotated at once, into four targets:
+// the intent (old and new fingerprints of every entry) fits the state.
+func TestFullRotationOfTheLargestSecretFitsTheState(t *testing.T) {
+	e, _ := newEngine(t)
+	targets := []string{kubeletFile, dockerFile, "/var/lib/extra-a/config.json", "/var/lib/extra-b/config.json"}
+	secret := func(pw string) Desired {
+		set := make(dockercfg.Set, dockercfg.MaxEntries)
+		for i := range set {
+			set[i] = item(fmt.Sprintf("registry-%05d.example.test", i), "robot", pw)
+		}
+		return Desired{Sources: []dockercfg.NamedSet{{Name: "nodecreds/registry-credentials", Set: set}}, Prune: true}
+	}
+	for _, pw := range []string{"one", "two", "three"} {
+		res, err := e.Sync(t.Context(), targets, secret(pw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustOK(t, res)
+	}
+}

@@ -15,6 +15,13 @@ import (
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
+// maxStateSize bounds the state file. It records, per target, every entry
+// nodecreds owns (twice while a rotation of all of them is in flight, and
+// the fingerprint written before), the entries it displaced and its corrupt
+// copies: for the 10,000 entries nodecreds applies, some 1.5 MB a target.
+// The release of 2026-11 reads a state of up to 4 MiB only.
+const maxStateSize = 8 << 20
+
 const (
 	stateFileName = "state.json"
 	stateVersion  = 1
@@ -523,7 +530,7 @@ func ownedIn(doc *document, st TargetState) map[string]string {
 func loadState(d *hostfs.Dir, m *memo) (*State, error) {
 	s := &State{Version: stateVersion, Targets: map[string]*TargetState{}}
 	path := d.Name(stateFileName)
-	data, info, err := d.ReadFile(stateFileName, hostfs.MaxFileSize)
+	data, info, err := d.ReadFile(stateFileName, maxStateSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil
 	}
@@ -709,9 +716,9 @@ func saveState(d *hostfs.Dir, s *State, m *memo) (err error) {
 	if err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
-	if len(data) > hostfs.MaxFileSize {
-		return fmt.Errorf("%w: %s would be %d bytes, over the %d MiB limit (too many displaced entries); nothing written: %w",
-			ErrState, d.Name(stateFileName), len(data), hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
+	if len(data) > maxStateSize {
+		return fmt.Errorf("%w: %s would be %d bytes, over the %d MiB limit (it records every entry of every target, with the entries displaced; fewer entries or targets); nothing written: %w",
+			ErrState, d.Name(stateFileName), len(data), maxStateSize>>20, hostfs.ErrTooLarge)
 	}
 	f, tmp, err := d.CreateTemp("."+stateFileName+".", 0o600)
 	if err != nil {
