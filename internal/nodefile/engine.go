@@ -696,7 +696,11 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			s.base, s.cur, s.newer, s.ours = w.theirs, w.ours, nil, fileDigest(w.ours.data)
 			s.old = intent(ownedIn(p.parsed, s.old), s.old, p.merged.state)
 		default:
-			if p.step == stepWrite {
+			switch {
+			case p.unreadable != "":
+				// Read afresh next time, to find what the kubelet refuses.
+				s.e.memo.forget(s.t.path)
+			case p.step == stepWrite:
 				// What the next sync will read back, unless someone writes it.
 				s.e.memo.remember(s.t.path, w.data, p.merged.doc)
 			}
@@ -718,8 +722,17 @@ func (s *targetSync) done(left FileID) (Result, error) {
 	}
 	s.settleCopies()
 	s.res.Left = &left
+	if why := s.p.unreadable; why != "" {
+		// In sync as far as nodecreds goes, but its entries are of no
+		// use: the kubelet (and the docker CLI) read nothing of the file.
+		return s.res, fmt.Errorf("%s: %s, so the kubelet reads none of this file, nodecreds' entries included; fix or remove it: %w", s.t.path, why, ErrUnreadable)
+	}
 	return s.res, nil
 }
+
+// ErrUnreadable means a target holds something of another writer's that
+// the kubelet refuses, so it reads none of the file.
+var ErrUnreadable = errors.New("the kubelet cannot read the file")
 
 // copySources names the sources whose entries a copy of the target made
 // now may hold: those its record says nodecreds' entries came from (an
@@ -1040,6 +1053,9 @@ type targetPlan struct {
 	corrupt error     // why base does not parse
 	merged  mergeResult
 	intent  TargetState // recorded before the file is touched
+	// unreadable says what in the file, another writer's, the kubelet
+	// refuses, so that it reads none of it ("" when it reads it).
+	unreadable string
 }
 
 // planTarget decides, without I/O, what a target becomes: base is the file
@@ -1078,6 +1094,7 @@ func planTarget(base, cur fileRead, prev, newer *document, desired *wanted, prun
 		carry(prev, doc)
 	}
 	p := targetPlan{parsed: doc, corrupt: perr, merged: merge(doc, desired, prune, old)}
+	p.unreadable = orig.still(p.merged.doc)
 	if !base.exists && len(p.merged.doc.auths) > 0 {
 		p.merged.state.Created = true
 	}
@@ -1108,7 +1125,10 @@ func planTarget(base, cur fileRead, prev, newer *document, desired *wanted, prun
 	case p.merged.state.Created && p.merged.doc.empty():
 		p.step = stepDrop
 		setIntent()
-	case perr == nil && !racing && p.merged.doc.equal(orig):
+	case perr == nil && !racing && p.merged.doc.equal(orig) && !(orig.refused.any && p.unreadable == ""):
+		// (A file that reads as this document but that the kubelet
+		// refuses as it is — an entry it cannot decode, replaced by a
+		// later one of its key — is written anew, which it can read.)
 		p.step = stepKeep
 	default:
 		// Refused here, before anything is recorded or touched, if it

@@ -562,3 +562,46 @@ func TestForeignKeyDisplacedOnlyByTheSameIndexKey(t *testing.T) {
 		}
 	}
 }
+
+// TestFileTheKubeletRefusesIsFixedOrReported (found by review): a file the
+// kubelet reads none of because of something another writer put there is
+// never left looking in sync. An entry it cannot decode that a later entry
+// of its key replaces is dropped by writing the file anew (no consumer
+// reads it); a refused entry or HttpHeaders that stays is an error naming
+// it (never its value), every sync, and nodecreds' entries are still
+// written.
+func TestFileTheKubeletRefusesIsFixedOrReported(t *testing.T) {
+	good := `{"auth":"Zjpw"}`
+	tests := []struct {
+		name, file string
+		err        string // "" when fixed
+	}{
+		{"a bad auth replaced by a later entry of its key", `{"auths":{"f.test":{"auth":"not base64!"},"f.test":` + good + `}}`, ""},
+		{"a bad entry wiped by a later null auths", `{"auths":{"f.test":{"auth":"%%%"}},"auths":null,"auths":{"g.test":` + good + `}}`, ""},
+		{"a bad auth that stays", `{"auths":{"f.test":{"auth":"not base64!"}}}`, `entry "f.test" has an "auth" that does not decode`},
+		{"a number where a string belongs", `{"auths":{"f.test":{"auth":"Zjpw","Email":1}}}`, `entry "f.test" has "email" of the wrong type`},
+		{"HttpHeaders not strings", `{"auths":{"f.test":` + good + `},"HttpHeaders":{"X":1}}`, `"HttpHeaders" is not an object of strings`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, root := newEngine(t)
+			p := filepath.Join(root, kubeletFile)
+			testsupport.WriteFile(t, p, tt.file, 0o600)
+			for range 2 {
+				res, err := e.Apply(t.Context(), []string{kubeletFile}, dockercfg.Set{item("r.io", "u", "p")}, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch {
+				case tt.err == "" && res[0].Err != nil:
+					t.Errorf("not fixed: %v", res[0].Err)
+				case tt.err != "" && (!errors.Is(res[0].Err, ErrUnreadable) || !strings.Contains(res[0].Err.Error(), tt.err)):
+					t.Errorf("error %v, want one saying %s", res[0].Err, tt.err)
+				}
+			}
+			if !strings.Contains(string(testsupport.ReadFile(t, p)), `"r.io"`) {
+				t.Error("nodecreds' entry not written")
+			}
+		})
+	}
+}

@@ -53,7 +53,9 @@ type document struct {
 	// value win otherwise, so they are kept, and written back, together and
 	// in that order. top does not hold them.
 	repeated []member
-	auths    map[string]json.RawMessage
+	// refused is what in the file read the kubelet refuses (readable.go).
+	refused refusals
+	auths   map[string]json.RawMessage
 	// digests caches entryDigest(compact(raw)) by key: one sync asks for
 	// the same entries several times (settling ownership, then what is on
 	// disk), and files can hold thousands. Values are never modified in
@@ -123,7 +125,11 @@ func parseDocument(data []byte) (*document, error) {
 			return
 		}
 		if !jsonwalk.Names(key, "auths") {
-			members = append(members, member{key: unquote(key), value: value})
+			m := member{key: unquote(key), value: value}
+			if jsonwalk.Names(key, "HttpHeaders") && headersRefusal(value) {
+				d.refused.headers = m.key
+			}
+			members = append(members, m)
 			return
 		}
 		// The value itself is re-encoded from d.auths; top keeps only that
@@ -149,6 +155,9 @@ func parseDocument(data []byte) (*document, error) {
 					d.order = append(d.order, k)
 				}
 				d.auths[k] = entry
+				if err == nil {
+					d.refused.note(k, entry)
+				}
 			})
 		default:
 			err = fmt.Errorf("%w: \"auths\" is not an object of entries", ErrCorrupt)
