@@ -50,10 +50,10 @@ func TestKeyPasswordsNeverPrinted(t *testing.T) {
 	defer refusing.Close()
 	local := strings.TrimPrefix(refusing.URL, "http://")
 
-	// The node's files before nodecreds: foreign keys of every shape. Two
-	// of them ("robot:<password>://registry.example.com") name the
-	// Secret's registry once their "scheme" is cut, so the Secret displaces
-	// them and cleanup puts them back.
+	// The node's files before nodecreds: foreign keys of every shape. Some
+	// ("https://robot:<password>@registry.example.com/v1/") name the
+	// Secret's registry to the kubelet, which drops their user-info, so the
+	// Secret displaces them and cleanup puts them back.
 	shapes := testsupport.UserInfoKeys(canary)
 	foreign := map[string]any{"https://robot:" + canary + "@" + local: map[string]string{"auth": testsupport.B64("robot:foreign-pw")}}
 	for _, k := range shapes {
@@ -89,7 +89,7 @@ func TestKeyPasswordsNeverPrinted(t *testing.T) {
 	agent := startAgent(t, "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", node, "--host-root", root,
 		"--metrics-addr", addr, "--log-level", "debug", "--log-format", "text", "--target", targets)
 	kubelet := filepath.Join(root, kubeletFile)
-	displacedKey := "robot:" + canary + "://" + reg
+	displacedKey := "https://robot:" + canary + "@" + reg + "/v1/"
 	testsupport.Eventually(t, 30*time.Second, "first sync, the foreign keys for the Secret's registry displaced", func() bool {
 		return authIn(kubelet, reg) == testsupport.B64("robot:secret-pw") && !strings.Contains(string(testsupport.ReadFile(t, kubelet)), displacedKey)
 	})

@@ -212,6 +212,12 @@ func TestNormalize(t *testing.T) {
 		{"reg.example.com/v2/team/", "reg.example.com/team/"},
 		{"reg.example.com/", "reg.example.com"},
 		{"HTTPS://reg.example.com", "HTTPS://reg.example.com"}, // not r.example.com
+		// User-info is no part of the key to the kubelet's url.Parse: a
+		// foreign key with it competes with ours for the registry.
+		{"https://robot:pw@reg.example.com/v1/", "reg.example.com"},
+		{"robot:pw@reg.example.com", "reg.example.com"},
+		{"robot:pw://reg.example.com", "robot:pw://reg.example.com"}, // unparseable: ignored by the kubelet
+		{"reg.example.com/te%61m", "reg.example.com/team"},
 		{"https://index.docker.io/v1/", "docker.io"},
 		{"index.docker.io", "docker.io"},
 		{"docker.io", "docker.io"},

@@ -179,9 +179,13 @@ const DockerHubKey = "https://index.docker.io/v1/"
 // entries; a file the kubelet reads still gets every spelling one source
 // has (see View).
 func Normalize(key string) string {
-	// As the kubelet files a key (credentialprovider's BasicDockerKeyring.Add):
-	// only a lower-case scheme is one, a leading /v1/ or /v2/ is dropped, a
-	// path of "/" is none, any other trailing slash stays.
+	// As the kubelet files a key (credentialprovider's BasicDockerKeyring.Add:
+	// url.Parse of it, with https:// put in front unless it starts with a
+	// lower-case scheme): user-info is no part of it, a leading /v1/ or /v2/
+	// is dropped, a path of "/" is none, any other trailing slash stays.
+	if strings.ContainsAny(key, "@%?#\\") {
+		return normalizeParsed(key) // what only url.Parse reads right
+	}
 	rest := key
 	if r, ok := strings.CutPrefix(rest, "https://"); ok {
 		rest = r
@@ -189,6 +193,27 @@ func Normalize(key string) string {
 		rest = r
 	}
 	host, path, _ := strings.Cut(rest, "/")
+	return registryOf(host, path)
+}
+
+// normalizeParsed is Normalize through url.Parse, as the kubelet parses
+// keys; a key the kubelet cannot parse (and ignores) is a registry of its
+// own.
+func normalizeParsed(key string) string {
+	repo := key
+	if !strings.HasPrefix(repo, "https://") && !strings.HasPrefix(repo, "http://") {
+		repo = "https://" + repo
+	}
+	u, err := url.Parse(repo)
+	if err != nil {
+		return key
+	}
+	return registryOf(u.Host, strings.TrimPrefix(u.Path, "/"))
+}
+
+// registryOf is a key's host (Docker Hub aliases folded) and path (without
+// its first slash) as Normalize returns them.
+func registryOf(host, path string) string {
 	if isDockerHub(host) {
 		host = "docker.io"
 	}

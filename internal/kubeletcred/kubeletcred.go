@@ -183,7 +183,7 @@ func parseKubelet(data []byte, legacy bool) (map[string]Cred, error) {
 	}
 	switch {
 	case errors.Is(err, errBadAuth):
-		return nil, errors.New("an entry's auth does not decode to user:password (one is enough for the kubelet to read none of the file)")
+		return nil, badAuthError(data, legacy)
 	case err != nil && legacy:
 		return nil, errors.New("not a valid .dockercfg")
 	case err != nil:
@@ -198,6 +198,30 @@ func parseKubelet(data []byte, legacy bool) (map[string]Cred, error) {
 		creds[key] = c
 	}
 	return creds, nil
+}
+
+// badAuthError names the entry whose auth the kubelet cannot decode (its
+// key through dockercfg.SafeKey), or says it is an entry a later one of its
+// key replaces.
+func badAuthError(data []byte, legacy bool) error {
+	type plain struct{ Auth string }
+	var entries map[string]plain
+	if legacy {
+		_ = json.Unmarshal(data, &entries)
+	} else {
+		var doc struct{ Auths map[string]plain }
+		_ = json.Unmarshal(data, &doc)
+		entries = doc.Auths
+	}
+	keys := slices.Sorted(maps.Keys(entries))
+	for _, key := range keys {
+		if a := entries[key].Auth; a != "" {
+			if _, _, err := decodeKubeletAuth(a); err != nil {
+				return fmt.Errorf("entry %q: %w (one is enough for the kubelet to read none of the file)", dockercfg.SafeKey(key), errBadAuth)
+			}
+		}
+	}
+	return fmt.Errorf("an entry that a later entry of its key replaces: %w (the kubelet decodes each as it reads it, and one is enough for it to read none of the file)", errBadAuth)
 }
 
 // jsonShapeProblem says where a file does not fit the kubelet's struct, by
