@@ -32,9 +32,13 @@ deps: ## Install the Debian packages the tests use (docker-registry, apache2-uti
 controlplane: ## Build etcd and kube-apiserver from Go modules into bin/ (cached)
 	./scripts/controlplane/build.sh etcd kube-apiserver
 
+.PHONY: controllers
+controllers: controlplane ## Build kube-controller-manager and kube-scheduler from Go modules into bin/ (cached; the DaemonSet and node-pool tests run them)
+	./scripts/controlplane/build.sh kube-controller-manager kube-scheduler
+
 .PHONY: node-components
-node-components: controlplane ## Build kubelet, kube-controller-manager and kube-scheduler from Go modules (cached)
-	./scripts/controlplane/build.sh kubelet kube-controller-manager kube-scheduler
+node-components: controllers ## Build the kubelet too (cached)
+	./scripts/controlplane/build.sh kubelet
 
 .PHONY: e2e-node
 e2e-node: deps node-components image ## The seed scenario on a real kubelet + containerd (root; ~8 min, mostly the kubelet's 5-minute cache); runs the image make image built
@@ -49,7 +53,7 @@ unit: ## Unit tests only: no control plane, no binaries built, no root needed (w
 	$(GO) test -race -count=1 -short ./internal/... ./cmd/...
 
 .PHONY: e2e
-e2e: controlplane test-noexchange ## Every test of the main module, the real API server ones included
+e2e: controllers test-noexchange ## Every test of the main module, the real API server ones included
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 .PHONY: test-noexchange
