@@ -23,9 +23,9 @@ import (
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
-// readmeNodePools is the README's "Placing Secrets on some nodes of a
-// pool" example, taken apart: the node commands, the Secret, the helm --set
-// value and the status command.
+// readmeNodePools is docs/node-pools.md's "Placing Secrets on some nodes
+// of a pool" example (once the README's), taken apart: the node commands,
+// the Secret, the helm --set value and the status command.
 type readmeNodePools struct {
 	labels  map[string]map[string]string // node → labels
 	taints  map[string][]corev1.Taint
@@ -36,18 +36,18 @@ type readmeNodePools struct {
 
 func readReadmeNodePools(t *testing.T) readmeNodePools {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(cluster.RepoRoot(), "README.md"))
+	data, err := os.ReadFile(filepath.Join(cluster.RepoRoot(), "docs", "node-pools.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := string(data)
-	start := strings.Index(text, "### Placing Secrets on some nodes of a pool")
+	start := strings.Index(text, "\n## Placing Secrets on some nodes of a pool")
 	if start < 0 {
-		t.Fatal(`README.md has no section "Placing Secrets on some nodes of a pool"`)
+		t.Fatal(`docs/node-pools.md has no section "Placing Secrets on some nodes of a pool"`)
 	}
-	section := text[start:]
-	if end := strings.Index(section[4:], "\n### "); end >= 0 {
-		section = section[:end+4]
+	section := text[start+1:]
+	if end := strings.Index(section[3:], "\n## "); end >= 0 {
+		section = section[:end+3]
 	}
 	r := readmeNodePools{labels: map[string]map[string]string{}, taints: map[string][]corev1.Taint{}}
 	label := regexp.MustCompile(`(?m)^kubectl label nodes? (\S+) ([^=\s]+)=(\S+)$`)

@@ -43,8 +43,8 @@ import (
 
 const poolLabel = "node-restriction.kubernetes.io/pool"
 
-// readmePools is the README's pools example ("Different credentials for
-// different node pools"), taken apart.
+// readmePools is docs/node-pools.md's pools example ("Different
+// credentials for different node pools", once the README's), taken apart.
 type readmePools struct {
 	pools   map[string]string // node → pool
 	taints  map[string][]corev1.Taint
@@ -66,25 +66,25 @@ type firstInstall struct {
 
 func readReadmePools(t *testing.T) readmePools {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(cluster.RepoRoot(), "README.md"))
+	data, err := os.ReadFile(filepath.Join(cluster.RepoRoot(), "docs", "node-pools.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := string(data)
-	start := strings.Index(text, "### Different credentials for different node pools")
+	start := strings.Index(text, "\n## Different credentials for different node pools")
 	if start < 0 {
-		t.Fatal(`README.md has no section "Different credentials for different node pools"`)
+		t.Fatal(`docs/node-pools.md has no section "Different credentials for different node pools"`)
 	}
-	section := text[start:]
-	if end := strings.Index(section[4:], "\n### "); end >= 0 {
-		section = section[:end+4]
+	section := text[start+1:]
+	if end := strings.Index(section[3:], "\n## "); end >= 0 {
+		section = section[:end+3]
 	}
 	r := readmePools{pools: map[string]string{}, taints: map[string][]corev1.Taint{}}
-	first, ok := strings.CutPrefix(section[strings.Index(section, "\n#### A first install")+1:], "#### A first install")
+	first, ok := strings.CutPrefix(section[strings.Index(section, "\n### A first install")+1:], "### A first install")
 	if !ok {
-		t.Fatal(`README.md has no section "A first install with the policy in force first" in its pools section`)
+		t.Fatal(`docs/node-pools.md has no section "A first install with the policy in force first" in its pools section`)
 	}
-	section = section[:strings.Index(section, "\n#### A first install")]
+	section = section[:strings.Index(section, "\n### A first install")]
 	for re, into := range map[string]*string{
 		`(?m)^helm install nodecreds \S+ --namespace \S+ --set (\S+)$`: &r.first.set,
 		`--as=(\S+)`:       &r.first.as,
