@@ -19,8 +19,9 @@ cache duration and cacheKeyType Registry. An image without credentials gets
 an empty answer, so the kubelet falls back to its other sources.
 
 The kubelet runs it: install it with 'sync --install-credential-provider' and
-name it in the kubelet's CredentialProviderConfig (see the README). Every
-flag can also be set as NODECREDS_<FLAG> or in the YAML file named by --config.`,
+name it in the kubelet's CredentialProviderConfig (docs/credential-provider.md).
+Every flag can also be set as NODECREDS_<FLAG> or in the YAML file named by
+--config.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadProvider(cmd.Flags())
 			if err != nil {

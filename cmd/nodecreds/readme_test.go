@@ -2,7 +2,6 @@ package main
 
 import (
 	"io"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -29,16 +28,13 @@ func readmeDefault(doc string) (string, bool) {
 	return strings.Trim(doc, "`"), true
 }
 
-// TestREADMEFlagsMatchTheCommands: every flag and default the README
-// documents — the sync table and the `[--flag default]` synopses of the
-// other commands — is the command's real flag with that default, and every
-// flag of sync is in its table. Docs cannot drift from the code unnoticed.
+// TestREADMEFlagsMatchTheCommands: every flag and default the docs
+// document — each command's table in docs/reference.md (once the README's
+// sync table) and the `[--flag default]` synopses of every document — is
+// the command's real flag with that default, and every flag of every
+// command is in its table. Docs cannot drift from the code unnoticed.
 func TestREADMEFlagsMatchTheCommands(t *testing.T) {
-	data, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme := string(data)
+	reference := readDoc(t, referencePath)
 	root := newRoot(io.Discard, io.Discard)
 	cmd := func(name string) *cobra.Command {
 		c, _, err := root.Find([]string{name})
@@ -48,52 +44,69 @@ func TestREADMEFlagsMatchTheCommands(t *testing.T) {
 		return c
 	}
 
-	// The sync table: | `--flag VALUE` | default | meaning |
-	syncCmd := cmd("sync")
+	// Each command's table: | `--flag VALUE` | default | meaning |
 	row := regexp.MustCompile("(?m)^\\| `(--[a-z-]+)[^`]*`(?:, `(--[a-z-]+)[^`]*`)? \\|([^|]*)\\|")
-	documented := map[string]bool{}
-	for _, m := range row.FindAllStringSubmatch(readme, -1) {
-		names := []string{m[1]}
-		if m[2] != "" {
-			names = append(names, m[2])
+	sections := regexp.MustCompile("(?m)^## `nodecreds ([a-z-]+)`$").FindAllStringSubmatchIndex(reference, -1)
+	tables := map[string]bool{}
+	for i, s := range sections {
+		name := reference[s[2]:s[3]]
+		end := len(reference)
+		if i+1 < len(sections) {
+			end = sections[i+1][0]
 		}
-		defaults := strings.Split(m[3], ",")
-		for i, name := range names {
-			f := syncCmd.Flags().Lookup(strings.TrimPrefix(name, "--"))
-			if f == nil {
-				t.Errorf("README documents sync %s, which does not exist", name)
-				continue
+		c := cmd(name)
+		tables[name] = true
+		documented := map[string]bool{}
+		for _, m := range row.FindAllStringSubmatch(reference[s[1]:end], -1) {
+			names := []string{m[1]}
+			if m[2] != "" {
+				names = append(names, m[2])
 			}
-			documented[f.Name] = true
-			doc := m[3]
-			if len(names) > 1 && i < len(defaults) {
-				doc = defaults[i]
+			defaults := strings.Split(m[3], ",")
+			for i, flagName := range names {
+				f := c.Flags().Lookup(strings.TrimPrefix(flagName, "--"))
+				if f == nil {
+					t.Errorf("%s documents %s %s, which does not exist", referencePath, name, flagName)
+					continue
+				}
+				documented[f.Name] = true
+				doc := m[3]
+				if len(names) > 1 && i < len(defaults) {
+					doc = defaults[i]
+				}
+				if want, literal := readmeDefault(doc); literal && !sameDefault(f, want) {
+					t.Errorf("%s: %s %s defaults to %q; the flag's default is %q", referencePath, name, flagName, want, f.DefValue)
+				}
 			}
-			if want, literal := readmeDefault(doc); literal && !sameDefault(f, want) {
-				t.Errorf("README: sync %s defaults to %q; the flag's default is %q", name, want, f.DefValue)
+		}
+		c.Flags().VisitAll(func(f *pflag.Flag) {
+			if f.Name != "help" && !f.Hidden && !documented[f.Name] {
+				t.Errorf("%s --%s is not in %s's table", name, f.Name, referencePath)
 			}
+		})
+	}
+	for _, c := range referenceCommands(root) {
+		if !tables[c.Name()] {
+			t.Errorf("%s has no section for %s", referencePath, c.CommandPath())
 		}
 	}
-	syncCmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Name != "config" && f.Name != "help" && !documented[f.Name] {
-			t.Errorf("sync --%s is not in the README's table", f.Name)
-		}
-	})
 
 	// Synopses: nodecreds CMD [--flag default] ...
 	synopsis := regexp.MustCompile(`(?m)^nodecreds ([a-z-]+) (.*\[--.*)$`)
 	opt := regexp.MustCompile(`\[(--[a-z-]+) ([^\]|,…]+)\]`)
-	for _, m := range synopsis.FindAllStringSubmatch(readme, -1) {
-		c := cmd(m[1])
-		for _, o := range opt.FindAllStringSubmatch(m[2], -1) {
-			f := c.Flags().Lookup(strings.TrimPrefix(o[1], "--"))
-			if f == nil {
-				t.Errorf("README: %s %s does not exist", m[1], o[1])
-				continue
-			}
-			// Only the synopses that show a default (not a placeholder).
-			if v := o[2]; v != strings.ToUpper(v) && !sameDefault(f, v) {
-				t.Errorf("README: %s %s shown as %q; the flag's default is %q", m[1], o[1], v, f.DefValue)
+	for _, doc := range docFiles(t) {
+		for _, m := range synopsis.FindAllStringSubmatch(readDoc(t, doc), -1) {
+			c := cmd(m[1])
+			for _, o := range opt.FindAllStringSubmatch(m[2], -1) {
+				f := c.Flags().Lookup(strings.TrimPrefix(o[1], "--"))
+				if f == nil {
+					t.Errorf("%s: %s %s does not exist", doc, m[1], o[1])
+					continue
+				}
+				// Only the synopses that show a default (not a placeholder).
+				if v := o[2]; v != strings.ToUpper(v) && !sameDefault(f, v) {
+					t.Errorf("%s: %s %s shown as %q; the flag's default is %q", doc, m[1], o[1], v, f.DefValue)
+				}
 			}
 		}
 	}
