@@ -190,7 +190,7 @@ func hasMount(c corev1.Container, path string) bool {
 }
 
 // TestChartOnRealAPIServer: against an API server that enforces the
-// baseline Pod Security level by default, the README's Helm path (create
+// baseline Pod Security level by default, the docs' Helm path (create
 // the namespace, label it privileged, install the chart) ends with the
 // DaemonSet's Pods admitted; the rendered defaults pass a server-side dry
 // run; in a namespace left at baseline the same Pod is refused (so the
@@ -200,7 +200,7 @@ func TestChartOnRealAPIServer(t *testing.T) {
 	c := startCluster(t, "baseline")
 	ctx := t.Context()
 	const ns = "nodecreds"
-	// The README's commands: kubectl create namespace; kubectl label.
+	// The docs' commands: kubectl create namespace; kubectl label.
 	if _, err := c.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func TestChartOnRealAPIServer(t *testing.T) {
 	}
 	ds, _ := find[appsv1.DaemonSet](t, objs, "DaemonSet")
 	if err := createPodFrom(ctx, c, ns, ds); err != nil {
-		t.Errorf("a Pod of the chart's DaemonSet is refused in the README's namespace: %v", err)
+		t.Errorf("a Pod of the chart's DaemonSet is refused in the docs' namespace: %v", err)
 	}
 
 	// The same Pod in a namespace at the cluster's default (baseline).
@@ -275,7 +275,7 @@ func createPodFrom(ctx context.Context, c *cluster.Cluster, ns string, ds *appsv
 	return err
 }
 
-// poolsSet is two pools as the README sets them, the second with its own
+// poolsSet is two pools as the docs set them, the second with its own
 // tolerations (its tenant taint).
 const poolsSet = `pools[0].name=tenant-a,pools[0].nodeSelector.node-restriction\.kubernetes\.io/pool=tenant-a,pools[0].secrets={registry-credentials,tenant-a-registry}` +
 	`,pools[1].name=tenant-b,pools[1].nodeSelector.node-restriction\.kubernetes\.io/pool=tenant-b,pools[1].secrets={registry-credentials,tenant-b-registry}` +
@@ -580,7 +580,7 @@ func TestChartRefuses(t *testing.T) {
 	}
 }
 
-// readmeValues is the README's two pools as a values file gives them,
+// readmeValues is the docs' two pools as a values file gives them,
 // with the top-level secrets given (or left out when secrets is nil).
 func readmeValues(secrets any, extra map[string]any) map[string]any {
 	vals := map[string]any{"pools": []any{

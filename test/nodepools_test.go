@@ -63,11 +63,11 @@ func readReadmeNodePools(t *testing.T) readmeNodePools {
 	}
 	yamlBlock := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindStringSubmatch(section)
 	if yamlBlock == nil {
-		t.Fatal("the README's node-pool section has no yaml block")
+		t.Fatal("the docs' node-pool section has no yaml block")
 	}
 	r.secret = &corev1.Secret{}
 	if err := yaml.UnmarshalStrict([]byte(yamlBlock[1]), r.secret); err != nil {
-		t.Fatalf("the README's Secret does not parse: %v", err)
+		t.Fatalf("the docs' Secret does not parse: %v", err)
 	}
 	if m := regexp.MustCompile(`--set '([^']+)'`).FindStringSubmatch(section); m != nil {
 		r.helmSet = m[1]
@@ -76,7 +76,7 @@ func readReadmeNodePools(t *testing.T) readmeNodePools {
 		r.status = strings.Fields(m[1])
 	}
 	if len(r.labels) == 0 || len(r.taints) == 0 || r.helmSet == "" || len(r.status) == 0 {
-		t.Fatalf("the README's node-pool example lacks a part: %+v", r)
+		t.Fatalf("the docs' node-pool example lacks a part: %+v", r)
 	}
 	return r
 }
@@ -174,7 +174,7 @@ func poolSecret(t *testing.T, name, nodeSelector string, regs ...string) *corev1
 
 // TestNodePools: Secrets limited to node pools with
 // nodecreds.io/node-selector, on a real API server with three agents, each
-// with its own Node, root and ServiceAccount token. First the README's
+// with its own Node, root and ServiceAccount token. First the docs'
 // example as written; then Secrets with no selector, pool=a, pool in (b,c)
 // and an invalid one; a relabel (timed); an annotation removed; `status
 // --wait` both ways; and RBAC.
@@ -185,7 +185,7 @@ func TestNodePools(t *testing.T) {
 	ctx := t.Context()
 	admin := c.Admin
 
-	// The README's install: the namespace labelled, the chart with its --set.
+	// The docs' install: the namespace labelled, the chart with its --set.
 	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func TestNodePools(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Three nodes: the README's tenant node, node-a, node-b.
+	// Three nodes: the docs' tenant node, node-a, node-b.
 	var tenantNode string
 	for name := range readme.labels {
 		tenantNode = name
@@ -264,7 +264,7 @@ func TestNodePools(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, readme.secret, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating the README's Secret: %v", err)
+		t.Fatalf("creating the docs' Secret: %v", err)
 	}
 	var readmeRegs []string
 	var tenantAuths struct {
@@ -315,13 +315,13 @@ func TestNodePools(t *testing.T) {
 		m["pool-a.example.test"] = testsupport.B64(foreignPoolA)
 		return m
 	}
-	waitSets("the README example: the tenant's key on its node only", map[string]map[string]string{
+	waitSets("the docs' example: the tenant's key on its node only", map[string]map[string]string{
 		tenantNode: wantSet(append([]string{"shared.example.test"}, readmeRegs...)...),
 		"node-a":   withForeign(wantSet("shared.example.test")),
 		"node-b":   wantSet("shared.example.test"),
 	})
 	if out, stderr, code := run(t, append(readme.status, "--kubeconfig", c.Kubeconfig, "--namespace", ns, "--timeout", "20s")...); code != 0 {
-		t.Fatalf("the README's status command: exit %d\n%s\n%s", code, out, stderr)
+		t.Fatalf("the docs' status command: exit %d\n%s\n%s", code, out, stderr)
 	}
 
 	// helm upgrade with more Secrets: no selector, pool=a, pool in (b,c),

@@ -55,7 +55,7 @@ type readmePools struct {
 	first   firstInstall   // "A first install with the policy in force first"
 }
 
-// firstInstall is the README's install of the admission policy alone, the
+// firstInstall is the docs' install of the admission policy alone, the
 // operator's check that it is enforced, and the upgrade that adds the
 // agents.
 type firstInstall struct {
@@ -95,7 +95,7 @@ func readReadmePools(t *testing.T) readmePools {
 	} {
 		m := regexp.MustCompile(re).FindStringSubmatch(first)
 		if m == nil {
-			t.Fatalf("the README's first install lacks %s", re)
+			t.Fatalf("the docs' first install lacks %s", re)
 		}
 		*into = strings.ReplaceAll(m[1], `'`, "") // as the shell reads it
 	}
@@ -110,11 +110,11 @@ func readReadmePools(t *testing.T) readmePools {
 		case strings.Contains(m[1], "kind: Secret"):
 			r.secret = &corev1.Secret{}
 			if err := yaml.UnmarshalStrict([]byte(m[1]), r.secret); err != nil {
-				t.Fatalf("the README's Secret does not parse: %v", err)
+				t.Fatalf("the docs' Secret does not parse: %v", err)
 			}
 		case strings.HasPrefix(m[1], "pools:"):
 			if err := yaml.Unmarshal([]byte(m[1]), &r.values); err != nil {
-				t.Fatalf("the README's values do not parse: %v", err)
+				t.Fatalf("the docs' values do not parse: %v", err)
 			}
 		}
 	}
@@ -127,25 +127,25 @@ func readReadmePools(t *testing.T) readmePools {
 		r.status = append(r.status, strings.Fields(m[1]))
 	}
 	if len(r.pools) != 2 || len(r.taints) == 0 || r.secret == nil || r.values == nil || r.helmSet == "" || len(r.status) == 0 {
-		t.Fatalf("the README's pools example lacks a part: %+v", r)
+		t.Fatalf("the docs' pools example lacks a part: %+v", r)
 	}
 	return r
 }
 
-// nodeOf is the README's node of pool.
+// nodeOf is the docs' node of pool.
 func (r readmePools) nodeOf(t *testing.T, pool string) string {
 	for n, p := range r.pools {
 		if p == pool {
 			return n
 		}
 	}
-	t.Fatalf("the README labels no node into pool %s", pool)
+	t.Fatalf("the docs label no node into pool %s", pool)
 	return ""
 }
 
 type isolationCred struct{ secret, registry, userpass string }
 
-// TestNodePoolIsolation runs the README's pools example on a real API
+// TestNodePoolIsolation runs the docs' pools example on a real API
 // server set up as a production one is (the Node authorizer and the
 // NodeRestriction admission plugin, the DaemonSet controller and the
 // scheduler), and attacks as whoever is root on a tenant-B node would: with
@@ -165,7 +165,7 @@ type isolationCred struct{ secret, registry, userpass string }
 //   - the real agent binary on every node, as its DaemonSet runs it with
 //     its Pod's token, writes its pool's credentials only, annotates its
 //     Node, sets its condition and removes its startup taint; asked for
-//     pool A's Secret, pool B's agent is refused; the README's status
+//     pool A's Secret, pool B's agent is refused; the docs' status
 //     commands agree;
 //   - the DaemonSet controller runs exactly one agent on every node; a node
 //     relabelled from the default pool into pool A, and back, ends with
@@ -187,7 +187,7 @@ func TestNodePoolIsolation(t *testing.T) {
 	}
 	labelNS(t, c, ns, "privileged")
 	readme := readReadmePools(t)
-	// The README's helm --set and its values file are one install.
+	// The docs' helm --set and its values file are one install.
 	fromValues, err := render.RenderValues(chartDir(), readme.values, ns)
 	if err != nil {
 		t.Fatal(err)
@@ -197,15 +197,15 @@ func TestNodePoolIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !maps.Equal(fromValues, fromSet) {
-		t.Errorf("the README's values file and its helm --set render differently")
+		t.Errorf("the docs' values file and its helm --set render differently")
 	}
 	objs := objects(t, renderWithCluster(t, c, readme.helmSet, ns))
 	if err := cluster.Apply(ctx, c.RESTConfig, objs, false); err != nil {
-		t.Fatalf("applying the chart with the README's pools: %v", err)
+		t.Fatalf("applying the chart with the docs' pools: %v", err)
 	}
 	sets := all[appsv1.DaemonSet](t, objs, "DaemonSet")
 
-	// The README's Secret for tenant A, tenant B's "the same way", and the
+	// The docs' Secret for tenant A, tenant B's "the same way", and the
 	// default one.
 	var auths struct {
 		Auths map[string]struct{ Username, Password string } `json:"auths"`
@@ -221,7 +221,7 @@ func TestNodePoolIsolation(t *testing.T) {
 		creds["tenant-a"] = isolationCred{readme.secret.Name, reg, a.Username + ":" + a.Password}
 	}
 	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, readme.secret, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating the README's Secret: %v", err)
+		t.Fatalf("creating the docs' Secret: %v", err)
 	}
 	for _, pool := range []string{"default", "tenant-b"} {
 		sec := registrySecret(dockerconfigjson(t, map[string]string{creds[pool].registry: creds[pool].userpass}))
@@ -231,7 +231,7 @@ func TestNodePoolIsolation(t *testing.T) {
 		}
 	}
 
-	// The README's tenant nodes, labelled and tainted as it says; tenant
+	// The docs' tenant nodes, labelled and tainted as it says; tenant
 	// B's registered with the startup taint too and carrying someone
 	// else's annotation; node-d and node-r in no pool.
 	nodeA, nodeB := readme.nodeOf(t, "tenant-a"), readme.nodeOf(t, "tenant-b")
@@ -250,7 +250,7 @@ func TestNodePoolIsolation(t *testing.T) {
 		schedulable(t, admin, node)
 	}
 	if len(readme.taints[nodeB]) != 1 {
-		t.Fatalf("the README taints %s with %v, want one tenant taint", nodeB, readme.taints[nodeB])
+		t.Fatalf("the docs taint %s with %v, want one tenant taint", nodeB, readme.taints[nodeB])
 	}
 	tenantB := readme.taints[nodeB][0]
 	// The kubelet admits a Pod bound by spec.nodeName, which skips the
@@ -260,7 +260,7 @@ func TestNodePoolIsolation(t *testing.T) {
 	for node, taints := range readme.taints {
 		for _, tn := range taints {
 			if tn.Effect != corev1.TaintEffectNoExecute {
-				t.Errorf("the README taints %s with %s=%s:%s; a tenant taint must be NoExecute", node, tn.Key, tn.Value, tn.Effect)
+				t.Errorf("the docs taint %s with %s=%s:%s; a tenant taint must be NoExecute", node, tn.Key, tn.Value, tn.Effect)
 			}
 		}
 	}
@@ -306,7 +306,7 @@ func TestNodePoolIsolation(t *testing.T) {
 	t.Run("secrets", func(t *testing.T) {
 		for _, tc := range []struct{ node, pool string }{{nodeA, "tenant-a"}, {nodeB, "tenant-b"}, {"node-d", "default"}} {
 			for pool, cr := range creds {
-				allowed := pool == tc.pool || pool == "default" // the README's pools share registry-credentials
+				allowed := pool == tc.pool || pool == "default" // the docs' pools share registry-credentials
 				secrets := tokens[tc.node].client.CoreV1().Secrets(ns)
 				_, getErr := secrets.Get(ctx, cr.secret, metav1.GetOptions{})
 				_, listErr := secrets.List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + cr.secret})
@@ -715,11 +715,11 @@ func TestNodePoolIsolation(t *testing.T) {
 				t.Errorf("after the agent removed the startup taint %s still owns the taints: %s", e.Manager, f)
 			}
 		}
-		// The README's status commands: each pool's nodes, and the
+		// The docs' status commands: each pool's nodes, and the
 		// default DaemonSet's, have applied their Secrets.
 		for _, args := range readme.status {
 			if out, stderr, code := run(t, append(args, "--kubeconfig", c.Kubeconfig, "--namespace", ns, "--timeout", "20s")...); code != 0 {
-				t.Errorf("the README's nodecreds %s: exit %d\n%s\n%s", strings.Join(args, " "), code, out, stderr)
+				t.Errorf("the docs' nodecreds %s: exit %d\n%s\n%s", strings.Join(args, " "), code, out, stderr)
 			}
 		}
 	})

@@ -48,7 +48,7 @@ func helmOrder(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
 // another pool in that window. Here each upgrade is applied without the
 // policy at all (the state between Helm's steps), and the new agents'
 // tokens, taken as root on the node would take them, are refused at once.
-// The first install follows the README ("A first install with the policy
+// The first install follows docs/node-pools.md ("A first install with the policy
 // in force first"): the policy alone (secrets=null, no pools), the
 // operator's check that it is enforced, then the agents; the time the API
 // server takes to enforce it is logged.
@@ -105,8 +105,8 @@ func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
 		})
 	}
 
-	// 1. The README's first install: the policy alone. It is enforced some
-	// time after it is created: the README's check, before going on.
+	// 1. The docs' first install: the policy alone. It is enforced some
+	// time after it is created: the docs' check, before going on.
 	first := render(readme.first.set)
 	if kinds := kindsOf(first); !slices.Equal(kinds, []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}) {
 		t.Fatalf("the first step renders %v, want the admission policy alone", kinds)
@@ -114,7 +114,7 @@ func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
 	cfg := rest.CopyConfig(c.RESTConfig)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: strings.Replace(readme.first.as, ":nodecreds:", ":"+ns+":", 1), Groups: []string{readme.first.asGroup}}
 	if readme.first.probeDryRun != "server" {
-		t.Fatalf("the README's check is not a server-side dry run: --dry-run=%s", readme.first.probeDryRun)
+		t.Fatalf("the docs' check is not a server-side dry run: --dry-run=%s", readme.first.probeDryRun)
 	}
 	probe, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
@@ -171,7 +171,7 @@ func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
 		}
 	}
 
-	// 2. The default agents; 3. the README's pools; 4. pool B renamed:
+	// 2. The default agents; 3. the docs' pools; 4. pool B renamed:
 	// each applied up to the point where Helm would come to the policy.
 	renamed := strings.ReplaceAll(readme.helmSet, "pools[1].name=tenant-b", "pools[1].name=tenant-bee")
 	for _, step := range []struct{ set, node, ds string }{

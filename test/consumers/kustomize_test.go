@@ -24,7 +24,7 @@ func render(t *testing.T, dir string) []*unstructured.Unstructured {
 }
 
 // withCredentialProvider renders deploy/ with the credential-provider
-// component both ways the README gives: a user's own overlay, and deploy/'s
+// component both ways the docs give: a user's own overlay, and deploy/'s
 // kustomization with its components lines uncommented. Both must agree.
 func withCredentialProvider(t *testing.T) []*unstructured.Unstructured {
 	t.Helper()

@@ -53,7 +53,7 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 // TestKubeletExecsThePlugin runs the kubelet's own credential-provider code
 // (config parsing and validation, matchImages, exec, response decoding, its
 // cache) against the binary that `sync --install-credential-provider`
-// installed, configured as the README shows.
+// installed, configured as the docs show.
 func TestKubeletExecsThePlugin(t *testing.T) {
 	root := t.TempDir()
 	secretDir := filepath.Join(t.TempDir(), "secret")
@@ -148,7 +148,7 @@ func firstUser(c []credentialprovider.TrackedAuthConfig) string {
 }
 
 // TestMatchImagesSemantics pins down, with the kubelet's own matcher, every
-// claim the README makes about matchImages patterns.
+// claim the docs make about matchImages patterns.
 func TestMatchImagesSemantics(t *testing.T) {
 	tests := []struct {
 		pattern, image string
@@ -175,7 +175,7 @@ func TestMatchImagesSemantics(t *testing.T) {
 	for _, tt := range tests {
 		got, err := credentialprovider.URLsMatchStr(tt.pattern, tt.image)
 		if err != nil || got != tt.match {
-			t.Errorf("matchImages %q on %q: %v (%v), the README says %v", tt.pattern, tt.image, got, err, tt.match)
+			t.Errorf("matchImages %q on %q: %v (%v), the docs say %v", tt.pattern, tt.image, got, err, tt.match)
 		}
 	}
 }

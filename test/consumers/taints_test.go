@@ -23,7 +23,7 @@ func (noRecovery) HandleAdmissionFailure(_ context.Context, _ *corev1.Pod, reaso
 // stands between it and a tenant's node. The kubelet's code (v1.37,
 // pkg/kubelet/lifecycle) admits it on a node tainted NoSchedule or
 // PreferNoSchedule, and refuses it on a node tainted NoExecute unless it
-// tolerates that taint: why the README's tenant taints are NoExecute.
+// tolerates that taint: why the docs' tenant taints are NoExecute.
 func TestKubeletAdmitsAgainstNoExecuteTaintsOnly(t *testing.T) {
 	res := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("4"), corev1.ResourceMemory: resource.MustParse("8Gi"), corev1.ResourcePods: resource.MustParse("110")}
 	for _, tc := range []struct {
