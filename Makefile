@@ -75,7 +75,7 @@ test-faults: controlplane ## The slow fault tests alone (kill -9, full disk, rea
 
 .PHONY: soak
 soak: controlplane ## One agent through 1000 rotations (drift, deleted target, API server restart); samples memory, goroutines, fds; writes docs/benchmarks.md (ROTATIONS=1000)
-	$(GO) run ./scripts/soak -rotations $(or $(ROTATIONS),1000) -every 50
+	$(GO) run ./test/soak/cmd/soak -rotations $(or $(ROTATIONS),1000) -every 50
 
 .PHONY: compat
 compat: deps controlplane ## Real consumers: the kubelet's credential code (node pools on a real API server too), a real registry, skopeo
