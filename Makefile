@@ -18,11 +18,12 @@ build: ## Build bin/nodecreds (static)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nodecreds
 
 .PHONY: lint
-lint: ## gofmt, go vet (both modules), no build outputs tracked (files over 1 MiB, binaries)
+lint: ## gofmt, go vet (every module), no build outputs tracked (files over 1 MiB, binaries)
 	./scripts/check-tracked.sh
 	@out=$$(gofmt -l cmd internal test scripts); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd test/consumers && $(GO) vet ./... && $(GO) vet -tags nodee2e ./...
+	cd scripts/chart && $(GO) vet ./...
 
 .PHONY: deps
 deps: ## Install the Debian packages the tests use (docker-registry, apache2-utils, skopeo)
@@ -44,9 +45,17 @@ node-components: controllers ## Build the kubelet too (cached)
 e2e-node: deps node-components image ## The seed scenario on a real kubelet + containerd (root; ~8 min, mostly the kubelet's 5-minute cache); runs the image make image built
 	mkdir -p _output && cd test/consumers && NODE_E2E_RESULTS=$(CURDIR)/_output/real-node-results.txt $(GO) test -tags nodee2e -count=1 -timeout 20m -run TestRealNode -v ./...
 
+# The chart tool is its own Go module (Helm is no requirement of the
+# product's), so it is built from there and run from here.
+CHART := bin/chart
+
+.PHONY: chart-tool
+chart-tool: ## Build bin/chart, which renders, lints and packages the Helm chart (scripts/chart, its own Go module)
+	$(GO) -C scripts/chart build -o $(CURDIR)/$(CHART) .
+
 .PHONY: manifests
-manifests: ## Regenerate deploy/daemonset.yaml from the Helm chart (a test fails when they drift)
-	$(GO) run ./scripts/chart manifest > deploy/daemonset.yaml
+manifests: chart-tool ## Regenerate deploy/daemonset.yaml from the Helm chart (a test fails when they drift)
+	$(CHART) manifest > deploy/daemonset.yaml
 
 .PHONY: unit
 unit: ## Unit tests only: no control plane, no binaries built, no root needed (well under a minute warm)
@@ -66,7 +75,7 @@ test-faults: controlplane ## The slow fault tests alone (kill -9, full disk, rea
 
 .PHONY: soak
 soak: controlplane ## One agent through 1000 rotations (drift, deleted target, API server restart); samples memory, goroutines, fds; writes docs/benchmarks.md (ROTATIONS=1000)
-	$(GO) run ./scripts/soak -rotations $(or $(ROTATIONS),1000) -every 50
+	$(GO) run ./test/soak/cmd/soak -rotations $(or $(ROTATIONS),1000) -every 50
 
 .PHONY: compat
 compat: deps controlplane ## Real consumers: the kubelet's credential code (node pools on a real API server too), a real registry, skopeo
@@ -126,12 +135,12 @@ push: ## Push the image index to IMAGE=host[:port]/repo:tag; prints IMAGE@sha256
 .PHONY: release
 release: ## Push REPO:VERSION and write _output/release (manifest by digest, chart, binaries, SHA256SUMS): make release VERSION=x.y.z IMAGE=host[:port]/repo
 	@[ "$(origin VERSION)" = "command line" ] && [ -n "$(IMAGE)" ] || { echo "usage: make release VERSION=x.y.z IMAGE=host[:port]/repo"; exit 2; }
-	$(MAKE) --no-print-directory image VERSION=$(VERSION)
+	$(MAKE) --no-print-directory image chart-tool VERSION=$(VERSION)
 	@set -euo pipefail; \
 	ref=$$($(GO) run ./scripts/image push -layout _output/image $(IMAGE):$(VERSION)); digest=$${ref##*@}; \
 	rm -rf _output/release && mkdir -p _output/release; \
-	$(GO) run ./scripts/chart manifest -set image.repository=$(IMAGE),image.tag=$(VERSION),image.digest=$$digest > _output/release/nodecreds.yaml; \
-	$(GO) run ./scripts/chart package -version $(VERSION) -repository $(IMAGE) -digest $$digest -out _output/release >/dev/null; \
+	$(CHART) manifest -set image.repository=$(IMAGE),image.tag=$(VERSION),image.digest=$$digest > _output/release/nodecreds.yaml; \
+	$(CHART) package -version $(VERSION) -repository $(IMAGE) -digest $$digest -out _output/release >/dev/null; \
 	$(GO) run ./scripts/image binaries -version $(VERSION) -out _output/release; \
 	cd _output/release && sha256sum nodecreds.yaml nodecreds-$(VERSION).tgz nodecreds-linux-amd64 nodecreds-linux-arm64 > SHA256SUMS; \
 	echo "released $$ref"; echo "  _output/release: nodecreds.yaml nodecreds-$(VERSION).tgz nodecreds-linux-amd64 nodecreds-linux-arm64 SHA256SUMS"

@@ -23,11 +23,8 @@ import (
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/yaml"
 
-	"github.com/nodecreds/nodecreds/scripts/chart/render"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
-
-func chartDir() string { return filepath.Join(cluster.RepoRoot(), render.ChartDir) }
 
 // objects splits rendered templates into typed-or-unstructured objects.
 func objects(t *testing.T, out map[string]string) []*unstructured.Unstructured {
@@ -66,7 +63,7 @@ func find[T any](t *testing.T, objs []*unstructured.Unstructured, kind string) (
 // with its defaults (plus namespace.create=true); `make manifests` rewrites
 // it. One source of truth for both install paths.
 func TestManifestIsTheChartsRender(t *testing.T) {
-	want, err := render.Manifest(chartDir(), "")
+	want, err := chartManifest("")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +80,7 @@ func TestManifestIsTheChartsRender(t *testing.T) {
 // documented value set at once.
 func TestChartLint(t *testing.T) {
 	for _, set := range []string{"", everyValue, "selector=team=a,secrets=null", "secrets=null", "secrets=null," + poolsSet} {
-		if err := render.Lint(chartDir(), set); err != nil {
+		if err := lintChart(set); err != nil {
 			t.Errorf("helm lint with %q: %v", set, err)
 		}
 	}
@@ -101,7 +98,7 @@ const everyValue = "image.repository=reg.example.test/nodecreds,image.tag=9.9.9,
 // TestChartValues renders each documented value and checks it lands where
 // it should.
 func TestChartValues(t *testing.T) {
-	out, err := render.Render(chartDir(), "", "ns1")
+	out, err := renderChart("", "ns1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +118,7 @@ func TestChartValues(t *testing.T) {
 		t.Error("ServiceMonitor rendered by default")
 	}
 
-	out, err = render.Render(chartDir(), everyValue, "ns1")
+	out, err = renderChart(everyValue, "ns1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +160,7 @@ func TestChartValues(t *testing.T) {
 		t.Error("serviceMonitor.enabled renders no ServiceMonitor")
 	}
 
-	out, err = render.Render(chartDir(), "selector=team=a", "ns1")
+	out, err = renderChart("selector=team=a", "ns1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +173,7 @@ func TestChartValues(t *testing.T) {
 	if len(role.Rules) != 1 || len(role.Rules[0].ResourceNames) != 0 || !slices.Equal(role.Rules[0].Verbs, []string{"list", "watch"}) {
 		t.Errorf("selector Role: %+v", role.Rules)
 	}
-	out, err = render.Render(chartDir(), "image.tag=1.2.3", "ns1")
+	out, err = renderChart("image.tag=1.2.3", "ns1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +257,7 @@ func renderWithCluster(t *testing.T, c *cluster.Cluster, set, ns string) map[str
 }
 
 func renderWithClusterErr(c *cluster.Cluster, set, ns string) (map[string]string, error) {
-	return render.RenderWithCluster(chartDir(), set, ns, c.RESTConfig)
+	return renderChartWithCluster(set, ns, c)
 }
 
 // createPodFrom creates (server-side dry run) the Pod the DaemonSet
@@ -302,7 +299,7 @@ func all[T any](t *testing.T, objs []*unstructured.Unstructured, kind string) ma
 // another's Pods; the Node ClusterRole, the Events Role (in default, create
 // only) and the admission policy cover every agent.
 func TestChartPools(t *testing.T) {
-	out, err := render.Render(chartDir(), poolsSet, "ns1")
+	out, err := renderChart(poolsSet, "ns1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,7 +387,7 @@ func TestChartPools(t *testing.T) {
 	// nodecreds-<anything> accounts.
 	vap := policyOf(t, objs)
 	for _, set := range []string{"", "secrets=null", strings.ReplaceAll(poolsSet, "tenant-b", "tenant-c"), poolsSet + `,pools[2].name=x,pools[2].secrets={registry-credentials,x},pools[2].nodeSelector.node-restriction\.kubernetes\.io/pool=x`} {
-		out, err := render.Render(chartDir(), set, "ns1")
+		out, err := renderChart(set, "ns1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -402,7 +399,7 @@ func TestChartPools(t *testing.T) {
 	if s := fmt.Sprint(match); !strings.Contains(s, `== 'system:serviceaccount:ns1:nodecreds'`) || !strings.Contains(s, `.startsWith('system:serviceaccount:ns1:nodecreds-')`) {
 		t.Errorf("the admission policy does not match the agents by name: %v", match)
 	}
-	if err := render.Lint(chartDir(), poolsSet); err != nil {
+	if err := lintChart(poolsSet); err != nil {
 		t.Errorf("helm lint with pools: %v", err)
 	}
 }
@@ -470,7 +467,7 @@ func TestChartPoolsOneAgentPerNode(t *testing.T) {
 					set += fmt.Sprintf(",pools[%d].nodeSelector.%s=%s", i, esc(k), v)
 				}
 			}
-			out, err := render.Render(chartDir(), set[1:]+tc.extra, "ns1")
+			out, err := renderChart(set[1:]+tc.extra, "ns1")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -556,7 +553,7 @@ func TestChartRefuses(t *testing.T) {
 		{"a misspelt key", pool(",pools[0].nodeselector.x=y"), []string{`unknown key "nodeselector"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := render.Render(chartDir(), tc.set, "ns1")
+			_, err := renderChart(tc.set, "ns1")
 			if err == nil {
 				t.Fatalf("rendered; want a refusal")
 			}
@@ -574,7 +571,7 @@ func TestChartRefuses(t *testing.T) {
 		"updateStrategy.rollingUpdate.maxSurge=0",
 		pool(`,pools[0].nodeSelector.example\.node-restriction\.kubernetes\.io/zone=z`),
 	} {
-		if _, err := render.Render(chartDir(), set, "ns1"); err != nil {
+		if _, err := renderChart(set, "ns1"); err != nil {
 			t.Errorf("%s refused: %v", set, err)
 		}
 	}
@@ -649,9 +646,9 @@ func TestChartRolesNameTheirSecrets(t *testing.T) {
 			var out map[string]string
 			var err error
 			if tc.vals != nil {
-				out, err = render.RenderValues(chartDir(), tc.vals, "ns1")
+				out, err = renderChartValues(t, tc.vals, "ns1")
 			} else {
-				out, err = render.Render(chartDir(), tc.set, "ns1")
+				out, err = renderChart(tc.set, "ns1")
 			}
 			if tc.refused != nil {
 				if err == nil {
@@ -714,7 +711,7 @@ func TestChartRolesNameTheirSecrets(t *testing.T) {
 // alone (the first step of an install with no window, docs/security.md).
 func TestChartWithoutDefaultAgent(t *testing.T) {
 	for _, vals := range []map[string]any{readmeValues([]any{}, nil), {"secrets": nil, "pools": readmeValues(nil, nil)["pools"]}} {
-		out, err := render.RenderValues(chartDir(), vals, "ns1")
+		out, err := renderChartValues(t, vals, "ns1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -752,7 +749,7 @@ func TestChartWithoutDefaultAgent(t *testing.T) {
 			}
 		}
 	}
-	out, err := render.RenderValues(chartDir(), map[string]any{"secrets": []any{}}, "ns1")
+	out, err := renderChartValues(t, map[string]any{"secrets": []any{}}, "ns1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -792,7 +789,7 @@ func TestChartToleratesStartupTaint(t *testing.T) {
 		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, err := render.RenderValues(chartDir(), tc.vals, "ns1")
+			out, err := renderChartValues(t, tc.vals, "ns1")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -890,7 +887,7 @@ func TestChartPoolSecretsStayInTheirPools(t *testing.T) {
 		{"a line break in the plugin folder", readmeValues(nil, map[string]any{"credentialProvider": map[string]any{"enabled": true, "binDir": "/opt/x\n      imagePullSecrets: [{name: tenant-a-registry}]"}}), []string{"a node path here may hold"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, err := render.RenderValues(chartDir(), tc.vals, "ns1")
+			out, err := renderChartValues(t, tc.vals, "ns1")
 			if tc.refused != nil {
 				if err == nil {
 					t.Fatal("rendered; want a refusal")

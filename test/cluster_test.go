@@ -49,6 +49,7 @@ func startCluster(t *testing.T, podSecurityLevel ...string) *cluster.Cluster {
 	if err != nil {
 		t.Fatalf("starting the control plane: %v", err)
 	}
+	t.Logf("control plane: kube-apiserver %s", c.Version)
 	t.Cleanup(func() {
 		c.Stop()
 		if !t.Failed() {

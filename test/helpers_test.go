@@ -43,9 +43,11 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "nodecreds")
 	plainBinary = filepath.Join(dir, "nodecreds-plain")
+	chartTool = filepath.Join(dir, "chart")
 	for _, build := range []func() error{
 		func() error { return testsupport.BuildNodecreds("..", binary, "-race") },
 		func() error { return testsupport.BuildRelease("..", plainBinary) },
+		func() error { return buildChartTool(chartTool) },
 	} {
 		if err := build(); err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -37,7 +37,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
-	"github.com/nodecreds/nodecreds/scripts/chart/render"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
@@ -188,11 +187,11 @@ func TestNodePoolIsolation(t *testing.T) {
 	labelNS(t, c, ns, "privileged")
 	readme := readReadmePools(t)
 	// The docs' helm --set and its values file are one install.
-	fromValues, err := render.RenderValues(chartDir(), readme.values, ns)
+	fromValues, err := renderChartValues(t, readme.values, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromSet, err := render.Render(chartDir(), readme.helmSet, ns)
+	fromSet, err := renderChart(readme.helmSet, ns)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,38 @@
 // Package kubeletcred emulates how the kubelet finds registry credentials
-// on its node (k8s.io/kubernetes/pkg/credentialprovider, as of v1.37): the
-// same files in the same order, the same parsing and the same key matching.
-// `nodecreds check` and the credential-provider plugin both answer through
-// it; test/consumers checks it against the kubelet's own code.
+// on its node: the same files in the same order, the same parsing and the
+// same key matching. `nodecreds check` and the credential-provider plugin
+// both answer through it.
+//
+// It follows the kubelet of Kubernetes v1.37.2 — k8s.io/kubernetes
+// v1.37.2, the version test/consumers/go.mod pins —
+// pkg/credentialprovider/config.go (search paths, DockerConfigJSON and
+// DockerConfigEntry.UnmarshalJSON, decodeDockerConfigFieldAuth) and
+// keyring.go (BasicDockerKeyring.Add and Lookup, URLsMatch,
+// isDefaultRegistryMatch). test/consumers puts `check` and the plugin,
+// which answer through this package, next to that code on the same files
+// (TestKubeletReadsWhatNodecredsWrites, TestCheckReadsFilesAsTheKubeletDoes,
+// TestKubeletExecsThePlugin); when the pin moves, they say what changed. A
+// differential fuzz of this package against the kubelet's keyring is still
+// to come (issue 22).
+//
+// Where it deliberately differs:
+//   - Files are read through hostfs under --host-root: no link leaves the
+//     root, a FIFO or device is refused without blocking, a file over
+//     hostfs.MaxFileSize is not read. The kubelet reads with os.ReadFile;
+//     a file refused here is reported Unread rather than guessed at.
+//   - The search order assumes a kubelet run by systemd: its working
+//     directory is / and $HOME is /root (the kubelet uses its own).
+//   - Two keys of one index key (https://r.test/ and r.test) are tried in
+//     key order; the kubelet's order is Go map order, that is random.
+//   - Errors say why a file is unreadable (the field, the entry's key
+//     through dockercfg.SafeKey) where the kubelet says only that it does
+//     not parse; no error holds a value from the file.
+//   - The kubelet's tracking of which source a credential came from
+//     (TrackedAuthConfig, for KubeletEnsureSecretPulledImages) is left out.
+//   - ForRegistry and ProviderAnswer are the credential-provider plugin's
+//     side, which keyring.go does not have: one credential per index key of
+//     the image's registry, and no entry whose key dockercfg.ValidateKey
+//     refuses (a password in a key never leaves in an answer).
 package kubeletcred
 
 import (

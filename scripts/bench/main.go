@@ -38,7 +38,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
-	"github.com/nodecreds/nodecreds/scripts/benchdoc"
+	"github.com/nodecreds/nodecreds/scripts/bench/benchdoc"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
@@ -904,7 +904,7 @@ func (r *results) markdown(machine string) string {
   What remains is the watch event reaching 100 processes that share this
   machine's 2 cores and one disk with the API server and etcd: the
   per-rotation CPU column above shows the agents' own CPU filling the
-  cores. A CPU profile of one agent through 300 rotations (` + "`NODECREDS_CPUPROFILE=/tmp/agent.prof NODECREDS_CPUPROFILE_FOR=40s go run ./scripts/soak -rotations 300 -out '' -tags profile`" + `)
+  cores. A CPU profile of one agent through 300 rotations (` + "`NODECREDS_CPUPROFILE=/tmp/agent.prof NODECREDS_CPUPROFILE_FOR=40s go run ./test/soak/cmd/soak -rotations 300 -out '' -tags profile`" + `)
   puts about 60 %% of it in the file engine and most of that in system
   calls — creating, fsyncing and renaming the temp files and the state that
   make every write atomic and crash-safe (two state saves and two targets

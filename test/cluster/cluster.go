@@ -42,6 +42,7 @@ type Cluster struct {
 	CAFile     string
 	AdminToken string
 	Kubeconfig string // admin kubeconfig
+	Version    string // the API server's gitVersion, e.g. v1.37.2 (scripts/controlplane/build.sh sets it)
 	Admin      *kubernetes.Clientset
 	RESTConfig *rest.Config
 
@@ -247,6 +248,11 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	v, err := c.Admin.Discovery().ServerVersion()
+	if err != nil {
+		return fmt.Errorf("kube-apiserver version: %w", err)
+	}
+	c.Version = v.GitVersion
 	c.Kubeconfig = filepath.Join(c.Dir, "admin.kubeconfig")
 	return WriteKubeconfig(c.Kubeconfig, c.URL, c.CAFile, c.AdminToken)
 }

@@ -75,12 +75,11 @@ func unmountUnder(dir string) {
 
 func mkimage(t *testing.T, out, name, entry string, files ...string) {
 	t.Helper()
-	args := []string{"run", "./scripts/node/mkimage", "-o", out, "-name", name, "-entrypoint", entry}
+	args := []string{"run", "./node/mkimage", "-o", out, "-name", name, "-entrypoint", entry}
 	for _, f := range files {
 		args = append(args, "-file", f)
 	}
 	cmd := exec.Command("go", args...)
-	cmd.Dir = "../.."
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("mkimage %s: %v\n%s", name, err, b)
 	}
@@ -200,7 +199,7 @@ func TestRealNode(t *testing.T) {
 
 	// containerd with a local pause image; the agent's image imported.
 	ctdDir := filepath.Join(work, "containerd")
-	out, err := exec.Command("../../scripts/node/containerd.sh", ctdDir, pauseImage).CombinedOutput()
+	out, err := exec.Command("./node/containerd.sh", ctdDir, pauseImage).CombinedOutput()
 	if err != nil {
 		t.Fatalf("containerd: %v\n%s", err, out)
 	}

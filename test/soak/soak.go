@@ -2,7 +2,7 @@
 // rotations — with drift edits, a deleted target and an API server restart
 // on the way — and samples its resident memory, heap, goroutines and open
 // file descriptors, to show that nothing grows. `make soak` runs it long
-// (scripts/soak); `make test` runs a short version of the same code
+// (test/soak/cmd/soak); `make test` runs a short version of the same code
 // (test.TestSoakShort).
 package soak
 

@@ -64,6 +64,12 @@ func RenderValues(dir string, vals map[string]any, ns string) (map[string]string
 	return render(dir, vals, ns, nil)
 }
 
+// RenderValuesWithCluster is RenderValues against the cluster at cfg, as
+// RenderWithCluster.
+func RenderValuesWithCluster(dir string, vals map[string]any, ns string, cfg *rest.Config) (map[string]string, error) {
+	return render(dir, vals, ns, cfg)
+}
+
 // RenderWithCluster is Render as `helm install` does it against a cluster:
 // the chart's lookup calls read from the API server at cfg (nil: none, as
 // `helm template`).

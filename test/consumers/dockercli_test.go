@@ -1,7 +1,9 @@
-package test
+package consumers
 
 import (
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -30,7 +32,15 @@ func TestDockerCLIReadsWhatNodecredsWrites(t *testing.T) {
 		// up only as https://index.docker.io/v1/.
 		"docker.io": "hubuser:hub-pw",
 	}
-	if err := os.WriteFile(filepath.Join(secretDir, ".dockerconfigjson"), dockerconfigjson(t, creds), 0o600); err != nil {
+	auths := map[string]any{}
+	for reg, up := range creds {
+		auths[reg] = map[string]string{"auth": testsupport.B64(up)}
+	}
+	secret, err := json.Marshal(map[string]any{"auths": auths})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(secretDir, ".dockerconfigjson"), secret, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	dockerDir := filepath.Join(root, "root/.docker")
@@ -41,8 +51,9 @@ func TestDockerCLIReadsWhatNodecredsWrites(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dockerDir, "config.json"), []byte(existing), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, stderr, code := run(t, "sync", "--once", "--source", "dir", "--secret-dir", secretDir, "--host-root", root, "--metrics-addr", "0"); code != 0 {
-		t.Fatalf("sync exit %d: %s", code, stderr)
+	sync := exec.Command(binary, "sync", "--once", "--source", "dir", "--secret-dir", secretDir, "--host-root", root, "--metrics-addr", "0")
+	if out, err := sync.CombinedOutput(); err != nil {
+		t.Fatalf("nodecreds sync: %v\n%s", err, out)
 	}
 
 	cf, err := dockerconfig.Load(dockerDir)

@@ -3,7 +3,7 @@
 # socket under $1, the CRI plugin with restrict_oom_score_adj (this VM
 # refuses lowering oom_score_adj), a local sandbox image, and registry hosts
 # from $1/certs.d (hosts.toml per registry). Prints the socket path.
-#   scripts/node/containerd.sh DIR [SANDBOX_IMAGE]
+#   test/consumers/node/containerd.sh DIR [SANDBOX_IMAGE]
 set -euo pipefail
 dir=$(mkdir -p "$1" && cd "$1" && pwd)
 sandbox=${2:-docker.io/nodecreds/pause:local}

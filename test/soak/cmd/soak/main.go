@@ -1,4 +1,4 @@
-// Command soak runs test/soak for many rotations (make soak) and writes the
+// Command soak runs package soak (test/soak) for many rotations (make soak) and writes the
 // samples to docs/benchmarks.md between its soak markers.
 package main
 
@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nodecreds/nodecreds/scripts/benchdoc"
+	"github.com/nodecreds/nodecreds/scripts/bench/benchdoc"
 	"github.com/nodecreds/nodecreds/test/cluster"
 	"github.com/nodecreds/nodecreds/test/soak"
 )
@@ -72,7 +72,7 @@ func run(rotations, every int, out string, keep bool, tags string) error {
 
 func render(res soak.Result, rotations, every int, flat error) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "## Soak (`make soak`)\n\nMeasured %s by `make soak` (`go run ./scripts/soak -rotations %d -every %d`): one agent, with its ServiceAccount's token, against the local API server through %d rotations of its Secret; after every 10th a drift edit of the kubelet file, after every 25th the docker file deleted; the API server stopped for 2 s and restarted halfway; `--resync 1s`. `make test` runs the same code for 100 rotations (`TestSoakShort`).\n\n", time.Now().UTC().Format("2006-01-02"), rotations, every, rotations)
+	fmt.Fprintf(&b, "## Soak (`make soak`)\n\nMeasured %s by `make soak` (`go run ./test/soak/cmd/soak -rotations %d -every %d`): one agent, with its ServiceAccount's token, against the local API server through %d rotations of its Secret; after every 10th a drift edit of the kubelet file, after every 25th the docker file deleted; the API server stopped for 2 s and restarted halfway; `--resync 1s`. `make test` runs the same code for 100 rotations (`TestSoakShort`).\n\n", time.Now().UTC().Format("2006-01-02"), rotations, every, rotations)
 	fmt.Fprintf(&b, "| rotation | RSS | heap in use | goroutines | open fds |\n| --- | --- | --- | --- | --- |\n")
 	for _, s := range res.Samples {
 		fmt.Fprintf(&b, "| %d | %.1f MiB | %.1f MiB | %.0f | %.0f |\n", s.Rotation, s.RSS/(1<<20), s.Heap/(1<<20), s.Goroutines, s.FDs)
