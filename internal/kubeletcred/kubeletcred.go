@@ -11,9 +11,10 @@
 // isDefaultRegistryMatch). test/consumers puts `check` and the plugin,
 // which answer through this package, next to that code on the same files
 // (TestKubeletReadsWhatNodecredsWrites, TestCheckReadsFilesAsTheKubeletDoes,
-// TestKubeletExecsThePlugin); when the pin moves, they say what changed. A
-// differential fuzz of this package against the kubelet's keyring is still
-// to come (issue 22).
+// TestKubeletExecsThePlugin), and a differential test and fuzz compare its
+// answers with the kubelet's keyring on random Secrets
+// (TestKubeletAgreesWithSecret, FuzzKubeletAgreesWithSecret, FuzzKubeletShapes);
+// when the pin moves, they say what changed.
 //
 // Where it deliberately differs:
 //   - Files are read through hostfs under --host-root: no link leaves the
