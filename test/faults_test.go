@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -131,7 +132,7 @@ func TestFaultKill9(t *testing.T) {
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		err := cmd.Wait()
 		killed := false
-		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == -1 {
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && ee.ExitCode() == -1 {
 			killedMidway++
 			killed = true
 		}

@@ -79,11 +79,12 @@ func readReadmePools(t *testing.T) readmePools {
 		section = section[:end+3]
 	}
 	r := readmePools{pools: map[string]string{}, taints: map[string][]corev1.Taint{}}
-	first, ok := strings.CutPrefix(section[strings.Index(section, "\n### A first install")+1:], "### A first install")
-	if !ok {
+	cut := strings.Index(section, "\n### A first install")
+	if cut < 0 {
 		t.Fatal(`docs/node-pools.md has no section "A first install with the policy in force first" in its pools section`)
 	}
-	section = section[:strings.Index(section, "\n### A first install")]
+	first := strings.TrimPrefix(section[cut+1:], "### A first install")
+	section = section[:cut]
 	for re, into := range map[string]*string{
 		`(?m)^helm install nodecreds \S+ --namespace \S+ --set (\S+)$`: &r.first.set,
 		`--as=(\S+)`:       &r.first.as,
@@ -704,7 +705,7 @@ func TestNodePoolIsolation(t *testing.T) {
 		// list) to the agent, as the API server does; the provisioner still
 		// owns the pool label, and nothing else changed hands.
 		for _, e := range n.ManagedFields {
-			f := string(e.FieldsV1.Raw)
+			f := e.FieldsV1.GetRawString()
 			switch {
 			case e.Manager == "provisioner" && f != `{"f:metadata":{"f:labels":{"f:`+poolLabel+`":{}}}}`:
 				t.Errorf("after the agent's sync the provisioner owns %s, want the pool label only", f)

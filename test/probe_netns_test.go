@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -70,7 +71,7 @@ func TestProbeSendsNoCredentialWhereItDoesNotBelong(t *testing.T) {
 	out, err := cmd.Output()
 	if err != nil {
 		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 			stderr = ee.Stderr
 		}
 		t.Fatalf("the helper in its namespaces failed: %v\n%s%s", err, out, stderr)
@@ -265,7 +266,7 @@ func hostsRuns(bin string) ([]hostsRun, error) {
 		var stdout, stderr strings.Builder
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Run(); err != nil {
-			if _, ok := err.(*exec.ExitError); !ok {
+			if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) {
 				return nil, err
 			}
 		}

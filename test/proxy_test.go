@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -64,7 +65,7 @@ func TestProbeThroughAProxyReachesTheRegistryItself(t *testing.T) {
 	out, err := cmd.Output()
 	if err != nil {
 		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 			stderr = ee.Stderr
 		}
 		t.Fatalf("the helper in its network namespace failed: %v\n%s%s", err, out, stderr)
@@ -183,7 +184,7 @@ func netnsRuns(bin string) ([]netnsRun, error) {
 			var stdout, stderr strings.Builder
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Run(); err != nil {
-				if _, ok := err.(*exec.ExitError); !ok {
+				if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) {
 					return nil, err
 				}
 			}

@@ -17,6 +17,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -373,7 +374,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 
 // finish adds the file-engine benchmark and the plugin runs, writes
 // benchmarks.md and says which targets were missed.
-func (res *results) finish(ctx context.Context, cfg config) error {
+func (r *results) finish(ctx context.Context, cfg config) error {
 	bin, err := agentBinary()
 	if err != nil {
 		return err
@@ -386,25 +387,25 @@ func (res *results) finish(ctx context.Context, cfg config) error {
 	logf("file engine: go test -bench ./internal/nodefile (5 runs)")
 	out, err := exec.CommandContext(ctx, "go", "test", "-run=^$", "-bench=.", "-benchtime=20x", "-count=5", "-benchmem", "./internal/nodefile").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("go test -bench: %v\n%s", err, out)
+		return fmt.Errorf("go test -bench: %w\n%s", err, out)
 	}
 	for _, l := range strings.Split(string(out), "\n") {
 		if strings.HasPrefix(l, "Benchmark") {
-			res.engine += l + "\n"
+			r.engine += l + "\n"
 		}
 	}
-	fmt.Print(res.engine)
+	fmt.Print(r.engine)
 
 	logf("big Secret: one-entry changes of a 10,000-entry mounted Secret")
-	if err := res.measureBigSecret(ctx, bin, work, 20); err != nil {
+	if err := r.measureBigSecret(ctx, bin, work, 20); err != nil {
 		return err
 	}
 
 	logf("credential provider: %d runs as the kubelet makes them", cfg.pluginRuns)
-	if err := res.measurePlugin(ctx, bin, work, cfg.pluginRuns); err != nil {
+	if err := r.measurePlugin(ctx, bin, work, cfg.pluginRuns); err != nil {
 		return err
 	}
-	report := res.markdown(machine())
+	report := r.markdown(machine())
 	// The curve's and the soak's sections are other commands': keep them.
 	report = benchdoc.Keep(report, cfg.out)
 	if err := os.WriteFile(cfg.out, []byte(report), 0o644); err != nil {
@@ -412,7 +413,7 @@ func (res *results) finish(ctx context.Context, cfg config) error {
 	}
 	logf("wrote %s", cfg.out)
 	fmt.Println(report)
-	if missed := res.missed(); len(missed) > 0 {
+	if missed := r.missed(); len(missed) > 0 {
 		return fmt.Errorf("targets missed: %s", strings.Join(missed, "; "))
 	}
 	return nil
@@ -520,7 +521,10 @@ func (r *results) measurePlugin(ctx context.Context, bin, work string, runs int)
 		out, err := cmd.Output()
 		d := time.Since(t0)
 		if err != nil || !strings.Contains(string(out), `"registry-42.example.com":{"username":"robot"`) {
-			return fmt.Errorf("credential-provider run: %v (answer without the expected entry)", err)
+			if err != nil {
+				return fmt.Errorf("credential-provider run: %w", err)
+			}
+			return errors.New("credential-provider run: answer without the expected entry")
 		}
 		r.plugin = append(r.plugin, d)
 	}

@@ -160,7 +160,10 @@ func (k *Kubelet) Metrics(ctx context.Context) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil || resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("kubelet metrics: %s %v", resp.Status, err)
+		if err == nil {
+			return "", fmt.Errorf("kubelet metrics: %s", resp.Status)
+		}
+		return "", fmt.Errorf("kubelet metrics: %s: %w", resp.Status, err)
 	}
 	return string(b), nil
 }
