@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,11 +17,13 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/sirupsen/logrus"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/filewatch"
+	"github.com/nodecreds/nodecreds/internal/metrics"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
-	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/source"
 )
 
@@ -54,7 +57,7 @@ type Plugin interface {
 
 // Reporter is told every sync's outcome (the Node's status in cluster mode).
 type Reporter interface {
-	Report(ctx context.Context, st report.SyncStatus)
+	Report(ctx context.Context, st nodestatus.SyncStatus)
 }
 
 // Options configures the agent.
@@ -70,8 +73,8 @@ type Options struct {
 	// Poll is how often targets are compared when inotify is unavailable
 	// (filewatch.DefaultPoll when zero).
 	Poll      time.Duration
-	Metrics   *report.Metrics // optional
-	Health    *report.Health  // optional
+	Metrics   *metrics.Metrics // optional
+	Health    *metrics.Health  // optional
 	Reporters []Reporter
 	Plugin    Plugin // optional
 }
@@ -161,7 +164,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	for _, s := range o.Sources {
 		if s.Err != nil {
 			errs = append(errs, fmt.Errorf("source %s: %w", s.Name, s.Err))
-			a.count(func(m *report.Metrics) { m.SourceErrors.WithLabelValues(s.Name, s.Reason()).Inc() })
+			a.count(func(m *metrics.Metrics) { m.SourceErrors.WithLabelValues(s.Name, s.Reason()).Inc() })
 			switch good, ok := a.lastGood[s.Name]; {
 			case errors.Is(s.Err, source.ErrNotFound) && a.opts.Prune:
 				// A deleted source counts as empty only with prune.
@@ -257,7 +260,7 @@ func (a *Agent) notes() []string {
 			}
 		}
 		a.polling[watch] = why
-		a.count(func(m *report.Metrics) { m.Polling.WithLabelValues(watch).Set(polling) })
+		a.count(func(m *metrics.Metrics) { m.Polling.WithLabelValues(watch).Set(polling) })
 	}
 	return notes
 }
@@ -297,8 +300,8 @@ func (a *Agent) forgetGone(current []source.Snapshot) {
 
 // Status summarises an outcome for the Node: a reason a machine can match
 // and a message a person can act on, without any secret value.
-func (o Outcome) Status() report.SyncStatus {
-	st := report.SyncStatus{Revision: o.Revision, Sources: source.Versions(o.Sources), OK: o.Err == nil, Changed: o.Changed, Reason: "Synced"}
+func (o Outcome) Status() nodestatus.SyncStatus {
+	st := nodestatus.SyncStatus{Revision: o.Revision, Sources: source.Versions(o.Sources), OK: o.Err == nil, Changed: o.Changed, Reason: "Synced"}
 	var problems []string
 	for _, s := range o.Sources {
 		if s.Err != nil {
@@ -397,7 +400,7 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		default:
 			rl.Debug("target already in sync")
 		}
-		a.count(func(m *report.Metrics) {
+		a.count(func(m *metrics.Metrics) {
 			m.Entries.WithLabelValues(r.Target).Set(float64(r.Entries))
 			if r.Changed {
 				m.Writes.WithLabelValues(r.Target).Inc()
@@ -411,7 +414,7 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 	if o.Err != nil {
 		result = "error"
 	}
-	a.count(func(m *report.Metrics) {
+	a.count(func(m *metrics.Metrics) {
 		m.Syncs.WithLabelValues(result).Inc()
 		m.Duration.Observe(took.Seconds())
 		if o.Err == nil {
@@ -438,10 +441,16 @@ func registries(desired dockercfg.Set) logrus.Fields {
 	return logrus.Fields{"registries": dockercfg.SafeKeys(keys[:loggedRegistries]), "moreRegistries": len(keys) - loggedRegistries}
 }
 
-func (a *Agent) count(f func(*report.Metrics)) {
+func (a *Agent) count(f func(*metrics.Metrics)) {
 	if a.opts.Metrics != nil {
 		f(a.opts.Metrics)
 	}
+}
+
+// retryBackoff is the schedule of syncs retried after a failure: 1 s,
+// doubling, capped at max (Options.MaxBackoff).
+func retryBackoff(max time.Duration) wait.Backoff {
+	return wait.Backoff{Duration: time.Second, Factor: 2, Steps: math.MaxInt32, Cap: max}
 }
 
 const (
@@ -471,7 +480,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-debounce.C
 	retry := time.NewTimer(0)
 	<-retry.C
-	bo := report.RetryBackoff(a.opts.MaxBackoff)
+	bo := retryBackoff(a.opts.MaxBackoff)
 	pending := ""
 	var lastRun time.Time
 
@@ -497,7 +506,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			retry.Reset(bo.Step())
 		} else {
 			retry.Stop()
-			bo = report.RetryBackoff(a.opts.MaxBackoff)
+			bo = retryBackoff(a.opts.MaxBackoff)
 		}
 	}
 	schedule := func(cause string) {

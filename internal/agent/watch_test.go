@@ -15,7 +15,7 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/filewatch"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
-	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/source"
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
@@ -25,12 +25,12 @@ import (
 // then busy, as after a sync's read, when the test changes a file.
 type statusReporter struct {
 	mu      sync.Mutex
-	got     []report.SyncStatus
+	got     []nodestatus.SyncStatus
 	gate    chan struct{} // closed by the test to release an armed Report
 	reached chan struct{} // closed when an armed Report waits
 }
 
-func (s *statusReporter) Report(_ context.Context, st report.SyncStatus) {
+func (s *statusReporter) Report(_ context.Context, st nodestatus.SyncStatus) {
 	s.mu.Lock()
 	s.got = append(s.got, st)
 	gate, reached := s.gate, s.reached
@@ -58,7 +58,7 @@ func (s *statusReporter) n() int {
 	return len(s.got)
 }
 
-func (s *statusReporter) last() report.SyncStatus {
+func (s *statusReporter) last() nodestatus.SyncStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.got[len(s.got)-1]

@@ -1,4 +1,4 @@
-package report
+package nodestatus
 
 import (
 	"context"
