@@ -501,7 +501,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		o := a.Sync(ctx, cause)
 		watch.wrote(o.Results)
 		watch.refresh()
-		watch.settled() // our own writes are not drift
+		watch.polledDrift() // our own writes are the baseline, not drift
 		if o.Err != nil || o.PluginErr != nil {
 			retry.Reset(bo.Step())
 		} else {
@@ -546,7 +546,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.WithError(err).Warn("target watch error; re-checking")
 			schedule(causeDrift)
 		case <-w.Tick():
-			if watch.settled() {
+			if watch.polledDrift() {
 				schedule(causeDrift)
 			}
 		case <-debounce.C:
@@ -643,7 +643,7 @@ func (t *targetWatch) refresh() {
 // settled (polling only) reports whether a target drifted from what the
 // last sync left there, or, for a target with nothing recorded, whether
 // the metadata of its paths changed since the last call.
-func (t *targetWatch) settled() bool {
+func (t *targetWatch) polledDrift() bool {
 	if t.w.Polling() == "" {
 		return false
 	}

@@ -272,10 +272,10 @@ func TestPollingComparesWithWhatWasLeft(t *testing.T) {
 					disturb()
 					tw.wrote(res)
 					tw.refresh()
-					tw.settled() // as Run does after each sync
+					tw.polledDrift() // as Run does after each sync
 				}
 				sync(func() {})
-				if tw.settled() {
+				if tw.polledDrift() {
 					t.Fatal("a tick after the agent's own write reported drift")
 				}
 				if duringSync {
@@ -283,11 +283,11 @@ func TestPollingComparesWithWhatWasLeft(t *testing.T) {
 				} else {
 					tt.disturb(t, path)
 				}
-				if !tw.settled() {
+				if !tw.polledDrift() {
 					t.Fatal("the change was not seen")
 				}
 				sync(func() {})
-				if tw.settled() {
+				if tw.polledDrift() {
 					t.Error("a tick after the correction reported drift")
 				}
 			})
@@ -295,10 +295,10 @@ func TestPollingComparesWithWhatWasLeft(t *testing.T) {
 	}
 }
 
-// TestLinkedTargetSettles: a target that is an absolute symlink (taken
+// TestLinkedTargetPolledForDrift: a target that is an absolute symlink (taken
 // under the host root, as the node sees it) is compared where it
 // resolves, so the agent's own write is not drift; re-pointing the link is.
-func TestLinkedTargetSettles(t *testing.T) {
+func TestLinkedTargetPolledForDrift(t *testing.T) {
 	root := t.TempDir()
 	target := "/var/lib/kubelet/config.json"
 	must(t, os.MkdirAll(filepath.Join(root, "var/lib/kubelet"), 0o700))
@@ -313,15 +313,15 @@ func TestLinkedTargetSettles(t *testing.T) {
 	}
 	tw.wrote(res)
 	tw.refresh()
-	tw.settled()
+	tw.polledDrift()
 	for i := range 2 {
-		if tw.settled() || tw.drifted(target) {
+		if tw.polledDrift() || tw.drifted(target) {
 			t.Fatalf("tick %d: the agent's own write through the link reported drift", i)
 		}
 	}
 	must(t, os.Remove(filepath.Join(root, target)))
 	must(t, os.Symlink("/etc/other/config.json", filepath.Join(root, target)))
-	if !tw.settled() {
+	if !tw.polledDrift() {
 		t.Error("the link re-pointed was not seen")
 	}
 }
