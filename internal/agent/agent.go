@@ -158,45 +158,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		defer h.SyncEnded()
 	}
 	o := Outcome{Cause: cause, Sources: a.src.Snapshots()}
-	var errs []error
-	d := nodefile.Desired{Sources: make([]dockercfg.NamedSet, 0, len(o.Sources)), Prune: a.opts.Prune}
-	var clashes []dockercfg.Clash
-	for _, s := range o.Sources {
-		if s.Err != nil {
-			errs = append(errs, fmt.Errorf("source %s: %w", s.Name, s.Err))
-			a.count(func(m *metrics.Metrics) { m.SourceErrors.WithLabelValues(s.Name, s.Reason()).Inc() })
-			switch good, ok := a.lastGood[s.Name]; {
-			case errors.Is(s.Err, source.ErrNotFound) && a.opts.Prune:
-				// A deleted source counts as empty only with prune.
-				delete(a.lastGood, s.Name)
-				continue
-			case errors.Is(s.Err, source.ErrNodeUnknown):
-				// A Secret for some nodes, and this agent cannot tell
-				// whether its Node is one of them (its Node is gone, or
-				// it has no node name): it applies nowhere, whatever
-				// applied before.
-				delete(a.lastGood, s.Name)
-				continue
-			case ok && !a.stillApplies(good):
-				// Its last good content was for nodes this one no longer
-				// is (relabelled, or gone) while it cannot be read now.
-				delete(a.lastGood, s.Name)
-				continue
-			case ok:
-				s = good // keep the last good state in force
-			default:
-				// Unknown: apply the rest; of what is on the node, hold
-				// back only what this source may have written.
-				d.Hold = append(d.Hold, s.Name)
-				continue
-			}
-		} else {
-			a.lastGood[s.Name] = s
-		}
-		clashes = append(clashes, s.Clashes...)
-		d.Sources = append(d.Sources, dockercfg.NamedSet{Name: s.Name, Set: s.Set})
-	}
-	a.forgetGone(o.Sources)
+	d, clashes, errs := a.desired(o.Sources)
 	desired, more := dockercfg.View(dockercfg.Kubelet, d.Sources...)
 	clashes = append(clashes, more...)
 	o.Revision = source.Revision(o.Sources)
@@ -225,6 +187,65 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		r.Report(ctx, st)
 	}
 	return o
+}
+
+// desired is what the sources want on the node, the clashes between
+// them and why some cannot be used now.
+func (a *Agent) desired(snaps []source.Snapshot) (nodefile.Desired, []dockercfg.Clash, []error) {
+	d := nodefile.Desired{Sources: make([]dockercfg.NamedSet, 0, len(snaps)), Prune: a.opts.Prune}
+	var clashes []dockercfg.Clash
+	var errs []error
+	for _, s := range snaps {
+		if s.Err != nil {
+			errs = append(errs, fmt.Errorf("source %s: %w", s.Name, s.Err))
+			a.count(func(m *metrics.Metrics) { m.SourceErrors.WithLabelValues(s.Name, s.Reason()).Inc() })
+			good, use, hold := a.fallback(s)
+			if hold {
+				d.Hold = append(d.Hold, s.Name)
+			}
+			if !use {
+				continue
+			}
+			s = good
+		} else {
+			a.lastGood[s.Name] = s
+		}
+		clashes = append(clashes, s.Clashes...)
+		d.Sources = append(d.Sources, dockercfg.NamedSet{Name: s.Name, Set: s.Set})
+	}
+	a.forgetGone(snaps)
+	return d, clashes, errs
+}
+
+// fallback is what stands for source s, which cannot be read now: its
+// last good snapshot (use), nothing (neither use nor hold: it applies
+// nowhere), or, when its content is unknown, its entries on the node held
+// back (hold).
+func (a *Agent) fallback(s source.Snapshot) (good source.Snapshot, use, hold bool) {
+	switch last, ok := a.lastGood[s.Name]; {
+	case errors.Is(s.Err, source.ErrNotFound) && a.opts.Prune:
+		// A deleted source counts as empty only with prune.
+		delete(a.lastGood, s.Name)
+		return source.Snapshot{}, false, false
+	case errors.Is(s.Err, source.ErrNodeUnknown):
+		// A Secret for some nodes, and this agent cannot tell
+		// whether its Node is one of them (its Node is gone, or
+		// it has no node name): it applies nowhere, whatever
+		// applied before.
+		delete(a.lastGood, s.Name)
+		return source.Snapshot{}, false, false
+	case ok && !a.stillApplies(last):
+		// Its last good content was for nodes this one no longer
+		// is (relabelled, or gone) while it cannot be read now.
+		delete(a.lastGood, s.Name)
+		return source.Snapshot{}, false, false
+	case ok:
+		return last, true, false // keep the last good state in force
+	default:
+		// Unknown: apply the rest; of what is on the node, hold
+		// back only what this source may have written.
+		return source.Snapshot{}, false, true
+	}
 }
 
 // applier is a source that can tell whether a snapshot seen before still
@@ -373,42 +394,7 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		log.WithError(o.FilesErr).Error("no target synced: nodecreds' state cannot be used")
 	}
 	for _, r := range o.Results {
-		rl := log.WithFields(logrus.Fields{"target": r.Target, "path": r.Path, "entries": r.Entries})
-		for _, w := range r.Warnings {
-			rl.Warn(w)
-		}
-		// Foreign keys come from the node's files, not from a validated
-		// source: any of them may hold a password.
-		if len(r.Released) > 0 {
-			rl.WithField("keys", dockercfg.SafeKeys(r.Released)).Warn("entries nodecreds wrote were changed by someone else; leaving them to their new owner")
-		}
-		if len(r.Displaced) > 0 {
-			rl.WithField("keys", dockercfg.SafeKeys(r.Displaced)).Info("displaced foreign entries for registries the sources provide; they are kept and restored later")
-		}
-		if len(r.Restored) > 0 {
-			rl.WithField("keys", dockercfg.SafeKeys(r.Restored)).Info("restored displaced entries")
-		}
-		switch {
-		case r.Err != nil:
-			rl.WithError(r.Err).Error("target not in sync")
-		case r.Removed:
-			rl.Info("removed target file nodecreds created, now empty")
-		case r.Changed && drifting:
-			rl.WithFields(registries(desired)).Info("target had drifted; corrected")
-		case r.Changed:
-			rl.WithFields(registries(desired)).Info("target updated")
-		default:
-			rl.Debug("target already in sync")
-		}
-		a.count(func(m *metrics.Metrics) {
-			m.Entries.WithLabelValues(r.Target).Set(float64(r.Entries))
-			if r.Changed {
-				m.Writes.WithLabelValues(r.Target).Inc()
-				if drifting {
-					m.Drift.WithLabelValues(r.Target).Inc()
-				}
-			}
-		})
+		a.recordTarget(log, r, desired, drifting)
 	}
 	result := "success"
 	if o.Err != nil {
@@ -425,6 +411,46 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		a.opts.Health.SetReady()
 	}
 	log.WithFields(logrus.Fields{"result": result, "changed": o.Changed, "took": took.String()}).Debug("sync done")
+}
+
+// recordTarget logs and counts the outcome of one target. Foreign keys
+// come from the node's files, not from a validated source: any of them
+// may hold a password, so they are logged through SafeKeys.
+func (a *Agent) recordTarget(log *logrus.Entry, r nodefile.Result, desired dockercfg.Set, drifting bool) {
+	rl := log.WithFields(logrus.Fields{"target": r.Target, "path": r.Path, "entries": r.Entries})
+	for _, w := range r.Warnings {
+		rl.Warn(w)
+	}
+	if len(r.Released) > 0 {
+		rl.WithField("keys", dockercfg.SafeKeys(r.Released)).Warn("entries nodecreds wrote were changed by someone else; leaving them to their new owner")
+	}
+	if len(r.Displaced) > 0 {
+		rl.WithField("keys", dockercfg.SafeKeys(r.Displaced)).Info("displaced foreign entries for registries the sources provide; they are kept and restored later")
+	}
+	if len(r.Restored) > 0 {
+		rl.WithField("keys", dockercfg.SafeKeys(r.Restored)).Info("restored displaced entries")
+	}
+	switch {
+	case r.Err != nil:
+		rl.WithError(r.Err).Error("target not in sync")
+	case r.Removed:
+		rl.Info("removed target file nodecreds created, now empty")
+	case r.Changed && drifting:
+		rl.WithFields(registries(desired)).Info("target had drifted; corrected")
+	case r.Changed:
+		rl.WithFields(registries(desired)).Info("target updated")
+	default:
+		rl.Debug("target already in sync")
+	}
+	a.count(func(m *metrics.Metrics) {
+		m.Entries.WithLabelValues(r.Target).Set(float64(r.Entries))
+		if r.Changed {
+			m.Writes.WithLabelValues(r.Target).Inc()
+			if drifting {
+				m.Drift.WithLabelValues(r.Target).Inc()
+			}
+		}
+	})
 }
 
 // loggedRegistries bounds the registries named in one log line: a source
@@ -472,93 +498,116 @@ func (a *Agent) Run(ctx context.Context) error {
 	w := filewatch.New(a.opts.Poll)
 	defer w.Close()
 	a.targets = w
-	watch := newTargetWatch(w, a.files, a.opts.Targets, a.opts.HostRoot)
-
+	l := a.newLoop(newTargetWatch(w, a.files, a.opts.Targets, a.opts.HostRoot))
 	resync := time.NewTicker(a.opts.Resync)
 	defer resync.Stop()
-	debounce := time.NewTimer(0)
-	<-debounce.C
-	retry := time.NewTimer(0)
-	<-retry.C
-	bo := retryBackoff(a.opts.MaxBackoff)
-	pending := ""
-	var lastRun time.Time
+	changes, completed := a.changeSignals()
 
-	// A source that can tell a whole new version (a watch event, the
-	// kubelet's ..data swap) from a change that may be under way is synced
-	// at once on the first, with what follows within Debounce coalesced.
-	changes := a.src.Changed()
-	var completed <-chan struct{}
-	if c, ok := a.src.(completer); ok {
-		completed = c.Completed()
-		if completed == changes {
-			changes = nil // every change is complete
-		}
-	}
-
-	run := func(cause string) {
-		defer func() { lastRun = time.Now() }()
-		o := a.Sync(ctx, cause)
-		watch.wrote(o.Results)
-		watch.refresh()
-		watch.polledDrift() // our own writes are the baseline, not drift
-		if o.Err != nil || o.PluginErr != nil {
-			retry.Reset(bo.Step())
-		} else {
-			retry.Stop()
-			bo = retryBackoff(a.opts.MaxBackoff)
-		}
-	}
-	schedule := func(cause string) {
-		if pending == "" {
-			pending = cause
-		}
-		debounce.Reset(a.opts.Debounce)
-	}
-	now := func(cause string) {
-		if pending == "" && time.Since(lastRun) >= a.opts.Debounce {
-			run(cause)
-			return
-		}
-		schedule(cause)
-	}
-
-	run(causeStart)
+	l.run(ctx, causeStart)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changes:
-			schedule(causeSource)
+			l.schedule(causeSource)
 		case <-completed:
-			now(causeSource)
+			l.now(ctx, causeSource)
 		case ev, ok := <-w.Events:
 			if !ok {
 				return nil
 			}
-			if watch.relevant(ev) {
-				schedule(causeDrift)
+			if l.watch.relevant(ev) {
+				l.schedule(causeDrift)
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
 			a.log.WithError(err).Warn("target watch error; re-checking")
-			schedule(causeDrift)
+			l.schedule(causeDrift)
 		case <-w.Tick():
-			if watch.polledDrift() {
-				schedule(causeDrift)
+			if l.watch.polledDrift() {
+				l.schedule(causeDrift)
 			}
-		case <-debounce.C:
-			cause := pending
-			pending = ""
-			run(cause)
-		case <-retry.C:
-			run(causeRetry)
+		case <-l.debounce.C:
+			cause := l.pending
+			l.pending = ""
+			l.run(ctx, cause)
+		case <-l.retry.C:
+			l.run(ctx, causeRetry)
 		case <-resync.C:
-			run(causeResync)
+			l.run(ctx, causeResync)
 		}
 	}
+}
+
+// changeSignals are the source's signals. A source that can tell a whole
+// new version (a watch event, the kubelet's ..data swap) from a change
+// that may be under way is synced at once on the first (completed), with
+// what follows within Debounce coalesced; every other change (changes) is
+// debounced. changes is nil when every change is complete, completed nil
+// when the source cannot tell.
+func (a *Agent) changeSignals() (changes, completed <-chan struct{}) {
+	changes = a.src.Changed()
+	if c, ok := a.src.(completer); ok {
+		completed = c.Completed()
+		if completed == changes {
+			changes = nil // every change is complete
+		}
+	}
+	return changes, completed
+}
+
+// loop is Run's schedule: the sync debounced (pending names its cause),
+// the retry after a failure and its backoff.
+type loop struct {
+	a        *Agent
+	watch    *targetWatch
+	debounce *time.Timer
+	retry    *time.Timer
+	bo       wait.Backoff
+	pending  string
+	lastRun  time.Time
+}
+
+func (a *Agent) newLoop(watch *targetWatch) *loop {
+	l := &loop{a: a, watch: watch, debounce: time.NewTimer(0), retry: time.NewTimer(0), bo: retryBackoff(a.opts.MaxBackoff)}
+	<-l.debounce.C
+	<-l.retry.C
+	return l
+}
+
+// run syncs now, and arms the retry after a failure.
+func (l *loop) run(ctx context.Context, cause string) {
+	defer func() { l.lastRun = time.Now() }()
+	o := l.a.Sync(ctx, cause)
+	l.watch.wrote(o.Results)
+	l.watch.refresh()
+	l.watch.polledDrift() // our own writes are the baseline, not drift
+	if o.Err != nil || o.PluginErr != nil {
+		l.retry.Reset(l.bo.Step())
+	} else {
+		l.retry.Stop()
+		l.bo = retryBackoff(l.a.opts.MaxBackoff)
+	}
+}
+
+// schedule syncs after Debounce, for the first cause since the last sync.
+func (l *loop) schedule(cause string) {
+	if l.pending == "" {
+		l.pending = cause
+	}
+	l.debounce.Reset(l.a.opts.Debounce)
+}
+
+// now syncs at once unless a sync ran within Debounce or one is pending:
+// then it is scheduled.
+func (l *loop) now(ctx context.Context, cause string) {
+	if l.pending == "" && time.Since(l.lastRun) >= l.a.opts.Debounce {
+		l.run(ctx, cause)
+		return
+	}
+	l.schedule(cause)
 }
 
 // targetWatch watches the folders of the targets (as given and as resolved
