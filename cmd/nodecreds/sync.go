@@ -80,7 +80,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 			break
 		}
 		nodeLog := log.WithField("component", "node-status")
-		recorder := kube.EventRecorder{Client: client, Component: "nodecreds", Host: cfg.NodeName,
+		recorder := kube.EventRecorder{Client: client, Component: "nodecreds", Host: cfg.NodeName, Context: ctx,
 			OnError: func(err error) { nodeLog.WithError(err).Warn("cannot record an Event") }}
 		p.events = recorder
 		p.node = nodestatus.NewNodeReporter(client, cfg.NodeName, recorder, nodeLog)
