@@ -14,10 +14,11 @@ import (
 	"github.com/nodecreds/nodecreds/internal/agent"
 	"github.com/nodecreds/nodecreds/internal/config"
 	"github.com/nodecreds/nodecreds/internal/kube"
+	"github.com/nodecreds/nodecreds/internal/metrics"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 	"github.com/nodecreds/nodecreds/internal/nodelock"
+	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/provider"
-	"github.com/nodecreds/nodecreds/internal/report"
 	"github.com/nodecreds/nodecreds/internal/source"
 )
 
@@ -54,11 +55,11 @@ type runnableSource interface {
 // parts are the agent's components, built once for either mode.
 type parts struct {
 	src    runnableSource
-	node   *report.NodeReporter // nil without a Node to report to
-	events report.Recorder      // Events on the Node; nil without one
+	node   *nodestatus.NodeReporter // nil without a Node to report to
+	events nodestatus.Recorder      // Events on the Node; nil without one
 	agent  *agent.Agent
 	reg    *prometheus.Registry
-	health *report.Health
+	health *metrics.Health
 }
 
 func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*parts, error) {
@@ -79,10 +80,10 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 			break
 		}
 		nodeLog := log.WithField("component", "node-status")
-		recorder := kube.EventRecorder{Client: client, Component: "nodecreds", Host: cfg.NodeName,
+		recorder := kube.EventRecorder{Client: client, Component: "nodecreds", Host: cfg.NodeName, Context: ctx,
 			OnError: func(err error) { nodeLog.WithError(err).Warn("cannot record an Event") }}
 		p.events = recorder
-		p.node = report.NewNodeReporter(client, cfg.NodeName, recorder, nodeLog)
+		p.node = nodestatus.NewNodeReporter(client, cfg.NodeName, recorder, nodeLog)
 		reporters = append(reporters, p.node)
 	default:
 		return nil, config.UsageError(fmt.Errorf("--source %s: unknown", cfg.Source))
@@ -90,13 +91,13 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 
 	files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})
 	p.reg = prometheus.NewRegistry()
-	p.health = &report.Health{}
+	p.health = &metrics.Health{}
 	p.agent = agent.New(p.src, files, agent.Options{
 		Targets:   cfg.Targets,
 		HostRoot:  cfg.HostRoot,
 		Prune:     cfg.Prune,
 		Resync:    cfg.Resync,
-		Metrics:   report.NewMetrics(p.reg),
+		Metrics:   metrics.NewMetrics(p.reg),
 		Health:    p.health,
 		Reporters: reporters,
 		Plugin:    plugin(cfg),
@@ -170,7 +171,7 @@ func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logge
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	if cfg.MetricsAddr != "0" {
-		srv := report.NewServer(cfg.MetricsAddr, p.reg, p.health)
+		srv := metrics.NewServer(cfg.MetricsAddr, p.reg, p.health)
 		if err := srv.Listen(); err != nil {
 			return err
 		}
@@ -209,10 +210,10 @@ func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logge
 }
 
 // holdNode takes the node's agent lock, waiting (reported in the log, on
-// /readyz and, see report.AgentWait, on the Node) while another agent holds
+// /readyz and, see nodestatus.AgentWait, on the Node) while another agent holds
 // it.
 func holdNode(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logger) (*nodelock.Lock, error) {
-	wait := &report.AgentWait{Recorder: p.events, Node: cfg.NodeName, Pool: cfg.Pool, Pod: cfg.PodName,
+	wait := &nodestatus.AgentWait{Recorder: p.events, Node: cfg.NodeName, Pool: cfg.Pool, Pod: cfg.PodName,
 		Health: p.health, Log: log.WithField("component", "agent-lock")}
 	lock, err := nodelock.Acquire(ctx, nodelock.Options{
 		HostRoot: cfg.HostRoot,

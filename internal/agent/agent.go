@@ -8,19 +8,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/sirupsen/logrus"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/filewatch"
+	"github.com/nodecreds/nodecreds/internal/metrics"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
-	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/source"
 )
 
@@ -54,7 +52,7 @@ type Plugin interface {
 
 // Reporter is told every sync's outcome (the Node's status in cluster mode).
 type Reporter interface {
-	Report(ctx context.Context, st report.SyncStatus)
+	Report(ctx context.Context, st nodestatus.SyncStatus)
 }
 
 // Options configures the agent.
@@ -70,8 +68,8 @@ type Options struct {
 	// Poll is how often targets are compared when inotify is unavailable
 	// (filewatch.DefaultPoll when zero).
 	Poll      time.Duration
-	Metrics   *report.Metrics // optional
-	Health    *report.Health  // optional
+	Metrics   *metrics.Metrics // optional
+	Health    *metrics.Health  // optional
 	Reporters []Reporter
 	Plugin    Plugin // optional
 }
@@ -155,45 +153,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		defer h.SyncEnded()
 	}
 	o := Outcome{Cause: cause, Sources: a.src.Snapshots()}
-	var errs []error
-	d := nodefile.Desired{Sources: make([]dockercfg.NamedSet, 0, len(o.Sources)), Prune: a.opts.Prune}
-	var clashes []dockercfg.Clash
-	for _, s := range o.Sources {
-		if s.Err != nil {
-			errs = append(errs, fmt.Errorf("source %s: %w", s.Name, s.Err))
-			a.count(func(m *report.Metrics) { m.SourceErrors.WithLabelValues(s.Name, s.Reason()).Inc() })
-			switch good, ok := a.lastGood[s.Name]; {
-			case errors.Is(s.Err, source.ErrNotFound) && a.opts.Prune:
-				// A deleted source counts as empty only with prune.
-				delete(a.lastGood, s.Name)
-				continue
-			case errors.Is(s.Err, source.ErrNodeUnknown):
-				// A Secret for some nodes, and this agent cannot tell
-				// whether its Node is one of them (its Node is gone, or
-				// it has no node name): it applies nowhere, whatever
-				// applied before.
-				delete(a.lastGood, s.Name)
-				continue
-			case ok && !a.stillApplies(good):
-				// Its last good content was for nodes this one no longer
-				// is (relabelled, or gone) while it cannot be read now.
-				delete(a.lastGood, s.Name)
-				continue
-			case ok:
-				s = good // keep the last good state in force
-			default:
-				// Unknown: apply the rest; of what is on the node, hold
-				// back only what this source may have written.
-				d.Hold = append(d.Hold, s.Name)
-				continue
-			}
-		} else {
-			a.lastGood[s.Name] = s
-		}
-		clashes = append(clashes, s.Clashes...)
-		d.Sources = append(d.Sources, dockercfg.NamedSet{Name: s.Name, Set: s.Set})
-	}
-	a.forgetGone(o.Sources)
+	d, clashes, errs := a.desired(o.Sources)
 	desired, more := dockercfg.View(dockercfg.Kubelet, d.Sources...)
 	clashes = append(clashes, more...)
 	o.Revision = source.Revision(o.Sources)
@@ -222,6 +182,65 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		r.Report(ctx, st)
 	}
 	return o
+}
+
+// desired is what the sources want on the node, the clashes between
+// them and why some cannot be used now.
+func (a *Agent) desired(snaps []source.Snapshot) (nodefile.Desired, []dockercfg.Clash, []error) {
+	d := nodefile.Desired{Sources: make([]dockercfg.NamedSet, 0, len(snaps)), Prune: a.opts.Prune}
+	var clashes []dockercfg.Clash
+	var errs []error
+	for _, s := range snaps {
+		if s.Err != nil {
+			errs = append(errs, fmt.Errorf("source %s: %w", s.Name, s.Err))
+			a.count(func(m *metrics.Metrics) { m.SourceErrors.WithLabelValues(s.Name, s.Reason()).Inc() })
+			good, use, hold := a.fallback(s)
+			if hold {
+				d.Hold = append(d.Hold, s.Name)
+			}
+			if !use {
+				continue
+			}
+			s = good
+		} else {
+			a.lastGood[s.Name] = s
+		}
+		clashes = append(clashes, s.Clashes...)
+		d.Sources = append(d.Sources, dockercfg.NamedSet{Name: s.Name, Set: s.Set})
+	}
+	a.forgetGone(snaps)
+	return d, clashes, errs
+}
+
+// fallback is what stands for source s, which cannot be read now: its
+// last good snapshot (use), nothing (neither use nor hold: it applies
+// nowhere), or, when its content is unknown, its entries on the node held
+// back (hold).
+func (a *Agent) fallback(s source.Snapshot) (good source.Snapshot, use, hold bool) {
+	switch last, ok := a.lastGood[s.Name]; {
+	case errors.Is(s.Err, source.ErrNotFound) && a.opts.Prune:
+		// A deleted source counts as empty only with prune.
+		delete(a.lastGood, s.Name)
+		return source.Snapshot{}, false, false
+	case errors.Is(s.Err, source.ErrNodeUnknown):
+		// A Secret for some nodes, and this agent cannot tell
+		// whether its Node is one of them (its Node is gone, or
+		// it has no node name): it applies nowhere, whatever
+		// applied before.
+		delete(a.lastGood, s.Name)
+		return source.Snapshot{}, false, false
+	case ok && !a.stillApplies(last):
+		// Its last good content was for nodes this one no longer
+		// is (relabelled, or gone) while it cannot be read now.
+		delete(a.lastGood, s.Name)
+		return source.Snapshot{}, false, false
+	case ok:
+		return last, true, false // keep the last good state in force
+	default:
+		// Unknown: apply the rest; of what is on the node, hold
+		// back only what this source may have written.
+		return source.Snapshot{}, false, true
+	}
 }
 
 // applier is a source that can tell whether a snapshot seen before still
@@ -257,7 +276,7 @@ func (a *Agent) notes() []string {
 			}
 		}
 		a.polling[watch] = why
-		a.count(func(m *report.Metrics) { m.Polling.WithLabelValues(watch).Set(polling) })
+		a.count(func(m *metrics.Metrics) { m.Polling.WithLabelValues(watch).Set(polling) })
 	}
 	return notes
 }
@@ -297,8 +316,8 @@ func (a *Agent) forgetGone(current []source.Snapshot) {
 
 // Status summarises an outcome for the Node: a reason a machine can match
 // and a message a person can act on, without any secret value.
-func (o Outcome) Status() report.SyncStatus {
-	st := report.SyncStatus{Revision: o.Revision, Sources: source.Versions(o.Sources), OK: o.Err == nil, Changed: o.Changed, Reason: "Synced"}
+func (o Outcome) Status() nodestatus.SyncStatus {
+	st := nodestatus.SyncStatus{Revision: o.Revision, Sources: source.Versions(o.Sources), OK: o.Err == nil, Changed: o.Changed, Reason: "Synced"}
 	var problems []string
 	for _, s := range o.Sources {
 		if s.Err != nil {
@@ -370,48 +389,13 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		log.WithError(o.FilesErr).Error("no target synced: nodecreds' state cannot be used")
 	}
 	for _, r := range o.Results {
-		rl := log.WithFields(logrus.Fields{"target": r.Target, "path": r.Path, "entries": r.Entries})
-		for _, w := range r.Warnings {
-			rl.Warn(w)
-		}
-		// Foreign keys come from the node's files, not from a validated
-		// source: any of them may hold a password.
-		if len(r.Released) > 0 {
-			rl.WithField("keys", dockercfg.SafeKeys(r.Released)).Warn("entries nodecreds wrote were changed by someone else; leaving them to their new owner")
-		}
-		if len(r.Displaced) > 0 {
-			rl.WithField("keys", dockercfg.SafeKeys(r.Displaced)).Info("displaced foreign entries for registries the sources provide; they are kept and restored later")
-		}
-		if len(r.Restored) > 0 {
-			rl.WithField("keys", dockercfg.SafeKeys(r.Restored)).Info("restored displaced entries")
-		}
-		switch {
-		case r.Err != nil:
-			rl.WithError(r.Err).Error("target not in sync")
-		case r.Removed:
-			rl.Info("removed target file nodecreds created, now empty")
-		case r.Changed && drifting:
-			rl.WithFields(registries(desired)).Info("target had drifted; corrected")
-		case r.Changed:
-			rl.WithFields(registries(desired)).Info("target updated")
-		default:
-			rl.Debug("target already in sync")
-		}
-		a.count(func(m *report.Metrics) {
-			m.Entries.WithLabelValues(r.Target).Set(float64(r.Entries))
-			if r.Changed {
-				m.Writes.WithLabelValues(r.Target).Inc()
-				if drifting {
-					m.Drift.WithLabelValues(r.Target).Inc()
-				}
-			}
-		})
+		a.recordTarget(log, r, desired, drifting)
 	}
 	result := "success"
 	if o.Err != nil {
 		result = "error"
 	}
-	a.count(func(m *report.Metrics) {
+	a.count(func(m *metrics.Metrics) {
 		m.Syncs.WithLabelValues(result).Inc()
 		m.Duration.Observe(took.Seconds())
 		if o.Err == nil {
@@ -422,6 +406,46 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		a.opts.Health.SetReady()
 	}
 	log.WithFields(logrus.Fields{"result": result, "changed": o.Changed, "took": took.String()}).Debug("sync done")
+}
+
+// recordTarget logs and counts the outcome of one target. Foreign keys
+// come from the node's files, not from a validated source: any of them
+// may hold a password, so they are logged through SafeKeys.
+func (a *Agent) recordTarget(log *logrus.Entry, r nodefile.Result, desired dockercfg.Set, drifting bool) {
+	rl := log.WithFields(logrus.Fields{"target": r.Target, "path": r.Path, "entries": r.Entries})
+	for _, w := range r.Warnings {
+		rl.Warn(w)
+	}
+	if len(r.Released) > 0 {
+		rl.WithField("keys", dockercfg.SafeKeys(r.Released)).Warn("entries nodecreds wrote were changed by someone else; leaving them to their new owner")
+	}
+	if len(r.Displaced) > 0 {
+		rl.WithField("keys", dockercfg.SafeKeys(r.Displaced)).Info("displaced foreign entries for registries the sources provide; they are kept and restored later")
+	}
+	if len(r.Restored) > 0 {
+		rl.WithField("keys", dockercfg.SafeKeys(r.Restored)).Info("restored displaced entries")
+	}
+	switch {
+	case r.Err != nil:
+		rl.WithError(r.Err).Error("target not in sync")
+	case r.Removed:
+		rl.Info("removed target file nodecreds created, now empty")
+	case r.Changed && drifting:
+		rl.WithFields(registries(desired)).Info("target had drifted; corrected")
+	case r.Changed:
+		rl.WithFields(registries(desired)).Info("target updated")
+	default:
+		rl.Debug("target already in sync")
+	}
+	a.count(func(m *metrics.Metrics) {
+		m.Entries.WithLabelValues(r.Target).Set(float64(r.Entries))
+		if r.Changed {
+			m.Writes.WithLabelValues(r.Target).Inc()
+			if drifting {
+				m.Drift.WithLabelValues(r.Target).Inc()
+			}
+		}
+	})
 }
 
 // loggedRegistries bounds the registries named in one log line: a source
@@ -438,264 +462,8 @@ func registries(desired dockercfg.Set) logrus.Fields {
 	return logrus.Fields{"registries": dockercfg.SafeKeys(keys[:loggedRegistries]), "moreRegistries": len(keys) - loggedRegistries}
 }
 
-func (a *Agent) count(f func(*report.Metrics)) {
+func (a *Agent) count(f func(*metrics.Metrics)) {
 	if a.opts.Metrics != nil {
 		f(a.opts.Metrics)
 	}
-}
-
-const (
-	causeStart  = "start"
-	causeSource = "source"
-	causeDrift  = "drift"
-	causeResync = "resync"
-	causeRetry  = "retry"
-)
-
-// Run syncs until ctx ends. It never removes anything on the way out:
-// stopping the agent leaves the node's files as they are.
-func (a *Agent) Run(ctx context.Context) error {
-	select {
-	case <-a.src.Ready():
-	case <-ctx.Done():
-		return nil
-	}
-	w := filewatch.New(a.opts.Poll)
-	defer w.Close()
-	a.targets = w
-	watch := newTargetWatch(w, a.files, a.opts.Targets, a.opts.HostRoot)
-
-	resync := time.NewTicker(a.opts.Resync)
-	defer resync.Stop()
-	debounce := time.NewTimer(0)
-	<-debounce.C
-	retry := time.NewTimer(0)
-	<-retry.C
-	bo := report.RetryBackoff(a.opts.MaxBackoff)
-	pending := ""
-	var lastRun time.Time
-
-	// A source that can tell a whole new version (a watch event, the
-	// kubelet's ..data swap) from a change that may be under way is synced
-	// at once on the first, with what follows within Debounce coalesced.
-	changes := a.src.Changed()
-	var completed <-chan struct{}
-	if c, ok := a.src.(completer); ok {
-		completed = c.Completed()
-		if completed == changes {
-			changes = nil // every change is complete
-		}
-	}
-
-	run := func(cause string) {
-		defer func() { lastRun = time.Now() }()
-		o := a.Sync(ctx, cause)
-		watch.wrote(o.Results)
-		watch.refresh()
-		watch.settled() // our own writes are not drift
-		if o.Err != nil || o.PluginErr != nil {
-			retry.Reset(bo.Step())
-		} else {
-			retry.Stop()
-			bo = report.RetryBackoff(a.opts.MaxBackoff)
-		}
-	}
-	schedule := func(cause string) {
-		if pending == "" {
-			pending = cause
-		}
-		debounce.Reset(a.opts.Debounce)
-	}
-	now := func(cause string) {
-		if pending == "" && time.Since(lastRun) >= a.opts.Debounce {
-			run(cause)
-			return
-		}
-		schedule(cause)
-	}
-
-	run(causeStart)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changes:
-			schedule(causeSource)
-		case <-completed:
-			now(causeSource)
-		case ev, ok := <-w.Events:
-			if !ok {
-				return nil
-			}
-			if watch.relevant(ev) {
-				schedule(causeDrift)
-			}
-		case err, ok := <-w.Errors:
-			if !ok {
-				return nil
-			}
-			a.log.WithError(err).Warn("target watch error; re-checking")
-			schedule(causeDrift)
-		case <-w.Tick():
-			if watch.settled() {
-				schedule(causeDrift)
-			}
-		case <-debounce.C:
-			cause := pending
-			pending = ""
-			run(cause)
-		case <-retry.C:
-			run(causeRetry)
-		case <-resync.C:
-			run(causeResync)
-		}
-	}
-}
-
-// targetWatch watches the folders of the targets (as given and as resolved
-// through symlinks), and the folders holding each link on the way and the
-// target's folder as given, and says which events concern a target.
-type targetWatch struct {
-	w       *filewatch.Watch
-	files   Files
-	targets []string
-	root    string
-	names   map[string][]string // host path that matters → the targets it stands for
-	// ways are the host paths whose change re-points a target (a link on
-	// the way, the target's folder as given) → the targets.
-	ways   map[string][]string
-	dirs   map[string]bool
-	left   map[string]leftFile // target → what the last sync left where it resolved
-	stamps *filewatch.Stamps
-}
-
-// leftFile is what a sync left at a target: the host path it resolved to
-// and the file there (content, mode, owner), or none.
-type leftFile struct {
-	path string
-	id   nodefile.FileID
-}
-
-func newTargetWatch(w *filewatch.Watch, files Files, targets []string, root string) *targetWatch {
-	t := &targetWatch{w: w, files: files, targets: targets, root: root, names: map[string][]string{}, ways: map[string][]string{}, dirs: map[string]bool{}, left: map[string]leftFile{}, stamps: filewatch.NewStamps()}
-	t.refresh()
-	return t
-}
-
-// refresh (re)adds watches, as folders may appear with the first write and
-// links may be re-pointed: `ln -sfn /data/d2 /root/.docker` is an event in
-// /root, the folder of a link on the way (and of the target's folder as
-// given), which is watched too, as is every folder above the target's
-// folder as given.
-func (t *targetWatch) refresh() {
-	t.ways = map[string][]string{}
-	for _, tgt := range t.targets {
-		given := filepath.Join(t.root, tgt)
-		paths := []string{given}
-		// The target's folder as given and every folder above it, up to
-		// the root: replacing any by a link re-points the target.
-		var ways []string
-		for dir := filepath.Dir(given); dir != filepath.Clean(t.root) && dir != filepath.Dir(dir); dir = filepath.Dir(dir) {
-			ways = append(ways, dir)
-		}
-		if p, links, err := t.files.Route(tgt); err == nil {
-			paths = append(paths, p)
-			ways = append(ways, links...)
-		}
-		var dirs []string
-		for _, p := range paths {
-			if !slices.Contains(t.names[p], tgt) {
-				t.names[p] = append(t.names[p], tgt)
-			}
-			dirs = append(dirs, filepath.Dir(p))
-		}
-		for _, w := range ways {
-			if !slices.Contains(t.ways[w], tgt) {
-				t.ways[w] = append(t.ways[w], tgt)
-			}
-			dirs = append(dirs, filepath.Dir(w))
-		}
-		for _, dir := range dirs {
-			if t.dirs[dir] {
-				continue
-			}
-			if err := t.w.Add(dir); err == nil {
-				t.dirs[dir] = true
-			}
-		}
-	}
-	for dir := range t.dirs {
-		if !t.w.Watching(dir) {
-			delete(t.dirs, dir) // removed with its folder; re-added next time
-		}
-	}
-}
-
-// settled (polling only) reports whether a target drifted from what the
-// last sync left there, or, for a target with nothing recorded, whether
-// the metadata of its paths changed since the last call.
-func (t *targetWatch) settled() bool {
-	if t.w.Polling() == "" {
-		return false
-	}
-	moved := t.w.Changed(slices.Sorted(maps.Keys(t.names)))
-	for _, tgt := range t.targets {
-		if _, known := t.left[tgt]; known && t.drifted(tgt) || !known && moved {
-			return true
-		}
-	}
-	return false
-}
-
-// wrote records what a sync left at each target, so that the events of
-// its own writes are not taken for drift (they would cost a second full
-// sync after every change) and any other change is.
-func (t *targetWatch) wrote(results []nodefile.Result) {
-	byPath := map[string]*nodefile.FileID{} // for a target synced under another's name
-	for _, r := range results {
-		if r.Err == nil && r.Left != nil {
-			byPath[r.Path] = r.Left
-		}
-	}
-	for _, r := range results {
-		switch {
-		case r.Err != nil:
-			delete(t.left, r.Target)
-		case byPath[r.Path] != nil:
-			t.left[r.Target] = leftFile{path: r.Path, id: *byPath[r.Path]}
-		}
-	}
-}
-
-// drifted reports whether the target resolves elsewhere than at the last
-// sync, or the file there differs from what that sync left — content, mode
-// or owner — whatever its time stamps or inode say. A target with nothing
-// recorded has drifted.
-func (t *targetWatch) drifted(tgt string) bool {
-	l, ok := t.left[tgt]
-	if !ok {
-		return true
-	}
-	p, _, err := t.files.Route(tgt)
-	return err != nil || p != l.path || t.stamps.Of(p) != l.id
-}
-
-func (t *targetWatch) relevant(ev fsnotify.Event) bool {
-	if tgts := t.ways[ev.Name]; len(tgts) > 0 {
-		// A link on the way, or the target's folder, changed: the target
-		// may lead elsewhere now, to be watched too.
-		t.refresh()
-		for _, tgt := range tgts {
-			if t.drifted(tgt) {
-				return true
-			}
-		}
-	}
-	for _, tgt := range t.names[ev.Name] {
-		if t.drifted(tgt) {
-			return true
-		}
-	}
-	// A watched folder itself removed or renamed (its watch is gone).
-	return t.dirs[ev.Name] && ev.Op&(fsnotify.Remove|fsnotify.Rename) != 0
 }

@@ -16,8 +16,9 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/metrics"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
-	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/source"
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
@@ -53,9 +54,9 @@ func (f *fakeFiles) Sync(_ context.Context, targets []string, d nodefile.Desired
 }
 func (f *fakeFiles) Route(p string) (string, []string, error) { return p, nil, nil }
 
-type fakeReporter struct{ got []report.SyncStatus }
+type fakeReporter struct{ got []nodestatus.SyncStatus }
 
-func (f *fakeReporter) Report(_ context.Context, st report.SyncStatus) { f.got = append(f.got, st) }
+func (f *fakeReporter) Report(_ context.Context, st nodestatus.SyncStatus) { f.got = append(f.got, st) }
 
 func snap(name, key, user string) source.Snapshot {
 	return source.Snapshot{Name: name, Revision: name + "-rev", Set: dockercfg.Set{{Key: key, Entry: dockercfg.Entry{Username: user, Password: "p"}}}}
@@ -138,7 +139,7 @@ func TestSync(t *testing.T) {
 			src := &fakeSource{snaps: tt.before}
 			files := &fakeFiles{}
 			rep := &fakeReporter{}
-			health := &report.Health{}
+			health := &metrics.Health{}
 			a := New(src, files, Options{Targets: []string{"/t"}, Prune: tt.prune, Health: health, Reporters: []Reporter{rep}}, logrus.NewEntry(logrus.New()))
 			if tt.before != nil {
 				a.Sync(t.Context(), "test")
@@ -181,7 +182,7 @@ func nonNil(s []string) []string {
 }
 
 func TestTargetErrorIsReportedAndNotReady(t *testing.T) {
-	health := &report.Health{}
+	health := &metrics.Health{}
 	rep := &fakeReporter{}
 	files := &fakeFiles{injectError: errors.New("/t: read-only file system")}
 	a := New(&fakeSource{snaps: []source.Snapshot{snap("a", "r.test", "u")}}, files, Options{Targets: []string{"/t"}, Prune: true, Health: health, Reporters: []Reporter{rep}}, logrus.NewEntry(logrus.New()))
@@ -319,7 +320,7 @@ func TestCompleteChangesSyncAtOnce(t *testing.T) {
 // countingReporter counts syncs, safely across goroutines.
 type countingReporter struct{ n atomic.Int32 }
 
-func (c *countingReporter) Report(context.Context, report.SyncStatus) { c.n.Add(1) }
+func (c *countingReporter) Report(context.Context, nodestatus.SyncStatus) { c.n.Add(1) }
 
 // TestOwnWritesAreNotDrift: the inotify events of the agent's own writes
 // do not cost another sync; anyone else's write to a target, replacing it

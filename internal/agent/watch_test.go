@@ -15,7 +15,7 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/filewatch"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
-	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/source"
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
@@ -25,12 +25,12 @@ import (
 // then busy, as after a sync's read, when the test changes a file.
 type statusReporter struct {
 	mu      sync.Mutex
-	got     []report.SyncStatus
+	got     []nodestatus.SyncStatus
 	gate    chan struct{} // closed by the test to release an armed Report
 	reached chan struct{} // closed when an armed Report waits
 }
 
-func (s *statusReporter) Report(_ context.Context, st report.SyncStatus) {
+func (s *statusReporter) Report(_ context.Context, st nodestatus.SyncStatus) {
 	s.mu.Lock()
 	s.got = append(s.got, st)
 	gate, reached := s.gate, s.reached
@@ -58,7 +58,7 @@ func (s *statusReporter) n() int {
 	return len(s.got)
 }
 
-func (s *statusReporter) last() report.SyncStatus {
+func (s *statusReporter) last() nodestatus.SyncStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.got[len(s.got)-1]
@@ -272,10 +272,10 @@ func TestPollingComparesWithWhatWasLeft(t *testing.T) {
 					disturb()
 					tw.wrote(res)
 					tw.refresh()
-					tw.settled() // as Run does after each sync
+					tw.polledDrift() // as Run does after each sync
 				}
 				sync(func() {})
-				if tw.settled() {
+				if tw.polledDrift() {
 					t.Fatal("a tick after the agent's own write reported drift")
 				}
 				if duringSync {
@@ -283,11 +283,11 @@ func TestPollingComparesWithWhatWasLeft(t *testing.T) {
 				} else {
 					tt.disturb(t, path)
 				}
-				if !tw.settled() {
+				if !tw.polledDrift() {
 					t.Fatal("the change was not seen")
 				}
 				sync(func() {})
-				if tw.settled() {
+				if tw.polledDrift() {
 					t.Error("a tick after the correction reported drift")
 				}
 			})
@@ -295,10 +295,10 @@ func TestPollingComparesWithWhatWasLeft(t *testing.T) {
 	}
 }
 
-// TestLinkedTargetSettles: a target that is an absolute symlink (taken
+// TestLinkedTargetPolledForDrift: a target that is an absolute symlink (taken
 // under the host root, as the node sees it) is compared where it
 // resolves, so the agent's own write is not drift; re-pointing the link is.
-func TestLinkedTargetSettles(t *testing.T) {
+func TestLinkedTargetPolledForDrift(t *testing.T) {
 	root := t.TempDir()
 	target := "/var/lib/kubelet/config.json"
 	must(t, os.MkdirAll(filepath.Join(root, "var/lib/kubelet"), 0o700))
@@ -313,15 +313,15 @@ func TestLinkedTargetSettles(t *testing.T) {
 	}
 	tw.wrote(res)
 	tw.refresh()
-	tw.settled()
+	tw.polledDrift()
 	for i := range 2 {
-		if tw.settled() || tw.drifted(target) {
+		if tw.polledDrift() || tw.drifted(target) {
 			t.Fatalf("tick %d: the agent's own write through the link reported drift", i)
 		}
 	}
 	must(t, os.Remove(filepath.Join(root, target)))
 	must(t, os.Symlink("/etc/other/config.json", filepath.Join(root, target)))
-	if !tw.settled() {
+	if !tw.polledDrift() {
 		t.Error("the link re-pointed was not seen")
 	}
 }

@@ -72,34 +72,48 @@ type Report struct {
 // would. It never puts a password or auth string in the report.
 func Run(ctx context.Context, o Options) Report {
 	rep := Report{OK: true, Results: []Result{}, Warnings: []string{}}
-	states := kubeletcred.ReadAll(o.HostRoot, kubeletcred.SearchOrder(o.KubeletRootDir))
-	// The first file that parses wins; a legacy .dockercfg only when no
-	// config.json before it parsed.
-	var used *kubeletcred.File
-	for i, st := range states {
-		if st.Exists && st.Err == nil && (!st.Legacy || !anyConfigJSONParsed(states[:i+1])) {
-			used = &states[i]
-			break
-		}
-	}
-	rep.Warnings = append(rep.Warnings, warnFiles(states, used)...)
-	for _, s := range states {
+	l := lookup{prober: o.Prober, states: kubeletcred.ReadAll(o.HostRoot, kubeletcred.SearchOrder(o.KubeletRootDir))}
+	l.used = usedFile(l.states)
+	rep.Warnings = append(rep.Warnings, warnFiles(l.states, l.used)...)
+	for _, s := range l.states {
 		if s.Unread {
 			rep.OK = false
 		}
 	}
-	var ring *kubeletcred.Keyring
-	if used != nil {
-		rep.File = used.Path
-		ring = kubeletcred.NewKeyring(used.Creds)
+	if l.used != nil {
+		rep.File = l.used.Path
+		l.ring = kubeletcred.NewKeyring(l.used.Creds)
 	} else {
-		ring = kubeletcred.NewKeyring(nil)
+		l.ring = kubeletcred.NewKeyring(nil)
 	}
+	for _, r := range refsOf(o) {
+		res, ok, warnings := l.resolve(ctx, r)
+		rep.Results = append(rep.Results, res)
+		rep.Warnings = append(rep.Warnings, warnings...)
+		rep.OK = rep.OK && ok
+	}
+	return rep
+}
 
-	type ref struct {
-		ref      string
-		registry bool
+// usedFile is the file the kubelet reads: the first that parses; a legacy
+// .dockercfg only when no config.json before it parsed. nil when none.
+func usedFile(states []kubeletcred.File) *kubeletcred.File {
+	for i, st := range states {
+		if st.Exists && st.Err == nil && (!st.Legacy || !anyConfigJSONParsed(states[:i+1])) {
+			return &states[i]
+		}
 	}
+	return nil
+}
+
+// ref is an image, or a registry (registry set), to check.
+type ref struct {
+	ref      string
+	registry bool
+}
+
+// refsOf are the images, then the registries, of o.
+func refsOf(o Options) []ref {
 	refs := make([]ref, 0, len(o.Images)+len(o.Registries))
 	for _, i := range o.Images {
 		refs = append(refs, ref{i, false})
@@ -107,60 +121,67 @@ func Run(ctx context.Context, o Options) Report {
 	for _, r := range o.Registries {
 		refs = append(refs, ref{r, true})
 	}
-	for _, r := range refs {
-		res := Result{Ref: r.ref}
-		repo, err := kubeletcred.RepoOf(r.ref, false)
-		if r.registry {
-			repo, err = registryRepo(r.ref)
-		}
-		if err != nil {
-			res.Error = err.Error()
-			rep.OK = false
-			rep.Results = append(rep.Results, res)
-			continue
-		}
-		creds := ring.Lookup(repo)
-		if len(creds) == 0 {
-			rep.OK = false
-			res.Error = "no credentials the kubelet would use"
-			if w := elsewhere(states, used, repo); w != "" {
-				rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: %s", r.ref, w))
-			}
-		} else {
-			res.Found = true
-			res.Entry, res.Username = dockercfg.SafeKey(creds[0].Key), creds[0].Username
-			for _, c := range creds {
-				res.Entries = append(res.Entries, dockercfg.SafeKey(c.Key))
-			}
-			rep.Warnings = append(rep.Warnings, unordered(r.ref, creds)...)
-			// The registry host as written (with port, if any), and for an
-			// image the repository in it.
-			host, path, _ := strings.Cut(repo, "/")
-			key := dockercfg.SafeKey(creds[0].Key)
-			hubElsewhere := isDockerHub(hostOf(creds[0].Pattern)) && !isDockerHub(host)
-			if hubElsewhere {
-				rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: no entry names %s, so the kubelet falls back to Docker Hub's (%q) and the container runtime sends Docker Hub's password to %s; give %s an entry of its own. check does not send it there", r.ref, host, key, host, host))
-			}
-			switch {
-			case o.Prober == nil:
-			case hubElsewhere:
-				res.Probe = &ProbeResult{NotSent: true, Error: descNotSent}
-				rep.OK = false
-			default:
-				p := o.Prober.Probe(ctx, host, path, creds[0].Cred)
-				res.Probe = &p
-				switch {
-				case !p.OK:
-					rep.OK = false
-					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, key))
-				case p.Anonymous:
-					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: the registry let the probe in without asking for credentials, so entry %q is not verified: registry clients send it only when a registry asks, and a wrong one fails only there", r.ref, key))
-				}
-			}
-		}
-		rep.Results = append(rep.Results, res)
+	return refs
+}
+
+// lookup is the kubelet's view of the node's files.
+type lookup struct {
+	prober Prober // nil: no probe
+	states []kubeletcred.File
+	used   *kubeletcred.File
+	ring   *kubeletcred.Keyring
+}
+
+// resolve answers for r: its result, whether it is fine, and warnings.
+func (l lookup) resolve(ctx context.Context, r ref) (Result, bool, []string) {
+	res := Result{Ref: r.ref}
+	repo, err := kubeletcred.RepoOf(r.ref, false)
+	if r.registry {
+		repo, err = registryRepo(r.ref)
 	}
-	return rep
+	if err != nil {
+		res.Error = err.Error()
+		return res, false, nil
+	}
+	creds := l.ring.Lookup(repo)
+	if len(creds) == 0 {
+		res.Error = "no credentials the kubelet would use"
+		if w := elsewhere(l.states, l.used, repo); w != "" {
+			return res, false, []string{fmt.Sprintf("%s: %s", r.ref, w)}
+		}
+		return res, false, nil
+	}
+	res.Found = true
+	res.Entry, res.Username = dockercfg.SafeKey(creds[0].Key), creds[0].Username
+	for _, c := range creds {
+		res.Entries = append(res.Entries, dockercfg.SafeKey(c.Key))
+	}
+	warnings := unordered(r.ref, creds)
+	// The registry host as written (with port, if any), and for an image
+	// the repository in it.
+	host, path, _ := strings.Cut(repo, "/")
+	key := dockercfg.SafeKey(creds[0].Key)
+	hubElsewhere := isDockerHub(hostOf(creds[0].Pattern)) && !isDockerHub(host)
+	if hubElsewhere {
+		warnings = append(warnings, fmt.Sprintf("%s: no entry names %s, so the kubelet falls back to Docker Hub's (%q) and the container runtime sends Docker Hub's password to %s; give %s an entry of its own. check does not send it there", r.ref, host, key, host, host))
+	}
+	switch {
+	case l.prober == nil:
+		return res, true, warnings
+	case hubElsewhere:
+		res.Probe = &ProbeResult{NotSent: true, Error: descNotSent}
+		return res, false, warnings
+	}
+	p := l.prober.Probe(ctx, host, path, creds[0].Cred)
+	res.Probe = &p
+	switch {
+	case !p.OK:
+		warnings = append(warnings, fmt.Sprintf("%s: the registry refused entry %q; the kubelet sends it on every pull from there, so a wrong entry also breaks anonymous pulls", r.ref, key))
+		return res, false, warnings
+	case p.Anonymous:
+		warnings = append(warnings, fmt.Sprintf("%s: the registry let the probe in without asking for credentials, so entry %q is not verified: registry clients send it only when a registry asks, and a wrong one fails only there", r.ref, key))
+	}
+	return res, true, warnings
 }
 
 // registryRepo is what the kubelet looks up for an image of registry ref

@@ -66,6 +66,8 @@ func (p *pinned) Facts() facts {
 	return p.facts
 }
 
+// RoundTrip sends req if it may go where it goes, and learns from the
+// answer.
 func (p *pinned) RoundTrip(req *http.Request) (*http.Response, error) {
 	var rt http.RoundTripper
 	switch req.URL.Scheme {
@@ -79,21 +81,9 @@ func (p *pinned) RoundTrip(req *http.Request) (*http.Response, error) {
 	if prev := req.Response; prev != nil && prev.Request != nil && prev.Request.URL.Scheme == "https" && req.URL.Scheme == "http" {
 		return nil, errDowngrade
 	}
-	key := hostKey(req.URL)
-	p.mu.Lock()
-	isReg := key == p.regTLS || key == p.regPlain && p.regPlain != ""
-	downgrade := isReg && req.URL.Scheme == "http" && p.tlsSeen
-	allowed := isReg || p.realms[key]
-	isToken := p.realmPaths[key+req.URL.Path]
-	if isToken {
-		p.facts.realmAsked = true
-	}
-	p.mu.Unlock()
-	switch {
-	case downgrade:
-		return nil, errDowngrade
-	case !allowed:
-		return nil, errOtherHost
+	isReg, isToken, err := p.admit(req)
+	if err != nil {
+		return nil, err
 	}
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
@@ -105,29 +95,58 @@ func (p *pinned) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 	}
+	p.learn(req, resp, isReg, noToken)
+	return resp, nil
+}
+
+// admit says whether req goes to the registry or to a token service it
+// named (a token request), or why it may not be sent.
+func (p *pinned) admit(req *http.Request) (isReg, isToken bool, err error) {
+	key := hostKey(req.URL)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	isReg = key == p.regTLS || key == p.regPlain && p.regPlain != ""
+	downgrade := isReg && req.URL.Scheme == "http" && p.tlsSeen
+	allowed := isReg || p.realms[key]
+	isToken = p.realmPaths[key+req.URL.Path]
+	if isToken {
+		p.facts.realmAsked = true
+	}
+	switch {
+	case downgrade:
+		return false, false, errDowngrade
+	case !allowed:
+		return false, false, errOtherHost
+	}
+	return isReg, isToken, nil
+}
+
+// learn records what an answer says: the facts, and, from the registry,
+// the token services its challenges name.
+func (p *pinned) learn(req *http.Request, resp *http.Response, isReg, noToken bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.facts.noToken = p.facts.noToken || noToken
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "" {
 		p.facts.redirected = true
 	}
-	if isReg {
-		if req.URL.Scheme == "https" {
-			p.tlsSeen = true
-		}
-		if resp.StatusCode == http.StatusOK && req.Header.Get("Authorization") == "" {
-			p.facts.anonymous = true
-		}
-		for _, h := range resp.Header.Values("WWW-Authenticate") {
-			bearer, realm := bearerRealm(h)
-			p.facts.bearer = p.facts.bearer || bearer
-			if realm != nil && (realm.Scheme == "https" || req.URL.Scheme == "http" && strings.EqualFold(realm.Hostname(), req.URL.Hostname())) {
-				p.realms[hostKey(realm)] = true
-				p.realmPaths[hostKey(realm)+realm.Path] = true
-			}
+	if !isReg {
+		return
+	}
+	if req.URL.Scheme == "https" {
+		p.tlsSeen = true
+	}
+	if resp.StatusCode == http.StatusOK && req.Header.Get("Authorization") == "" {
+		p.facts.anonymous = true
+	}
+	for _, h := range resp.Header.Values("WWW-Authenticate") {
+		bearer, realm := bearerRealm(h)
+		p.facts.bearer = p.facts.bearer || bearer
+		if realm != nil && (realm.Scheme == "https" || req.URL.Scheme == "http" && strings.EqualFold(realm.Hostname(), req.URL.Hostname())) {
+			p.realms[hostKey(realm)] = true
+			p.realmPaths[hostKey(realm)+realm.Path] = true
 		}
 	}
-	return resp, nil
 }
 
 // tokenless says whether a token service's 200 holds no token (the

@@ -33,61 +33,23 @@ func isDockerHub(host string) bool {
 // it as it is; the errors describe what is wrong and where, and never quote
 // any part of the key.
 func ValidateKey(key string) error {
-	if key == "" {
-		return errors.New("empty registry key")
+	if err := validateKeyChars(key); err != nil {
+		return err
 	}
-	for i, r := range key {
-		if unicode.IsSpace(r) || unicode.IsControl(r) {
-			return fmt.Errorf("registry key contains white space or control characters (at byte %d)", i)
-		}
-	}
-	if strings.Contains(key, "@") {
-		return errUserInfo
-	}
-	rest := key
-	if i := strings.Index(rest, "://"); i >= 0 {
-		scheme := rest[:i]
-		if scheme != "http" && scheme != "https" {
-			// The kubelet knows only these two, in lower case: it reads
-			// HTTPS://r.test as a host named "HTTPS:".
-			return errors.New("registry key has a scheme other than http:// or https:// (in lower case, the only spellings the kubelet reads)")
-		}
-		rest = rest[i+3:]
+	rest, err := stripScheme(key)
+	if err != nil {
+		return err
 	}
 	hostport, path, _ := strings.Cut(rest, "/")
 	if hostport == "" {
 		return errors.New("registry key has no host")
 	}
-	// A path is a prefix of repositories, which hold nothing else: any
-	// other character (':' of "user:password", a query, a fragment, a
-	// percent-encoding) cannot match an image and may be a secret.
-	for i, r := range path {
-		if !isPathRune(r) {
-			return fmt.Errorf("registry key's path has a character no repository path has (at byte %d); a path holds only letters, digits, '.', '_', '-' and '/'", len(key)-len(path)+i)
-		}
+	if err := validatePath(path, len(key)-len(path)); err != nil {
+		return err
 	}
-	host, port := hostport, ""
-	ipv6 := strings.HasPrefix(hostport, "[")
-	if ipv6 {
-		end := strings.Index(hostport, "]")
-		if end < 0 {
-			return errors.New("registry key has an unclosed IPv6 bracket")
-		}
-		host, port = hostport[1:end], strings.TrimPrefix(hostport[end+1:], ":")
-		if hostport[end+1:] != "" && !strings.HasPrefix(hostport[end+1:], ":") {
-			return errors.New("registry key has junk after the IPv6 address")
-		}
-		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
-			return errors.New("registry key's brackets do not hold an IPv6 address")
-		}
-		if strings.HasPrefix(hostport[end+1:], ":") && port == "" {
-			return errors.New("registry key has an empty port")
-		}
-	} else if h, p, ok := strings.Cut(hostport, ":"); ok {
-		host, port = h, p
-		if port == "" {
-			return errors.New("registry key has an empty port")
-		}
+	host, port, ipv6, err := splitHostPort(hostport)
+	if err != nil {
+		return err
 	}
 	if host == "" {
 		return errors.New("registry key has no host")
@@ -99,24 +61,7 @@ func ValidateKey(key string) error {
 		}
 	}
 	if !ipv6 {
-		at := len(key) - len(rest) // byte offset of the host in key
-		for _, label := range strings.Split(host, ".") {
-			if label == "" {
-				return errors.New("registry key has an empty host label")
-			}
-			for i, r := range label {
-				if !isHostRune(r) {
-					return fmt.Errorf("registry key's host has a character a host name cannot have (at byte %d)", at+i)
-				}
-			}
-			at += len(label) + 1
-		}
-		if strings.Trim(host, "*?.") == "" {
-			// The kubelet would send this credential to any registry a Pod
-			// names, including one an attacker runs.
-			return errors.New("registry key matches every host (only wildcards); name the registry, e.g. *.example.com")
-		}
-		if err := globWithinDomain(host); err != nil {
+		if err := validateHostName(host, len(key)-len(rest)); err != nil {
 			return err
 		}
 	}
@@ -125,6 +70,103 @@ func ValidateKey(key string) error {
 		return errors.New("registry key is not a valid URL")
 	}
 	return nil
+}
+
+// validateKeyChars refuses an empty key, and one with white space, control
+// characters or an '@' (user-info) anywhere.
+func validateKeyChars(key string) error {
+	if key == "" {
+		return errors.New("empty registry key")
+	}
+	for i, r := range key {
+		if unicode.IsSpace(r) || unicode.IsControl(r) {
+			return fmt.Errorf("registry key contains white space or control characters (at byte %d)", i)
+		}
+	}
+	if strings.Contains(key, "@") {
+		return errUserInfo
+	}
+	return nil
+}
+
+// stripScheme returns key without its http:// or https://, and refuses
+// any other scheme.
+func stripScheme(key string) (string, error) {
+	i := strings.Index(key, "://")
+	if i < 0 {
+		return key, nil
+	}
+	if scheme := key[:i]; scheme != "http" && scheme != "https" {
+		// The kubelet knows only these two, in lower case: it reads
+		// HTTPS://r.test as a host named "HTTPS:".
+		return "", errors.New("registry key has a scheme other than http:// or https:// (in lower case, the only spellings the kubelet reads)")
+	}
+	return key[i+3:], nil
+}
+
+// validatePath refuses a path (at byte offset at of the key) with a
+// character no repository path has. A path is a prefix of repositories,
+// which hold nothing else: any other character (':' of "user:password", a
+// query, a fragment, a percent-encoding) cannot match an image and may be
+// a secret.
+func validatePath(path string, at int) error {
+	for i, r := range path {
+		if !isPathRune(r) {
+			return fmt.Errorf("registry key's path has a character no repository path has (at byte %d); a path holds only letters, digits, '.', '_', '-' and '/'", at+i)
+		}
+	}
+	return nil
+}
+
+// splitHostPort splits hostport into a host (an IPv6 address without its
+// brackets) and a port ("" when none).
+func splitHostPort(hostport string) (host, port string, ipv6 bool, err error) {
+	if !strings.HasPrefix(hostport, "[") {
+		h, p, ok := strings.Cut(hostport, ":")
+		if ok && p == "" {
+			return "", "", false, errors.New("registry key has an empty port")
+		}
+		return h, p, false, nil
+	}
+	end := strings.Index(hostport, "]")
+	if end < 0 {
+		return "", "", true, errors.New("registry key has an unclosed IPv6 bracket")
+	}
+	after := hostport[end+1:]
+	host, port = hostport[1:end], strings.TrimPrefix(after, ":")
+	if after != "" && !strings.HasPrefix(after, ":") {
+		return "", "", true, errors.New("registry key has junk after the IPv6 address")
+	}
+	if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
+		return "", "", true, errors.New("registry key's brackets do not hold an IPv6 address")
+	}
+	if strings.HasPrefix(after, ":") && port == "" {
+		return "", "", true, errors.New("registry key has an empty port")
+	}
+	return host, port, true, nil
+}
+
+// validateHostName refuses a host name (at byte offset at of the key)
+// with an empty label or a character a host name cannot have, one of
+// wildcards only, and a glob reaching beyond one registrable domain.
+func validateHostName(host string, at int) error {
+	for _, label := range strings.Split(host, ".") {
+		if label == "" {
+			return errors.New("registry key has an empty host label")
+		}
+		for i, r := range label {
+			if !isHostRune(r) {
+				return fmt.Errorf("registry key's host has a character a host name cannot have (at byte %d)", at+i)
+			}
+		}
+		at += len(label) + 1
+	}
+	if strings.Trim(host, "*?.") == "" {
+		// The kubelet would send this credential to any registry a Pod
+		// names, including one an attacker runs.
+		return errors.New("registry key matches every host (only wildcards); name the registry, e.g. *.example.com")
+	}
+	return globWithinDomain(host)
 }
 
 // globWithinDomain refuses a glob host whose wildcards reach beyond one

@@ -21,11 +21,18 @@ type EventRecorder struct {
 	Client    Interface
 	Component string // the reporting controller
 	Host      string // the node
+	// Context ends the Events in flight when it ends (the process's, so a
+	// stopping agent does not wait on the API server); each Event is also
+	// bounded by eventTimeout. context.Background() when nil.
+	Context context.Context
 	// OnError is told of an Event that could not be recorded (optional).
 	OnError func(error)
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
+
+// eventTimeout bounds the recording of one Event.
+const eventTimeout = 10 * time.Second
 
 // Event records an Event about object, which must be an
 // *corev1.ObjectReference. Events about cluster-scoped objects (Nodes) go
@@ -58,7 +65,11 @@ func (r EventRecorder) Event(object runtime.Object, eventtype, reason, message s
 		ReportingController: r.Component,
 		ReportingInstance:   r.Component + "-" + r.Host,
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	parent := r.Context
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(parent, eventTimeout)
 	defer cancel()
 	if _, err := r.Client.Events(ns).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		r.fail(fmt.Errorf("recording event %s on %s %s: %w", reason, ref.Kind, ref.Name, err))

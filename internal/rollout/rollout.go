@@ -22,7 +22,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/nodecreds/nodecreds/internal/kube"
-	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/source"
 )
 
@@ -209,14 +209,14 @@ func Get(ctx context.Context, client kube.Interface, o Options) (Rollout, error)
 
 // nodeRow compares what a node reports with the sources that apply to it.
 func nodeRow(n *corev1.Node, applies []source.Snapshot) NodeRow {
-	row := NodeRow{Name: n.Name, Revision: n.Annotations[report.AnnotationRevision], SyncedAt: n.Annotations[report.AnnotationSyncedAt],
+	row := NodeRow{Name: n.Name, Revision: n.Annotations[nodestatus.AnnotationRevision], SyncedAt: n.Annotations[nodestatus.AnnotationSyncedAt],
 		Expected: source.Revision(applies), Sources: []string{}, Waiting: []string{}}
 	for _, s := range applies {
 		row.Sources = append(row.Sources, s.Name)
 	}
 	condOK := false
 	for _, c := range n.Status.Conditions {
-		if c.Type == report.ConditionType {
+		if c.Type == nodestatus.ConditionType {
 			condOK = c.Status == corev1.ConditionTrue
 			row.Message = c.Message
 			if !condOK {
@@ -230,7 +230,7 @@ func nodeRow(n *corev1.Node, applies []source.Snapshot) NodeRow {
 	}
 	row.InSync = condOK && row.Revision == row.Expected
 	if !row.InSync && row.Revision != "" {
-		row.Waiting = waiting(source.ParseVersions(n.Annotations[report.AnnotationSources]), applies)
+		row.Waiting = waiting(source.ParseVersions(n.Annotations[nodestatus.AnnotationSources]), applies)
 	}
 	return row
 }

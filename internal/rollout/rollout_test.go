@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/nodecreds/nodecreds/internal/report"
+	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/source"
 
 	"github.com/nodecreds/nodecreds/internal/kube/kubetest"
@@ -23,10 +23,10 @@ import (
 func node(name, rev string, status corev1.ConditionStatus) *corev1.Node {
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{}}}
 	if rev != "" {
-		n.Annotations[report.AnnotationRevision] = rev
+		n.Annotations[nodestatus.AnnotationRevision] = rev
 	}
 	if status != "" {
-		n.Status.Conditions = []corev1.NodeCondition{{Type: report.ConditionType, Status: status, Reason: "R", Message: "m"}}
+		n.Status.Conditions = []corev1.NodeCondition{{Type: nodestatus.ConditionType, Status: status, Reason: "R", Message: "m"}}
 	}
 	return n
 }
@@ -245,7 +245,7 @@ func TestPerNodeRevisions(t *testing.T) {
 	reported := func(name, pool string, snaps []source.Snapshot) *corev1.Node {
 		n := node(name, source.Revision(snaps), corev1.ConditionTrue)
 		n.Labels = map[string]string{"pool": pool}
-		n.Annotations[report.AnnotationSources] = source.Versions(snaps)
+		n.Annotations[nodestatus.AnnotationSources] = source.Versions(snaps)
 		return n
 	}
 	client := fake.NewClientset(all, poolA,

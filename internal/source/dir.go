@@ -146,23 +146,7 @@ func (d *Dir) Run(ctx context.Context) error {
 	d.watch.Store(w)
 
 	watched := map[string]bool{}
-	addMissing := func() {
-		for _, dir := range d.dirs {
-			if watched[dir] {
-				continue
-			}
-			if _, err := os.Stat(dir); err != nil {
-				continue
-			}
-			if err := w.Add(dir); err != nil {
-				continue
-			}
-			watched[dir] = true
-			d.log.WithField("folder", dir).Debug("watching secret folder")
-			d.notify() // it may have appeared with content
-		}
-	}
-	addMissing()
+	d.addMissing(w, watched)
 	w.Changed(d.pollPaths()) // the baseline
 	tick := time.NewTicker(d.retry)
 	defer tick.Stop()
@@ -174,19 +158,7 @@ func (d *Dir) Run(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			if ev.Has(fsnotify.Remove) && watched[ev.Name] {
-				// The folder itself went away; watch for it again.
-				delete(watched, ev.Name)
-			}
-			switch {
-			case filepath.Base(ev.Name) == "..data" && d.relevant[ev.Name] && ev.Has(fsnotify.Create):
-				signal(d.swapped)
-			case d.relevant[ev.Name]:
-				d.notify()
-			}
-			// Anything else is a step of the kubelet's swap (its new
-			// timestamped folder, ..data_tmp, the old folder's removal),
-			// which changes nothing until ..data moves.
+			d.event(ev, watched)
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
@@ -200,10 +172,47 @@ func (d *Dir) Run(ctx context.Context) error {
 			}
 		case <-tick.C:
 			if len(watched) < len(d.dirs) {
-				addMissing()
+				d.addMissing(w, watched)
 			}
 		}
 	}
+}
+
+// addMissing watches the folders that exist and are not watched yet
+// (recorded in watched).
+func (d *Dir) addMissing(w *filewatch.Watch, watched map[string]bool) {
+	for _, dir := range d.dirs {
+		if watched[dir] {
+			continue
+		}
+		if _, err := os.Stat(dir); err != nil {
+			continue
+		}
+		if err := w.Add(dir); err != nil {
+			continue
+		}
+		watched[dir] = true
+		d.log.WithField("folder", dir).Debug("watching secret folder")
+		d.notify() // it may have appeared with content
+	}
+}
+
+// event signals what ev changes: a whole new version (the kubelet's ..data
+// swap), a change, or nothing.
+func (d *Dir) event(ev fsnotify.Event, watched map[string]bool) {
+	if ev.Has(fsnotify.Remove) && watched[ev.Name] {
+		// The folder itself went away; watch for it again.
+		delete(watched, ev.Name)
+	}
+	switch {
+	case filepath.Base(ev.Name) == "..data" && d.relevant[ev.Name] && ev.Has(fsnotify.Create):
+		signal(d.swapped)
+	case d.relevant[ev.Name]:
+		d.notify()
+	}
+	// Anything else is a step of the kubelet's swap (its new timestamped
+	// folder, ..data_tmp, the old folder's removal), which changes nothing
+	// until ..data moves.
 }
 
 // pollPaths are what a polled folder is compared by: the folder, the

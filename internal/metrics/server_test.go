@@ -1,4 +1,4 @@
-package report
+package metrics
 
 import (
 	"io"
@@ -23,7 +23,7 @@ func TestHealthReflectsStuckSync(t *testing.T) {
 	go func() { _ = srv.Run(t.Context()) }()
 	get := func(path string) (int, string) {
 		t.Helper()
-		resp, err := http.Get("http://" + srv.Addr() + path)
+		resp, err := http.Get("http://" + srv.ln.Addr().String() + path)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,9 @@
-package report
+// Package nodestatus reports an agent's state on its Node object: the
+// applied revision as annotations, the RegistryCredentialsSynced
+// condition, the startup taint's removal and Events — for every sync
+// (NodeReporter) and while the agent waits for another one holding its
+// node's files (AgentWait).
+package nodestatus
 
 import (
 	"context"
@@ -67,7 +72,7 @@ type NodeReporter struct {
 	log      *logrus.Entry
 	now      func() time.Time
 
-	mu     sync.Mutex
+	mu     sync.Mutex // guards latest
 	latest *SyncStatus
 	signal chan struct{}
 	// spread is the longest a routine report (a new revision applied, with
@@ -78,7 +83,10 @@ type NodeReporter struct {
 	// sync --once are not delayed.
 	spread time.Duration
 
-	// What the Node already shows.
+	// pushMu serialises pushes — Run's and Flush's, which may run at once —
+	// and guards what the Node already shows: two pushes at once would
+	// both see the Node stale and record the same Event twice.
+	pushMu      sync.Mutex
 	knownCond   *corev1.NodeCondition
 	reportedRev string
 	taintDone   bool
@@ -107,27 +115,26 @@ const reportSpread = time.Second
 // maxNodeBackoff caps the wait between failed Node updates.
 const maxNodeBackoff = 30 * time.Second
 
-// RetryBackoff is the retry schedule of the agent and its reporters: 1 s,
-// doubling, capped at max.
-func RetryBackoff(max time.Duration) wait.Backoff {
-	return wait.Backoff{Duration: time.Second, Factor: 2, Steps: math.MaxInt32, Cap: max}
+// pushTimeout bounds one push (a few API calls).
+const pushTimeout = 15 * time.Second
+
+// retryBackoff is the schedule of retried pushes: 1 s, doubling, capped at
+// maxNodeBackoff.
+func retryBackoff() wait.Backoff {
+	return wait.Backoff{Duration: time.Second, Factor: 2, Steps: math.MaxInt32, Cap: maxNodeBackoff}
 }
 
 // Flush pushes the latest status now, retrying with backoff until it is on
 // the Node or ctx ends (`sync --once` reports as the daemon does, then
 // exits).
 func (n *NodeReporter) Flush(ctx context.Context) error {
-	n.mu.Lock()
-	st := n.latest
-	n.mu.Unlock()
+	st := n.current()
 	if st == nil {
 		return nil
 	}
-	bo := RetryBackoff(maxNodeBackoff)
+	bo := retryBackoff()
 	for {
-		pushCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		err := n.push(pushCtx, *st)
-		cancel()
+		err := n.pushBounded(ctx, *st)
 		if err == nil {
 			return nil
 		}
@@ -143,7 +150,7 @@ func (n *NodeReporter) Flush(ctx context.Context) error {
 
 // Run pushes statuses until ctx ends, retrying failed pushes with backoff.
 func (n *NodeReporter) Run(ctx context.Context) error {
-	bo := RetryBackoff(maxNodeBackoff)
+	bo := retryBackoff()
 	retry := time.NewTimer(0)
 	<-retry.C
 	for {
@@ -153,24 +160,17 @@ func (n *NodeReporter) Run(ctx context.Context) error {
 		case <-n.signal:
 		case <-retry.C:
 		}
-		n.mu.Lock()
-		st := n.latest
-		n.mu.Unlock()
+		st := n.current()
 		if st == nil {
 			continue
 		}
-		if st.OK && n.knownCond != nil && n.spread > 0 && !n.shown(*st) {
+		if n.routine(*st) {
 			if !n.wait(ctx) {
 				return nil
 			}
-			n.mu.Lock()
-			st = n.latest // what came meanwhile replaces it
-			n.mu.Unlock()
+			st = n.current() // what came meanwhile replaces it
 		}
-		pushCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		err := n.push(pushCtx, *st)
-		cancel()
-		if err != nil {
+		if err := n.pushBounded(ctx, *st); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -179,8 +179,23 @@ func (n *NodeReporter) Run(ctx context.Context) error {
 			retry.Reset(delay)
 			continue
 		}
-		bo = RetryBackoff(maxNodeBackoff)
+		bo = retryBackoff()
 	}
+}
+
+// current is the latest status reported, nil before the first.
+func (n *NodeReporter) current() *SyncStatus {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.latest
+}
+
+// routine reports whether st is a routine report, to be spread: a
+// success that changes the Node, reported before.
+func (n *NodeReporter) routine(st SyncStatus) bool {
+	n.pushMu.Lock()
+	defer n.pushMu.Unlock()
+	return st.OK && n.knownCond != nil && n.spread > 0 && !n.shown(st)
 }
 
 // wait waits a random part of the spread, cut short by a failure to
@@ -195,10 +210,7 @@ func (n *NodeReporter) wait(ctx context.Context) bool {
 		case <-timer.C:
 			return true
 		case <-n.signal:
-			n.mu.Lock()
-			failed := !n.latest.OK
-			n.mu.Unlock()
-			if failed {
+			if st := n.current(); !st.OK {
 				return true
 			}
 		}
@@ -229,54 +241,35 @@ func conditionStatus(st SyncStatus) corev1.ConditionStatus {
 	return corev1.ConditionFalse
 }
 
-func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
-	nodes := n.client.Nodes()
-	if n.knownCond == nil {
-		node, err := nodes.Get(ctx, n.name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("getting node %s: %w", n.name, err)
-		}
-		n.knownCond = &corev1.NodeCondition{}
-		for _, c := range node.Status.Conditions {
-			if c.Type == ConditionType {
-				n.knownCond = c.DeepCopy()
-			}
-		}
-		n.reportedRev = node.Annotations[AnnotationRevision]
-		// Most nodes never had the startup taint: no need to look again.
-		n.taintDone = !hasTaint(node, StartupTaintKey)
-	}
-	ref := &corev1.ObjectReference{Kind: "Node", Name: n.name, UID: types.UID(n.name)}
-	msg := truncate(st.Message)
+// pushBounded is push within pushTimeout.
+func (n *NodeReporter) pushBounded(ctx context.Context, st SyncStatus) error {
+	ctx, cancel := context.WithTimeout(ctx, pushTimeout)
+	defer cancel()
+	return n.push(ctx, st)
+}
 
-	if n.annotationStale(st) {
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
-			AnnotationRevision: st.Revision,
-			AnnotationSources:  st.Sources,
-			AnnotationSyncedAt: n.now().UTC().Format(time.RFC3339),
-		}}})
-		if _, err := nodes.Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
-			return fmt.Errorf("annotating node %s: %w", n.name, err)
+// push brings the Node in line with st: what it shows differently, and
+// nothing else.
+func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
+	n.pushMu.Lock()
+	defer n.pushMu.Unlock()
+	if n.knownCond == nil {
+		if err := n.load(ctx); err != nil {
+			return err
 		}
-		n.reportedRev = st.Revision
+	}
+	ref := n.ref()
+	msg := truncate(st.Message)
+	if n.annotationStale(st) {
+		if err := n.annotate(ctx, st); err != nil {
+			return err
+		}
 		n.recorder.Eventf(ref, corev1.EventTypeNormal, "CredentialsApplied", "applied credentials revision %s: %s", st.Revision, msg)
 	}
-
 	if n.conditionStale(st) {
-		status := conditionStatus(st)
-		now := metav1.NewTime(n.now())
-		cond := corev1.NodeCondition{Type: ConditionType, Status: status, Reason: st.Reason, Message: msg,
-			LastHeartbeatTime: now, LastTransitionTime: n.knownCond.LastTransitionTime}
-		if n.knownCond.Status != status {
-			cond.LastTransitionTime = now
+		if err := n.setCondition(ctx, st, msg); err != nil {
+			return err
 		}
-		patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
-		// As the field manager of every other write: the admission policy
-		// lets an agent own fields as "nodecreds" only.
-		if _, err := nodes.Patch(ctx, n.name, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}, "status"); err != nil {
-			return fmt.Errorf("setting condition on node %s: %w", n.name, err)
-		}
-		n.knownCond = &cond
 	}
 	if !st.OK && n.lastEvent != msg {
 		n.recorder.Event(ref, corev1.EventTypeWarning, st.Reason, msg)
@@ -286,7 +279,6 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 	} else {
 		n.lastEvent = msg
 	}
-
 	if st.OK && !n.taintDone {
 		if err := n.removeStartupTaint(ctx); err != nil {
 			return err
@@ -294,6 +286,64 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 		n.taintDone = true
 	}
 	return nil
+}
+
+// load learns what the Node shows already, once: pushes after it change
+// only what differs.
+func (n *NodeReporter) load(ctx context.Context) error {
+	node, err := n.client.Nodes().Get(ctx, n.name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("getting node %s: %w", n.name, err)
+	}
+	n.knownCond = &corev1.NodeCondition{}
+	for _, c := range node.Status.Conditions {
+		if c.Type == ConditionType {
+			n.knownCond = c.DeepCopy()
+		}
+	}
+	n.reportedRev = node.Annotations[AnnotationRevision]
+	// Most nodes never had the startup taint: no need to look again.
+	n.taintDone = !hasTaint(node, StartupTaintKey)
+	return nil
+}
+
+// annotate names st's revision, sources and the time on the Node.
+func (n *NodeReporter) annotate(ctx context.Context, st SyncStatus) error {
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+		AnnotationRevision: st.Revision,
+		AnnotationSources:  st.Sources,
+		AnnotationSyncedAt: n.now().UTC().Format(time.RFC3339),
+	}}})
+	if _, err := n.client.Nodes().Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
+		return fmt.Errorf("annotating node %s: %w", n.name, err)
+	}
+	n.reportedRev = st.Revision
+	return nil
+}
+
+// setCondition sets the RegistryCredentialsSynced condition to st, with a
+// new transition time when its status changes.
+func (n *NodeReporter) setCondition(ctx context.Context, st SyncStatus, msg string) error {
+	status := conditionStatus(st)
+	now := metav1.NewTime(n.now())
+	cond := corev1.NodeCondition{Type: ConditionType, Status: status, Reason: st.Reason, Message: msg,
+		LastHeartbeatTime: now, LastTransitionTime: n.knownCond.LastTransitionTime}
+	if n.knownCond.Status != status {
+		cond.LastTransitionTime = now
+	}
+	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	// As the field manager of every other write: the admission policy
+	// lets an agent own fields as "nodecreds" only.
+	if _, err := n.client.Nodes().Patch(ctx, n.name, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}, "status"); err != nil {
+		return fmt.Errorf("setting condition on node %s: %w", n.name, err)
+	}
+	n.knownCond = &cond
+	return nil
+}
+
+// ref is the Node as the object of an Event.
+func (n *NodeReporter) ref() *corev1.ObjectReference {
+	return &corev1.ObjectReference{Kind: "Node", Name: n.name, UID: types.UID(n.name)}
 }
 
 // removeStartupTaint drops nodecreds.io/not-ready from the Node, with the
@@ -326,8 +376,7 @@ func (n *NodeReporter) removeStartupTaint(ctx context.Context) error {
 			return fmt.Errorf("removing taint %s from node %s: %w", StartupTaintKey, n.name, err)
 		}
 		n.log.WithField("taint", StartupTaintKey).Info("credentials in place; removed the startup taint")
-		ref := &corev1.ObjectReference{Kind: "Node", Name: n.name, UID: types.UID(n.name)}
-		n.recorder.Event(ref, corev1.EventTypeNormal, "StartupTaintRemoved", "registry credentials in place; removed taint "+StartupTaintKey)
+		n.recorder.Event(n.ref(), corev1.EventTypeNormal, "StartupTaintRemoved", "registry credentials in place; removed taint "+StartupTaintKey)
 		return nil
 	}
 	return fmt.Errorf("removing taint %s from node %s: conflicts kept happening", StartupTaintKey, n.name)

@@ -1,4 +1,4 @@
-package report
+package nodestatus
 
 import (
 	"context"
@@ -127,4 +127,49 @@ func TestRoutineReportsAreSpread(t *testing.T) {
 		c := findCond(n)
 		return c != nil && c.Status == corev1.ConditionFalse
 	})
+}
+
+// Flush (sync --once's report) and Run may push at once: they share what
+// the Node already shows, so (under -race) neither may see the other's
+// half-done push, and the applied revision is recorded once, not by both.
+func TestFlushWhileRunning(t *testing.T) {
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	rec := record.NewFakeRecorder(100)
+	n := NewNodeReporter(kubetest.FromClientset(client), "n1", rec, logrus.NewEntry(logrus.New()))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+
+	n.Report(ctx, SyncStatus{Revision: "r1", OK: true, Reason: "Synced", Message: "1 entry"})
+	flushed := make(chan error, 4)
+	for range cap(flushed) {
+		go func() { flushed <- n.Flush(ctx) }()
+	}
+	for range cap(flushed) {
+		if err := <-flushed; err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	node, _ := client.CoreV1().Nodes().Get(t.Context(), "n1", metav1.GetOptions{})
+	if node.Annotations[AnnotationRevision] != "r1" {
+		t.Errorf("annotations = %v", node.Annotations)
+	}
+	if c := findCond(node); c == nil || c.Status != corev1.ConditionTrue {
+		t.Errorf("condition = %+v", c)
+	}
+	close(rec.Events)
+	applied := 0
+	for ev := range rec.Events {
+		if strings.HasPrefix(ev, "Normal CredentialsApplied") {
+			applied++
+		}
+	}
+	if applied != 1 {
+		t.Errorf("%d CredentialsApplied Events for one revision, want 1", applied)
+	}
 }

@@ -1,4 +1,4 @@
-package report
+package nodestatus
 
 import (
 	"fmt"
@@ -20,6 +20,12 @@ const (
 	ReasonWaitingForAgent = "WaitingForAgent"
 )
 
+// Readiness is told why the agent is not ready to sync (metrics.Health,
+// which /readyz serves).
+type Readiness interface {
+	SetWaiting(why string)
+}
+
 // DefaultWaitGrace is how long a wait for an agent of the same pool stays
 // off the Node: a rollout's old Pod has terminationGracePeriodSeconds (10 s
 // in the chart) to stop, and every node of a fleet goes through one such
@@ -35,9 +41,9 @@ const DefaultWaitGrace = 30 * time.Second
 type AgentWait struct {
 	Recorder Recorder // nil without a Node to report to
 	Node     string
-	Pool     string // this agent's pool
-	Pod      string // this agent's Pod
-	Health   *Health
+	Pool     string    // this agent's pool
+	Pod      string    // this agent's Pod
+	Health   Readiness // nil without one
 	Log      *logrus.Entry
 	// Grace is DefaultWaitGrace when zero.
 	Grace time.Duration

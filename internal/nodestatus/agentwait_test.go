@@ -1,4 +1,4 @@
-package report
+package nodestatus
 
 import (
 	"strings"
@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus/hooks/test"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/nodecreds/nodecreds/internal/metrics"
 	"github.com/nodecreds/nodecreds/internal/nodelock"
 )
 
@@ -62,7 +63,7 @@ func TestAgentWaitReports(t *testing.T) {
 			now := start
 			log, hook := test.NewNullLogger()
 			rec := record.NewFakeRecorder(10)
-			h := &Health{}
+			h := &metrics.Health{}
 			a := &AgentWait{Recorder: rec, Node: "node-1", Pool: tc.pool, Pod: "me", Health: h, Log: logrus.NewEntry(log), Now: func() time.Time { return now }}
 			for i, s := range tc.steps {
 				now = start.Add(s.after)
