@@ -3,12 +3,11 @@ package nodefile
 import (
 	"bytes"
 	"cmp"
-	"crypto/rand"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,59 +17,6 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
-
-// ErrNotRegular means a target resolves to something that is not a file.
-var ErrNotRegular = hostfs.ErrNotRegular
-
-// ErrForeignOwner means a target belongs to another user and the agent may
-// not give the new file that owner.
-var ErrForeignOwner = errors.New("target is owned by another user")
-
-// FileID is what nodecreds left at a target: the file's content, mode and
-// owner (Exists false for no file). It says nothing of time stamps or
-// inode, which another writer can restore or keep.
-type FileID = hostfs.Stamp
-
-// fileRead is a target as read: its bytes and the metadata we keep.
-type fileRead struct {
-	exists bool
-	data   []byte
-	mode   fs.FileMode // permission bits
-	uid    int
-	gid    int
-	info   hostfs.Info
-}
-
-// stamp is the FileID of the file as read.
-func (f fileRead) stamp() FileID {
-	if !f.exists {
-		return FileID{}
-	}
-	return hostfs.StampOf(f.data, f.info)
-}
-
-// readTarget reads the target name in d; a missing folder (d nil) or file
-// is an empty fileRead. Anything but a regular file with one link is
-// refused: a FIFO would block us, and replacing a hard-linked file would
-// leave the old credentials under its other names.
-func readTarget(d *hostfs.Dir, name string) (fileRead, error) {
-	if d == nil {
-		return fileRead{}, nil
-	}
-	data, info, err := d.ReadFile(name, hostfs.MaxFileSize)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return fileRead{}, nil
-	case errors.Is(err, unix.EACCES):
-		return fileRead{}, fmt.Errorf("%w; the agent runs as root without capabilities, so it can read only files root may read: chown the file to root (0600), or remove it", err)
-	case err != nil:
-		return fileRead{}, err
-	}
-	if info.Nlink > 1 {
-		return fileRead{}, fmt.Errorf("%s: %w (%d names); nodecreds replaces files by rename, which would leave the old content under the other names: keep one name and use a symlink for the others", d.Name(name), hostfs.ErrHardLinked, info.Nlink)
-	}
-	return fileRead{exists: true, data: data, mode: info.Mode.Perm(), uid: info.UID, gid: info.GID, info: info}, nil
-}
 
 // tempPrefix marks our temporary files so a crash's leftovers can be swept.
 // Such a file holds nodecreds' next version of the target before the swap,
@@ -86,175 +32,6 @@ func tempPrefix(name string) string {
 // file is never swept.
 func heldPrefix(name string) string {
 	return tempPrefix(name) + "held-"
-}
-
-// swap is what replace found at the target when it put ours in place.
-type swap struct {
-	existed bool   // a file was at the name
-	old     []byte // its content, as far as it could be read
-	held    string // when it was not the file read: the name it is kept under
-	left    FileID // ours, as now at the name
-}
-
-// replace puts data at name in d atomically, in place of prev (the file
-// read, which may be none), and says what it replaced.
-//
-// It writes a temp file in the same folder, fsyncs it, then swaps it with
-// the target using renameat2(RENAME_EXCHANGE), and fsyncs the folder. The
-// exchange hands back the exact file we replaced, so if another writer (a
-// `docker login` on the node) renamed its own file in after we read, the
-// caller sees that and merges again instead of losing its change; a plain
-// rename (as renameio does) cannot tell. That file is kept under a held
-// name until then. A crash at any point leaves the old or the new file at
-// name, both whole. Every step is relative to the folder handle d, by name,
-// so nothing can be redirected outside the host root.
-//
-// Where the file system cannot exchange, prev is compared with what is
-// there just before a plain rename: a writer renaming its file in between
-// the two is not seen, and its change is lost. Where there was no file, the
-// new one is created without replacing one that appeared meanwhile
-// (RENAME_NOREPLACE, or link(2) where that is missing too): errRaced.
-func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (swap, error) {
-	if len(data) > hostfs.MaxFileSize {
-		// Never write what nodecreds (and check, and the plugin) would
-		// refuse to read back: a compact file near the limit grows when
-		// re-indented.
-		return swap{}, fmt.Errorf("%s would be %d bytes, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
-			d.Name(name), len(data), hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
-	}
-	mode := fs.FileMode(0o600)
-	if prev.exists {
-		// Keep an existing stricter mode; never loosen to more than 0600.
-		mode = prev.mode & 0o600
-	}
-	f, tmp, err := d.CreateTemp(tempPrefix(name), mode)
-	if err != nil {
-		return swap{}, fmt.Errorf("creating temp file for %s: %w", d.Name(name), err)
-	}
-	placed := false
-	defer func() {
-		if !placed {
-			_ = d.Remove(tmp)
-		}
-	}()
-	var left FileID
-	werr := func() error {
-		if _, err := f.Write(data); err != nil {
-			return err
-		}
-		if prev.exists && (prev.uid != os.Geteuid() || prev.gid != os.Getegid()) {
-			if err := f.Chown(prev.uid, prev.gid); err != nil {
-				if errors.Is(err, unix.EPERM) {
-					return fmt.Errorf("%w (uid %d, gid %d): nodecreds keeps the owner of a file it replaces, which needs the CHOWN capability (the DaemonSet drops all capabilities); chown the file to root, or add CHOWN to the container's capabilities", ErrForeignOwner, prev.uid, prev.gid)
-				}
-				return err
-			}
-		}
-		if err := f.Sync(); err != nil {
-			return err
-		}
-		info, err := hostfs.Stat(f)
-		left = hostfs.StampOf(data, info)
-		return err
-	}()
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		return swap{}, fmt.Errorf("writing %s: %w", d.Name(name), werr)
-	}
-
-	err = d.Exchange(tmp, name)
-	switch {
-	case err == nil:
-		placed = true // tmp now holds the file replaced
-		return settle(d, name, tmp, prev, data, left)
-	case errors.Is(err, fs.ErrNotExist):
-		// No target: create it, but not over one that appeared meanwhile.
-		err = d.RenameNoReplace(tmp, name)
-	case errors.Is(err, hostfs.ErrNoExchange) && !prev.exists:
-		err = d.RenameNoReplace(tmp, name)
-	case errors.Is(err, hostfs.ErrNoExchange):
-		// Check, then rename: a writer renaming its file in between the
-		// two is not seen (docs/security.md says so).
-		cur, rerr := readTarget(d, name)
-		if rerr != nil {
-			return swap{}, rerr
-		}
-		if !cur.exists || !bytes.Equal(cur.data, prev.data) {
-			return swap{}, errRaced
-		}
-		if err = d.Rename(tmp, name); err == nil {
-			placed = true
-			if err := d.Sync(); err != nil {
-				return swap{}, err
-			}
-			return swap{existed: true, old: prev.data, left: left}, nil
-		}
-	}
-	if errors.Is(err, fs.ErrExist) {
-		return swap{}, errRaced
-	}
-	if err != nil {
-		return swap{}, fmt.Errorf("replacing %s: %w", d.Name(name), err)
-	}
-	placed = true
-	if err := d.Sync(); err != nil {
-		return swap{}, err
-	}
-	return swap{left: left}, nil
-}
-
-// settle deals with what an exchange put at tmp: the file read, which is
-// merged into ours and goes; or another writer's, which is held until it
-// is merged too. When it cannot be held (a disk out of space, on which a
-// rename to a new name can still need a block), the exchange is undone:
-// their file goes back to the target, untouched, and ours, now at tmp,
-// goes (errRaced: the next attempt reads theirs). Never is their file
-// left under the temp name, which the next start would sweep.
-func settle(d *hostfs.Dir, name, tmp string, prev fileRead, data []byte, left FileID) (swap, error) {
-	old, _, err := d.ReadFile(tmp, hostfs.MaxFileSize)
-	if err == nil && prev.exists && bytes.Equal(old, prev.data) {
-		if err := d.Remove(tmp); err != nil {
-			return swap{}, err
-		}
-		return swap{existed: true, old: old, left: left}, d.Sync()
-	}
-	held, herr := holdTemp(d, name, tmp)
-	if herr == nil {
-		return swap{existed: true, old: old, held: held, left: left}, d.Sync()
-	}
-	// Undo: exchange again (needs no space at all), and check that what
-	// came back is ours, not a third writer's put at the name meanwhile.
-	if xerr := d.Exchange(tmp, name); xerr == nil {
-		back, _, rerr := d.ReadFile(tmp, hostfs.MaxFileSize)
-		if rerr == nil && bytes.Equal(back, data) {
-			if err := remove(d, tmp); err != nil {
-				return swap{}, err
-			}
-			return swap{}, errRaced
-		}
-	}
-	return swap{}, fmt.Errorf("%s: ours is in place, but the file another writer put there just before is left as %s (merge it into the target by hand: the next start removes it): %w", d.Name(name), d.Name(tmp), herr)
-}
-
-// holdTemp renames tmp, a temp file of ours that now holds another
-// writer's file, to a new held name. A rename needs no new inode, so a
-// file system out of inodes can still hold it.
-func holdTemp(d *hostfs.Dir, name, tmp string) (string, error) {
-	var buf [8]byte
-	for range 100 {
-		if _, err := io.ReadFull(rand.Reader, buf[:]); err != nil {
-			return "", fmt.Errorf("random name: %w", err)
-		}
-		held := fmt.Sprintf("%s%x", heldPrefix(name), buf)
-		err := d.RenameNoReplace(tmp, held)
-		if errors.Is(err, fs.ErrExist) {
-			continue
-		}
-		return held, err
-	}
-	return "", fmt.Errorf("holding %s: too many collisions", d.Name(tmp))
 }
 
 // hold renames the file at from to a new held name, never over anything
@@ -331,9 +108,6 @@ func tighten(d *hostfs.Dir, name string, cur fileRead) (fs.FileMode, error) {
 
 // loosened says whether mode lets anyone but the owner read or write.
 func loosened(mode fs.FileMode) bool { return mode&0o077 != 0 }
-
-// errRaced means the target changed under us and must be read again.
-var errRaced = errors.New("target changed while being written")
 
 // maxCorruptCopies is how many copies of corrupt files are kept next to
 // each target; with each at most hostfs.MaxFileSize, a target's copies
@@ -438,4 +212,71 @@ func remove(d *hostfs.Dir, name string) error {
 		return err
 	}
 	return d.Sync()
+}
+
+// lockPoll is how often a held state lock is tried again.
+const lockPoll = 20 * time.Millisecond
+
+// lock takes an exclusive flock on the state folder's lock file, waiting
+// for it until ctx ends (another nodecreds, such as `cleanup`, may hold
+// it). The lock file is opened without following links and only if it is a
+// regular file.
+func lock(ctx context.Context, d *hostfs.Dir) (func(), error) {
+	f, err := d.OpenLock("lock")
+	if err != nil {
+		return nil, fmt.Errorf("%w: lock: %w", ErrState, err)
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("%w: locking %s: %w", ErrState, f.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for the state lock %s (held by another nodecreds process, such as cleanup): %w", f.Name(), ctx.Err())
+		case <-time.After(lockPoll):
+		}
+	}
+}
+
+// sweepPrefix removes files a crash left in d named prefix and the 16 hex
+// digits hostfs.CreateTemp adds, except those named so after held (when
+// not empty), whose names it returns. A name that merely starts alike (an
+// admin's ".config.json.nodecreds-backup") is not nodecreds' and is left.
+func sweepPrefix(d *hostfs.Dir, prefix, held string) []string {
+	names, err := d.Names()
+	if err != nil {
+		return nil
+	}
+	var found []string
+	for _, n := range names {
+		switch {
+		case held != "" && isTempName(n, held):
+			found = append(found, n)
+		case isTempName(n, prefix):
+			_ = d.Remove(n)
+		}
+	}
+	return found
+}
+
+// isTempName reports whether n is prefix and the 16 lowercase hex digits
+// hostfs.CreateTemp adds: the names nodecreds' temp and held files have
+// had from the start.
+func isTempName(n, prefix string) bool {
+	rest, ok := strings.CutPrefix(n, prefix)
+	if !ok || len(rest) != 16 {
+		return false
+	}
+	for _, c := range rest {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
