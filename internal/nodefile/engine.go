@@ -226,22 +226,6 @@ func (e *Engine) Cleanup(ctx context.Context, targets []string) ([]Result, error
 	return e.run(ctx, targets, nil, pruneRule{on: true})
 }
 
-// Owned lists the node paths the state file records.
-func (e *Engine) Owned() ([]string, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	_, sd, done, err := e.open()
-	if err != nil {
-		return nil, err
-	}
-	defer done()
-	st, err := loadState(sd, &e.memo)
-	if err != nil {
-		return nil, err
-	}
-	return sortedKeys(st.Targets), nil
-}
-
 // open opens the host root and the state folder in it; done closes both.
 func (e *Engine) open() (*hostfs.Root, *hostfs.Dir, func(), error) {
 	root, err := hostfs.OpenRoot(e.root)
