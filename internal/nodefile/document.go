@@ -131,42 +131,53 @@ func parseDocument(data []byte) (*document, error) {
 			members = append(members, m)
 			return
 		}
-		// The value itself is re-encoded from d.auths; top keeps only that
-		// the field was there.
-		d.top["auths"] = json.RawMessage("{}")
-		switch value[0] {
-		case 'n':
-			// encoding/json sets the map to nil: what came before is gone.
-			d.auths, d.order = map[string]json.RawMessage{}, nil
-		case '{':
-			if d.order == nil {
-				d.auths, d.order = make(map[string]json.RawMessage, n), make([]string, 0, n)
-			}
-			eachMember(value, 0, func(key, entry []byte) {
-				k := unquote(key)
-				// An object is what both consumers decode an entry from
-				// (null is an empty one); anything else fails the whole file
-				// for both, even when a later entry of that key replaces it.
-				if entry[0] != '{' && entry[0] != 'n' && err == nil {
-					err = fmt.Errorf("%w: entry %q is not an object", ErrCorrupt, dockercfg.SafeKey(k))
-				}
-				if _, dup := d.auths[k]; !dup {
-					d.order = append(d.order, k)
-				}
-				d.auths[k] = entry
-				if err == nil {
-					d.refused.note(k, entry)
-				}
-			})
-		default:
-			err = fmt.Errorf("%w: \"auths\" is not an object of entries", ErrCorrupt)
-		}
+		err = d.addAuths(value, n)
 	})
 	if err != nil {
 		return nil, err
 	}
 	d.setTop(members)
 	return d, tail
+}
+
+// addAuths reads the value of one member naming the auths field into d,
+// as encoding/json decodes it into the map field: merged with what came
+// before, later keys winning, a null starting afresh. n bounds the entries
+// of the whole file.
+func (d *document) addAuths(value []byte, n int) error {
+	// The value itself is re-encoded from d.auths; top keeps only that
+	// the field was there.
+	d.top["auths"] = json.RawMessage("{}")
+	switch value[0] {
+	case 'n':
+		// encoding/json sets the map to nil: what came before is gone.
+		d.auths, d.order = map[string]json.RawMessage{}, nil
+		return nil
+	case '{':
+	default:
+		return fmt.Errorf("%w: \"auths\" is not an object of entries", ErrCorrupt)
+	}
+	if d.order == nil {
+		d.auths, d.order = make(map[string]json.RawMessage, n), make([]string, 0, n)
+	}
+	var err error
+	eachMember(value, 0, func(key, entry []byte) {
+		k := unquote(key)
+		// An object is what both consumers decode an entry from (null is
+		// an empty one); anything else fails the whole file for both,
+		// even when a later entry of that key replaces it.
+		if entry[0] != '{' && entry[0] != 'n' && err == nil {
+			err = fmt.Errorf("%w: entry %q is not an object", ErrCorrupt, dockercfg.SafeKey(k))
+		}
+		if _, dup := d.auths[k]; !dup {
+			d.order = append(d.order, k)
+		}
+		d.auths[k] = entry
+		if err == nil {
+			d.refused.note(k, entry)
+		}
+	})
+	return err
 }
 
 // firstValue returns where the JSON value starting at data[start] ends, if

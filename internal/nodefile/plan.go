@@ -39,24 +39,7 @@ func planTarget(base, cur fileRead, prev, newer *document, desired *wanted, prun
 	if orig == nil {
 		orig, _ = parseDocument(nil)
 	}
-	doc := orig
-	if newer != nil {
-		// Newer than base for every key both hold (held files a write of
-		// ours replaced, and base is that write): their values win, base
-		// fills in what they lack.
-		doc = newer.clone()
-		carry(orig, doc)
-	}
-	if prev != nil {
-		// While our stale file was in place the other writer may have read
-		// it and written on top of it, dropping what it had added before;
-		// or its file was taken off the target and is held. Carry forward
-		// everything seen from it in this sync.
-		if doc == orig {
-			doc = doc.clone()
-		}
-		carry(prev, doc)
-	}
+	doc := carried(orig, prev, newer)
 	p := targetPlan{parsed: doc, corrupt: perr, merged: merge(doc, desired, prune, old)}
 	p.unreadable = orig.still(p.merged.doc)
 	if !base.exists && len(p.merged.doc.auths) > 0 {
@@ -66,22 +49,7 @@ func planTarget(base, cur fileRead, prev, newer *document, desired *wanted, prun
 	// ours is in the file on disk right now: cur, which after a lost race is
 	// our own stale write rather than base.
 	setIntent := func() {
-		onDisk := ownedIn(doc, old)
-		if racing {
-			if curDoc, err := parse(cur.data); err == nil {
-				onDisk = ownedIn(curDoc, old)
-			}
-		}
-		if prev != nil {
-			// Ours in a held file, which a crash leaves to the next
-			// process to merge, must be recognised there too.
-			for k, fp := range ownedIn(prev, old) {
-				if _, ok := onDisk[k]; !ok {
-					onDisk[k] = fp
-				}
-			}
-		}
-		p.intent = intent(onDisk, old, p.merged.state)
+		p.intent = intent(ownedOnDisk(doc, cur, prev, racing, old, parse), old, p.merged.state)
 	}
 	switch {
 	case perr != nil && len(p.merged.state.Owned) == 0 && len(p.merged.restored) == 0 && !racing && prev == nil:
@@ -104,6 +72,52 @@ func planTarget(base, cur fileRead, prev, newer *document, desired *wanted, prun
 		setIntent()
 	}
 	return p, nil
+}
+
+// carried is orig, the file to merge into, with what this sync saw of
+// other writers carried into it (the result is a clone when anything is).
+func carried(orig, prev, newer *document) *document {
+	doc := orig
+	if newer != nil {
+		// Newer than base for every key both hold (held files a write of
+		// ours replaced, and base is that write): their values win, base
+		// fills in what they lack.
+		doc = newer.clone()
+		carry(orig, doc)
+	}
+	if prev != nil {
+		// While our stale file was in place the other writer may have read
+		// it and written on top of it, dropping what it had added before;
+		// or its file was taken off the target and is held. Carry forward
+		// everything seen from it in this sync.
+		if doc == orig {
+			doc = doc.clone()
+		}
+		carry(prev, doc)
+	}
+	return doc
+}
+
+// ownedOnDisk is what the intent must recognise as ours: our entries in
+// the file on disk right now (doc, or cur after a lost race, when cur is
+// our own stale write rather than the file merged into), and in prev.
+func ownedOnDisk(doc *document, cur fileRead, prev *document, racing bool, old TargetState, parse func([]byte) (*document, error)) map[string]string {
+	onDisk := ownedIn(doc, old)
+	if racing {
+		if curDoc, err := parse(cur.data); err == nil {
+			onDisk = ownedIn(curDoc, old)
+		}
+	}
+	if prev != nil {
+		// Ours in a held file, which a crash leaves to the next
+		// process to merge, must be recognised there too.
+		for k, fp := range ownedIn(prev, old) {
+			if _, ok := onDisk[k]; !ok {
+				onDisk[k] = fp
+			}
+		}
+	}
+	return onDisk
 }
 
 // carry copies into doc every auths entry and top-level field of prev that

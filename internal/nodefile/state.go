@@ -191,8 +191,15 @@ func (t TargetState) absorb(o TargetState) TargetState {
 			out.Copies[name] = srcs
 		}
 	}
+	out.absorbDisplaced(o)
+	return out
+}
+
+// absorbDisplaced adds the entries o displaced to t's, and drops every
+// displaced entry that either record recognises as nodecreds' own.
+func (t *TargetState) absorbDisplaced(o TargetState) {
 	ours := func(k string, raw json.RawMessage) bool {
-		for _, fp := range []string{out.Owned[k], out.Pending[k], out.Stale[k].fp, o.Owned[k], o.Pending[k]} {
+		for _, fp := range []string{t.Owned[k], t.Pending[k], t.Stale[k].fp, o.Owned[k], o.Pending[k]} {
 			if fp != "" && (entryDigest(compact(raw)) == fp || fingerprint(raw) == fp) {
 				return true
 			}
@@ -200,20 +207,19 @@ func (t TargetState) absorb(o TargetState) TargetState {
 		return false
 	}
 	for k, raw := range o.Displaced {
-		if _, ok := out.Displaced[k]; ok {
+		if _, ok := t.Displaced[k]; ok {
 			continue
 		}
-		if out.Displaced == nil {
-			out.Displaced = map[string]json.RawMessage{}
+		if t.Displaced == nil {
+			t.Displaced = map[string]json.RawMessage{}
 		}
-		out.Displaced[k] = raw
+		t.Displaced[k] = raw
 	}
-	for k, raw := range out.Displaced {
+	for k, raw := range t.Displaced {
 		if ours(k, raw) {
-			delete(out.Displaced, k)
+			delete(t.Displaced, k)
 		}
 	}
-	return out
 }
 
 func (t TargetState) isZero() bool {

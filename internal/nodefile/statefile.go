@@ -147,64 +147,72 @@ func encodeState(s *State, hint *[]string) ([]byte, error) {
 			b = append(b, "null"...)
 			continue
 		}
-		b = append(b, '{')
-		sep := func(name string) {
-			if b[len(b)-1] != '{' {
-				b = append(b, ',')
-			}
-			b = append(b, name...)
+		var err error
+		if b, err = appendTarget(b, t, hint); err != nil {
+			return nil, err
 		}
-		if t.Created {
-			sep(`"created":true`)
-		}
-		if len(t.Owned) > 0 {
-			sep(`"owned":`)
-			b = t.Owned.appendJSON(b, hint)
-		}
-		if len(t.Pending) > 0 {
-			sep(`"pending":`)
-			b = t.Pending.appendJSON(b, nil)
-		}
-		if len(t.From) > 0 {
-			// One source gives most entries: it is written once, and only
-			// the entries from another (or from none known, "") by key;
-			// thousands of entries would otherwise repeat its name.
-			all, rest := t.fromParts()
-			sep(`"fromAll":`)
-			b = appendJSONString(b, all)
-			if len(rest) > 0 {
-				sep(`"from":`)
-				b = rest.appendJSON(b, nil)
-			}
-		}
-		if len(t.Copies) > 0 {
-			sep(`"copies":`)
-			c, err := json.Marshal(t.Copies)
-			if err != nil {
-				return nil, err
-			}
-			b = append(b, c...)
-		}
-		if t.Writing != "" {
-			sep(`"writing":`)
-			b = appendJSONString(b, t.Writing)
-		}
-		if len(t.Stale) > 0 {
-			sep(`"stale":`)
-			b = t.Stale.appendJSON(b)
-		}
-		if len(t.Displaced) > 0 {
-			sep(`"displaced":`)
-			// Few, and kept verbatim: encoding/json compacts each.
-			d, err := json.Marshal(t.Displaced)
-			if err != nil {
-				return nil, err
-			}
-			b = append(b, d...)
-		}
-		b = append(b, '}')
 	}
 	return append(b, "}}"...), nil
+}
+
+// appendTarget appends one target's record as encodeState writes it.
+func appendTarget(b []byte, t *TargetState, hint *[]string) ([]byte, error) {
+	b = append(b, '{')
+	sep := func(name string) {
+		if b[len(b)-1] != '{' {
+			b = append(b, ',')
+		}
+		b = append(b, name...)
+	}
+	if t.Created {
+		sep(`"created":true`)
+	}
+	if len(t.Owned) > 0 {
+		sep(`"owned":`)
+		b = t.Owned.appendJSON(b, hint)
+	}
+	if len(t.Pending) > 0 {
+		sep(`"pending":`)
+		b = t.Pending.appendJSON(b, nil)
+	}
+	if len(t.From) > 0 {
+		// One source gives most entries: it is written once, and only
+		// the entries from another (or from none known, "") by key;
+		// thousands of entries would otherwise repeat its name.
+		all, rest := t.fromParts()
+		sep(`"fromAll":`)
+		b = appendJSONString(b, all)
+		if len(rest) > 0 {
+			sep(`"from":`)
+			b = rest.appendJSON(b, nil)
+		}
+	}
+	if len(t.Copies) > 0 {
+		sep(`"copies":`)
+		c, err := json.Marshal(t.Copies)
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, c...)
+	}
+	if t.Writing != "" {
+		sep(`"writing":`)
+		b = appendJSONString(b, t.Writing)
+	}
+	if len(t.Stale) > 0 {
+		sep(`"stale":`)
+		b = t.Stale.appendJSON(b)
+	}
+	if len(t.Displaced) > 0 {
+		sep(`"displaced":`)
+		// Few, and kept verbatim: encoding/json compacts each.
+		d, err := json.Marshal(t.Displaced)
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, d...)
+	}
+	return append(b, '}'), nil
 }
 
 // appendJSONString appends s quoted as encoding/json quotes it: plain
