@@ -55,7 +55,7 @@ type document struct {
 	// refused is what in the file read the kubelet refuses (readable.go).
 	refused refusals
 	auths   map[string]json.RawMessage
-	// digests caches entryDigest(compact(raw)) by key: one sync asks for
+	// digests caches entryDigest(jsonwalk.Compact(raw)) by key: one sync asks for
 	// the same entries several times (settling ownership, then what is on
 	// disk), and files can hold thousands. Values are never modified in
 	// place, so an entry whose bytes are the very ones hashed is unchanged.
@@ -91,7 +91,7 @@ type cachedDigest struct {
 // ends, and the document's values are slices of data rather than copies.
 func parseDocument(data []byte) (*document, error) {
 	d := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{}, digests: map[string]cachedDigest{}}
-	start := skipSpace(data, 0)
+	start := jsonwalk.SkipSpace(data, 0)
 	if start == len(data) {
 		return d, nil
 	}
@@ -119,12 +119,12 @@ func parseDocument(data []byte) (*document, error) {
 		err     error
 		members []member
 	)
-	eachMember(data, start, func(key, value []byte) {
+	jsonwalk.EachMember(data, start, func(key, value []byte) {
 		if err != nil {
 			return
 		}
 		if !jsonwalk.Names(key, "auths") {
-			m := member{key: unquote(key), value: value}
+			m := member{key: jsonwalk.Unquote(key), value: value}
 			if jsonwalk.Names(key, "HttpHeaders") && headersRefusal(value) {
 				d.refused.headers = m.key
 			}
@@ -161,8 +161,8 @@ func (d *document) addAuths(value []byte, n int) error {
 		d.auths, d.order = make(map[string]json.RawMessage, n), make([]string, 0, n)
 	}
 	var err error
-	eachMember(value, 0, func(key, entry []byte) {
-		k := unquote(key)
+	jsonwalk.EachMember(value, 0, func(key, entry []byte) {
+		k := jsonwalk.Unquote(key)
 		// An object is what both consumers decode an entry from (null is
 		// an empty one); anything else fails the whole file for both,
 		// even when a later entry of that key replaces it.
@@ -200,7 +200,7 @@ func firstValue(data []byte, start int) (int, bool) {
 // without building anything.
 func countEntries(data []byte, start int) int {
 	n := 0
-	eachMember(data, start, func(key, value []byte) {
+	jsonwalk.EachMember(data, start, func(key, value []byte) {
 		n++
 		if value[0] == '{' && jsonwalk.Names(key, "auths") {
 			n += jsonwalk.CountMembers(value, 0)
@@ -349,7 +349,7 @@ func (d *document) appendEncoded(buf []byte, flush func([]byte) []byte) []byte {
 			}
 			buf = append(buf, "\n\t\t"...)
 			buf = appendKey(buf, ak)
-			buf = appendIndent(buf, bytes.TrimSpace(d.auths[ak]), "\t\t", "\t")
+			buf = jsonwalk.AppendIndent(buf, bytes.TrimSpace(d.auths[ak]), "\t\t", "\t", hostfs.MaxFileSize)
 		}
 		buf = append(buf, "\n\t}"...)
 	}
@@ -362,7 +362,7 @@ func (d *document) appendEncoded(buf []byte, flush func([]byte) []byte) []byte {
 			spill()
 			sep()
 			buf = appendKey(buf, m.key)
-			buf = appendIndent(buf, bytes.TrimSpace(m.value), "\t", "\t")
+			buf = jsonwalk.AppendIndent(buf, bytes.TrimSpace(m.value), "\t", "\t", hostfs.MaxFileSize)
 		}
 	}
 	if hasAuths {
@@ -400,7 +400,7 @@ func (d *document) encodedSize() (int, error) {
 	}
 	for _, f := range d.fields() {
 		for _, m := range f.members {
-			member(m.key, indentSize(bytes.TrimSpace(m.value), len("\t"), len("\t")))
+			member(m.key, jsonwalk.IndentSize(bytes.TrimSpace(m.value), len("\t"), len("\t"), hostfs.MaxFileSize))
 		}
 	}
 	if _, ok := d.top["auths"]; ok || len(d.auths) > 0 {
@@ -408,7 +408,7 @@ func (d *document) encodedSize() (int, error) {
 		if len(d.auths) > 0 {
 			value = len("{\n\t}") + len(d.order) - 1 // the commas
 			for _, k := range d.order {
-				value += len("\n\t\t") + quotedLen(k) + len(": ") + indentSize(bytes.TrimSpace(d.auths[k]), len("\t\t"), len("\t"))
+				value += len("\n\t\t") + quotedLen(k) + len(": ") + jsonwalk.IndentSize(bytes.TrimSpace(d.auths[k]), len("\t\t"), len("\t"), hostfs.MaxFileSize)
 			}
 		}
 		member("auths", value)
@@ -501,7 +501,7 @@ func (d *document) equal(o *document) bool {
 			continue
 		}
 		w, ok := o.top[k]
-		if !ok || !bytes.Equal(compact(v), compact(w)) {
+		if !ok || !bytes.Equal(jsonwalk.Compact(v), jsonwalk.Compact(w)) {
 			return false
 		}
 	}
@@ -521,7 +521,7 @@ func (d *document) equal(o *document) bool {
 			}
 			for j, m := range a[i].members {
 				n := b[i].members[j]
-				if m.key != n.key || !bytes.Equal(compact(m.value), compact(n.value)) {
+				if m.key != n.key || !bytes.Equal(jsonwalk.Compact(m.value), jsonwalk.Compact(n.value)) {
 					return false
 				}
 			}
@@ -546,7 +546,7 @@ func (d *document) cloneWithRoom(extra int) *document {
 // comparisons differ at most in white space, which compacting settles
 // without decoding; only the rest pay for a canonical form.
 func sameJSON(a, b json.RawMessage) bool {
-	return bytes.Equal(a, b) || bytes.Equal(compact(a), compact(b)) || fingerprint(a) == fingerprint(b)
+	return bytes.Equal(a, b) || bytes.Equal(jsonwalk.Compact(a), jsonwalk.Compact(b)) || fingerprint(a) == fingerprint(b)
 }
 
 // hasFingerprint reports whether the entry key of the document has the
@@ -571,7 +571,7 @@ func (d *document) matches(key string, raw []byte, fp string) bool {
 	}
 	c, ok := d.digests[key]
 	if !ok || !sameSlice(c.raw, raw) {
-		c = cachedDigest{raw: raw, digest: entryDigest(compact(raw))}
+		c = cachedDigest{raw: raw, digest: entryDigest(jsonwalk.Compact(raw))}
 		d.digests[key] = c
 	}
 	return c.digest == fp || fingerprint(raw) == fp
@@ -603,7 +603,7 @@ const maxCanonical = 64 << 10
 // times its size.
 func fingerprint(raw json.RawMessage) string {
 	if len(raw) > maxCanonical {
-		return entryDigest(compact(raw))
+		return entryDigest(jsonwalk.Compact(raw))
 	}
 	var v any
 	canon := []byte(raw)

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/jsonwalk"
 )
 
 // memo remembers the last content the engine read or wrote of each target
@@ -128,7 +129,7 @@ func repoint(doc *document, data []byte) bool {
 // walkEncoding walks data as encode wrote doc, checking that each member is
 // where doc has it and, with set, pointing doc's value at it.
 func walkEncoding(doc *document, data []byte, set bool) bool {
-	start := skipSpace(data, 0)
+	start := jsonwalk.SkipSpace(data, 0)
 	if start == len(data) {
 		return doc.empty()
 	}
@@ -138,7 +139,7 @@ func walkEncoding(doc *document, data []byte, set bool) bool {
 	fields := doc.fields()
 	f, j := 0, 0 // the field, and its member, the next top-level member is
 	ok := true
-	eachMember(data, start, func(key, value []byte) {
+	jsonwalk.EachMember(data, start, func(key, value []byte) {
 		if !ok {
 			return
 		}
@@ -171,7 +172,7 @@ func walkEncoding(doc *document, data []byte, set bool) bool {
 // set, points them at it.
 func walkAuths(doc *document, auths []byte, set bool) bool {
 	i, ok := 0, true
-	eachMember(auths, 0, func(key, value []byte) {
+	jsonwalk.EachMember(auths, 0, func(key, value []byte) {
 		if !ok || i >= len(doc.order) || !sameKey(key, doc.order[i]) {
 			ok = false
 			return
@@ -204,7 +205,7 @@ func sameKey(q []byte, k string) bool {
 	if len(q) == len(k)+2 && string(q[1:len(q)-1]) == k {
 		return true
 	}
-	return unquote(q) == k
+	return jsonwalk.Unquote(q) == k
 }
 
 func (m *memo) forget(path string) { delete(m.docs, path) }

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/nodecreds/nodecreds/internal/jsonwalk"
 )
 
 // State is nodecreds' record, per target, of what it owns. It is the only
@@ -200,7 +202,7 @@ func (t TargetState) absorb(o TargetState) TargetState {
 func (t *TargetState) absorbDisplaced(o TargetState) {
 	ours := func(k string, raw json.RawMessage) bool {
 		for _, fp := range []string{t.Owned[k], t.Pending[k], t.Stale[k].fp, o.Owned[k], o.Pending[k]} {
-			if fp != "" && (entryDigest(compact(raw)) == fp || fingerprint(raw) == fp) {
+			if fp != "" && (entryDigest(jsonwalk.Compact(raw)) == fp || fingerprint(raw) == fp) {
 				return true
 			}
 		}

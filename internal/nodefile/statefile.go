@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/jsonwalk"
 )
 
 // maxStateSize bounds the state file. It records, per target, every entry
@@ -67,12 +68,12 @@ func (f *keyStrings) UnmarshalJSON(data []byte) error {
 	}
 	m := keyStrings{}
 	var err error
-	eachMember(data, 0, func(key, value []byte) {
+	jsonwalk.EachMember(data, 0, func(key, value []byte) {
 		if value[0] != '"' {
 			err = errors.New("state map: a value is not a string")
 			return
 		}
-		m[unquote(key)] = unquote(value)
+		m[jsonwalk.Unquote(key)] = jsonwalk.Unquote(value)
 	})
 	*f = m
 	return err
@@ -110,8 +111,8 @@ func decodeStale(data []byte) (staleMarks, error) {
 	}
 	out := staleMarks{}
 	var err error
-	eachMember(data, 0, func(key, value []byte) {
-		at, perr := strconv.ParseInt(unquote(key), 10, 64)
+	jsonwalk.EachMember(data, 0, func(key, value []byte) {
+		at, perr := strconv.ParseInt(jsonwalk.Unquote(key), 10, 64)
 		var fps keyStrings
 		if perr == nil && value[0] != '{' {
 			perr = errors.New("not an object")
@@ -270,13 +271,13 @@ func decodeState(data []byte, s *State) error {
 	if !json.Valid(data) {
 		return json.Unmarshal(data, new(any)) // the syntax error, by offset
 	}
-	i := skipSpace(data, 0)
+	i := jsonwalk.SkipSpace(data, 0)
 	if data[i] != '{' {
 		return &json.UnmarshalTypeError{Value: "non-object", Field: ""}
 	}
 	var err firstErr
-	eachMember(data, i, func(key, value []byte) {
-		switch unquote(key) {
+	jsonwalk.EachMember(data, i, func(key, value []byte) {
+		switch jsonwalk.Unquote(key) {
 		case "version":
 			err.keep(json.Unmarshal(value, &s.Version))
 		case "targets":
@@ -287,12 +288,12 @@ func decodeState(data []byte, s *State) error {
 				err.keep(&json.UnmarshalTypeError{Value: "non-object", Field: "targets"})
 				return
 			}
-			eachMember(value, 0, func(key, value []byte) {
+			jsonwalk.EachMember(value, 0, func(key, value []byte) {
 				t := &TargetState{}
 				if value[0] != 'n' {
 					err.keep(decodeTarget(value, t))
 				}
-				s.Targets[unquote(key)] = t
+				s.Targets[jsonwalk.Unquote(key)] = t
 			})
 		}
 	})
@@ -332,8 +333,8 @@ func decodeTarget(data []byte, t *TargetState) error {
 			}
 		}
 	}()
-	eachMember(data, 0, func(key, value []byte) {
-		switch k := unquote(key); k {
+	jsonwalk.EachMember(data, 0, func(key, value []byte) {
+		switch k := jsonwalk.Unquote(key); k {
 		case "created":
 			err.keep(json.Unmarshal(value, &t.Created))
 		case "owned", "pending", "from":
