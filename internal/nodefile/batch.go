@@ -85,13 +85,13 @@ func appliesNow(sources []dockercfg.NamedSet, prune pruneRule) map[string]bool {
 // targets, and once for both readers when they get the same (no Docker
 // Hub key, no two spellings of one registry: most sources).
 type readerViews struct {
-	memo    *memo
+	memo    *memory
 	sources []dockercfg.NamedSet
 	wants   map[dockercfg.Reader]*wanted
 	views   map[dockercfg.Reader]dockercfg.Set
 }
 
-func newReaderViews(m *memo, sources []dockercfg.NamedSet) *readerViews {
+func newReaderViews(m *memory, sources []dockercfg.NamedSet) *readerViews {
 	return &readerViews{memo: m, sources: sources, wants: map[dockercfg.Reader]*wanted{}, views: map[dockercfg.Reader]dockercfg.Set{}}
 }
 

@@ -614,3 +614,98 @@ func fingerprint(raw json.RawMessage) string {
 	}
 	return entryDigest(canon)
 }
+
+// repoint makes every value of doc a slice of data, the file encode made
+// of doc (members in the order encode writes them), so that doc no longer
+// holds on to the files it was merged from. Keys already in doc's maps are
+// assigned again, so nothing is allocated. It reports false, and changes
+// nothing, when data is not doc's encoding.
+func repoint(doc *document, data []byte) bool {
+	if !walkEncoding(doc, data, false) {
+		return false
+	}
+	doc.repeated = slices.Clone(doc.repeated) // a clone's is its original's
+	return walkEncoding(doc, data, true)
+}
+
+// walkEncoding walks data as encode wrote doc, checking that each member is
+// where doc has it and, with set, pointing doc's value at it.
+func walkEncoding(doc *document, data []byte, set bool) bool {
+	start := jsonwalk.SkipSpace(data, 0)
+	if start == len(data) {
+		return doc.empty()
+	}
+	if data[start] != '{' {
+		return false
+	}
+	fields := doc.fields()
+	f, j := 0, 0 // the field, and its member, the next top-level member is
+	ok := true
+	jsonwalk.EachMember(data, start, func(key, value []byte) {
+		if !ok {
+			return
+		}
+		if string(key) == `"auths"` {
+			ok = walkAuths(doc, value, set)
+			return
+		}
+		for f < len(fields) && j == len(fields[f].members) {
+			f, j = f+1, 0
+		}
+		if f == len(fields) || !sameKey(key, fields[f].members[j].key) {
+			ok = false
+			return
+		}
+		m := fields[f].members[j]
+		j++
+		if !set {
+			return
+		}
+		if v, single := doc.top[m.key]; single && sameSlice(v, m.value) {
+			doc.top[m.key] = value
+		} else {
+			doc.repointRepeated(m, value)
+		}
+	})
+	return ok
+}
+
+// walkAuths checks that auths holds doc's entries in doc.order and, with
+// set, points them at it.
+func walkAuths(doc *document, auths []byte, set bool) bool {
+	i, ok := 0, true
+	jsonwalk.EachMember(auths, 0, func(key, value []byte) {
+		if !ok || i >= len(doc.order) || !sameKey(key, doc.order[i]) {
+			ok = false
+			return
+		}
+		k := doc.order[i]
+		i++
+		if !set {
+			return
+		}
+		if c, cached := doc.digests[k]; cached && sameSlice(c.raw, doc.auths[k]) {
+			// The digest is of the compact form, which indenting keeps.
+			doc.digests[k] = cachedDigest{raw: value, digest: c.digest}
+		}
+		doc.auths[k] = value
+	})
+	return ok && i == len(doc.auths)
+}
+
+func (d *document) repointRepeated(m member, value []byte) {
+	for i := range d.repeated {
+		if d.repeated[i].key == m.key && sameSlice(d.repeated[i].value, m.value) {
+			d.repeated[i].value = value
+			return
+		}
+	}
+}
+
+// sameKey reports whether the quoted key q is k.
+func sameKey(q []byte, k string) bool {
+	if len(q) == len(k)+2 && string(q[1:len(q)-1]) == k {
+		return true
+	}
+	return jsonwalk.Unquote(q) == k
+}

@@ -33,7 +33,7 @@ type Engine struct {
 	stateDir string
 	now      func() time.Time
 	mu       sync.Mutex
-	memo     memo                // guarded by mu
+	memo     memory              // guarded by mu
 	swept    map[string]bool     // folders (and prefixes) swept of a crash's leftovers; guarded by mu
 	held     map[string][]string // target host path → names of files held next to it, not yet merged; guarded by mu
 	hooks    hooks               // tests only

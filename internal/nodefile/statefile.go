@@ -234,7 +234,7 @@ func appendJSONString(b []byte, s string) []byte {
 // empty state. The state folder is nodecreds' own: a symlink, FIFO or
 // hard-linked file at the state's name is refused, never followed. With a
 // memo, a state file as last saved is not decoded again.
-func loadState(d *hostfs.Dir, m *memo) (*State, error) {
+func loadState(d *hostfs.Dir, m *memory) (*State, error) {
 	s := &State{Version: stateVersion, Targets: map[string]*TargetState{}}
 	path := d.Name(stateFileName)
 	data, info, err := d.ReadFile(stateFileName, maxStateSize)
@@ -400,7 +400,7 @@ func jsonProblem(err error) string {
 // saveState writes the state atomically, 0600, in the state folder d, and
 // syncs the folder so the rename survives a crash. A memo is told what was
 // saved, or forgets when the save may not have happened.
-func saveState(d *hostfs.Dir, s *State, m *memo) (err error) {
+func saveState(d *hostfs.Dir, s *State, m *memory) (err error) {
 	if m != nil {
 		m.forgetState()
 	}

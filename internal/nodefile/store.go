@@ -14,12 +14,12 @@ import (
 type stateStore struct {
 	dir   *hostfs.Dir
 	st    *State
-	memo  *memo
+	memo  *memory
 	saved map[string]*TargetState // each target's record as last written
 	dirty bool
 }
 
-func newStateStore(dir *hostfs.Dir, st *State, m *memo) *stateStore {
+func newStateStore(dir *hostfs.Dir, st *State, m *memory) *stateStore {
 	return &stateStore{dir: dir, st: st, memo: m, saved: maps.Clone(st.Targets)}
 }
 
