@@ -2,6 +2,12 @@
 // files: ownership tracked in a state file, atomic replacement, corrupt files
 // set aside, symlinks followed without leaving the host root, and other
 // writers' changes never lost.
+//
+// protocol.go holds the write protocol, its steps numbered with what each
+// protects against; merge.go the merge rules; document.go the file format
+// as the consumers read it; state.go and statefile.go the ownership record
+// and its file; files.go the helpers of the target's folder (temp, held
+// and corrupt-copy names, the lock, the crash sweep).
 package nodefile
 
 import (
@@ -21,7 +27,8 @@ type Options struct {
 	HostRoot string
 	// StateDir is the node path of nodecreds' state folder.
 	StateDir string
-	// Now is the clock for set-aside names; time.Now when nil.
+	// Now is the clock for set-aside names and for the time stamps of
+	// stale fingerprints (see staleWindow); time.Now when nil.
 	Now func() time.Time
 }
 

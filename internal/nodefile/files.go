@@ -206,7 +206,9 @@ func pruneCopies(d *hostfs.Dir, name, keep string) {
 	}
 }
 
-// remove deletes a file nodecreds took off a target (see take).
+// remove deletes name in d (a file taken off the target, a held file, or
+// ours back under a temp name after an undone exchange) and syncs the
+// folder.
 func remove(d *hostfs.Dir, name string) error {
 	if err := d.Remove(name); err != nil {
 		return err
