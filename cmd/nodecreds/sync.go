@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,7 +64,7 @@ type parts struct {
 func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*parts, error) {
 	p := &parts{}
 	var reporters []agent.Reporter
-	switch cfg.Source {
+	switch cfg.Source { // one of these two: config.Sync.Validate refuses any other
 	case config.SourceDir:
 		p.src = source.NewDir(cfg.SecretDirs, log.WithField("component", "source"))
 	case config.SourceSecret:
@@ -85,8 +84,6 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		p.events = recorder
 		p.node = nodestatus.NewNodeReporter(client, cfg.NodeName, recorder, nodeLog)
 		reporters = append(reporters, p.node)
-	default:
-		return nil, config.UsageError(fmt.Errorf("--source %s: unknown", cfg.Source))
 	}
 
 	files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})

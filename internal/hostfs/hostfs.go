@@ -9,7 +9,10 @@
 // removed relative to that folder handle, by a single name, without following
 // a link and without blocking on a FIFO or device. A folder swapped for a
 // symlink at any instant can therefore redirect nothing outside the root.
-// OpenRegular alone takes a path string, for reads only.
+// OpenRegular alone takes a path string, for reads only. A file is
+// replaced in one way only, Staged (atomic.go): a temp file in the same
+// folder, written, fsynced, renamed or exchanged into place, the folder
+// fsynced.
 package hostfs
 
 import (

@@ -101,133 +101,187 @@ func (r *Root) Walk(nodePath string, create bool, mode fs.FileMode, check func(L
 		root.f.Close()
 		return nil, err
 	}
-	stack := []*frame{root}
-	defer func() {
-		for _, fr := range stack {
-			fr.f.Close()
-		}
-	}()
-	pop := func(to int) {
-		for len(stack) > to {
-			stack[len(stack)-1].f.Close()
-			stack = stack[:len(stack)-1]
-		}
-	}
-	way := &Way{}
-	todo := split(nodePath)
-	if len(todo) == 0 {
+	w := &walker{nodePath: nodePath, create: create, mode: mode, check: check, stack: []*frame{root}, way: &Way{}}
+	defer w.pop(0)
+	w.todo = split(nodePath)
+	if len(w.todo) == 0 {
 		return nil, fmt.Errorf("%w: %s names the host root, not a file", ErrWalk, nodePath)
 	}
-	links, retries := 0, 0
-	for len(todo) > 0 {
-		name, last := todo[0], len(todo) == 1
-		todo = todo[1:]
-		cur := stack[len(stack)-1]
-		if name == ".." {
-			if last {
-				return nil, fmt.Errorf("%w: %s names a folder, not a file", ErrWalk, nodePath)
-			}
-			pop(max(len(stack)-1, 1))
-			continue
-		}
-		lookup := Lookup{Folder: cur.path, Info: cur.info, Name: name}
-		var st unix.Stat_t
-		err := unix.Fstatat(int(cur.f.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
-		switch {
-		case errors.Is(err, unix.ENOENT) && last:
-			lookup.Kind = Final
-		case errors.Is(err, unix.ENOENT):
-			lookup.Kind = Create
-		case err != nil:
-			return nil, fmt.Errorf("looking up %s: %w", filepath.Join(cur.path, name), err)
-		default:
-			info := infoOf(&st)
-			lookup.Entry = &info
-			switch {
-			case st.Mode&unix.S_IFMT == unix.S_IFLNK:
-				lookup.Kind = Link
-			case last:
-				lookup.Kind = Final
-			case st.Mode&unix.S_IFMT == unix.S_IFDIR:
-				lookup.Kind = Through
-			default:
-				return nil, fmt.Errorf("opening folder %s: %w", filepath.Join(cur.path, name), unix.ENOTDIR)
-			}
-		}
-		if check != nil {
-			if err := check(lookup); err != nil {
-				return nil, err
-			}
-		}
-		switch lookup.Kind {
-		case Final:
-			way.Name, way.Path = name, filepath.Join(cur.path, name)
-			way.Folder = cur.info
-			d, err := pathrs.Reopen(cur.f, unix.O_RDONLY|unix.O_DIRECTORY)
-			if err != nil {
-				return nil, fmt.Errorf("opening folder %s: %w", cur.path, err)
-			}
-			way.Dir = &Dir{f: d, path: cur.path}
-			return way, nil
-		case Link:
-			if links++; links > maxLinks {
-				return nil, fmt.Errorf("resolving %s: %w", nodePath, unix.ELOOP)
-			}
-			target, err := readlinkat(cur.f, name)
-			if err != nil {
-				return nil, fmt.Errorf("reading link %s: %w", filepath.Join(cur.path, name), err)
-			}
-			way.Links = append(way.Links, filepath.Join(cur.path, name))
-			if path.IsAbs(target) {
-				pop(1)
-			}
-			todo = append(split(target), todo...)
-			if len(todo) == 0 {
-				return nil, fmt.Errorf("%w: %s leads to the host root, not a file", ErrWalk, nodePath)
-			}
-			continue
-		case Create:
-			if !create {
-				way.Folder = cur.info
-				way.Missing = path.Join(append([]string{name}, todo...)...)
-				way.Path = filepath.Join(cur.path, way.Missing)
-				return way, nil
-			}
-			err := unix.Mkdirat(int(cur.f.Fd()), name, uint32(mode.Perm()))
-			if err != nil && !errors.Is(err, unix.EEXIST) {
-				return nil, fmt.Errorf("creating folder %s: %w", filepath.Join(cur.path, name), err)
-			}
-			todo = append([]string{name}, todo...) // looked up again: it may be anything now
-			continue
-		}
-		fd, err := unix.Openat(int(cur.f.Fd()), name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	for len(w.todo) > 0 {
+		way, err := w.next()
 		if err != nil {
-			if (errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ENOENT)) && retries < maxLinks {
-				// Replaced since the lookup: look it up again.
-				retries++
-				todo = append([]string{name}, todo...)
-				continue
-			}
-			return nil, fmt.Errorf("opening folder %s: %w", filepath.Join(cur.path, name), err)
-		}
-		next := &frame{f: os.NewFile(uintptr(fd), filepath.Join(cur.path, name)), path: filepath.Join(cur.path, name)}
-		if next.info, err = fstat(next.f); err != nil {
-			next.f.Close()
 			return nil, err
 		}
-		if next.info.Dev != lookup.Entry.Dev || next.info.Ino != lookup.Entry.Ino {
-			// Replaced by another folder since the lookup, which is what
-			// was checked: look it up again.
-			next.f.Close()
-			if retries++; retries > maxLinks {
-				return nil, fmt.Errorf("opening folder %s: it keeps being replaced", next.path)
-			}
-			todo = append([]string{name}, todo...)
-			continue
+		if way != nil {
+			return way, nil
 		}
-		stack = append(stack, next)
 	}
 	return nil, fmt.Errorf("%w: %s names a folder, not a file", ErrWalk, nodePath)
+}
+
+// walker is the state of one Walk: the folders it is in (the root first),
+// the names still to look up, and what it found so far.
+type walker struct {
+	nodePath       string
+	create         bool
+	mode           fs.FileMode
+	check          func(Lookup) error
+	stack          []*frame
+	todo           []string
+	way            *Way
+	links, retries int
+}
+
+// pop closes the folders above the first to.
+func (w *walker) pop(to int) {
+	for len(w.stack) > to {
+		w.stack[len(w.stack)-1].f.Close()
+		w.stack = w.stack[:len(w.stack)-1]
+	}
+}
+
+// next looks up the next name and acts on it: it returns the way when
+// the walk ends there, nil to go on.
+func (w *walker) next() (*Way, error) {
+	name, last := w.todo[0], len(w.todo) == 1
+	w.todo = w.todo[1:]
+	cur := w.stack[len(w.stack)-1]
+	if name == ".." {
+		if last {
+			return nil, fmt.Errorf("%w: %s names a folder, not a file", ErrWalk, w.nodePath)
+		}
+		w.pop(max(len(w.stack)-1, 1))
+		return nil, nil
+	}
+	lookup, err := lookUp(cur, name, last)
+	if err != nil {
+		return nil, err
+	}
+	if w.check != nil {
+		if err := w.check(lookup); err != nil {
+			return nil, err
+		}
+	}
+	switch lookup.Kind {
+	case Final:
+		return w.final(cur, name)
+	case Link:
+		return nil, w.follow(cur, name)
+	case Create:
+		return w.missing(cur, name)
+	}
+	return nil, w.enter(cur, name, lookup)
+}
+
+// lookUp looks name up in the folder cur, without following a link.
+func lookUp(cur *frame, name string, last bool) (Lookup, error) {
+	lookup := Lookup{Folder: cur.path, Info: cur.info, Name: name}
+	var st unix.Stat_t
+	err := unix.Fstatat(int(cur.f.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT) && last:
+		lookup.Kind = Final
+	case errors.Is(err, unix.ENOENT):
+		lookup.Kind = Create
+	case err != nil:
+		return lookup, fmt.Errorf("looking up %s: %w", filepath.Join(cur.path, name), err)
+	default:
+		info := infoOf(&st)
+		lookup.Entry = &info
+		switch {
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			lookup.Kind = Link
+		case last:
+			lookup.Kind = Final
+		case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+			lookup.Kind = Through
+		default:
+			return lookup, fmt.Errorf("opening folder %s: %w", filepath.Join(cur.path, name), unix.ENOTDIR)
+		}
+	}
+	return lookup, nil
+}
+
+// final ends the walk at name, the file, in the folder cur.
+func (w *walker) final(cur *frame, name string) (*Way, error) {
+	w.way.Name, w.way.Path = name, filepath.Join(cur.path, name)
+	w.way.Folder = cur.info
+	d, err := pathrs.Reopen(cur.f, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, fmt.Errorf("opening folder %s: %w", cur.path, err)
+	}
+	w.way.Dir = &Dir{f: d, path: cur.path}
+	return w.way, nil
+}
+
+// follow reads the symlink name in cur and goes on with its target: from
+// the root when it is absolute, from cur otherwise.
+func (w *walker) follow(cur *frame, name string) error {
+	if w.links++; w.links > maxLinks {
+		return fmt.Errorf("resolving %s: %w", w.nodePath, unix.ELOOP)
+	}
+	target, err := readlinkat(cur.f, name)
+	if err != nil {
+		return fmt.Errorf("reading link %s: %w", filepath.Join(cur.path, name), err)
+	}
+	w.way.Links = append(w.way.Links, filepath.Join(cur.path, name))
+	if path.IsAbs(target) {
+		w.pop(1)
+	}
+	w.todo = append(split(target), w.todo...)
+	if len(w.todo) == 0 {
+		return fmt.Errorf("%w: %s leads to the host root, not a file", ErrWalk, w.nodePath)
+	}
+	return nil
+}
+
+// missing ends the walk at name, a missing folder in cur, or, with
+// create, makes it and looks it up again.
+func (w *walker) missing(cur *frame, name string) (*Way, error) {
+	if !w.create {
+		w.way.Folder = cur.info
+		w.way.Missing = path.Join(append([]string{name}, w.todo...)...)
+		w.way.Path = filepath.Join(cur.path, w.way.Missing)
+		return w.way, nil
+	}
+	err := unix.Mkdirat(int(cur.f.Fd()), name, uint32(w.mode.Perm()))
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, fmt.Errorf("creating folder %s: %w", filepath.Join(cur.path, name), err)
+	}
+	w.todo = append([]string{name}, w.todo...) // looked up again: it may be anything now
+	return nil, nil
+}
+
+// enter goes into the folder name in cur, which must still be the folder
+// looked up (and checked); one replaced since is looked up again.
+func (w *walker) enter(cur *frame, name string, lookup Lookup) error {
+	fd, err := unix.Openat(int(cur.f.Fd()), name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if (errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ENOENT)) && w.retries < maxLinks {
+			// Replaced since the lookup: look it up again.
+			w.retries++
+			w.todo = append([]string{name}, w.todo...)
+			return nil
+		}
+		return fmt.Errorf("opening folder %s: %w", filepath.Join(cur.path, name), err)
+	}
+	next := &frame{f: os.NewFile(uintptr(fd), filepath.Join(cur.path, name)), path: filepath.Join(cur.path, name)}
+	if next.info, err = fstat(next.f); err != nil {
+		next.f.Close()
+		return err
+	}
+	if next.info.Dev != lookup.Entry.Dev || next.info.Ino != lookup.Entry.Ino {
+		// Replaced by another folder since the lookup, which is what
+		// was checked: look it up again.
+		next.f.Close()
+		if w.retries++; w.retries > maxLinks {
+			return fmt.Errorf("opening folder %s: it keeps being replaced", next.path)
+		}
+		w.todo = append([]string{name}, w.todo...)
+		return nil
+	}
+	w.stack = append(w.stack, next)
+	return nil
 }
 
 // split returns the names of a path, without empty ones and ".".

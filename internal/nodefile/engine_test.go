@@ -17,6 +17,7 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/jsonwalk"
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
@@ -154,7 +155,7 @@ func TestApplyKeepsEverythingElse(t *testing.T) {
 		if k == "auths" {
 			continue
 		}
-		if string(compact(got.top[k])) != string(compact(v)) {
+		if string(jsonwalk.Compact(got.top[k])) != string(jsonwalk.Compact(v)) {
 			t.Errorf("top-level %q = %s, want %s", k, got.top[k], v)
 		}
 	}

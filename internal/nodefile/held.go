@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"slices"
 	"strings"
 
@@ -170,21 +171,18 @@ func (s *targetSync) consolidate() {
 	if err != nil {
 		return
 	}
-	f, name, err := d.CreateTemp(heldPrefix(s.t.name), 0o600)
+	staged, err := d.Stage(heldPrefix(s.t.name), 0o600, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
 	if err != nil {
 		return
 	}
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil || d.Sync() != nil {
-		_ = d.Remove(name)
+	if err := staged.Keep(); err != nil {
+		staged.Discard()
 		return
 	}
+	name := staged.Temp()
 	s.e.noteHeld(s.t.path, name)
 	kept := []string{name}
 	for _, n := range s.held.names {

@@ -34,7 +34,7 @@ func entryRefusal(raw []byte) string {
 		return "" // null: an empty entry
 	}
 	why, auth := "", ""
-	eachMember(raw, 0, func(key, value []byte) {
+	jsonwalk.EachMember(raw, 0, func(key, value []byte) {
 		for _, f := range []string{"auth", "username", "password", "email"} {
 			if !jsonwalk.Names(key, f) {
 				continue
@@ -43,7 +43,7 @@ func entryRefusal(raw []byte) string {
 			case 'n':
 			case '"':
 				if f == "auth" {
-					auth = unquote(value)
+					auth = jsonwalk.Unquote(value)
 				}
 			default:
 				why = fmt.Sprintf("has %q of the wrong type", f)
@@ -74,7 +74,7 @@ func headersRefusal(value []byte) bool {
 		return true
 	}
 	bad := false
-	eachMember(value, 0, func(_, v []byte) {
+	jsonwalk.EachMember(value, 0, func(_, v []byte) {
 		bad = bad || v[0] != '"' && v[0] != 'n'
 	})
 	return bad

@@ -89,28 +89,13 @@ func install(src, hostRoot, dir, name string) (Installed, error) {
 	return res, nil
 }
 
-// copyInto streams in to a temp file in d and renames it over name, so a
-// kubelet exec never sees a half-written file.
+// copyInto streams in to a temp file in d and renames it over name
+// (hostfs.WriteFile), so a kubelet exec never sees a half-written file.
 func copyInto(d *hostfs.Dir, name string, in io.Reader) error {
-	out, tmp, err := d.CreateTemp("."+name+".", 0o755)
-	if err != nil {
+	return d.WriteFile(name, 0o755, func(out *os.File) error {
+		_, err := io.Copy(out, in)
 		return err
-	}
-	defer func() { _ = d.Remove(tmp) }()
-	_, err = io.Copy(out, in)
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if err := d.Rename(tmp, name); err != nil {
-		return err
-	}
-	return d.Sync()
+	})
 }
 
 // ErrUntrustedFolder means someone other than root could replace the

@@ -250,16 +250,16 @@ func FuzzDocument(f *testing.F) {
 		for _, v := range append(values, slices.Collect(maps.Values(d.auths))...) {
 			var want bytes.Buffer
 			_ = json.Compact(&want, v)
-			if got := compact(v); !bytes.Equal(got, want.Bytes()) {
-				t.Fatalf("compact(%q) = %q, json.Compact: %q", v, got, want.Bytes())
+			if got := jsonwalk.Compact(v); !bytes.Equal(got, want.Bytes()) {
+				t.Fatalf("jsonwalk.Compact(%q) = %q, json.Compact: %q", v, got, want.Bytes())
 			}
 			want.Reset()
 			_ = json.Indent(&want, v, ">", "  ")
-			if got := appendIndent(nil, v, ">", "  "); !bytes.Equal(got, want.Bytes()) {
-				t.Fatalf("appendIndent(%q) = %q, json.Indent: %q", v, got, want.Bytes())
+			if got := jsonwalk.AppendIndent(nil, v, ">", "  ", hostfs.MaxFileSize); !bytes.Equal(got, want.Bytes()) {
+				t.Fatalf("jsonwalk.AppendIndent(%q) = %q, json.Indent: %q", v, got, want.Bytes())
 			}
-			if got := indentSize(v, 1, 2); got != want.Len() {
-				t.Fatalf("indentSize(%q) = %d, json.Indent wrote %d bytes", v, got, want.Len())
+			if got := jsonwalk.IndentSize(v, 1, 2, hostfs.MaxFileSize); got != want.Len() {
+				t.Fatalf("jsonwalk.IndentSize(%q) = %d, json.Indent wrote %d bytes", v, got, want.Len())
 			}
 		}
 		checkConsumers(t, data, d, got)
