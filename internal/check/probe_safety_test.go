@@ -283,8 +283,8 @@ func TestProbePrintsNoTextTheServerChose(t *testing.T) {
 		}},
 		{"token accepted, then the registry refuses with echoed codes", func(user, pass string) http.HandlerFunc {
 			return func(w http.ResponseWriter, r *http.Request) {
-				switch {
-				case r.URL.Path == "/token":
+				switch r.URL.Path {
+				case "/token":
 					_, _ = w.Write([]byte(`{"token":"t0k"}`))
 				default:
 					w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+r.Host+`/token",service="registry",error="`+url.QueryEscape(pass)+`"`)

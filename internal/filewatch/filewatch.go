@@ -92,7 +92,7 @@ func (w *Watch) Watching(dir string) bool {
 
 func (w *Watch) poll(why error) {
 	if w.fs != nil {
-		w.fs.Close()
+		_ = w.fs.Close() // falling back to polling: nothing to do about a failed close
 		w.fs, w.Events, w.Errors = nil, nil, nil
 	}
 	if w.ticker == nil {
@@ -128,7 +128,7 @@ func (w *Watch) Changed(paths []string) bool {
 // Close releases the inotify instance.
 func (w *Watch) Close() {
 	if w.fs != nil {
-		w.fs.Close()
+		_ = w.fs.Close() // at shutdown: the inotify instance goes with the process anyway
 	}
 	if w.ticker != nil {
 		w.ticker.Stop()

@@ -414,30 +414,30 @@ func pseudoFS(fd int) (string, error) {
 	return pseudoFileSystems[int64(sfs.Type)], nil
 }
 
-// ReadFile reads a regular file of at most max bytes. A missing file is
+// ReadFile reads a regular file of at most limit bytes. A missing file is
 // fs.ErrNotExist.
-func (d *Dir) ReadFile(name string, max int64) ([]byte, Info, error) {
+func (d *Dir) ReadFile(name string, limit int64) ([]byte, Info, error) {
 	f, info, err := d.Open(name)
 	if err != nil {
 		return nil, Info{}, err
 	}
 	defer f.Close()
-	data, err := readAll(f, info.Size, max)
+	data, err := readAll(f, info.Size, limit)
 	if err != nil {
 		return nil, Info{}, err
 	}
 	return data, info, nil
 }
 
-func readAll(f *os.File, size, max int64) ([]byte, error) {
-	if size > max {
-		return nil, fmt.Errorf("%s is %d bytes: %w (the limit is %d MiB)", f.Name(), size, ErrTooLarge, max>>20)
+func readAll(f *os.File, size, limit int64) ([]byte, error) {
+	if size > limit {
+		return nil, fmt.Errorf("%s is %d bytes: %w (the limit is %d MiB)", f.Name(), size, ErrTooLarge, limit>>20)
 	}
 	// Sized by the stat, so a file of several MiB is read into one buffer
 	// of its size rather than grown by doubling (twice its size at the
 	// end, and more than that in garbage on the way).
-	data := make([]byte, 0, min(size, max)+1)
-	for int64(len(data)) <= max {
+	data := make([]byte, 0, min(size, limit)+1)
+	for int64(len(data)) <= limit {
 		if len(data) == cap(data) {
 			data = slices.Grow(data, 4096)
 		}
@@ -450,8 +450,8 @@ func readAll(f *os.File, size, max int64) ([]byte, error) {
 			return nil, fmt.Errorf("reading %s: %w", f.Name(), err)
 		}
 	}
-	if int64(len(data)) > max {
-		return nil, fmt.Errorf("%s: %w (the limit is %d MiB)", f.Name(), ErrTooLarge, max>>20)
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s: %w (the limit is %d MiB)", f.Name(), ErrTooLarge, limit>>20)
 	}
 	return data, nil
 }

@@ -372,10 +372,9 @@ func TestRenamesNeverFollowLinks(t *testing.T) {
 // exchange hands back the file it replaced.
 func TestStaged(t *testing.T) {
 	type result struct {
-		err     error // errors.Is
-		target  string
-		temp    string // content left under the temp name ("" none)
-		tempErr bool
+		err    error // errors.Is
+		target string
+		temp   string // content left under the temp name ("" none)
 	}
 	tests := []struct {
 		name   string

@@ -59,12 +59,12 @@ func (h *Health) Stuck() string {
 	if start == 0 {
 		return ""
 	}
-	max := h.MaxSync
-	if max == 0 {
-		max = DefaultMaxSync
+	limit := h.MaxSync
+	if limit == 0 {
+		limit = DefaultMaxSync
 	}
-	if took := h.now().Sub(time.Unix(0, start)); took > max {
-		return fmt.Sprintf("a sync has been running for %s (more than %s): the agent is stuck on this node; see its log", took.Round(time.Second), max)
+	if took := h.now().Sub(time.Unix(0, start)); took > limit {
+		return fmt.Sprintf("a sync has been running for %s (more than %s): the agent is stuck on this node; see its log", took.Round(time.Second), limit)
 	}
 	return ""
 }

@@ -90,14 +90,14 @@ func TestMemoryNeverHidesAChange(t *testing.T) {
 
 // edit replaces old by new in a node file, the way another tool would:
 // a whole new file, renamed over.
-func edit(t *testing.T, root, file, old, new string) {
+func edit(t *testing.T, root, file, old, repl string) {
 	t.Helper()
 	p := filepath.Join(root, file)
 	s := string(testsupport.ReadFile(t, p))
 	if !strings.Contains(s, old) {
 		t.Fatalf("%s does not hold %q:\n%s", file, old, s)
 	}
-	testsupport.WriteFile(t, p+".tmp", strings.Replace(s, old, new, 1), 0o600)
+	testsupport.WriteFile(t, p+".tmp", strings.Replace(s, old, repl, 1), 0o600)
 	if err := os.Rename(p+".tmp", p); err != nil {
 		t.Fatal(err)
 	}

@@ -243,8 +243,11 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 	if err == nil || sw.held != "" {
 		// Ours is in place, with what the held files hold: they go, so
 		// that every held file left is newer than nodecreds' last write
-		// (loadHeld counts on it).
-		s.release(merged)
+		// (loadHeld counts on it). One that cannot be removed stays
+		// held and is merged again by the next sync: nothing is lost.
+		if err := s.release(merged); err != nil {
+			s.warn("%v; it stays held and is merged again at the next sync", err)
+		}
 	}
 	if sw.held != "" {
 		// Kept until what the next attempt writes holds it too.

@@ -39,7 +39,7 @@ func Serve(in io.Reader, out io.Writer, o Options) error {
 	var req credv1.CredentialProviderRequest
 	dec := json.NewDecoder(io.LimitReader(in, 1<<20))
 	if err := dec.Decode(&req); err != nil {
-		return fmt.Errorf("%w: not JSON (%v)", ErrBadRequest, err)
+		return fmt.Errorf("%w: not JSON (%w)", ErrBadRequest, err)
 	}
 	if req.APIVersion != APIVersion || req.Kind != "CredentialProviderRequest" {
 		return fmt.Errorf("%w: apiVersion %q kind %q, want %s CredentialProviderRequest", ErrBadRequest, req.APIVersion, req.Kind, APIVersion)

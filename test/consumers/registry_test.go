@@ -3,6 +3,7 @@ package consumers
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -182,7 +183,7 @@ func checkProbeRef(t *testing.T, root, flag, ref string) (checkReport, string, i
 	cmd := exec.Command(binary, "check", "--host-root", root, flag, ref, "--probe", "--timeout", "10s", "-o", "json")
 	out, err := cmd.Output()
 	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		code = ee.ExitCode()
 	} else if err != nil {
 		t.Fatal(err)

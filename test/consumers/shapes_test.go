@@ -30,35 +30,35 @@ func FuzzKubeletShapes(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte, legacy bool) {
 		if legacy {
-			var real credentialprovider.DockerConfig
-			rerr := json.Unmarshal(data, &real)
+			var kubelets credentialprovider.DockerConfig
+			rerr := json.Unmarshal(data, &kubelets)
 			ours, err := consumers.KubeletLegacy(data)
 			if (err != nil) != (rerr != nil) {
 				t.Fatalf("%q: the copy says %v, the kubelet %v", data, err, rerr)
 			}
-			if err == nil && !sameConfig(ours, real) {
-				t.Fatalf("%q: the copy reads %+v, the kubelet %+v", data, ours, real)
+			if err == nil && !sameConfig(ours, kubelets) {
+				t.Fatalf("%q: the copy reads %+v, the kubelet %+v", data, ours, kubelets)
 			}
 			return
 		}
-		var real credentialprovider.DockerConfigJSON
-		rerr := json.Unmarshal(data, &real)
+		var kubelets credentialprovider.DockerConfigJSON
+		rerr := json.Unmarshal(data, &kubelets)
 		ours, err := consumers.Kubelet(data)
 		if (err != nil) != (rerr != nil) {
 			t.Fatalf("%q: the copy says %v, the kubelet %v", data, err, rerr)
 		}
-		if err == nil && (!sameConfig(ours.Auths, real.Auths) || !reflect.DeepEqual(ours.HTTPHeaders, real.HTTPHeaders)) {
-			t.Fatalf("%q: the copy reads %+v, the kubelet %+v", data, ours, real)
+		if err == nil && (!sameConfig(ours.Auths, kubelets.Auths) || !reflect.DeepEqual(ours.HTTPHeaders, kubelets.HTTPHeaders)) {
+			t.Fatalf("%q: the copy reads %+v, the kubelet %+v", data, ours, kubelets)
 		}
 	})
 }
 
-func sameConfig(ours consumers.KubeletConfig, real credentialprovider.DockerConfig) bool {
-	if len(ours) != len(real) || (ours == nil) != (real == nil) {
+func sameConfig(ours consumers.KubeletConfig, kubelets credentialprovider.DockerConfig) bool {
+	if len(ours) != len(kubelets) || (ours == nil) != (kubelets == nil) {
 		return false
 	}
 	for k, e := range ours {
-		r, ok := real[k]
+		r, ok := kubelets[k]
 		if !ok || e.Username != r.Username || e.Password != r.Password || e.Email != r.Email {
 			return false
 		}
