@@ -71,7 +71,7 @@ manifests: chart-tool ## Regenerate deploy/daemonset.yaml from the Helm chart (a
 	$(CHART) manifest > deploy/daemonset.yaml
 
 .PHONY: unit
-unit: ## Unit tests only: no control plane, no binaries built, no root needed (well under a minute warm)
+unit: ## Unit tests only: no control plane, no binaries built (run as root: some give files away with chown; well under a minute warm)
 	$(GO) test -race -count=1 -short ./internal/... ./cmd/...
 
 .PHONY: e2e
