@@ -57,7 +57,7 @@ func TestMemoryNeverHidesAChange(t *testing.T) {
 			}
 		}, set("c", "r1.io", "r2.io")},
 		{"cleaned up by another process", func(t *testing.T, root string, _ []byte) {
-			other := New(Options{HostRoot: root, StateDir: stateDir})
+			other := New(Options{HostRoot: root, StateDir: stateDir, Now: fixedNow})
 			if _, err := other.Cleanup(t.Context(), nil); err != nil {
 				t.Fatal(err)
 			}
@@ -68,7 +68,7 @@ func TestMemoryNeverHidesAChange(t *testing.T) {
 		}, set("d", "r1.io")},
 	}
 	warmRoot, coldRoot := t.TempDir(), t.TempDir()
-	warm := New(Options{HostRoot: warmRoot, StateDir: stateDir})
+	warm := New(Options{HostRoot: warmRoot, StateDir: stateDir, Now: fixedNow})
 	var prevWarm, prevCold []byte
 	for _, s := range steps {
 		if s.disturb != nil {
@@ -77,7 +77,7 @@ func TestMemoryNeverHidesAChange(t *testing.T) {
 		}
 		prevWarm, prevCold = stateBytes(t, warmRoot), stateBytes(t, coldRoot)
 		mustOK(t, apply(t, warm, targets, s.desired, true))
-		mustOK(t, apply(t, New(Options{HostRoot: coldRoot, StateDir: stateDir}), targets, s.desired, true))
+		mustOK(t, apply(t, New(Options{HostRoot: coldRoot, StateDir: stateDir, Now: fixedNow}), targets, s.desired, true))
 		for _, f := range append(targets, filepath.Join(stateDir, stateFileName)) {
 			w, _ := os.ReadFile(filepath.Join(warmRoot, f))
 			c, _ := os.ReadFile(filepath.Join(coldRoot, f))
@@ -158,3 +158,7 @@ func TestOneStateSaveBeforeAndAfterAllTargets(t *testing.T) {
 		t.Errorf("files replaced in the order\n%s\nwant\n%s", got, want)
 	}
 }
+
+// fixedNow stamps stale fingerprints the same in every engine of a
+// comparison, whatever second each ran in.
+func fixedNow() time.Time { return time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC) }
