@@ -53,6 +53,7 @@ type hooks struct {
 	beforeRemove func() // a drop has read the file and is about to take it off its name
 	whileAway    func() // a drop has taken the file off its name and not yet decided
 	afterHold    func() // a write swapped ours in and holds the other writer's file it replaced
+	attempts     int    // in place of maxAttempts, when set
 }
 
 func call(f func()) {

@@ -166,7 +166,7 @@ func (b *batch) commit(ctx context.Context) {
 // 7). The target's record is saved before the target is touched (step 3);
 // its final record is set in memory, for step 9.
 func (s *targetSync) run(ctx context.Context) (Result, error) {
-	for attempt := range maxAttempts {
+	for attempt := range s.e.attempts() {
 		if err := pause(ctx, attempt, s.t.path); err != nil {
 			return s.res, err
 		}
@@ -195,7 +195,15 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			return s.finish(p, w)
 		}
 	}
-	return s.res, fmt.Errorf("%s: %w; gave up after %d attempts", s.t.path, ErrContended, maxAttempts)
+	return s.res, fmt.Errorf("%s: %w; gave up after %d attempts", s.t.path, ErrContended, s.e.attempts())
+}
+
+// attempts is how often one target is tried (maxAttempts but in tests).
+func (e *Engine) attempts() int {
+	if e.hooks.attempts > 0 {
+		return e.hooks.attempts
+	}
+	return maxAttempts
 }
 
 // step does what the plan says with the file.
