@@ -265,3 +265,58 @@ func TestRaceAtTheEnd(t *testing.T) {
 		})
 	}
 }
+
+// TestWriterOnOurStaleFileAfterTheSync: the race the agent met under load.
+// Another writer's file T1 is replaced by nodecreds' swap, whose file S,
+// built on the older read, is in place while nodecreds merges again; the
+// writer reads S then, and renames S + its next entry over the target only
+// after the sync is done, which left the right file. The next sync finds
+// that file: T1's entries, which it never had, are not lost, and what it
+// did change is kept.
+func TestWriterOnOurStaleFileAfterTheSync(t *testing.T) {
+	tests := []struct {
+		name   string
+		later  writerEdit
+		want   []string
+		gone   []string
+		fields map[string]any
+	}{
+		{"a login", login("b.io"), []string{"a.io", "b.io", "x.io"}, nil, map[string]any{"credsStore": "b"}},
+		{"a logout", logout("x.io"), []string{"a.io"}, []string{"x.io"}, map[string]any{"credsStore": "b"}},
+		{"a field", setField("credsStore", "c"), []string{"a.io", "x.io"}, nil, map[string]any{"credsStore": "c"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, root := newEngine(t)
+			p := filepath.Join(root, dockerFile)
+			writeFile(t, p, raceStart)
+			mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+			var read map[string]any
+			swaps := 0
+			e.hooks.beforeSwap = func() {
+				switch swaps++; swaps {
+				case 1:
+					if _, err := rewrite(p, both(login("a.io"), setField("credsStore", "b"))); err != nil {
+						t.Fatal(err)
+					}
+				case 2:
+					read = readJSON(t, p) // nodecreds' stale file
+				}
+			}
+			mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
+			if read == nil {
+				if !hostfs.RenameFlagsOff {
+					t.Fatal("no second swap")
+				}
+				return // without the exchange the race is seen before the rename: nothing stale is ever in place
+			}
+			tt.later(read)
+			if err := writeOver(p, read); err != nil {
+				t.Fatal(err)
+			}
+			e.hooks.beforeSwap = nil
+			mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
+			checkFile(t, p, tt.want, tt.gone, tt.fields)
+		})
+	}
+}
