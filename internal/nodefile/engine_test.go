@@ -363,10 +363,12 @@ func TestRelativeTargetRefused(t *testing.T) {
 // write a temp file, rename over) in a tight loop while the engine rotates
 // the desired set. None of the writer's entries may be lost by nodecreds
 // (except, in a -tags noexchange build, in the window that docs/security.md
-// names). Every other swap of nodecreds waits for the writer to rename one
-// more file: the swap then replaces a file it did not read, and its stale
-// file is in place while the writer goes on reading and writing on top of
-// it, without any load on the machine.
+// names). Without any load on the machine the hook makes the windows that
+// load opens: every other swap of nodecreds waits for the writer to rename
+// one more file, so that the swap replaces a file it did not read and puts
+// a stale one in place; the swap after waits for the writer to read that
+// stale file, so that what the writer makes of it lands around (often
+// after) the swap that ends the sync.
 func TestConcurrentWriter(t *testing.T) {
 	for run := range 3 {
 		t.Run(fmt.Sprint(run), func(t *testing.T) {
@@ -375,12 +377,16 @@ func TestConcurrentWriter(t *testing.T) {
 			testsupport.WriteFile(t, p, `{"auths":{}}`, 0o600)
 
 			const writes = 300
-			var wrote, finished atomic.Int64
+			var reads, wrote, finished atomic.Int64
 			writer := make(chan error, 1)
 			go func() {
 				defer finished.Store(1)
 				for i := range writes {
-					if _, err := rewrite(p, login(fmt.Sprintf("w%d.io", i))); err != nil {
+					_, err := rewrite(p, func(m map[string]any) {
+						reads.Add(1)
+						login(fmt.Sprintf("w%d.io", i))(m)
+					})
+					if err != nil {
 						writer <- err
 						return
 					}
@@ -388,13 +394,17 @@ func TestConcurrentWriter(t *testing.T) {
 				}
 				writer <- nil
 			}()
+			wait := func(n *atomic.Int64) {
+				for was := n.Load(); n.Load() == was && finished.Load() == 0; {
+					runtime.Gosched()
+				}
+			}
 			swaps := 0
 			e.hooks.beforeSwap = func() {
-				if swaps++; swaps%2 == 0 {
-					return
-				}
-				for n := wrote.Load(); wrote.Load() == n && finished.Load() == 0; {
-					runtime.Gosched()
+				if swaps++; swaps%2 == 1 {
+					wait(&wrote)
+				} else {
+					wait(&reads)
 				}
 			}
 			for i := 0; ; i++ {

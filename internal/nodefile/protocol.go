@@ -30,8 +30,22 @@ package nodefile
 //     between steps 2 and 5 is seen, and its file is held under a held
 //     name, which no sweep removes, until it is merged.
 //  7. On a race, merge again on top of theirs (targetSync.run). Ours is in
-//     place but stale: the next attempt merges into their file, carrying
-//     what ours held, so that neither change is lost.
+//     place but stale, and the other writer may read it and write on top
+//     of it: what it did is then relative to our stale file, not to its
+//     own last file. So every file of theirs seen in the sync (replaced by
+//     a swap, or found before one) is merged three ways (seen, threeWay)
+//     into what the earlier ones held: per entry and per top-level field,
+//     its value, or its absence (a logout), where it differs from every
+//     file it can have been written on (ours in place, its own last one),
+//     the value known so far elsewhere. The next attempt merges into that.
+//     While our stale file is in place the loop does not stop: not at its
+//     attempt limit (it goes on to twice that), not when ctx ends; only an
+//     error, or a writer racing every one of those attempts, leaves it
+//     there, their last file held (docs/security.md says what the next
+//     sync then keeps). A sync that raced remembers its stale file and the
+//     file it left for a minute (exposure): a writer that read the stale
+//     file may rename what it made of it only after the sync ended, and
+//     the next sync merges that file three ways too (afterExposure).
 //  8. fsync the folder (settle; hostfs.Staged.Create and Replace in the
 //     fallbacks), so that the rename survives a crash.
 //  9. Save the final records (batch.flush), after every target: the state
