@@ -367,8 +367,8 @@ func TestRelativeTargetRefused(t *testing.T) {
 // load opens: every other swap of nodecreds waits for the writer to rename
 // one more file, so that the swap replaces a file it did not read and puts
 // a stale one in place; the swap after waits for the writer to read that
-// stale file, so that what the writer makes of it lands around (often
-// after) the swap that ends the sync.
+// stale file, so that what the writer makes of it lands around the swap
+// that may end the sync.
 func TestConcurrentWriter(t *testing.T) {
 	for run := range 3 {
 		t.Run(fmt.Sprint(run), func(t *testing.T) {
