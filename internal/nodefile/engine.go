@@ -43,6 +43,7 @@ type Engine struct {
 	memo     memory              // guarded by mu
 	swept    map[string]bool     // folders (and prefixes) swept of a crash's leftovers; guarded by mu
 	held     map[string][]string // target host path → names of files held next to it, not yet merged; guarded by mu
+	exposed  map[string]exposure // target host path → the stale file of ours a race left in place for a while; guarded by mu
 	hooks    hooks               // tests only
 }
 
@@ -53,6 +54,7 @@ type hooks struct {
 	beforeRemove func() // a drop has read the file and is about to take it off its name
 	whileAway    func() // a drop has taken the file off its name and not yet decided
 	afterHold    func() // a write swapped ours in and holds the other writer's file it replaced
+	attempts     int    // in place of maxAttempts, when set
 }
 
 func call(f func()) {

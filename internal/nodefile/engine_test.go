@@ -9,8 +9,10 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -361,49 +363,88 @@ func TestRelativeTargetRefused(t *testing.T) {
 // write a temp file, rename over) in a tight loop while the engine rotates
 // the desired set. None of the writer's entries may be lost by nodecreds
 // (except, in a -tags noexchange build, in the window that docs/security.md
-// names).
+// names). Without any load on the machine the hook makes the windows that
+// load opens: every other swap of nodecreds waits for the writer to rename
+// one more file, so that the swap replaces a file it did not read and puts
+// a stale one in place; the swap after waits for the writer to read that
+// stale file, so that what the writer makes of it lands around the swap
+// that may end the sync.
 func TestConcurrentWriter(t *testing.T) {
-	e, root := newEngine(t)
-	p := filepath.Join(root, dockerFile)
-	testsupport.WriteFile(t, p, `{"auths":{}}`, 0o600)
+	for run := range 3 {
+		t.Run(fmt.Sprint(run), func(t *testing.T) {
+			e, root := newEngine(t)
+			p := filepath.Join(root, dockerFile)
+			testsupport.WriteFile(t, p, `{"auths":{}}`, 0o600)
 
-	const writes = 300
-	writer := testsupport.LoginWriter(p, writes, func(i int) string { return fmt.Sprintf("w%d.io", i) }, 0)
-	for i := 0; ; i++ {
-		select {
-		case err := <-writer:
-			if err != nil {
-				t.Fatal(err)
+			const writes = 300
+			var reads, wrote, finished atomic.Int64
+			writer := make(chan error, 1)
+			go func() {
+				defer finished.Store(1)
+				for i := range writes {
+					_, err := rewrite(p, func(m map[string]any) {
+						reads.Add(1)
+						login(fmt.Sprintf("w%d.io", i))(m)
+					})
+					if err != nil {
+						writer <- err
+						return
+					}
+					wrote.Add(1)
+				}
+				writer <- nil
+			}()
+			wait := func(n *atomic.Int64) {
+				for was := n.Load(); n.Load() == was && finished.Load() == 0; {
+					runtime.Gosched()
+				}
 			}
-		default:
-			res := apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", fmt.Sprintf("p%d", i))}, true)
-			if err := res[0].Err; err != nil && !errors.Is(err, ErrContended) {
-				t.Fatal(err)
+			swaps := 0
+			e.hooks.beforeSwap = func() {
+				if swaps++; swaps%2 == 1 {
+					wait(&wrote)
+				} else {
+					wait(&reads)
+				}
 			}
-			continue
-		}
-		break
-	}
-	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
-	a := auths(t, p)
-	lost := 0
-	for i := range writes {
-		if _, ok := a[fmt.Sprintf("w%d.io", i)]; !ok {
-			lost++
-			if !hostfs.RenameFlagsOff {
-				t.Errorf("writer's entry w%d.io was lost", i)
+			for i := 0; ; i++ {
+				select {
+				case err := <-writer:
+					if err != nil {
+						t.Fatal(err)
+					}
+				default:
+					res := apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", fmt.Sprintf("p%d", i))}, true)
+					if err := res[0].Err; err != nil && !errors.Is(err, ErrContended) {
+						t.Fatal(err)
+					}
+					continue
+				}
+				break
 			}
-		}
-	}
-	if hostfs.RenameFlagsOff {
-		// Without RENAME_EXCHANGE a writer renaming its file in between
-		// nodecreds' last check and its rename is not seen (docs/security.md
-		// says so); every file either wrote stays whole (the writer parses
-		// each one it reads).
-		t.Logf("without renameat2's flags, %d of the writer's %d entries were lost", lost, writes)
-	}
-	if authOf(t, p, "r.io") != (dockercfg.Entry{Username: "u", Password: "final"}).Auth() {
-		t.Errorf("our entry is not the final one")
+			e.hooks.beforeSwap = nil
+			mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
+			a := auths(t, p)
+			lost := 0
+			for i := range writes {
+				if _, ok := a[fmt.Sprintf("w%d.io", i)]; !ok {
+					lost++
+					if !hostfs.RenameFlagsOff {
+						t.Errorf("writer's entry w%d.io was lost", i)
+					}
+				}
+			}
+			if hostfs.RenameFlagsOff {
+				// Without RENAME_EXCHANGE a writer renaming its file in between
+				// nodecreds' last check and its rename is not seen (docs/security.md
+				// says so); every file either wrote stays whole (the writer parses
+				// each one it reads).
+				t.Logf("without renameat2's flags, %d of the writer's %d entries were lost", lost, writes)
+			}
+			if authOf(t, p, "r.io") != (dockercfg.Entry{Username: "u", Password: "final"}).Auth() {
+				t.Errorf("our entry is not the final one")
+			}
+		})
 	}
 }
 

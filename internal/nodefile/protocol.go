@@ -30,8 +30,22 @@ package nodefile
 //     between steps 2 and 5 is seen, and its file is held under a held
 //     name, which no sweep removes, until it is merged.
 //  7. On a race, merge again on top of theirs (targetSync.run). Ours is in
-//     place but stale: the next attempt merges into their file, carrying
-//     what ours held, so that neither change is lost.
+//     place but stale, and the other writer may read it and write on top
+//     of it: what it did is then relative to our stale file, not to its
+//     own last file. So every file of theirs seen in the sync (replaced by
+//     a swap, or found before one) is merged three ways (seen, threeWay)
+//     into what the earlier ones held: per entry and per top-level field,
+//     its value, or its absence (a logout), where it differs from every
+//     file it can have been written on (ours in place, its own last one),
+//     the value known so far elsewhere. The next attempt merges into that.
+//     While our stale file is in place the loop does not stop: not at its
+//     attempt limit (it goes on to twice that), not when ctx ends; only an
+//     error, or a writer racing every one of those attempts, leaves it
+//     there, their last file held (docs/security.md says what the next
+//     sync then keeps). A sync that raced remembers its stale file and the
+//     file it left for a minute (exposure): a writer that read the stale
+//     file may rename what it made of it only after the sync ended, and
+//     the next sync merges that file three ways too (afterExposure).
 //  8. fsync the folder (settle; hostfs.Staged.Create and Replace in the
 //     fallbacks), so that the rename survives a crash.
 //  9. Save the final records (batch.flush), after every target: the state
@@ -166,8 +180,17 @@ func (b *batch) commit(ctx context.Context) {
 // 7). The target's record is saved before the target is touched (step 3);
 // its final record is set in memory, for step 9.
 func (s *targetSync) run(ctx context.Context) (Result, error) {
-	for attempt := range maxAttempts {
-		if err := pause(ctx, attempt, s.t.path); err != nil {
+	limit := s.e.attempts()
+	for attempt := 0; ; attempt++ {
+		// While our stale file is in place (after a race) the loop goes
+		// on, without waiting, past its end and past ctx: returning then
+		// would leave it there, with what the other writer's files hold
+		// merged in memory only (step 7).
+		exposed := s.stale != nil
+		if attempt >= limit && (!exposed || attempt >= 2*limit) {
+			return s.res, fmt.Errorf("%s: %w; gave up after %d attempts", s.t.path, ErrContended, attempt)
+		}
+		if err := pause(ctx, attempt, s.t.path); err != nil && !exposed {
 			return s.res, err
 		}
 		if attempt > 0 || s.p.step == stepWrite && s.p.merged.doc == nil {
@@ -195,7 +218,14 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 			return s.finish(p, w)
 		}
 	}
-	return s.res, fmt.Errorf("%s: %w; gave up after %d attempts", s.t.path, ErrContended, maxAttempts)
+}
+
+// attempts is how often one target is tried (maxAttempts but in tests).
+func (e *Engine) attempts() int {
+	if e.hooks.attempts > 0 {
+		return e.hooks.attempts
+	}
+	return maxAttempts
 }
 
 // step does what the plan says with the file.
@@ -454,14 +484,15 @@ func holdTemp(d *hostfs.Dir, name, tmp string) (string, error) {
 }
 
 // reread reads the target again after a file appeared or changed before
-// ours could be put in place: nothing of ours is there.
+// ours could be put in place: nothing of ours is there. What the file
+// changed is merged into what this sync knows of the other writer's files.
 func (s *targetSync) reread() error {
 	cur, err := readTarget(s.t.dir, s.t.name)
 	if err != nil {
 		return err
 	}
-	s.cur = cur
-	s.base, s.prev, s.newer, s.ours = s.cur, nil, nil, ""
+	s.seen(cur)
+	s.cur, s.newer, s.ours, s.stale = cur, nil, "", nil
 	return nil
 }
 
@@ -469,9 +500,13 @@ func (s *targetSync) reread() error {
 // between our read and our swap (step 7). Ours is in place now but built
 // on stale content: merge again on top of theirs, recognising both what
 // was ours in their file and our stale write, which is what is on disk
-// now.
+// now. Their next file may be written on that stale file: it is one of
+// the files theirs is compared with (threeWay).
 func (s *targetSync) mergeOnTheirs(p targetPlan, w written) {
-	s.base, s.cur, s.newer, s.ours = w.theirs, w.ours, nil, fileDigest(w.ours.data)
+	s.seen(w.theirs)
+	s.stale = parsedOrEmpty(w.ours.data)
+	s.ancestors = append(s.ancestors, s.stale)
+	s.cur, s.newer, s.ours = w.ours, nil, fileDigest(w.ours.data)
 	s.old = intent(ownedIn(p.parsed, s.old), s.old, p.merged.state)
 }
 
@@ -486,6 +521,7 @@ func (s *targetSync) finish(p targetPlan, w written) (Result, error) {
 		// What the next sync will read back, unless someone writes it.
 		s.e.memo.remember(s.t.path, w.data, p.merged.doc)
 	}
+	s.noteExposure(p, w)
 	s.rec.set(p.merged.state)
 	if p.step == stepDrop {
 		s.rec.set(TargetState{Copies: p.merged.state.Copies, Stale: p.merged.state.Stale})
@@ -560,6 +596,12 @@ func (s *targetSync) drop(p targetPlan) (written, error) {
 	}
 	s.hold(taken)
 	if errors.Is(err, fs.ErrExist) {
+		// Theirs, merged; the file at the name now was written while the
+		// name was empty, as far as we know, or on theirs.
+		if rerr == nil {
+			s.seen(fileRead{exists: true, data: data})
+			s.ancestors = append(s.ancestors, parsedOrEmpty(nil))
+		}
 		return written{lost: true}, nil
 	}
 	return written{}, fmt.Errorf("%s: putting back another writer's file, kept as %s: %w", s.t.path, d.Name(taken), err)

@@ -37,11 +37,21 @@ type targetSync struct {
 	newer *document
 	// ours is fileDigest of the target when it is a file nodecreds wrote
 	// and meant to replace (a write that raced, or one a crash left).
-	ours    string
-	aside   map[[32]byte]string
-	copies  map[string][]string // copies made in this sync → sources (State.Copies)
-	applies map[string]bool     // names of the sources that apply to the node now
-	p       targetPlan
+	ours string
+	// chain is set once another writer's file was seen after the first
+	// read (a race, or a file that changed before the swap): base is then
+	// what that writer's files hold, merged by threeWay, and prev is it
+	// parsed; held files are in it already.
+	chain bool
+	// ancestors are the files the other writer's next file can have been
+	// written on (see threeWay); stale, our own file built on an older read
+	// while it is at the target (nil otherwise).
+	ancestors []*document
+	stale     *document
+	aside     map[[32]byte]string
+	copies    map[string][]string // copies made in this sync → sources (State.Copies)
+	applies   map[string]bool     // names of the sources that apply to the node now
+	p         targetPlan
 }
 
 // start reads the target and plans the first attempt; when it is to be
@@ -57,6 +67,7 @@ func (s *targetSync) start() error {
 	cur.data = s.e.memo.same(s.t.path, cur.data)
 	s.base, s.cur = cur, cur
 	s.loadHeld(cur)
+	s.afterExposure()
 	if err := s.plan(); err != nil {
 		return err
 	}
@@ -71,8 +82,11 @@ func (s *targetSync) start() error {
 // the other writer's. Held files are carried into it.
 func (s *targetSync) plan() error {
 	parse := func(data []byte) (*document, error) { return s.e.memo.parse(s.t.path, data) }
-	carried := s.prev
-	if s.held.doc != nil {
+	carried, newer := s.prev, s.newer
+	if s.chain {
+		// Not the target's content: nothing to remember.
+		parse, newer = parseDocument, nil
+	} else if s.held.doc != nil {
 		carried = s.held.doc
 		if s.prev != nil {
 			carried, _ = parseDocument(nil)
@@ -80,8 +94,8 @@ func (s *targetSync) plan() error {
 			carry(s.held.doc, carried)
 		}
 	}
-	p, err := planTarget(s.base, s.cur, carried, s.newer, s.desired, s.prune, s.old, parse)
-	if err != nil && s.held.doc != nil && (errors.Is(err, hostfs.ErrTooLarge) || errors.Is(err, ErrTooManyEntries)) {
+	p, err := planTarget(s.base, s.cur, carried, newer, s.desired, s.prune, s.old, parse)
+	if err != nil && !s.chain && s.held.doc != nil && (errors.Is(err, hostfs.ErrTooLarge) || errors.Is(err, ErrTooManyEntries)) {
 		// The held files would take the target over a limit: it is
 		// synced without them, and they stay where they are.
 		s.warn("%s: %s, held next to it, cannot be merged into it within the limits (%v); left as they are", s.t.path, strings.Join(s.held.names, ", "), err)
@@ -95,6 +109,15 @@ func (s *targetSync) plan() error {
 		p.intent.Writing, err = p.merged.doc.encodedDigest()
 		if s.ours != "" {
 			p.intent.Writing += " " + s.ours
+		}
+	}
+	if err == nil && s.chain && s.held.doc != nil && p.intent.Owned != nil {
+		// Ours in the held files, which a crash leaves to the next
+		// process to merge, recognised there too.
+		for k, fp := range ownedIn(s.held.doc, s.old) {
+			if _, ok := p.intent.Owned[k]; !ok {
+				p.intent.Owned[k] = fp
+			}
 		}
 	}
 	if err != nil {
@@ -286,6 +309,7 @@ func (s *targetSync) settleCopies() {
 // once it is done, so that they do not add to the next target's.
 func (s *targetSync) forget() {
 	s.p, s.prev, s.base, s.cur, s.held, s.newer = targetPlan{}, nil, fileRead{}, fileRead{}, heldSet{}, nil
+	s.ancestors, s.stale = nil, nil
 }
 
 // openedTarget is a target's folder, opened in the root (nil while it does
