@@ -204,3 +204,104 @@ func TestReviewLogoutInAHeldFileAfterAKill(t *testing.T) {
 		}
 	}
 }
+
+// TestReviewHeldProbes: interleavings tried that held (kept as probes).
+func TestReviewHeldProbes(t *testing.T) {
+	t.Run("a drop racing two logins", func(t *testing.T) {
+		e, root := newEngine(t)
+		p := filepath.Join(root, dockerFile)
+		mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+		e.hooks.beforeRemove = once(func() {
+			if _, err := rewrite(p, login("a.io")); err != nil {
+				t.Fatal(err)
+			}
+		})
+		e.hooks.whileAway = once(func() {
+			if err := writeOver(p, map[string]any{"auths": map[string]any{"b.io": map[string]any{"auth": "dzpw"}}}); err != nil {
+				t.Fatal(err)
+			}
+		})
+		mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{}, true))
+		if hostfs.RenameFlagsOff {
+			return
+		}
+		checkFile(t, p, []string{"a.io", "b.io"}, []string{"r.io"}, nil, false)
+		if left := leftovers(t, filepath.Dir(p)); len(left) != 0 {
+			t.Errorf("left behind: %v", left)
+		}
+	})
+	t.Run("a logout, then the stale file's very bytes", func(t *testing.T) {
+		e, root := newEngine(t)
+		p := filepath.Join(root, dockerFile)
+		writeFile(t, p, raceStart)
+		mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+		swaps := 0
+		e.hooks.beforeSwap = func() {
+			switch swaps++; swaps {
+			case 1:
+				if _, err := rewrite(p, both(logout("x.io"), login("a.io"))); err != nil {
+					t.Fatal(err)
+				}
+			case 2:
+				data, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				renameOver(t, p, string(data), 0o600)
+			}
+		}
+		mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
+		checkFile(t, p, []string{"a.io"}, []string{"x.io"}, nil, true)
+	})
+	t.Run("our entry edited by the writer on the stale file", func(t *testing.T) {
+		e, root := newEngine(t)
+		p := filepath.Join(root, dockerFile)
+		writeFile(t, p, raceStart)
+		mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+		e.hooks.beforeSwap = racer(t, p, false, login("a.io"), both(login("b.io"), setField("credsStore", "z")))
+		mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
+		checkFile(t, p, []string{"a.io", "b.io", "x.io"}, nil, map[string]any{"credsStore": "z"}, true)
+	})
+}
+
+// TestReviewStaleReaderRacesTheNextSync: sync 1 races as in
+// TestReviewExposureForgottenByTheNextSync, and B reads nodecreds' stale
+// file S. Within the minute sync 2 reads the file left (L), so its memory
+// of S is kept, and plans a rotation; B renames S + b.io between sync 2's
+// read and its swap. The race is merged three ways against L only, not S:
+// B's lack of a.io (which S lacked) is taken for a logout, and a.io is lost.
+func TestReviewStaleReaderRacesTheNextSync(t *testing.T) {
+	e, root := newEngine(t)
+	p := filepath.Join(root, dockerFile)
+	writeFile(t, p, raceStart)
+	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "p")}, true))
+	var read map[string]any
+	swaps := 0
+	e.hooks.beforeSwap = func() {
+		switch swaps++; swaps {
+		case 1:
+			if _, err := rewrite(p, login("a.io")); err != nil {
+				t.Fatal(err)
+			}
+		case 2:
+			read = readJSON(t, p) // B reads nodecreds' stale file
+		}
+	}
+	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final")}, true))
+	if read == nil {
+		if !hostfs.RenameFlagsOff {
+			t.Fatal("no second swap")
+		}
+		return
+	}
+	e.hooks.beforeSwap = once(func() {
+		login("b.io")(read)
+		if err := writeOver(p, read); err != nil {
+			t.Fatal(err)
+		}
+	})
+	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final2")}, true))
+	e.hooks.beforeSwap = nil
+	mustOK(t, apply(t, e, []string{dockerFile}, dockercfg.Set{item("r.io", "u", "final2")}, true))
+	checkFile(t, p, []string{"a.io", "b.io", "x.io"}, nil, nil, false)
+}
