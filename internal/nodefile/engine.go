@@ -43,7 +43,7 @@ type Engine struct {
 	memo     memory              // guarded by mu
 	swept    map[string]bool     // folders (and prefixes) swept of a crash's leftovers; guarded by mu
 	held     map[string][]string // target host path → names of files held next to it, not yet merged; guarded by mu
-	exposed  map[string]exposure // target host path → the stale file of ours a race left in place for a while; guarded by mu
+	exposed  map[string]*exposure // target host path → the stale files of ours races left in place within exposureWindow; guarded by mu
 	hooks    hooks               // tests only
 }
 

@@ -186,7 +186,7 @@ func (s *targetSync) run(ctx context.Context) (Result, error) {
 		// on, without waiting, past its end and past ctx: returning then
 		// would leave it there, with what the other writer's files hold
 		// merged in memory only (step 7).
-		exposed := s.stale != nil
+		exposed := s.exposing
 		if attempt >= limit && (!exposed || attempt >= 2*limit) {
 			return s.res, fmt.Errorf("%s: %w; gave up after %d attempts", s.t.path, ErrContended, attempt)
 		}
@@ -492,7 +492,7 @@ func (s *targetSync) reread() error {
 		return err
 	}
 	s.seen(cur)
-	s.cur, s.newer, s.ours, s.stale = cur, nil, "", nil
+	s.cur, s.newer, s.ours, s.exposing = cur, nil, "", false
 	return nil
 }
 
@@ -504,8 +504,8 @@ func (s *targetSync) reread() error {
 // the files theirs is compared with (threeWay).
 func (s *targetSync) mergeOnTheirs(p targetPlan, w written) {
 	s.seen(w.theirs)
-	s.stale = parsedOrEmpty(w.ours.data)
-	s.ancestors = append(s.ancestors, s.stale)
+	s.e.expose(s.t.path, w.ours.data)
+	s.exposing = true
 	s.cur, s.newer, s.ours = w.ours, nil, fileDigest(w.ours.data)
 	s.old = intent(ownedIn(p.parsed, s.old), s.old, p.merged.state)
 }
@@ -521,7 +521,7 @@ func (s *targetSync) finish(p targetPlan, w written) (Result, error) {
 		// What the next sync will read back, unless someone writes it.
 		s.e.memo.remember(s.t.path, w.data, p.merged.doc)
 	}
-	s.noteExposure(p, w)
+	s.noteLeft(p, w)
 	s.rec.set(p.merged.state)
 	if p.step == stepDrop {
 		s.rec.set(TargetState{Copies: p.merged.state.Copies, Stale: p.merged.state.Stale})
@@ -600,7 +600,7 @@ func (s *targetSync) drop(p targetPlan) (written, error) {
 		// name was empty, as far as we know, or on theirs.
 		if rerr == nil {
 			s.seen(fileRead{exists: true, data: data})
-			s.ancestors = append(s.ancestors, parsedOrEmpty(nil))
+			s.addAncestor(parsedOrEmpty(nil))
 		}
 		return written{lost: true}, nil
 	}

@@ -44,10 +44,12 @@ type targetSync struct {
 	// parsed; held files are in it already.
 	chain bool
 	// ancestors are the files the other writer's next file can have been
-	// written on (see threeWay); stale, our own file built on an older read
-	// while it is at the target (nil otherwise).
+	// written on besides the stale files the engine remembers (see seen);
+	// exposing is set while a stale file of ours is at the target.
 	ancestors []*document
-	stale     *document
+	exposing  bool
+	// finished is set once the sync ended with a file it knows (noteLeft).
+	finished bool
 	aside     map[[32]byte]string
 	copies    map[string][]string // copies made in this sync → sources (State.Copies)
 	applies   map[string]bool     // names of the sources that apply to the node now
@@ -309,7 +311,8 @@ func (s *targetSync) settleCopies() {
 // once it is done, so that they do not add to the next target's.
 func (s *targetSync) forget() {
 	s.p, s.prev, s.base, s.cur, s.held, s.newer = targetPlan{}, nil, fileRead{}, fileRead{}, heldSet{}, nil
-	s.ancestors, s.stale = nil, nil
+	s.ancestors, s.exposing = nil, false
+	s.e.forgetParsed(s.t.path, s.finished)
 }
 
 // openedTarget is a target's folder, opened in the root (nil while it does
