@@ -40,11 +40,11 @@ type Engine struct {
 	stateDir string
 	now      func() time.Time
 	mu       sync.Mutex
-	memo     memory              // guarded by mu
-	swept    map[string]bool     // folders (and prefixes) swept of a crash's leftovers; guarded by mu
-	held     map[string][]string // target host path → names of files held next to it, not yet merged; guarded by mu
+	memo     memory               // guarded by mu
+	swept    map[string]bool      // folders (and prefixes) swept of a crash's leftovers; guarded by mu
+	held     map[string][]string  // target host path → names of files held next to it, not yet merged; guarded by mu
 	exposed  map[string]*exposure // target host path → the stale files of ours races left in place within exposureWindow; guarded by mu
-	hooks    hooks               // tests only
+	hooks    hooks                // tests only
 }
 
 // hooks let a test act in the windows where another writer could: each is

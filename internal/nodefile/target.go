@@ -50,10 +50,10 @@ type targetSync struct {
 	exposing  bool
 	// finished is set once the sync ended with a file it knows (noteLeft).
 	finished bool
-	aside     map[[32]byte]string
-	copies    map[string][]string // copies made in this sync → sources (State.Copies)
-	applies   map[string]bool     // names of the sources that apply to the node now
-	p         targetPlan
+	aside    map[[32]byte]string
+	copies   map[string][]string // copies made in this sync → sources (State.Copies)
+	applies  map[string]bool     // names of the sources that apply to the node now
+	p        targetPlan
 }
 
 // start reads the target and plans the first attempt; when it is to be
