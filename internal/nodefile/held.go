@@ -213,3 +213,40 @@ func (s *targetSync) release(names []string) error {
 	}
 	return s.t.dir.Sync()
 }
+
+// heldOverOurs deals with a crash (a kill) between a write's swap and its
+// end, when that write was built on the file read alone (State.OnRead) and
+// held the file another writer had renamed over that one: the target is
+// nodecreds' own file, built on what the other writer read (or on a file
+// newer than what it read), and the held file is that writer's newer file.
+// Its content, but for nodecreds' own entries, is then the truth: an entry
+// or top-level field it lacks was removed by its writer (a logout), and
+// is not filled in from the target as loadHeld's union would. Entries the
+// state says are nodecreds' own (owned or pending) that it lacks are kept
+// from the target, for the merge to decide.
+//
+// A write that merged anything else (held files, another writer's files
+// seen in a race, a file found after an exposure) is not on the file read
+// alone: the held file's writer never saw what was merged, so what it
+// lacks is no removal, and the union stays. So does a target that is not
+// nodecreds' write: its writer came after the held file was taken off the
+// target, and never read it.
+func (s *targetSync) heldOverOurs() {
+	if s.newer == nil || s.ours == "" || !s.old.OnRead {
+		return
+	}
+	doc := s.newer.clone()
+	for k, v := range parsedOrEmpty(s.cur.data).auths {
+		_, owned := s.old.Owned[k]
+		_, pending := s.old.Pending[k]
+		if _, ok := doc.auths[k]; !ok && (owned || pending) {
+			doc.auths[k] = v
+		}
+	}
+	data, err := doc.encode()
+	if err != nil {
+		return // over a limit: the union, as planned
+	}
+	s.base = fileRead{exists: true, data: data, mode: s.cur.mode, uid: s.cur.uid, gid: s.cur.gid, info: s.cur.info}
+	s.newer = nil
+}

@@ -60,6 +60,13 @@ type TargetState struct {
 	// what another writer's files held next to it hold, so their values
 	// are the newer ones.
 	Writing string `json:"writing,omitempty"`
+	// OnRead is set with Writing when the file written was built on the
+	// file read at the target alone (nothing else merged into it: no held
+	// file, no other writer's file seen in the sync), so that a file
+	// another writer renamed over that one, and that the write held, was
+	// written on it or on an older file — never on a file of ours — and
+	// what it lacks of it is its writer's doing (see heldOverOurs).
+	OnRead bool `json:"onRead,omitempty"`
 }
 
 // staleMark is a fingerprint of an entry nodecreds wrote that is no longer
@@ -229,7 +236,7 @@ func (t TargetState) isZero() bool {
 }
 
 func (t TargetState) equal(o TargetState) bool {
-	if t.Created != o.Created || t.Writing != o.Writing || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || !maps.Equal(t.From, o.From) || len(t.Displaced) != len(o.Displaced) ||
+	if t.Created != o.Created || t.Writing != o.Writing || t.OnRead != o.OnRead || !maps.Equal(t.Owned, o.Owned) || !maps.Equal(t.Pending, o.Pending) || !maps.Equal(t.From, o.From) || len(t.Displaced) != len(o.Displaced) ||
 		!maps.EqualFunc(t.Copies, o.Copies, slices.Equal) || !maps.Equal(t.Stale, o.Stale) {
 		return false
 	}

@@ -200,6 +200,9 @@ func appendTarget(b []byte, t *TargetState, hint *[]string) ([]byte, error) {
 		sep(`"writing":`)
 		b = appendJSONString(b, t.Writing)
 	}
+	if t.OnRead {
+		sep(`"onRead":true`)
+	}
 	if len(t.Stale) > 0 {
 		sep(`"stale":`)
 		b = t.Stale.appendJSON(b)
@@ -356,6 +359,8 @@ func decodeTarget(data []byte, t *TargetState) error {
 			err.keep(json.Unmarshal(value, &t.Copies))
 		case "writing":
 			err.keep(json.Unmarshal(value, &t.Writing))
+		case "onRead":
+			err.keep(json.Unmarshal(value, &t.OnRead))
 		case "stale":
 			stale, e := decodeStale(value)
 			if e != nil {

@@ -1,6 +1,7 @@
 package nodefile
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -69,6 +70,7 @@ func (s *targetSync) start() error {
 	cur.data = s.e.memo.same(s.t.path, cur.data)
 	s.base, s.cur = cur, cur
 	s.loadHeld(cur)
+	s.heldOverOurs()
 	s.afterExposure()
 	if err := s.plan(); err != nil {
 		return err
@@ -112,6 +114,8 @@ func (s *targetSync) plan() error {
 		if s.ours != "" {
 			p.intent.Writing += " " + s.ours
 		}
+		p.intent.OnRead = s.ours == "" && !s.chain && s.held.doc == nil && s.newer == nil &&
+			s.base.exists == s.cur.exists && bytes.Equal(s.base.data, s.cur.data)
 	}
 	if err == nil && s.chain && s.held.doc != nil && p.intent.Owned != nil {
 		// Ours in the held files, which a crash leaves to the next
