@@ -32,20 +32,29 @@ package nodefile
 //  7. On a race, merge again on top of theirs (targetSync.run). Ours is in
 //     place but stale, and the other writer may read it and write on top
 //     of it: what it did is then relative to our stale file, not to its
-//     own last file. So every file of theirs seen in the sync (replaced by
-//     a swap, or found before one) is merged three ways (seen, threeWay)
-//     into what the earlier ones held: per entry and per top-level field,
-//     its value, or its absence (a logout), where it differs from every
-//     file it can have been written on (ours in place, its own last one),
-//     the value known so far elsewhere. The next attempt merges into that.
-//     While our stale file is in place the loop does not stop: not at its
-//     attempt limit (it goes on to twice that), not when ctx ends; only an
-//     error, or a writer racing every one of those attempts, leaves it
-//     there, their last file held (docs/security.md says what the next
-//     sync then keeps). A sync that raced remembers its stale file and the
-//     file it left for a minute (exposure): a writer that read the stale
-//     file may rename what it made of it only after the sync ended, and
-//     the next sync merges that file three ways too (afterExposure).
+//     own last file. So the engine remembers, per target, every stale file
+//     of ours that was in place (expose: the newest maxExposed within
+//     maxExposedBytes, each for exposureWindow, however many syncs run
+//     meanwhile), and every file of theirs seen in the sync (replaced by a
+//     swap, or found before one) is merged three ways (seen, threeWay)
+//     into what the earlier ones held: its ancestor is the file it differs
+//     from least among those it can have been written on — the remembered
+//     stale files, the file the sync read, that writer's previous files in
+//     the sync (the last maxAncestors) — and per entry and per top-level
+//     field its value, or its absence (a logout), where it differs from
+//     that ancestor (from each, when several are as close); the value
+//     known so far elsewhere. The next attempt merges into that. While our
+//     stale file is in place the loop does not stop: not at its attempt
+//     limit (it goes on to twice that), not when ctx ends; only an error,
+//     or a writer racing every one of those attempts, leaves it there,
+//     their last file held (docs/security.md says what the next sync then
+//     keeps). A writer that read a stale file may rename what it made of it
+//     after the sync ended: while stale files are remembered, a sync that
+//     finds a file other than the one the last sync left merges it three
+//     ways onto that one (afterExposure), the file left being a candidate
+//     too. After a kill between a swap that held their file and the end of
+//     the write, the held file is the truth where the write was built on
+//     the file read alone (heldOverOurs, State.OnRead).
 //  8. fsync the folder (settle; hostfs.Staged.Create and Replace in the
 //     fallbacks), so that the rename survives a crash.
 //  9. Save the final records (batch.flush), after every target: the state
