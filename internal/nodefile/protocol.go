@@ -108,6 +108,7 @@ var errRaced = errors.New("target changed while being written")
 func (e *Engine) run(ctx context.Context, targets []string, sources []dockercfg.NamedSet, prune pruneRule) ([]Result, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.ageExposures()
 	root, sd, done, err := e.open()
 	if err != nil {
 		return nil, err
@@ -276,6 +277,7 @@ func (s *targetSync) write(p targetPlan) (written, error) {
 	call(s.e.hooks.beforeSwap)
 	merged := slices.Clone(s.held.names) // what the plan carried into data
 	sw, err := replace(s.t.dir, s.t.name, data, s.cur)
+	s.touched = s.touched || !sw.untouched
 	if errors.Is(err, errRaced) {
 		return written{lost: true}, nil
 	}
@@ -351,6 +353,8 @@ type swap struct {
 	old     []byte // its content, as far as it could be read
 	held    string // when it was not the file read: the name it is kept under
 	left    FileID // ours, as now at the name
+	// untouched: the write failed before anything was placed at the name
+	untouched bool
 }
 
 // replace puts data at name in d atomically, in place of prev (the file
@@ -361,13 +365,13 @@ func replace(d *hostfs.Dir, name string, data []byte, prev fileRead) (swap, erro
 		// Never write what nodecreds (and check, and the plugin) would
 		// refuse to read back: a compact file near the limit grows when
 		// re-indented.
-		return swap{}, fmt.Errorf("%s would be %d bytes, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
+		return swap{untouched: true}, fmt.Errorf("%s would be %d bytes, over the %d MiB limit; nothing written (remove entries from the file or the sources): %w",
 			d.Name(name), len(data), hostfs.MaxFileSize>>20, hostfs.ErrTooLarge)
 	}
 	// 4. Stage the new file.
 	staged, err := d.Stage(tempPrefix(name), newMode(prev), func(f *os.File) error { return fill(f, data, prev) })
 	if err != nil {
-		return swap{}, fmt.Errorf("writing %s: %w", d.Name(name), err)
+		return swap{untouched: true}, fmt.Errorf("writing %s: %w", d.Name(name), err)
 	}
 	defer staged.Discard()
 	left := hostfs.StampOf(data, staged.Info())
@@ -582,6 +586,7 @@ func (s *targetSync) drop(p targetPlan) (written, error) {
 	}
 	d := s.t.dir
 	call(s.e.hooks.beforeRemove)
+	s.touched = true
 	taken, err := take(d, s.t.name)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Someone removed it first: there is nothing left to lose.

@@ -51,10 +51,13 @@ type targetSync struct {
 	exposing  bool
 	// finished is set once the sync ended with a file it knows (noteLeft).
 	finished bool
-	aside    map[[32]byte]string
-	copies   map[string][]string // copies made in this sync → sources (State.Copies)
-	applies  map[string]bool     // names of the sources that apply to the node now
-	p        targetPlan
+	// touched is set once the sync changed or took off the target: a sync
+	// that fails before that leaves the file the last one left.
+	touched bool
+	aside   map[[32]byte]string
+	copies  map[string][]string // copies made in this sync → sources (State.Copies)
+	applies map[string]bool     // names of the sources that apply to the node now
+	p       targetPlan
 }
 
 // start reads the target and plans the first attempt; when it is to be
@@ -114,7 +117,9 @@ func (s *targetSync) plan() error {
 		if s.ours != "" {
 			p.intent.Writing += " " + s.ours
 		}
-		p.intent.OnRead = s.ours == "" && !s.chain && s.held.doc == nil && s.newer == nil &&
+		// Not while stale files of ours are remembered: a held file may
+		// then have been written on one of them, not on the file read.
+		p.intent.OnRead = s.ours == "" && !s.chain && s.held.doc == nil && s.newer == nil && s.e.exposure(s.t.path) == nil &&
 			s.base.exists == s.cur.exists && bytes.Equal(s.base.data, s.cur.data)
 	}
 	if err == nil && s.chain && s.held.doc != nil && p.intent.Owned != nil {
@@ -316,7 +321,7 @@ func (s *targetSync) settleCopies() {
 func (s *targetSync) forget() {
 	s.p, s.prev, s.base, s.cur, s.held, s.newer = targetPlan{}, nil, fileRead{}, fileRead{}, heldSet{}, nil
 	s.ancestors, s.exposing = nil, false
-	s.e.forgetParsed(s.t.path, s.finished)
+	s.e.forgetParsed(s.t.path, s.finished || !s.touched)
 }
 
 // openedTarget is a target's folder, opened in the root (nil while it does

@@ -278,6 +278,15 @@ func (e *Engine) exposure(path string) *exposure {
 	return x
 }
 
+// ageExposures drops, at every sync, what aged out of every target's
+// memory, so that stale files of a target no longer synced are not kept
+// past exposureWindow.
+func (e *Engine) ageExposures() {
+	for path := range e.exposed {
+		e.exposure(path)
+	}
+}
+
 // expose remembers data, a stale file of ours now in place at path, within
 // the bounds.
 func (e *Engine) expose(path string, data []byte) {
@@ -319,7 +328,8 @@ func (e *Engine) exposedDocs(path string) []*document {
 }
 
 // forgetParsed drops the parsed stale files of path, and, unless the sync
-// ended with a file it knows (noteLeft), the file left.
+// ended with a file it knows (noteLeft) or never touched the target (the
+// file the last sync left is still the one to compare with), the file left.
 func (e *Engine) forgetParsed(path string, finished bool) {
 	x := e.exposed[path]
 	if x == nil {
