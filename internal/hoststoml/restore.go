@@ -1,0 +1,86 @@
+package hoststoml
+
+import (
+	"bytes"
+	"fmt"
+)
+
+// Restore undoes rec in current: a replaced value gets its previous text
+// back, an added key or header table is taken out again. remove reports that
+// the file was created by nodecreds and holds nothing else, so it can be
+// deleted. A host whose Authorization is gone already is left as it is.
+func Restore(current []byte, folder string, rec Record) (data []byte, remove bool, err error) {
+	if _, err := FolderHost(folder); err != nil {
+		return nil, false, err
+	}
+	d, err := parseDocument(current)
+	if err != nil {
+		return nil, false, err
+	}
+	var edits []edit
+	restored := map[string]string{}
+	for _, c := range rec.Changes {
+		auths := d.authorizations(c.Section)
+		if len(auths) == 0 {
+			continue
+		}
+		if len(auths) > 1 {
+			return nil, false, fmt.Errorf("%s has more than one Authorization key (line %d)", where(c.Section), d.line(d.kvs[auths[1]].keyStart))
+		}
+		kv := d.kvs[auths[0]]
+		restored[c.Section] = ""
+		switch c.Action {
+		case Replaced:
+			edits = append(edits, edit{kv.valStart, kv.valEnd, string(c.Previous)})
+		case AddedKey, AddedTable:
+			if kv.inline || d.indent(kv.lineStart, kv.keyStart) == "" && kv.lineStart != kv.keyStart {
+				return nil, false, fmt.Errorf("%s is no longer on a line of its own (line %d); not removed", where(c.Section), d.line(kv.keyStart))
+			}
+			start, end := kv.lineStart, kv.lineEnd
+			if c.Action == AddedTable && kv.table >= 0 {
+				t := d.tables[kv.table]
+				// The table nodecreds added goes too, when the key is all it holds.
+				if t.lastKV == auths[0] && d.onlyKV(kv.table, auths[0]) && t.lineEnd == kv.lineStart {
+					start = t.lineStart
+				}
+			}
+			if c.LeadingNewline && end == len(current) && start > 0 && current[start-1] == '\n' {
+				start--
+				if start > 0 && current[start-1] == '\r' {
+					start--
+				}
+			}
+			edits = append(edits, edit{start, end, ""})
+		default:
+			return nil, false, fmt.Errorf("unknown change %q in the record", c.Action)
+		}
+	}
+	out := splice(current, edits)
+	if len(edits) > 0 {
+		if err := verify(d.decoded, out, restored); err != nil {
+			return nil, false, err
+		}
+	}
+	if rec.Created {
+		skel, err := Skeleton(folder, "")
+		if err == nil && bytes.Equal(out, skel) {
+			return out, true, nil
+		}
+		for _, scheme := range []string{"http", "https"} {
+			if skel, err := Skeleton(folder, scheme); err == nil && bytes.Equal(out, skel) {
+				return out, true, nil
+			}
+		}
+	}
+	return out, false, nil
+}
+
+// onlyKV reports whether kv is the only key/value in table ti's region.
+func (d *document) onlyKV(ti, kvi int) bool {
+	for i, kv := range d.kvs {
+		if i != kvi && !kv.inline && kv.table == ti {
+			return false
+		}
+	}
+	return true
+}
