@@ -102,6 +102,7 @@ fuzz: ## Fuzz the credentials parser, the redaction of keys, the node file's par
 	$(GO) test -run='^$$' -fuzz=FuzzDocument -fuzztime=$(FUZZTIME) ./internal/nodefile
 	$(GO) test -run='^$$' -fuzz=FuzzWalk -fuzztime=$(FUZZTIME) ./internal/jsonwalk
 	$(GO) test -run='^$$' -fuzz=FuzzFold -fuzztime=$(FUZZTIME) ./internal/jsonwalk
+	$(GO) test -run='^$$' -fuzz=FuzzMergeRestore -fuzztime=$(FUZZTIME) ./internal/hoststoml
 	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzKubeletAgreesWithSecret -fuzztime=$(FUZZTIME) .
 	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzKubeletShapes -fuzztime=$(FUZZTIME) .
 	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzHostsTOMLMerge -fuzztime=$(FUZZTIME) .

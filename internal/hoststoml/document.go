@@ -18,6 +18,8 @@ type document struct {
 	kvs    []keyValue
 	// decoded is the whole file as go-toml decodes it, for the final check.
 	decoded map[string]any
+	// eofNewline: an edit being planned adds the newline the file lacks at its end.
+	eofNewline bool
 }
 
 // table is a `[a.b]` or `[[a.b]]` header line and the region it opens.

@@ -308,10 +308,11 @@ func (d *document) sections(folderHost string, headers map[string]string) ([]sec
 	}
 	// The top level is the fallback host. When a host table for the same
 	// host carries the header (the form a created file has), the top level
-	// gets one only if it has a header table already.
+	// gets one only if it has a header table already. It comes last, so
+	// that a [header] added at the end of the file follows any host's.
 	if _, ok := headers[rootHost]; ok {
 		if _, hasHeader := d.decoded["header"]; hasHeader || !rootHasTable {
-			out = append([]section{{key: "", host: rootHost}}, out...)
+			out = append(out, section{key: "", host: rootHost})
 		}
 	}
 	return out, nil
@@ -351,8 +352,12 @@ type edit struct {
 	text       string
 }
 
+// splice applies edits, which do not overlap; texts inserted at one offset
+// come out in the order of edits.
 func splice(src []byte, edits []edit) []byte {
-	sort.Slice(edits, func(i, j int) bool { return edits[i].start > edits[j].start })
+	edits = slices.Clone(edits)
+	slices.Reverse(edits)
+	sort.SliceStable(edits, func(i, j int) bool { return edits[i].start > edits[j].start })
 	out := slices.Clone(src)
 	for _, e := range edits {
 		out = slices.Concat(out[:e.start], []byte(e.text), out[e.end:])
@@ -462,9 +467,10 @@ func (d *document) insertLine(offset int, line, key string, action Action) (*edi
 	nl := d.newline()
 	text := line + nl
 	c := Change{Section: key, Action: action}
-	if offset > 0 && offset == len(d.src) && d.src[offset-1] != '\n' {
+	if offset > 0 && offset == len(d.src) && d.src[offset-1] != '\n' && !d.eofNewline {
 		text = nl + text
 		c.LeadingNewline = true
+		d.eofNewline = true
 	}
 	return &edit{offset, offset, text}, c, nil
 }

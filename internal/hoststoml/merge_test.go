@@ -310,3 +310,48 @@ func keyOf(m map[string]string) string {
 }
 
 func ptr(s string) *string { return &s }
+
+// FuzzMergeRestore: Merge never panics and leaves its input alone; what it
+// merges merges again to itself, and Restore gives back the input's bytes.
+func FuzzMergeRestore(f *testing.F) {
+	for _, s := range []string{
+		"",
+		"server = \"https://upstream.example\"\n[header]\nAuthorization = \"Basic a\"\n",
+		"# c\n[host.\"https://mirror.example\"]\n  capabilities = [\"pull\"] # c\n[host.\"https://mirror.example\".header]\n  X = [\"1\",\n \"2\"]\n",
+		"[host.\"https://upstream.example\"]\r\nheader.X-Team = \"t\"\r\nheader = 1\r\n",
+		"[host.'upstream.example']\nheader = { X = \"1\", Authorization = [\"Basic x\", 'y'] }",
+	} {
+		f.Add([]byte(s), true)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, mirrorToo bool) {
+		headers := map[string]string{"upstream.example": basicNew}
+		if mirrorToo {
+			headers["mirror.example"] = basicNew
+		}
+		orig := bytes.Clone(data)
+		res, err := Merge(data, "upstream.example", Options{Headers: headers})
+		if !bytes.Equal(data, orig) {
+			t.Fatal("Merge changed its input")
+		}
+		if err != nil || !res.Changed {
+			return
+		}
+		again, err := Merge(res.Data, "upstream.example", Options{Headers: headers})
+		if err != nil || again.Changed {
+			t.Fatalf("merging the output again: changed %v, err %v\n%q", again.Changed, err, res.Data)
+		}
+		back, remove, err := Restore(res.Data, "upstream.example", res.Record)
+		if err != nil {
+			t.Fatalf("Restore: %v\n in: %q\nout: %q", err, data, res.Data)
+		}
+		if data == nil {
+			if !remove {
+				t.Fatalf("created file not removed: %q", back)
+			}
+			return
+		}
+		if !bytes.Equal(back, data) {
+			t.Fatalf("Restore\n got: %q\nwant: %q", back, data)
+		}
+	})
+}

@@ -18,6 +18,7 @@ func Restore(current []byte, folder string, rec Record) (data []byte, remove boo
 		return nil, false, err
 	}
 	var edits []edit
+	var leading []int // edits of changes that added a newline at the end
 	restored := map[string]string{}
 	for _, c := range rec.Changes {
 		auths := d.authorizations(c.Section)
@@ -44,15 +45,23 @@ func Restore(current []byte, folder string, rec Record) (data []byte, remove boo
 					start = t.lineStart
 				}
 			}
-			if c.LeadingNewline && end == len(current) && start > 0 && current[start-1] == '\n' {
-				start--
-				if start > 0 && current[start-1] == '\r' {
-					start--
-				}
+			if c.LeadingNewline {
+				leading = append(leading, len(edits))
 			}
 			edits = append(edits, edit{start, end, ""})
 		default:
 			return nil, false, fmt.Errorf("unknown change %q in the record", c.Action)
+		}
+	}
+	// The newline added before a table at the end of a file that lacked
+	// one goes when everything after it goes.
+	for _, i := range leading {
+		e := &edits[i]
+		if e.start > 0 && current[e.start-1] == '\n' && removedToEnd(edits, e.end, len(current)) {
+			e.start--
+			if e.start > 0 && current[e.start-1] == '\r' {
+				e.start--
+			}
 		}
 	}
 	out := splice(current, edits)
@@ -81,6 +90,23 @@ func (d *document) onlyKV(ti, kvi int) bool {
 		if i != kvi && !kv.inline && kv.table == ti {
 			return false
 		}
+	}
+	return true
+}
+
+// removedToEnd reports whether the removals in edits cover [from, end).
+func removedToEnd(edits []edit, from, end int) bool {
+	for from < end {
+		next := from
+		for _, e := range edits {
+			if e.text == "" && e.start <= from && e.end > next {
+				next = e.end
+			}
+		}
+		if next == from {
+			return false
+		}
+		from = next
 	}
 	return true
 }
