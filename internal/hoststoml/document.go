@@ -48,6 +48,9 @@ type keyValue struct {
 	table     int // index into tables of the region it sits in; -1 for the top level
 }
 
+// errPos: a value is not where the parser said; the file is not edited.
+var errPos = errors.New("value position not found")
+
 // errInvalid marks input that is not TOML; the file is left as it is.
 var errInvalid = errors.New("not valid TOML")
 
@@ -90,11 +93,13 @@ func parseDocument(src []byte) (*document, error) {
 	return d, nil
 }
 
-func keyParts(it unstable.Iterator) (parts, raw []string, first, last unstable.Range) {
+// keyParts returns a key's parts, as decoded and as written, and the
+// ranges of its first and last part.
+func (d *document) keyParts(it unstable.Iterator) (parts, raw []string, first, last unstable.Range) {
 	for i := 0; it.Next(); i++ {
 		n := it.Node()
 		parts = append(parts, string(n.Data))
-		raw = append(raw, "")
+		raw = append(raw, string(d.raw(n.Raw)))
 		if i == 0 {
 			first = n.Raw
 		}
@@ -106,10 +111,7 @@ func keyParts(it unstable.Iterator) (parts, raw []string, first, last unstable.R
 func (d *document) table(e *unstable.Node) (table, error) {
 	t := table{array: e.Kind == unstable.ArrayTable, lastKV: -1}
 	var first, last unstable.Range
-	t.path, t.keyRaw, first, last = keyParts(e.Key())
-	for i, it := 0, e.Key(); it.Next(); i++ {
-		t.keyRaw[i] = string(d.raw(it.Node().Raw))
-	}
+	t.path, t.keyRaw, first, last = d.keyParts(e.Key())
 	t.lineStart = lineStart(d.src, int(first.Offset))
 	pos := skipSpace(d.src, int(last.Offset+last.Length))
 	closing := 1
@@ -128,10 +130,7 @@ func (d *document) table(e *unstable.Node) (table, error) {
 }
 
 func (d *document) keyValue(e *unstable.Node, prefix []string, inline bool, cur int) error {
-	parts, raw, first, last := keyParts(e.Key())
-	for i, it := 0, e.Key(); it.Next(); i++ {
-		raw[i] = string(d.raw(it.Node().Raw))
-	}
+	parts, raw, first, last := d.keyParts(e.Key())
 	kv := keyValue{
 		path:     append(slices.Clone(prefix), parts...),
 		keyRaw:   raw,
@@ -175,7 +174,6 @@ func (d *document) keyValue(e *unstable.Node, prefix []string, inline bool, cur 
 // parser records where strings are; for arrays and inline tables the end is
 // found from their last element and the closing bracket.
 func (d *document) valueEnd(n *unstable.Node, start int) (int, error) {
-	errPos := errors.New("value position not found")
 	switch n.Kind {
 	case unstable.String:
 		if int(n.Raw.Offset) != start {
@@ -190,57 +188,9 @@ func (d *document) valueEnd(n *unstable.Node, start int) (int, error) {
 		}
 		return end, nil
 	case unstable.Array:
-		if start >= len(d.src) || d.src[start] != '[' {
-			return 0, errPos
-		}
-		pos := start + 1
-		for it := n.Children(); it.Next(); {
-			c := it.Node()
-			if c.Kind == unstable.Comment {
-				continue
-			}
-			end, err := d.valueEnd(c, skipArrayTrivia(d.src, pos))
-			if err != nil {
-				return 0, err
-			}
-			pos = end
-		}
-		pos = skipArrayTrivia(d.src, pos)
-		if pos >= len(d.src) || d.src[pos] != ']' {
-			return 0, errPos
-		}
-		return pos + 1, nil
+		return d.arrayEnd(n, start)
 	case unstable.InlineTable:
-		if int(n.Raw.Offset) != start || d.src[start] != '{' {
-			return 0, errPos
-		}
-		pos := start + 1
-		for it := n.Children(); it.Next(); {
-			kv := it.Node()
-			if kv.Kind != unstable.KeyValue {
-				continue
-			}
-			var last unstable.Range
-			for k := kv.Key(); k.Next(); {
-				last = k.Node().Raw
-			}
-			eq := skipSpace(d.src, int(last.Offset+last.Length))
-			if eq >= len(d.src) || d.src[eq] != '=' {
-				return 0, errPos
-			}
-			end, err := d.valueEnd(kv.Value(), skipSpace(d.src, eq+1))
-			if err != nil {
-				return 0, err
-			}
-			pos = end
-		}
-		for pos < len(d.src) && (d.src[pos] == ' ' || d.src[pos] == '\t' || d.src[pos] == ',') {
-			pos++
-		}
-		if pos >= len(d.src) || d.src[pos] != '}' {
-			return 0, errPos
-		}
-		return pos + 1, nil
+		return d.inlineTableEnd(n, start)
 	default:
 		return 0, errPos
 	}
@@ -310,4 +260,62 @@ func endOfLine(b []byte, pos int) int {
 		return len(b)
 	}
 	return pos + i + 1
+}
+
+// arrayEnd: the end of the last element, then the closing bracket.
+func (d *document) arrayEnd(n *unstable.Node, start int) (int, error) {
+	if start >= len(d.src) || d.src[start] != '[' {
+		return 0, errPos
+	}
+	pos := start + 1
+	for it := n.Children(); it.Next(); {
+		c := it.Node()
+		if c.Kind == unstable.Comment {
+			continue
+		}
+		end, err := d.valueEnd(c, skipArrayTrivia(d.src, pos))
+		if err != nil {
+			return 0, err
+		}
+		pos = end
+	}
+	pos = skipArrayTrivia(d.src, pos)
+	if pos >= len(d.src) || d.src[pos] != ']' {
+		return 0, errPos
+	}
+	return pos + 1, nil
+}
+
+// inlineTableEnd: the end of the last value, then the closing brace.
+func (d *document) inlineTableEnd(n *unstable.Node, start int) (int, error) {
+	if int(n.Raw.Offset) != start || d.src[start] != '{' {
+		return 0, errPos
+	}
+	pos := start + 1
+	for it := n.Children(); it.Next(); {
+		kv := it.Node()
+		if kv.Kind != unstable.KeyValue {
+			continue
+		}
+		var last unstable.Range
+		for k := kv.Key(); k.Next(); {
+			last = k.Node().Raw
+		}
+		eq := skipSpace(d.src, int(last.Offset+last.Length))
+		if eq >= len(d.src) || d.src[eq] != '=' {
+			return 0, errPos
+		}
+		end, err := d.valueEnd(kv.Value(), skipSpace(d.src, eq+1))
+		if err != nil {
+			return 0, err
+		}
+		pos = end
+	}
+	for pos < len(d.src) && (d.src[pos] == ' ' || d.src[pos] == '\t' || d.src[pos] == ',') {
+		pos++
+	}
+	if pos >= len(d.src) || d.src[pos] != '}' {
+		return 0, errPos
+	}
+	return pos + 1, nil
 }

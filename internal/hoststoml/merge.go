@@ -403,6 +403,12 @@ func (d *document) setAuthorization(key, value string) (*edit, Change, error) {
 		}
 		return &edit{kv.valStart, kv.valEnd, q}, Change{Section: key, Action: Replaced, Previous: Secret(prev)}, nil
 	}
+	return d.addAuthorization(key, q)
+}
+
+// addAuthorization plans adding the key (quoted value q) to a section
+// that has none.
+func (d *document) addAuthorization(key, q string) (*edit, Change, error) {
 	hdr := append(sectionPath(key), "header")
 	// A header table of its own: add the key after its last line.
 	for _, t := range d.tables {

@@ -355,3 +355,42 @@ func FuzzMergeRestore(f *testing.F) {
 		}
 	})
 }
+
+func TestRestoreAfterOtherEdits(t *testing.T) {
+	in := "server = \"https://upstream.example\"\n[host.\"https://mirror.example\"]\n  capabilities = [\"pull\"]\n[host.\"https://b.example\".header]\n  Authorization = \"Basic b2xk\"\n"
+	headers := map[string]string{"mirror.example": basicNew, "b.example": basicNew}
+	res, err := Merge([]byte(in), "upstream.example", Options{Headers: headers})
+	if err != nil || len(res.Record.Changes) != 2 {
+		t.Fatalf("Merge: %v, %+v", err, res.Record)
+	}
+	// The admin adds a comment and a key elsewhere meanwhile; they stay.
+	edited := strings.Replace(string(res.Data), "server =", "# moved\nserver =", 1) + "[host.\"https://c.example\"]\n"
+	want := strings.Replace(in, "server =", "# moved\nserver =", 1) + "[host.\"https://c.example\"]\n"
+	back, remove, err := Restore([]byte(edited), "upstream.example", res.Record)
+	if err != nil || remove || string(back) != want {
+		t.Fatalf("Restore: %v %v\n got: %q\nwant: %q", err, remove, back, want)
+	}
+	// One host only.
+	var one Record
+	for _, c := range res.Record.Changes {
+		if c.Section == "https://b.example" {
+			one.Changes = append(one.Changes, c)
+		}
+	}
+	back, _, err = Restore(res.Data, "upstream.example", one)
+	if err != nil || !strings.Contains(string(back), "Basic b2xk") || !strings.Contains(string(back), basicNew) {
+		t.Fatalf("partial Restore: %v\n%q", err, back)
+	}
+}
+
+func TestRestoreKeepsAnEditedCreatedFile(t *testing.T) {
+	res, err := Merge(nil, "upstream.example", Options{Headers: map[string]string{"upstream.example": basicNew}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := append(bytes.Clone(res.Data), []byte("[host.\"https://mirror.example\"]\n")...)
+	back, remove, err := Restore(edited, "upstream.example", res.Record)
+	if err != nil || remove || strings.Contains(string(back), "Authorization =") || !strings.Contains(string(back), "mirror.example") {
+		t.Fatalf("Restore of an edited created file: remove %v, err %v\n%q", remove, err, back)
+	}
+}

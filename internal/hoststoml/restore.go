@@ -9,6 +9,7 @@ import (
 // back, an added key or header table is taken out again. remove reports that
 // the file was created by nodecreds and holds nothing else, so it can be
 // deleted. A host whose Authorization is gone already is left as it is.
+// To give up one host only, pass a Record holding that host's Change.
 func Restore(current []byte, folder string, rec Record) (data []byte, remove bool, err error) {
 	if _, err := FolderHost(folder); err != nil {
 		return nil, false, err
@@ -28,30 +29,15 @@ func Restore(current []byte, folder string, rec Record) (data []byte, remove boo
 		if len(auths) > 1 {
 			return nil, false, fmt.Errorf("%s has more than one Authorization key (line %d)", where(c.Section), d.line(d.kvs[auths[1]].keyStart))
 		}
-		kv := d.kvs[auths[0]]
-		restored[c.Section] = ""
-		switch c.Action {
-		case Replaced:
-			edits = append(edits, edit{kv.valStart, kv.valEnd, string(c.Previous)})
-		case AddedKey, AddedTable:
-			if kv.inline || d.indent(kv.lineStart, kv.keyStart) == "" && kv.lineStart != kv.keyStart {
-				return nil, false, fmt.Errorf("%s is no longer on a line of its own (line %d); not removed", where(c.Section), d.line(kv.keyStart))
-			}
-			start, end := kv.lineStart, kv.lineEnd
-			if c.Action == AddedTable && kv.table >= 0 {
-				t := d.tables[kv.table]
-				// The table nodecreds added goes too, when the key is all it holds.
-				if t.lastKV == auths[0] && d.onlyKV(kv.table, auths[0]) && t.lineEnd == kv.lineStart {
-					start = t.lineStart
-				}
-			}
-			if c.LeadingNewline {
-				leading = append(leading, len(edits))
-			}
-			edits = append(edits, edit{start, end, ""})
-		default:
-			return nil, false, fmt.Errorf("unknown change %q in the record", c.Action)
+		e, err := d.undo(c, auths[0])
+		if err != nil {
+			return nil, false, err
 		}
+		restored[c.Section] = ""
+		if c.LeadingNewline {
+			leading = append(leading, len(edits))
+		}
+		edits = append(edits, e)
 	}
 	// The newline added before a table at the end of a file that lacked
 	// one goes when everything after it goes.
@@ -71,11 +57,7 @@ func Restore(current []byte, folder string, rec Record) (data []byte, remove boo
 		}
 	}
 	if rec.Created {
-		skel, err := Skeleton(folder, "")
-		if err == nil && bytes.Equal(out, skel) {
-			return out, true, nil
-		}
-		for _, scheme := range []string{"http", "https"} {
+		for _, scheme := range []string{"", "http", "https"} {
 			if skel, err := Skeleton(folder, scheme); err == nil && bytes.Equal(out, skel) {
 				return out, true, nil
 			}
@@ -109,4 +91,29 @@ func removedToEnd(edits []edit, from, end int) bool {
 		from = next
 	}
 	return true
+}
+
+// undo plans putting back what change c replaced or removing what it added,
+// the key now being d.kvs[kvi].
+func (d *document) undo(c Change, kvi int) (edit, error) {
+	kv := d.kvs[kvi]
+	switch c.Action {
+	case Replaced:
+		return edit{kv.valStart, kv.valEnd, string(c.Previous)}, nil
+	case AddedKey, AddedTable:
+		if kv.inline || d.indent(kv.lineStart, kv.keyStart) == "" && kv.lineStart != kv.keyStart {
+			return edit{}, fmt.Errorf("%s is no longer on a line of its own (line %d); not removed", where(c.Section), d.line(kv.keyStart))
+		}
+		start, end := kv.lineStart, kv.lineEnd
+		if c.Action == AddedTable && kv.table >= 0 {
+			t := d.tables[kv.table]
+			// The table nodecreds added goes too, when the key is all it holds.
+			if t.lastKV == kvi && d.onlyKV(kv.table, kvi) && t.lineEnd == kv.lineStart {
+				start = t.lineStart
+			}
+		}
+		return edit{start, end, ""}, nil
+	default:
+		return edit{}, fmt.Errorf("unknown change %q in the record", c.Action)
+	}
 }
