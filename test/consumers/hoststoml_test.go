@@ -299,7 +299,8 @@ func unchangedOutside(t *testing.T, in, out []byte) {
 			j++ // a header table added for our key
 		case strings.Contains(o, marker):
 			before, after, _ := strings.Cut(o, marker)
-			if i < len(inLines) && strings.HasPrefix(inLines[i], before) && strings.Contains(strings.ToLower(before), "authorization") {
+			switch {
+			case i < len(inLines) && strings.HasPrefix(inLines[i], before) && strings.Contains(strings.ToLower(before), "authorization"):
 				// Replaced: the input's value ends where the rest of the line is the same.
 				rest := strings.Join(inLines[i:], "")[len(before):]
 				tail := strings.TrimRight(after, "\r\n")
@@ -326,12 +327,12 @@ func unchangedOutside(t *testing.T, in, out []byte) {
 				if consumed != 0 {
 					fail("a replaced value does not end a line")
 				}
-			} else if strings.TrimSpace(strings.TrimSpace(before)) == "" || strings.HasSuffix(strings.TrimSpace(before), "Authorization =") {
+			case strings.HasSuffix(strings.TrimSpace(before), "Authorization ="):
 				// Added: a line of its own.
-				if !strings.HasSuffix(strings.TrimSpace(before), "Authorization =") || strings.TrimRight(after, "\r\n") != "" {
+				if strings.TrimRight(after, "\r\n") != "" {
 					fail("added line %q is not just our key", o)
 				}
-			} else {
+			default:
 				fail("line %q holds our value but neither replaces nor adds a key", o)
 			}
 			j++
