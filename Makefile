@@ -95,15 +95,17 @@ compat: deps controlplane ## Real consumers: the kubelet's credential code (node
 	cd test/consumers && $(GO) test -count=1 ./...
 
 .PHONY: fuzz
-fuzz: ## Fuzz the credentials parser, the redaction of keys, the node file's parse/encode and the JSON walker against encoding/json, and the kubelet file and shapes against the kubelet's own code briefly (FUZZTIME=15s each)
+fuzz: ## Fuzz the credentials parser, the redaction of keys, the node file's parse/encode and the JSON walker against encoding/json, the kubelet file and shapes against the kubelet's own code, and the hosts.toml merge against containerd's hosts parser briefly (FUZZTIME=15s each)
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./internal/dockercfg
 	$(GO) test -run='^$$' -fuzz='^FuzzSafeKey$$' -fuzztime=$(FUZZTIME) ./internal/dockercfg
 	$(GO) test -run='^$$' -fuzz=FuzzSafeKeyURLUserInfo -fuzztime=$(FUZZTIME) ./internal/dockercfg
 	$(GO) test -run='^$$' -fuzz=FuzzDocument -fuzztime=$(FUZZTIME) ./internal/nodefile
 	$(GO) test -run='^$$' -fuzz=FuzzWalk -fuzztime=$(FUZZTIME) ./internal/jsonwalk
 	$(GO) test -run='^$$' -fuzz=FuzzFold -fuzztime=$(FUZZTIME) ./internal/jsonwalk
+	$(GO) test -run='^$$' -fuzz=FuzzMergeRestore -fuzztime=$(FUZZTIME) ./internal/hoststoml
 	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzKubeletAgreesWithSecret -fuzztime=$(FUZZTIME) .
 	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzKubeletShapes -fuzztime=$(FUZZTIME) .
+	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzHostsTOMLMerge -fuzztime=$(FUZZTIME) .
 
 .PHONY: test
 TEST_SUITES := lint e2e compat e2e-node fuzz
