@@ -124,5 +124,5 @@ func (m *memory) forgetState() { m.state.Forget(stateFileName) }
 // clone copies the state's table of targets; the records themselves are
 // replaced, never modified, once in it.
 func (s *State) clone() *State {
-	return &State{Version: s.Version, Targets: maps.Clone(s.Targets)}
+	return &State{Version: s.Version, Targets: maps.Clone(s.Targets), HostsTOML: maps.Clone(s.HostsTOML)}
 }

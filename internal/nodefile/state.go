@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodecreds/nodecreds/internal/hoststoml"
 	"github.com/nodecreds/nodecreds/internal/jsonwalk"
 )
 
@@ -17,6 +18,11 @@ import (
 type State struct {
 	Version int                     `json:"version"`
 	Targets map[string]*TargetState `json:"targets"`
+	// HostsTOML records, per containerd hosts.toml (by node path), what
+	// nodecreds changed in its Authorization headers, so cleanup can put
+	// back what was there. Optional: a nodecreds without it ignores the
+	// field (the decoder skips unknown names), version unchanged.
+	HostsTOML map[string]hoststoml.Record `json:"hostsToml,omitempty"`
 }
 
 // TargetState is the ownership record of one target file.

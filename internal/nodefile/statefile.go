@@ -153,7 +153,17 @@ func encodeState(s *State, hint *[]string) ([]byte, error) {
 			return nil, err
 		}
 	}
-	return append(b, "}}"...), nil
+	b = append(b, '}')
+	if len(s.HostsTOML) > 0 {
+		// Few files, each a handful of changes: encoding/json will do.
+		h, err := json.Marshal(s.HostsTOML)
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, `,"hostsToml":`...)
+		b = append(b, h...)
+	}
+	return append(b, '}'), nil
 }
 
 // appendTarget appends one target's record as encodeState writes it.
@@ -298,6 +308,10 @@ func decodeState(data []byte, s *State) error {
 				}
 				s.Targets[jsonwalk.Unquote(key)] = t
 			})
+		case "hostsToml":
+			if value[0] != 'n' {
+				err.keep(json.Unmarshal(value, &s.HostsTOML))
+			}
 		}
 	})
 	return err.err
@@ -414,7 +428,7 @@ func saveState(d *hostfs.Dir, s *State, m *memory) (err error) {
 			delete(s.Targets, k)
 		}
 	}
-	if len(s.Targets) == 0 {
+	if len(s.Targets) == 0 && len(s.HostsTOML) == 0 {
 		if err := d.Remove(stateFileName); err != nil {
 			return fmt.Errorf("removing state: %w", err)
 		}
