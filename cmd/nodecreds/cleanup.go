@@ -7,6 +7,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/config"
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
+	"github.com/nodecreds/nodecreds/internal/runtimeauth"
 )
 
 func newCleanupCmd() *cobra.Command {
@@ -14,7 +15,9 @@ func newCleanupCmd() *cobra.Command {
 		Use:   "cleanup",
 		Short: "Remove what nodecreds wrote on this node and restore what it displaced",
 		Long: `Remove every entry nodecreds owns from the target files, put back the entries
-it displaced, and delete files it created that hold nothing else. Stop the agent
+it displaced, and delete files it created that hold nothing else. Without
+--target, the containerd hosts.toml headers it wrote are restored too (a
+file it created is removed when it holds nothing else). Stop the agent
 first (delete the DaemonSet), or it writes its entries again.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadCleanup(cmd.Flags())
@@ -43,6 +46,30 @@ first (delete the DaemonSet), or it writes its entries again.`,
 					l.Info("removed nodecreds' entries")
 				default:
 					l.Info("nothing of nodecreds' left")
+				}
+			}
+			if len(cfg.Targets) == 0 {
+				// Every target: the containerd hosts.toml headers too.
+				rr, err := runtimeauth.Cleanup(cmd.Context(), files)
+				if err != nil {
+					return err
+				}
+				for _, r := range rr {
+					l := log.WithField("hostsToml", r.Path)
+					switch {
+					case r.Err != nil:
+						failed = true
+						l.WithError(r.Err).Error("cleanup failed")
+					case r.Warning != "":
+						failed = true
+						l.Error(r.Warning)
+					case r.Removed:
+						l.Info("removed the hosts.toml nodecreds had created")
+					case r.Changed:
+						l.Info("restored the hosts.toml headers nodecreds had changed")
+					default:
+						l.Info("nothing of nodecreds' left")
+					}
 				}
 			}
 			if failed {

@@ -18,6 +18,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/nodelock"
 	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/provider"
+	"github.com/nodecreds/nodecreds/internal/runtimeauth"
 	"github.com/nodecreds/nodecreds/internal/source"
 )
 
@@ -98,8 +99,18 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		Health:    p.health,
 		Reporters: reporters,
 		Plugin:    plugin(cfg),
+		Runtime:   runtimeAuth(cfg, files),
 	}, log.WithField("component", "agent"))
 	return p, nil
+}
+
+// runtimeAuth is the containerd hosts.toml writer, or nil when
+// --containerd-certs-dir is not set.
+func runtimeAuth(cfg config.Sync, files *nodefile.Engine) agent.RuntimeAuth {
+	if cfg.ContainerdCertsDir == "" {
+		return nil
+	}
+	return runtimeauth.New(cfg.ContainerdCertsDir, files)
 }
 
 // plugin is the credential-provider plugin the agent keeps installed, or

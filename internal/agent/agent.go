@@ -19,6 +19,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/metrics"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 	"github.com/nodecreds/nodecreds/internal/nodestatus"
+	"github.com/nodecreds/nodecreds/internal/runtimeauth"
 	"github.com/nodecreds/nodecreds/internal/source"
 )
 
@@ -50,6 +51,12 @@ type Plugin interface {
 	Install() (path string, changed bool, err error)
 }
 
+// RuntimeAuth keeps the Authorization headers of containerd's hosts.toml
+// files for the sources that opted in.
+type RuntimeAuth interface {
+	Sync(ctx context.Context, d runtimeauth.Desired) (results []runtimeauth.Result, skipped []string, err error)
+}
+
 // Reporter is told every sync's outcome (the Node's status in cluster mode).
 type Reporter interface {
 	Report(ctx context.Context, st nodestatus.SyncStatus)
@@ -72,6 +79,9 @@ type Options struct {
 	Health    *metrics.Health  // optional
 	Reporters []Reporter
 	Plugin    Plugin // optional
+	// Runtime is the containerd hosts.toml writer (optional: off unless
+	// sync --containerd-certs-dir).
+	Runtime RuntimeAuth
 }
 
 // Outcome is the result of one sync.
@@ -80,6 +90,10 @@ type Outcome struct {
 	Revision string
 	Sources  []source.Snapshot
 	Results  []nodefile.Result
+	// Runtime is the outcome per hosts.toml touched or left alone; Skipped
+	// the opted-in keys no header can be written for.
+	Runtime        []runtimeauth.Result
+	RuntimeSkipped []string
 	// Held names the sources whose entries on the node were held back
 	// because their content is unknown (invalid and never seen valid).
 	Held []string
@@ -153,7 +167,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		defer h.SyncEnded()
 	}
 	o := Outcome{Cause: cause, Sources: a.src.Snapshots()}
-	d, clashes, errs := a.desired(o.Sources)
+	d, clashes, errs, annotated := a.desired(o.Sources)
 	desired, more := dockercfg.View(dockercfg.Kubelet, d.Sources...)
 	clashes = append(clashes, more...)
 	o.Revision = source.Revision(o.Sources)
@@ -171,6 +185,19 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		}
 		o.Changed = o.Changed || r.Changed
 	}
+	if a.opts.Runtime != nil {
+		rr, skipped, err := a.opts.Runtime.Sync(ctx, runtimeauth.Desired{Sources: d.Sources, Annotated: annotated, Hold: len(d.Hold) > 0})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("containerd hosts.toml: %w", err))
+		}
+		for _, r := range rr {
+			if r.Err != nil {
+				errs = append(errs, r.Err)
+			}
+			o.Changed = o.Changed || r.Changed
+		}
+		o.Runtime, o.RuntimeSkipped = rr, skipped
+	}
 	o.Err = errors.Join(errs...)
 	o.Notes = a.notes()
 	if o.PluginErr = a.installPlugin(); o.PluginErr != nil {
@@ -185,11 +212,13 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 }
 
 // desired is what the sources want on the node, the clashes between
-// them and why some cannot be used now.
-func (a *Agent) desired(snaps []source.Snapshot) (nodefile.Desired, []dockercfg.Clash, []error) {
+// them, why some cannot be used now and which opted in to containerd's
+// hosts.toml headers.
+func (a *Agent) desired(snaps []source.Snapshot) (nodefile.Desired, []dockercfg.Clash, []error, map[string]bool) {
 	d := nodefile.Desired{Sources: make([]dockercfg.NamedSet, 0, len(snaps)), Prune: a.opts.Prune}
 	var clashes []dockercfg.Clash
 	var errs []error
+	annotated := map[string]bool{}
 	for _, s := range snaps {
 		if s.Err != nil {
 			errs = append(errs, fmt.Errorf("source %s: %w", s.Name, s.Err))
@@ -207,9 +236,12 @@ func (a *Agent) desired(snaps []source.Snapshot) (nodefile.Desired, []dockercfg.
 		}
 		clashes = append(clashes, s.Clashes...)
 		d.Sources = append(d.Sources, dockercfg.NamedSet{Name: s.Name, Set: s.Set})
+		if s.RuntimeAuth {
+			annotated[s.Name] = true
+		}
 	}
 	a.forgetGone(snaps)
-	return d, clashes, errs
+	return d, clashes, errs, annotated
 }
 
 // fallback is what stands for source s, which cannot be read now: its
@@ -391,6 +423,7 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 	for _, r := range o.Results {
 		a.recordTarget(log, r, desired, drifting)
 	}
+	recordRuntime(log, o, newRev)
 	result := "success"
 	if o.Err != nil {
 		result = "error"
@@ -465,5 +498,29 @@ func registries(desired dockercfg.Set) logrus.Fields {
 func (a *Agent) count(f func(*metrics.Metrics)) {
 	if a.opts.Metrics != nil {
 		f(a.opts.Metrics)
+	}
+}
+
+// recordRuntime logs the hosts.toml outcomes: never a value (the results
+// and skipped keys hold none).
+func recordRuntime(log *logrus.Entry, o Outcome, newRev bool) {
+	if newRev {
+		for _, k := range o.RuntimeSkipped {
+			log.WithField("key", k).Warn("no containerd hosts.toml header for this key of a Secret annotated for the runtime")
+		}
+	}
+	for _, r := range o.Runtime {
+		l := log.WithField("hostsToml", r.Path)
+		switch {
+		case r.Err != nil:
+			l.WithError(r.Err).Error("containerd hosts.toml not synced")
+		case r.Removed:
+			l.Info("removed the containerd hosts.toml nodecreds had created")
+		case r.Changed:
+			l.Info("containerd hosts.toml headers written")
+		}
+		if r.Warning != "" {
+			l.Warn(r.Warning)
+		}
 	}
 }

@@ -72,6 +72,10 @@ type Sync struct {
 	// InstallProvider is a node folder to keep the credential-provider
 	// plugin binary in; empty means the plugin is not installed.
 	InstallProvider string `mapstructure:"install-credential-provider"`
+	// ContainerdCertsDir is containerd's config_path folder (a node path)
+	// whose hosts.toml files get the Authorization header of the Secrets
+	// annotated nodecreds.io/runtime-auth; empty: off.
+	ContainerdCertsDir string `mapstructure:"containerd-certs-dir"`
 	// Pool is the node pool this agent serves ("" for the default
 	// DaemonSet); it names the agent to another one met on the same node.
 	Pool string `mapstructure:"pool"`
@@ -104,6 +108,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.Duration("resync", 5*time.Minute, "period of the full re-check")
 	fs.String("metrics-addr", DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; 0 disables")
 	fs.String("install-credential-provider", "", "node folder to install the kubelet credential-provider plugin into (as "+ProviderBinary+"); empty: not installed")
+	fs.String("containerd-certs-dir", "", "containerd's hosts folder (its config_path, such as /etc/containerd/certs.d): the registries of Secrets annotated nodecreds.io/runtime-auth=true get an Authorization header in its hosts.toml files; empty: off")
 	fs.String("pool", "", "the node pool this agent serves (the chart sets it per DaemonSet); named when another agent meets this one on a node")
 	LogFlags(fs)
 }
@@ -185,10 +190,28 @@ func (c Sync) Validate() error {
 	if c.InstallProvider != "" {
 		errs = append(errs, validateNodePaths("--install-credential-provider", []string{c.InstallProvider}))
 	}
+	if c.ContainerdCertsDir != "" {
+		errs = append(errs, validateCertsDir(c.ContainerdCertsDir))
+	}
 	if c.Pool != "" && !poolName.MatchString(c.Pool) {
 		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))
 	}
 	return errors.Join(errs...)
+}
+
+// validateCertsDir checks --containerd-certs-dir: an absolute node path
+// without "..", and not a system folder. The folder itself is written in
+// (a folder per registry), so it is checked, not its parent:
+// /etc/containerd/certs.d passes the system-folder rule (folders under /etc
+// are fine unless named there), /etc or /etc/containerd/.. do not.
+func validateCertsDir(dir string) error {
+	if err := validateNodePaths("--containerd-certs-dir", []string{dir}); err != nil {
+		return err
+	}
+	if slices.Contains(strings.Split(dir, "/"), "..") {
+		return usagef("--containerd-certs-dir %q: must not hold \"..\"", dir)
+	}
+	return refuseSystemFolder("--containerd-certs-dir", dir, filepath.Clean(dir))
 }
 
 // poolName is a DNS label, as the chart's pool names are (they name

@@ -300,3 +300,33 @@ func TestSyncRefusesTargetsInSystemFolders(t *testing.T) {
 		t.Errorf("--state-dir /var/lib: %v, want it refused as a system folder", err)
 	}
 }
+
+func TestSyncContainerdCertsDir(t *testing.T) {
+	c, err := LoadSync(syncFlags(t))
+	if err != nil || c.ContainerdCertsDir != "" {
+		t.Fatalf("default: %q %v, want off", c.ContainerdCertsDir, err)
+	}
+	for _, dir := range []string{"/etc/containerd/certs.d", "/etc/containerd/certs.d/", "/var/lib/containerd-hosts"} {
+		c, err := LoadSync(syncFlags(t, "--containerd-certs-dir", dir))
+		if err != nil || c.ContainerdCertsDir != dir {
+			t.Errorf("--containerd-certs-dir %s: %q %v", dir, c.ContainerdCertsDir, err)
+		}
+	}
+	t.Setenv("NODECREDS_CONTAINERD_CERTS_DIR", "/etc/containerd/certs.d")
+	if c, err := LoadSync(syncFlags(t)); err != nil || c.ContainerdCertsDir != "/etc/containerd/certs.d" {
+		t.Errorf("from the environment: %q %v", c.ContainerdCertsDir, err)
+	}
+	t.Setenv("NODECREDS_CONTAINERD_CERTS_DIR", "")
+	for dir, why := range map[string]string{
+		"etc/containerd/certs.d":                "absolute",
+		"/etc/containerd/certs.d/../../systemd": "..",
+		"/etc":                                  "system folder",
+		"/etc/systemd/system":                   "system folder",
+		"/":                                     "system folder",
+	} {
+		_, err := LoadSync(syncFlags(t, "--containerd-certs-dir", dir))
+		if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), why) {
+			t.Errorf("--containerd-certs-dir %s: %v, want a usage error saying %q", dir, err, why)
+		}
+	}
+}

@@ -28,10 +28,6 @@ import (
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 )
 
-// Annotation opts a source Secret in: its registries also get a header.
-// A header is sent with every request to its host, so this is per Secret.
-const Annotation = "nodecreds.io/runtime-auth"
-
 // fileName is the file containerd reads in each host folder.
 const fileName = "hosts.toml"
 
@@ -64,7 +60,8 @@ type Desired struct {
 	// registry goes to the first source that has it, as in the files,
 	// and gets a header only if that source is annotated.
 	Sources []dockercfg.NamedSet
-	// Annotated names the sources that opted in.
+	// Annotated names the sources that opted in
+	// (source.AnnotationRuntimeAuth).
 	Annotated map[string]bool
 	// Hold: some source's content is unknown; nothing is restored or
 	// removed this time (its headers may be among those written).

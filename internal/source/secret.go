@@ -93,11 +93,16 @@ func NewSecrets(client kube.Interface, namespace string, names []string, selecto
 func trimSecret(obj any) any {
 	if sec, ok := obj.(*corev1.Secret); ok {
 		sec.ManagedFields = nil
-		if sel, ok := sec.Annotations[AnnotationNodeSelector]; ok {
-			sec.Annotations = map[string]string{AnnotationNodeSelector: sel}
-		} else {
-			sec.Annotations = nil
+		var kept map[string]string
+		for _, a := range []string{AnnotationNodeSelector, AnnotationRuntimeAuth} {
+			if v, ok := sec.Annotations[a]; ok {
+				if kept == nil {
+					kept = map[string]string{}
+				}
+				kept[a] = v
+			}
 		}
+		sec.Annotations = kept
 		for k := range sec.Data {
 			if k != dockercfg.KeyConfigJSON && k != dockercfg.KeyLegacy {
 				delete(sec.Data, k)
@@ -279,6 +284,12 @@ func Missing(namespace, name string) Snapshot {
 	}
 }
 
+// AnnotationRuntimeAuth on a Secret, "true", also puts its registries'
+// credentials in containerd's hosts.toml as an Authorization header (with
+// sync --containerd-certs-dir): a header is sent with every request to its
+// host, so each Secret opts in.
+const AnnotationRuntimeAuth = "nodecreds.io/runtime-auth"
+
 // FromSecret validates a Secret. The revision names its version (uid and
 // resourceVersion), never its data.
 func FromSecret(sec *corev1.Secret) Snapshot {
@@ -287,6 +298,7 @@ func FromSecret(sec *corev1.Secret) Snapshot {
 		Revision: revision(sec),
 	}
 	_, snap.Selected = sec.Annotations[AnnotationNodeSelector]
+	snap.RuntimeAuth = sec.Annotations[AnnotationRuntimeAuth] == "true"
 	sel, err := parseNodeSelector(snap.Name, sec.Annotations)
 	if err != nil {
 		// Nobody can tell which nodes it is for: every agent reports it.

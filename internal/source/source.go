@@ -32,6 +32,10 @@ type Snapshot struct {
 	// Selected is set when the source carries a node-selector annotation at
 	// all, valid or not: it is for some nodes only.
 	Selected bool
+	// RuntimeAuth is set when the source opts in to containerd's
+	// hosts.toml headers (a Secret annotated nodecreds.io/runtime-auth:
+	// "true").
+	RuntimeAuth bool
 	// Err is why the source cannot be used now. errors.Is(Err, ErrNotFound)
 	// when it does not exist, dockercfg.ErrInvalid when it does not validate.
 	Err error

@@ -398,3 +398,24 @@ func TestSecretsFollowNodeLabels(t *testing.T) {
 		t.Errorf("after the relabel, applies %v", got)
 	}
 }
+
+// TestRuntimeAuthAnnotation: only "true" opts a Secret in, and the
+// annotation survives the informer's trimming.
+func TestRuntimeAuthAnnotation(t *testing.T) {
+	for value, want := range map[string]bool{"true": true, "false": false, "yes": false, "": false} {
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "s",
+			Annotations: map[string]string{AnnotationRuntimeAuth: value, "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+			Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}}
+		sec = trimSecret(sec).(*corev1.Secret)
+		if s := FromSecret(sec); s.Err != nil || s.RuntimeAuth != want {
+			t.Errorf("annotation %q: RuntimeAuth %v (err %v), want %v", value, s.RuntimeAuth, s.Err, want)
+		}
+		if len(sec.Annotations) != 1 {
+			t.Errorf("trimmed annotations: %v", sec.Annotations)
+		}
+	}
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "s"}, Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}}
+	if s := FromSecret(trimSecret(sec).(*corev1.Secret)); s.RuntimeAuth {
+		t.Error("a Secret without the annotation opted in")
+	}
+}
