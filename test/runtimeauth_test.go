@@ -1,0 +1,98 @@
+package test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
+)
+
+// TestRuntimeAuthHostsTOML (issue 23, point 1): with --containerd-certs-dir,
+// a Secret annotated nodecreds.io/runtime-auth: "true" lands as an
+// Authorization header in the registry's own hosts.toml (created) and in an
+// admin's mirror section (merged, every other byte kept); a rotation of the
+// Secret rewrites it; cleanup puts back exactly what was there.
+func TestRuntimeAuthHostsTOML(t *testing.T) {
+	c := startCluster(t)
+	ctx := t.Context()
+	applyManifest(t, c)
+	const (
+		node     = "node-runtime"
+		mirror   = "mirror.example.test:5000"
+		certsDir = "/etc/containerd/certs.d"
+		pass1    = "rtCanaryOne7Qx"
+		pass2    = "rtCanaryTwo3Zk"
+	)
+	createNode(t, c.Admin, node)
+	root := t.TempDir()
+	admin := "# Our pull-through mirror (ticket 42).\n" +
+		"server = \"https://registry-1.docker.io\"\n\n" +
+		"[host.\"https://" + mirror + "\"]\n" +
+		"  capabilities = [\"pull\", \"resolve\"]\n"
+	adminPath := filepath.Join(root, certsDir, "docker.io", "hosts.toml")
+	ownPath := filepath.Join(root, certsDir, mirror, "hosts.toml")
+	testsupport.WriteFile(t, adminPath, admin, 0o644)
+
+	sec := registrySecret(dockerconfigjson(t, map[string]string{mirror: "robot:" + pass1}))
+	sec.Annotations = map[string]string{"nodecreds.io/runtime-auth": "true"}
+	if _, err := c.Admin.CoreV1().Secrets(ns).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, _, _, err := c.AgentKubeconfig(ctx, ns, "nodecreds", node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := startAgent(t, "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", node, "--host-root", root,
+		"--metrics-addr", "0", "--containerd-certs-dir", certsDir, "--log-format", "text")
+
+	header := func(pass string) string {
+		return `Authorization = "Basic ` + testsupport.B64("robot:"+pass) + `"`
+	}
+	holds := func(path, want string) func() bool {
+		return func() bool {
+			b, err := os.ReadFile(path)
+			return err == nil && strings.Contains(string(b), want)
+		}
+	}
+	testsupport.Eventually(t, time.Minute, "the header in the mirror section and the registry's own hosts.toml",
+		func() bool { return holds(adminPath, header(pass1))() && holds(ownPath, header(pass1))() })
+	merged := string(testsupport.ReadFile(t, adminPath))
+	var kept []string
+	for _, l := range strings.SplitAfter(merged, "\n") {
+		if !strings.Contains(l, "Authorization") {
+			kept = append(kept, l)
+		}
+	}
+	if strings.Join(kept, "") != admin+"  [host.\"https://"+mirror+"\".header]\n" && strings.Join(kept, "") != admin+"[host.\"https://"+mirror+"\".header]\n" {
+		t.Errorf("the admin's file changed outside the header:\n%s", merged)
+	}
+	if fi, err := os.Stat(adminPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("merged hosts.toml mode: %v %v, want 0600", fi, err)
+	}
+
+	updateSecret(t, c.Admin, dockerconfigjson(t, map[string]string{mirror: "robot:" + pass2}))
+	testsupport.Eventually(t, time.Minute, "the rotated header in both files",
+		func() bool { return holds(adminPath, header(pass2))() && holds(ownPath, header(pass2))() })
+
+	if code := agent.stop(t); code != 0 {
+		t.Errorf("agent exit %d", code)
+	}
+	stdout, stderr, code := run(t, "cleanup", "--host-root", root, "--log-format", "text")
+	if code != 0 {
+		t.Fatalf("cleanup exit %d: %s", code, stderr)
+	}
+	if got := string(testsupport.ReadFile(t, adminPath)); got != admin {
+		t.Errorf("cleanup did not restore the admin's hosts.toml:\n%s", got)
+	}
+	if _, err := os.Lstat(ownPath); err == nil {
+		t.Error("cleanup left the hosts.toml nodecreds created")
+	}
+	for where, text := range map[string]string{"agent logs": agent.logs.String(), "cleanup output": stdout + stderr} {
+		assertNoSecrets(t, where, text, pass1, pass2, testsupport.B64("robot:"+pass1), testsupport.B64("robot:"+pass2))
+	}
+}
