@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
@@ -50,27 +52,11 @@ first (delete the DaemonSet), or it writes its entries again.`,
 			}
 			if len(cfg.Targets) == 0 {
 				// Every target: the containerd hosts.toml headers too.
-				rr, err := runtimeauth.Cleanup(cmd.Context(), files)
+				ok, err := cleanupHostsTOML(cmd.Context(), files, log)
 				if err != nil {
 					return err
 				}
-				for _, r := range rr {
-					l := log.WithField("hostsToml", r.Path)
-					switch {
-					case r.Err != nil:
-						failed = true
-						l.WithError(r.Err).Error("cleanup failed")
-					case r.Warning != "":
-						failed = true
-						l.Error(r.Warning)
-					case r.Removed:
-						l.Info("removed the hosts.toml nodecreds had created")
-					case r.Changed:
-						l.Info("restored the hosts.toml headers nodecreds had changed")
-					default:
-						l.Info("nothing of nodecreds' left")
-					}
-				}
+				failed = failed || !ok
 			}
 			if failed {
 				return errFailed
@@ -80,4 +66,32 @@ first (delete the DaemonSet), or it writes its entries again.`,
 	}
 	config.CleanupFlags(cmd.Flags())
 	return cmd
+}
+
+// cleanupHostsTOML restores the containerd hosts.toml files nodecreds
+// recorded; ok is false when one could not be.
+func cleanupHostsTOML(ctx context.Context, files *nodefile.Engine, log *logrus.Entry) (ok bool, err error) {
+	results, err := runtimeauth.Cleanup(ctx, files)
+	if err != nil {
+		return false, err
+	}
+	ok = true
+	for _, r := range results {
+		l := log.WithField("hostsToml", r.Path)
+		switch {
+		case r.Err != nil:
+			ok = false
+			l.WithError(r.Err).Error("cleanup failed")
+		case r.Warning != "":
+			ok = false
+			l.Error(r.Warning)
+		case r.Removed:
+			l.Info("removed the hosts.toml nodecreds had created")
+		case r.Changed:
+			l.Info("restored the hosts.toml headers nodecreds had changed")
+		default:
+			l.Info("nothing of nodecreds' left")
+		}
+	}
+	return ok, nil
 }

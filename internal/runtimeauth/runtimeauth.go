@@ -210,11 +210,8 @@ func (w *Writer) files(root *hostfs.Root, regs []Registry) map[string]bool {
 func sync(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, create bool, headers map[string]string, scheme string) Result {
 	res := Result{Path: p}
 	folder := path.Base(path.Dir(p))
-	if folder == hoststoml.DefaultFolder {
-		return res
-	}
 	old, had := recs.Get(p)
-	if !had && len(headers) == 0 {
+	if folder == hoststoml.DefaultFolder || !had && len(headers) == 0 {
 		return res
 	}
 	d, name, err := root.OpenParent(p, create, 0o755)
@@ -232,32 +229,13 @@ func sync(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, create b
 		res.Err = fmt.Errorf("hosts.toml %s: %w", p, err)
 		return res
 	}
-	base := cur
-	var rec hoststoml.Record
-	chained := false
-	if had && exists {
-		restored, remove, err := hoststoml.Restore(cur, folder, old)
-		switch {
-		case err != nil:
-			// What was changed cannot be undone as recorded (an edit
-			// moved it): merge on the file as it is, keeping the record
-			// of what was there first.
-			chained = true
-		case remove:
-			base = nil
-		default:
-			base = restored
-		}
-	}
-	if had && !exists {
-		base = nil // the file went: what was there went with it
-	}
+	base, chained := pristine(cur, exists, folder, old, had)
 	m, err := hoststoml.Merge(base, folder, hoststoml.Options{Headers: headers, Scheme: scheme})
 	if err != nil {
 		res.Warning = fmt.Sprintf("%s left as it is: %v", d.Name(name), err)
 		return res
 	}
-	rec = m.Record
+	rec := m.Record
 	if chained {
 		rec = old.Then(m.Record)
 	} else if had && exists {
@@ -278,28 +256,52 @@ func sync(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, create b
 		recs.Set(p, rec)
 		return res
 	}
-	// The record first: a crash after the write still knows what was there.
+	res.Changed, res.Removed, res.Err = commit(recs, p, d, name, cur, exists, want, old, rec)
+	return res
+}
+
+// pristine is the file as it was before nodecreds: cur with the recorded
+// changes undone (nil when nodecreds created it and it holds nothing
+// else). chained: they cannot be undone as recorded (an edit moved them),
+// so the merge goes on cur and the old record is kept first.
+func pristine(cur []byte, exists bool, folder string, old hoststoml.Record, had bool) (base []byte, chained bool) {
+	switch {
+	case !had:
+		return cur, false
+	case !exists:
+		return nil, false // the file went: what was there went with it
+	}
+	restored, remove, err := hoststoml.Restore(cur, folder, old)
+	switch {
+	case err != nil:
+		return cur, true
+	case remove:
+		return nil, false
+	}
+	return restored, false
+}
+
+// commit records rec for p, then puts want (nil: no file) at name in d in
+// place of cur; the record first, so a crash after the write still knows
+// what was there. Not written, old is the record again.
+func commit(recs *nodefile.HostsTOMLRecords, p string, d *hostfs.Dir, name string, cur []byte, exists bool, want []byte, old, rec hoststoml.Record) (changed, removed bool, err error) {
 	recs.Set(p, rec)
 	if err := recs.Save(); err != nil {
-		res.Err = err
-		return res
+		return false, false, err
 	}
 	if want == nil {
 		err = d.Remove(name)
 		if err == nil {
 			err = d.Sync()
 		}
-		res.Removed = err == nil
 	} else {
 		err = place(d, name, cur, exists, want)
 	}
 	if err != nil {
-		recs.Set(p, old) // not written: what was there is as recorded before
-		res.Err = fmt.Errorf("hosts.toml %s: %w", d.Name(name), err)
-		return res
+		recs.Set(p, old)
+		return false, false, fmt.Errorf("hosts.toml %s: %w", d.Name(name), err)
 	}
-	res.Changed = true
-	return res
+	return true, want == nil, nil
 }
 
 // read returns the file at name in d, refusing anything but a regular file.
