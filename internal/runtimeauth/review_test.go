@@ -143,3 +143,53 @@ func TestReviewCrashWindowRemovesAdminHeader(t *testing.T) {
 		t.Fatalf("admin's header lost after the crash window:\n%s", got)
 	}
 }
+
+// A hosts.toml that is a symlink is followed (in the host root): the
+// header lands in whatever TOML file it points at, here containerd's own
+// config.toml, and a missing target is created anywhere in the host root.
+// Nothing stays inside DIR.
+func TestReviewSymlinkedHostsTOMLWritesOutsideDir(t *testing.T) {
+	const pass = "vB3nM6qW9eR2"
+	n := newNode(t)
+	cfg := filepath.Join(n.root, "etc/containerd/config.toml")
+	testsupport.WriteFile(t, cfg, "version = 2\n[plugins]\n", 0o644)
+	if err := os.MkdirAll(filepath.Join(n.root, certsDir, "r.test"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/containerd/config.toml", n.path("r.test")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(n.root, certsDir, "new.test"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/cron.d/nodecreds", n.path("new.test")); err != nil {
+		t.Fatal(err)
+	}
+	results, _, err := n.writer.Sync(t.Context(), annotated(source("ns/a", item("r.test", pass), item("new.test", pass))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(testsupport.ReadFile(t, cfg)); strings.Contains(got, basic(pass)) {
+		t.Fatalf("header written through a symlink into containerd's config.toml (%+v):\n%s", results, got)
+	}
+	if _, err := os.Lstat(filepath.Join(n.root, "etc/cron.d/nodecreds")); err == nil {
+		t.Fatal("file created outside DIR through a symlinked hosts.toml: /etc/cron.d/nodecreds")
+	}
+}
+
+// containerd looks up host_port_ before host:port. A key spelled
+// "registry.corp_5000_" (underscores are valid host characters) makes
+// nodecreds create an empty folder of that name; containerd then uses it
+// for registry.corp:5000 and ignores the admin's registry.corp:5000 and
+// _default configuration (mirrors, ca): routing changed by a Secret author,
+// with no file and no warning.
+func TestReviewUnderscoreKeyCreatesShadowingFolder(t *testing.T) {
+	const pass = "cX2zA5sD8fG1"
+	n := newNode(t)
+	admin := "server = \"https://registry.corp:5000\"\nca = \"/etc/pki/corp.pem\"\n\n[host.\"https://mirror.corp:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+	n.write(t, "registry.corp:5000", admin)
+	n.sync(t, annotated(source("ns/a", item("registry.corp_5000_", pass))), pass)
+	if _, err := os.Lstat(filepath.Join(n.root, certsDir, "registry.corp_5000_")); err == nil {
+		t.Fatal("created certs.d/registry.corp_5000_/: containerd reads it before registry.corp:5000/ and _default, so the admin's mirror and ca no longer apply")
+	}
+}
