@@ -330,3 +330,46 @@ func (d *Dir) StatName(name string) (Info, error) {
 	}
 	return infoOf(&st), nil
 }
+
+// ErrLink means a name that must be a folder or a file is a symlink, which
+// is not followed there.
+var ErrLink = errors.New("is a symlink, not followed here")
+
+// OpenSub opens the folder name in d, never following a link at name (one
+// there is ErrLink). With create, a missing folder is made with mode first.
+// A missing folder is fs.ErrNotExist.
+func (d *Dir) OpenSub(name string, create bool, mode fs.FileMode) (*Dir, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	p := d.Name(name)
+	if create {
+		if err := unix.Mkdirat(d.fd(), name, uint32(mode.Perm())); err != nil && !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("creating folder %s: %w", p, err)
+		}
+	}
+	fd, err := unix.Openat(d.fd(), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	switch {
+	case err == nil:
+		return &Dir{f: os.NewFile(uintptr(fd), p), path: p}, nil
+	case errors.Is(err, unix.ENOENT):
+		return nil, fmt.Errorf("opening folder %s: %w", p, fs.ErrNotExist)
+	case errors.Is(err, unix.ELOOP):
+		return nil, fmt.Errorf("opening folder %s: %w", p, ErrLink)
+	case errors.Is(err, unix.ENOTDIR) && d.IsLink(name):
+		// O_NOFOLLOW with O_DIRECTORY gives ENOTDIR for a symlink.
+		return nil, fmt.Errorf("opening folder %s: %w", p, ErrLink)
+	case errors.Is(err, unix.ENOTDIR):
+		return nil, fmt.Errorf("opening folder %s: %w", p, unix.ENOTDIR)
+	}
+	return nil, fmt.Errorf("opening folder %s: %w", p, err)
+}
+
+// IsLink reports whether name in d is a symlink (not followed).
+func (d *Dir) IsLink(name string) bool {
+	if checkName(name) != nil {
+		return false
+	}
+	var st unix.Stat_t
+	return unix.Fstatat(d.fd(), name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK
+}

@@ -1,12 +1,16 @@
 package hoststoml
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"reflect"
+	"strconv"
 	"regexp"
 	"slices"
 	"sort"
@@ -34,6 +38,13 @@ type Options struct {
 	// credentials key says; empty means containerd's own default (http for
 	// localhost and loopback addresses, https otherwise).
 	Scheme string
+	// PlainHTTP names the hosts of Headers whose header may go into a
+	// plain-HTTP section (a `http://` host key or server), where it crosses
+	// the network in clear: those whose credentials key itself says
+	// http://, and loopback hosts of a key without a scheme (the traffic
+	// never leaves the node). A file created here for Scheme "http", or ""
+	// on a loopback host, counts its server as named.
+	PlainHTTP map[string]bool
 }
 
 // Action is what was done to one host's Authorization.
@@ -66,6 +77,16 @@ type Change struct {
 	// LeadingNewline: a newline was added before an added table because
 	// the file did not end with one.
 	LeadingNewline bool `json:"leadingNewline,omitempty"`
+	// Ours is the Fingerprint of the value nodecreds wrote, so that a value
+	// someone else put there since is told from ours and left alone.
+	Ours string `json:"ours,omitempty"`
+}
+
+// Fingerprint is a digest of a header value as nodecreds wrote it; the
+// state keeps it, never the value.
+func Fingerprint(value string) string {
+	sum := sha256.Sum256([]byte("nodecreds hosts.toml Authorization\x00" + value))
+	return hex.EncodeToString(sum[:16])
 }
 
 // Record is what nodecreds changed in one hosts.toml since it first touched it.
@@ -73,6 +94,10 @@ type Record struct {
 	// Created: there was no file; Restore removes it when nothing else was added.
 	Created bool     `json:"created,omitempty"`
 	Changes []Change `json:"changes,omitempty"`
+	// Pending: recorded before the write, not yet seen in the file. After
+	// a crash between the two, a change whose value is not ours in the
+	// file never happened, and is dropped (Confirm).
+	Pending bool `json:"pending,omitempty"`
 }
 
 // Then returns r followed by a later merge's record: per host the first
@@ -80,9 +105,12 @@ type Record struct {
 func (r Record) Then(later Record) Record {
 	out := Record{Created: r.Created || later.Created, Changes: slices.Clone(r.Changes)}
 	for _, c := range later.Changes {
-		if !slices.ContainsFunc(out.Changes, func(o Change) bool { return o.Section == c.Section }) {
+		i := slices.IndexFunc(out.Changes, func(o Change) bool { return o.Section == c.Section })
+		if i < 0 {
 			out.Changes = append(out.Changes, c)
+			continue
 		}
+		out.Changes[i].Ours = c.Ours // the value there now is the later one
 	}
 	return out
 }
@@ -98,6 +126,11 @@ type Result struct {
 	// NoHostTable: the file has no `[host."…"]` table, so containerd 1.6
 	// ignores it ("invalid `host` tree"), headers included.
 	NoHostTable bool
+	// Hosts are the hosts of Headers that have their header in the file.
+	Hosts map[string]bool
+	// Notes say why a section naming a host held got no header (never a
+	// value).
+	Notes []string
 }
 
 // FolderHost returns the registry host a certs.d folder is for: `host_port_`
@@ -197,6 +230,29 @@ func Skeleton(folder, scheme string) ([]byte, error) {
 // IPv4 or a bracketed IPv6 address), so that it is safe inside a quoted key.
 var validHost = regexp.MustCompile(`^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]+)?$`)
 
+// dnsName is a DNS name: labels of letters, digits and inner hyphens.
+var dnsName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
+
+// ValidHost reports whether hostport is a registry host containerd can
+// look up by exactly one canonical folder name: a DNS name, an IPv4
+// address or a bracketed IPv6 address, with an optional port 1-65535.
+// Anything else (an underscore, a `host_port_` spelling, a path) is
+// refused: such a folder would shadow another host's configuration.
+func ValidHost(hostport string) bool {
+	host, port := hostport, ""
+	if i := strings.LastIndex(hostport, ":"); i >= 0 && !strings.HasSuffix(hostport, "]") {
+		host, port = hostport[:i], hostport[i+1:]
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || !isPort(port) {
+			return false
+		}
+	}
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		ip := net.ParseIP(host[1 : len(host)-1])
+		return ip != nil && ip.To4() == nil
+	}
+	return len(host) <= 253 && dnsName.MatchString(host)
+}
+
 // Merge sets the Authorization header of every host in opts.Headers that
 // existing (nil: no file) routes to, and keeps everything else byte for byte.
 // folder is the certs.d folder's name. Invalid TOML is refused, unchanged.
@@ -218,9 +274,23 @@ func Merge(existing []byte, folder string, opts Options) (Result, error) {
 		if err != nil {
 			return Result{}, err
 		}
+		if host := defaultHost(fh); opts.Scheme == "http" || opts.Scheme == "" && isLocalhost(host) {
+			// The server written is plain HTTP because the key says so,
+			// or it is a loopback address containerd talks HTTP to.
+			opts.PlainHTTP = maps.Clone(opts.PlainHTTP)
+			if opts.PlainHTTP == nil {
+				opts.PlainHTTP = map[string]bool{}
+			}
+			opts.PlainHTTP[host] = true
+		}
 		res, err := Merge(skel, folder, opts)
 		if err != nil {
 			return Result{}, err
+		}
+		if !res.Hosts[defaultHost(fh)] {
+			// The server's own section took no header (plain HTTP for a
+			// key that does not say so): a file without one is no use.
+			return Result{Notes: res.Notes}, nil
 		}
 		res.Record.Created = true
 		return res, nil
@@ -229,24 +299,26 @@ func Merge(existing []byte, folder string, opts Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	sections, err := d.sections(fh, opts.Headers)
+	sections, notes, err := d.sections(opts)
 	if err != nil {
 		return Result{}, err
 	}
 	var edits []edit
 	var rec Record
+	hosts := map[string]bool{}
 	for _, s := range sections {
 		e, c, err := d.setAuthorization(s.key, opts.Headers[s.host])
 		if err != nil {
 			return Result{}, err
 		}
+		hosts[s.host] = true
 		if e != nil {
 			edits = append(edits, *e)
 			rec.Changes = append(rec.Changes, c)
 		}
 	}
 	out := splice(existing, edits)
-	res := Result{Data: out, Changed: len(edits) > 0, Record: rec, NoHostTable: !hasHostTable(d.decoded)}
+	res := Result{Data: out, Changed: len(edits) > 0, Record: rec, NoHostTable: !hasHostTable(d.decoded), Hosts: hosts, Notes: notes}
 	if !res.Changed {
 		return res, nil
 	}
@@ -272,22 +344,43 @@ type section struct {
 	host string
 }
 
-// sections lists the sections whose host we hold a header for.
-func (d *document) sections(folderHost string, headers map[string]string) ([]section, error) {
+// sections lists the sections that get a header: those whose host we hold
+// one for, reached over a scheme the credentials allow. notes say why a
+// section naming a held host gets none.
+//
+// The top level gets one only where `server` names the host: without it,
+// containerd sends the top level's requests to whichever name the folder
+// was reached by (a folder linked under another name, _default), so a
+// header there would go to every such alias.
+func (d *document) sections(opts Options) ([]section, []string, error) {
 	var out []section
-	rootHost := defaultHost(folderHost)
+	var notes []string
+	rootHost, rootScheme := "", ""
 	if s, ok := d.decoded["server"]; ok {
 		server, isString := s.(string)
 		if !isString {
-			return nil, errors.New("server is not a string")
+			return nil, nil, errors.New("server is not a string")
 		}
 		if server != "" {
-			h, err := hostOf(server)
+			u, err := hostURL(server)
 			if err != nil {
-				return nil, errors.New("server is not a URL containerd can parse")
+				return nil, nil, errors.New("server is not a URL containerd can parse")
 			}
-			rootHost = h
+			rootHost, rootScheme = u.Host, u.Scheme
 		}
+	}
+	allowed := func(what, host, scheme string) bool {
+		switch {
+		case scheme == "https":
+			return true
+		case scheme == "http" && opts.PlainHTTP[host]:
+			return true
+		case scheme == "http":
+			notes = append(notes, fmt.Sprintf("%s is plain HTTP (http://%s): a Basic header there crosses the network in clear, so nodecreds writes it only for a Secret key that says http://%s", what, host, host))
+		default:
+			notes = append(notes, fmt.Sprintf("%s has the scheme %q: no header written", what, scheme))
+		}
+		return false
 	}
 	hosts, _ := d.decoded["host"].(map[string]any)
 	keys := make([]string, 0, len(hosts))
@@ -297,25 +390,38 @@ func (d *document) sections(folderHost string, headers map[string]string) ([]sec
 	sort.Strings(keys)
 	rootHasTable := false
 	for _, k := range keys {
-		h, err := hostOf(k)
+		u, err := hostURL(k)
 		if err != nil {
-			return nil, fmt.Errorf("a host key is not a URL containerd can parse (line %d)", d.line(d.hostLine(k)))
+			return nil, nil, fmt.Errorf("a host key is not a URL containerd can parse (line %d)", d.line(d.hostLine(k)))
 		}
-		rootHasTable = rootHasTable || h == rootHost
-		if _, ok := headers[h]; ok {
-			out = append(out, section{key: k, host: h})
+		rootHasTable = rootHasTable || u.Host == rootHost
+		if _, ok := opts.Headers[u.Host]; ok && allowed(fmt.Sprintf("the section of line %d", d.line(d.hostLine(k))), u.Host, u.Scheme) {
+			out = append(out, section{key: k, host: u.Host})
 		}
 	}
 	// The top level is the fallback host. When a host table for the same
 	// host carries the header (the form a created file has), the top level
 	// gets one only if it has a header table already. It comes last, so
 	// that a [header] added at the end of the file follows any host's.
-	if _, ok := headers[rootHost]; ok {
-		if _, hasHeader := d.decoded["header"]; hasHeader || !rootHasTable {
+	if _, ok := opts.Headers[rootHost]; ok && rootHost != "" {
+		if _, hasHeader := d.decoded["header"]; (hasHeader || !rootHasTable) && allowed("the server", rootHost, rootScheme) {
 			out = append(out, section{key: "", host: rootHost})
 		}
 	}
-	return out, nil
+	return out, notes, nil
+}
+
+// hostURL is the URL containerd sends a server or host key's requests to
+// (parseHostConfig: no "http" prefix → https://), scheme lower-cased.
+func hostURL(server string) (*url.URL, error) {
+	if !strings.HasPrefix(server, "http") {
+		server = "https://" + server
+	}
+	u, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+	return u, nil
 }
 
 // hostLine is the offset of the first table or key naming host k.
@@ -401,9 +507,11 @@ func (d *document) setAuthorization(key, value string) (*edit, Change, error) {
 		if cur, ok := lookup(d.decoded, append(sectionPath(key), "header", kv.path[len(kv.path)-1])).(string); ok && cur == value {
 			return nil, Change{}, nil
 		}
-		return &edit{kv.valStart, kv.valEnd, q}, Change{Section: key, Action: Replaced, Previous: Secret(prev)}, nil
+		return &edit{kv.valStart, kv.valEnd, q}, Change{Section: key, Action: Replaced, Previous: Secret(prev), Ours: Fingerprint(value)}, nil
 	}
-	return d.addAuthorization(key, q)
+	e, c, err := d.addAuthorization(key, q)
+	c.Ours = Fingerprint(value)
+	return e, c, err
 }
 
 // addAuthorization plans adding the key (quoted value q) to a section

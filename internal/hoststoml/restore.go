@@ -117,3 +117,60 @@ func (d *document) undo(c Change, kvi int) (edit, error) {
 		return edit{}, fmt.Errorf("unknown change %q in the record", c.Action)
 	}
 }
+
+// Split parts rec's changes by the file as it is now: ours are those
+// whose section still holds the value nodecreds wrote (a change recorded
+// without a fingerprint counts as ours), theirs those whose value someone
+// else put there since, or took out. Created goes with ours.
+func Split(current []byte, rec Record) (ours, theirs Record, err error) {
+	d, err := parseDocument(current)
+	if err != nil {
+		return Record{}, Record{}, err
+	}
+	ours.Created = rec.Created
+	for _, c := range rec.Changes {
+		if c.Ours == "" || d.holds(c.Section, c.Ours) {
+			ours.Changes = append(ours.Changes, c)
+		} else {
+			theirs.Changes = append(theirs.Changes, c)
+		}
+	}
+	return ours, theirs, nil
+}
+
+// Confirm drops from a Pending record the changes that the file does not
+// hold (the write they were recorded for never happened) and clears
+// Pending. current nil: there is no file.
+func Confirm(current []byte, rec Record) Record {
+	if !rec.Pending {
+		return rec
+	}
+	out := Record{Created: rec.Created}
+	if current == nil {
+		return Record{}
+	}
+	ours, _, err := Split(current, rec)
+	if err != nil {
+		return Record{Created: rec.Created, Changes: rec.Changes} // judged later
+	}
+	out.Changes = ours.Changes
+	if len(out.Changes) == 0 {
+		return Record{}
+	}
+	return out
+}
+
+// holds reports whether the section's one Authorization value has
+// fingerprint fp.
+func (d *document) holds(section, fp string) bool {
+	h, _ := lookup(d.decoded, append(sectionPath(section), "header")).(map[string]any)
+	n, ok := 0, false
+	for k, v := range h {
+		if isAuthorization(k) {
+			n++
+			s, isString := v.(string)
+			ok = isString && Fingerprint(s) == fp
+		}
+	}
+	return n == 1 && ok
+}
