@@ -10,10 +10,10 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
-	"strconv"
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
