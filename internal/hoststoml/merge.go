@@ -185,6 +185,10 @@ func defaultHost(folderHost string) string {
 	return folderHost
 }
 
+// IsLocalhost reports whether host[:port] is localhost or a loopback
+// address, which containerd talks plain HTTP to by default.
+func IsLocalhost(host string) bool { return isLocalhost(host) }
+
 func isLocalhost(host string) bool {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h

@@ -160,17 +160,15 @@ func Confirm(current []byte, rec Record) Record {
 	return out
 }
 
-// holds reports whether the section's one Authorization value has
-// fingerprint fp.
+// holds reports whether an Authorization value of the section has
+// fingerprint fp (one of several counts: Restore then refuses the section,
+// and the value stays ours until it is taken out).
 func (d *document) holds(section, fp string) bool {
 	h, _ := lookup(d.decoded, append(sectionPath(section), "header")).(map[string]any)
-	n, ok := 0, false
 	for k, v := range h {
-		if isAuthorization(k) {
-			n++
-			s, isString := v.(string)
-			ok = isString && Fingerprint(s) == fp
+		if s, isString := v.(string); isString && isAuthorization(k) && Fingerprint(s) == fp {
+			return true
 		}
 	}
-	return n == 1 && ok
+	return false
 }

@@ -2,65 +2,134 @@ package nodefile
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
 	"maps"
+	"os"
 	"slices"
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 	"github.com/nodecreds/nodecreds/internal/hoststoml"
 )
 
-// HostsTOMLRecords is the part of the state that records what nodecreds
-// changed in containerd's hosts.toml files, keyed by node path. It lives in
-// the same state file as the targets' records, so one lock keeps the agent
-// and `nodecreds cleanup` from interleaving on either.
+// hostsTOMLFileName is the file, next to the state file, that records what
+// nodecreds changed in containerd's hosts.toml files. It is a file of its
+// own so that a nodecreds that predates it, which rewrites state.json
+// with only the fields it knows, cannot drop these records (and with them
+// the only way to take our credentials out of those files again).
+const hostsTOMLFileName = "hoststoml.json"
+
+// hostsTOMLFile is the content of hostsTOMLFileName.
+type hostsTOMLFile struct {
+	Version int                         `json:"version"`
+	Files   map[string]hoststoml.Record `json:"files"`
+}
+
+// HostsTOMLRecords records what nodecreds changed in containerd's
+// hosts.toml files, keyed by node path. It is kept under the state lock, so
+// the agent and `nodecreds cleanup` do not interleave on it.
 type HostsTOMLRecords struct {
-	st    *State
+	files map[string]hoststoml.Record
 	dir   *hostfs.Dir
-	memo  *memory
 	dirty bool
 }
 
 // Paths lists the node paths of the files with a record, sorted.
-func (r *HostsTOMLRecords) Paths() []string { return slices.Sorted(maps.Keys(r.st.HostsTOML)) }
+func (r *HostsTOMLRecords) Paths() []string { return slices.Sorted(maps.Keys(r.files)) }
 
 // Get returns the record of the file at path.
 func (r *HostsTOMLRecords) Get(path string) (hoststoml.Record, bool) {
-	rec, ok := r.st.HostsTOML[path]
+	rec, ok := r.files[path]
 	return rec, ok
 }
 
 // Set changes path's record in memory; a record of nothing is dropped.
 func (r *HostsTOMLRecords) Set(path string, rec hoststoml.Record) {
 	if len(rec.Changes) == 0 {
-		if _, ok := r.st.HostsTOML[path]; ok {
-			delete(r.st.HostsTOML, path)
+		if _, ok := r.files[path]; ok {
+			delete(r.files, path)
 			r.dirty = true
 		}
 		return
 	}
-	if r.st.HostsTOML == nil {
-		r.st.HostsTOML = map[string]hoststoml.Record{}
+	if old, ok := r.files[path]; ok && equalRecords(old, rec) {
+		return
 	}
-	r.st.HostsTOML[path] = rec
+	r.files[path] = rec
 	r.dirty = true
 }
 
-// Save writes the state if a record changed. A file's record must be saved
-// before the file is written, so that a crash between the two still knows
-// what was there.
+func equalRecords(a, b hoststoml.Record) bool {
+	return a.Created == b.Created && a.Pending == b.Pending && slices.Equal(a.Changes, b.Changes)
+}
+
+// Save writes the records if one changed, atomically and 0600 as the
+// state file. A file's record must be saved before the file is written,
+// so that a crash between the two still knows what was there.
 func (r *HostsTOMLRecords) Save() error {
 	if !r.dirty {
 		return nil
 	}
-	if err := saveState(r.dir, r.st, r.memo); err != nil {
+	if err := saveHostsTOML(r.dir, r.files); err != nil {
 		return err
 	}
 	r.dirty = false
 	return nil
 }
 
+func saveHostsTOML(d *hostfs.Dir, files map[string]hoststoml.Record) error {
+	if len(files) == 0 {
+		if err := d.Remove(hostsTOMLFileName); err != nil {
+			return fmt.Errorf("removing hosts.toml records: %w", err)
+		}
+		return d.Sync()
+	}
+	data, err := json.Marshal(hostsTOMLFile{Version: stateVersion, Files: files})
+	if err != nil {
+		return fmt.Errorf("encoding hosts.toml records: %w", err)
+	}
+	data = append(data, '\n')
+	if err := d.WriteFile(hostsTOMLFileName, 0o600, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	}); err != nil {
+		return fmt.Errorf("writing hosts.toml records %s: %w", d.Name(hostsTOMLFileName), err)
+	}
+	return nil
+}
+
+func loadHostsTOML(d *hostfs.Dir) (map[string]hoststoml.Record, error) {
+	files := map[string]hoststoml.Record{}
+	path := d.Name(hostsTOMLFileName)
+	data, info, err := d.ReadFile(hostsTOMLFileName, maxStateSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return files, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading %s: %w", ErrState, path, err)
+	}
+	if info.Nlink > 1 {
+		return nil, fmt.Errorf("%w: %s has %d hard links; the records are nodecreds' own file: %s", ErrState, path, info.Nlink, stateAdvice)
+	}
+	var f hostsTOMLFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("%w: %s is not valid JSON (%v): %s", ErrState, path, jsonProblem(err), stateAdvice)
+	}
+	if f.Version != stateVersion {
+		return nil, fmt.Errorf("%w: %s has version %d, this nodecreds reads version %d: %s", ErrState, path, f.Version, stateVersion, stateAdvice)
+	}
+	if f.Files != nil {
+		files = f.Files
+	}
+	return files, nil
+}
+
 // WithHostsTOML runs f with the host root and the hosts.toml records,
 // holding the engine and the state lock; it saves what f left unsaved.
+// Records an earlier build kept in state.json move to their own file
+// first (written before they leave state.json).
 func (e *Engine) WithHostsTOML(ctx context.Context, f func(root *hostfs.Root, recs *HostsTOMLRecords) error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -74,14 +143,38 @@ func (e *Engine) WithHostsTOML(ctx context.Context, f func(root *hostfs.Root, re
 		return err
 	}
 	defer unlock()
-	st, err := loadState(sd, &e.memo)
+	files, err := loadHostsTOML(sd)
 	if err != nil {
 		return err
 	}
-	recs := &HostsTOMLRecords{st: st, dir: sd, memo: &e.memo}
+	recs := &HostsTOMLRecords{files: files, dir: sd}
+	if err := e.migrateHostsTOML(sd, recs); err != nil {
+		return err
+	}
 	ferr := f(root, recs)
 	if err := recs.Save(); err != nil && ferr == nil {
 		ferr = err
 	}
 	return ferr
+}
+
+// migrateHostsTOML moves the records found in state.json into recs' file.
+func (e *Engine) migrateHostsTOML(sd *hostfs.Dir, recs *HostsTOMLRecords) error {
+	st, err := loadState(sd, &e.memo)
+	if err != nil {
+		return err
+	}
+	if len(st.HostsTOML) == 0 {
+		return nil
+	}
+	for p, rec := range st.HostsTOML {
+		if _, ok := recs.files[p]; !ok {
+			recs.Set(p, rec)
+		}
+	}
+	if err := recs.Save(); err != nil {
+		return err
+	}
+	st.HostsTOML = nil
+	return saveState(sd, st, &e.memo)
 }

@@ -18,10 +18,9 @@ import (
 type State struct {
 	Version int                     `json:"version"`
 	Targets map[string]*TargetState `json:"targets"`
-	// HostsTOML records, per containerd hosts.toml (by node path), what
-	// nodecreds changed in its Authorization headers, so cleanup can put
-	// back what was there. Optional: a nodecreds without it ignores the
-	// field (the decoder skips unknown names), version unchanged.
+	// HostsTOML is where a build before hoststoml.json kept the hosts.toml
+	// records; read only to move them there (WithHostsTOML), since an
+	// older nodecreds rewriting state.json drops a field it does not know.
 	HostsTOML map[string]hoststoml.Record `json:"hostsToml,omitempty"`
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
@@ -106,6 +107,10 @@ func TestReviewDowngradeDropsRecordsCleanupLeavesCredential(t *testing.T) {
 	const pass = "pO1iU4yT7rE0"
 	n := newNode(t)
 	n.write(t, "docker.io", adminFile)
+	// The node files have a state too, which the older binary rewrites.
+	if _, err := n.engine.Apply(t.Context(), []string{"/var/lib/kubelet/config.json"}, dockercfg.Set{item("r.test", pass)}, true); err != nil {
+		t.Fatal(err)
+	}
 	n.sync(t, annotated(source("ns/a", item("mirror.test:5000", pass))), pass)
 	// What the previous release's saveState writes: State{Version, Targets}.
 	sp := filepath.Join(n.root, stateDir, "state.json")

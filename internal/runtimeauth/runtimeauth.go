@@ -51,7 +51,9 @@ type Registry struct {
 	// Scheme of a server written from nothing: "http" or "https" as the
 	// Secret's key says, "" for containerd's default.
 	Scheme string
-	value  string
+	// PlainHTTP: the header may go into a plain-HTTP section.
+	PlainHTTP bool
+	value     string
 }
 
 // Desired is what the hosts.toml files are to carry.
@@ -69,9 +71,11 @@ type Desired struct {
 }
 
 // Registries returns the registries of d that get a header: keys with a
-// path or a glob cannot be a per-host header, and entries without a
-// username and password (tokens only) are no Basic header. skipped names
-// the keys left out (safe to log), with why.
+// path or a glob cannot be a per-host header, entries without a username
+// and password (tokens only) are no Basic header, and a host that is not a
+// DNS name or an IP address (an underscore, a `host_port_` spelling) has
+// no one canonical folder. skipped names the keys left out (safe to log),
+// with why.
 func (d Desired) Registries() (regs []Registry, skipped []string) {
 	view, _ := dockercfg.View(dockercfg.Kubelet, d.Sources...)
 	seen := map[string]bool{}
@@ -83,6 +87,9 @@ func (d Desired) Registries() (regs []Registry, skipped []string) {
 		switch {
 		case strings.ContainsAny(n, "/*"):
 			skipped = append(skipped, dockercfg.SafeKey(it.Key)+": a key with a path or a glob names no single host")
+			continue
+		case !hoststoml.ValidHost(n):
+			skipped = append(skipped, dockercfg.SafeKey(it.Key)+": not a DNS name or IP address (with a port); containerd could read its folder for another host, so no hosts.toml is written for it")
 			continue
 		case it.Entry.Username == "" && it.Entry.Password == "":
 			skipped = append(skipped, dockercfg.SafeKey(it.Key)+": no username and password for a Basic header")
@@ -102,21 +109,31 @@ func (d Desired) Registries() (regs []Registry, skipped []string) {
 		case strings.HasPrefix(it.Key, "https://"):
 			r.Scheme = "https"
 		}
+		// A Basic header goes into a plain-HTTP section only when the key
+		// says http://, or names a loopback host without a scheme (the
+		// traffic never leaves the node; docs/security.md).
+		r.PlainHTTP = r.Scheme == "http" || r.Scheme == "" && hoststoml.IsLocalhost(r.Host)
 		regs = append(regs, r)
 	}
 	return regs, skipped
 }
 
-// Result is the outcome for one hosts.toml.
+// Result is the outcome for one hosts.toml (or a folder of DIR).
 type Result struct {
 	Path    string // node path
 	Changed bool   // written or removed
 	Removed bool   // removed: nodecreds had created it and it holds nothing else
 	// Warning is something left alone that an operator should know (a
-	// file that is not valid TOML, one containerd 1.6 ignores); never a
+	// file that is not valid TOML, one containerd 1.6 ignores, a file not
+	// created because it would change routing), with the fix; never a
 	// value.
 	Warning string
-	Err     error
+	// Note is for the log only: a header someone else put where nodecreds
+	// had written one, left as it is.
+	Note string
+	// Err: the file could not be brought in line; with a record, it may
+	// still hold a header nodecreds wrote (cleanup fails on it).
+	Err error
 }
 
 // Writer keeps the hosts.toml files under one certs.d folder.
@@ -128,37 +145,45 @@ type Writer struct {
 // New returns a Writer for the certs.d folder dir (a node path).
 func New(dir string, store Store) *Writer { return &Writer{dir: path.Clean(dir), store: store} }
 
+// plan is one hosts.toml to bring in line.
+type plan struct {
+	create bool   // the registry's own file, created where none exists
+	host   string // the registry whose own file it is ("" for none)
+	scheme string // of a created file's server
+}
+
 // Sync brings every hosts.toml in line with d: the header of each held
-// registry in its own folder's file (created where none exists), in every
-// mirror section naming a host held, and what left d restored. The error
-// is about the state or its lock.
+// registry in the file containerd reads for it (created only where
+// containerd would otherwise read no configuration for it at all), in
+// every mirror section naming a host held, and what left d restored. The
+// error is about the state or its lock.
 func (w *Writer) Sync(ctx context.Context, d Desired) ([]Result, []string, error) {
 	regs, skipped := d.Registries()
-	headers := map[string]string{}
-	schemes := map[string]string{}
+	opts := hoststoml.Options{Headers: map[string]string{}, PlainHTTP: map[string]bool{}}
 	for _, r := range regs {
-		headers[r.Host] = r.value
-		schemes[r.Folder] = r.Scheme
+		opts.Headers[r.Host] = r.value
+		opts.PlainHTTP[r.Host] = r.PlainHTTP
 	}
 	var results []Result
 	err := w.store.WithHostsTOML(ctx, func(root *hostfs.Root, recs *nodefile.HostsTOMLRecords) error {
-		files := w.files(root, regs)
+		plans, warnings := w.plans(root, regs)
+		results = append(results, warnings...)
 		for _, p := range recs.Paths() {
-			if _, ok := files[p]; !ok {
-				files[p] = false
+			if _, ok := plans[p]; !ok {
+				plans[p] = plan{}
 			}
 		}
-		for _, p := range slices.Sorted(maps.Keys(files)) {
-			h := headers
+		for _, p := range slices.Sorted(maps.Keys(plans)) {
+			o := opts
 			if path.Dir(path.Dir(p)) != w.dir {
-				h = nil // recorded under another certs.d folder: restore
+				o = hoststoml.Options{} // recorded under another certs.d folder: restore
 			}
 			if _, recorded := recs.Get(p); recorded && d.Hold {
 				// A source's content is unknown and its headers may be
 				// in this file: it stays as it is until it is known.
 				continue
 			}
-			r := sync(root, recs, p, files[p], h, schemes[path.Base(path.Dir(p))])
+			r := syncFile(root, recs, p, plans[p], o)
 			if r != (Result{Path: p}) {
 				results = append(results, r)
 			}
@@ -168,84 +193,157 @@ func (w *Writer) Sync(ctx context.Context, d Desired) ([]Result, []string, error
 	return results, skipped, err
 }
 
-// files lists the hosts.toml node paths under the certs.d folder to
-// consider: each held registry's own (true: created if missing) and every
-// existing one, whose mirror sections may name a held host. _default
-// applies to every registry and is never written.
-func (w *Writer) files(root *hostfs.Root, regs []Registry) map[string]bool {
-	out := map[string]bool{}
+// plans lists the hosts.toml node paths under the certs.d folder to
+// consider: the one containerd reads for each held registry, and every
+// other one, whose mirror sections may name a held host. _default applies
+// to every registry and is never written. A link in the folder is not
+// followed (reported): the host root discipline reaches DIR as the node
+// sees it, and nothing below it through a link.
+func (w *Writer) plans(root *hostfs.Root, regs []Registry) (map[string]plan, []Result) {
+	out := map[string]plan{}
+	var warnings []Result
+	dir, err := root.OpenDir(w.dir, false, 0)
+	if err != nil {
+		dir = nil // no certs.d folder: every registry's file is created
+	} else {
+		defer dir.Close()
+	}
 	var names []string
-	if d, err := root.OpenDir(w.dir, false, 0); err == nil {
-		names, _ = d.Names()
-		d.Close()
+	if dir != nil {
+		names, _ = dir.Names()
 	}
 	for _, n := range names {
 		if n == hoststoml.DefaultFolder || strings.HasPrefix(n, ".") {
 			continue
 		}
-		if d, err := root.OpenDir(path.Join(w.dir, n), false, 0); err == nil {
-			if d.Exists(fileName) {
-				out[path.Join(w.dir, n, fileName)] = false
+		if dir.IsLink(n) {
+			warnings = append(warnings, Result{Path: path.Join(w.dir, n), Warning: fmt.Sprintf("%s is a symlink: nodecreds does not follow links under %s, so no header is written through it (containerd follows it; the folder it points to is kept under its own name)", dir.Name(n), w.dir)})
+			continue
+		}
+		if sub, err := dir.OpenSub(n, false, 0); err == nil {
+			if _, err := sub.StatName(fileName); err == nil {
+				out[path.Join(w.dir, n, fileName)] = plan{}
 			}
-			d.Close()
+			sub.Close()
 		}
 	}
 	for _, r := range regs {
-		folder := r.Folder
-		// containerd looks for host_port_ before host:port.
-		if h, p, ok := strings.Cut(folder, ":"); ok && !strings.Contains(p, ":") {
-			if _, has := out[path.Join(w.dir, h+"_"+p+"_", fileName)]; has {
-				folder = h + "_" + p + "_"
-			}
+		folder, create, warning := route(dir, w.dir, r)
+		if warning != "" {
+			warnings = append(warnings, Result{Path: path.Join(w.dir, folder), Warning: warning})
+			continue
 		}
-		out[path.Join(w.dir, folder, fileName)] = true
+		out[path.Join(w.dir, folder, fileName)] = plan{create: create, host: r.Host, scheme: r.Scheme}
 	}
-	return out
+	return out, warnings
 }
 
-// sync brings one file in line: what nodecreds changed before is put back
-// (hoststoml.Restore) and the headers merged again on that, so that a
-// header edited by someone else (drift) is rewritten, and one that left
-// the sources goes.
-func sync(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, create bool, headers map[string]string, scheme string) Result {
+// route is where containerd looks r up (hostPaths in containerd 1.6 and
+// 2.x: `host_port_`, then `host:port` (or `host`), then `_default`; the
+// first that exists in any form wins) and what nodecreds may do there:
+// merge into the hosts.toml of the folder found, or create r's own file
+// when containerd would otherwise read no configuration for r at all.
+// Creating anything else would change what containerd reads for r (its
+// mirrors, ca, client certificates): then nothing is written, and the
+// warning says what to do.
+func route(dir *hostfs.Dir, dirPath string, r Registry) (folder string, create bool, warning string) {
+	scheme := "https"
+	if r.Scheme == "http" {
+		scheme = "http"
+	}
+	fix := fmt.Sprintf("add a [host.%q] section for %s to that file and nodecreds will keep its header", scheme+"://"+r.Host, r.Folder)
+	if dir == nil {
+		return r.Folder, true, ""
+	}
+	for _, name := range spellings(r.Folder) {
+		if _, err := dir.StatName(name); err != nil {
+			continue
+		}
+		switch sub, err := dir.OpenSub(name, false, 0); {
+		case errors.Is(err, hostfs.ErrLink):
+			return name, false, fmt.Sprintf("containerd reads %s for %s, a symlink nodecreds does not follow: no header written; make it a folder of its own with a hosts.toml, and %s", dir.Name(name), r.Folder, fix)
+		case err != nil:
+			return name, false, fmt.Sprintf("containerd reads %s for %s, which is not a folder: no header written", dir.Name(name), r.Folder)
+		default:
+			_, serr := sub.StatName(fileName)
+			sub.Close()
+			if serr == nil {
+				return name, false, ""
+			}
+			return name, false, fmt.Sprintf("containerd reads %s for %s, which has no hosts.toml (its certificate files or containerd's defaults apply); nodecreds does not create one there, since containerd would then ignore those files: write a hosts.toml there (with ca/client for them), %s", dir.Name(name), r.Folder, fix)
+		}
+	}
+	if _, err := dir.StatName(hoststoml.DefaultFolder); err == nil {
+		return hoststoml.DefaultFolder, false, fmt.Sprintf("containerd reads %s for %s (it has no folder of its own); nodecreds does not create %s/%s/hosts.toml, since that would take %s off _default's configuration, and never writes _default: create %s/%s/hosts.toml with the settings %s should keep, %s",
+			dir.Name(hoststoml.DefaultFolder), r.Folder, dirPath, r.Folder, r.Folder, dirPath, r.Folder, r.Folder, fix)
+	}
+	return r.Folder, true, ""
+}
+
+// spellings are the folder names containerd tries for a registry before
+// _default: `host_port_` first when there is a port, then the name itself.
+func spellings(folder string) []string {
+	if i := strings.LastIndex(folder, ":"); i > 0 && !strings.HasSuffix(folder, "]") {
+		return []string{folder[:i] + "_" + folder[i+1:] + "_", folder}
+	}
+	return []string{folder}
+}
+
+// syncFile brings one file in line: what nodecreds changed before and is
+// still there is put back (hoststoml.Restore) and the headers merged again
+// on that, so that a header edited by someone else while it is held
+// (drift) is rewritten, and one that left the sources goes. A value that
+// is no longer the one nodecreds wrote is someone else's and stays when
+// nodecreds lets go of it.
+func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl plan, opts hoststoml.Options) Result {
 	res := Result{Path: p}
 	folder := path.Base(path.Dir(p))
 	old, had := recs.Get(p)
-	if folder == hoststoml.DefaultFolder || !had && len(headers) == 0 {
+	release := len(opts.Headers) == 0
+	if folder == hoststoml.DefaultFolder || !had && release {
 		return res
 	}
-	d, name, err := root.OpenParent(p, create, 0o755)
-	if errors.Is(err, fs.ErrNotExist) && !create {
+	fail := func(err error) Result {
+		if had {
+			res.Err = fmt.Errorf("hosts.toml %s: %w; it may still hold an Authorization header nodecreds wrote", p, err)
+		} else {
+			res.Warning = fmt.Sprintf("hosts.toml %s left as it is: %v", p, err)
+		}
+		return res
+	}
+	sub, err := openFolder(root, p, pl.create)
+	if errors.Is(err, fs.ErrNotExist) && !pl.create {
 		recs.Set(p, hoststoml.Record{}) // folder gone: nothing to restore
 		return res
 	}
 	if err != nil {
-		res.Err = fmt.Errorf("hosts.toml %s: %w", p, err)
-		return res
+		return fail(err)
 	}
-	defer d.Close()
-	cur, exists, err := read(d, name)
+	defer sub.Close()
+	cur, exists, err := read(sub, fileName)
 	if err != nil {
-		res.Err = fmt.Errorf("hosts.toml %s: %w", p, err)
+		return fail(err)
+	}
+	if had {
+		old = hoststoml.Confirm(cur, old)
+	}
+	base, kept, ok := pristine(&res, cur, exists, folder, old, had, release)
+	if !ok {
 		return res
 	}
-	base, chained := pristine(cur, exists, folder, old, had)
-	m, err := hoststoml.Merge(base, folder, hoststoml.Options{Headers: headers, Scheme: scheme})
+	m, err := hoststoml.Merge(base, folder, opts)
 	if err != nil {
-		res.Warning = fmt.Sprintf("%s left as it is: %v", d.Name(name), err)
+		if had && release {
+			res.Err = fmt.Errorf("hosts.toml %s: %w; it may still hold an Authorization header nodecreds wrote", sub.Name(fileName), err)
+			return res
+		}
+		res.Warning = fmt.Sprintf("%s left as it is: %v", sub.Name(fileName), err)
 		return res
 	}
-	rec := m.Record
-	if chained {
-		rec = old.Then(m.Record)
-	} else if had && exists {
-		rec.Created = rec.Created || old.Created
-	}
-	if m.NoHostTable && len(rec.Changes) > 0 {
-		res.Warning = fmt.Sprintf("%s has no [host.\"…\"] table: containerd 1.6 ignores the whole file (\"invalid `host` tree\"), header included", d.Name(name))
-	}
+	rec := record(&res, m, old, had, exists, kept)
+	warn(&res, sub.Name(fileName), m, pl, rec)
 	want := m.Data
-	if !create && !exists && base == nil {
+	if !pl.create && !exists && base == nil {
 		want = nil // an admin's file that went is not written again
 	}
 	switch {
@@ -256,36 +354,116 @@ func sync(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, create b
 		recs.Set(p, rec)
 		return res
 	}
-	res.Changed, res.Removed, res.Err = commit(recs, p, d, name, cur, exists, want, old, rec)
+	res.Changed, res.Removed, res.Err = commit(recs, p, sub, fileName, cur, exists, want, old, rec)
 	return res
 }
 
+// openFolder opens the folder of the hosts.toml at p: the certs.d folder as
+// the node sees it, then the host folder in it by its name alone, never
+// through a link.
+func openFolder(root *hostfs.Root, p string, create bool) (*hostfs.Dir, error) {
+	dir, err := root.OpenDir(path.Dir(path.Dir(p)), create, 0o755)
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	return dir.OpenSub(path.Base(path.Dir(p)), create, 0o755)
+}
+
+// kept is what pristine carries over from the record: the changes still
+// ours that could not be undone (chained), and those whose value someone
+// else put there since (theirs).
+type kept struct {
+	chained hoststoml.Record
+	theirs  hoststoml.Record
+}
+
 // pristine is the file as it was before nodecreds: cur with the recorded
-// changes undone (nil when nodecreds created it and it holds nothing
-// else). chained: they cannot be undone as recorded (an edit moved them),
-// so the merge goes on cur and the old record is kept first.
-func pristine(cur []byte, exists bool, folder string, old hoststoml.Record, had bool) (base []byte, chained bool) {
-	switch {
-	case !had:
-		return cur, false
-	case !exists:
-		return nil, false // the file went: what was there went with it
+// changes still ours undone (nil when nodecreds created it and it holds
+// nothing else). ok false: res says why nothing is done.
+func pristine(res *Result, cur []byte, exists bool, folder string, old hoststoml.Record, had, release bool) (base []byte, k kept, ok bool) {
+	if !had || !exists {
+		return cur, kept{}, true // no record, or the file went with what was there
 	}
-	restored, remove, err := hoststoml.Restore(cur, folder, old)
+	ours, theirs, err := hoststoml.Split(cur, old)
+	if err != nil {
+		if release {
+			res.Err = fmt.Errorf("hosts.toml %s is no longer valid TOML (%w) and may still hold an Authorization header nodecreds wrote; fix it, and nodecreds restores it at its next sync (or `nodecreds cleanup`)", res.Path, err)
+			return nil, kept{}, false
+		}
+		return cur, kept{chained: old}, true // Merge refuses it and says why
+	}
+	k.theirs = theirs
+	if len(ours.Changes) == 0 {
+		return cur, k, true
+	}
+	restored, remove, err := hoststoml.Restore(cur, folder, ours)
 	switch {
+	case err != nil && release:
+		res.Err = fmt.Errorf("hosts.toml %s still holds an Authorization header nodecreds wrote, which it cannot take out: %w; fix the line named, and nodecreds restores it at its next sync (or `nodecreds cleanup`)", res.Path, err)
+		return nil, kept{}, false
 	case err != nil:
-		return cur, true
+		// The changes cannot be undone as recorded (an edit moved them):
+		// the merge goes on cur and the record is kept first.
+		k.chained = ours
+		return cur, k, true
 	case remove:
-		return nil, false
+		return nil, k, true
 	}
-	return restored, false
+	return restored, k, true
+}
+
+// record is the record of the file after m: m's own, after what pristine
+// kept. A change whose value someone else put there is rewritten while
+// the host is held (drift: the record keeps what was there before
+// nodecreds), and dropped, their value left, once it is not.
+func record(res *Result, m hoststoml.Result, old hoststoml.Record, had, exists bool, k kept) hoststoml.Record {
+	rec := m.Record
+	for _, c := range k.theirs.Changes {
+		i := slices.IndexFunc(rec.Changes, func(n hoststoml.Change) bool { return n.Section == c.Section })
+		if i < 0 {
+			res.Note = fmt.Sprintf("left an Authorization header in %s that is not the one nodecreds wrote (someone else's since)", res.Path)
+			continue
+		}
+		c.Ours = rec.Changes[i].Ours
+		rec.Changes[i] = c
+	}
+	switch {
+	case len(k.chained.Changes) > 0:
+		rec = k.chained.Then(rec)
+	case had && exists:
+		rec.Created = rec.Created || old.Created
+	}
+	return rec
+}
+
+// warn sets the warnings of a merged file: one containerd 1.6 ignores, a
+// registry's own file that sends it no header, sections left without one.
+func warn(res *Result, name string, m hoststoml.Result, pl plan, rec hoststoml.Record) {
+	var w []string
+	if m.NoHostTable && len(rec.Changes) > 0 {
+		w = append(w, fmt.Sprintf("%s has no [host.\"…\"] table: containerd 1.6 ignores the whole file (\"invalid `host` tree\"), header included", name))
+	}
+	if pl.host != "" && m.Data != nil && !m.Hosts[pl.host] {
+		scheme := "https"
+		if pl.scheme == "http" {
+			scheme = "http"
+		}
+		w = append(w, fmt.Sprintf("containerd reads %s for %s, and no section of it sends %s a header (without `server`, its top level goes to whichever name the folder is reached by): add a [host.%q] section for %s to that file and nodecreds will keep its header", name, pl.host, pl.host, scheme+"://"+pl.host, pl.host))
+	}
+	w = append(w, m.Notes...)
+	res.Warning = strings.Join(w, "; ")
 }
 
 // commit records rec for p, then puts want (nil: no file) at name in d in
-// place of cur; the record first, so a crash after the write still knows
-// what was there. Not written, old is the record again.
+// place of cur; the record first, marked pending, so a crash after the
+// write still knows what was there, and one before it does not take a
+// header someone puts there meanwhile for ours. Not written, old is the
+// record again.
 func commit(recs *nodefile.HostsTOMLRecords, p string, d *hostfs.Dir, name string, cur []byte, exists bool, want []byte, old, rec hoststoml.Record) (changed, removed bool, err error) {
-	recs.Set(p, rec)
+	pending := rec
+	pending.Pending = len(rec.Changes) > 0
+	recs.Set(p, pending)
 	if err := recs.Save(); err != nil {
 		return false, false, err
 	}
@@ -301,11 +479,16 @@ func commit(recs *nodefile.HostsTOMLRecords, p string, d *hostfs.Dir, name strin
 		recs.Set(p, old)
 		return false, false, fmt.Errorf("hosts.toml %s: %w", d.Name(name), err)
 	}
+	recs.Set(p, rec) // saved with the others
 	return true, want == nil, nil
 }
 
-// read returns the file at name in d, refusing anything but a regular file.
+// read returns the file at name in d, refusing anything but a regular file
+// (a symlink is not followed).
 func read(d *hostfs.Dir, name string) ([]byte, bool, error) {
+	if d.IsLink(name) {
+		return nil, false, fmt.Errorf("%s %w", d.Name(name), hostfs.ErrLink)
+	}
 	data, _, err := d.ReadFile(name, hostfs.MaxFileSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false, nil
@@ -380,7 +563,7 @@ func Cleanup(ctx context.Context, store Store) ([]Result, error) {
 	var results []Result
 	err := store.WithHostsTOML(ctx, func(root *hostfs.Root, recs *nodefile.HostsTOMLRecords) error {
 		for _, p := range recs.Paths() {
-			results = append(results, sync(root, recs, p, false, nil, ""))
+			results = append(results, syncFile(root, recs, p, plan{}, hoststoml.Options{}))
 		}
 		return nil
 	})

@@ -290,9 +290,12 @@ func TestStateKeepsTargetsAndRecords(t *testing.T) {
 	if _, err := n.engine.Cleanup(t.Context(), []string{target}); err != nil {
 		t.Fatal(err)
 	}
-	state := testsupport.ReadFile(t, filepath.Join(n.root, stateDir, "state.json"))
-	if !bytes.Contains(state, []byte(`"hostsToml"`)) {
-		t.Fatalf("records lost: %s", state)
+	recs := testsupport.ReadFile(t, filepath.Join(n.root, stateDir, "hoststoml.json"))
+	if !bytes.Contains(recs, []byte(`r.test/hosts.toml`)) {
+		t.Fatalf("records lost: %s", recs)
+	}
+	if fi, err := os.Stat(filepath.Join(n.root, stateDir, "hoststoml.json")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("records file mode: %v %v", fi, err)
 	}
 	if _, err := Cleanup(t.Context(), n.engine); err != nil {
 		t.Fatal(err)
