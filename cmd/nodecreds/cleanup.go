@@ -92,6 +92,9 @@ func cleanupHostsTOML(ctx context.Context, files *nodefile.Engine, log *logrus.E
 		default:
 			l.Info("nothing of nodecreds' left")
 		}
+		if r.Note != "" {
+			l.Info(r.Note)
+		}
 	}
 	return ok, nil
 }

@@ -522,5 +522,8 @@ func recordRuntime(log *logrus.Entry, o Outcome, newRev bool) {
 		if r.Warning != "" {
 			l.Warn(r.Warning)
 		}
+		if r.Note != "" {
+			l.Info(r.Note)
+		}
 	}
 }
