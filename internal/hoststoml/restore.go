@@ -172,3 +172,29 @@ func (d *document) holds(section, fp string) bool {
 	}
 	return false
 }
+
+// Holding lists the sections of data (by key, "" for the top level) with
+// an Authorization value whose fingerprint is one of rec's: where a value
+// nodecreds wrote is, wherever an edit moved it.
+func Holding(data []byte, rec Record) ([]string, error) {
+	d, err := parseDocument(data)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	sections := []string{""}
+	if hosts, ok := d.decoded["host"].(map[string]any); ok {
+		for k := range hosts {
+			sections = append(sections, k)
+		}
+	}
+	for _, s := range sections {
+		for _, c := range rec.Changes {
+			if c.Ours != "" && d.holds(s, c.Ours) {
+				out = append(out, s)
+				break
+			}
+		}
+	}
+	return out, nil
+}

@@ -340,6 +340,9 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 		res.Warning = fmt.Sprintf("%s left as it is: %v", sub.Name(fileName), err)
 		return res
 	}
+	if had && release && exists && stillOurs(&res, m.Data, old) {
+		return res
+	}
 	rec := record(&res, m, old, had, exists, kept)
 	warn(&res, sub.Name(fileName), m, pl, rec)
 	want := m.Data
@@ -356,6 +359,22 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 	}
 	res.Changed, res.Removed, res.Err = commit(recs, p, sub, fileName, cur, exists, want, old, rec)
 	return res
+}
+
+// stillOurs reports (in res.Err) whether the file released would still
+// hold a value nodecreds wrote: an edit moved it where the record does not
+// say, or made it impossible to take out. The record stays for a later try.
+func stillOurs(res *Result, data []byte, old hoststoml.Record) bool {
+	if data == nil {
+		return false
+	}
+	sections, err := hoststoml.Holding(data, old)
+	if err == nil && len(sections) == 0 {
+		return false
+	}
+	res.Note = ""
+	res.Err = fmt.Errorf("hosts.toml %s still holds an Authorization header nodecreds wrote (in %d section(s), moved there by an edit), which it cannot take out; remove it by hand", res.Path, len(sections))
+	return true
 }
 
 // openFolder opens the folder of the hosts.toml at p: the certs.d folder as

@@ -11,14 +11,16 @@ import (
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
-// Adversarial review (branch review-rt): each test states a promise of
-// docs/runtime-auth.md / issue 23 point 3 and fails where it does not hold.
+// Each test states a promise of docs/runtime-auth.md and docs/security.md
+// ("The containerd header target"): the first of each kind came from an
+// adversarial review (branch review-rt), the variants after it are of the
+// same class.
 
 // A file created for a registry takes precedence over _default in
 // containerd's lookup (host_port_, host, then _default): creating it moves
 // that registry's pulls off the admin's _default mirror to the upstream.
 // Any annotated-Secret author picks the registry name.
-func TestReviewCreatedFileShadowsDefaultRouting(t *testing.T) {
+func TestNoFileCreatedOverDefault(t *testing.T) {
 	const pass = "kP3wL8zQ1vN6"
 	n := newNode(t)
 	def := "# every registry through the corporate mirror\nserver = \"https://mirror.corp.test\"\n\n[host.\"https://mirror.corp.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
@@ -33,7 +35,7 @@ func TestReviewCreatedFileShadowsDefaultRouting(t *testing.T) {
 // only while it has no hosts.toml (loadHostDir: len(hosts.toml)==0 →
 // loadCertFiles). Creating hosts.toml drops the admin's CA and client
 // certificate for that registry: a TLS change, not a header.
-func TestReviewCreatedFileDropsDockerStyleCerts(t *testing.T) {
+func TestNoFileCreatedNextToDockerStyleCerts(t *testing.T) {
 	const pass = "hT7yB2mX9cV4"
 	n := newNode(t)
 	dir := filepath.Join(n.root, certsDir, "r.test:5000")
@@ -49,7 +51,7 @@ func TestReviewCreatedFileDropsDockerStyleCerts(t *testing.T) {
 // A mirror section that is plain http gets the Basic header of a key
 // that says https://: the password crosses the network in clear. Any
 // writer of a hosts.toml can add such a section for a host we hold.
-func TestReviewHTTPSKeyHeaderWrittenIntoPlainHTTPSection(t *testing.T) {
+func TestNoHTTPSKeyHeaderInPlainHTTPSection(t *testing.T) {
 	const pass = "qW5eR8tY1uI3"
 	n := newNode(t)
 	n.write(t, "docker.io", "server = \"https://registry-1.docker.io\"\n\n[host.\"http://mirror.test:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n")
@@ -63,7 +65,7 @@ func TestReviewHTTPSKeyHeaderWrittenIntoPlainHTTPSection(t *testing.T) {
 // [header]) to the host the image reference names. A folder reached under
 // another name (certs.d/other.test -> r.test, a common way to share one
 // mirror config) then sends r.test's password to other.test.
-func TestReviewTopLevelHeaderWithoutServerFollowsAlias(t *testing.T) {
+func TestNoTopLevelHeaderWithoutServer(t *testing.T) {
 	const pass = "zX4cV7bN0mA2"
 	n := newNode(t)
 	n.write(t, "r.test", "# shared mirror config, no server\n[host.\"https://mirror.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n")
@@ -80,7 +82,7 @@ func TestReviewTopLevelHeaderWithoutServerFollowsAlias(t *testing.T) {
 // lower-case authorization line) keeps nodecreds' credential in the file
 // and reports nothing: `nodecreds cleanup` logs "nothing of nodecreds'
 // left" and exits 0.
-func TestReviewCleanupSilentlyLeavesCredential(t *testing.T) {
+func TestCleanupReportsCredentialItCannotRemove(t *testing.T) {
 	const pass = "sD6fG9hJ2kL5"
 	n := newNode(t)
 	n.sync(t, annotated(source("ns/a", item("r.test", pass))), pass)
@@ -103,7 +105,7 @@ func TestReviewCleanupSilentlyLeavesCredential(t *testing.T) {
 // it when it saves the state (every sync), same version: after a downgrade
 // and upgrade, cleanup no longer knows the header, and the credential
 // stays in hosts.toml for good.
-func TestReviewDowngradeDropsRecordsCleanupLeavesCredential(t *testing.T) {
+func TestRecordsSurviveOlderStateWriter(t *testing.T) {
 	const pass = "pO1iU4yT7rE0"
 	n := newNode(t)
 	n.write(t, "docker.io", adminFile)
@@ -132,7 +134,7 @@ func TestReviewDowngradeDropsRecordsCleanupLeavesCredential(t *testing.T) {
 // The admitted window: the record is saved, the write never happens
 // (crash). Before the restart an admin adds their own Authorization to the
 // same host. The record's AddedTable then removes the admin's header.
-func TestReviewCrashWindowRemovesAdminHeader(t *testing.T) {
+func TestHeaderNotOursStays(t *testing.T) {
 	const pass = "lK8jH5gF2dS9"
 	n := newNode(t)
 	orig := "server = \"https://r.test\"\n\n[host.\"https://r.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
@@ -153,7 +155,7 @@ func TestReviewCrashWindowRemovesAdminHeader(t *testing.T) {
 // header lands in whatever TOML file it points at, here containerd's own
 // config.toml, and a missing target is created anywhere in the host root.
 // Nothing stays inside DIR.
-func TestReviewSymlinkedHostsTOMLWritesOutsideDir(t *testing.T) {
+func TestNoLinkFollowedUnderDir(t *testing.T) {
 	const pass = "vB3nM6qW9eR2"
 	n := newNode(t)
 	cfg := filepath.Join(n.root, "etc/containerd/config.toml")
@@ -188,7 +190,7 @@ func TestReviewSymlinkedHostsTOMLWritesOutsideDir(t *testing.T) {
 // for registry.corp:5000 and ignores the admin's registry.corp:5000 and
 // _default configuration (mirrors, ca): routing changed by a Secret author,
 // with no file and no warning.
-func TestReviewUnderscoreKeyCreatesShadowingFolder(t *testing.T) {
+func TestNoNonCanonicalFolderCreated(t *testing.T) {
 	const pass = "cX2zA5sD8fG1"
 	n := newNode(t)
 	admin := "server = \"https://registry.corp:5000\"\nca = \"/etc/pki/corp.pem\"\n\n[host.\"https://mirror.corp:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
