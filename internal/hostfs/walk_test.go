@@ -2,6 +2,7 @@ package hostfs
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -130,4 +131,51 @@ func TestWalkResolvesAsTheNode(t *testing.T) {
 			t.Errorf("a folder was made before the refusal: %v", err)
 		}
 	})
+}
+
+func TestOpenSubNeverFollowsALink(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"dir/real", "outside"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("/outside", filepath.Join(root, "dir/link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "dir/file"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenRoot(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	d, err := r.OpenDir("/dir", false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, create := range []bool{false, true} {
+		if _, err := d.OpenSub("link", create, 0o755); !errors.Is(err, ErrLink) {
+			t.Fatalf("link (create %v): %v, want ErrLink", create, err)
+		}
+		if _, err := d.OpenSub("file", create, 0o755); err == nil {
+			t.Fatalf("a file opened as a folder (create %v)", create)
+		}
+	}
+	if _, err := d.OpenSub("missing", false, 0); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("missing: %v", err)
+	}
+	s, err := d.OpenSub("new", true, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if fi, err := os.Lstat(filepath.Join(root, "dir/new")); err != nil || !fi.IsDir() {
+		t.Fatalf("created: %v %v", fi, err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "outside/new")); err == nil {
+		t.Fatal("created through the link")
+	}
 }
