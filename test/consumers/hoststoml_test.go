@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -28,6 +29,7 @@ import (
 	docker2 "github.com/containerd/containerd/v2/core/remotes/docker"
 	config2 "github.com/containerd/containerd/v2/core/remotes/docker/config"
 	containerd2 "github.com/containerd/log"
+	gotoml "github.com/pelletier/go-toml/v2"
 	"github.com/sirupsen/logrus"
 
 	"github.com/nodecreds/nodecreds/internal/hoststoml"
@@ -190,7 +192,13 @@ func checkMerge(t *testing.T, folder string, in []byte, headers map[string]strin
 		t.Fatal(err)
 	}
 	orig := bytes.Clone(in)
-	res, err := hoststoml.Merge(in, folder, hoststoml.Options{Headers: headers})
+	// As the agent allows for keys without a scheme: a header goes into a
+	// plain-HTTP section only of a loopback host.
+	plain := map[string]bool{}
+	for h := range headers {
+		plain[h] = hoststoml.IsLocalhost(h)
+	}
+	res, err := hoststoml.Merge(in, folder, hoststoml.Options{Headers: headers, PlainHTTP: plain})
 	if !bytes.Equal(in, orig) {
 		t.Fatal("Merge changed its input")
 	}
@@ -253,8 +261,15 @@ func checkMerge(t *testing.T, folder string, in []byte, headers map[string]strin
 				t.Fatalf("%s: host %d changed beyond Authorization\nbefore %+v\n after %+v\n in: %q\nout: %q", j.name, i, b, a, in, res.Data)
 			}
 			want, ours := headers[a.Host]
+			// A host the file names over plain HTTP (containerd 2 may
+			// try HTTPS first there, falling back to HTTP) gets our
+			// header only where its key allows it.
+			free := ours && plainIn(in)[a.Host] && !plain[a.Host]
+			ours = ours && !free && (a.Scheme == "https" || a.Scheme == "http" && plain[a.Host])
 			root := i == len(before.Hosts)-1
 			switch {
+			case free && !slices.Equal(aauth, bauth):
+				t.Fatalf("%s: host %d (%s) is plain HTTP in the file and its key does not allow it, but its Authorization changed\n in: %q\nout: %q", j.name, i, a.Host, in, res.Data)
 			case ours && !root && !slices.Equal(aauth, []string{want}):
 				t.Fatalf("%s: host %d (%s) is ours but does not carry our header\n in: %q\nout: %q", j.name, i, a.Host, in, res.Data)
 			case ours && root && !slices.Equal(aauth, []string{want}) && !slices.Equal(aauth, bauth):
@@ -265,6 +280,32 @@ func checkMerge(t *testing.T, folder string, in []byte, headers map[string]strin
 		}
 	}
 	return res
+}
+
+// plainIn lists the hosts data names over plain HTTP (a host key or
+// server with the scheme http, as containerd parses them).
+func plainIn(data []byte) map[string]bool {
+	var doc struct {
+		Server string         `toml:"server"`
+		Host   map[string]any `toml:"host"`
+	}
+	out := map[string]bool{}
+	if gotoml.Unmarshal(data, &doc) != nil {
+		return out
+	}
+	keys := []string{doc.Server}
+	for k := range doc.Host {
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, "http") {
+			continue
+		}
+		if u, err := url.Parse(k); err == nil && u.Scheme == "http" {
+			out[u.Host] = true
+		}
+	}
+	return out
 }
 
 // unchangedOutside asserts, without hoststoml's parser, that out is in with
