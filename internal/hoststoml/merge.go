@@ -271,33 +271,7 @@ func Merge(existing []byte, folder string, opts Options) (Result, error) {
 		}
 	}
 	if existing == nil {
-		if _, ok := opts.Headers[defaultHost(fh)]; !ok {
-			return Result{}, nil
-		}
-		skel, err := Skeleton(folder, opts.Scheme)
-		if err != nil {
-			return Result{}, err
-		}
-		if host := defaultHost(fh); opts.Scheme == "http" || opts.Scheme == "" && isLocalhost(host) {
-			// The server written is plain HTTP because the key says so,
-			// or it is a loopback address containerd talks HTTP to.
-			opts.PlainHTTP = maps.Clone(opts.PlainHTTP)
-			if opts.PlainHTTP == nil {
-				opts.PlainHTTP = map[string]bool{}
-			}
-			opts.PlainHTTP[host] = true
-		}
-		res, err := Merge(skel, folder, opts)
-		if err != nil {
-			return Result{}, err
-		}
-		if !res.Hosts[defaultHost(fh)] {
-			// The server's own section took no header (plain HTTP for a
-			// key that does not say so): a file without one is no use.
-			return Result{Notes: res.Notes}, nil
-		}
-		res.Record.Created = true
-		return res, nil
+		return create(fh, folder, opts)
 	}
 	d, err := parseDocument(existing)
 	if err != nil {
@@ -333,6 +307,38 @@ func Merge(existing []byte, folder string, opts Options) (Result, error) {
 	if err := verify(d.decoded, out, want); err != nil {
 		return Result{}, err
 	}
+	return res, nil
+}
+
+// create is Merge for no file: the registry's own file, when it is held
+// and its header can go into the server's section.
+func create(fh, folder string, opts Options) (Result, error) {
+	if _, ok := opts.Headers[defaultHost(fh)]; !ok {
+		return Result{}, nil
+	}
+	skel, err := Skeleton(folder, opts.Scheme)
+	if err != nil {
+		return Result{}, err
+	}
+	if host := defaultHost(fh); opts.Scheme == "http" || opts.Scheme == "" && isLocalhost(host) {
+		// The server written is plain HTTP because the key says so,
+		// or it is a loopback address containerd talks HTTP to.
+		opts.PlainHTTP = maps.Clone(opts.PlainHTTP)
+		if opts.PlainHTTP == nil {
+			opts.PlainHTTP = map[string]bool{}
+		}
+		opts.PlainHTTP[host] = true
+	}
+	res, err := Merge(skel, folder, opts)
+	if err != nil {
+		return Result{}, err
+	}
+	if !res.Hosts[defaultHost(fh)] {
+		// The server's own section took no header (plain HTTP for a
+		// key that does not say so): a file without one is no use.
+		return Result{Notes: res.Notes}, nil
+	}
+	res.Record.Created = true
 	return res, nil
 }
 

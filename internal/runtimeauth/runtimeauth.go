@@ -311,8 +311,8 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 		}
 		return res
 	}
-	sub, err := openFolder(root, p, pl.create)
-	if errors.Is(err, fs.ErrNotExist) && !pl.create {
+	sub, cur, exists, err := open(root, p, pl.create)
+	if errors.Is(err, fs.ErrNotExist) {
 		recs.Set(p, hoststoml.Record{}) // folder gone: nothing to restore
 		return res
 	}
@@ -320,10 +320,6 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 		return fail(err)
 	}
 	defer sub.Close()
-	cur, exists, err := read(sub, fileName)
-	if err != nil {
-		return fail(err)
-	}
 	if had {
 		old = hoststoml.Confirm(cur, old)
 	}
@@ -375,6 +371,21 @@ func stillOurs(res *Result, data []byte, old hoststoml.Record) bool {
 	res.Note = ""
 	res.Err = fmt.Errorf("hosts.toml %s still holds an Authorization header nodecreds wrote (in %d section(s), moved there by an edit), which it cannot take out; remove it by hand", res.Path, len(sections))
 	return true
+}
+
+// open opens the folder of the hosts.toml at p and reads the file. A
+// missing folder is fs.ErrNotExist when it is not to be created.
+func open(root *hostfs.Root, p string, create bool) (*hostfs.Dir, []byte, bool, error) {
+	sub, err := openFolder(root, p, create)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	cur, exists, err := read(sub, fileName)
+	if err != nil {
+		sub.Close()
+		return nil, nil, false, err
+	}
+	return sub, cur, exists, nil
 }
 
 // openFolder opens the folder of the hosts.toml at p: the certs.d folder as
