@@ -88,7 +88,7 @@ func TestChartLint(t *testing.T) {
 
 const everyValue = "image.repository=reg.example.test/nodecreds,image.tag=9.9.9,image.digest=sha256:" + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" +
 	",image.pullPolicy=Always,imagePullSecrets[0].name=pull,secrets={first,second},targets={/var/lib/kubelet/config.json,/etc/containers/auth.json}" +
-	",credentialProvider.enabled=true,priorityClassName=custom,nodeSelector.pool=a,tolerations[0].key=k,tolerations[0].operator=Exists" +
+	",credentialProvider.enabled=true,runtimeAuth.containerdCertsDir=/etc/containerd/certs.d,priorityClassName=custom,nodeSelector.pool=a,tolerations[0].key=k,tolerations[0].operator=Exists" +
 	",affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=type" +
 	",affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=NotIn" +
 	",affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values[0]=virtual-kubelet" +
@@ -139,6 +139,7 @@ func TestChartValues(t *testing.T) {
 		{"targets → --target", slices.Contains(c.Args, "--target=/var/lib/kubelet/config.json,/etc/containers/auth.json")},
 		{"targets → mounts", hasMount(c, "/host/etc/containers") && hasMount(c, "/host/var/lib/kubelet") && !hasMount(c, "/host/root/.docker")},
 		{"credentialProvider.enabled", slices.Contains(c.Args, "--install-credential-provider=/opt/nodecreds/bin") && hasMount(c, "/host/opt/nodecreds/bin")},
+		{"runtimeAuth.containerdCertsDir", slices.Contains(c.Args, "--containerd-certs-dir=/etc/containerd/certs.d") && hasMount(c, "/host/etc/containerd/certs.d")},
 		{"priorityClassName", spec.PriorityClassName == "custom"},
 		{"nodeSelector", spec.NodeSelector["pool"] == "a"},
 		{"tolerations (and the startup taint's)", len(spec.Tolerations) == 2 && spec.Tolerations[0].Key == "k" && spec.Tolerations[1].Key == "nodecreds.io/not-ready"},
@@ -539,6 +540,8 @@ func TestChartRefuses(t *testing.T) {
 		{"a relative target", "targets={config.json}", []string{"absolute node path"}},
 		{"the plugin in /usr/bin", "credentialProvider.enabled=true,credentialProvider.binDir=/usr/bin", []string{"credentialProvider.binDir", "node folder /usr/bin "}},
 		{"the plugin in /", "credentialProvider.enabled=true,credentialProvider.binDir=/", []string{"node folder / "}},
+		{"containerd's folder as /etc", "runtimeAuth.containerdCertsDir=/etc", []string{"runtimeAuth.containerdCertsDir", "node folder /etc "}},
+		{"containerd's folder relative", "runtimeAuth.containerdCertsDir=etc/containerd/certs.d", []string{"must be an absolute node path"}},
 		{"a surge rollout", "updateStrategy.rollingUpdate.maxSurge=1", []string{"maxSurge", "never finish", "maxUnavailable"}},
 		{"a label a node sets itself", `pools[0].name=a,pools[0].secrets={x},pools[0].nodeSelector.pool=a`, []string{`key "pool"`, "NodeRestriction", "node-restriction.kubernetes.io/pool=a"}},
 		{"a lookalike of the restricted prefix", `pools[0].name=a,pools[0].secrets={x},pools[0].nodeSelector.node-restriction\.kubernetes\.io\.example\.com/pool=a`, []string{"node-restriction.kubernetes.io.example.com/pool", "can set on itself"}},

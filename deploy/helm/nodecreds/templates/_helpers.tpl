@@ -203,6 +203,9 @@ fails the install naming the fix. */}}
 {{- if .Values.credentialProvider.enabled -}}
 {{- include "nodecreds.checkFolder" (list "credentialProvider.binDir" .Values.credentialProvider.binDir false) -}}
 {{- end -}}
+{{- with .Values.runtimeAuth.containerdCertsDir -}}
+{{- include "nodecreds.checkFolder" (list "runtimeAuth.containerdCertsDir" . false) -}}
+{{- end -}}
 {{- /* Values written into the Pod spec as they are: nothing but what
 they name (no line break could add a field). */ -}}
 {{- with .Values.image -}}
