@@ -655,3 +655,33 @@ func Stat(f *os.File) (Info, error) {
 	}
 	return infoOf(&st), nil
 }
+
+// Mkdir creates the folder name with mode; one there already (of any
+// kind, a link included) is fs.ErrExist, so the caller knows the folder
+// is its own.
+func (d *Dir) Mkdir(name string, mode fs.FileMode) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	err := unix.Mkdirat(d.fd(), name, uint32(mode.Perm()))
+	if errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("creating folder %s: %w", d.Name(name), fs.ErrExist)
+	}
+	if err != nil {
+		return fmt.Errorf("creating folder %s: %w", d.Name(name), err)
+	}
+	return nil
+}
+
+// RemoveDir removes the folder name if it is empty (an entry in it is an
+// error, and the folder stays); nothing there is fine.
+func (d *Dir) RemoveDir(name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	err := unix.Unlinkat(d.fd(), name, unix.AT_REMOVEDIR)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("removing folder %s: %w", d.Name(name), err)
+	}
+	return nil
+}

@@ -392,6 +392,19 @@ func (d *document) sections(opts Options) ([]section, []string, error) {
 		}
 		return false
 	}
+	// skip_verify applies to its own section only (parseHostConfig), the
+	// top level's to the server; containerd decodes keys without regard to
+	// case. TLS that is not verified is clear text to whoever answers on
+	// the path, so no header goes there. A custom ca still verifies.
+	verified := func(what, host string, table map[string]any) bool {
+		for k, v := range table {
+			if strings.EqualFold(k, "skip_verify") && v != false {
+				notes = append(notes, fmt.Sprintf("%s sets skip_verify: TLS to %s is not verified, so a Basic header there goes to whoever answers; nodecreds writes none (trust the registry's certificate with `ca = \"<file>\"` in that section instead of skip_verify)", what, host))
+				return false
+			}
+		}
+		return true
+	}
 	hosts, _ := d.decoded["host"].(map[string]any)
 	keys := make([]string, 0, len(hosts))
 	for k := range hosts {
@@ -405,7 +418,9 @@ func (d *document) sections(opts Options) ([]section, []string, error) {
 			return nil, nil, fmt.Errorf("a host key is not a URL containerd can parse (line %d)", d.line(d.hostLine(k)))
 		}
 		rootHasTable = rootHasTable || u.Host == rootHost
-		if _, ok := opts.Headers[u.Host]; ok && allowed(fmt.Sprintf("the section of line %d", d.line(d.hostLine(k))), u.Host, u.Scheme) {
+		what := fmt.Sprintf("the section of line %d", d.line(d.hostLine(k)))
+		table, _ := hosts[k].(map[string]any)
+		if _, ok := opts.Headers[u.Host]; ok && allowed(what, u.Host, u.Scheme) && verified(what, u.Host, table) {
 			out = append(out, section{key: k, host: u.Host})
 		}
 	}
@@ -414,7 +429,7 @@ func (d *document) sections(opts Options) ([]section, []string, error) {
 	// gets one only if it has a header table already. It comes last, so
 	// that a [header] added at the end of the file follows any host's.
 	if _, ok := opts.Headers[rootHost]; ok && rootHost != "" {
-		if _, hasHeader := d.decoded["header"]; (hasHeader || !rootHasTable) && allowed("the server", rootHost, rootScheme) {
+		if _, hasHeader := d.decoded["header"]; (hasHeader || !rootHasTable) && allowed("the server", rootHost, rootScheme) && verified("the server", rootHost, d.decoded) {
 			out = append(out, section{key: "", host: rootHost})
 		}
 	}

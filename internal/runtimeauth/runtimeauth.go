@@ -78,6 +78,7 @@ type Desired struct {
 // with why.
 func (d Desired) Registries() (regs []Registry, skipped []string) {
 	view, _ := dockercfg.View(dockercfg.Kubelet, d.Sources...)
+	winners := d.hostWinners(view)
 	seen := map[string]bool{}
 	for _, it := range view {
 		if !d.Annotated[it.Source] {
@@ -91,22 +92,26 @@ func (d Desired) Registries() (regs []Registry, skipped []string) {
 		case !hoststoml.ValidHost(n):
 			skipped = append(skipped, dockercfg.SafeKey(it.Key)+": not a DNS name or IP address (with a port); containerd could read its folder for another host, so no hosts.toml is written for it")
 			continue
-		case it.Entry.Username == "" && it.Entry.Password == "":
-			skipped = append(skipped, dockercfg.SafeKey(it.Key)+": no username and password for a Basic header")
+		}
+		host := hostOf(n)
+		w := winners[host]
+		switch {
+		case !d.Annotated[w.Source]:
+			skipped = append(skipped, fmt.Sprintf("%s: containerd sends it to %s, whose header comes from key %q of %s, which is not annotated: no header for %s", dockercfg.SafeKey(it.Key), host, dockercfg.SafeKey(w.Key), w.Source, host))
+			continue
+		case w.Entry.Username == "" && w.Entry.Password == "":
+			skipped = append(skipped, fmt.Sprintf("%s: containerd sends it to %s, whose header would come from key %q of %s, which has no username and password for a Basic header", dockercfg.SafeKey(it.Key), host, dockercfg.SafeKey(w.Key), w.Source))
 			continue
 		}
 		if seen[n] {
 			continue
 		}
 		seen[n] = true
-		r := Registry{Folder: n, Host: n, value: "Basic " + it.Entry.Auth()}
-		if n == "docker.io" {
-			r.Host = "registry-1.docker.io"
-		}
+		r := Registry{Folder: n, Host: host, value: "Basic " + w.Entry.Auth()}
 		switch {
-		case strings.HasPrefix(it.Key, "http://"):
+		case strings.HasPrefix(w.Key, "http://"):
 			r.Scheme = "http"
-		case strings.HasPrefix(it.Key, "https://"):
+		case strings.HasPrefix(w.Key, "https://"):
 			r.Scheme = "https"
 		}
 		// A Basic header goes into a plain-HTTP section only when the key
@@ -116,6 +121,43 @@ func (d Desired) Registries() (regs []Registry, skipped []string) {
 		regs = append(regs, r)
 	}
 	return regs, skipped
+}
+
+// hostOf is the host containerd sends the requests of registry n to.
+func hostOf(n string) string {
+	if n == "docker.io" {
+		return "registry-1.docker.io"
+	}
+	return n
+}
+
+// hostWinners returns, for each host containerd sends requests to, the key
+// its header comes from: headers are per host, and several registries of
+// the node files reach one host (docker.io and registry-1.docker.io; the
+// spellings of a key that normalise alike). The winner is the key of the
+// first source in precedence holding any key of that host, and within that
+// source the key first in byte order, whether or not the source is
+// annotated: a source after it never supplies the host's header.
+func (d Desired) hostWinners(view dockercfg.Set) map[string]dockercfg.Item {
+	rank := map[string]int{}
+	for i, s := range d.Sources {
+		if _, ok := rank[s.Name]; !ok {
+			rank[s.Name] = i
+		}
+	}
+	winners := map[string]dockercfg.Item{}
+	for _, it := range view {
+		n := dockercfg.Normalize(it.Key)
+		if strings.ContainsAny(n, "/*") || !hoststoml.ValidHost(n) {
+			continue
+		}
+		h := hostOf(n)
+		w, ok := winners[h]
+		if !ok || rank[it.Source] < rank[w.Source] || rank[it.Source] == rank[w.Source] && it.Key < w.Key {
+			winners[h] = it
+		}
+	}
+	return winners
 }
 
 // Result is the outcome for one hosts.toml (or a folder of DIR).
@@ -281,9 +323,12 @@ func route(dir *hostfs.Dir, dirPath string, r Registry) (folder string, create b
 }
 
 // spellings are the folder names containerd tries for a registry before
-// _default: `host_port_` first when there is a port, then the name itself.
+// _default, as hostPaths does (1.6.20 and 2.4): hostDirectory's form first
+// when it differs, then the name itself. hostDirectory cuts at the last
+// ':' whatever comes before it, so an IPv6 literal without a port has one
+// too ("[2001:db8::5]" → "[2001:db8:_5]_").
 func spellings(folder string) []string {
-	if i := strings.LastIndex(folder, ":"); i > 0 && !strings.HasSuffix(folder, "]") {
+	if i := strings.LastIndex(folder, ":"); i > 0 {
 		return []string{folder[:i] + "_" + folder[i+1:] + "_", folder}
 	}
 	return []string{folder}
@@ -311,7 +356,17 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 		}
 		return res
 	}
-	sub, cur, exists, err := open(root, p, pl.create)
+	var (
+		parent, sub *hostfs.Dir // parent: the certs.d folder, when creating
+		cur         []byte
+		exists      bool
+		err         error
+	)
+	if pl.create {
+		parent, err = openParent(root, p)
+	} else {
+		sub, cur, exists, err = open(root, p)
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		recs.Set(p, hoststoml.Record{}) // folder gone: nothing to restore
 		return res
@@ -319,7 +374,14 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 	if err != nil {
 		return fail(err)
 	}
-	defer sub.Close()
+	var name string // for messages
+	if parent != nil {
+		defer parent.Close()
+		name = parent.Name(path.Join(folder, fileName))
+	} else {
+		defer sub.Close()
+		name = sub.Name(fileName)
+	}
 	if had {
 		old = hoststoml.Confirm(cur, old)
 	}
@@ -330,17 +392,17 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 	m, err := hoststoml.Merge(base, folder, opts)
 	if err != nil {
 		if had && release {
-			res.Err = fmt.Errorf("hosts.toml %s: %w; it may still hold an Authorization header nodecreds wrote", sub.Name(fileName), err)
+			res.Err = fmt.Errorf("hosts.toml %s: %w; it may still hold an Authorization header nodecreds wrote", name, err)
 			return res
 		}
-		res.Warning = fmt.Sprintf("%s left as it is: %v", sub.Name(fileName), err)
+		res.Warning = fmt.Sprintf("%s left as it is: %v", name, err)
 		return res
 	}
 	if had && release && exists && stillOurs(&res, m.Data, old) {
 		return res
 	}
 	rec := record(&res, m, old, had, exists, kept)
-	warn(&res, sub.Name(fileName), m, pl, rec)
+	warn(&res, name, m, pl, rec)
 	want := m.Data
 	if !pl.create && !exists && base == nil {
 		want = nil // an admin's file that went is not written again
@@ -353,8 +415,42 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 		recs.Set(p, rec)
 		return res
 	}
+	if parent != nil {
+		if sub, err = makeFolder(parent, folder); err != nil {
+			res.Warning = fmt.Sprintf("%s not created: %v", name, err)
+			return res
+		}
+		defer sub.Close()
+	}
 	res.Changed, res.Removed, res.Err = commit(recs, p, sub, fileName, cur, exists, want, old, rec)
+	if parent != nil && !res.Changed {
+		_ = parent.RemoveDir(folder) // the folder made for it, empty again
+	}
 	return res
+}
+
+// errAppeared: something containerd reads for the registry appeared
+// between the check (route) and the create.
+var errAppeared = errors.New("appeared since nodecreds looked; containerd now reads it for this registry, so nothing is written (nodecreds looks again at its next sync)")
+
+// makeFolder creates the registry's own folder in the certs.d folder
+// parent, exclusively: every folder containerd would read for it instead
+// (hostDirectory's spelling, the name, _default) is looked for again right
+// before, and a folder made by anyone else meanwhile fails the mkdir, so
+// the file is only ever created where containerd reads nothing else.
+func makeFolder(parent *hostfs.Dir, folder string) (*hostfs.Dir, error) {
+	for _, n := range append(spellings(folder), hoststoml.DefaultFolder) {
+		if _, err := parent.StatName(n); err == nil {
+			return nil, fmt.Errorf("%s %w", parent.Name(n), errAppeared)
+		}
+	}
+	if err := parent.Mkdir(folder, 0o755); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("%s %w", parent.Name(folder), errAppeared)
+		}
+		return nil, err
+	}
+	return parent.OpenSub(folder, false, 0)
 }
 
 // stillOurs reports (in res.Err) whether the file released would still
@@ -374,9 +470,14 @@ func stillOurs(res *Result, data []byte, old hoststoml.Record) bool {
 }
 
 // open opens the folder of the hosts.toml at p and reads the file. A
-// missing folder is fs.ErrNotExist when it is not to be created.
-func open(root *hostfs.Root, p string, create bool) (*hostfs.Dir, []byte, bool, error) {
-	sub, err := openFolder(root, p, create)
+// missing folder is fs.ErrNotExist.
+func open(root *hostfs.Root, p string) (*hostfs.Dir, []byte, bool, error) {
+	dir, err := root.OpenDir(path.Dir(path.Dir(p)), false, 0)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	defer dir.Close()
+	sub, err := dir.OpenSub(path.Base(path.Dir(p)), false, 0)
 	if err != nil {
 		return nil, nil, false, err
 	}
@@ -388,16 +489,19 @@ func open(root *hostfs.Root, p string, create bool) (*hostfs.Dir, []byte, bool, 
 	return sub, cur, exists, nil
 }
 
-// openFolder opens the folder of the hosts.toml at p: the certs.d folder as
-// the node sees it, then the host folder in it by its name alone, never
-// through a link.
-func openFolder(root *hostfs.Root, p string, create bool) (*hostfs.Dir, error) {
-	dir, err := root.OpenDir(path.Dir(path.Dir(p)), create, 0o755)
+// openParent opens (creating it) the certs.d folder as the node sees it
+// for a registry's own hosts.toml at p, whose folder must not exist yet:
+// one that does appeared since the check (errAppeared).
+func openParent(root *hostfs.Root, p string) (*hostfs.Dir, error) {
+	dir, err := root.OpenDir(path.Dir(path.Dir(p)), true, 0o755)
 	if err != nil {
 		return nil, err
 	}
-	defer dir.Close()
-	return dir.OpenSub(path.Base(path.Dir(p)), create, 0o755)
+	if _, err := dir.StatName(path.Base(path.Dir(p))); err == nil {
+		dir.Close()
+		return nil, fmt.Errorf("%s %w", dir.Name(path.Base(path.Dir(p))), errAppeared)
+	}
+	return dir, nil
 }
 
 // kept is what pristine carries over from the record: the changes still

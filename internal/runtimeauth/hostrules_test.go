@@ -13,7 +13,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
-// Review 2, finding 1. docker.io and registry-1.docker.io are two
+// docker.io and registry-1.docker.io are two
 // registries to the kubelet (and to View's precedence) but one Host here:
 // opts.Headers is keyed by Host, so the registry listed last wins, whatever
 // the precedence. A lower-precedence Secret's `registry-1.docker.io` key
@@ -58,7 +58,7 @@ func TestDockerHubAliasesKeepPrecedence(t *testing.T) {
 	}
 }
 
-// Review 2, finding 2. The check that nothing exists (route) and the
+// The check that nothing exists (route) and the
 // create (OpenSub with create, which takes an existing folder as its own)
 // are apart: a folder that appears in between (Docker-style certificates,
 // _default) gets a hosts.toml that makes containerd ignore it.
@@ -107,7 +107,7 @@ func TestFolderAppearingAfterTheCheck(t *testing.T) {
 	}
 }
 
-// Review 2, finding 3. For an IPv6 literal without a port containerd's
+// For an IPv6 literal without a port containerd's
 // hostDirectory still cuts at the last ':' ("[2001:db8::5]" →
 // "[2001:db8:_5]_", tried first: 1.6.20 and 2.4 hosts.go). spellings()
 // skips that form, so nodecreds creates "[2001:db8::5]" where containerd
@@ -124,7 +124,7 @@ func TestIPv6FolderContainerdReadsFirst(t *testing.T) {
 	}
 }
 
-// Review 2, finding 4. skip_verify = true in an https section: TLS without
+// skip_verify = true in an https section: TLS without
 // verification is plain text to anyone on the path who can answer; the
 // plain-HTTP rule ("never in clear unless the key says so") does not look
 // at it. A tool that can write certs.d adds the section and reads the
