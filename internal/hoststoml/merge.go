@@ -363,54 +363,18 @@ type section struct {
 // was reached by (a folder linked under another name, _default), so a
 // header there would go to every such alias.
 func (d *document) sections(opts Options) ([]section, []string, error) {
-	var out []section
-	var notes []string
-	rootHost, rootScheme := "", ""
-	if s, ok := d.decoded["server"]; ok {
-		server, isString := s.(string)
-		if !isString {
-			return nil, nil, errors.New("server is not a string")
-		}
-		if server != "" {
-			u, err := hostURL(server)
-			if err != nil {
-				return nil, nil, errors.New("server is not a URL containerd can parse")
-			}
-			rootHost, rootScheme = u.Host, u.Scheme
-		}
+	rootHost, rootScheme, err := d.server()
+	if err != nil {
+		return nil, nil, err
 	}
-	allowed := func(what, host, scheme string) bool {
-		switch {
-		case scheme == "https":
-			return true
-		case scheme == "http" && opts.PlainHTTP[host]:
-			return true
-		case scheme == "http":
-			notes = append(notes, fmt.Sprintf("%s is plain HTTP (http://%s): a Basic header there crosses the network in clear, so nodecreds writes it only for a Secret key that says http://%s", what, host, host))
-		default:
-			notes = append(notes, fmt.Sprintf("%s has the scheme %q: no header written", what, scheme))
-		}
-		return false
-	}
-	// skip_verify applies to its own section only (parseHostConfig), the
-	// top level's to the server; containerd decodes keys without regard to
-	// case. TLS that is not verified is clear text to whoever answers on
-	// the path, so no header goes there. A custom ca still verifies.
-	verified := func(what, host string, table map[string]any) bool {
-		for k, v := range table {
-			if strings.EqualFold(k, "skip_verify") && v != false {
-				notes = append(notes, fmt.Sprintf("%s sets skip_verify: TLS to %s is not verified, so a Basic header there goes to whoever answers; nodecreds writes none (trust the registry's certificate with `ca = \"<file>\"` in that section instead of skip_verify)", what, host))
-				return false
-			}
-		}
-		return true
-	}
+	g := gate{opts: opts}
 	hosts, _ := d.decoded["host"].(map[string]any)
 	keys := make([]string, 0, len(hosts))
 	for k := range hosts {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	var out []section
 	rootHasTable := false
 	for _, k := range keys {
 		u, err := hostURL(k)
@@ -420,7 +384,7 @@ func (d *document) sections(opts Options) ([]section, []string, error) {
 		rootHasTable = rootHasTable || u.Host == rootHost
 		what := fmt.Sprintf("the section of line %d", d.line(d.hostLine(k)))
 		table, _ := hosts[k].(map[string]any)
-		if _, ok := opts.Headers[u.Host]; ok && allowed(what, u.Host, u.Scheme) && verified(what, u.Host, table) {
+		if _, ok := opts.Headers[u.Host]; ok && g.allowed(what, u.Host, u.Scheme) && g.verified(what, u.Host, table) {
 			out = append(out, section{key: k, host: u.Host})
 		}
 	}
@@ -429,11 +393,67 @@ func (d *document) sections(opts Options) ([]section, []string, error) {
 	// gets one only if it has a header table already. It comes last, so
 	// that a [header] added at the end of the file follows any host's.
 	if _, ok := opts.Headers[rootHost]; ok && rootHost != "" {
-		if _, hasHeader := d.decoded["header"]; (hasHeader || !rootHasTable) && allowed("the server", rootHost, rootScheme) && verified("the server", rootHost, d.decoded) {
+		if _, hasHeader := d.decoded["header"]; (hasHeader || !rootHasTable) && g.allowed("the server", rootHost, rootScheme) && g.verified("the server", rootHost, d.decoded) {
 			out = append(out, section{key: "", host: rootHost})
 		}
 	}
-	return out, notes, nil
+	return out, g.notes, nil
+}
+
+// server is the host and scheme the top level's `server` names ("" for
+// none).
+func (d *document) server() (host, scheme string, err error) {
+	s, ok := d.decoded["server"]
+	if !ok {
+		return "", "", nil
+	}
+	server, isString := s.(string)
+	if !isString {
+		return "", "", errors.New("server is not a string")
+	}
+	if server == "" {
+		return "", "", nil
+	}
+	u, err := hostURL(server)
+	if err != nil {
+		return "", "", errors.New("server is not a URL containerd can parse")
+	}
+	return u.Host, u.Scheme, nil
+}
+
+// gate decides whether a section naming a held host may carry its header,
+// and notes why not.
+type gate struct {
+	opts  Options
+	notes []string
+}
+
+func (g *gate) allowed(what, host, scheme string) bool {
+	switch {
+	case scheme == "https":
+		return true
+	case scheme == "http" && g.opts.PlainHTTP[host]:
+		return true
+	case scheme == "http":
+		g.notes = append(g.notes, fmt.Sprintf("%s is plain HTTP (http://%s): a Basic header there crosses the network in clear, so nodecreds writes it only for a Secret key that says http://%s", what, host, host))
+	default:
+		g.notes = append(g.notes, fmt.Sprintf("%s has the scheme %q: no header written", what, scheme))
+	}
+	return false
+}
+
+// verified: skip_verify applies to its own section only (parseHostConfig),
+// the top level's to the server; containerd decodes keys without regard to
+// case. TLS that is not verified is clear text to whoever answers on the
+// path, so no header goes there. A custom ca still verifies.
+func (g *gate) verified(what, host string, table map[string]any) bool {
+	for k, v := range table {
+		if strings.EqualFold(k, "skip_verify") && v != false {
+			g.notes = append(g.notes, fmt.Sprintf("%s sets skip_verify: TLS to %s is not verified, so a Basic header there goes to whoever answers; nodecreds writes none (trust the registry's certificate with `ca = \"<file>\"` in that section instead of skip_verify)", what, host))
+			return false
+		}
+	}
+	return true
 }
 
 // hostURL is the URL containerd sends a server or host key's requests to

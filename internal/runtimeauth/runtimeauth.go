@@ -356,17 +356,7 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 		}
 		return res
 	}
-	var (
-		parent, sub *hostfs.Dir // parent: the certs.d folder, when creating
-		cur         []byte
-		exists      bool
-		err         error
-	)
-	if pl.create {
-		parent, err = openParent(root, p)
-	} else {
-		sub, cur, exists, err = open(root, p)
-	}
+	t, err := openTarget(root, p, folder, pl.create)
 	if errors.Is(err, fs.ErrNotExist) {
 		recs.Set(p, hoststoml.Record{}) // folder gone: nothing to restore
 		return res
@@ -374,14 +364,8 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 	if err != nil {
 		return fail(err)
 	}
-	var name string // for messages
-	if parent != nil {
-		defer parent.Close()
-		name = parent.Name(path.Join(folder, fileName))
-	} else {
-		defer sub.Close()
-		name = sub.Name(fileName)
-	}
+	defer t.close()
+	cur, exists, name := t.cur, t.exists, t.name
 	if had {
 		old = hoststoml.Confirm(cur, old)
 	}
@@ -415,18 +399,63 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 		recs.Set(p, rec)
 		return res
 	}
-	if parent != nil {
-		if sub, err = makeFolder(parent, folder); err != nil {
-			res.Warning = fmt.Sprintf("%s not created: %v", name, err)
-			return res
-		}
-		defer sub.Close()
-	}
-	res.Changed, res.Removed, res.Err = commit(recs, p, sub, fileName, cur, exists, want, old, rec)
-	if parent != nil && !res.Changed {
-		_ = parent.RemoveDir(folder) // the folder made for it, empty again
-	}
+	t.place(&res, recs, p, folder, want, old, rec)
 	return res
+}
+
+// target is one hosts.toml as syncFile opened it: its folder, or, when it
+// is to be created, the certs folder the host folder goes in.
+type target struct {
+	parent, sub *hostfs.Dir
+	cur         []byte
+	exists      bool
+	name        string // for messages
+}
+
+func openTarget(root *hostfs.Root, p, folder string, create bool) (*target, error) {
+	t := &target{}
+	var err error
+	if create {
+		t.parent, err = openParent(root, p)
+	} else {
+		t.sub, t.cur, t.exists, err = open(root, p)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if t.parent != nil {
+		t.name = t.parent.Name(path.Join(folder, fileName))
+	} else {
+		t.name = t.sub.Name(fileName)
+	}
+	return t, nil
+}
+
+func (t *target) close() {
+	if t.parent != nil {
+		t.parent.Close()
+	}
+	if t.sub != nil {
+		t.sub.Close()
+	}
+}
+
+// place writes want (nil: removes the file), making the host folder first
+// when the file is created, and removing that folder again if nothing was
+// written in it.
+func (t *target) place(res *Result, recs *nodefile.HostsTOMLRecords, p, folder string, want []byte, old, rec hoststoml.Record) {
+	if t.parent != nil {
+		sub, err := makeFolder(t.parent, folder)
+		if err != nil {
+			res.Warning = fmt.Sprintf("%s not created: %v", t.name, err)
+			return
+		}
+		t.sub = sub
+	}
+	res.Changed, res.Removed, res.Err = commit(recs, p, t.sub, fileName, t.cur, t.exists, want, old, rec)
+	if t.parent != nil && !res.Changed {
+		_ = t.parent.RemoveDir(folder) // the folder made for it, empty again
+	}
 }
 
 // errAppeared: something containerd reads for the registry appeared
