@@ -381,7 +381,21 @@ func unchangedOutside(t *testing.T, in, out []byte) {
 				// Replaced: the input's value ends where the rest of the line is the same.
 				rest := strings.Join(inLines[i:], "")[len(before):]
 				tail := strings.TrimRight(after, "\r\n")
-				k := strings.Index(rest, tail)
+				// The tail ends the line: the first match followed by a
+				// line end or the end of the file (a space inside the
+				// value is not the tail " ").
+				k := -1
+				for off := 0; off <= len(rest); {
+					j := strings.Index(rest[off:], tail)
+					if j < 0 {
+						break
+					}
+					if r := rest[off+j+len(tail):]; tail == "" || r == "" || strings.HasPrefix(r, "\n") || strings.HasPrefix(r, "\r\n") {
+						k = off + j
+						break
+					}
+					off += j + 1
+				}
 				if k < 0 || (tail == "" && strings.ContainsAny(rest[:k], "\n")) {
 					fail("the bytes after a replaced value changed: %q", after)
 				}
@@ -604,6 +618,7 @@ func FuzzHostsTOMLMerge(f *testing.F) {
 		"[host.\"https://b.example\"]\r\nheader.X-Team = \"t\"\r\noverride_path = true\r\n",
 		"[host]\n[host.\"mirror.example:5001\"]\ncapabilities = []\n",
 		"[host.\"http://mirror.example:5001\"]\n[host.\"mirror.example:5001\"]",
+		"server = \"https://upstream.example\"\n[header]\nAuthorization = \"Basic a\" ",
 	} {
 		f.Add([]byte(s), uint8(0xff))
 	}
