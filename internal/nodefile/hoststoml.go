@@ -103,15 +103,12 @@ func saveHostsTOML(d *hostfs.Dir, files map[string]hoststoml.Record) error {
 func loadHostsTOML(d *hostfs.Dir) (map[string]hoststoml.Record, error) {
 	files := map[string]hoststoml.Record{}
 	path := d.Name(hostsTOMLFileName)
-	data, info, err := d.ReadFile(hostsTOMLFileName, maxStateSize)
+	data, err := readOwnFile(d, hostsTOMLFileName, "the records file")
 	if errors.Is(err, fs.ErrNotExist) {
 		return files, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading %s: %w", ErrState, path, err)
-	}
-	if info.Nlink > 1 {
-		return nil, fmt.Errorf("%w: %s has %d hard links; the records are nodecreds' own file: %s", ErrState, path, info.Nlink, stateAdvice)
+		return nil, err
 	}
 	var f hostsTOMLFile
 	if err := json.Unmarshal(data, &f); err != nil {

@@ -243,6 +243,23 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
+// readOwnFile reads one of nodecreds' own files in the state folder d
+// (what names it in errors), refusing a hard-linked one; a missing one is
+// fs.ErrNotExist, unwrapped.
+func readOwnFile(d *hostfs.Dir, name, what string) ([]byte, error) {
+	data, info, err := d.ReadFile(name, maxStateSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading %s: %w", ErrState, d.Name(name), err)
+	}
+	if info.Nlink > 1 {
+		return nil, fmt.Errorf("%w: %s has %d hard links; %s is nodecreds' own file: %s", ErrState, d.Name(name), info.Nlink, what, stateAdvice)
+	}
+	return data, nil
+}
+
 // loadState reads the state file in the state folder d; a missing one is an
 // empty state. The state folder is nodecreds' own: a symlink, FIFO or
 // hard-linked file at the state's name is refused, never followed. With a
@@ -250,15 +267,12 @@ func appendJSONString(b []byte, s string) []byte {
 func loadState(d *hostfs.Dir, m *memory) (*State, error) {
 	s := &State{Version: stateVersion, Targets: map[string]*TargetState{}}
 	path := d.Name(stateFileName)
-	data, info, err := d.ReadFile(stateFileName, maxStateSize)
+	data, err := readOwnFile(d, stateFileName, "the state")
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading %s: %w", ErrState, path, err)
-	}
-	if info.Nlink > 1 {
-		return nil, fmt.Errorf("%w: %s has %d hard links; the state is nodecreds' own file: %s", ErrState, path, info.Nlink, stateAdvice)
+		return nil, err
 	}
 	if m != nil {
 		if st := m.loadedState(data); st != nil {
