@@ -55,6 +55,8 @@ type Plugin interface {
 // files for the sources that opted in.
 type RuntimeAuth interface {
 	Sync(ctx context.Context, d runtimeauth.Desired) (results []runtimeauth.Result, skipped []string, err error)
+	// Dir is the node path of the certs folder it keeps.
+	Dir() string
 }
 
 // Reporter is told every sync's outcome (the Node's status in cluster mode).

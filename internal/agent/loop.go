@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"math"
+	"path/filepath"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -36,6 +37,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer w.Close()
 	a.targets = w
 	l := a.newLoop(newTargetWatch(w, a.files, a.opts.Targets, a.opts.HostRoot))
+	if a.opts.Runtime != nil {
+		l.certs = newCertsWatch(w, filepath.Join(a.opts.HostRoot, a.opts.Runtime.Dir()))
+	}
 	resync := time.NewTicker(a.opts.Resync)
 	defer resync.Stop()
 	changes, completed := a.changeSignals()
@@ -53,7 +57,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			if l.watch.relevant(ev) {
+			if l.watch.relevant(ev) || l.certs != nil && l.certs.relevant(ev) {
 				l.schedule(causeDrift)
 			}
 		case err, ok := <-w.Errors:
@@ -63,7 +67,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.WithError(err).Warn("target watch error; re-checking")
 			l.schedule(causeDrift)
 		case <-w.Tick():
-			if l.watch.polledDrift() {
+			if l.watch.polledDrift() || l.certs != nil && l.certs.polledDrift() {
 				l.schedule(causeDrift)
 			}
 		case <-l.debounce.C:
@@ -100,6 +104,7 @@ func (a *Agent) changeSignals() (changes, completed <-chan struct{}) {
 type loop struct {
 	a        *Agent
 	watch    *targetWatch
+	certs    *certsWatch // nil unless the runtime target is on
 	debounce *time.Timer
 	retry    *time.Timer
 	bo       wait.Backoff
@@ -121,6 +126,9 @@ func (l *loop) run(ctx context.Context, cause string) {
 	l.watch.wrote(o.Results)
 	l.watch.refresh()
 	l.watch.polledDrift() // our own writes are the baseline, not drift
+	if l.certs != nil {
+		l.certs.refresh()
+	}
 	if o.Err != nil || o.PluginErr != nil {
 		l.retry.Reset(l.bo.Step())
 	} else {

@@ -187,6 +187,9 @@ type Writer struct {
 // New returns a Writer for the certs.d folder dir (a node path).
 func New(dir string, store Store) *Writer { return &Writer{dir: path.Clean(dir), store: store} }
 
+// Dir is the node path of the certs folder.
+func (w *Writer) Dir() string { return w.dir }
+
 // plan is one hosts.toml to bring in line.
 type plan struct {
 	create bool   // the registry's own file, created where none exists
