@@ -140,6 +140,8 @@ func TestChartValues(t *testing.T) {
 		{"targets → mounts", hasMount(c, "/host/etc/containers") && hasMount(c, "/host/var/lib/kubelet") && !hasMount(c, "/host/root/.docker")},
 		{"credentialProvider.enabled", slices.Contains(c.Args, "--install-credential-provider=/opt/nodecreds/bin") && hasMount(c, "/host/opt/nodecreds/bin")},
 		{"runtimeAuth.containerdCertsDir", slices.Contains(c.Args, "--containerd-certs-dir=/etc/containerd/certs.d") && hasMount(c, "/host/etc/containerd/certs.d")},
+		{"runtimeAuth: containerd's configuration folder read-only", slices.Contains(c.Args, "--containerd-config=/etc/containerd/config.toml") &&
+			slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/host/etc/containerd" && m.ReadOnly })},
 		{"priorityClassName", spec.PriorityClassName == "custom"},
 		{"nodeSelector", spec.NodeSelector["pool"] == "a"},
 		{"tolerations (and the startup taint's)", len(spec.Tolerations) == 2 && spec.Tolerations[0].Key == "k" && spec.Tolerations[1].Key == "nodecreds.io/not-ready"},
@@ -542,6 +544,8 @@ func TestChartRefuses(t *testing.T) {
 		{"the plugin in /", "credentialProvider.enabled=true,credentialProvider.binDir=/", []string{"node folder / "}},
 		{"containerd's folder as /etc", "runtimeAuth.containerdCertsDir=/etc", []string{"runtimeAuth.containerdCertsDir", "node folder /etc "}},
 		{"containerd's folder relative", "runtimeAuth.containerdCertsDir=etc/containerd/certs.d", []string{"must be an absolute node path"}},
+		{"containerd's configuration in /etc", "runtimeAuth.containerdCertsDir=/etc/containerd/certs.d,runtimeAuth.containerdConfig=/etc/config.toml", []string{"runtimeAuth.containerdConfig", "folder /etc read-only"}},
+		{"containerd's configuration relative", "runtimeAuth.containerdCertsDir=/etc/containerd/certs.d,runtimeAuth.containerdConfig=config.toml", []string{"runtimeAuth.containerdConfig", "absolute node path"}},
 		{"a surge rollout", "updateStrategy.rollingUpdate.maxSurge=1", []string{"maxSurge", "never finish", "maxUnavailable"}},
 		{"a label a node sets itself", `pools[0].name=a,pools[0].secrets={x},pools[0].nodeSelector.pool=a`, []string{`key "pool"`, "NodeRestriction", "node-restriction.kubernetes.io/pool=a"}},
 		{"a lookalike of the restricted prefix", `pools[0].name=a,pools[0].secrets={x},pools[0].nodeSelector.node-restriction\.kubernetes\.io\.example\.com/pool=a`, []string{"node-restriction.kubernetes.io.example.com/pool", "can set on itself"}},

@@ -3,10 +3,12 @@ package test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
@@ -16,7 +18,11 @@ import (
 // a Secret annotated nodecreds.io/runtime-auth: "true" lands as an
 // Authorization header in the registry's own hosts.toml (created) and in an
 // admin's mirror section (merged, every other byte kept); a rotation of the
-// Secret rewrites it; cleanup puts back exactly what was there.
+// Secret rewrites it; cleanup puts back exactly what was there. Point 2: on
+// a Node that says containerd 2.2, a containerd configuration (read from its
+// file under the host root, an import included) whose config_path holds two
+// folders is reported on the Node (condition reason, Warning Event) and in
+// the log with its fix, and the report goes once the admin fixes it.
 func TestRuntimeAuthHostsTOML(t *testing.T) {
 	c := startCluster(t)
 	ctx := t.Context()
@@ -29,7 +35,19 @@ func TestRuntimeAuthHostsTOML(t *testing.T) {
 		pass2    = "rtCanaryTwo3Zk"
 	)
 	createNode(t, c.Admin, node)
+	n, err := c.Admin.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.NodeInfo.ContainerRuntimeVersion = "containerd://2.2.1"
+	if _, err := c.Admin.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	root := t.TempDir()
+	containerdConfig := filepath.Join(root, "etc/containerd/config.toml")
+	testsupport.WriteFile(t, containerdConfig, "version = 3\nimports = [\"conf.d/*.toml\"]\n", 0o600)
+	testsupport.WriteFile(t, filepath.Join(root, "etc/containerd/conf.d/10-registry.toml"),
+		"version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n", 0o600)
 	admin := "# Our pull-through mirror (ticket 42).\n" +
 		"server = \"https://registry-1.docker.io\"\n\n" +
 		"[host.\"https://" + mirror + "\"]\n" +
@@ -74,10 +92,32 @@ func TestRuntimeAuthHostsTOML(t *testing.T) {
 	if fi, err := os.Stat(adminPath); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("merged hosts.toml mode: %v %v, want 0600", fi, err)
 	}
+	reported := func(reason string) func() bool {
+		return func() bool {
+			n, err := c.Admin.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+			cond := condition(n)
+			return err == nil && cond != nil && cond.Status == corev1.ConditionTrue && cond.Reason == reason &&
+				(reason == "Synced" || strings.Contains(cond.Message, "use_local_image_pull = true"))
+		}
+	}
+	testsupport.Eventually(t, time.Minute, "the Node condition naming containerd's two folders and the fix", reported("ConfigPathMultipleFolders"))
+	testsupport.Eventually(t, time.Minute, "a Warning Event", func() bool {
+		list, err := c.Admin.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + node})
+		return err == nil && slices.ContainsFunc(list.Items, func(e corev1.Event) bool {
+			return e.Type == corev1.EventTypeWarning && e.Reason == "ConfigPathMultipleFolders"
+		})
+	})
+	if logs := agent.logs.String(); !strings.Contains(logs, "containerd may not use the hosts.toml headers") || !strings.Contains(logs, "ConfigPathMultipleFolders") {
+		t.Errorf("the agent's log does not name the problem:\n%s", logs)
+	}
+	// The admin's fix is seen at the next sync (here, the rotation's).
+	testsupport.WriteFile(t, filepath.Join(root, "etc/containerd/conf.d/10-registry.toml"),
+		"version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n", 0o600)
 
 	updateSecret(t, c.Admin, dockerconfigjson(t, map[string]string{mirror: "robot:" + pass2}))
 	testsupport.Eventually(t, time.Minute, "the rotated header in both files",
 		func() bool { return holds(adminPath, header(pass2))() && holds(ownPath, header(pass2))() })
+	testsupport.Eventually(t, time.Minute, "the condition back to Synced once containerd's configuration is fixed", reported("Synced"))
 
 	if code := agent.stop(t); code != 0 {
 		t.Errorf("agent exit %d", code)

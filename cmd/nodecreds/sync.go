@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodecreds/nodecreds/internal/agent"
 	"github.com/nodecreds/nodecreds/internal/config"
@@ -19,6 +20,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/provider"
 	"github.com/nodecreds/nodecreds/internal/runtimeauth"
+	"github.com/nodecreds/nodecreds/internal/runtimediag"
 	"github.com/nodecreds/nodecreds/internal/source"
 )
 
@@ -60,18 +62,22 @@ type parts struct {
 	agent  *agent.Agent
 	reg    *prometheus.Registry
 	health *metrics.Health
+	diag   *runtimediag.Diagnosis // nil unless the runtime target is on
 }
 
 func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*parts, error) {
 	p := &parts{}
-	var reporters []agent.Reporter
+	var (
+		reporters []agent.Reporter
+		client    kube.Interface
+	)
 	switch cfg.Source { // one of these two: config.Sync.Validate refuses any other
 	case config.SourceDir:
 		p.src = source.NewDir(cfg.SecretDirs, log.WithField("component", "source"))
 	case config.SourceSecret:
 		routeKlog(log)
-		client, err := newClient(cfg.Kubeconfig, true)
-		if err != nil {
+		var err error
+		if client, err = newClient(cfg.Kubeconfig, true); err != nil {
 			return nil, err
 		}
 		p.src = source.NewSecrets(client, cfg.Namespace, cfg.Secrets, cfg.Selector, cfg.NodeName, log.WithField("component", "source"))
@@ -88,6 +94,11 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 	}
 
 	files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})
+	var diagnosis agent.RuntimeDiagnosis
+	if cfg.ContainerdCertsDir != "" {
+		p.diag = runtimediag.New(cfg.HostRoot, cfg.ContainerdConfig, cfg.ContainerdCertsDir, runtimeVersion(ctx, client, cfg.NodeName, log))
+		diagnosis = p.diag
+	}
 	p.reg = prometheus.NewRegistry()
 	p.health = &metrics.Health{}
 	p.agent = agent.New(p.src, files, agent.Options{
@@ -100,8 +111,26 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		Reporters: reporters,
 		Plugin:    plugin(cfg),
 		Runtime:   runtimeAuth(cfg, files),
+		Diagnosis: diagnosis,
 	}, log.WithField("component", "agent"))
 	return p, nil
+}
+
+// runtimeVersion is the Node's container runtime and version
+// ("containerd://1.6.20"), "" when there is no Node to read it from.
+// Read once: a runtime upgrade restarts the node's Pods, this one with it.
+func runtimeVersion(ctx context.Context, client kube.Interface, node string, log *logrus.Logger) string {
+	if client == nil || node == "" {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	n, err := client.Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		log.WithError(err).Warn("cannot read the Node's container runtime version; the checks that need it are not made")
+		return ""
+	}
+	return n.Status.NodeInfo.ContainerRuntimeVersion
 }
 
 // runtimeAuth is the containerd hosts.toml writer, or nil when
@@ -205,6 +234,9 @@ func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logge
 	}()
 	g.Go(func() error { return p.src.Run(gctx) })
 	g.Go(func() error { return p.agent.Run(gctx) })
+	if p.diag != nil {
+		g.Go(func() error { return p.diag.Run(gctx) })
+	}
 	if p.node != nil {
 		g.Go(func() error { return p.node.Run(gctx) })
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nodecreds/nodecreds/internal/containerdconf"
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/filewatch"
 	"github.com/nodecreds/nodecreds/internal/metrics"
@@ -59,6 +60,14 @@ type RuntimeAuth interface {
 	Dir() string
 }
 
+// RuntimeDiagnosis says what stands between the hosts.toml headers and
+// containerd (runtimediag.Diagnosis).
+type RuntimeDiagnosis interface {
+	Problems(regs []runtimeauth.Registry) []containerdconf.Problem
+	// Changed fires when the answer may differ (a challenge learned).
+	Changed() <-chan struct{}
+}
+
 // Reporter is told every sync's outcome (the Node's status in cluster mode).
 type Reporter interface {
 	Report(ctx context.Context, st nodestatus.SyncStatus)
@@ -84,6 +93,9 @@ type Options struct {
 	// Runtime is the containerd hosts.toml writer (optional: off unless
 	// sync --containerd-certs-dir).
 	Runtime RuntimeAuth
+	// Diagnosis (optional, with Runtime) tells why containerd may not use
+	// the headers.
+	Diagnosis RuntimeDiagnosis
 }
 
 // Outcome is the result of one sync.
@@ -96,6 +108,9 @@ type Outcome struct {
 	// the opted-in keys no header can be written for.
 	Runtime        []runtimeauth.Result
 	RuntimeSkipped []string
+	// RuntimeProblems are why containerd may not use the headers, each
+	// with its fix.
+	RuntimeProblems []containerdconf.Problem
 	// Held names the sources whose entries on the node were held back
 	// because their content is unknown (invalid and never seen valid).
 	Held []string
@@ -131,6 +146,8 @@ type Agent struct {
 	// last logged as an error.
 	pluginDone bool
 	pluginErr  string
+	// runtimeSaid is the runtime problems last logged (each set once).
+	runtimeSaid string
 }
 
 // poller is a source that may poll instead of watching (a mounted folder
@@ -199,6 +216,11 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 			o.Changed = o.Changed || r.Changed
 		}
 		o.Runtime, o.RuntimeSkipped = rr, skipped
+		if a.opts.Diagnosis != nil {
+			d := runtimeauth.Desired{Sources: d.Sources, Annotated: annotated}
+			regs, _ := d.Registries()
+			o.RuntimeProblems = a.opts.Diagnosis.Problems(regs)
+		}
 	}
 	o.Err = errors.Join(errs...)
 	o.Notes = a.notes()
@@ -386,15 +408,48 @@ func (o Outcome) Status() nodestatus.SyncStatus {
 		files++
 		entries = max(entries, r.Entries)
 	}
+	problems = append(problems, runtimeErrors(o)...)
+	warnings = append(runtimeWarnings(&st, o.RuntimeProblems), warnings...)
 	if len(problems) > 0 {
-		if st.Reason == "Synced" {
-			st.Reason = "Error"
+		if st.Reason == "Synced" || st.Warn {
+			st.Reason, st.Warn = "Error", false
 		}
 		st.Message = strings.Join(slices.Concat(problems, warnings, o.Notes), "; ")
 		return st
 	}
 	st.Message = strings.Join(slices.Concat([]string{fmt.Sprintf("%d registry entries from %d source(s) in %d file(s)", entries, len(o.Sources), files)}, warnings, o.Notes), "; ")
 	return st
+}
+
+// runtimeErrors are the hosts.toml errors; and, so that no failed sync
+// reads as synced, the whole error when nothing else named it.
+func runtimeErrors(o Outcome) []string {
+	var errs []string
+	for _, r := range o.Runtime {
+		if r.Err != nil {
+			errs = append(errs, r.Err.Error())
+		}
+	}
+	if len(errs) == 0 && o.Err != nil && o.FilesErr == nil && !slices.ContainsFunc(o.Results, func(r nodefile.Result) bool { return r.Err != nil }) &&
+		!slices.ContainsFunc(o.Sources, func(s source.Snapshot) bool { return s.Err != nil }) {
+		errs = append(errs, o.Err.Error())
+	}
+	return errs
+}
+
+// runtimeWarnings words the runtime problems for the condition, and makes
+// the first one the reason of a sync that is otherwise fine: the files are
+// in sync (the condition stays True), but the operator has something to
+// fix, told by a Warning Event too.
+func runtimeWarnings(st *nodestatus.SyncStatus, problems []containerdconf.Problem) []string {
+	var ws []string
+	for _, p := range problems {
+		ws = append(ws, fmt.Sprintf("containerd may not use the hosts.toml headers: %s Fix: %s", p.Message, p.Fix))
+	}
+	if len(problems) > 0 && st.Reason == "Synced" {
+		st.Reason, st.Warn = problems[0].Reason, true
+	}
+	return ws
 }
 
 // record logs and counts an outcome. Logs name keys, paths and sources,
@@ -426,6 +481,12 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		a.recordTarget(log, r, desired, drifting)
 	}
 	recordRuntime(log, o, newRev)
+	if said := fmt.Sprint(o.RuntimeProblems); said != a.runtimeSaid {
+		a.runtimeSaid = said
+		for _, p := range o.RuntimeProblems {
+			log.WithFields(logrus.Fields{"reason": p.Reason, "problem": p.Message, "fix": p.Fix}).Warn("containerd may not use the hosts.toml headers")
+		}
+	}
 	result := "success"
 	if o.Err != nil {
 		result = "error"

@@ -15,10 +15,12 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/nodecreds/nodecreds/internal/containerdconf"
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/metrics"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 	"github.com/nodecreds/nodecreds/internal/nodestatus"
+	"github.com/nodecreds/nodecreds/internal/runtimeauth"
 	"github.com/nodecreds/nodecreds/internal/source"
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
@@ -245,6 +247,31 @@ func TestStatusCarriesNotes(t *testing.T) {
 	bad := Outcome{Notes: []string{note}, Err: errors.New("x"), FilesErr: errors.New("state unusable")}.Status()
 	if bad.OK || !strings.HasSuffix(bad.Message, "; "+note) {
 		t.Errorf("failed status = %+v", bad)
+	}
+}
+
+// TestStatusOfRuntimeProblems: containerd problems make the reason of a
+// sync that is otherwise fine (condition True, a warning), each with its
+// fix in the message; a failure keeps its own reason; a failed hosts.toml
+// is a failure, never "Synced".
+func TestStatusOfRuntimeProblems(t *testing.T) {
+	p := containerdconf.Problem{Reason: containerdconf.ReasonConfigPathMultipleFolders, Message: "config_path holds 2 folders.", Fix: "Set config_path."}
+	ok := Outcome{RuntimeProblems: []containerdconf.Problem{p}}.Status()
+	if !ok.OK || !ok.Warn || ok.Reason != p.Reason || !strings.Contains(ok.Message, p.Message+" Fix: "+p.Fix) {
+		t.Errorf("status with a runtime problem = %+v", ok)
+	}
+	failed := Outcome{RuntimeProblems: []containerdconf.Problem{p}, Err: errors.New("x"), Results: []nodefile.Result{{Target: "/t", Err: errors.New("t: cannot write")}}}.Status()
+	if failed.OK || failed.Warn || failed.Reason != "TargetError" || !strings.Contains(failed.Message, p.Message) {
+		t.Errorf("failed status with a runtime problem = %+v", failed)
+	}
+	hosts := errors.New("/etc/containerd/certs.d/r.test/hosts.toml: not valid TOML")
+	bad := Outcome{Err: hosts, Runtime: []runtimeauth.Result{{Path: "/etc/containerd/certs.d/r.test/hosts.toml", Err: hosts}}}.Status()
+	if bad.OK || bad.Reason != "Error" || !strings.Contains(bad.Message, hosts.Error()) {
+		t.Errorf("status of a failed hosts.toml = %+v", bad)
+	}
+	lock := Outcome{Err: errors.New("containerd hosts.toml: state locked")}.Status()
+	if lock.OK || lock.Reason != "Error" || !strings.Contains(lock.Message, "state locked") {
+		t.Errorf("status of a failed runtime sync = %+v", lock)
 	}
 }
 

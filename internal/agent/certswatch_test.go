@@ -62,7 +62,8 @@ func TestHostsTOMLDriftIsCorrectedAtOnce(t *testing.T) {
 		t.Fatalf("no header after the first sync:\n%s", testsupport.ReadFile(t, hosts))
 	}
 	mirrorFile := filepath.Join(root, certsDir, "docker.io", "hosts.toml")
-	admin := "# the admin's mirror\nserver = \"https://registry-1.docker.io\"\n\n[host.\"https://r.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+	adminHead := "# the admin's mirror\nserver = \"https://registry-1.docker.io\"\n\n"
+	admin := adminHead + "[host.\"https://r.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
 	tests := []struct {
 		name    string
 		disturb func(t *testing.T)
@@ -81,7 +82,7 @@ func TestHostsTOMLDriftIsCorrectedAtOnce(t *testing.T) {
 			must(t, os.Rename(mirrorFile+".tmp", mirrorFile))
 		}, func(t *testing.T) {
 			got := string(testsupport.ReadFile(t, mirrorFile))
-			if !strings.Contains(got, header) || !strings.HasPrefix(got, admin[:strings.Index(admin, "[host")]) {
+			if !strings.Contains(got, header) || !strings.HasPrefix(got, adminHead) {
 				t.Errorf("the mirror section did not get the header, or the admin's lines changed:\n%s", got)
 			}
 		}},

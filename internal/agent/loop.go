@@ -23,6 +23,9 @@ const (
 	causeDrift  = "drift"
 	causeResync = "resync"
 	causeRetry  = "retry"
+	// causeDiagnosis: a registry's challenge became known, which may
+	// change what the Node is told.
+	causeDiagnosis = "runtime-diagnosis"
 )
 
 // Run syncs until ctx ends. It never removes anything on the way out:
@@ -43,6 +46,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	resync := time.NewTicker(a.opts.Resync)
 	defer resync.Stop()
 	changes, completed := a.changeSignals()
+	var diagnosed <-chan struct{} // nil: never fires
+	if a.opts.Diagnosis != nil {
+		diagnosed = a.opts.Diagnosis.Changed()
+	}
 
 	l.run(ctx, causeStart)
 	for {
@@ -78,6 +85,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			l.run(ctx, causeRetry)
 		case <-resync.C:
 			l.run(ctx, causeResync)
+		case <-diagnosed:
+			l.schedule(causeDiagnosis)
 		}
 	}
 }

@@ -38,6 +38,8 @@ const (
 	DefaultStateDir    = "/var/lib/nodecreds"
 	DefaultKubeletRoot = "/var/lib/kubelet"
 	DefaultMetricsAddr = ":9102"
+	// DefaultContainerdConfig is where containerd reads its configuration.
+	DefaultContainerdConfig = "/etc/containerd/config.toml"
 )
 
 // DefaultTargets returns the kubelet's file and root's docker CLI file (a
@@ -76,6 +78,10 @@ type Sync struct {
 	// whose hosts.toml files get the Authorization header of the Secrets
 	// annotated nodecreds.io/runtime-auth; empty: off.
 	ContainerdCertsDir string `mapstructure:"containerd-certs-dir"`
+	// ContainerdConfig is containerd's main configuration file (a node
+	// path), read (never written) with its imports to tell when containerd
+	// will not use the headers; only with ContainerdCertsDir.
+	ContainerdConfig string `mapstructure:"containerd-config"`
 	// Pool is the node pool this agent serves ("" for the default
 	// DaemonSet); it names the agent to another one met on the same node.
 	Pool string `mapstructure:"pool"`
@@ -109,6 +115,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.String("metrics-addr", DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; 0 disables")
 	fs.String("install-credential-provider", "", "node folder to install the kubelet credential-provider plugin into (as "+ProviderBinary+"); empty: not installed")
 	fs.String("containerd-certs-dir", "", "containerd's hosts folder (its config_path, such as /etc/containerd/certs.d): the registries of Secrets annotated nodecreds.io/runtime-auth=true get an Authorization header in its hosts.toml files; empty: off")
+	fs.String("containerd-config", DefaultContainerdConfig, "containerd's configuration file, read (with its imports) to say when containerd will not use the hosts.toml headers; only with --containerd-certs-dir")
 	fs.String("pool", "", "the node pool this agent serves (the chart sets it per DaemonSet); named when another agent meets this one on a node")
 	LogFlags(fs)
 }
@@ -191,7 +198,7 @@ func (c Sync) Validate() error {
 		errs = append(errs, validateNodePaths("--install-credential-provider", []string{c.InstallProvider}))
 	}
 	if c.ContainerdCertsDir != "" {
-		errs = append(errs, validateCertsDir(c.ContainerdCertsDir))
+		errs = append(errs, validateCertsDir(c.ContainerdCertsDir), validateNodePaths("--containerd-config", []string{c.ContainerdConfig}))
 	}
 	if c.Pool != "" && !poolName.MatchString(c.Pool) {
 		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))

@@ -48,6 +48,9 @@ type SyncStatus struct {
 	// Sources are the applied sources as name@revision (source.Versions).
 	Sources string
 	OK      bool
+	// Warn: OK, but something for the operator to fix (Reason says what);
+	// told by a Warning Event as a failure is.
+	Warn    bool
 	Reason  string // CamelCase, for the condition
 	Message string
 	Changed bool
@@ -271,10 +274,10 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 			return err
 		}
 	}
-	if !st.OK && n.lastEvent != msg {
+	if (!st.OK || st.Warn) && n.lastEvent != msg {
 		n.recorder.Event(ref, corev1.EventTypeWarning, st.Reason, msg)
 	}
-	if st.OK {
+	if st.OK && !st.Warn {
 		n.lastEvent = ""
 	} else {
 		n.lastEvent = msg

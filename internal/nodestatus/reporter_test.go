@@ -76,6 +76,40 @@ func TestNodePush(t *testing.T) {
 	}
 }
 
+// TestWarningOfASyncedNode: a sync that is fine but leaves the operator
+// something to fix (containerd will not use the headers) keeps the
+// condition True with that reason, removes the startup taint (the files
+// are in place), and is told once by a Warning Event.
+func TestWarningOfASyncedNode(t *testing.T) {
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+		Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: StartupTaintKey, Effect: corev1.TaintEffectNoSchedule}}}})
+	rec := record.NewFakeRecorder(20)
+	n := NewNodeReporter(kubetest.FromClientset(client), "n1", rec, logrus.NewEntry(logrus.New()))
+	ctx := t.Context()
+	st := SyncStatus{Revision: "r1", OK: true, Warn: true, Reason: "ConfigPathMultipleFolders", Message: "containerd may not use the hosts.toml headers: ..."}
+	for range 2 {
+		if err := n.push(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	node, _ := client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+	if cond := findCond(node); cond == nil || cond.Status != corev1.ConditionTrue || cond.Reason != st.Reason {
+		t.Errorf("condition = %+v", cond)
+	}
+	if len(node.Spec.Taints) != 0 {
+		t.Errorf("the startup taint stays: %v", node.Spec.Taints)
+	}
+	var warnings []string
+	for len(rec.Events) > 0 {
+		if ev := <-rec.Events; strings.HasPrefix(ev, "Warning") {
+			warnings = append(warnings, ev)
+		}
+	}
+	if len(warnings) != 1 || !strings.HasPrefix(warnings[0], "Warning ConfigPathMultipleFolders") {
+		t.Errorf("warning events %q, want one", warnings)
+	}
+}
+
 func findCond(n *corev1.Node) *corev1.NodeCondition {
 	for i := range n.Status.Conditions {
 		if n.Status.Conditions[i].Type == ConditionType {

@@ -205,6 +205,13 @@ fails the install naming the fix. */}}
 {{- end -}}
 {{- with .Values.runtimeAuth.containerdCertsDir -}}
 {{- include "nodecreds.checkFolder" (list "runtimeAuth.containerdCertsDir" . false) -}}
+{{- $config := toString $.Values.runtimeAuth.containerdConfig -}}
+{{- if or (not (isAbs $config)) (not (regexMatch `^[A-Za-z0-9._+@/-]+$` $config)) -}}
+{{- fail (printf "runtimeAuth.containerdConfig: %q must be an absolute node path of letters, digits and . _ + @ / - only" $config) -}}
+{{- end -}}
+{{- if has (dir (clean $config)) (list "/" "/etc" "/var" "/var/lib" "/usr" "/opt" "/root" "/run" "/home") -}}
+{{- fail (printf "runtimeAuth.containerdConfig: %q: the chart mounts its folder %s read-only into the agent, and that is the root or a system folder; use containerd's own folder (/etc/containerd/config.toml)" $config (dir (clean $config))) -}}
+{{- end -}}
 {{- end -}}
 {{- /* Values written into the Pod spec as they are: nothing but what
 they name (no line break could add a field). */ -}}

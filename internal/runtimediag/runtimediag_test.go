@@ -1,0 +1,138 @@
+package runtimediag
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nodecreds/nodecreds/internal/containerdconf"
+	"github.com/nodecreds/nodecreds/internal/runtimeauth"
+	"github.com/nodecreds/nodecreds/internal/testsupport"
+)
+
+func TestSchemeOf(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		want string
+	}{
+		{[]string{`Basic realm="Registry Realm"`}, "basic"},
+		{[]string{`BEARER realm="https://auth.test/token",service="r"`}, "bearer"},
+		{[]string{"", `Bearer realm="x"`}, "bearer"},
+		{[]string{`Negotiate`}, "other"},
+		// The registry's own text never comes back, whatever it is.
+		{[]string{`sEcReT-pw realm="x"`}, "other"},
+		{nil, "other"},
+	} {
+		if got := SchemeOf(tc.in); got != tc.want {
+			t.Errorf("SchemeOf(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// registry answers /v2/ as a registry with the given challenge would
+// ("" for none: 200), on 127.0.0.1, and fails the test on any request
+// carrying credentials.
+func registry(t *testing.T, challenge string) runtimeauth.Registry {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			t.Errorf("the challenge was asked with credentials")
+		}
+		if challenge == "" {
+			return
+		}
+		w.Header().Set("WWW-Authenticate", challenge)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	t.Cleanup(srv.Close)
+	return runtimeauth.Registry{Host: strings.TrimPrefix(srv.URL, "http://"), Scheme: "http", PlainHTTP: true}
+}
+
+// goodConfig is a containerd configuration that reads dir's hosts.toml.
+func goodConfig(t *testing.T, root, dir string) {
+	testsupport.WriteFile(t, filepath.Join(root, "etc/containerd/config.toml"),
+		"version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \""+dir+"\"\n", 0o600)
+}
+
+func TestProblems(t *testing.T) {
+	const certs = "/etc/containerd/certs.d"
+	for _, tc := range []struct {
+		name      string
+		version   string
+		config    func(t *testing.T, root string)
+		challenge string
+		want      []string // the reasons, in order
+	}{
+		{"all well on 1.6 with a Basic registry", "containerd://1.6.20", func(t *testing.T, root string) { goodConfig(t, root, certs) }, `Basic realm="r"`, nil},
+		{"a Bearer registry on 1.6", "containerd://1.6.20", func(t *testing.T, root string) { goodConfig(t, root, certs) }, `Bearer realm="x"`, []string{containerdconf.ReasonBearerNeedsContainerd21}},
+		{"a Bearer registry on 2.1", "containerd://v2.1.4", func(t *testing.T, root string) { goodConfig(t, root, certs) }, `Bearer realm="x"`, nil},
+		{"a challenge neither Basic nor Bearer", "containerd://2.2.0", func(t *testing.T, root string) { goodConfig(t, root, certs) }, `Negotiate`, []string{containerdconf.ReasonChallengeNotBasic}},
+		{"no challenge at all", "containerd://1.6.20", func(t *testing.T, root string) { goodConfig(t, root, certs) }, "", nil},
+		{"two folders on 2.2 (containerd #12808)", "containerd://2.2.1", func(t *testing.T, root string) {
+			goodConfig(t, root, certs+":/etc/docker/certs.d")
+		}, `Basic realm="r"`, []string{containerdconf.ReasonConfigPathMultipleFolders}},
+		// containerd then runs with its defaults: no config_path on 1.x.
+		{"no configuration file", "containerd://1.6.20", func(*testing.T, string) {}, `Basic realm="r"`, []string{containerdconf.ReasonConfigPathUnset}},
+		{"a configuration that does not parse", "containerd://1.6.20", func(t *testing.T, root string) {
+			testsupport.WriteFile(t, filepath.Join(root, "etc/containerd/config.toml"), "version = 2\n[plugins\n", 0o600)
+		}, `Basic realm="r"`, []string{"ContainerdConfigUnreadable"}},
+		{"CRI-O", "cri-o://1.31.0", func(t *testing.T, root string) { goodConfig(t, root, certs) }, `Basic realm="r"`, []string{"RuntimeNotContainerd"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			tc.config(t, root)
+			reg := registry(t, tc.challenge)
+			d := New(root, "/etc/containerd/config.toml", certs, tc.version)
+			go func() { _ = d.Run(t.Context()) }()
+			// The first answer does not wait for the registry; the
+			// challenge, once learnt, is told by Changed.
+			d.Problems([]runtimeauth.Registry{reg})
+			if tc.version != "cri-o://1.31.0" {
+				select {
+				case <-d.Changed():
+				case <-time.After(10 * time.Second):
+					t.Fatal("the challenge was never learnt")
+				}
+			}
+			var got []string
+			for _, p := range d.Problems([]runtimeauth.Registry{reg}) {
+				got = append(got, p.Reason)
+				if p.Message == "" || p.Fix == "" {
+					t.Errorf("%s without its message or fix: %+v", p.Reason, p)
+				}
+			}
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Errorf("problems %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestUnreachableRegistryIsNotAProblem: a registry that cannot be reached
+// says nothing about the header; it is asked again later, not at every sync.
+func TestUnreachableRegistryIsNotAProblem(t *testing.T) {
+	root := t.TempDir()
+	goodConfig(t, root, "/etc/containerd/certs.d")
+	srv := httptest.NewServer(http.NotFoundHandler())
+	host := strings.TrimPrefix(srv.URL, "http://")
+	srv.Close() // nothing listens there now
+	reg := runtimeauth.Registry{Host: host, Scheme: "http", PlainHTTP: true}
+	d := New(root, "/etc/containerd/config.toml", "/etc/containerd/certs.d", "containerd://1.6.20")
+	d.Problems([]runtimeauth.Registry{reg})
+	key := <-d.queue
+	if _, err := d.ask(t.Context(), key); err == nil {
+		t.Fatal("a closed port answered")
+	}
+	d.challenges[key] = challenge{failed: time.Now()}
+	if ps := d.Problems([]runtimeauth.Registry{reg}); len(ps) != 0 {
+		t.Errorf("problems for an unreachable registry: %+v", ps)
+	}
+	select {
+	case k := <-d.queue:
+		t.Errorf("%s asked again at once", k)
+	default:
+	}
+}
