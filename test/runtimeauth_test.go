@@ -136,3 +136,34 @@ func TestRuntimeAuthHostsTOML(t *testing.T) {
 		assertNoSecrets(t, where, text, pass1, pass2, testsupport.B64("robot:"+pass1), testsupport.B64("robot:"+pass2))
 	}
 }
+
+// TestRuntimeAuthBootstrapOnce: a node's first sandbox needs the header
+// before any Pod can start, so the bootstrap seeds it with `sync --once`
+// from a mounted Secret's folder (the flag is the opt-in: a folder has no
+// annotations); cleanup then removes it.
+func TestRuntimeAuthBootstrapOnce(t *testing.T) {
+	const (
+		certsDir = "/etc/containerd/certs.d"
+		pass     = "bootCanary9Wv"
+	)
+	root := t.TempDir()
+	sec := newSecretDir(t, ".dockerconfigjson", dockerconfigjson(t, map[string]string{"pause.example.test": "robot:" + pass}))
+	stdout, stderr, code := run(t, "sync", "--once", "--source", "dir", "--secret-dir", sec.dir, "--host-root", root,
+		"--containerd-certs-dir", certsDir, "--metrics-addr", "0", "--log-format", "text", "--log-level", "debug")
+	if code != 0 {
+		t.Fatalf("sync --once exit %d: %s", code, stderr)
+	}
+	own := filepath.Join(root, certsDir, "pause.example.test", "hosts.toml")
+	want := `Authorization = "Basic ` + testsupport.B64("robot:"+pass) + `"`
+	if got := string(testsupport.ReadFile(t, own)); !strings.Contains(got, want) || !strings.Contains(got, `server = "https://pause.example.test"`) {
+		t.Errorf("the bootstrap did not seed the header:\n%s", got)
+	}
+	out2, err2, code := run(t, "cleanup", "--host-root", root, "--log-format", "text")
+	if code != 0 {
+		t.Fatalf("cleanup exit %d: %s", code, err2)
+	}
+	if _, err := os.Lstat(own); err == nil {
+		t.Error("cleanup left the hosts.toml the bootstrap created")
+	}
+	assertNoSecrets(t, "sync --once and cleanup output", stdout+stderr+out2+err2, pass, testsupport.B64("robot:"+pass))
+}

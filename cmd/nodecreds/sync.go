@@ -73,7 +73,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 	)
 	switch cfg.Source { // one of these two: config.Sync.Validate refuses any other
 	case config.SourceDir:
-		p.src = source.NewDir(cfg.SecretDirs, log.WithField("component", "source"))
+		p.src = source.NewDir(cfg.SecretDirs, cfg.ContainerdCertsDir != "", log.WithField("component", "source"))
 	case config.SourceSecret:
 		routeKlog(log)
 		var err error

@@ -32,11 +32,16 @@ type Dir struct {
 	retry    time.Duration
 	watch    atomic.Pointer[filewatch.Watch]
 	relevant map[string]bool // names whose events may change what a folder holds
+	// runtimeAuth: every folder opts in to containerd's hosts.toml
+	// headers. A mounted Secret carries no annotations, so with folders
+	// the operator's flag (--containerd-certs-dir) is the opt-in.
+	runtimeAuth bool
 }
 
-// NewDir returns a source over dirs, in precedence order.
-func NewDir(dirs []string, log *logrus.Entry) *Dir {
-	d := &Dir{dirs: dirs, log: log, changed: make(chan struct{}, 1), swapped: make(chan struct{}, 1), retry: 2 * time.Second, relevant: map[string]bool{}}
+// NewDir returns a source over dirs, in precedence order; runtimeAuth
+// opts every folder in to containerd's hosts.toml headers.
+func NewDir(dirs []string, runtimeAuth bool, log *logrus.Entry) *Dir {
+	d := &Dir{dirs: dirs, log: log, runtimeAuth: runtimeAuth, changed: make(chan struct{}, 1), swapped: make(chan struct{}, 1), retry: 2 * time.Second, relevant: map[string]bool{}}
 	for _, dir := range dirs {
 		dir = filepath.Clean(dir) // as the watch names its events
 		for _, name := range []string{dir, filepath.Join(dir, "..data"), filepath.Join(dir, dockercfg.KeyConfigJSON), filepath.Join(dir, dockercfg.KeyLegacy)} {
@@ -67,6 +72,7 @@ func (d *Dir) Snapshots() []Snapshot {
 	out := make([]Snapshot, len(d.dirs))
 	for i, dir := range d.dirs {
 		out[i] = readDir(dir)
+		out[i].RuntimeAuth = d.runtimeAuth
 	}
 	return out
 }

@@ -96,7 +96,7 @@ func TestDirNotifiesOnDataSwap(t *testing.T) {
 	if err := os.Symlink("..a", filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	d := NewDir([]string{dir}, logrus.NewEntry(logrus.New()))
+	d := NewDir([]string{dir}, false, logrus.NewEntry(logrus.New()))
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
