@@ -78,7 +78,7 @@ func TestLoad(t *testing.T) {
 	}, {
 		name: "imports: relative, globs in order, later file wins per key, each file once",
 		files: map[string]string{
-			mainPath: "version = 2\nimports = [\"conf.d/*.toml\", \"extra.toml\", \"/etc/containerd/conf.d/10-a.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"main\"\n",
+			mainPath:                           "version = 2\nimports = [\"conf.d/*.toml\", \"extra.toml\", \"/etc/containerd/conf.d/10-a.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"main\"\n",
 			"/etc/containerd/conf.d/10-a.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/a\"\n",
 			"/etc/containerd/conf.d/20-b.toml": "version = 3\nimports = [\"../config.toml\"]\n[plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"/b\"\n",
 			"/etc/containerd/conf.d/30-c.conf": "not toml at all [",
