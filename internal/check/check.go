@@ -19,6 +19,9 @@ type Options struct {
 	Registries     []string
 	// Prober, when set, logs in to each matched registry.
 	Prober Prober
+	// Runtime, when set, also answers for containerd's own pulls (its
+	// hosts.toml headers).
+	Runtime *RuntimeOptions
 }
 
 // Prober logs in to a registry with a credential.
@@ -66,6 +69,8 @@ type Report struct {
 	File     string   `json:"file"`
 	Results  []Result `json:"results"`
 	Warnings []string `json:"warnings"`
+	// Runtime is there with --runtime.
+	Runtime *RuntimeReport `json:"runtime,omitempty"`
 }
 
 // Run resolves credentials for every image and registry as the kubelet
@@ -90,6 +95,11 @@ func Run(ctx context.Context, o Options) Report {
 		res, ok, warnings := l.resolve(ctx, r)
 		rep.Results = append(rep.Results, res)
 		rep.Warnings = append(rep.Warnings, warnings...)
+		rep.OK = rep.OK && ok
+	}
+	if o.Runtime != nil {
+		var ok bool
+		rep.Runtime, ok = runRuntime(ctx, o)
 		rep.OK = rep.OK && ok
 	}
 	return rep
@@ -337,6 +347,9 @@ func (r Report) WriteTable(w io.Writer) error {
 	}
 	for _, warn := range r.Warnings {
 		fmt.Fprintf(tw, "warning: %s\n", warn)
+	}
+	if r.Runtime != nil {
+		r.Runtime.writeTable(tw)
 	}
 	if r.OK {
 		fmt.Fprintln(tw, "\nOK")
