@@ -322,20 +322,7 @@ func (r Report) WriteTable(w io.Writer) error {
 		}
 		line := []string{res.Ref, found, orDash(entry), orDash(res.Username)}
 		if probe {
-			switch {
-			case res.Probe == nil:
-				line = append(line, "-")
-			case res.Probe.OK && res.Probe.Anonymous:
-				line = append(line, fmt.Sprintf("ok (%d) without credentials: not verified", res.Probe.Status))
-			case res.Probe.OK:
-				line = append(line, fmt.Sprintf("ok (%d)", res.Probe.Status))
-			case res.Probe.NotSent:
-				line = append(line, res.Probe.Error)
-			case res.Probe.Status == 0:
-				line = append(line, "failed: "+res.Probe.Error)
-			default:
-				line = append(line, fmt.Sprintf("failed (%d) %s", res.Probe.Status, res.Probe.Error))
-			}
+			line = append(line, probeText(res.Probe))
 		}
 		if res.Error != "" && res.Found {
 			line = append(line, res.Error)
@@ -357,6 +344,23 @@ func (r Report) WriteTable(w io.Writer) error {
 		fmt.Fprintln(tw, "\nNOT OK")
 	}
 	return tw.Flush()
+}
+
+// probeText is the PROBE column.
+func probeText(p *ProbeResult) string {
+	switch {
+	case p == nil:
+		return "-"
+	case p.OK && p.Anonymous:
+		return fmt.Sprintf("ok (%d) without credentials: not verified", p.Status)
+	case p.OK:
+		return fmt.Sprintf("ok (%d)", p.Status)
+	case p.NotSent:
+		return p.Error
+	case p.Status == 0:
+		return "failed: " + p.Error
+	}
+	return fmt.Sprintf("failed (%d) %s", p.Status, p.Error)
 }
 
 func orDash(s string) string {
