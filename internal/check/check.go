@@ -19,6 +19,9 @@ type Options struct {
 	Registries     []string
 	// Prober, when set, logs in to each matched registry.
 	Prober Prober
+	// Runtime, when set, also answers for containerd's own pulls (its
+	// hosts.toml headers).
+	Runtime *RuntimeOptions
 }
 
 // Prober logs in to a registry with a credential.
@@ -66,6 +69,8 @@ type Report struct {
 	File     string   `json:"file"`
 	Results  []Result `json:"results"`
 	Warnings []string `json:"warnings"`
+	// Runtime is there with --runtime.
+	Runtime *RuntimeReport `json:"runtime,omitempty"`
 }
 
 // Run resolves credentials for every image and registry as the kubelet
@@ -90,6 +95,11 @@ func Run(ctx context.Context, o Options) Report {
 		res, ok, warnings := l.resolve(ctx, r)
 		rep.Results = append(rep.Results, res)
 		rep.Warnings = append(rep.Warnings, warnings...)
+		rep.OK = rep.OK && ok
+	}
+	if o.Runtime != nil {
+		var ok bool
+		rep.Runtime, ok = runRuntime(ctx, o)
 		rep.OK = rep.OK && ok
 	}
 	return rep
@@ -312,20 +322,7 @@ func (r Report) WriteTable(w io.Writer) error {
 		}
 		line := []string{res.Ref, found, orDash(entry), orDash(res.Username)}
 		if probe {
-			switch {
-			case res.Probe == nil:
-				line = append(line, "-")
-			case res.Probe.OK && res.Probe.Anonymous:
-				line = append(line, fmt.Sprintf("ok (%d) without credentials: not verified", res.Probe.Status))
-			case res.Probe.OK:
-				line = append(line, fmt.Sprintf("ok (%d)", res.Probe.Status))
-			case res.Probe.NotSent:
-				line = append(line, res.Probe.Error)
-			case res.Probe.Status == 0:
-				line = append(line, "failed: "+res.Probe.Error)
-			default:
-				line = append(line, fmt.Sprintf("failed (%d) %s", res.Probe.Status, res.Probe.Error))
-			}
+			line = append(line, probeText(res.Probe))
 		}
 		if res.Error != "" && res.Found {
 			line = append(line, res.Error)
@@ -338,12 +335,32 @@ func (r Report) WriteTable(w io.Writer) error {
 	for _, warn := range r.Warnings {
 		fmt.Fprintf(tw, "warning: %s\n", warn)
 	}
+	if r.Runtime != nil {
+		r.Runtime.writeTable(tw)
+	}
 	if r.OK {
 		fmt.Fprintln(tw, "\nOK")
 	} else {
 		fmt.Fprintln(tw, "\nNOT OK")
 	}
 	return tw.Flush()
+}
+
+// probeText is the PROBE column.
+func probeText(p *ProbeResult) string {
+	switch {
+	case p == nil:
+		return "-"
+	case p.OK && p.Anonymous:
+		return fmt.Sprintf("ok (%d) without credentials: not verified", p.Status)
+	case p.OK:
+		return fmt.Sprintf("ok (%d)", p.Status)
+	case p.NotSent:
+		return p.Error
+	case p.Status == 0:
+		return "failed: " + p.Error
+	}
+	return fmt.Sprintf("failed (%d) %s", p.Status, p.Error)
 }
 
 func orDash(s string) string {

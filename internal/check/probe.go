@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -156,4 +157,53 @@ func (p RegistryProber) probe(ctx context.Context, registry, repository string, 
 		return classify(err, pin.Facts())
 	}
 	return ProbeResult{OK: true, Status: resp.StatusCode, Anonymous: pin.Facts().anonymous}
+}
+
+// Challenge asks host's /v2/ over scheme ("https" or "http"), sending no
+// credential and following no redirect, how it challenges: "basic",
+// "bearer", "other", or "" when it let the request in. errDesc is one of
+// the fixed descriptions when there is no answer to read (the same
+// transports as Probe: plain HTTP only to loopback and private addresses).
+func (p RegistryProber) Challenge(ctx context.Context, scheme, host string) (challenge string, status int, errDesc string) {
+	fallbackRoots()
+	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	defer cancel()
+	tlsT, plainT := p.transports()
+	defer tlsT.CloseIdleConnections()
+	defer plainT.CloseIdleConnections()
+	var rt http.RoundTripper = tlsT
+	switch scheme {
+	case "https":
+	case "http":
+		rt = plainT
+	default:
+		return "", 0, descBadHost
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, (&url.URL{Scheme: scheme, Host: host, Path: "/v2/"}).String(), nil)
+	if err != nil {
+		return "", 0, descBadHost
+	}
+	client := &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", 0, classify(err, facts{}).Error
+	}
+	defer resp.Body.Close()
+	return challengeScheme(resp), resp.StatusCode, ""
+}
+
+// challengeScheme is the scheme of a 401's challenge, named from a fixed
+// set ("" for an answer that is no challenge).
+func challengeScheme(resp *http.Response) string {
+	if resp.StatusCode != http.StatusUnauthorized {
+		return ""
+	}
+	scheme, _, _ := strings.Cut(strings.TrimSpace(resp.Header.Get("WWW-Authenticate")), " ")
+	switch strings.ToLower(scheme) {
+	case "basic":
+		return "basic"
+	case "bearer":
+		return "bearer"
+	}
+	return "other"
 }

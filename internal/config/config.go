@@ -428,8 +428,19 @@ type Check struct {
 	Probe          bool          `mapstructure:"probe"`
 	Timeout        time.Duration `mapstructure:"timeout"`
 	Output         string        `mapstructure:"output"`
-	Log            `mapstructure:",squash"`
+	// Runtime: "containerd" also answers for containerd's own pulls.
+	Runtime            string `mapstructure:"runtime"`
+	RuntimeVersion     string `mapstructure:"runtime-version"`
+	ContainerdCertsDir string `mapstructure:"containerd-certs-dir"`
+	ContainerdConfig   string `mapstructure:"containerd-config"`
+	StateDir           string `mapstructure:"state-dir"`
+	Sandbox            bool   `mapstructure:"sandbox"`
+	Log                `mapstructure:",squash"`
 }
+
+// DefaultContainerdCertsDir is check's default for containerd's hosts
+// folder (sync's runtime target stays off unless given one).
+const DefaultContainerdCertsDir = "/etc/containerd/certs.d"
 
 // CheckFlags registers the check command's flags.
 func CheckFlags(fs *pflag.FlagSet) {
@@ -440,6 +451,12 @@ func CheckFlags(fs *pflag.FlagSet) {
 	fs.StringSlice("registry", nil, "registries to check (host[:port])")
 	fs.Bool("probe", false, "log in to each registry's /v2/ with the credentials found")
 	fs.Duration("timeout", 10*time.Second, "time limit of each --probe login (alias --probe-timeout)")
+	fs.String("runtime", "", "also answer for the container runtime's own pulls: containerd (the hosts.toml header each host it tries gets)")
+	fs.String("runtime-version", "", "with --runtime: the Node's status.nodeInfo.containerRuntimeVersion (containerd://2.1.4, or 2.1.4); empty: the checks that need it are not made")
+	fs.String("containerd-certs-dir", DefaultContainerdCertsDir, "with --runtime: the folder nodecreds writes hosts.toml into (sync --containerd-certs-dir)")
+	fs.String("containerd-config", DefaultContainerdConfig, "with --runtime: containerd's configuration file (its imports are followed)")
+	fs.String("state-dir", DefaultStateDir, "with --runtime: nodecreds' state folder, whose records tell the headers it wrote")
+	fs.Bool("sandbox", false, "with --runtime: also check the sandbox (pause) image containerd's configuration names, or its default")
 	outputFlag(fs)
 	LogFlags(fs)
 	aliases(fs, map[string]string{"probe-timeout": "timeout"})
@@ -466,14 +483,33 @@ func LoadCheck(fs *pflag.FlagSet) (Check, error) {
 	}
 	absRoot(&c.HostRoot)
 	errs := []error{validateRoot(c.HostRoot), validateNodePaths("--kubelet-root-dir", []string{c.KubeletRootDir}), c.Log.Validate()}
-	if len(c.Images) == 0 && len(c.Registries) == 0 {
-		errs = append(errs, usagef("give at least one --image or --registry"))
+	if len(c.Images) == 0 && len(c.Registries) == 0 && !(c.Sandbox && c.Runtime != "") {
+		errs = append(errs, usagef("give at least one --image or --registry (or --runtime containerd --sandbox)"))
 	}
+	errs = append(errs, validateCheckRuntime(c))
 	errs = append(errs, validateOutput(c.Output))
 	if c.Timeout <= 0 {
 		errs = append(errs, usagef("--timeout %s: must be positive", c.Timeout))
 	}
 	return c, errors.Join(errs...)
+}
+
+// validateCheckRuntime checks check's runtime flags.
+func validateCheckRuntime(c Check) error {
+	switch c.Runtime {
+	case "":
+		if c.Sandbox {
+			return usagef("--sandbox needs --runtime containerd")
+		}
+		return nil
+	case "containerd":
+	default:
+		return usagef("--runtime %q: only containerd is checked (CRI-O reads the kubelet's config.json through global_auth_file: check without --runtime)", c.Runtime)
+	}
+	return errors.Join(
+		validateNodePaths("--containerd-certs-dir", []string{c.ContainerdCertsDir}),
+		validateNodePaths("--containerd-config", []string{c.ContainerdConfig}),
+		validateNodePaths("--state-dir", []string{c.StateDir}))
 }
 
 // Status is `nodecreds status`'s configuration.

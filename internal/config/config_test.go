@@ -186,6 +186,34 @@ func TestLoadCheck(t *testing.T) {
 	}
 }
 
+func TestLoadCheckRuntime(t *testing.T) {
+	tests := []struct {
+		args  []string
+		usage bool
+	}{
+		{[]string{"--runtime", "containerd", "--sandbox"}, false},
+		{[]string{"--runtime", "containerd", "--image", "a/b", "--containerd-certs-dir", "/srv/certs.d", "--runtime-version", "containerd://2.1.0"}, false},
+		{[]string{"--sandbox", "--image", "a/b"}, true},
+		{[]string{"--runtime", "cri-o", "--image", "a/b"}, true},
+		{[]string{"--runtime", "containerd", "--image", "a/b", "--containerd-config", "etc/containerd/config.toml"}, true},
+		{[]string{"--runtime", "containerd"}, true},
+	}
+	for _, tt := range tests {
+		fs := pflag.NewFlagSet("check", pflag.ContinueOnError)
+		CheckFlags(fs)
+		if err := fs.Parse(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		c, err := LoadCheck(fs)
+		if got := errors.Is(err, ErrUsage); got != tt.usage {
+			t.Errorf("check %v: %v, want usage error %v", tt.args, err, tt.usage)
+		}
+		if err == nil && (c.ContainerdConfig != DefaultContainerdConfig || c.StateDir != DefaultStateDir) {
+			t.Errorf("check %v: defaults %+v", tt.args, c)
+		}
+	}
+}
+
 func providerFlags(t *testing.T, args ...string) *pflag.FlagSet {
 	t.Helper()
 	fs := pflag.NewFlagSet("credential-provider", pflag.ContinueOnError)

@@ -83,7 +83,7 @@ type Config struct {
 	ConfigPaths   []string
 	ConfigPathSet bool
 	// LegacyRegistry: registry.mirrors, configs or auths are set (the
-	// deprecated inline registry configuration).
+	// inline registry configuration containerd deprecated).
 	LegacyRegistry bool
 	// LocalPull: use_local_image_pull = true, or an option for which
 	// containerd's CheckLocalImagePullConfigs falls back to it.

@@ -146,7 +146,7 @@ func (d diagnosis) unknown(what string) Problem {
 	return Problem{
 		Reason:  ReasonRuntimeVersionUnknown,
 		Message: fmt.Sprintf("The container runtime's version is not known (containerd's is read from the Node's status.nodeInfo.containerRuntimeVersion), and %s: whether containerd reads the hosts.toml files was not checked.", what),
-		Fix:     capitalize(d.setPath()) + ", which every containerd release reads.",
+		Fix:     fmt.Sprintf("Set config_path = %q (one folder, which every containerd release reads) under %s in %s and restart containerd.", d.certsDir, d.table(), d.file()),
 	}
 }
 

@@ -175,3 +175,18 @@ func (e *Engine) migrateHostsTOML(sd *hostfs.Dir, recs *HostsTOMLRecords) error 
 	st.HostsTOML = nil
 	return saveState(sd, st, &e.memo)
 }
+
+// ReadHostsTOMLRecords reads the hosts.toml records in the state folder
+// stateDir (a node path) for a report (`nodecreds check`), without the
+// state lock and without writing: a missing folder or file is no records.
+func ReadHostsTOMLRecords(root *hostfs.Root, stateDir string) (map[string]hoststoml.Record, error) {
+	d, err := root.OpenDir(stateDir, false, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return map[string]hoststoml.Record{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return loadHostsTOML(d)
+}

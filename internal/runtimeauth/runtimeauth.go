@@ -326,16 +326,8 @@ func route(dir *hostfs.Dir, dirPath string, r Registry) (folder string, create b
 }
 
 // spellings are the folder names containerd tries for a registry before
-// _default, as hostPaths does (1.6.20 and 2.4): hostDirectory's form first
-// when it differs, then the name itself. hostDirectory cuts at the last
-// ':' whatever comes before it, so an IPv6 literal without a port has one
-// too ("[2001:db8::5]" → "[2001:db8:_5]_").
-func spellings(folder string) []string {
-	if i := strings.LastIndex(folder, ":"); i > 0 {
-		return []string{folder[:i] + "_" + folder[i+1:] + "_", folder}
-	}
-	return []string{folder}
-}
+// _default (hoststoml.Spellings).
+func spellings(folder string) []string { return hoststoml.Spellings(folder) }
 
 // syncFile brings one file in line: what nodecreds changed before and is
 // still there is put back (hoststoml.Restore) and the headers merged again
