@@ -9,14 +9,13 @@ package runtimediag
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nodecreds/nodecreds/internal/check"
 	"github.com/nodecreds/nodecreds/internal/containerdconf"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 	"github.com/nodecreds/nodecreds/internal/runtimeauth"
@@ -34,7 +33,7 @@ type Diagnosis struct {
 	runtime                    string
 	version                    containerdconf.Version
 	versionKnown               bool
-	client                     *http.Client
+	prober                     check.RegistryProber
 
 	mu         sync.Mutex
 	challenges map[string]challenge // by registry URL (scheme://host)
@@ -54,27 +53,9 @@ type challenge struct {
 func New(hostRoot, config, certsDir, runtimeVersion string) *Diagnosis {
 	d := &Diagnosis{hostRoot: hostRoot, config: config, certsDir: certsDir,
 		challenges: map[string]challenge{}, queue: make(chan string, 64), changed: make(chan struct{}, 1),
-		client: &http.Client{
-			Timeout:       10 * time.Second,
-			Transport:     challengeTransport(),
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}}
+		prober: check.RegistryProber{Timeout: 10 * time.Second}}
 	d.runtime, d.version, d.versionKnown = containerdconf.RuntimeVersion(runtimeVersion)
 	return d
-}
-
-// challengeTransport sends no credential anywhere (the challenge is asked
-// anonymously); an HTTPS request may go through the environment's proxy,
-// a plain one never does, as with check --probe.
-func challengeTransport() *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.Proxy = func(req *http.Request) (*url.URL, error) {
-		if req.URL.Scheme != "https" {
-			return nil, nil
-		}
-		return http.ProxyFromEnvironment(req)
-	}
-	return t
 }
 
 // Changed fires when a challenge became known: the agent reports again.
@@ -172,42 +153,20 @@ func (d *Diagnosis) Run(ctx context.Context) error {
 	}
 }
 
-// ask GETs the registry's /v2/ with no credentials and returns the scheme
-// of its challenge: "none" when it asks for none, a scheme's name in lower
-// case otherwise. Nothing else of the answer is kept: its text is the
-// registry's.
+// ask learns the registry's challenge through check's prober (the same
+// transports as check --probe; no credential sent, no redirect followed):
+// "none" when it asks for no login, else "basic", "bearer" or "other" —
+// never the registry's own text.
 func (d *Diagnosis) ask(ctx context.Context, registry string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, registry+"/v2/", http.NoBody)
-	if err != nil {
-		return "", err
-	}
-	resp, err := d.client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // reuse the connection; the body means nothing here
-	if resp.StatusCode != http.StatusUnauthorized {
-		if resp.StatusCode >= 500 {
-			return "", fmt.Errorf("status %d", resp.StatusCode)
-		}
+	scheme, host, _ := strings.Cut(registry, "://")
+	challenge, status, errDesc := d.prober.Challenge(ctx, scheme, host)
+	switch {
+	case errDesc != "":
+		return "", errors.New(errDesc)
+	case status >= 500:
+		return "", fmt.Errorf("status %d", status)
+	case challenge == "":
 		return "none", nil
 	}
-	return SchemeOf(resp.Header.Values("WWW-Authenticate")), nil
-}
-
-// SchemeOf is the scheme of the first challenge: "basic", "bearer", or
-// "other" (never the registry's own text, which could be anything).
-func SchemeOf(challenges []string) string {
-	for _, c := range challenges {
-		scheme, _, _ := strings.Cut(strings.TrimSpace(c), " ")
-		switch s := strings.ToLower(scheme); s {
-		case "basic", "bearer":
-			return s
-		case "":
-			continue
-		}
-		return "other"
-	}
-	return "other"
+	return challenge, nil
 }

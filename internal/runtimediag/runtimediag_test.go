@@ -13,25 +13,6 @@ import (
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
-func TestSchemeOf(t *testing.T) {
-	for _, tc := range []struct {
-		in   []string
-		want string
-	}{
-		{[]string{`Basic realm="Registry Realm"`}, "basic"},
-		{[]string{`BEARER realm="https://auth.test/token",service="r"`}, "bearer"},
-		{[]string{"", `Bearer realm="x"`}, "bearer"},
-		{[]string{`Negotiate`}, "other"},
-		// The registry's own text never comes back, whatever it is.
-		{[]string{`sEcReT-pw realm="x"`}, "other"},
-		{nil, "other"},
-	} {
-		if got := SchemeOf(tc.in); got != tc.want {
-			t.Errorf("SchemeOf(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
-
 // registry answers /v2/ as a registry with the given challenge would
 // ("" for none: 200), on 127.0.0.1, and fails the test on any request
 // carrying credentials.
