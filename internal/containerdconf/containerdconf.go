@@ -65,6 +65,26 @@ const maxConfigSize = 1 << 20
 // maxFiles bounds the imports followed.
 const maxFiles = 256
 
+// maxImportEntries bounds the import entries and glob matches of one Load,
+// over all its files, and maxGlobFolders the folders its globs list: one
+// file of 1 MiB holds tens of thousands of entries, each a glob that can
+// match hundreds of files or fan out over every folder of the node, and
+// containerd's own configurations hold a handful.
+const (
+	maxImportEntries = 1024
+	maxGlobFolders   = 256
+)
+
+// budget is what is left of a Load's bounds.
+type budget struct{ entries, folders int }
+
+func (b *budget) entry(parent string) error {
+	if b.entries--; b.entries < 0 {
+		return fmt.Errorf("%w: more than %d imports (entries and the files their globs match) from %s and its imports", ErrImport, maxImportEntries, parent)
+	}
+	return nil
+}
+
 // ErrImport means an import could not be read.
 var ErrImport = errors.New("containerd configuration import")
 
@@ -105,7 +125,9 @@ func Load(root *hostfs.Root, path string) (Config, error) {
 		c       = Config{Path: path}
 		merged  = map[string]any{}
 		loaded  = map[string]bool{}
+		queued  = map[string]bool{path: true}
 		pending = []pendingFile{{path: path}}
+		left    = &budget{entries: maxImportEntries, folders: maxGlobFolders}
 	)
 	for len(pending) > 0 {
 		p := pending[0]
@@ -130,14 +152,17 @@ func Load(root *hostfs.Root, path string) (Config, error) {
 			c.Version = version
 		}
 		deepMerge(merged, imagesTable(doc, version))
-		imports, err := resolveImports(root, p.path, doc)
+		imports, err := resolveImports(root, p.path, doc, left)
 		if err != nil {
 			return Config{}, err
 		}
 		loaded[p.path] = true
 		c.Files = append(c.Files, p.path)
 		for _, i := range imports {
-			pending = append(pending, pendingFile{path: i, from: p.path})
+			if !queued[i] { // each path once, as containerd reads it
+				queued[i] = true
+				pending = append(pending, pendingFile{path: i, from: p.path})
+			}
 		}
 	}
 	c.fill(merged)
@@ -182,7 +207,7 @@ func versionOf(doc map[string]any) int {
 // resolveImports is containerd 2.x's resolveImports on node paths: each
 // cleaned, a relative one joined to the importing file's folder, one with
 // `*` globbed (in root).
-func resolveImports(root *hostfs.Root, parent string, doc map[string]any) ([]string, error) {
+func resolveImports(root *hostfs.Root, parent string, doc map[string]any, left *budget) ([]string, error) {
 	raw, ok := doc["imports"]
 	if !ok {
 		return nil, nil
@@ -197,6 +222,9 @@ func resolveImports(root *hostfs.Root, parent string, doc map[string]any) ([]str
 		if !ok {
 			return nil, fmt.Errorf("%w: imports in %s is not a list of paths", ErrImport, parent)
 		}
+		if err := left.entry(parent); err != nil {
+			return nil, err
+		}
 		p = filepath.Clean(p)
 		if !filepath.IsAbs(p) {
 			p = filepath.Join(filepath.Dir(parent), p)
@@ -205,9 +233,14 @@ func resolveImports(root *hostfs.Root, parent string, doc map[string]any) ([]str
 			out = append(out, p)
 			continue
 		}
-		matches, err := glob(root, p)
+		matches, err := glob(root, p, left)
 		if err != nil {
 			return nil, fmt.Errorf("%w: import %q in %s: %w", ErrImport, p, parent, err)
+		}
+		for range matches {
+			if err := left.entry(parent); err != nil {
+				return nil, err
+			}
 		}
 		out = append(out, matches...)
 	}
@@ -324,7 +357,7 @@ func localPullBecause(images, reg map[string]any) string {
 // glob is filepath.Glob on a node path holding a pattern, under root: folders are listed
 // through hostfs, and a folder that cannot be opened matches nothing (as
 // Glob ignores I/O errors).
-func glob(root *hostfs.Root, pattern string) ([]string, error) {
+func glob(root *hostfs.Root, pattern string, left *budget) ([]string, error) {
 	if _, err := filepath.Match(pattern, ""); err != nil {
 		return nil, err
 	}
@@ -336,13 +369,19 @@ func glob(root *hostfs.Root, pattern string) ([]string, error) {
 	dirs := []string{dir}
 	if hasMeta(dir) {
 		var err error
-		if dirs, err = glob(root, dir); err != nil {
+		if dirs, err = glob(root, dir, left); err != nil {
 			return nil, err
 		}
 	}
 	var out []string
 	for _, d := range dirs {
+		if left.folders--; left.folders < 0 {
+			return nil, fmt.Errorf("it lists more than %d folders", maxGlobFolders)
+		}
 		out = append(out, globIn(root, d, file)...)
+		if len(out) > maxImportEntries {
+			return nil, fmt.Errorf("it matches more than %d paths", maxImportEntries)
+		}
 	}
 	return out, nil
 }
