@@ -39,6 +39,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -80,7 +81,7 @@ type budget struct{ entries, folders int }
 
 func (b *budget) entry(parent string) error {
 	if b.entries--; b.entries < 0 {
-		return fmt.Errorf("%w: more than %d imports (entries and the files their globs match) from %s and its imports", ErrImport, maxImportEntries, parent)
+		return fmt.Errorf("%w: more than %d imports (entries and the files their globs match) from %s and its imports", ErrImport, maxImportEntries, ShowPath(parent))
 	}
 	return nil
 }
@@ -143,7 +144,7 @@ func Load(root *hostfs.Root, path string) (Config, error) {
 		case errors.Is(err, fs.ErrNotExist) && p.from == "":
 			return c, nil // containerd starts with its defaults
 		case errors.Is(err, fs.ErrNotExist):
-			return Config{}, fmt.Errorf("%w %s (imported by %s) is missing here: containerd will not start without it; if it exists on the node, mount it: %w", ErrImport, p.path, p.from, err)
+			return Config{}, fmt.Errorf("%w %s (imported by %s) is missing here: containerd will not start without it; if it exists on the node, mount it: %w", ErrImport, ShowPath(p.path), ShowPath(p.from), err)
 		case err != nil:
 			return Config{}, err
 		}
@@ -171,30 +172,61 @@ func Load(root *hostfs.Root, path string) (Config, error) {
 
 // readTOML decodes the file at the node path p. A missing file (or
 // folder on the way) is fs.ErrNotExist. Errors name the position only:
-// a legacy registry.auths table holds passwords.
+// a legacy registry.auths table holds passwords; and p itself (an
+// import's value) only when it is a plain path (ShowPath).
 func readTOML(root *hostfs.Root, p string) (map[string]any, error) {
 	way, err := root.Walk(p, false, 0, nil)
 	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", p, err)
+		return nil, hideIn(p, fmt.Errorf("resolving %s: %w", p, err))
 	}
 	defer way.Close()
 	if way.Dir == nil {
-		return nil, fmt.Errorf("%s: %w", p, fs.ErrNotExist)
+		return nil, fmt.Errorf("%s: %w", ShowPath(p), fs.ErrNotExist)
 	}
 	data, _, err := way.Dir.ReadFile(way.Name, maxConfigSize)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", p, err)
+		return nil, hideIn(p, fmt.Errorf("reading %s: %w", p, err))
 	}
 	doc := map[string]any{}
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		var derr *toml.DecodeError
 		if errors.As(err, &derr) {
 			row, col := derr.Position()
-			return nil, fmt.Errorf("%s is not valid TOML (line %d, column %d); containerd does not start with it", p, row, col)
+			return nil, fmt.Errorf("%s is not valid TOML (line %d, column %d); containerd does not start with it", ShowPath(p), row, col)
 		}
-		return nil, fmt.Errorf("%s is not valid TOML; containerd does not start with it", p)
+		return nil, fmt.Errorf("%s is not valid TOML; containerd does not start with it", ShowPath(p))
 	}
 	return doc, nil
+}
+
+// plainPath is a path shown as it is: letters, digits and . _ + - / and
+// the glob's *, at most 256 bytes. The values of containerd's files are
+// shown only when of this shape, so no password pasted into a path, line
+// break or screenful of text reaches a log, the Node or an Event.
+var plainPath = regexp.MustCompile(`^[A-Za-z0-9._+*/-]{1,256}$`)
+
+// ShowPath is p, a path read from containerd's files (an import, a
+// config_path folder), for a message: p when it is a plain path, a
+// placeholder otherwise.
+func ShowPath(p string) string {
+	if plainPath.MatchString(p) {
+		return p
+	}
+	return "(a path not shown: it holds more than letters, digits and . _ + - / *)"
+}
+
+// hideIn is err, about the file at p, with p and whatever err says of it
+// left out unless p is a plain path; what err is (errors.Is) stays.
+func hideIn(p string, err error) error {
+	if plainPath.MatchString(p) {
+		return err
+	}
+	for _, known := range []error{fs.ErrNotExist, hostfs.ErrTooLarge, hostfs.ErrNotRegular, hostfs.ErrWalk, hostfs.ErrLink} {
+		if errors.Is(err, known) {
+			return fmt.Errorf("%s: %w", ShowPath(p), known)
+		}
+	}
+	return fmt.Errorf("%s cannot be read", ShowPath(p))
 }
 
 func versionOf(doc map[string]any) int {
@@ -214,13 +246,13 @@ func resolveImports(root *hostfs.Root, parent string, doc map[string]any, left *
 	}
 	list, ok := raw.([]any)
 	if !ok {
-		return nil, fmt.Errorf("%w: imports in %s is not a list of paths", ErrImport, parent)
+		return nil, fmt.Errorf("%w: imports in %s is not a list of paths", ErrImport, ShowPath(parent))
 	}
 	var out []string
 	for _, it := range list {
 		p, ok := it.(string)
 		if !ok {
-			return nil, fmt.Errorf("%w: imports in %s is not a list of paths", ErrImport, parent)
+			return nil, fmt.Errorf("%w: imports in %s is not a list of paths", ErrImport, ShowPath(parent))
 		}
 		if err := left.entry(parent); err != nil {
 			return nil, err
@@ -235,7 +267,7 @@ func resolveImports(root *hostfs.Root, parent string, doc map[string]any, left *
 		}
 		matches, err := glob(root, p, left)
 		if err != nil {
-			return nil, fmt.Errorf("%w: import %q in %s: %w", ErrImport, p, parent, err)
+			return nil, fmt.Errorf("%w: import %s in %s: %w", ErrImport, ShowPath(p), ShowPath(parent), err)
 		}
 		for range matches {
 			if err := left.entry(parent); err != nil {
