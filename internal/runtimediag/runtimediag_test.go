@@ -1,6 +1,7 @@
 package runtimediag
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -183,5 +184,40 @@ func TestProblemsShowNoConfigValue(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestChallengesForgetRegistriesGone: what is kept of the challenges is
+// bounded by the registries of the Secrets now, however many came and
+// went (an annotated Secret's keys edited again and again).
+func TestChallengesForgetRegistriesGone(t *testing.T) {
+	root := t.TempDir()
+	goodConfig(t, root, "/etc/containerd/certs.d")
+	d := New(root, "/etc/containerd/config.toml", "/etc/containerd/certs.d", "containerd://1.6.20")
+	answer := func() { // what Run does, without the network
+		for {
+			select {
+			case key := <-d.queue:
+				d.learnt(key, "basic", nil)
+			default:
+				return
+			}
+		}
+	}
+	const perRound = 32
+	for round := range 100 {
+		regs := make([]runtimeauth.Registry, perRound)
+		for i := range regs {
+			regs[i] = runtimeauth.Registry{Host: fmt.Sprintf("r%d-%d.test", round, i)}
+		}
+		d.Problems(regs)
+		answer()
+		d.Problems(regs)
+	}
+	d.mu.Lock()
+	n := len(d.challenges)
+	d.mu.Unlock()
+	if n > perRound {
+		t.Errorf("%d challenges kept for %d registries", n, perRound)
 	}
 }
