@@ -14,6 +14,14 @@ import (
 // hostsFile is the file containerd reads in each host folder.
 const hostsFile = "hosts.toml"
 
+// maxHostWatches bounds the host folders watched by inotify: its watches
+// are a per-user limit (fs.inotify.max_user_watches) shared with every
+// root process on the node, and the host folders are as many as the
+// registries of the annotated Secrets. Drift in the others is corrected at
+// the resync; a host folder made or removed is seen in any case (the
+// certs folder itself is watched).
+const maxHostWatches = 256
+
 // certsWatch watches containerd's certs folder and its host folders, so
 // that a hosts.toml someone else changed (a header removed or edited, a
 // mirror section added, a file replaced by a tool) is brought back in line
@@ -40,11 +48,29 @@ func newCertsWatch(w *filewatch.Watch, dir string) *certsWatch {
 // the instant between the sync's write and this record is taken for the
 // sync's own and waits for the resync (--resync, 5 m by default).
 func (c *certsWatch) refresh() {
-	for _, dir := range append([]string{c.dir}, c.hostDirs()...) {
-		if !c.dirs[dir] || !c.w.Watching(dir) {
-			c.dirs[dir] = c.w.Add(dir) == nil
+	watching := map[string]bool{}
+	for _, d := range c.w.WatchList() {
+		watching[d] = true
+	}
+	hostDirs := c.hostDirs()
+	dirs := map[string]bool{}
+	for i, dir := range append([]string{c.dir}, hostDirs...) {
+		switch {
+		case i > maxHostWatches:
+			dirs[dir] = false // known, not watched
+		case watching[dir]:
+			dirs[dir] = true
+		default:
+			dirs[dir] = c.w.Add(dir) == nil
 		}
 	}
+	// A host folder gone, or beyond the bound, is no longer watched.
+	for dir := range watching {
+		if !dirs[dir] && (dir == c.dir || filepath.Dir(dir) == c.dir) {
+			c.w.Remove(dir)
+		}
+	}
+	c.dirs = dirs
 	c.left = map[string]hostfs.Stamp{}
 	for _, p := range c.files() {
 		c.left[p] = c.stamps.Of(p)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -166,6 +167,41 @@ func TestCertsPollingComparesWithWhatWasLeft(t *testing.T) {
 			sync()
 			if cw.polledDrift() {
 				t.Error("a tick after the correction reported drift")
+			}
+		})
+	}
+}
+
+// TestCertsWatchBoundsInotifyWatches: inotify watches are a per-user
+// limit shared with every root process on the node (the kubelet,
+// containerd), and the host folders are as many as the registries of the
+// annotated Secrets: the watch takes at most maxHostWatches of them (the
+// rest are corrected at the resync), however many there are.
+func TestCertsWatchBoundsInotifyWatches(t *testing.T) {
+	for _, n := range []int{3, maxHostWatches + 300} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			dir := t.TempDir()
+			for i := range n {
+				must(t, os.Mkdir(filepath.Join(dir, fmt.Sprintf("r%d.test", i)), 0o700))
+			}
+			w := filewatch.New(time.Hour)
+			defer w.Close()
+			if why := w.Polling(); why != "" {
+				t.Skipf("no inotify here: %s", why)
+			}
+			cw := newCertsWatch(w, dir)
+			cw.refresh()
+			watched := 0
+			for _, d := range cw.hostDirs() {
+				if w.Watching(d) {
+					watched++
+				}
+			}
+			if !w.Watching(dir) {
+				t.Error("the certs folder is not watched")
+			}
+			if want := min(n, maxHostWatches); watched != want {
+				t.Errorf("%d host folders watched of %d, want %d", watched, n, want)
 			}
 		})
 	}

@@ -39,6 +39,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -64,6 +65,26 @@ const maxConfigSize = 1 << 20
 
 // maxFiles bounds the imports followed.
 const maxFiles = 256
+
+// maxImportEntries bounds the import entries and glob matches of one Load,
+// over all its files, and maxGlobFolders the folders its globs list: one
+// file of 1 MiB holds tens of thousands of entries, each a glob that can
+// match hundreds of files or fan out over every folder of the node, and
+// containerd's own configurations hold a handful.
+const (
+	maxImportEntries = 1024
+	maxGlobFolders   = 256
+)
+
+// budget is what is left of a Load's bounds.
+type budget struct{ entries, folders int }
+
+func (b *budget) entry(parent string) error {
+	if b.entries--; b.entries < 0 {
+		return fmt.Errorf("%w: more than %d imports (entries and the files their globs match) from %s and its imports", ErrImport, maxImportEntries, ShowPath(parent))
+	}
+	return nil
+}
 
 // ErrImport means an import could not be read.
 var ErrImport = errors.New("containerd configuration import")
@@ -105,7 +126,9 @@ func Load(root *hostfs.Root, path string) (Config, error) {
 		c       = Config{Path: path}
 		merged  = map[string]any{}
 		loaded  = map[string]bool{}
+		queued  = map[string]bool{path: true}
 		pending = []pendingFile{{path: path}}
+		left    = &budget{entries: maxImportEntries, folders: maxGlobFolders}
 	)
 	for len(pending) > 0 {
 		p := pending[0]
@@ -121,7 +144,7 @@ func Load(root *hostfs.Root, path string) (Config, error) {
 		case errors.Is(err, fs.ErrNotExist) && p.from == "":
 			return c, nil // containerd starts with its defaults
 		case errors.Is(err, fs.ErrNotExist):
-			return Config{}, fmt.Errorf("%w %s (imported by %s) is missing here: containerd will not start without it; if it exists on the node, mount it: %w", ErrImport, p.path, p.from, err)
+			return Config{}, fmt.Errorf("%w %s (imported by %s) is missing here: containerd will not start without it; if it exists on the node, mount it: %w", ErrImport, ShowPath(p.path), ShowPath(p.from), err)
 		case err != nil:
 			return Config{}, err
 		}
@@ -130,14 +153,17 @@ func Load(root *hostfs.Root, path string) (Config, error) {
 			c.Version = version
 		}
 		deepMerge(merged, imagesTable(doc, version))
-		imports, err := resolveImports(root, p.path, doc)
+		imports, err := resolveImports(root, p.path, doc, left)
 		if err != nil {
 			return Config{}, err
 		}
 		loaded[p.path] = true
 		c.Files = append(c.Files, p.path)
 		for _, i := range imports {
-			pending = append(pending, pendingFile{path: i, from: p.path})
+			if !queued[i] { // each path once, as containerd reads it
+				queued[i] = true
+				pending = append(pending, pendingFile{path: i, from: p.path})
+			}
 		}
 	}
 	c.fill(merged)
@@ -146,30 +172,61 @@ func Load(root *hostfs.Root, path string) (Config, error) {
 
 // readTOML decodes the file at the node path p. A missing file (or
 // folder on the way) is fs.ErrNotExist. Errors name the position only:
-// a legacy registry.auths table holds passwords.
+// a legacy registry.auths table holds passwords; and p itself (an
+// import's value) only when it is a plain path (ShowPath).
 func readTOML(root *hostfs.Root, p string) (map[string]any, error) {
 	way, err := root.Walk(p, false, 0, nil)
 	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", p, err)
+		return nil, hideIn(p, fmt.Errorf("resolving %s: %w", p, err))
 	}
 	defer way.Close()
 	if way.Dir == nil {
-		return nil, fmt.Errorf("%s: %w", p, fs.ErrNotExist)
+		return nil, fmt.Errorf("%s: %w", ShowPath(p), fs.ErrNotExist)
 	}
 	data, _, err := way.Dir.ReadFile(way.Name, maxConfigSize)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", p, err)
+		return nil, hideIn(p, fmt.Errorf("reading %s: %w", p, err))
 	}
 	doc := map[string]any{}
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		var derr *toml.DecodeError
 		if errors.As(err, &derr) {
 			row, col := derr.Position()
-			return nil, fmt.Errorf("%s is not valid TOML (line %d, column %d); containerd does not start with it", p, row, col)
+			return nil, fmt.Errorf("%s is not valid TOML (line %d, column %d); containerd does not start with it", ShowPath(p), row, col)
 		}
-		return nil, fmt.Errorf("%s is not valid TOML; containerd does not start with it", p)
+		return nil, fmt.Errorf("%s is not valid TOML; containerd does not start with it", ShowPath(p))
 	}
 	return doc, nil
+}
+
+// plainPath is a path shown as it is: letters, digits and . _ + - / and
+// the glob's *, at most 256 bytes. The values of containerd's files are
+// shown only when of this shape, so no password pasted into a path, line
+// break or screenful of text reaches a log, the Node or an Event.
+var plainPath = regexp.MustCompile(`^[A-Za-z0-9._+*/-]{1,256}$`)
+
+// ShowPath is p, a path read from containerd's files (an import, a
+// config_path folder), for a message: p when it is a plain path, a
+// placeholder otherwise.
+func ShowPath(p string) string {
+	if plainPath.MatchString(p) {
+		return p
+	}
+	return "(a path not shown: it holds more than letters, digits and . _ + - / *)"
+}
+
+// hideIn is err, about the file at p, with p and whatever err says of it
+// left out unless p is a plain path; what err is (errors.Is) stays.
+func hideIn(p string, err error) error {
+	if plainPath.MatchString(p) {
+		return err
+	}
+	for _, known := range []error{fs.ErrNotExist, hostfs.ErrTooLarge, hostfs.ErrNotRegular, hostfs.ErrWalk, hostfs.ErrLink} {
+		if errors.Is(err, known) {
+			return fmt.Errorf("%s: %w", ShowPath(p), known)
+		}
+	}
+	return fmt.Errorf("%s cannot be read", ShowPath(p))
 }
 
 func versionOf(doc map[string]any) int {
@@ -182,20 +239,23 @@ func versionOf(doc map[string]any) int {
 // resolveImports is containerd 2.x's resolveImports on node paths: each
 // cleaned, a relative one joined to the importing file's folder, one with
 // `*` globbed (in root).
-func resolveImports(root *hostfs.Root, parent string, doc map[string]any) ([]string, error) {
+func resolveImports(root *hostfs.Root, parent string, doc map[string]any, left *budget) ([]string, error) {
 	raw, ok := doc["imports"]
 	if !ok {
 		return nil, nil
 	}
 	list, ok := raw.([]any)
 	if !ok {
-		return nil, fmt.Errorf("%w: imports in %s is not a list of paths", ErrImport, parent)
+		return nil, fmt.Errorf("%w: imports in %s is not a list of paths", ErrImport, ShowPath(parent))
 	}
 	var out []string
 	for _, it := range list {
 		p, ok := it.(string)
 		if !ok {
-			return nil, fmt.Errorf("%w: imports in %s is not a list of paths", ErrImport, parent)
+			return nil, fmt.Errorf("%w: imports in %s is not a list of paths", ErrImport, ShowPath(parent))
+		}
+		if err := left.entry(parent); err != nil {
+			return nil, err
 		}
 		p = filepath.Clean(p)
 		if !filepath.IsAbs(p) {
@@ -205,9 +265,14 @@ func resolveImports(root *hostfs.Root, parent string, doc map[string]any) ([]str
 			out = append(out, p)
 			continue
 		}
-		matches, err := glob(root, p)
+		matches, err := glob(root, p, left)
 		if err != nil {
-			return nil, fmt.Errorf("%w: import %q in %s: %w", ErrImport, p, parent, err)
+			return nil, fmt.Errorf("%w: import %s in %s: %w", ErrImport, ShowPath(p), ShowPath(parent), err)
+		}
+		for range matches {
+			if err := left.entry(parent); err != nil {
+				return nil, err
+			}
 		}
 		out = append(out, matches...)
 	}
@@ -324,7 +389,7 @@ func localPullBecause(images, reg map[string]any) string {
 // glob is filepath.Glob on a node path holding a pattern, under root: folders are listed
 // through hostfs, and a folder that cannot be opened matches nothing (as
 // Glob ignores I/O errors).
-func glob(root *hostfs.Root, pattern string) ([]string, error) {
+func glob(root *hostfs.Root, pattern string, left *budget) ([]string, error) {
 	if _, err := filepath.Match(pattern, ""); err != nil {
 		return nil, err
 	}
@@ -336,13 +401,19 @@ func glob(root *hostfs.Root, pattern string) ([]string, error) {
 	dirs := []string{dir}
 	if hasMeta(dir) {
 		var err error
-		if dirs, err = glob(root, dir); err != nil {
+		if dirs, err = glob(root, dir, left); err != nil {
 			return nil, err
 		}
 	}
 	var out []string
 	for _, d := range dirs {
+		if left.folders--; left.folders < 0 {
+			return nil, fmt.Errorf("it lists more than %d folders", maxGlobFolders)
+		}
 		out = append(out, globIn(root, d, file)...)
+		if len(out) > maxImportEntries {
+			return nil, fmt.Errorf("it matches more than %d paths", maxImportEntries)
+		}
 	}
 	return out, nil
 }

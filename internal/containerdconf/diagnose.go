@@ -52,7 +52,7 @@ func Diagnose(c Config, v Version, versionKnown bool, certsDir string) []Problem
 	if len(paths) > 1 && !c.LocalPull {
 		switch {
 		case !versionKnown:
-			out = append(out, d.unknown(fmt.Sprintf("config_path %q holds %d folders (containerd 2.1 and later then ignore every hosts.toml unless use_local_image_pull is set)", strings.Join(paths, ":"), len(paths))))
+			out = append(out, d.unknown(fmt.Sprintf("config_path %q holds %d folders (containerd 2.1 and later then ignore every hosts.toml unless use_local_image_pull is set)", showPaths(paths), len(paths))))
 		case v.AtLeast(2, 1):
 			out = append(out, d.multiple(paths))
 		}
@@ -118,7 +118,7 @@ func (d diagnosis) unset() Problem {
 }
 
 func (d diagnosis) multiple(paths []string) Problem {
-	what := fmt.Sprintf("config_path %q", strings.Join(paths, ":"))
+	what := fmt.Sprintf("config_path %q", showPaths(paths))
 	if !d.c.ConfigPathSet {
 		what = fmt.Sprintf("config_path is not set, so containerd uses its default %q, which", DefaultConfigPath2)
 	}
@@ -133,10 +133,10 @@ func (d diagnosis) multiple(paths []string) Problem {
 func (d diagnosis) elsewhere(paths []string) Problem {
 	p := Problem{
 		Reason:  ReasonConfigPathElsewhere,
-		Message: fmt.Sprintf("containerd reads hosts.toml from %q (config_path), not from %s where nodecreds writes them.", strings.Join(paths, ":"), d.certsDir),
+		Message: fmt.Sprintf("containerd reads hosts.toml from %q (config_path), not from %s where nodecreds writes them.", showPaths(paths), d.certsDir),
 		Fix:     capitalize(d.setPath()) + ".",
 	}
-	if len(paths) == 1 {
+	if len(paths) == 1 && ShowPath(paths[0]) == paths[0] {
 		p.Fix = fmt.Sprintf("Run nodecreds sync with --containerd-certs-dir %s, or %s.", paths[0], d.setPath())
 	}
 	return p
@@ -180,6 +180,15 @@ func ChallengeProblem(registry, scheme string, v Version, versionKnown bool) *Pr
 		Message: fmt.Sprintf("%s answers with a challenge that is neither Basic nor Bearer, which a static Basic Authorization header does not answer.", registry),
 		Fix:     "Leave this registry to the kubelet's credentials (config.json or the credential-provider plugin), or serve its images through a mirror that takes Basic authentication.",
 	}
+}
+
+// showPaths is config_path's folders for a message, each through ShowPath.
+func showPaths(paths []string) string {
+	shown := make([]string, len(paths))
+	for i, p := range paths {
+		shown[i] = ShowPath(p)
+	}
+	return strings.Join(shown, ":")
 }
 
 func capitalize(s string) string {

@@ -90,6 +90,22 @@ func (w *Watch) Watching(dir string) bool {
 	return false
 }
 
+// WatchList is the folders watched by inotify (none when polling).
+func (w *Watch) WatchList() []string {
+	if w.fs == nil {
+		return nil
+	}
+	return w.fs.WatchList()
+}
+
+// Remove stops watching a folder (nothing when polling; a folder gone
+// took its watch with it).
+func (w *Watch) Remove(dir string) {
+	if w.fs != nil {
+		_ = w.fs.Remove(dir) // a watch already gone is what was wanted
+	}
+}
+
 func (w *Watch) poll(why error) {
 	if w.fs != nil {
 		_ = w.fs.Close() // falling back to polling: nothing to do about a failed close

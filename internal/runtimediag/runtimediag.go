@@ -71,12 +71,30 @@ func (d *Diagnosis) Problems(regs []runtimeauth.Registry) []containerdconf.Probl
 			Fix:     "Turn the runtime target off on this node (runtimeAuth.containerdCertsDir); for CRI-O, see docs/pause-image-and-mirrors.md#cri-o."}}
 	}
 	problems := d.configProblems()
+	d.forget(regs)
 	for _, r := range regs {
 		if p := d.challengeProblem(r); p != nil {
 			problems = append(problems, *p)
 		}
 	}
 	return problems
+}
+
+// forget drops the challenges of registries no longer in regs, so what is
+// kept is bounded by the Secrets of now, however many registries came and
+// went; one asked meanwhile is not recorded (learnt).
+func (d *Diagnosis) forget(regs []runtimeauth.Registry) {
+	now := make(map[string]bool, len(regs))
+	for _, r := range regs {
+		now[registryURL(r)] = true
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for key := range d.challenges {
+		if !now[key] {
+			delete(d.challenges, key)
+		}
+	}
 }
 
 func (d *Diagnosis) configProblems() []containerdconf.Problem {
@@ -136,19 +154,29 @@ func (d *Diagnosis) Run(ctx context.Context) error {
 			return nil
 		case key := <-d.queue:
 			scheme, err := d.ask(ctx, key)
-			d.mu.Lock()
-			c := challenge{scheme: scheme}
-			if err != nil {
-				c = challenge{failed: time.Now()}
-			}
-			d.challenges[key] = c
-			d.mu.Unlock()
-			if err == nil {
-				select {
-				case d.changed <- struct{}{}:
-				default:
-				}
-			}
+			d.learnt(key, scheme, err)
+		}
+	}
+}
+
+// learnt records what asking registry key gave, unless key was forgotten
+// while it was asked.
+func (d *Diagnosis) learnt(key, scheme string, err error) {
+	d.mu.Lock()
+	if _, asked := d.challenges[key]; !asked {
+		d.mu.Unlock()
+		return
+	}
+	c := challenge{scheme: scheme}
+	if err != nil {
+		c = challenge{failed: time.Now()}
+	}
+	d.challenges[key] = c
+	d.mu.Unlock()
+	if err == nil {
+		select {
+		case d.changed <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package runtimediag
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -115,5 +116,89 @@ func TestUnreachableRegistryIsNotAProblem(t *testing.T) {
 	case k := <-d.queue:
 		t.Errorf("%s asked again at once", k)
 	default:
+	}
+}
+
+// TestProblemsShowNoConfigValue: nothing of containerd's files reaches a
+// problem (the log, the Node condition, the Events) but a plain path: a
+// config_path or an import holding anything else — a password pasted in,
+// a line break — is not shown, wherever the problem names it.
+func TestProblemsShowNoConfigValue(t *testing.T) {
+	const canary = "Zq9Wv7pLmX Kj3=" // a space and '=': no plain path
+	const certs = "/etc/containerd/certs.d"
+	v2 := func(registry string) string {
+		return "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n" + registry
+	}
+	for _, tc := range []struct {
+		name, version, config string
+		extra                 map[string]string // more files, by node path
+	}{
+		{"config_path elsewhere", "containerd://1.6.20", v2(`config_path = "/srv/` + canary + `"`), nil},
+		{"config_path of two folders", "containerd://2.2.1", v2(`config_path = "` + certs + `:/srv/` + canary + `"`), nil},
+		{"config_path of two folders, version unknown", "", v2(`config_path = "` + certs + `:/srv/` + canary + `"`), nil},
+		{"config_path with a line break", "containerd://1.6.20", v2(`config_path = "/srv/x\nFix: ` + canary + `"`), nil},
+		{"a missing import", "containerd://1.6.20", "version = 2\nimports = [\"/etc/containerd/" + canary + ".toml\"]\n", nil},
+		{"an import glob that is no pattern", "containerd://1.6.20", "version = 2\nimports = [\"/etc/containerd/[" + canary + "*\"]\n", nil},
+		{"an import that does not parse", "containerd://1.6.20", "version = 2\nimports = [\"" + canary + ".toml\"]\n",
+			map[string]string{"/etc/containerd/" + canary + ".toml": "version = [\n"}},
+		{"an import that imports a missing one", "containerd://1.6.20", "version = 2\nimports = [\"" + canary + ".toml\"]\n",
+			map[string]string{"/etc/containerd/" + canary + ".toml": "imports = [\"nothing.toml\"]\n"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			testsupport.WriteFile(t, filepath.Join(root, "etc/containerd/config.toml"), tc.config, 0o600)
+			for p, content := range tc.extra {
+				testsupport.WriteFile(t, filepath.Join(root, p), content, 0o600)
+			}
+			d := New(root, "/etc/containerd/config.toml", certs, tc.version)
+			ps := d.Problems(nil)
+			if len(ps) == 0 {
+				t.Fatal("no problem told")
+			}
+			for _, p := range ps {
+				text := p.Reason + " " + p.Message + " " + p.Fix
+				if leak := testsupport.Leak(text, canary); leak != "" {
+					t.Errorf("%q of the configuration in %s", leak, text)
+				}
+				if strings.Contains(text, "\n") {
+					t.Errorf("a line break in %q", text)
+				}
+			}
+		})
+	}
+}
+
+// TestChallengesForgetRegistriesGone: what is kept of the challenges is
+// bounded by the registries of the Secrets now, however many came and
+// went (an annotated Secret's keys edited again and again).
+func TestChallengesForgetRegistriesGone(t *testing.T) {
+	root := t.TempDir()
+	goodConfig(t, root, "/etc/containerd/certs.d")
+	d := New(root, "/etc/containerd/config.toml", "/etc/containerd/certs.d", "containerd://1.6.20")
+	answer := func() { // what Run does, without the network
+		for {
+			select {
+			case key := <-d.queue:
+				d.learnt(key, "basic", nil)
+			default:
+				return
+			}
+		}
+	}
+	const perRound = 32
+	for round := range 100 {
+		regs := make([]runtimeauth.Registry, perRound)
+		for i := range regs {
+			regs[i] = runtimeauth.Registry{Host: fmt.Sprintf("r%d-%d.test", round, i)}
+		}
+		d.Problems(regs)
+		answer()
+		d.Problems(regs)
+	}
+	d.mu.Lock()
+	n := len(d.challenges)
+	d.mu.Unlock()
+	if n > perRound {
+		t.Errorf("%d challenges kept for %d registries", n, perRound)
 	}
 }
