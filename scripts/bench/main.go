@@ -129,6 +129,8 @@ type results struct {
 	plugin                       []time.Duration // credential-provider runs
 	bigSecret                    []time.Duration // ..data swap → both files, 10,000-entry Secret
 	rotationCPU                  []cpuShare      // who used the cores while a rotation reached every node
+	hostsTOML                    []time.Duration // every node, every rotation of the annotated Secret: → hosts.toml header
+	hostsTOMLKubelet             []time.Duration // the same rotations: → kubelet file
 	pluginEntries                int
 }
 
@@ -213,7 +215,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 	agents := make([]*agent, cfg.agents)
 	for i := range agents {
 		a := &agent{name: fmt.Sprintf("bench-%03d", i), root: filepath.Join(work, "nodes", fmt.Sprintf("%03d", i))}
-		for _, d := range []string{"var/lib/kubelet", "root/.docker"} {
+		for _, d := range []string{"var/lib/kubelet", "root/.docker", certsDir} {
 			if err := os.MkdirAll(filepath.Join(a.root, d), 0o700); err != nil {
 				return err
 			}
@@ -238,7 +240,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 		kubeconfigs[i] = p
 	}
 
-	watch, err := newFileWatch(agents)
+	watch, err := newFileWatch(kubeletFiles(agents))
 	if err != nil {
 		return err
 	}
@@ -253,7 +255,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 	start := time.Now()
 	for i, a := range agents {
 		a.cmd = exec.Command(bin, "sync", "--kubeconfig", kubeconfigs[i], "--namespace", ns, "--node-name", a.name,
-			"--host-root", a.root, "--metrics-addr", "0", "--log-level", "warn")
+			"--host-root", a.root, "--containerd-certs-dir", certsDir, "--metrics-addr", "0", "--log-level", "warn")
 		logFile, err := os.Create(filepath.Join(a.root, "agent.log"))
 		if err != nil {
 			return err
@@ -369,7 +371,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 			slices.Max(lat).Round(time.Millisecond), pct(lat, 50).Round(time.Millisecond), copyLat.Round(time.Millisecond))
 	}
 	stopCopy()
-	return nil
+	return measureHostsTOML(ctx, c, cfg, agents, watch, res)
 }
 
 // finish adds the file-engine benchmark and the plugin runs, writes
@@ -532,27 +534,38 @@ func (r *results) measurePlugin(ctx context.Context, bin, work string, runs int)
 	return nil
 }
 
-// fileWatch tells when each agent's kubelet file holds some content.
+// fileWatch tells when each agent's copy of one file (its kubelet file,
+// its hosts.toml) holds some content.
 type fileWatch struct {
 	w     *fsnotify.Watcher
-	files map[string]int // kubelet file → agent index
+	files map[string]int // file → agent index
 	n     int
 }
 
-func newFileWatch(agents []*agent) (*fileWatch, error) {
+// newFileWatch watches files, files[i] being agent i's; their folders must
+// exist.
+func newFileWatch(files []string) (*fileWatch, error) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, err
 	}
-	fw := &fileWatch{w: w, files: map[string]int{}, n: len(agents)}
-	for i, a := range agents {
-		dir := filepath.Join(a.root, "var/lib/kubelet")
-		if err := w.Add(dir); err != nil {
+	fw := &fileWatch{w: w, files: map[string]int{}, n: len(files)}
+	for i, f := range files {
+		if err := w.Add(filepath.Dir(f)); err != nil {
+			w.Close()
 			return nil, err
 		}
-		fw.files[filepath.Join(dir, "config.json")] = i
+		fw.files[f] = i
 	}
 	return fw, nil
+}
+
+func kubeletFiles(agents []*agent) []string {
+	out := make([]string, len(agents))
+	for i, a := range agents {
+		out[i] = filepath.Join(a.root, "var/lib/kubelet/config.json")
+	}
+	return out
 }
 
 func (fw *fileWatch) close() { fw.w.Close() }
@@ -562,7 +575,7 @@ func contains(path, want string) bool {
 	return err == nil && bytes.Contains(b, []byte(want))
 }
 
-// until waits until every kubelet file contains want and returns, per
+// until waits until every watched file contains want and returns, per
 // node, the time from t0 to the event that showed it.
 func (fw *fileWatch) until(ctx context.Context, want string, t0 time.Time, within time.Duration) ([]time.Duration, error) {
 	lat := make([]time.Duration, fw.n)
@@ -843,7 +856,7 @@ func (r *results) markdown(machine string) string {
 	w("# nodecreds benchmarks\n\n")
 	w("Measured %s by `make bench` (scripts/bench) on: %s.\n", time.Now().UTC().Format("2006-01-02"), machine)
 	w("Command: `BENCH_AGENTS=%d BENCH_ROTATIONS=%d BENCH_IDLE=%s BENCH_COPY_PERIOD=%s make bench`.\n\n", r.cfg.agents, r.cfg.rotations, r.cfg.idle, r.cfg.copyEvery)
-	w("Setup: one local etcd + kube-apiserver (built from Go modules, 127.0.0.1) and %d `nodecreds sync` processes, each with its own node root, Node object and ServiceAccount token (RBAC from deploy/daemonset.yaml), all on this one machine — the agents, the API server and the measuring program share its %d cores. The machine's proactive memory reclaim (DAMON pageout of memory idle for about a minute, a setting of this VM) is paused for the run and switched back on after (`BENCH_RECLAIM=on` keeps it; docs/scale.md shows what it costs).\n\n", r.cfg.agents, runtime.NumCPU())
+	w("Setup: one local etcd + kube-apiserver (built from Go modules, 127.0.0.1) and %d `nodecreds sync` processes, each with its own node root (containerd's certs.d folder included, passed as `--containerd-certs-dir`), Node object and ServiceAccount token (RBAC from deploy/daemonset.yaml), all on this one machine — the agents, the API server and the measuring program share its %d cores. The machine's proactive memory reclaim (DAMON pageout of memory idle for about a minute, a setting of this VM) is paused for the run and switched back on after (`BENCH_RECLAIM=on` keeps it; docs/scale.md shows what it costs).\n\n", r.cfg.agents, runtime.NumCPU())
 	w("## Targets\n\n| target | measured | |\n| --- | --- | --- |\n")
 	for _, t := range r.targets() {
 		w("| %s | %.3g %s | %s |\n", t.what, t.got, t.unit, t)
@@ -855,11 +868,15 @@ func (r *results) markdown(machine string) string {
 	w("| rotation, Secret update → kubelet file, p50 (%d samples) | %s | |\n", len(r.rotations), ms(pct(r.rotations, 50)))
 	w("| rotation p99 | %s | ≤ 0.5 s (≤ 2 s at 500 agents) |\n", ms(pct(r.rotations, 99)))
 	w("| rotation max | %s | ≤ 2 s |\n", ms(slices.Max(r.rotations)))
+	w("| rotation, Secret update → containerd hosts.toml header, p50 (%d samples) | %s | |\n", len(r.hostsTOML), ms(pct(r.hostsTOML, 50)))
+	w("| rotation → hosts.toml p99 | %s | |\n", ms(pct(r.hostsTOML, 99)))
 	w("| agent resident memory (RSS), median / max | %.1f / %.1f MiB | median ≤ 20 MiB |\n", float64(median(r.rssKiB))/1024, float64(rssMax)/1024)
 	w("| of which anonymous (heap, stacks), median / max | %.1f / %.1f MiB | |\n", float64(median(r.anonKiB))/1024, float64(slices.Max(r.anonKiB))/1024)
 	w("| agent CPU while idle for %s, all %d agents together | %s (%.3f%% of one core per agent) | ≈ 0 |\n", r.cfg.idle, r.cfg.agents, cpuTotal.Round(time.Millisecond), 100*cpuTotal.Seconds()/float64(r.cfg.agents)/r.cfg.idle.Seconds())
 	w("| kube-apiserver resident memory with %d agents | %.0f MiB | |\n", r.cfg.agents, float64(r.apiserverRSSKiB)/1024)
 	w("| open watches on Secrets opened by the agents | %.0f (%.2f per agent; %.0f were open before they started) | one per source Secret per agent |\n\n", r.watchesSecrets-r.watchesBefore, (r.watchesSecrets-r.watchesBefore)/float64(r.cfg.agents), r.watchesBefore)
+	w("**The hosts.toml rows**: each sample is one node's time from a Secret update to the file event after which its `%s/%s/hosts.toml` holds the new `Authorization` header, watched as the kubelet files are. They come from %d more rotations after the kubelet-file ones, once the bench's Secret is annotated `nodecreds.io/runtime-auth: \"true\"` and every agent has created that file (all agents run with `--containerd-certs-dir %s` under their node root, which writes nothing while no Secret is annotated); each sync writes the node files first, then hosts.toml, and in these rotations the kubelet file took p50 %s, p99 %s.\n\n",
+		certsDir, reg, len(r.hostsTOML)/max(r.cfg.agents, 1), certsDir, ms(pct(r.hostsTOMLKubelet, 50)), ms(pct(r.hostsTOMLKubelet, 99)))
 	w("### API server requests per agent\n\n| verb resource | at start (until all synced) | during %s idle |\n| --- | --- | --- |\n", r.cfg.idle)
 	keys := map[string]bool{}
 	for k := range r.startReqs {
@@ -1102,6 +1119,9 @@ func curveMarkdown(all []*results) string {
 	row("rotation p50", func(r *results) string { return ms(pct(r.rotations, 50)) })
 	row("rotation p99", func(r *results) string { return ms(pct(r.rotations, 99)) })
 	row("rotation max", func(r *results) string { return ms(slices.Max(r.rotations)) })
+	row("rotation → hosts.toml p50 / p99 (annotated Secret)", func(r *results) string {
+		return ms(pct(r.hostsTOML, 50)) + " / " + ms(pct(r.hostsTOML, 99))
+	})
 	row("agent RSS, median", func(r *results) string { return fmt.Sprintf("%.1f MiB", float64(median(r.rssKiB))/1024) })
 	row("idle CPU, all agents together", func(r *results) string {
 		var c time.Duration
