@@ -140,7 +140,9 @@ func (d *Diagnosis) challengeProblem(r runtimeauth.Registry) *containerdconf.Pro
 }
 
 func registryURL(r runtimeauth.Registry) string {
-	if r.Scheme == "http" {
+	// As containerd talks to it: plain HTTP for an http:// key and for a
+	// loopback host keyed without a scheme (PlainHTTP covers both).
+	if r.Scheme == "http" || r.PlainHTTP {
 		return "http://" + r.Host
 	}
 	return "https://" + r.Host

@@ -202,3 +202,22 @@ func TestChallengesForgetRegistriesGone(t *testing.T) {
 		t.Errorf("%d challenges kept for %d registries", n, perRound)
 	}
 }
+
+// TestRegistryURL: the challenge is asked the way containerd talks to the
+// registry, so a loopback registry keyed without a scheme (plain HTTP in
+// containerd) is asked over HTTP, not failed over HTTPS every 10 minutes.
+func TestRegistryURL(t *testing.T) {
+	for _, tc := range []struct {
+		r    runtimeauth.Registry
+		want string
+	}{
+		{runtimeauth.Registry{Host: "r.test"}, "https://r.test"},
+		{runtimeauth.Registry{Host: "r.test:5000", Scheme: "https"}, "https://r.test:5000"},
+		{runtimeauth.Registry{Host: "r.test", Scheme: "http", PlainHTTP: true}, "http://r.test"},
+		{runtimeauth.Registry{Host: "127.0.0.1:5000", PlainHTTP: true}, "http://127.0.0.1:5000"},
+	} {
+		if got := registryURL(tc.r); got != tc.want {
+			t.Errorf("registryURL(%+v) = %s, want %s", tc.r, got, tc.want)
+		}
+	}
+}

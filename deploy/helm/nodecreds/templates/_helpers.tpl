@@ -209,8 +209,8 @@ fails the install naming the fix. */}}
 {{- if or (not (isAbs $config)) (not (regexMatch `^[A-Za-z0-9._+@/-]+$` $config)) -}}
 {{- fail (printf "runtimeAuth.containerdConfig: %q must be an absolute node path of letters, digits and . _ + @ / - only" $config) -}}
 {{- end -}}
-{{- if has (dir (clean $config)) (list "/" "/etc" "/var" "/var/lib" "/usr" "/opt" "/root" "/run" "/home") -}}
-{{- fail (printf "runtimeAuth.containerdConfig: %q: the chart mounts its folder %s read-only into the agent, and that is the root or a system folder; use containerd's own folder (/etc/containerd/config.toml)" $config (dir (clean $config))) -}}
+{{- if ne (base (dir (clean $config))) "containerd" -}}
+{{- fail (printf "runtimeAuth.containerdConfig: %q: the chart mounts its folder %s read-only into the agent, so it must be containerd's own folder, named containerd (/etc/containerd/config.toml; k3s: /var/lib/rancher/k3s/agent/etc/containerd/config.toml), never a folder holding other secrets such as /etc/kubernetes" $config (dir (clean $config))) -}}
 {{- end -}}
 {{- end -}}
 {{- /* Values written into the Pod spec as they are: nothing but what
