@@ -144,11 +144,13 @@ type lookup struct {
 
 // resolve answers for r: its result, whether it is fine, and warnings.
 func (l lookup) resolve(ctx context.Context, r ref) (Result, bool, []string) {
-	res := Result{Ref: r.ref}
 	repo, err := kubeletcred.RepoOf(r.ref, false)
 	if r.registry {
 		repo, err = registryRepo(r.ref)
 	}
+	// From here on the ref is named as outputs print it.
+	r.ref = kubeletcred.SafeRef(r.ref, r.registry)
+	res := Result{Ref: r.ref}
 	if err != nil {
 		res.Error = err.Error()
 		return res, false, nil

@@ -15,6 +15,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/containerdconf"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 	"github.com/nodecreds/nodecreds/internal/hoststoml"
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 )
 
@@ -126,7 +127,10 @@ func runRuntime(ctx context.Context, o Options) (*RuntimeReport, bool) {
 	if rv.records, err = nodefile.ReadHostsTOMLRecords(root, ro.StateDir); err != nil {
 		rep.Error = fmt.Sprintf("reading nodecreds' hosts.toml records: %v", err)
 	}
-	rep.ConfigFiles, rep.ConfigPath, rep.SandboxImage = rv.conf.Files, rv.conf.ConfigPaths, rv.conf.SandboxImage
+	rep.ConfigFiles, rep.ConfigPath = rv.conf.Files, rv.conf.ConfigPaths
+	if rv.conf.SandboxImage != "" {
+		rep.SandboxImage = kubeletcred.SafeRef(rv.conf.SandboxImage, false)
+	}
 	rep.Problems = append(rep.Problems, containerdconf.Diagnose(rv.conf, rv.v, rv.known, ro.CertsDir)...)
 	rv.folders, rv.note = rv.lookupFolders()
 	ok := len(rep.Problems) == 0 && rep.Error == ""
@@ -202,7 +206,7 @@ func (rv *runtimeView) lookupFolders() ([]string, string) {
 
 // resolve answers for one ref.
 func (rv *runtimeView) resolve(ctx context.Context, r runtimeRef) RuntimeResult {
-	res := RuntimeResult{Ref: r.ref, Sandbox: r.sandbox, Hosts: []RuntimeHost{}}
+	res := RuntimeResult{Ref: kubeletcred.SafeRef(r.ref, r.registry), Sandbox: r.sandbox, Hosts: []RuntimeHost{}}
 	registry, err := registryOf(r)
 	if err != nil {
 		res.Note = err.Error()
@@ -241,15 +245,11 @@ func (rv *runtimeView) resolve(ctx context.Context, r runtimeRef) RuntimeResult 
 // Docker Hub's images).
 func registryOf(r runtimeRef) (string, error) {
 	if r.registry {
-		host := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(r.ref, "https://"), "http://"), "/")
-		if host == "" || strings.ContainsAny(host, " \t/") {
-			return "", fmt.Errorf("%q is not a registry host", r.ref)
-		}
-		return host, nil
+		return kubeletcred.RegistryHost(r.ref)
 	}
 	named, err := reference.ParseNormalizedNamed(r.ref)
 	if err != nil {
-		return "", fmt.Errorf("%q is not an image reference: %w", r.ref, err)
+		return "", kubeletcred.RefError(r.ref, err)
 	}
 	return reference.Domain(named), nil
 }
