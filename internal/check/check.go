@@ -164,7 +164,7 @@ func (l lookup) resolve(ctx context.Context, r ref) (Result, bool, []string) {
 		return res, false, nil
 	}
 	res.Found = true
-	res.Entry, res.Username = dockercfg.SafeKey(creds[0].Key), creds[0].Username
+	res.Entry, res.Username = dockercfg.SafeKey(creds[0].Key), dockercfg.SafeUsername(creds[0].Username, creds[0].Password)
 	for _, c := range creds {
 		res.Entries = append(res.Entries, dockercfg.SafeKey(c.Key))
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/distribution/reference"
 
 	"github.com/nodecreds/nodecreds/internal/containerdconf"
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 	"github.com/nodecreds/nodecreds/internal/hoststoml"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
@@ -319,8 +320,9 @@ func (rv *runtimeView) host(ctx context.Context, file string, h hoststoml.Host) 
 	return out
 }
 
-// basicUser is the username of a Basic header value; "" for another
-// scheme or one that does not decode. Never the password.
+// basicUser is the username of a Basic header value, as
+// dockercfg.SafeUsername prints it; "" for another scheme or one that
+// does not decode. Never the password.
 func basicUser(v string) string {
 	scheme, cred, ok := strings.Cut(strings.TrimSpace(v), " ")
 	if !ok || !strings.EqualFold(scheme, "basic") {
@@ -330,11 +332,11 @@ func basicUser(v string) string {
 	if err != nil {
 		return ""
 	}
-	user, _, found := strings.Cut(string(raw), ":")
+	user, password, found := strings.Cut(string(raw), ":")
 	if !found {
 		return ""
 	}
-	return user
+	return dockercfg.SafeUsername(user, password)
 }
 
 // hostProblems: with the challenges known, a host that asks for

@@ -59,3 +59,32 @@ func TestRefsPrintedWithoutUserInfo(t *testing.T) {
 		})
 	}
 }
+
+// TestUsernameThatHoldsThePassword: a username that is the password,
+// holds it, or comes with no password (a token passed as the username) is
+// not shown — in a config.json the kubelet reads (USERNAME) or in a Basic
+// header of a hosts.toml (HEADER) — and check still says a header is there.
+func TestUsernameThatHoldsThePassword(t *testing.T) {
+	for _, tt := range []struct{ name, user, password string }{
+		{"the username is the password", reviewCanary, reviewCanary},
+		{"the username holds the password", "robot-" + reviewCanary, reviewCanary},
+		{"no password: the username is the token", reviewCanary, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			up := testsupport.B64(tt.user + ":" + tt.password)
+			put(t, root, "var/lib/kubelet/config.json", `{"auths":{"reg.test":{"auth":"`+up+`"}}}`)
+			put(t, root, "etc/containerd/config.toml", configV2)
+			put(t, root, "etc/containerd/certs.d/reg.test/hosts.toml", "[host.\"https://reg.test\".header]\nAuthorization = \"Basic "+up+"\"\n[host.\"https://m.test\".header]\nAuthorization = \"basic  "+up+"\"\n")
+			rep, out := runAndPrint(t, Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: []string{"reg.test/app"}, Runtime: &RuntimeOptions{
+				CertsDir: "/etc/containerd/certs.d", ConfigFile: "/etc/containerd/config.toml", StateDir: "/var/lib/nodecreds", Version: "2.0.1",
+			}})
+			if !rep.Results[0].Found || !rep.Runtime.Results[0].Hosts[0].Header {
+				t.Fatalf("the credentials are not found:\n%s", out)
+			}
+			if leak := testsupport.Leak(out, reviewCanary); leak != "" {
+				t.Errorf("check prints %q of the password:\n%s", leak, out)
+			}
+		})
+	}
+}

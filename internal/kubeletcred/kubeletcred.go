@@ -65,7 +65,7 @@ type Cred struct {
 
 // String never shows the password, nor a password in the key.
 func (c Cred) String() string {
-	return fmt.Sprintf("Cred{key=%q, username=%q}", dockercfg.SafeKey(c.Key), c.Username)
+	return fmt.Sprintf("Cred{key=%q, username=%q}", dockercfg.SafeKey(c.Key), dockercfg.SafeUsername(c.Username, c.Password))
 }
 
 // GoString keeps %#v as safe as %v.
