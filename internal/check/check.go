@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
@@ -303,7 +306,7 @@ func (r Report) WriteTable(w io.Writer) error {
 	if file == "" {
 		file = "(none: the kubelet finds no credentials file)"
 	}
-	fmt.Fprintf(tw, "kubelet reads:\t%s\n\n", file)
+	fmt.Fprintf(tw, "kubelet reads:\t%s\n\n", text(file))
 	header := "REF\tFOUND\tENTRY\tUSERNAME"
 	probe := false
 	for _, res := range r.Results {
@@ -322,20 +325,20 @@ func (r Report) WriteTable(w io.Writer) error {
 		if len(res.Entries) > 1 {
 			entry = strings.Join(res.Entries, ",")
 		}
-		line := []string{res.Ref, found, orDash(entry), orDash(res.Username)}
+		line := []string{text(res.Ref), found, text(orDash(entry)), text(orDash(res.Username))}
 		if probe {
-			line = append(line, probeText(res.Probe))
+			line = append(line, text(probeText(res.Probe)))
 		}
 		if res.Error != "" && res.Found {
-			line = append(line, res.Error)
+			line = append(line, text(res.Error))
 		}
 		fmt.Fprintln(tw, strings.Join(line, "\t"))
 		if res.Error != "" && !res.Found {
-			fmt.Fprintf(tw, "  %s\n", res.Error)
+			fmt.Fprintf(tw, "  %s\n", text(res.Error))
 		}
 	}
 	for _, warn := range r.Warnings {
-		fmt.Fprintf(tw, "warning: %s\n", warn)
+		fmt.Fprintf(tw, "warning: %s\n", text(warn))
 	}
 	if r.Runtime != nil {
 		r.Runtime.writeTable(tw)
@@ -363,6 +366,19 @@ func probeText(p *ProbeResult) string {
 		return "failed: " + p.Error
 	}
 	return fmt.Sprintf("failed (%d) %s", p.Status, p.Error)
+}
+
+// text is s as the table prints it: as it is when every rune is graphic
+// (spaces included), else Go-quoted (strconv.QuoteToGraphic), so that
+// text from the node's files — a username, a host, a path — holding a
+// newline, a tab, a carriage return, an escape sequence, a bidirectional
+// override or bytes that are not UTF-8 can neither forge a row nor drive
+// the terminal. Every value printed in the table goes through it.
+func text(s string) string {
+	if utf8.ValidString(s) && strings.IndexFunc(s, func(r rune) bool { return !unicode.IsGraphic(r) }) < 0 {
+		return s
+	}
+	return strconv.QuoteToGraphic(s)
 }
 
 func orDash(s string) string {

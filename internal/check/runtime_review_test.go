@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/distribution/reference"
 
@@ -84,6 +87,52 @@ func TestUsernameThatHoldsThePassword(t *testing.T) {
 			}
 			if leak := testsupport.Leak(out, reviewCanary); leak != "" {
 				t.Errorf("check prints %q of the password:\n%s", leak, out)
+			}
+		})
+	}
+}
+
+// TestTableRowsCannotBeForged: text from the node's files — a username in
+// a config.json or a Basic header, a host, config_path, the sandbox image —
+// holding a newline, a tab, a carriage return, an escape sequence or a
+// bidirectional override reaches the table escaped: no row of its own, no
+// terminal control.
+func TestTableRowsCannotBeForged(t *testing.T) {
+	const forged = "\n FORGED\tOK"
+	for _, tt := range []struct{ name, user string }{
+		{"newline", "robot" + forged},
+		{"carriage return", "robot\rFORGED"},
+		{"escape sequence", "robot\x1b[2J\x1b]0;FORGED\x07"},
+		{"bidirectional override", "robot\u202eFORGED"},
+		{"invalid UTF-8", "robot\xff\xfeFORGED"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			up := testsupport.B64(tt.user + ":" + reviewCanary)
+			put(t, root, "var/lib/kubelet/config.json", `{"auths":{"reg.test":{"auth":"`+up+`"}}}`)
+			certs := "/etc/containerd/certs.d" + strings.ReplaceAll(tt.user, "\xff\xfe", "")
+			quoted, _ := json.Marshal(certs) // a TOML string too
+			put(t, root, "etc/containerd/config.toml", "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = "+string(quoted)+"\n")
+			put(t, root, certs[1:]+"/reg.test/hosts.toml", "[host.\"https://reg.test\".header]\nAuthorization = \"Basic "+up+"\"\n")
+			rep := Run(t.Context(), Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: []string{"reg.test/app"}, Runtime: &RuntimeOptions{
+				CertsDir: "/etc/containerd/certs.d", ConfigFile: "/etc/containerd/config.toml", StateDir: "/var/lib/nodecreds", Version: "1.6.20",
+			}})
+			if !rep.Results[0].Found || len(rep.Runtime.Results) != 1 || len(rep.Runtime.Results[0].Hosts) == 0 || !rep.Runtime.Results[0].Hosts[0].Header {
+				t.Fatalf("the credentials are not found: %+v %+v", rep.Results, rep.Runtime)
+			}
+			var out bytes.Buffer
+			if err := rep.WriteTable(&out); err != nil {
+				t.Fatal(err)
+			}
+			for i, r := range out.String() {
+				if r != '\n' && !unicode.IsGraphic(r) || r == utf8.RuneError {
+					t.Fatalf("the table holds %U at byte %d:\n%s", r, i, out.String())
+				}
+			}
+			for _, l := range strings.Split(out.String(), "\n") {
+				if strings.HasPrefix(strings.TrimSpace(l), "FORGED") {
+					t.Fatalf("a row is forged:\n%s", out.String())
+				}
 			}
 		})
 	}
