@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"path"
 	"path/filepath"
 	"strings"
@@ -216,6 +217,11 @@ func (rv *runtimeView) resolve(ctx context.Context, r runtimeRef) RuntimeResult 
 	res.Registry = registry
 	file, data, note := rv.hostsFile(registry)
 	res.File, res.Note = file, joinNotes(rv.note, note)
+	if file != "" && data == nil {
+		// containerd reads a file check cannot: what it sends is not
+		// known, so the check does not pass.
+		return res
+	}
 	var hosts []hoststoml.Host
 	if data != nil {
 		var noHostTable bool
@@ -238,8 +244,30 @@ func (rv *runtimeView) resolve(ctx context.Context, r runtimeRef) RuntimeResult 
 		res.Hosts = append(res.Hosts, rv.host(ctx, file, h))
 	}
 	res.Problems = append(res.Problems, rv.hostProblems(registry, res.Hosts)...)
+	if rv.opts.Challenger != nil && !anyAnswered(res.Hosts) {
+		res.Problems = append(res.Problems, containerdconf.Problem{Reason: ReasonNoHostAnswered,
+			Message: fmt.Sprintf("No host containerd tries for %s answered /v2/ as a registry does (200, or 401 with a challenge): each could not be reached or answered another status, so containerd's pull fails.", registry),
+			Fix:     "Check the hosts' names, addresses and certificates, and the node's network and proxy, against the CHALLENGE column."})
+	}
 	res.OK = len(res.Problems) == 0 && anyHeader(res.Hosts, rv.opts.Challenger != nil)
 	return res
+}
+
+// ReasonNoHostAnswered: with --probe, no host containerd tries for a ref
+// answered as a registry.
+const ReasonNoHostAnswered = "NoHostAnswered"
+
+// anyAnswered: some host answered the challenge request as a registry
+// does: 200 (open), or 401 with a challenge (hostProblems says whether its
+// header answers it). A host that could not be reached, or answered 403,
+// 404, 5xx or a redirect, is one containerd's pull does not get through.
+func anyAnswered(hosts []RuntimeHost) bool {
+	for _, h := range hosts {
+		if h.ProbeErr == "" && (h.Status == http.StatusOK || h.Status == http.StatusUnauthorized) {
+			return true
+		}
+	}
+	return false
 }
 
 // registryOf is the registry host containerd looks r up by (docker.io for
@@ -261,11 +289,16 @@ func registryOf(r runtimeRef) (string, error) {
 func (rv *runtimeView) hostsFile(registry string) (file string, data []byte, note string) {
 	for _, folder := range rv.folders {
 		for _, name := range append(hoststoml.Spellings(registry), hoststoml.DefaultFolder) {
-			dir, err := rv.root.OpenDir(path.Join(folder, name), false, 0)
-			if err != nil {
-				continue
-			}
 			p := path.Join(folder, name, "hosts.toml")
+			dir, err := rv.root.OpenDir(path.Join(folder, name), false, 0)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				continue
+			case err != nil:
+				// It exists, so containerd uses it (hostPaths stats it)
+				// and fails to read its hosts.toml.
+				return p, nil, fmt.Sprintf("containerd reads %s, which check cannot open (%v)", path.Join(folder, name), err)
+			}
 			data, _, err := dir.ReadFile("hosts.toml", hostfs.MaxFileSize)
 			dir.Close()
 			switch {

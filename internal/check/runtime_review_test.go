@@ -2,15 +2,20 @@ package check
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/distribution/reference"
 
+	"github.com/nodecreds/nodecreds/internal/hostfs"
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
@@ -133,6 +138,82 @@ func TestTableRowsCannotBeForged(t *testing.T) {
 				if strings.HasPrefix(strings.TrimSpace(l), "FORGED") {
 					t.Fatalf("a row is forged:\n%s", out.String())
 				}
+			}
+		})
+	}
+}
+
+// answer is a host's answer to the challenge request.
+type answer struct {
+	challenge string
+	status    int
+	err       string
+}
+
+// scriptedChallenger answers per host; a host not in it cannot be reached.
+type scriptedChallenger map[string]answer
+
+func (s scriptedChallenger) Challenge(_ context.Context, _, host string) (string, int, string) {
+	a, ok := s[host]
+	if !ok {
+		return "", 0, descRefused
+	}
+	return a.challenge, a.status, a.err
+}
+
+// TestRuntimeExitNotOKWhenThePullFails: check passes only when containerd
+// can pull — not when no host it tries answers as a registry, nor when it
+// reads a hosts.toml (or folder) that check cannot read.
+func TestRuntimeExitNotOKWhenThePullFails(t *testing.T) {
+	const hosts = "[host.\"https://mirror.test\"]\n[host.\"https://reg.test\".header]\nAuthorization = \"Basic cm9ib3Q6cHc=\"\n"
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, certs string)
+		chal  scriptedChallenger
+		ok    bool
+	}{
+		{name: "the mirror open, the registry unreachable", chal: scriptedChallenger{"mirror.test": {"", 200, ""}}, ok: true},
+		{name: "the registry asks and gets its header", chal: scriptedChallenger{"reg.test": {"basic", 401, ""}}, ok: true},
+		{name: "every host unreachable", chal: scriptedChallenger{}},
+		{name: "every host times out", chal: scriptedChallenger{"mirror.test": {"", 0, descTimeout}, "reg.test": {"", 0, descTimeout}}},
+		{name: "no host is a registry (404, 500)", chal: scriptedChallenger{"mirror.test": {"", 404, ""}, "reg.test": {"", 500, ""}}},
+		{name: "the registry forbids (403)", chal: scriptedChallenger{"reg.test": {"", 403, ""}}},
+		{name: "hosts.toml is a FIFO", chal: scriptedChallenger{"mirror.test": {"", 200, ""}, "reg.test": {"", 200, ""}}, setup: func(t *testing.T, certs string) {
+			if err := syscall.Mkfifo(filepath.Join(certs, "reg.test", "hosts.toml"), 0o600); err != nil {
+				t.Skip(err)
+			}
+		}},
+		{name: "hosts.toml is too large", chal: scriptedChallenger{"mirror.test": {"", 200, ""}, "reg.test": {"", 200, ""}}, setup: func(t *testing.T, certs string) {
+			testsupport.WriteFile(t, filepath.Join(certs, "reg.test", "hosts.toml"), hosts+"#"+strings.Repeat("x", hostfs.MaxFileSize)+"\n", 0o600)
+		}},
+		{name: "the registry's folder is a file", chal: scriptedChallenger{"reg.test:5000": {"", 200, ""}}, setup: func(t *testing.T, certs string) {
+			testsupport.WriteFile(t, filepath.Join(certs, "reg.test_5000_"), "", 0o600)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			put(t, root, "etc/containerd/config.toml", configV2)
+			certs := filepath.Join(root, "etc/containerd/certs.d")
+			image := "reg.test/app"
+			if tt.setup != nil {
+				if err := os.MkdirAll(filepath.Join(certs, "reg.test"), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				tt.setup(t, certs)
+				image = "reg.test:5000/app"
+				if _, err := os.Stat(filepath.Join(certs, "reg.test_5000_")); err != nil {
+					image = "reg.test/app"
+				}
+			} else {
+				put(t, root, "etc/containerd/certs.d/reg.test/hosts.toml", hosts)
+			}
+			rep, ok := runRuntime(t.Context(), Options{HostRoot: root, Images: []string{image}, Runtime: &RuntimeOptions{
+				CertsDir: "/etc/containerd/certs.d", ConfigFile: "/etc/containerd/config.toml", StateDir: "/var/lib/nodecreds", Version: "2.1.0",
+				Challenger: tt.chal,
+			}})
+			if ok != tt.ok || rep.Results[0].OK != tt.ok {
+				t.Errorf("ok %v (result %v), want %v: %+v", ok, rep.Results[0].OK, tt.ok, rep.Results[0])
 			}
 		})
 	}
