@@ -218,3 +218,29 @@ func TestRuntimeExitNotOKWhenThePullFails(t *testing.T) {
 		})
 	}
 }
+
+// TestHostsPrintedWithoutUserInfo: a password in a mirror's URL or in
+// `server` (user-info, or where a port or a path goes) never reaches the
+// table or the JSON; the host is named by its host[:port] only.
+func TestHostsPrintedWithoutUserInfo(t *testing.T) {
+	for _, key := range testsupport.UserInfoKeys(reviewCanary) {
+		t.Run(key, func(t *testing.T) {
+			quoted, _ := json.Marshal(key)
+			for name, file := range map[string]string{
+				"mirror": "[host." + string(quoted) + "]\n[host.\"https://reg.test\".header]\nAuthorization = \"Basic cm9ib3Q6cHc=\"\n",
+				"server": "server = " + string(quoted) + "\n[host.\"https://reg.test\".header]\nAuthorization = \"Basic cm9ib3Q6cHc=\"\n",
+			} {
+				root := t.TempDir()
+				put(t, root, "etc/containerd/config.toml", configV2)
+				put(t, root, "etc/containerd/certs.d/reg.test/hosts.toml", file)
+				_, out := runAndPrint(t, Options{HostRoot: root, KubeletRootDir: "/var/lib/kubelet", Images: []string{"reg.test/app"}, Runtime: &RuntimeOptions{
+					CertsDir: "/etc/containerd/certs.d", ConfigFile: "/etc/containerd/config.toml", StateDir: "/var/lib/nodecreds", Version: "2.1.0",
+					Challenger: fakeChallenger{},
+				}})
+				if leak := testsupport.Leak(out, reviewCanary); leak != "" {
+					t.Errorf("%s: check prints %q of the password:\n%s", name, leak, out)
+				}
+			}
+		})
+	}
+}
