@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
@@ -144,11 +147,13 @@ type lookup struct {
 
 // resolve answers for r: its result, whether it is fine, and warnings.
 func (l lookup) resolve(ctx context.Context, r ref) (Result, bool, []string) {
-	res := Result{Ref: r.ref}
 	repo, err := kubeletcred.RepoOf(r.ref, false)
 	if r.registry {
 		repo, err = registryRepo(r.ref)
 	}
+	// From here on the ref is named as outputs print it.
+	r.ref = kubeletcred.SafeRef(r.ref, r.registry)
+	res := Result{Ref: r.ref}
 	if err != nil {
 		res.Error = err.Error()
 		return res, false, nil
@@ -162,7 +167,7 @@ func (l lookup) resolve(ctx context.Context, r ref) (Result, bool, []string) {
 		return res, false, nil
 	}
 	res.Found = true
-	res.Entry, res.Username = dockercfg.SafeKey(creds[0].Key), creds[0].Username
+	res.Entry, res.Username = dockercfg.SafeKey(creds[0].Key), dockercfg.SafeUsername(creds[0].Username, creds[0].Password)
 	for _, c := range creds {
 		res.Entries = append(res.Entries, dockercfg.SafeKey(c.Key))
 	}
@@ -301,7 +306,7 @@ func (r Report) WriteTable(w io.Writer) error {
 	if file == "" {
 		file = "(none: the kubelet finds no credentials file)"
 	}
-	fmt.Fprintf(tw, "kubelet reads:\t%s\n\n", file)
+	fmt.Fprintf(tw, "kubelet reads:\t%s\n\n", text(file))
 	header := "REF\tFOUND\tENTRY\tUSERNAME"
 	probe := false
 	for _, res := range r.Results {
@@ -320,20 +325,20 @@ func (r Report) WriteTable(w io.Writer) error {
 		if len(res.Entries) > 1 {
 			entry = strings.Join(res.Entries, ",")
 		}
-		line := []string{res.Ref, found, orDash(entry), orDash(res.Username)}
+		line := []string{text(res.Ref), found, text(orDash(entry)), text(orDash(res.Username))}
 		if probe {
-			line = append(line, probeText(res.Probe))
+			line = append(line, text(probeText(res.Probe)))
 		}
 		if res.Error != "" && res.Found {
-			line = append(line, res.Error)
+			line = append(line, text(res.Error))
 		}
 		fmt.Fprintln(tw, strings.Join(line, "\t"))
 		if res.Error != "" && !res.Found {
-			fmt.Fprintf(tw, "  %s\n", res.Error)
+			fmt.Fprintf(tw, "  %s\n", text(res.Error))
 		}
 	}
 	for _, warn := range r.Warnings {
-		fmt.Fprintf(tw, "warning: %s\n", warn)
+		fmt.Fprintf(tw, "warning: %s\n", text(warn))
 	}
 	if r.Runtime != nil {
 		r.Runtime.writeTable(tw)
@@ -361,6 +366,19 @@ func probeText(p *ProbeResult) string {
 		return "failed: " + p.Error
 	}
 	return fmt.Sprintf("failed (%d) %s", p.Status, p.Error)
+}
+
+// text is s as the table prints it: as it is when every rune is graphic
+// (spaces included), else Go-quoted (strconv.QuoteToGraphic), so that
+// text from the node's files — a username, a host, a path — holding a
+// newline, a tab, a carriage return, an escape sequence, a bidirectional
+// override or bytes that are not UTF-8 can neither forge a row nor drive
+// the terminal. Every value printed in the table goes through it.
+func text(s string) string {
+	if utf8.ValidString(s) && strings.IndexFunc(s, func(r rune) bool { return !unicode.IsGraphic(r) }) < 0 {
+		return s
+	}
+	return strconv.QuoteToGraphic(s)
 }
 
 func orDash(s string) string {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"path"
 	"path/filepath"
 	"strings"
@@ -13,8 +14,10 @@ import (
 	"github.com/distribution/reference"
 
 	"github.com/nodecreds/nodecreds/internal/containerdconf"
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 	"github.com/nodecreds/nodecreds/internal/hoststoml"
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 )
 
@@ -126,7 +129,10 @@ func runRuntime(ctx context.Context, o Options) (*RuntimeReport, bool) {
 	if rv.records, err = nodefile.ReadHostsTOMLRecords(root, ro.StateDir); err != nil {
 		rep.Error = fmt.Sprintf("reading nodecreds' hosts.toml records: %v", err)
 	}
-	rep.ConfigFiles, rep.ConfigPath, rep.SandboxImage = rv.conf.Files, rv.conf.ConfigPaths, rv.conf.SandboxImage
+	rep.ConfigFiles, rep.ConfigPath = rv.conf.Files, rv.conf.ConfigPaths
+	if rv.conf.SandboxImage != "" {
+		rep.SandboxImage = kubeletcred.SafeRef(rv.conf.SandboxImage, false)
+	}
 	rep.Problems = append(rep.Problems, containerdconf.Diagnose(rv.conf, rv.v, rv.known, ro.CertsDir)...)
 	rv.folders, rv.note = rv.lookupFolders()
 	ok := len(rep.Problems) == 0 && rep.Error == ""
@@ -202,7 +208,7 @@ func (rv *runtimeView) lookupFolders() ([]string, string) {
 
 // resolve answers for one ref.
 func (rv *runtimeView) resolve(ctx context.Context, r runtimeRef) RuntimeResult {
-	res := RuntimeResult{Ref: r.ref, Sandbox: r.sandbox, Hosts: []RuntimeHost{}}
+	res := RuntimeResult{Ref: kubeletcred.SafeRef(r.ref, r.registry), Sandbox: r.sandbox, Hosts: []RuntimeHost{}}
 	registry, err := registryOf(r)
 	if err != nil {
 		res.Note = err.Error()
@@ -211,6 +217,11 @@ func (rv *runtimeView) resolve(ctx context.Context, r runtimeRef) RuntimeResult 
 	res.Registry = registry
 	file, data, note := rv.hostsFile(registry)
 	res.File, res.Note = file, joinNotes(rv.note, note)
+	if file != "" && data == nil {
+		// containerd reads a file check cannot: what it sends is not
+		// known, so the check does not pass.
+		return res
+	}
 	var hosts []hoststoml.Host
 	if data != nil {
 		var noHostTable bool
@@ -233,23 +244,41 @@ func (rv *runtimeView) resolve(ctx context.Context, r runtimeRef) RuntimeResult 
 		res.Hosts = append(res.Hosts, rv.host(ctx, file, h))
 	}
 	res.Problems = append(res.Problems, rv.hostProblems(registry, res.Hosts)...)
+	if rv.opts.Challenger != nil && !anyAnswered(res.Hosts) {
+		res.Problems = append(res.Problems, containerdconf.Problem{Reason: ReasonNoHostAnswered,
+			Message: fmt.Sprintf("No host containerd tries for %s answered /v2/ as a registry does (200, or 401 with a challenge): each could not be reached or answered another status, so containerd's pull fails.", registry),
+			Fix:     "Check the hosts' names, addresses and certificates, and the node's network and proxy, against the CHALLENGE column."})
+	}
 	res.OK = len(res.Problems) == 0 && anyHeader(res.Hosts, rv.opts.Challenger != nil)
 	return res
+}
+
+// ReasonNoHostAnswered: with --probe, no host containerd tries for a ref
+// answered as a registry.
+const ReasonNoHostAnswered = "NoHostAnswered"
+
+// anyAnswered: some host answered the challenge request as a registry
+// does: 200 (open), or 401 with a challenge (hostProblems says whether its
+// header answers it). A host that could not be reached, or answered 403,
+// 404, 5xx or a redirect, is one containerd's pull does not get through.
+func anyAnswered(hosts []RuntimeHost) bool {
+	for _, h := range hosts {
+		if h.ProbeErr == "" && (h.Status == http.StatusOK || h.Status == http.StatusUnauthorized) {
+			return true
+		}
+	}
+	return false
 }
 
 // registryOf is the registry host containerd looks r up by (docker.io for
 // Docker Hub's images).
 func registryOf(r runtimeRef) (string, error) {
 	if r.registry {
-		host := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(r.ref, "https://"), "http://"), "/")
-		if host == "" || strings.ContainsAny(host, " \t/") {
-			return "", fmt.Errorf("%q is not a registry host", r.ref)
-		}
-		return host, nil
+		return kubeletcred.RegistryHost(r.ref)
 	}
 	named, err := reference.ParseNormalizedNamed(r.ref)
 	if err != nil {
-		return "", fmt.Errorf("%q is not an image reference: %w", r.ref, err)
+		return "", kubeletcred.RefError(r.ref, err)
 	}
 	return reference.Domain(named), nil
 }
@@ -260,11 +289,16 @@ func registryOf(r runtimeRef) (string, error) {
 func (rv *runtimeView) hostsFile(registry string) (file string, data []byte, note string) {
 	for _, folder := range rv.folders {
 		for _, name := range append(hoststoml.Spellings(registry), hoststoml.DefaultFolder) {
-			dir, err := rv.root.OpenDir(path.Join(folder, name), false, 0)
-			if err != nil {
-				continue
-			}
 			p := path.Join(folder, name, "hosts.toml")
+			dir, err := rv.root.OpenDir(path.Join(folder, name), false, 0)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				continue
+			case err != nil:
+				// It exists, so containerd uses it (hostPaths stats it)
+				// and fails to read its hosts.toml.
+				return p, nil, fmt.Sprintf("containerd reads %s, which check cannot open (%v)", path.Join(folder, name), err)
+			}
 			data, _, err := dir.ReadFile("hosts.toml", hostfs.MaxFileSize)
 			dir.Close()
 			switch {
@@ -319,8 +353,9 @@ func (rv *runtimeView) host(ctx context.Context, file string, h hoststoml.Host) 
 	return out
 }
 
-// basicUser is the username of a Basic header value; "" for another
-// scheme or one that does not decode. Never the password.
+// basicUser is the username of a Basic header value, as
+// dockercfg.SafeUsername prints it; "" for another scheme or one that
+// does not decode. Never the password.
 func basicUser(v string) string {
 	scheme, cred, ok := strings.Cut(strings.TrimSpace(v), " ")
 	if !ok || !strings.EqualFold(scheme, "basic") {
@@ -330,11 +365,11 @@ func basicUser(v string) string {
 	if err != nil {
 		return ""
 	}
-	user, _, found := strings.Cut(string(raw), ":")
+	user, password, found := strings.Cut(string(raw), ":")
 	if !found {
 		return ""
 	}
-	return user
+	return dockercfg.SafeUsername(user, password)
 }
 
 // hostProblems: with the challenges known, a host that asks for

@@ -15,17 +15,17 @@ func (r *RuntimeReport) writeTable(w io.Writer) {
 	if version == "" {
 		version = "version not known (--runtime-version)"
 	}
-	fmt.Fprintf(w, "\ncontainerd:\t%s\n", version)
+	fmt.Fprintf(w, "\ncontainerd:\t%s\n", text(version))
 	if r.Error != "" {
-		fmt.Fprintf(w, "  error: %s\n", r.Error)
+		fmt.Fprintf(w, "  error: %s\n", text(r.Error))
 	}
 	files := strings.Join(r.ConfigFiles, ", ")
 	if files == "" {
 		files = "(none: containerd's defaults)"
 	}
-	fmt.Fprintf(w, "config:\t%s\n", files)
-	fmt.Fprintf(w, "config_path:\t%s\n", orDash(strings.Join(r.ConfigPath, ":")))
-	fmt.Fprintf(w, "nodecreds writes:\t%s\n", r.CertsDir)
+	fmt.Fprintf(w, "config:\t%s\n", text(files))
+	fmt.Fprintf(w, "config_path:\t%s\n", text(orDash(strings.Join(r.ConfigPath, ":"))))
+	fmt.Fprintf(w, "nodecreds writes:\t%s\n", text(r.CertsDir))
 	writeProblems(w, "", r.Problems)
 	if len(r.Results) == 0 {
 		return
@@ -36,7 +36,7 @@ func (r *RuntimeReport) writeTable(w io.Writer) {
 		if res.Sandbox {
 			ref = "sandbox: " + ref
 		}
-		lead := []string{ref, orDash(res.Registry), orDash(res.File)}
+		lead := []string{text(ref), text(orDash(res.Registry)), text(orDash(res.File))}
 		if len(res.Hosts) == 0 {
 			fmt.Fprintln(w, strings.Join(append(lead, "-", "-", "-"), "\t"))
 		}
@@ -44,10 +44,10 @@ func (r *RuntimeReport) writeTable(w io.Writer) {
 			if i > 0 {
 				lead = []string{"", "", ""}
 			}
-			fmt.Fprintln(w, strings.Join(append(lead, h.URL, headerText(h), challengeText(h)), "\t"))
+			fmt.Fprintln(w, strings.Join(append(lead, text(h.URL), text(headerText(h)), text(challengeText(h))), "\t"))
 		}
 		if res.Note != "" {
-			fmt.Fprintf(w, "  note: %s\n", res.Note)
+			fmt.Fprintf(w, "  note: %s\n", text(res.Note))
 		}
 		writeProblems(w, "  ", res.Problems)
 	}
@@ -78,6 +78,6 @@ func challengeText(h RuntimeHost) string {
 
 func writeProblems(w io.Writer, indent string, ps []containerdconf.Problem) {
 	for _, p := range ps {
-		fmt.Fprintf(w, "%sproblem (%s): %s\n%s  fix: %s\n", indent, p.Reason, p.Message, indent, p.Fix)
+		fmt.Fprintf(w, "%sproblem (%s): %s\n%s  fix: %s\n", indent, text(p.Reason), text(p.Message), indent, text(p.Fix))
 	}
 }

@@ -55,7 +55,9 @@ type Entry struct {
 
 // String never shows the password, the auth string or tokens, so an Entry
 // that slips into a log line or error leaks nothing.
-func (e Entry) String() string { return fmt.Sprintf("Entry{username=%q}", e.Username) }
+func (e Entry) String() string {
+	return fmt.Sprintf("Entry{username=%q}", SafeUsername(e.Username, e.Password))
+}
 
 // GoString keeps %#v as safe as %v.
 func (e Entry) GoString() string { return e.String() }

@@ -162,3 +162,13 @@ func isScheme(s string) bool {
 	}
 	return true
 }
+
+// SafeUsername is a username as every output prints it: "<redacted>" when
+// it may be the secret itself — it is the password or holds it, or there
+// is no password (a token passed as the username) — else as it is.
+func SafeUsername(user, password string) string {
+	if user != "" && (password == "" || strings.Contains(user, password)) {
+		return redacted
+	}
+	return user
+}

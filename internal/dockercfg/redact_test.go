@@ -1,6 +1,7 @@
 package dockercfg
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -179,4 +180,27 @@ func FuzzSafeKeyURLUserInfo(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestSafeUsername: a username that may be the secret is never printed,
+// by SafeUsername or an Entry's String (logs, errors).
+func TestSafeUsername(t *testing.T) {
+	const pw = "Kp3UsernamePw"
+	for _, tt := range []struct{ user, password, want string }{
+		{"robot", pw, "robot"},
+		{pw, pw, redacted},
+		{"robot+" + pw, pw, redacted},
+		{pw, "", redacted},
+		{"", pw, ""},
+	} {
+		if got := SafeUsername(tt.user, tt.password); got != tt.want {
+			t.Errorf("SafeUsername(%q, %q) = %q, want %q", tt.user, tt.password, got, tt.want)
+		}
+		e := Entry{Username: tt.user, Password: tt.password}
+		for _, s := range []string{e.String(), fmt.Sprintf("%v %+v %#v %s", e, e, e, e)} {
+			if tt.want == redacted && strings.Contains(s, pw) {
+				t.Errorf("an Entry prints the password: %s", s)
+			}
+		}
+	}
 }

@@ -65,7 +65,7 @@ type Cred struct {
 
 // String never shows the password, nor a password in the key.
 func (c Cred) String() string {
-	return fmt.Sprintf("Cred{key=%q, username=%q}", dockercfg.SafeKey(c.Key), c.Username)
+	return fmt.Sprintf("Cred{key=%q, username=%q}", dockercfg.SafeKey(c.Key), dockercfg.SafeUsername(c.Username, c.Password))
 }
 
 // GoString keeps %#v as safe as %v.
@@ -451,20 +451,58 @@ func urlsMatchStr(glob, target string) (bool, error) {
 
 // RepoOf turns an image reference into the repository the kubelet looks up
 // (docker.io/library/ for short names, no tag or digest). A registry given
-// alone (host[:port]) is looked up as itself.
+// alone (host[:port]) is looked up as itself. An error names the ref as
+// SafeRef prints it.
 func RepoOf(ref string, isRegistry bool) (string, error) {
 	if isRegistry {
-		r := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(ref, "https://"), "http://"), "/")
-		if r == "" || strings.ContainsAny(r, " \t/") {
-			return "", fmt.Errorf("%q is not a registry host", ref)
-		}
-		return r, nil
+		return RegistryHost(ref)
 	}
 	named, err := reference.ParseNormalizedNamed(ref)
 	if err != nil {
-		return "", fmt.Errorf("%q is not an image reference: %w", ref, err)
+		return "", RefError(ref, err)
 	}
 	return named.Name(), nil
+}
+
+// RefError says that ref is not an image reference, naming it as SafeRef
+// prints it and the parser's complaint by its class only: the parser's
+// own text quotes parts of the ref.
+func RefError(ref string, err error) error {
+	why := reference.ErrReferenceInvalidFormat
+	for _, e := range []error{reference.ErrNameEmpty, reference.ErrNameTooLong, reference.ErrNameNotCanonical, reference.ErrTagInvalidFormat, reference.ErrDigestInvalidFormat, reference.ErrNameContainsUppercase} {
+		if errors.Is(err, e) {
+			why = e
+		}
+	}
+	if strings.Contains(err.Error(), "must be lowercase") {
+		why = reference.ErrNameContainsUppercase
+	}
+	return fmt.Errorf("%q is not an image reference: %w", SafeRef(ref, false), why)
+}
+
+// RegistryHost is the host[:port] of a registry given alone (an optional
+// http(s) scheme and trailing '/' are dropped). One that is no valid
+// registry key's host — user-info, a port that is not a number, a path —
+// is refused, named as SafeRef prints it.
+func RegistryHost(ref string) (string, error) {
+	r := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(ref, "https://"), "http://"), "/")
+	if r == "" || strings.ContainsAny(r, " \t/") || dockercfg.ValidateKey(r) != nil {
+		return "", fmt.Errorf("%q is not a registry host", SafeRef(ref, true))
+	}
+	return r, nil
+}
+
+// SafeRef is an --image or --registry as outputs print it: an image
+// reference that parses as it is (nothing in it is user-info), anything
+// else as dockercfg.SafeKey prints a key, so that a password written into
+// its user-info, or where a port or a path goes, is left out.
+func SafeRef(ref string, isRegistry bool) string {
+	if !isRegistry {
+		if _, err := reference.ParseNormalizedNamed(ref); err == nil {
+			return ref
+		}
+	}
+	return dockercfg.SafeKey(ref)
 }
 
 // Match is a credential the kubelet would try, read from one config.json,
