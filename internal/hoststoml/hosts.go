@@ -45,6 +45,9 @@ func Hosts(data []byte, registry string) (hosts []Host, noHostTable bool, err er
 			return nil, false, fmt.Errorf("a host key is not a URL containerd can parse (line %d)", d.line(t.lineStart))
 		}
 		table, _ := lookup(d.decoded, []string{"host", prev}).(map[string]any)
+		if !pulls(table) {
+			continue
+		}
 		hosts = append(hosts, describe(prev, u.Scheme, u.Host, table))
 	}
 	host, scheme, err := d.server()
@@ -57,8 +60,26 @@ func Hosts(data []byte, registry string) (hosts []Host, noHostTable bool, err er
 			scheme = "https"
 		}
 	}
-	hosts = append(hosts, describe("", scheme, host, d.decoded))
+	if pulls(d.decoded) {
+		hosts = append(hosts, describe("", scheme, host, d.decoded))
+	}
 	return hosts, !hasHostTable(d.decoded), nil
+}
+
+// pulls reports whether containerd tries a host for pulls: capabilities
+// unset (every capability), or naming pull or resolve. A push-only host is
+// skipped (hosts.go filters by HostCapabilityResolve and Pull).
+func pulls(table map[string]any) bool {
+	caps, ok := table["capabilities"].([]any)
+	if !ok {
+		return true
+	}
+	for _, c := range caps {
+		if c == "pull" || c == "resolve" {
+			return true
+		}
+	}
+	return false
 }
 
 // describe reads a host's table: its Authorization values (any spelling
