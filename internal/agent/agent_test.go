@@ -360,22 +360,8 @@ func TestOwnWritesAreNotDrift(t *testing.T) {
 	files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
 	syncs := &countingReporter{}
 	a := New(src, files, Options{Targets: []string{target}, HostRoot: root, Prune: true, Debounce: 50 * time.Millisecond, Resync: time.Hour, Reporters: []Reporter{syncs}}, logrus.NewEntry(logrus.New()))
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-
-	settle := func(want int32, what string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for syncs.n.Load() < want && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		time.Sleep(500 * time.Millisecond) // ten debounces: any extra sync would be done
-		if got := syncs.n.Load(); got != want {
-			t.Fatalf("%s: %d syncs, want %d", what, got, want)
-		}
-	}
+	runAgent(t, a)
+	settle := func(want int32, what string) { t.Helper(); settleSyncs(t, syncs, want, what) }
 	settle(1, "start (creates the file)")
 	src.snaps = []source.Snapshot{snap("a", "r.test", "v")}
 	src.completed <- struct{}{}
@@ -400,6 +386,30 @@ func TestOwnWritesAreNotDrift(t *testing.T) {
 		if !strings.Contains(string(testsupport.ReadFile(t, path)), ours) {
 			t.Fatalf("drift %d was not corrected:\n%s", i+1, testsupport.ReadFile(t, path))
 		}
+	}
+}
+
+// runAgent runs a until the test ends.
+func runAgent(t *testing.T, a *Agent) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// settleSyncs waits until the agent synced want times in all, then ten
+// debounces more, and fails unless that is all: any extra sync (its own
+// write taken for drift) would be done by then.
+func settleSyncs(t *testing.T, syncs *countingReporter, want int32, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for syncs.n.Load() < want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if got := syncs.n.Load(); got != want {
+		t.Fatalf("%s: %d syncs, want %d", what, got, want)
 	}
 }
 

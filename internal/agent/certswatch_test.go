@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -41,22 +40,8 @@ func TestHostsTOMLDriftIsCorrectedAtOnce(t *testing.T) {
 	syncs := &countingReporter{}
 	a := New(src, files, Options{Targets: []string{target}, HostRoot: root, Prune: true, Debounce: 50 * time.Millisecond, Resync: time.Hour,
 		Reporters: []Reporter{syncs}, Runtime: runtimeauth.New(certsDir, files)}, logrus.NewEntry(logrus.New()))
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-
-	settle := func(want int32, what string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for syncs.n.Load() < want && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		time.Sleep(500 * time.Millisecond) // ten debounces: any extra sync would be done
-		if got := syncs.n.Load(); got != want {
-			t.Fatalf("%s: %d syncs, want %d", what, got, want)
-		}
-	}
+	runAgent(t, a)
+	settle := func(want int32, what string) { t.Helper(); settleSyncs(t, syncs, want, what) }
 	settle(1, "start (creates the hosts.toml)")
 	header := "Basic " + authFor("u")
 	if !strings.Contains(string(testsupport.ReadFile(t, hosts)), header) {
