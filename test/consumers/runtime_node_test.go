@@ -381,6 +381,13 @@ func (rn *runtimeNode) afterCleanup(c *cluster.Cluster, ctdDir string) {
 	if !t.Failed() {
 		t.Logf("runtime: after cleanup the certs folder holds exactly its files from before nodecreds, same bytes: %v", slices.Sorted(maps.Keys(after)))
 	}
+	if dirs, err := os.ReadDir(rn.certsDir); err == nil {
+		var names []string
+		for _, d := range dirs {
+			names = append(names, d.Name())
+		}
+		t.Logf("runtime: folders left in the certs folder: %v", names)
+	}
 	if fi, err := os.Stat(rn.adminFile); err == nil && fi.Mode().Perm() != 0o644 {
 		t.Logf("runtime: note: the admin's hosts.toml is mode %v after cleanup (written 0644)", fi.Mode().Perm())
 	}
