@@ -37,7 +37,7 @@ const (
 	pauseSecret, mirrorSecret         = "pause-credentials", "mirror-credentials"
 	// localApp is imported into containerd and never pulled (policy
 	// Never), so the sandbox Pods below need a pull for their sandbox only.
-	localApp = "docker.io/nodecreds/app:v1"
+	localApp = "docker.io/nodecreds/sandbox-app:v1"
 )
 
 // runtimeNode holds what the runtime parts of TestRealNode share.
@@ -73,11 +73,9 @@ func newRuntimeNode(t *testing.T, work, ctdDir string) *runtimeNode {
 	rn.pauseRef = rn.pause.addr + "/nodecreds/pause:e2e"
 	rn.mirrored = rn.pause.addr + "/team/mirrored:v1"
 
-	rn.pauseTar = filepath.Join(work, "pause.tar")
-	mkimage(t, rn.pauseTar, rn.pauseRef, "/bin/busybox,sleep,2147483647", "/bin/busybox=/bin/busybox")
+	rn.pauseTar = rn.busyboxImage("pause", rn.pauseRef)
 	push(t, rn.pauseTar, rn.pauseRef, pauseUser, pausePass1)
-	mirroredTar := filepath.Join(work, "mirrored.tar")
-	mkimage(t, mirroredTar, rn.mirror.addr+"/team/mirrored:v1", "/bin/busybox,sleep,2147483647", "/bin/busybox=/bin/busybox")
+	mirroredTar := rn.busyboxImage("mirrored", rn.mirror.addr+"/team/mirrored:v1")
 	push(t, mirroredTar, rn.mirror.addr+"/team/mirrored:v1", mirrorUser, mirrorPass)
 	if out, err := skopeoInspect("skopeo", rn.mirrored, "--creds", pauseUser+":"+pausePass1); err == nil || !strings.Contains(string(out), "manifest unknown") {
 		t.Fatalf("the pause registry does not answer `manifest unknown` for %s (%v), so a pull of it would not prove the mirror:\n%s", rn.mirrored, err, out)
@@ -108,6 +106,18 @@ func startDebugRegistry(t *testing.T, user, pass string) *registryProc {
 	testsupport.WriteFile(t, cfgPath, debug, 0o600)
 	r.rotate(user, pass) // a restart with the same user and password
 	return r
+}
+
+// busyboxImage builds an image that sleeps, with a file of its own so
+// that its image ID is its own: containerd's CRI keeps one entry per ID,
+// and the sandbox image removed and pulled here must share it with no
+// image a Pod runs.
+func (rn *runtimeNode) busyboxImage(name, ref string) string {
+	marker := filepath.Join(rn.work, name+".marker")
+	testsupport.WriteFile(rn.t, marker, name+"\n", 0o644)
+	out := filepath.Join(rn.work, name+".tar")
+	mkimage(rn.t, out, ref, "/bin/busybox,sleep,2147483647", "/bin/busybox=/bin/busybox", marker+"=/"+name)
+	return out
 }
 
 func push(t *testing.T, archive, ref, user, pass string) {
@@ -167,7 +177,7 @@ func (rn *runtimeNode) run(ctx context.Context, c *cluster.Cluster, socket, ctdD
 	t := rn.t
 	t.Helper()
 	rn.ctdPID = containerdPID(t, ctdDir)
-	ctr(t, socket, "images", "import", filepath.Join(rn.work, "app.tar"))
+	ctr(t, socket, "images", "import", rn.busyboxImage("sandbox-app", localApp))
 
 	rn.addSources(ctx, c)
 	rn.createSecret(ctx, c, mirrorSecret, rn.mirror.addr, mirrorUser, mirrorPass)
