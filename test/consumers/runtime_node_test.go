@@ -152,12 +152,18 @@ func (rn *runtimeNode) withRuntimeAuth(objs []*unstructured.Unstructured) {
 	}
 }
 
-// files is every file under certsDir with its content.
+// files is every file under certsDir with its content, and every folder
+// (named with a trailing slash): an empty host folder still routes, it is
+// the one containerd reads for that registry instead of _default.
 func (rn *runtimeNode) files() map[string]string {
 	out := map[string]string{}
 	err := filepath.WalkDir(rn.certsDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+		if err != nil || p == rn.certsDir {
 			return err
+		}
+		if d.IsDir() {
+			out[strings.TrimPrefix(p, rn.certsDir+"/")+"/"] = ""
+			return nil
 		}
 		b, err := os.ReadFile(p)
 		out[strings.TrimPrefix(p, rn.certsDir+"/")] = string(b)
@@ -323,9 +329,16 @@ func (rn *runtimeNode) throughMirror(ctx context.Context, c *cluster.Cluster) {
 	// Stopped, so its log is complete and read without a race.
 	rn.mirror.stop()
 	mirrorLog := rn.mirror.logs.String()
-	served := regexp.MustCompile(`msg=GetImageManifest auth\.user\.name=` + mirrorUser + ` .*http\.request\.uri=/v2/team/mirrored/manifests/v1`)
+	// containerd asks a mirror for ...?ns=<the image's registry>.
+	served := regexp.MustCompile(`msg=GetImageManifest auth\.user\.name=` + mirrorUser + ` .*http\.request\.uri="/v2/team/mirrored/manifests/v1\?ns=` + regexp.QuoteMeta(rn.pause.addr) + `"`)
 	if l := served.FindString(mirrorLog); l == "" {
-		t.Errorf("the mirror's log shows no manifest request for team/mirrored by %s", mirrorUser)
+		var manifests []string
+		for _, l := range strings.Split(mirrorLog, "\n") {
+			if strings.Contains(l, "GetImageManifest") {
+				manifests = append(manifests, l)
+			}
+		}
+		t.Errorf("the mirror's log shows no manifest request for team/mirrored of %s by %s; its manifest requests:\n%s", rn.pause.addr, mirrorUser, strings.Join(manifests, "\n"))
 	} else {
 		t.Logf("runtime: mirror log: %s", l)
 	}
@@ -389,14 +402,7 @@ func (rn *runtimeNode) afterCleanup(c *cluster.Cluster, ctdDir string) {
 		}
 	}
 	if !t.Failed() {
-		t.Logf("runtime: after cleanup the certs folder holds exactly its files from before nodecreds, same bytes: %v", slices.Sorted(maps.Keys(after)))
-	}
-	if dirs, err := os.ReadDir(rn.certsDir); err == nil {
-		var names []string
-		for _, d := range dirs {
-			names = append(names, d.Name())
-		}
-		t.Logf("runtime: folders left in the certs folder: %v", names)
+		t.Logf("runtime: after cleanup the certs folder holds exactly its folders and files from before nodecreds, same bytes: %v", slices.Sorted(maps.Keys(after)))
 	}
 	if fi, err := os.Stat(rn.adminFile); err == nil && fi.Mode().Perm() != 0o644 {
 		t.Logf("runtime: note: the admin's hosts.toml is mode %v after cleanup (written 0644)", fi.Mode().Perm())
