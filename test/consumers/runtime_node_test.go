@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -330,7 +331,7 @@ func (rn *runtimeNode) throughMirror(ctx context.Context, c *cluster.Cluster) {
 	rn.mirror.stop()
 	mirrorLog := rn.mirror.logs.String()
 	// containerd asks a mirror for ...?ns=<the image's registry>.
-	served := regexp.MustCompile(`msg=GetImageManifest auth\.user\.name=` + mirrorUser + ` .*http\.request\.uri="/v2/team/mirrored/manifests/v1\?ns=` + regexp.QuoteMeta(rn.pause.addr) + `"`)
+	served := regexp.MustCompile(`msg=GetImageManifest auth\.user\.name=` + mirrorUser + ` .*http\.request\.uri="/v2/team/mirrored/manifests/v1\?ns=` + regexp.QuoteMeta(url.QueryEscape(rn.pause.addr)) + `"`)
 	if l := served.FindString(mirrorLog); l == "" {
 		var manifests []string
 		for _, l := range strings.Split(mirrorLog, "\n") {
