@@ -460,7 +460,7 @@ func TestRealNode(t *testing.T) {
 		t.Errorf("the kubelet ran the nodecreds plugin %v times with %v errors since its last restart, want ≥1 and 0", runs, failures)
 	}
 	t.Logf("the kubelet ran the nodecreds plugin %v times since its last restart, no error", runs)
-	kubeletLog := c.Logs("kubelet")
+	kubeletLog := kubeletLog(t, c)
 	for _, p := range passwords {
 		if strings.Contains(kubeletLog, p) {
 			t.Error("a password is in the kubelet's log")
@@ -496,6 +496,13 @@ func TestRealNode(t *testing.T) {
 	}
 	rn.afterCleanup(c, ctdDir)
 	writeResults(t, freshNode, filesUpdated, afterRotation, pluginTimes[0], pluginTimes[1], rn.timings)
+}
+
+// kubeletLog is the kubelet's whole log, all its restarts (c.Logs gives
+// only the tail).
+func kubeletLog(t *testing.T, c *cluster.Cluster) string {
+	t.Helper()
+	return string(testsupport.ReadFile(t, filepath.Join(c.Dir, "kubelet.log")))
 }
 
 // metricValue is the value of name{plugin_name="nodecreds"} in Prometheus

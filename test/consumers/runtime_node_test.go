@@ -182,7 +182,6 @@ func (rn *runtimeNode) files() map[string]string {
 // runs throughout with the same PID.
 func (rn *runtimeNode) run(ctx context.Context, c *cluster.Cluster, socket, ctdDir string) {
 	t := rn.t
-	t.Helper()
 	rn.ctdPID = containerdPID(t, ctdDir)
 	ctr(t, socket, "images", "import", rn.busyboxImage("sandbox-app", localApp))
 
@@ -388,7 +387,6 @@ func (rn *runtimeNode) adminKept() {
 // the agent's log.
 func (rn *runtimeNode) afterCleanup(c *cluster.Cluster, ctdDir string) {
 	t := rn.t
-	t.Helper()
 	after := rn.files()
 	for name, text := range rn.before {
 		if got, ok := after[name]; !ok {
@@ -415,7 +413,8 @@ func (rn *runtimeNode) afterCleanup(c *cluster.Cluster, ctdDir string) {
 		secrets = append(secrets, pass, testsupport.B64(up))
 	}
 	ctdLog := string(testsupport.ReadFile(t, filepath.Join(ctdDir, "containerd.log")))
-	for where, text := range map[string]string{"kubelet log": c.Logs("kubelet"), "containerd log": ctdLog, "agent log": rn.agentLogs.String()} {
+	kubeletLog := kubeletLog(t, c)
+	for where, text := range map[string]string{"kubelet log": kubeletLog, "containerd log": ctdLog, "agent log": rn.agentLogs.String()} {
 		for _, s := range secrets {
 			if strings.Contains(text, s) {
 				t.Errorf("a password or header value of the pause registry or the mirror is in the %s", where)
@@ -423,7 +422,7 @@ func (rn *runtimeNode) afterCleanup(c *cluster.Cluster, ctdDir string) {
 		}
 	}
 	t.Logf("runtime: no password or header value of the pause registry or the mirror in the kubelet log (%d bytes), containerd log (%d bytes) or agent log (%d bytes)",
-		len(c.Logs("kubelet")), len(ctdLog), rn.agentLogs.Len())
+		len(kubeletLog), len(ctdLog), rn.agentLogs.Len())
 }
 
 // collectAgentLogs keeps the agent Pods' container logs, which the kubelet
