@@ -395,7 +395,25 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 		return res
 	}
 	t.place(&res, recs, p, folder, want, old, rec)
+	if res.Removed && (old.Created || rec.Created) {
+		removeFolder(root, p)
+	}
 	return res
+}
+
+// removeFolder removes the host folder of p, which was made with the
+// created file just removed (a file is created only where no folder for
+// the registry existed): left empty, it would still be the folder
+// containerd reads for that registry, in place of _default, after
+// nodecreds let go. A folder someone put something in since (Docker-style
+// certificates) is not empty and stays, as does one that cannot be opened.
+func removeFolder(root *hostfs.Root, p string) {
+	dir, err := root.OpenDir(path.Dir(path.Dir(p)), false, 0)
+	if err != nil {
+		return
+	}
+	defer dir.Close()
+	_ = dir.RemoveDir(path.Base(path.Dir(p)))
 }
 
 // target is one hosts.toml as syncFile opened it: its folder, or, when it

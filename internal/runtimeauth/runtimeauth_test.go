@@ -166,6 +166,9 @@ func TestCreateMergeRotateRestore(t *testing.T) {
 	if n.exists("mirror.test:5000") {
 		t.Fatalf("created file left behind")
 	}
+	if _, err := os.Lstat(filepath.Join(n.root, certsDir, "mirror.test:5000")); err == nil {
+		t.Fatal("the folder made for the created file left behind: containerd would read it instead of _default")
+	}
 	if _, err := os.Stat(filepath.Join(n.root, stateDir, "state.json")); err == nil {
 		t.Fatalf("state file left with nothing recorded")
 	}
@@ -210,8 +213,36 @@ func TestCleanupRestoresOriginalBytes(t *testing.T) {
 	if n.exists("mirror.test:5000") {
 		t.Fatal("created file left behind")
 	}
+	if _, err := os.Lstat(filepath.Join(n.root, certsDir, "mirror.test:5000")); err == nil {
+		t.Fatal("the folder made for the created file left behind: containerd would read it instead of _default")
+	}
 	if rs, err := Cleanup(t.Context(), n.engine); err != nil || len(rs) != 0 {
 		t.Fatalf("second cleanup: %v %+v", err, rs)
+	}
+}
+
+// TestCleanupKeepsAFolderSomeoneFilled: certificates put in the folder
+// nodecreds made stay, with their folder, when cleanup removes its file.
+func TestCleanupKeepsAFolderSomeoneFilled(t *testing.T) {
+	const pass = "hJ2mQ8wE5tR1"
+	n := newNode(t)
+	n.sync(t, annotated(source("ns/a", item("mirror.test:5000", pass))), pass)
+	ca := filepath.Join(n.root, certsDir, "mirror.test:5000", "ca.crt")
+	testsupport.WriteFile(t, ca, "certificate\n", 0o644)
+	results, err := Cleanup(t.Context(), n.engine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results {
+		if r.Err != nil {
+			t.Fatalf("cleanup %s: %v", r.Path, r.Err)
+		}
+	}
+	if n.exists("mirror.test:5000") {
+		t.Fatal("created file left behind")
+	}
+	if got := string(testsupport.ReadFile(t, ca)); got != "certificate\n" {
+		t.Fatalf("someone's certificate changed: %q", got)
 	}
 }
 

@@ -32,7 +32,6 @@ const (
 	pluginRoot   = "/opt/nodecreds" // deploy/credential-provider installs into bin/
 	pluginBinDir = pluginRoot + "/bin"
 	agentImage   = "docker.io/nodecreds/nodecreds:e2e"
-	pauseImage   = "docker.io/nodecreds/pause:e2e"
 	nodecredsNS  = "nodecreds"
 	secretName   = "registry-credentials"
 	appNamespace = "default"
@@ -197,9 +196,12 @@ func TestRealNode(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// containerd with a local pause image; the agent's image imported.
+	// containerd with a sandbox image that lives only in a private registry
+	// of its own (runtime_node_test.go), imported so the first sandboxes
+	// start; the agent's image imported.
 	ctdDir := filepath.Join(work, "containerd")
-	out, err := exec.Command("./node/containerd.sh", ctdDir, pauseImage).CombinedOutput()
+	rn := newRuntimeNode(t, work, ctdDir)
+	out, err := exec.Command("./node/containerd.sh", ctdDir, rn.pauseRef).CombinedOutput()
 	if err != nil {
 		t.Fatalf("containerd: %v\n%s", err, out)
 	}
@@ -240,9 +242,8 @@ func TestRealNode(t *testing.T) {
 	}
 	agentBin := filepath.Join(work, "nodecreds-from-image")
 	testsupport.WriteFile(t, agentBin, string(imageBinary(t, layoutDir, runtime.GOARCH)), 0o600)
-	mkimage(t, filepath.Join(work, "pause.tar"), pauseImage, "/bin/busybox,sleep,2147483647", busybox+"=/bin/busybox")
 	mkimage(t, filepath.Join(work, "app.tar"), "docker.io/nodecreds/app:v1", "/bin/busybox,sleep,2147483647", busybox+"=/bin/busybox")
-	ctrCmd("images", "import", filepath.Join(work, "pause.tar"))
+	ctrCmd("images", "import", rn.pauseTar)
 
 	// The private registry and image; containerd reaches it over plain HTTP.
 	const user, pass1, pass2 = "robot", "node-canary-pw-1", "node-canary-pw-2"
@@ -308,6 +309,7 @@ func TestRealNode(t *testing.T) {
 	// step 5 configures it) and the machine's overlay; create the Secret.
 	objs := withCredentialProvider(t)
 	overlay(objs, strings.TrimPrefix(c.URL[strings.LastIndex(c.URL, ":"):], ":"))
+	rn.withRuntimeAuth(objs)
 	if err := cluster.Apply(ctx, c.RESTConfig, objs, false); err != nil {
 		t.Fatal(err)
 	}
@@ -458,12 +460,16 @@ func TestRealNode(t *testing.T) {
 		t.Errorf("the kubelet ran the nodecreds plugin %v times with %v errors since its last restart, want ≥1 and 0", runs, failures)
 	}
 	t.Logf("the kubelet ran the nodecreds plugin %v times since its last restart, no error", runs)
-	kubeletLog := c.Logs("kubelet")
+	kubeletLog := kubeletLog(t, c)
 	for _, p := range passwords {
 		if strings.Contains(kubeletLog, p) {
 			t.Error("a password is in the kubelet's log")
 		}
 	}
+
+	// The pulls containerd makes itself: the sandbox image from a private
+	// registry and a mirror with credentials of its own.
+	rn.run(ctx, c, socket, ctdDir)
 
 	// 6. Uninstall: delete the DaemonSet, run the documented cleanup; the
 	// node files are back to what they were.
@@ -488,7 +494,15 @@ func TestRealNode(t *testing.T) {
 	if got := string(testsupport.ReadFile(t, filepath.Join(dockerDir, "config.json"))); !jsonEqual([]byte(got), []byte(origDocker)) {
 		t.Errorf("root's docker config after cleanup differs from the original:\n%s", got)
 	}
-	writeResults(t, freshNode, filesUpdated, afterRotation, pluginTimes[0], pluginTimes[1])
+	rn.afterCleanup(c, ctdDir)
+	writeResults(t, freshNode, filesUpdated, afterRotation, pluginTimes[0], pluginTimes[1], rn.timings)
+}
+
+// kubeletLog is the kubelet's whole log, all its restarts (c.Logs gives
+// only the tail).
+func kubeletLog(t *testing.T, c *cluster.Cluster) string {
+	t.Helper()
+	return string(testsupport.ReadFile(t, filepath.Join(c.Dir, "kubelet.log")))
 }
 
 // metricValue is the value of name{plugin_name="nodecreds"} in Prometheus
@@ -506,13 +520,13 @@ func metricValue(text, name string) float64 {
 }
 
 // writeResults records the measured times for docs (NODE_E2E_RESULTS).
-func writeResults(t *testing.T, fresh, files, rotation, plugin, plugin10s time.Duration) {
+func writeResults(t *testing.T, fresh, files, rotation, plugin, plugin10s time.Duration, runtimeTimes []string) {
 	out := os.Getenv("NODE_E2E_RESULTS")
 	if out == "" {
 		return
 	}
-	line := fmt.Sprintf("%s fresh-node-secret-to-running=%s rotation-files-in-sync=%s rotation-to-running=%s rotation-to-running-with-plugin=%s rotation-to-running-with-plugin-10s-cache=%s\n",
-		time.Now().UTC().Format(time.RFC3339), fresh.Round(time.Second), files.Round(time.Millisecond), rotation.Round(time.Second), plugin.Round(time.Second), plugin10s.Round(time.Second))
+	line := fmt.Sprintf("%s fresh-node-secret-to-running=%s rotation-files-in-sync=%s rotation-to-running=%s rotation-to-running-with-plugin=%s rotation-to-running-with-plugin-10s-cache=%s %s\n",
+		time.Now().UTC().Format(time.RFC3339), fresh.Round(time.Second), files.Round(time.Millisecond), rotation.Round(time.Second), plugin.Round(time.Second), plugin10s.Round(time.Second), strings.Join(runtimeTimes, " "))
 	f, err := os.OpenFile(out, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		t.Error(err)
