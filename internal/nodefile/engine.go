@@ -44,6 +44,8 @@ type Engine struct {
 	swept    map[string]bool      // folders (and prefixes) swept of a crash's leftovers; guarded by mu
 	held     map[string][]string  // target host path → names of files held next to it, not yet merged; guarded by mu
 	exposed  map[string]*exposure // target host path → the stale files of ours races left in place within exposureWindow; guarded by mu
+	// noHostsTOML: the last WithHostsTOML left no record; guarded by mu.
+	noHostsTOML bool
 	hooks    hooks                // tests only
 }
 

@@ -152,7 +152,18 @@ func (e *Engine) WithHostsTOML(ctx context.Context, f func(root *hostfs.Root, re
 	if err := recs.Save(); err != nil && ferr == nil {
 		ferr = err
 	}
+	e.noHostsTOML = ferr == nil && len(recs.files) == 0
 	return ferr
+}
+
+// HostsTOMLIdle reports whether the last WithHostsTOML (this process is the
+// node's one agent, nodelock) left no record: a runtime sync with no header
+// to write has then nothing to restore either, and needs neither the lock
+// nor a read. False until a first look.
+func (e *Engine) HostsTOMLIdle() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.noHostsTOML
 }
 
 // migrateHostsTOML moves the records found in state.json into recs' file.

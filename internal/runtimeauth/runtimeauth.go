@@ -38,6 +38,8 @@ const tempPrefix = ".hosts.toml.nodecreds-"
 // Store is the state the records live in (nodefile.Engine).
 type Store interface {
 	WithHostsTOML(ctx context.Context, f func(root *hostfs.Root, recs *nodefile.HostsTOMLRecords) error) error
+	// HostsTOMLIdle: no record is kept (as of the last WithHostsTOML).
+	HostsTOMLIdle() bool
 }
 
 // Registry is one registry a header is written for.
@@ -204,6 +206,11 @@ type plan struct {
 // error is about the state or its lock.
 func (w *Writer) Sync(ctx context.Context, d Desired) ([]Result, []string, error) {
 	regs, skipped := d.Registries()
+	if len(regs) == 0 && w.store.HostsTOMLIdle() {
+		// No header to write and none recorded to restore: every sync of a
+		// node whose Secrets are not annotated (yet) costs nothing here.
+		return nil, skipped, nil
+	}
 	opts := hoststoml.Options{Headers: map[string]string{}, PlainHTTP: map[string]bool{}}
 	for _, r := range regs {
 		opts.Headers[r.Host] = r.value

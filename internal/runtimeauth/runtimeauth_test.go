@@ -335,3 +335,42 @@ func TestStateKeepsTargetsAndRecords(t *testing.T) {
 		t.Fatal("created file left behind")
 	}
 }
+
+// TestIdleSyncsSkipTheRecords: once a sync found no record, a sync with
+// no header to write takes no lock and reads nothing; a record kept (from
+// this run or an earlier one) always gets the full sync, so what left the
+// Secrets is restored.
+func TestIdleSyncsSkipTheRecords(t *testing.T) {
+	root := t.TempDir()
+	files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
+	w := New("/etc/containerd/certs.d", files)
+	if files.HostsTOMLIdle() {
+		t.Fatal("idle before any look at the records")
+	}
+	if _, _, err := w.Sync(t.Context(), Desired{}); err != nil {
+		t.Fatal(err)
+	}
+	if !files.HostsTOMLIdle() {
+		t.Fatal("not idle after a sync that found and left no record")
+	}
+	held := Desired{Sources: []dockercfg.NamedSet{{Name: "a", Set: dockercfg.Set{{Key: "r.test", Entry: dockercfg.Entry{Username: "u", Password: "p"}}}}}, Annotated: map[string]bool{"a": true}}
+	if _, _, err := w.Sync(t.Context(), held); err != nil {
+		t.Fatal(err)
+	}
+	if files.HostsTOMLIdle() {
+		t.Fatal("idle while a record is kept")
+	}
+	hosts := filepath.Join(root, "etc/containerd/certs.d/r.test/hosts.toml")
+	if _, err := os.Stat(hosts); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := w.Sync(t.Context(), Desired{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(hosts); !os.IsNotExist(err) {
+		t.Errorf("the file nodecreds created stays after its registry left: %v", err)
+	}
+	if !files.HostsTOMLIdle() {
+		t.Error("not idle once the last record went")
+	}
+}

@@ -65,6 +65,12 @@ func (d *Diagnosis) Changed() <-chan struct{} { return d.changed }
 // each with its fix. It reads the configuration files afresh (an admin's
 // fix shows at the next sync) and queues the challenges not yet known.
 func (d *Diagnosis) Problems(regs []runtimeauth.Registry) []containerdconf.Problem {
+	if len(regs) == 0 {
+		// No header written: nothing containerd could fail to use (and
+		// no configuration read at every sync of a node that has none).
+		d.forget(nil)
+		return nil
+	}
 	if d.versionKnown && d.runtime != "containerd" {
 		return []containerdconf.Problem{{Reason: "RuntimeNotContainerd",
 			Message: fmt.Sprintf("The node's container runtime is %s, which does not read containerd's hosts.toml.", d.runtime),

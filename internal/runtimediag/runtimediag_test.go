@@ -151,7 +151,7 @@ func TestProblemsShowNoConfigValue(t *testing.T) {
 				testsupport.WriteFile(t, filepath.Join(root, p), content, 0o600)
 			}
 			d := New(root, "/etc/containerd/config.toml", certs, tc.version)
-			ps := d.Problems(nil)
+			ps := d.Problems([]runtimeauth.Registry{{Host: "r.test"}})
 			if len(ps) == 0 {
 				t.Fatal("no problem told")
 			}
@@ -219,5 +219,16 @@ func TestRegistryURL(t *testing.T) {
 		if got := registryURL(tc.r); got != tc.want {
 			t.Errorf("registryURL(%+v) = %s, want %s", tc.r, got, tc.want)
 		}
+	}
+}
+
+// TestNoHeaderNoProblem: with no header written (no Secret annotated yet)
+// there is nothing containerd could fail to use, whatever its state.
+func TestNoHeaderNoProblem(t *testing.T) {
+	root := t.TempDir()
+	testsupport.WriteFile(t, filepath.Join(root, "etc/containerd/config.toml"), "not toml [", 0o600)
+	d := New(root, "/etc/containerd/config.toml", "/etc/containerd/certs.d", "")
+	if ps := d.Problems(nil); len(ps) != 0 {
+		t.Errorf("problems with no registry: %+v", ps)
 	}
 }
