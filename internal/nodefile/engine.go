@@ -46,7 +46,7 @@ type Engine struct {
 	exposed  map[string]*exposure // target host path → the stale files of ours races left in place within exposureWindow; guarded by mu
 	// noHostsTOML: the last WithHostsTOML left no record; guarded by mu.
 	noHostsTOML bool
-	hooks    hooks                // tests only
+	hooks       hooks // tests only
 }
 
 // hooks let a test act in the windows where another writer could: each is
