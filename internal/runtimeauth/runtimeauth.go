@@ -377,12 +377,7 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 	}
 	m, err := hoststoml.Merge(base, folder, opts)
 	if err != nil {
-		if had && release {
-			res.Err = fmt.Errorf("hosts.toml %s: %w; it may still hold an Authorization header nodecreds wrote", name, err)
-			return res
-		}
-		res.Warning = fmt.Sprintf("%s left as it is: %v", name, err)
-		return res
+		return mergeFailed(res, name, err, had && release)
 	}
 	if had && release && exists && stillOurs(&res, m.Data, old) {
 		return res
@@ -404,6 +399,18 @@ func syncFile(root *hostfs.Root, recs *nodefile.HostsTOMLRecords, p string, pl p
 	t.place(&res, recs, p, folder, want, old, rec)
 	if res.Removed && (old.Created || rec.Created) {
 		removeFolder(root, p)
+	}
+	return res
+}
+
+// mergeFailed is the result for a file that does not merge: left as it
+// is, an error when a header of nodecreds' may stay in it (ours), else a
+// warning.
+func mergeFailed(res Result, name string, err error, ours bool) Result {
+	if ours {
+		res.Err = fmt.Errorf("hosts.toml %s: %w; it may still hold an Authorization header nodecreds wrote", name, err)
+	} else {
+		res.Warning = fmt.Sprintf("%s left as it is: %v", name, err)
 	}
 	return res
 }
