@@ -25,6 +25,11 @@ const hostsTOMLFileName = "hoststoml.json"
 type hostsTOMLFile struct {
 	Version int                         `json:"version"`
 	Files   map[string]hoststoml.Record `json:"files"`
+	// Modes are the permission bits of a file someone else made, from
+	// before nodecreds first wrote it (at 0600): put back with its
+	// content. An older nodecreds drops them; the file then comes back
+	// 0600, as it did before they were kept.
+	Modes map[string]fs.FileMode `json:"modes,omitempty"`
 }
 
 // HostsTOMLRecords records what nodecreds changed in containerd's
@@ -32,8 +37,28 @@ type hostsTOMLFile struct {
 // the agent and `nodecreds cleanup` do not interleave on it.
 type HostsTOMLRecords struct {
 	files map[string]hoststoml.Record
+	modes map[string]fs.FileMode // kept only with a record
 	dir   *hostfs.Dir
 	dirty bool
+}
+
+// KeepMode keeps, with path's record, the mode its file had before
+// nodecreds first wrote it; a mode kept already stays (it is the first).
+func (r *HostsTOMLRecords) KeepMode(path string, mode fs.FileMode) {
+	if _, ok := r.modes[path]; ok {
+		return
+	}
+	if r.modes == nil {
+		r.modes = map[string]fs.FileMode{}
+	}
+	r.modes[path] = mode & fs.ModePerm
+	r.dirty = true
+}
+
+// Mode returns the mode kept for path's file.
+func (r *HostsTOMLRecords) Mode(path string) (fs.FileMode, bool) {
+	m, ok := r.modes[path]
+	return m, ok
 }
 
 // Paths lists the node paths of the files with a record, sorted.
@@ -48,8 +73,11 @@ func (r *HostsTOMLRecords) Get(path string) (hoststoml.Record, bool) {
 // Set changes path's record in memory; a record of nothing is dropped.
 func (r *HostsTOMLRecords) Set(path string, rec hoststoml.Record) {
 	if len(rec.Changes) == 0 {
-		if _, ok := r.files[path]; ok {
+		_, had := r.files[path]
+		_, moded := r.modes[path]
+		if had || moded {
 			delete(r.files, path)
+			delete(r.modes, path)
 			r.dirty = true
 		}
 		return
@@ -72,21 +100,21 @@ func (r *HostsTOMLRecords) Save() error {
 	if !r.dirty {
 		return nil
 	}
-	if err := saveHostsTOML(r.dir, r.files); err != nil {
+	if err := saveHostsTOML(r.dir, r.files, r.modes); err != nil {
 		return err
 	}
 	r.dirty = false
 	return nil
 }
 
-func saveHostsTOML(d *hostfs.Dir, files map[string]hoststoml.Record) error {
+func saveHostsTOML(d *hostfs.Dir, files map[string]hoststoml.Record, modes map[string]fs.FileMode) error {
 	if len(files) == 0 {
 		if err := d.Remove(hostsTOMLFileName); err != nil {
 			return fmt.Errorf("removing hosts.toml records: %w", err)
 		}
 		return d.Sync()
 	}
-	data, err := json.Marshal(hostsTOMLFile{Version: stateVersion, Files: files})
+	data, err := json.Marshal(hostsTOMLFile{Version: stateVersion, Files: files, Modes: modes})
 	if err != nil {
 		return fmt.Errorf("encoding hosts.toml records: %w", err)
 	}
@@ -101,26 +129,36 @@ func saveHostsTOML(d *hostfs.Dir, files map[string]hoststoml.Record) error {
 }
 
 func loadHostsTOML(d *hostfs.Dir) (map[string]hoststoml.Record, error) {
+	f, err := loadHostsTOMLFile(d)
+	return f.Files, err
+}
+
+func loadHostsTOMLFile(d *hostfs.Dir) (hostsTOMLFile, error) {
 	files := map[string]hoststoml.Record{}
 	path := d.Name(hostsTOMLFileName)
 	data, err := readOwnFile(d, hostsTOMLFileName, "the records file")
 	if errors.Is(err, fs.ErrNotExist) {
-		return files, nil
+		return hostsTOMLFile{Files: files}, nil
 	}
 	if err != nil {
-		return nil, err
+		return hostsTOMLFile{}, err
 	}
 	var f hostsTOMLFile
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("%w: %s is not valid JSON (%v): %s", ErrState, path, jsonProblem(err), stateAdvice)
+		return hostsTOMLFile{}, fmt.Errorf("%w: %s is not valid JSON (%v): %s", ErrState, path, jsonProblem(err), stateAdvice)
 	}
 	if f.Version != stateVersion {
-		return nil, fmt.Errorf("%w: %s has version %d, this nodecreds reads version %d: %s", ErrState, path, f.Version, stateVersion, stateAdvice)
+		return hostsTOMLFile{}, fmt.Errorf("%w: %s has version %d, this nodecreds reads version %d: %s", ErrState, path, f.Version, stateVersion, stateAdvice)
 	}
-	if f.Files != nil {
-		files = f.Files
+	if f.Files == nil {
+		f.Files = files
 	}
-	return files, nil
+	for p := range f.Modes {
+		if _, ok := f.Files[p]; !ok {
+			delete(f.Modes, p) // kept only with a record
+		}
+	}
+	return f, nil
 }
 
 // WithHostsTOML runs f with the host root and the hosts.toml records,
@@ -140,11 +178,11 @@ func (e *Engine) WithHostsTOML(ctx context.Context, f func(root *hostfs.Root, re
 		return err
 	}
 	defer unlock()
-	files, err := loadHostsTOML(sd)
+	kept, err := loadHostsTOMLFile(sd)
 	if err != nil {
 		return err
 	}
-	recs := &HostsTOMLRecords{files: files, dir: sd}
+	recs := &HostsTOMLRecords{files: kept.Files, modes: kept.Modes, dir: sd}
 	if err := e.migrateHostsTOML(sd, recs); err != nil {
 		return err
 	}

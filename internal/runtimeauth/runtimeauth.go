@@ -436,7 +436,8 @@ type target struct {
 	parent, sub *hostfs.Dir
 	cur         []byte
 	exists      bool
-	name        string // for messages
+	mode        fs.FileMode // of the file read, when it exists
+	name        string      // for messages
 }
 
 func openTarget(root *hostfs.Root, p, folder string, create bool) (*target, error) {
@@ -449,6 +450,11 @@ func openTarget(root *hostfs.Root, p, folder string, create bool) (*target, erro
 	}
 	if err != nil {
 		return nil, err
+	}
+	if t.exists {
+		if info, err := t.sub.StatName(fileName); err == nil {
+			t.mode = info.Mode
+		}
 	}
 	if t.parent != nil {
 		t.name = t.parent.Name(path.Join(folder, fileName))
@@ -479,10 +485,23 @@ func (t *target) place(res *Result, recs *nodefile.HostsTOMLRecords, p, folder s
 		}
 		t.sub = sub
 	}
-	res.Changed, res.Removed, res.Err = commit(recs, p, t.sub, fileName, t.cur, t.exists, want, old, rec)
+	res.Changed, res.Removed, res.Err = commit(recs, p, t.sub, fileName, t.cur, t.exists, want, old, rec, t.perm(recs, p, rec))
 	if t.parent != nil && !res.Changed {
 		_ = t.parent.RemoveDir(folder) // the folder made for it, empty again
 	}
+}
+
+// perm is the mode to write the file with: 0600 while it holds a header
+// of nodecreds' (a credential); once the last goes, the mode someone
+// else's file had before nodecreds first wrote it, kept for that now.
+func (t *target) perm(recs *nodefile.HostsTOMLRecords, p string, rec hoststoml.Record) fs.FileMode {
+	if _, had := recs.Get(p); !had && t.exists && t.mode != 0 {
+		recs.KeepMode(p, t.mode)
+	}
+	if m, ok := recs.Mode(p); ok && len(rec.Changes) == 0 && !rec.Created {
+		return m
+	}
+	return 0o600
 }
 
 // errAppeared: something containerd reads for the registry appeared
@@ -650,7 +669,7 @@ func warn(res *Result, name string, m hoststoml.Result, pl plan, rec hoststoml.R
 // write still knows what was there, and one before it does not take a
 // header someone puts there meanwhile for ours. Not written, old is the
 // record again.
-func commit(recs *nodefile.HostsTOMLRecords, p string, d *hostfs.Dir, name string, cur []byte, exists bool, want []byte, old, rec hoststoml.Record) (changed, removed bool, err error) {
+func commit(recs *nodefile.HostsTOMLRecords, p string, d *hostfs.Dir, name string, cur []byte, exists bool, want []byte, old, rec hoststoml.Record, perm fs.FileMode) (changed, removed bool, err error) {
 	pending := rec
 	pending.Pending = len(rec.Changes) > 0
 	recs.Set(p, pending)
@@ -663,7 +682,7 @@ func commit(recs *nodefile.HostsTOMLRecords, p string, d *hostfs.Dir, name strin
 			err = d.Sync()
 		}
 	} else {
-		err = place(d, name, cur, exists, want)
+		err = place(d, name, cur, exists, want, perm)
 	}
 	if err != nil {
 		recs.Set(p, old)
@@ -693,12 +712,12 @@ func read(d *hostfs.Dir, name string) ([]byte, bool, error) {
 // it; the other writer's file stays and the next sync merges on it.
 var ErrRaced = errors.New("hosts.toml changed while being written; left as the other writer put it, merged on the next sync")
 
-// place puts want at name atomically, 0600, in place of cur (what was read,
+// place puts want at name atomically, with mode perm, in place of cur (what was read,
 // if it existed), as the node files are placed: staged, then exchanged
 // with the file and the file taken out compared with what was read (put
 // back if it is not that), or created where nothing may appear meanwhile.
-func place(d *hostfs.Dir, name string, cur []byte, exists bool, want []byte) error {
-	staged, err := d.Stage(tempPrefix, 0o600, func(f *os.File) error {
+func place(d *hostfs.Dir, name string, cur []byte, exists bool, want []byte, perm fs.FileMode) error {
+	staged, err := d.Stage(tempPrefix, perm, func(f *os.File) error {
 		_, err := f.Write(want)
 		return err
 	})

@@ -374,3 +374,40 @@ func TestIdleSyncsSkipTheRecords(t *testing.T) {
 		t.Error("not idle once the last record went")
 	}
 }
+
+// TestAdminsModeComesBack: an admin's hosts.toml is 0600 while it holds a
+// header of nodecreds' (a credential), and gets its own mode back with its
+// content when the header goes — when the registry leaves the Secrets, and
+// on cleanup.
+func TestAdminsModeComesBack(t *testing.T) {
+	admin := "# the admin's\nserver = \"https://registry-1.docker.io\"\n\n[host.\"https://m.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+	held := Desired{Sources: []dockercfg.NamedSet{{Name: "a", Set: dockercfg.Set{{Key: "m.test", Entry: dockercfg.Entry{Username: "u", Password: "p"}}}}}, Annotated: map[string]bool{"a": true}}
+	for _, how := range []string{"the registry leaves", "cleanup"} {
+		t.Run(how, func(t *testing.T) {
+			root := t.TempDir()
+			file := filepath.Join(root, "etc/containerd/certs.d/docker.io/hosts.toml")
+			testsupport.WriteFile(t, file, admin, 0o644)
+			files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
+			w := New("/etc/containerd/certs.d", files)
+			if _, _, err := w.Sync(t.Context(), held); err != nil {
+				t.Fatal(err)
+			}
+			if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 || !strings.Contains(string(testsupport.ReadFile(t, file)), "Authorization") {
+				t.Fatalf("with the header: %v %v", fi.Mode(), err)
+			}
+			var err error
+			if how == "cleanup" {
+				_, err = Cleanup(t.Context(), files)
+			} else {
+				_, _, err = w.Sync(t.Context(), Desired{})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Stat(file)
+			if err != nil || fi.Mode().Perm() != 0o644 || string(testsupport.ReadFile(t, file)) != admin {
+				t.Errorf("after the header went: mode %v (%v), want 0644 and the admin's bytes:\n%s", fi.Mode(), err, testsupport.ReadFile(t, file))
+			}
+		})
+	}
+}
