@@ -55,7 +55,7 @@ type Plugin interface {
 // RuntimeAuth keeps the Authorization headers of containerd's hosts.toml
 // files for the sources that opted in.
 type RuntimeAuth interface {
-	Sync(ctx context.Context, d runtimeauth.Desired) (results []runtimeauth.Result, skipped []string, err error)
+	SyncRegistries(ctx context.Context, regs []runtimeauth.Registry, hold bool) ([]runtimeauth.Result, error)
 	// Dir is the node path of the certs folder it keeps.
 	Dir() string
 }
@@ -205,7 +205,8 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		o.Changed = o.Changed || r.Changed
 	}
 	if a.opts.Runtime != nil {
-		rr, skipped, err := a.opts.Runtime.Sync(ctx, runtimeauth.Desired{Sources: d.Sources, Annotated: annotated, Hold: len(d.Hold) > 0})
+		regs, skipped := runtimeauth.Desired{Sources: d.Sources, Annotated: annotated}.Registries()
+		rr, err := a.opts.Runtime.SyncRegistries(ctx, regs, len(d.Hold) > 0)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("containerd hosts.toml: %w", err))
 		}
@@ -217,8 +218,6 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		}
 		o.Runtime, o.RuntimeSkipped = rr, skipped
 		if a.opts.Diagnosis != nil {
-			d := runtimeauth.Desired{Sources: d.Sources, Annotated: annotated}
-			regs, _ := d.Registries()
 			o.RuntimeProblems = a.opts.Diagnosis.Problems(regs)
 		}
 	}
@@ -408,7 +407,14 @@ func (o Outcome) Status() nodestatus.SyncStatus {
 		files++
 		entries = max(entries, r.Entries)
 	}
-	problems = append(problems, runtimeErrors(o)...)
+	for _, r := range o.Runtime {
+		if r.Err != nil {
+			problems = append(problems, r.Err.Error())
+		}
+	}
+	if o.Err != nil && len(problems) == 0 {
+		problems = append(problems, o.Err.Error()) // no failed sync reads as synced
+	}
 	warnings = append(runtimeWarnings(&st, o.RuntimeProblems), warnings...)
 	if len(problems) > 0 {
 		if st.Reason == "Synced" || st.Warn {
@@ -419,22 +425,6 @@ func (o Outcome) Status() nodestatus.SyncStatus {
 	}
 	st.Message = strings.Join(slices.Concat([]string{fmt.Sprintf("%d registry entries from %d source(s) in %d file(s)", entries, len(o.Sources), files)}, warnings, o.Notes), "; ")
 	return st
-}
-
-// runtimeErrors are the hosts.toml errors; and, so that no failed sync
-// reads as synced, the whole error when nothing else named it.
-func runtimeErrors(o Outcome) []string {
-	var errs []string
-	for _, r := range o.Runtime {
-		if r.Err != nil {
-			errs = append(errs, r.Err.Error())
-		}
-	}
-	if len(errs) == 0 && o.Err != nil && o.FilesErr == nil && !slices.ContainsFunc(o.Results, func(r nodefile.Result) bool { return r.Err != nil }) &&
-		!slices.ContainsFunc(o.Sources, func(s source.Snapshot) bool { return s.Err != nil }) {
-		errs = append(errs, o.Err.Error())
-	}
-	return errs
 }
 
 // runtimeWarnings words the runtime problems for the condition, and makes

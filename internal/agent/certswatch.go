@@ -9,10 +9,8 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/filewatch"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/hoststoml"
 )
-
-// hostsFile is the file containerd reads in each host folder.
-const hostsFile = "hosts.toml"
 
 // maxHostWatches bounds the host folders watched by inotify: its watches
 // are a per-user limit (fs.inotify.max_user_watches) shared with every
@@ -71,11 +69,12 @@ func (c *certsWatch) refresh() {
 		}
 	}
 	c.dirs = dirs
+	files := filesIn(hostDirs)
 	c.left = map[string]hostfs.Stamp{}
-	for _, p := range c.files() {
+	for _, p := range files {
 		c.left[p] = c.stamps.Of(p)
 	}
-	c.last = filewatch.Fingerprint(c.files())
+	c.last = filewatch.Fingerprint(files)
 }
 
 // hostDirs are the folders in the certs folder (one per host; links are
@@ -94,11 +93,11 @@ func (c *certsWatch) hostDirs() []string {
 	return dirs
 }
 
-func (c *certsWatch) files() []string {
-	dirs := c.hostDirs()
+// filesIn are the hosts.toml paths of host folders dirs.
+func filesIn(dirs []string) []string {
 	files := make([]string, 0, len(dirs))
 	for _, d := range dirs {
-		files = append(files, filepath.Join(d, hostsFile))
+		files = append(files, filepath.Join(d, hoststoml.FileName))
 	}
 	return files
 }
@@ -121,7 +120,7 @@ func (c *certsWatch) relevant(ev fsnotify.Event) bool {
 		_, known := c.dirs[ev.Name]
 		fi, err := os.Lstat(ev.Name)
 		return known || err == nil && fi.IsDir()
-	case name == hostsFile && filepath.Dir(dir) == c.dir:
+	case name == hoststoml.FileName && filepath.Dir(dir) == c.dir:
 		return c.stamps.Of(ev.Name) != c.left[ev.Name]
 	}
 	return false
@@ -133,7 +132,7 @@ func (c *certsWatch) polledDrift() bool {
 	if c.w.Polling() == "" {
 		return false
 	}
-	files := c.files()
+	files := filesIn(c.hostDirs())
 	now := filewatch.Fingerprint(files)
 	if now == c.last {
 		return false

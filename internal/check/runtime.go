@@ -289,7 +289,7 @@ func registryOf(r runtimeRef) (string, error) {
 func (rv *runtimeView) hostsFile(registry string) (file string, data []byte, note string) {
 	for _, folder := range rv.folders {
 		for _, name := range append(hoststoml.Spellings(registry), hoststoml.DefaultFolder) {
-			p := path.Join(folder, name, "hosts.toml")
+			p := path.Join(folder, name, hoststoml.FileName)
 			dir, err := rv.root.OpenDir(path.Join(folder, name), false, 0)
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
@@ -299,7 +299,7 @@ func (rv *runtimeView) hostsFile(registry string) (file string, data []byte, not
 				// and fails to read its hosts.toml.
 				return p, nil, fmt.Sprintf("containerd reads %s, which check cannot open (%v)", path.Join(folder, name), err)
 			}
-			data, _, err := dir.ReadFile("hosts.toml", hostfs.MaxFileSize)
+			data, _, err := dir.ReadFile(hoststoml.FileName, hostfs.MaxFileSize)
 			dir.Close()
 			switch {
 			case errors.Is(err, fs.ErrNotExist):

@@ -21,6 +21,9 @@ import (
 	"github.com/pelletier/go-toml/v2/unstable"
 )
 
+// FileName is the file containerd reads in each host folder.
+const FileName = "hosts.toml"
+
 // DefaultFolder is the folder whose hosts.toml applies to every registry
 // without one of its own; nodecreds never writes it.
 const DefaultFolder = "_default"

@@ -28,9 +28,6 @@ import (
 	"github.com/nodecreds/nodecreds/internal/nodefile"
 )
 
-// fileName is the file containerd reads in each host folder.
-const fileName = "hosts.toml"
-
 // tempPrefix names the staged file next to a hosts.toml; containerd reads
 // only hosts.toml in a folder, so a crash's leftover is inert.
 const tempPrefix = ".hosts.toml.nodecreds-"
@@ -203,13 +200,22 @@ type plan struct {
 // registry in the file containerd reads for it (created only where
 // containerd would otherwise read no configuration for it at all), in
 // every mirror section naming a host held, and what left d restored. The
-// error is about the state or its lock.
-func (w *Writer) Sync(ctx context.Context, d Desired) ([]Result, []string, error) {
+// error is about the state or its lock; skipped are the keys no header
+// can be written for (Desired.Registries).
+func (w *Writer) Sync(ctx context.Context, d Desired) (results []Result, skipped []string, err error) {
 	regs, skipped := d.Registries()
+	results, err = w.SyncRegistries(ctx, regs, d.Hold)
+	return results, skipped, err
+}
+
+// SyncRegistries is Sync for the registries Desired.Registries returned,
+// for a caller that needs them too (the agent's containerd diagnosis):
+// they are worked out once per sync. hold is Desired.Hold.
+func (w *Writer) SyncRegistries(ctx context.Context, regs []Registry, hold bool) ([]Result, error) {
 	if len(regs) == 0 && w.store.HostsTOMLIdle() {
 		// No header to write and none recorded to restore: every sync of a
 		// node whose Secrets are not annotated (yet) costs nothing here.
-		return nil, skipped, nil
+		return nil, nil
 	}
 	opts := hoststoml.Options{Headers: map[string]string{}, PlainHTTP: map[string]bool{}}
 	for _, r := range regs {
@@ -230,7 +236,7 @@ func (w *Writer) Sync(ctx context.Context, d Desired) ([]Result, []string, error
 			if path.Dir(path.Dir(p)) != w.dir {
 				o = hoststoml.Options{} // recorded under another certs.d folder: restore
 			}
-			if _, recorded := recs.Get(p); recorded && d.Hold {
+			if _, recorded := recs.Get(p); recorded && hold {
 				// A source's content is unknown and its headers may be
 				// in this file: it stays as it is until it is known.
 				continue
@@ -242,7 +248,7 @@ func (w *Writer) Sync(ctx context.Context, d Desired) ([]Result, []string, error
 		}
 		return nil
 	})
-	return results, skipped, err
+	return results, err
 }
 
 // plans lists the hosts.toml node paths under the certs.d folder to
@@ -273,8 +279,8 @@ func (w *Writer) plans(root *hostfs.Root, regs []Registry) (map[string]plan, []R
 			continue
 		}
 		if sub, err := dir.OpenSub(n, false, 0); err == nil {
-			if _, err := sub.StatName(fileName); err == nil {
-				out[path.Join(w.dir, n, fileName)] = plan{}
+			if _, err := sub.StatName(hoststoml.FileName); err == nil {
+				out[path.Join(w.dir, n, hoststoml.FileName)] = plan{}
 			}
 			sub.Close()
 		}
@@ -285,7 +291,7 @@ func (w *Writer) plans(root *hostfs.Root, regs []Registry) (map[string]plan, []R
 			warnings = append(warnings, Result{Path: path.Join(w.dir, folder), Warning: warning})
 			continue
 		}
-		out[path.Join(w.dir, folder, fileName)] = plan{create: create, host: r.Host, scheme: r.Scheme}
+		out[path.Join(w.dir, folder, hoststoml.FileName)] = plan{create: create, host: r.Host, scheme: r.Scheme}
 	}
 	return out, warnings
 }
@@ -317,7 +323,7 @@ func route(dir *hostfs.Dir, dirPath string, r Registry) (folder string, create b
 		case err != nil:
 			return name, false, fmt.Sprintf("containerd reads %s for %s, which is not a folder: no header written", dir.Name(name), r.Folder)
 		default:
-			_, serr := sub.StatName(fileName)
+			_, serr := sub.StatName(hoststoml.FileName)
 			sub.Close()
 			if serr == nil {
 				return name, false, ""
@@ -452,14 +458,14 @@ func openTarget(root *hostfs.Root, p, folder string, create bool) (*target, erro
 		return nil, err
 	}
 	if t.exists {
-		if info, err := t.sub.StatName(fileName); err == nil {
+		if info, err := t.sub.StatName(hoststoml.FileName); err == nil {
 			t.mode = info.Mode
 		}
 	}
 	if t.parent != nil {
-		t.name = t.parent.Name(path.Join(folder, fileName))
+		t.name = t.parent.Name(path.Join(folder, hoststoml.FileName))
 	} else {
-		t.name = t.sub.Name(fileName)
+		t.name = t.sub.Name(hoststoml.FileName)
 	}
 	return t, nil
 }
@@ -485,7 +491,7 @@ func (t *target) place(res *Result, recs *nodefile.HostsTOMLRecords, p, folder s
 		}
 		t.sub = sub
 	}
-	res.Changed, res.Removed, res.Err = commit(recs, p, t.sub, fileName, t.cur, t.exists, want, old, rec, t.perm(recs, p, rec))
+	res.Changed, res.Removed, res.Err = commit(recs, p, t.sub, hoststoml.FileName, t.cur, t.exists, want, old, rec, t.perm(recs, p, rec))
 	if t.parent != nil && !res.Changed {
 		_ = t.parent.RemoveDir(folder) // the folder made for it, empty again
 	}
@@ -556,7 +562,7 @@ func open(root *hostfs.Root, p string) (*hostfs.Dir, []byte, bool, error) {
 	if err != nil {
 		return nil, nil, false, err
 	}
-	cur, exists, err := read(sub, fileName)
+	cur, exists, err := read(sub, hoststoml.FileName)
 	if err != nil {
 		sub.Close()
 		return nil, nil, false, err
