@@ -491,23 +491,30 @@ func (t *target) place(res *Result, recs *nodefile.HostsTOMLRecords, p, folder s
 		}
 		t.sub = sub
 	}
-	res.Changed, res.Removed, res.Err = commit(recs, p, t.sub, hoststoml.FileName, t.cur, t.exists, want, old, rec, t.perm(recs, p, rec))
+	res.Changed, res.Removed, res.Err = commit(recs, p, t.sub, hoststoml.FileName, t.cur, t.exists, want, old, rec, t.perm(recs, p, want, old, rec))
 	if t.parent != nil && !res.Changed {
 		_ = t.parent.RemoveDir(folder) // the folder made for it, empty again
 	}
 }
 
-// perm is the mode to write the file with: 0600 while it holds a header
-// of nodecreds' (a credential); once the last goes, the mode someone
-// else's file had before nodecreds first wrote it, kept for that now.
-func (t *target) perm(recs *nodefile.HostsTOMLRecords, p string, rec hoststoml.Record) fs.FileMode {
+// perm is the mode to write want with: 0600 while it holds a header of
+// nodecreds' (a credential); once none is left, the mode someone else's
+// file had before nodecreds first wrote it, kept for that now. "None left"
+// is judged on the bytes written, against every value old recorded,
+// wherever an edit may have moved one (hoststoml.Holding), not only on
+// the record going empty.
+func (t *target) perm(recs *nodefile.HostsTOMLRecords, p string, want []byte, old, rec hoststoml.Record) fs.FileMode {
 	if _, had := recs.Get(p); !had && t.exists && t.mode != 0 {
 		recs.KeepMode(p, t.mode)
 	}
-	if m, ok := recs.Mode(p); ok && len(rec.Changes) == 0 && !rec.Created {
-		return m
+	m, ok := recs.Mode(p)
+	if !ok || len(rec.Changes) > 0 || rec.Created {
+		return 0o600
 	}
-	return 0o600
+	if held, err := hoststoml.Holding(want, old); err != nil || len(held) > 0 {
+		return 0o600
+	}
+	return m
 }
 
 // errAppeared: something containerd reads for the registry appeared
@@ -676,6 +683,7 @@ func warn(res *Result, name string, m hoststoml.Result, pl plan, rec hoststoml.R
 // header someone puts there meanwhile for ours. Not written, old is the
 // record again.
 func commit(recs *nodefile.HostsTOMLRecords, p string, d *hostfs.Dir, name string, cur []byte, exists bool, want []byte, old, rec hoststoml.Record, perm fs.FileMode) (changed, removed bool, err error) {
+	mode, moded := recs.Mode(p)
 	pending := rec
 	pending.Pending = len(rec.Changes) > 0
 	recs.Set(p, pending)
@@ -692,6 +700,9 @@ func commit(recs *nodefile.HostsTOMLRecords, p string, d *hostfs.Dir, name strin
 	}
 	if err != nil {
 		recs.Set(p, old)
+		if moded {
+			recs.KeepMode(p, mode) // dropped with the record just above
+		}
 		return false, false, fmt.Errorf("hosts.toml %s: %w", d.Name(name), err)
 	}
 	recs.Set(p, rec) // saved with the others

@@ -411,3 +411,42 @@ func TestAdminsModeComesBack(t *testing.T) {
 		})
 	}
 }
+
+// TestModeStaysTightWhileOurValueIsThere: an admin renames a section that
+// holds a header of nodecreds' (so the record no longer finds it there),
+// then another held host leaves and the file is written back: the value
+// nodecreds wrote is still in the file, so it stays 0600 (a review's
+// finding: the mode was judged on the record alone and came back 0644).
+func TestModeStaysTightWhileOurValueIsThere(t *testing.T) {
+	root := t.TempDir()
+	file := filepath.Join(root, "etc/containerd/certs.d/docker.io/hosts.toml")
+	admin := "server = \"https://registry-1.docker.io\"\n\n[host.\"https://a.test\"]\n  capabilities = [\"pull\"]\n\n[host.\"https://c.test\"]\n  capabilities = [\"pull\"]\n"
+	testsupport.WriteFile(t, file, admin, 0o644)
+	files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
+	w := New("/etc/containerd/certs.d", files)
+	entry := func(key string) dockercfg.Item {
+		return dockercfg.Item{Key: key, Entry: dockercfg.Entry{Username: "u-" + key, Password: "p"}}
+	}
+	both := Desired{Sources: []dockercfg.NamedSet{{Name: "s", Set: dockercfg.Set{entry("a.test"), entry("c.test")}}}, Annotated: map[string]bool{"s": true}}
+	if _, _, err := w.Sync(t.Context(), both); err != nil {
+		t.Fatal(err)
+	}
+	got := string(testsupport.ReadFile(t, file))
+	if !strings.Contains(got, `[host."https://a.test".header]`) {
+		t.Fatalf("no header for a.test:\n%s", got)
+	}
+	// The admin renames a's section, header and all, to b.test.
+	testsupport.WriteFile(t, file, strings.ReplaceAll(got, `"https://a.test"`, `"https://b.test"`), 0o600)
+	onlyA := Desired{Sources: []dockercfg.NamedSet{{Name: "s", Set: dockercfg.Set{entry("a.test")}}}, Annotated: map[string]bool{"s": true}}
+	if _, _, err := w.Sync(t.Context(), onlyA); err != nil {
+		t.Fatal(err)
+	}
+	ourA := (dockercfg.Entry{Username: "u-a.test", Password: "p"}).Auth()
+	after := string(testsupport.ReadFile(t, file))
+	if !strings.Contains(after, ourA) {
+		t.Fatalf("the moved value is gone; the test no longer covers the case:\n%s", after)
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the file holds a value nodecreds wrote at mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+}
