@@ -19,6 +19,24 @@ type Metrics struct {
 	SourceErrors *prometheus.CounterVec
 	Duration     prometheus.Histogram
 	Polling      *prometheus.GaugeVec
+
+	// SourceVersion is 1 for the version of each source this node applies
+	// (a Secret's resourceVersion): nodes that disagree for long lag.
+	SourceVersion *prometheus.GaugeVec
+	// Rotation is the time from a source version first seen to it being
+	// in every target, the login before switching included.
+	Rotation prometheus.Histogram
+	// Logins counts the logins that verify new credentials, by result
+	// (verified, rejected, unverifiable).
+	Logins *prometheus.CounterVec
+	// Rejected is 1 for each registry of a source whose new credentials
+	// the registry refused on this node.
+	Rejected *prometheus.GaugeVec
+	// Expiry and Lifetime are what a source's nodecreds.io/expires-at
+	// says, per registry of it: the expiry, and its lifetime counted from
+	// when this agent first saw that expiry.
+	Expiry   *prometheus.GaugeVec
+	Lifetime *prometheus.GaugeVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -50,6 +68,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nodecreds_watch_polling", Help: "1 when a watch (targets, sources) polls because inotify is unavailable.",
 		}, []string{"watch"}),
 	}
-	reg.MustRegister(m.Syncs, m.LastSuccess, m.Entries, m.Writes, m.Drift, m.SourceErrors, m.Duration, m.Polling)
+	m.SourceVersion = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nodecreds_source_version_info", Help: "1 for the version (resourceVersion) of each source this node applies.",
+	}, []string{"source", "version"})
+	m.Rotation = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "nodecreds_rotation_seconds", Help: "Time from a new source version seen to it being in every target, the login that verifies it included.",
+		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	})
+	m.Logins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nodecreds_logins_total", Help: "Logins that verify new credentials before they replace the old ones, by result (verified, rejected, unverifiable).",
+	}, []string{"result"})
+	m.Rejected = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nodecreds_credentials_rejected", Help: "1 for each registry of a Secret whose new credentials the registry rejected on this node.",
+	}, []string{"secret", "registry"})
+	m.Expiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nodecreds_credentials_expiry_timestamp_seconds", Help: "Unix time the credentials expire (a Secret's nodecreds.io/expires-at), per registry.",
+	}, []string{"secret", "registry"})
+	m.Lifetime = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nodecreds_credentials_lifetime_seconds", Help: "The credentials' lifetime: their expiry less when this agent first saw that expiry.",
+	}, []string{"secret", "registry"})
+	reg.MustRegister(m.Syncs, m.LastSuccess, m.Entries, m.Writes, m.Drift, m.SourceErrors, m.Duration, m.Polling,
+		m.SourceVersion, m.Rotation, m.Logins, m.Rejected, m.Expiry, m.Lifetime)
 	return m
 }
