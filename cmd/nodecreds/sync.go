@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodecreds/nodecreds/internal/agent"
+	"github.com/nodecreds/nodecreds/internal/check"
 	"github.com/nodecreds/nodecreds/internal/config"
 	"github.com/nodecreds/nodecreds/internal/kube"
 	"github.com/nodecreds/nodecreds/internal/metrics"
@@ -22,6 +23,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/runtimeauth"
 	"github.com/nodecreds/nodecreds/internal/runtimediag"
 	"github.com/nodecreds/nodecreds/internal/source"
+	"github.com/nodecreds/nodecreds/internal/verifier"
 )
 
 func newSyncCmd() *cobra.Command {
@@ -63,7 +65,14 @@ type parts struct {
 	reg    *prometheus.Registry
 	health *metrics.Health
 	diag   *runtimediag.Diagnosis // nil unless the runtime target is on
+	// verifier is nil with --verify=off.
+	verifier *verifier.Verifier
 }
+
+// loginTimeout bounds a login that verifies new credentials: past it they
+// are applied unverified (a registry's availability never blocks a
+// rotation).
+const loginTimeout = 15 * time.Second
 
 func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*parts, error) {
 	p := &parts{}
@@ -101,17 +110,25 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 	}
 	p.reg = prometheus.NewRegistry()
 	p.health = &metrics.Health{}
+	m := metrics.NewMetrics(p.reg)
+	var verify agent.Verifier
+	if cfg.Verify == config.VerifyOn {
+		p.verifier = verifier.New(check.RegistryProber{Timeout: loginTimeout},
+			verifier.Options{Spread: cfg.VerifySpread, Retry: cfg.VerifyRetry, MaxRetry: verifier.DefaultMaxRetry, Metrics: m})
+		verify = p.verifier
+	}
 	p.agent = agent.New(p.src, files, agent.Options{
 		Targets:   cfg.Targets,
 		HostRoot:  cfg.HostRoot,
 		Prune:     cfg.Prune,
 		Resync:    cfg.Resync,
-		Metrics:   metrics.NewMetrics(p.reg),
+		Metrics:   m,
 		Health:    p.health,
 		Reporters: reporters,
 		Plugin:    plugin(cfg),
 		Runtime:   runtimeAuth(cfg, files),
 		Diagnosis: diagnosis,
+		Verifier:  verify,
 	}, log.WithField("component", "agent"))
 	return p, nil
 }
@@ -181,6 +198,9 @@ func runOnce(ctx context.Context, p *parts) error {
 	g, gctx := errgroup.WithContext(ctx)
 	onceCtx, cancel := context.WithCancel(gctx)
 	g.Go(func() error { return p.src.Run(onceCtx) })
+	if p.verifier != nil {
+		g.Go(func() error { return p.verifier.Run(onceCtx) })
+	}
 	o := p.agent.Once(onceCtx)
 	cancel()
 	if err := g.Wait(); err != nil {
@@ -193,7 +213,7 @@ func runOnce(ctx context.Context, p *parts) error {
 			return err
 		}
 	}
-	if o.Err != nil || o.PluginErr != nil {
+	if o.Err != nil || o.PluginErr != nil || !o.Status().OK {
 		return errFailed // each problem was logged with its details
 	}
 	return nil
@@ -234,6 +254,9 @@ func runDaemon(ctx context.Context, cfg config.Sync, p *parts, log *logrus.Logge
 	}()
 	g.Go(func() error { return p.src.Run(gctx) })
 	g.Go(func() error { return p.agent.Run(gctx) })
+	if p.verifier != nil {
+		g.Go(func() error { return p.verifier.Run(gctx) })
+	}
 	if p.diag != nil {
 		g.Go(func() error { return p.diag.Run(gctx) })
 	}

@@ -96,6 +96,9 @@ type Options struct {
 	// Diagnosis (optional, with Runtime) tells why containerd may not use
 	// the headers.
 	Diagnosis RuntimeDiagnosis
+	// Verifier (optional: sync --verify=off leaves it out) logs in with
+	// changed credentials before they replace the node's.
+	Verifier Verifier
 }
 
 // Outcome is the result of one sync.
@@ -125,6 +128,11 @@ type Outcome struct {
 	// PluginErr is why the plugin could not be installed: the files are
 	// synced all the same, and the install is retried.
 	PluginErr error
+	// Logins are the verdicts on the sources' entries (with a Verifier).
+	Logins []login
+	// Verifying: the node keeps previous entries until the first login
+	// with their new values answers; the outcome is not reported yet.
+	Verifying bool
 	// Err is nil when every source was usable and every target is in sync.
 	Err error
 }
@@ -148,6 +156,10 @@ type Agent struct {
 	pluginErr  string
 	// runtimeSaid is the runtime problems last logged (each set once).
 	runtimeSaid string
+	// loginsSaid is each entry's verdict last logged; seen each source's
+	// version and when it was first seen.
+	loginsSaid map[string]string
+	seen       map[string]seenVersion
 }
 
 // poller is a source that may poll instead of watching (a mounted folder
@@ -165,7 +177,7 @@ func New(src Source, files Files, opts Options, log *logrus.Entry) *Agent {
 	if opts.Poll == 0 {
 		opts.Poll = filewatch.DefaultPoll
 	}
-	return &Agent{src: src, files: files, opts: opts, log: log, lastGood: map[string]source.Snapshot{}, polling: map[string]string{}}
+	return &Agent{src: src, files: files, opts: opts, log: log, lastGood: map[string]source.Snapshot{}, polling: map[string]string{}, seen: map[string]seenVersion{}}
 }
 
 // Once waits for the source and syncs once.
@@ -175,7 +187,16 @@ func (a *Agent) Once(ctx context.Context) Outcome {
 	case <-ctx.Done():
 		return Outcome{Err: fmt.Errorf("waiting for sources: %w", ctx.Err())}
 	}
-	return a.Sync(ctx, "once")
+	o := a.Sync(ctx, "once")
+	if v := a.opts.Verifier; v != nil && len(o.Logins) > 0 {
+		// Every login started has answered (or timed out) before the
+		// outcome is final: then the files hold what the verdicts allow.
+		if err := v.Wait(ctx); err != nil {
+			return Outcome{Err: fmt.Errorf("waiting for logins: %w", err)}
+		}
+		o = a.Sync(ctx, "once")
+	}
+	return o
 }
 
 // Sync brings the targets in line with the sources now.
@@ -191,6 +212,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	clashes = append(clashes, more...)
 	o.Revision = source.Revision(o.Sources)
 	o.Held = d.Hold
+	o.Logins, d.Keep = a.logins(d)
 
 	results, err := a.files.Sync(ctx, a.opts.Targets, d)
 	if err != nil {
@@ -198,6 +220,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		errs = append(errs, err)
 	}
 	o.Results = results
+	o.Verifying = a.afterWrite(o.Logins, results)
 	for _, r := range results {
 		if r.Err != nil {
 			errs = append(errs, r.Err)
@@ -227,6 +250,9 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		o.Notes = append(o.Notes, "credential-provider plugin not installed (retrying): "+o.PluginErr.Error())
 	}
 	a.record(o, clashes, desired, time.Since(start))
+	if o.Verifying {
+		return o // reported once the logins answer
+	}
 	st := o.Status()
 	for _, r := range a.opts.Reporters {
 		r.Report(ctx, st)
@@ -412,6 +438,14 @@ func (o Outcome) Status() nodestatus.SyncStatus {
 			problems = append(problems, r.Err.Error())
 		}
 	}
+	if rejected := verifyProblems(o.Logins); len(rejected) > 0 {
+		if st.Reason == "Synced" {
+			st.Reason = "CredentialsRejected"
+		}
+		st.OK = false
+		problems = append(problems, rejected...)
+	}
+	warnings = append(warnings, verifyWarnings(o.Logins)...)
 	if o.Err != nil && len(problems) == 0 {
 		problems = append(problems, o.Err.Error()) // no failed sync reads as synced
 	}
@@ -471,6 +505,8 @@ func (a *Agent) record(o Outcome, clashes []dockercfg.Clash, desired dockercfg.S
 		a.recordTarget(log, r, desired, drifting)
 	}
 	recordRuntime(log, o, newRev)
+	a.recordLogins(log, o.Logins)
+	a.versions(o)
 	if said := fmt.Sprint(o.RuntimeProblems); said != a.runtimeSaid {
 		a.runtimeSaid = said
 		for _, p := range o.RuntimeProblems {

@@ -26,6 +26,9 @@ const (
 	// causeDiagnosis: a registry's challenge became known, which may
 	// change what the Node is told.
 	causeDiagnosis = "runtime-diagnosis"
+	// causeLogin: a login answered, which may let new credentials in or
+	// keep them out.
+	causeLogin = "login"
 )
 
 // Run syncs until ctx ends. It never removes anything on the way out:
@@ -46,9 +49,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	resync := time.NewTicker(a.opts.Resync)
 	defer resync.Stop()
 	changes, completed := a.changeSignals()
-	var diagnosed <-chan struct{} // nil: never fires
+	var diagnosed, verdicts <-chan struct{} // nil: never fires
 	if a.opts.Diagnosis != nil {
 		diagnosed = a.opts.Diagnosis.Changed()
+	}
+	if a.opts.Verifier != nil {
+		verdicts = a.opts.Verifier.Changed()
 	}
 
 	l.run(ctx, causeStart)
@@ -87,6 +93,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			l.run(ctx, causeResync)
 		case <-diagnosed:
 			l.schedule(causeDiagnosis)
+		case <-verdicts:
+			l.now(ctx, causeLogin)
 		}
 	}
 }

@@ -85,11 +85,24 @@ type Sync struct {
 	// Pool is the node pool this agent serves ("" for the default
 	// DaemonSet); it names the agent to another one met on the same node.
 	Pool string `mapstructure:"pool"`
+	// Verify is "on" (log in with changed credentials before they replace
+	// the node's) or "off"; VerifySpread the longest a login waits, at
+	// random, so a fleet's logins spread; VerifyRetry the first wait
+	// before a rejected credential is tried again (doubling to 5 min).
+	Verify       string        `mapstructure:"verify"`
+	VerifySpread time.Duration `mapstructure:"verify-spread"`
+	VerifyRetry  time.Duration `mapstructure:"verify-retry"`
 	// PodName names the agent's Pod (from $POD_NAME, else the host name,
 	// which is the Pod's name in a Pod).
 	PodName string `mapstructure:"-"`
 	Log     `mapstructure:",squash"`
 }
+
+// Values of --verify.
+const (
+	VerifyOn  = "on"
+	VerifyOff = "off"
+)
 
 // Source kinds.
 const (
@@ -117,6 +130,9 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.String("containerd-certs-dir", "", "containerd's hosts folder (its config_path, such as /etc/containerd/certs.d): the registries of Secrets annotated nodecreds.io/runtime-auth=true (with --source dir: of every folder) get an Authorization header in its hosts.toml files; empty: off")
 	fs.String("containerd-config", DefaultContainerdConfig, "containerd's configuration file, read (with its imports) to say when containerd will not use the hosts.toml headers; only with --containerd-certs-dir")
 	fs.String("pool", "", "the node pool this agent serves (the chart sets it per DaemonSet); named when another agent meets this one on a node")
+	fs.String("verify", VerifyOn, "on: log in to a registry with changed credentials before they replace the node's, keeping the old ones when it rejects them (401/403); off: apply at once (a Secret opts out with nodecreds.io/verify: \"off\")")
+	fs.Duration("verify-spread", time.Second, "the longest a login waits, at random, so that a fleet's logins after a rotation spread out")
+	fs.Duration("verify-retry", 15*time.Second, "the wait before rejected credentials are tried again, doubling up to 5m")
 	LogFlags(fs)
 }
 
@@ -199,6 +215,15 @@ func (c Sync) Validate() error {
 	}
 	if c.ContainerdCertsDir != "" {
 		errs = append(errs, validateCertsDir(c.ContainerdCertsDir), validateNodePaths("--containerd-config", []string{c.ContainerdConfig}))
+	}
+	if c.Verify != VerifyOn && c.Verify != VerifyOff {
+		errs = append(errs, usagef("--verify %q: must be %s or %s", c.Verify, VerifyOn, VerifyOff))
+	}
+	if c.VerifySpread < 0 || c.VerifySpread > 10*time.Minute {
+		errs = append(errs, usagef("--verify-spread %s: must be between 0 and 10m", c.VerifySpread))
+	}
+	if c.VerifyRetry < time.Second || c.VerifyRetry > 5*time.Minute {
+		errs = append(errs, usagef("--verify-retry %s: must be between 1s and 5m", c.VerifyRetry))
 	}
 	if c.Pool != "" && !poolName.MatchString(c.Pool) {
 		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))

@@ -138,6 +138,7 @@ type Result struct {
 	Released  []string // keys we owned that someone else changed; now theirs
 	Displaced []string // foreign keys moved into the state file
 	Restored  []string // displaced keys put back
+	Kept      []string // keys of Desired.Keep whose previous entry stayed
 	Warnings  []string // things an operator should know that are not errors
 	// Left is what the sync left at Path (content, mode, owner; Exists
 	// false for no file), nil when the target was not synced, so that the
@@ -181,7 +182,16 @@ type Desired struct {
 	// valid): with Prune, the entries they wrote stay (and entries recorded
 	// without a source, which may be theirs); every other source's go.
 	Hold []string
+	// Keep names entries whose new value waits for a login (or was
+	// refused by its registry): where a target holds nodecreds' own
+	// previous entry for the key, that entry stays as it is; where it
+	// holds none, the new one is written.
+	Keep map[KeepID]bool
 }
+
+// KeepID names a source's entry for a registry (dockercfg.Normalize of
+// its key).
+type KeepID struct{ Source, Registry string }
 
 // Sync brings every target in line with d. Targets are independent: one
 // failing does not stop the others. The error is about the state file or
@@ -204,7 +214,7 @@ func (e *Engine) Sync(ctx context.Context, targets []string, d Desired) ([]Resul
 		}
 		return results, nil
 	}
-	rule := pruneRule{on: d.Prune, now: e.now().Unix()}
+	rule := pruneRule{on: d.Prune, now: e.now().Unix(), keep: d.Keep}
 	if len(d.Hold) > 0 {
 		rule.hold = make(map[string]bool, len(d.Hold))
 		for _, name := range d.Hold {

@@ -16,6 +16,7 @@ type mergeResult struct {
 	released  []string // keys we owned that someone else changed; now theirs
 	displaced []string // foreign keys moved into the state file
 	restored  []string // displaced keys put back
+	kept      []string // keys whose previous entry stayed (pruneRule.keep)
 }
 
 // merge computes the new content of a target and its new ownership record.
@@ -38,7 +39,7 @@ func merge(cur *document, w *wanted, prune pruneRule, st TargetState) mergeResul
 		m.next.Displaced = map[string]json.RawMessage{}
 	}
 	m.settleOwned(prune)
-	m.writeDesired()
+	m.writeDesired(prune.keep)
 	m.restoreDisplaced()
 	m.settleStale(prune)
 	m.res.doc, m.res.state = m.doc, m.next
@@ -114,6 +115,10 @@ type pruneRule struct {
 	// now (Unix seconds) stamps the fingerprints of entries nodecreds
 	// replaces or removes (see staleWindow); 0 (cleanup) records none.
 	now int64
+	// keep is Desired.Keep: entries whose previous value stays where
+	// nodecreds has one in the file (a rule of the same sync, carried
+	// with this one).
+	keep map[KeepID]bool
 }
 
 // removes reports whether the owned entry key, which no source provides
@@ -266,8 +271,9 @@ func (m *merger) settle(key string, prune pruneRule) {
 }
 
 // writeDesired displaces foreign entries for the desired registries and
-// writes ours.
-func (m *merger) writeDesired() {
+// writes ours, but for those keep holds back: there our previous entry, if
+// the file has one, stays.
+func (m *merger) writeDesired(keep map[KeepID]bool) {
 	// One pass over the file (files can hold thousands of keys) finds the
 	// entries for the registries we write.
 	for key, raw := range m.doc.auths {
@@ -287,6 +293,15 @@ func (m *merger) writeDesired() {
 	slices.Sort(m.res.displaced)
 	for _, it := range m.wanted.items {
 		raw, fp := it.raw, it.fp
+		if _, ok := m.doc.auths[it.Key]; ok && len(keep) > 0 && !m.doc.hasFingerprint(it.Key, fp) &&
+			keep[KeepID{Source: it.Source, Registry: dockercfg.Normalize(it.Key)}] {
+			// Ours (a foreign entry was displaced above): it stays, and
+			// stays ours, until the new value may replace it.
+			m.next.Owned[it.Key] = m.was[it.Key]
+			m.next.setFrom(it.Key, it.Source)
+			m.res.kept = append(m.res.kept, it.Key)
+			continue
+		}
 		if !m.doc.hasFingerprint(it.Key, fp) {
 			// Unless the file holds this very value (then its bytes stay,
 			// and an unchanged file compares equal without decoding).

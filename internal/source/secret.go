@@ -94,7 +94,7 @@ func trimSecret(obj any) any {
 	if sec, ok := obj.(*corev1.Secret); ok {
 		sec.ManagedFields = nil
 		var kept map[string]string
-		for _, a := range []string{AnnotationNodeSelector, AnnotationRuntimeAuth} {
+		for _, a := range []string{AnnotationNodeSelector, AnnotationRuntimeAuth, AnnotationVerify} {
 			if v, ok := sec.Annotations[a]; ok {
 				if kept == nil {
 					kept = map[string]string{}
@@ -290,6 +290,10 @@ func Missing(namespace, name string) Snapshot {
 // host, so each Secret opts in.
 const AnnotationRuntimeAuth = "nodecreds.io/runtime-auth"
 
+// AnnotationVerify on a Secret, "off", applies its changed credentials
+// without logging in with them first (sync --verify=on is the default).
+const AnnotationVerify = "nodecreds.io/verify"
+
 // FromSecret validates a Secret. The revision names its version (uid and
 // resourceVersion), never its data.
 func FromSecret(sec *corev1.Secret) Snapshot {
@@ -299,6 +303,7 @@ func FromSecret(sec *corev1.Secret) Snapshot {
 	}
 	_, snap.Selected = sec.Annotations[AnnotationNodeSelector]
 	snap.RuntimeAuth = sec.Annotations[AnnotationRuntimeAuth] == "true"
+	snap.NoVerify = sec.Annotations[AnnotationVerify] == "off"
 	sel, err := parseNodeSelector(snap.Name, sec.Annotations)
 	if err != nil {
 		// Nobody can tell which nodes it is for: every agent reports it.

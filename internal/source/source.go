@@ -36,6 +36,9 @@ type Snapshot struct {
 	// hosts.toml headers (a Secret annotated nodecreds.io/runtime-auth:
 	// "true").
 	RuntimeAuth bool
+	// NoVerify is set when the source opts out of the login that verifies
+	// changed credentials (a Secret annotated nodecreds.io/verify: "off").
+	NoVerify bool
 	// Err is why the source cannot be used now. errors.Is(Err, ErrNotFound)
 	// when it does not exist, dockercfg.ErrInvalid when it does not validate.
 	Err error

@@ -1,0 +1,207 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/nodecreds/nodecreds/internal/check"
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
+	"github.com/nodecreds/nodecreds/internal/metrics"
+	"github.com/nodecreds/nodecreds/internal/nodefile"
+	"github.com/nodecreds/nodecreds/internal/source"
+	"github.com/nodecreds/nodecreds/internal/verifier"
+)
+
+// registryDouble answers logins by password: accepted ones get in,
+// others get a 401; down answers nothing.
+type registryDouble struct {
+	mu       sync.Mutex
+	accepted map[string]bool
+	down     bool
+	logins   int
+}
+
+func (r *registryDouble) Probe(_ context.Context, _, _ string, c kubeletcred.Cred) check.ProbeResult {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logins++
+	switch {
+	case r.down:
+		return check.ProbeResult{Error: "connection refused"}
+	case r.accepted[c.Password]:
+		return check.ProbeResult{OK: true, Status: 200}
+	}
+	return check.ProbeResult{Status: 401, Error: "UNAUTHORIZED", Codes: []string{"UNAUTHORIZED"}}
+}
+
+func (r *registryDouble) accept(pw ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.accepted = map[string]bool{}
+	for _, p := range pw {
+		r.accepted[p] = true
+	}
+}
+
+func passwordIn(t *testing.T, path, key string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var f struct {
+		Auths map[string]struct{ Auth string } `json:"auths"`
+	}
+	if err := json.Unmarshal(data, &f); err != nil {
+		t.Fatal(err)
+	}
+	_, pw, _ := dockercfg.DecodeAuth(f.Auths[key].Auth)
+	return pw
+}
+
+// TestVerifyBeforeSwitching runs the agent on real files with a real
+// Verifier: a rotation reaches the files only once a login with it
+// succeeds; a rejected one leaves the previous password in force and says
+// so (never a password); an unreachable registry never blocks a rotation;
+// a Secret that opts out, and a wildcard key, are applied at once.
+func TestVerifyBeforeSwitching(t *testing.T) {
+	root := t.TempDir()
+	target := filepath.Join(root, "var/lib/kubelet/config.json")
+	reg := &registryDouble{}
+	reg.accept("pw-1")
+	m := metrics.NewMetrics(prometheus.NewRegistry())
+	v := verifier.New(reg, verifier.Options{Retry: 10 * time.Millisecond, MaxRetry: 20 * time.Millisecond, Metrics: m})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go v.Run(ctx) //nolint:errcheck // returns nil when ctx ends
+	src := &fakeSource{}
+	rep := &fakeReporter{}
+	logger, hook := logtest.NewNullLogger()
+	logger.SetLevel(logrus.DebugLevel)
+	a := New(src, nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"}),
+		Options{Targets: []string{"/var/lib/kubelet/config.json"}, HostRoot: root, Prune: true, Metrics: m, Reporters: []Reporter{rep}, Verifier: v}, logrus.NewEntry(logger))
+	secret := func(rev, pw string, noVerify bool) {
+		src.snaps = []source.Snapshot{{Name: "ns/creds", Revision: rev, NoVerify: noVerify,
+			Set: dockercfg.Set{{Key: "r.test", Entry: dockercfg.Entry{Username: "u", Password: pw}}}}}
+	}
+	settle := func() Outcome {
+		t.Helper()
+		a.Sync(ctx, "test")
+		if err := v.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return a.Sync(ctx, "test")
+	}
+
+	// A new entry is written at once and verified after.
+	secret("1", "pw-1", false)
+	if o := a.Sync(ctx, "test"); o.Verifying || passwordIn(t, target, "r.test") != "pw-1" {
+		t.Fatalf("a new entry waited for its login (verifying %v, password in file %q)", o.Verifying, passwordIn(t, target, "r.test"))
+	}
+	if o := settle(); !o.Status().OK {
+		t.Fatalf("after a good login: %+v", o.Status())
+	}
+
+	// A wrong password: the previous one stays, reported as rejected.
+	secret("2", "pw-2-typo", false)
+	reported := len(rep.got)
+	if o := a.Sync(ctx, "test"); !o.Verifying || len(rep.got) != reported {
+		t.Fatalf("a changed password was not held for its login (verifying %v, reports %d→%d)", o.Verifying, reported, len(rep.got))
+	}
+	if got := passwordIn(t, target, "r.test"); got != "pw-1" {
+		t.Fatalf("before its login the new password replaced the old one (file has %q)", got)
+	}
+	o := settle()
+	st := o.Status()
+	if st.OK || st.Reason != "CredentialsRejected" || !strings.Contains(st.Message, "ns/creds") || !strings.Contains(st.Message, "401") {
+		t.Fatalf("a rejection reported as %+v", st)
+	}
+	if got := passwordIn(t, target, "r.test"); got != "pw-1" {
+		t.Fatalf("a rejected password is in the file (%q)", got)
+	}
+	if testutil.ToFloat64(m.Rejected.WithLabelValues("ns/creds", "r.test")) != 1 {
+		t.Error("nodecreds_credentials_rejected is not 1")
+	}
+
+	// The registry goes away: a rejected password stays out.
+	reg.mu.Lock()
+	reg.down = true
+	reg.mu.Unlock()
+	time.Sleep(60 * time.Millisecond) // several retries
+	if o := a.Sync(ctx, "test"); o.Status().Reason != "CredentialsRejected" || passwordIn(t, target, "r.test") != "pw-1" {
+		t.Fatalf("an unreachable registry let a rejected password in: %+v", o.Status())
+	}
+
+	// The registry comes back accepting it: switched without a change
+	// to the Secret.
+	reg.mu.Lock()
+	reg.down = false
+	reg.mu.Unlock()
+	reg.accept("pw-2-typo")
+	deadline := time.Now().Add(5 * time.Second)
+	for o = a.Sync(ctx, "test"); !o.Status().OK && time.Now().Before(deadline); o = a.Sync(ctx, "test") {
+		select {
+		case <-v.Changed(): // a verdict (or one seen before)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if !o.Status().OK || passwordIn(t, target, "r.test") != "pw-2-typo" {
+		t.Fatalf("not switched once the registry accepted it: %+v, file %q", o.Status(), passwordIn(t, target, "r.test"))
+	}
+	if testutil.ToFloat64(m.Rejected.WithLabelValues("ns/creds", "r.test")) != 0 {
+		t.Error("nodecreds_credentials_rejected still 1")
+	}
+
+	// An unreachable registry never blocks a rotation.
+	reg.mu.Lock()
+	reg.down = true
+	reg.mu.Unlock()
+	secret("3", "pw-3", false)
+	o = settle()
+	if passwordIn(t, target, "r.test") != "pw-3" || !o.Status().OK || !strings.Contains(o.Status().Message, "unverified") {
+		t.Fatalf("registry down: %+v, file %q", o.Status(), passwordIn(t, target, "r.test"))
+	}
+
+	// Opted out: applied at once, no login.
+	reg.mu.Lock()
+	before := reg.logins
+	reg.mu.Unlock()
+	secret("4", "pw-4", true)
+	if o := a.Sync(ctx, "test"); o.Verifying || passwordIn(t, target, "r.test") != "pw-4" {
+		t.Fatal("a Secret annotated nodecreds.io/verify=off waited for a login")
+	}
+	reg.mu.Lock()
+	after := reg.logins
+	reg.mu.Unlock()
+	if after != before {
+		t.Errorf("%d logins for a Secret that opted out", after-before)
+	}
+
+	for _, e := range hook.AllEntries() {
+		line, _ := e.String()
+		for _, pw := range []string{"pw-1", "pw-2-typo", "pw-3", "pw-4"} {
+			if strings.Contains(line, pw) {
+				t.Fatalf("a password in the log: %s", line)
+			}
+		}
+	}
+	for _, st := range rep.got {
+		for _, pw := range []string{"pw-1", "pw-2-typo", "pw-3", "pw-4"} {
+			if strings.Contains(st.Message, pw) {
+				t.Fatalf("a password in a report: %s", st.Message)
+			}
+		}
+	}
+}

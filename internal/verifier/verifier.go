@@ -1,0 +1,341 @@
+// Package verifier logs in to a registry with new credentials before they
+// replace the ones a node pulls with, the way `docker login` does (the
+// /v2/ challenge, then Basic or a token request without scope), so that a
+// mistyped or not-yet-active password is caught on the node instead of by
+// every new Pod.
+//
+// It keeps, in memory only, a verdict per registry host and credential
+// (the credential kept to log in again, known by a digest): a login is
+// made once, after a random wait (a fleet-wide rotation must not become a
+// login storm), and a rejected one is tried again with a doubling backoff
+// until the registry accepts it or the credential leaves the sources.
+package verifier
+
+import (
+	"context"
+	"crypto/sha256"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nodecreds/nodecreds/internal/check"
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
+	"github.com/nodecreds/nodecreds/internal/metrics"
+)
+
+// Prober logs in (check.RegistryProber: pinned to the registry and the
+// token service it names, never through a proxy in clear).
+type Prober interface {
+	Probe(ctx context.Context, registry, repository string, c kubeletcred.Cred) check.ProbeResult
+}
+
+// Verdict is what a login said of a credential.
+type Verdict int
+
+// The verdicts.
+const (
+	// Pending: no login has answered yet.
+	Pending Verdict = iota
+	// Verified: the registry let the credential in.
+	Verified
+	// Rejected: the registry or its token service refused it (401, 403).
+	Rejected
+	// Unverifiable: no answer that says (unreachable, TLS, timeout, 5xx,
+	// a registry that lets anyone in).
+	Unverifiable
+)
+
+func (v Verdict) String() string {
+	return [...]string{"pending", "verified", "rejected", "unverifiable"}[v]
+}
+
+// Result is a credential's verdict. Status and Reason come from the probe,
+// built from fixed texts and spec error codes: never a value.
+type Result struct {
+	Verdict Verdict
+	// Status is the HTTP status of a rejection (or of the last answer).
+	Status int
+	// Reason says why, for people ("UNAUTHORIZED", "timed out").
+	Reason string
+	// At is when the verdict was reached.
+	At time.Time
+}
+
+// Options tunes the logins.
+type Options struct {
+	// Spread is the longest a login waits, at random, before it is made.
+	Spread time.Duration
+	// Retry is the wait before a rejected credential is tried again; it
+	// doubles up to MaxRetry.
+	Retry, MaxRetry time.Duration
+	// Workers bounds the logins made at once.
+	Workers int
+	Metrics *metrics.Metrics // optional
+}
+
+// Defaults.
+const (
+	DefaultSpread   = time.Second
+	DefaultRetry    = 15 * time.Second
+	DefaultMaxRetry = 5 * time.Minute
+	defaultWorkers  = 4
+)
+
+// id names a credential for a registry without holding its value.
+type id struct {
+	host   string
+	digest [sha256.Size]byte
+}
+
+// cred is one credential's login state.
+type cred struct {
+	login    kubeletcred.Cred
+	result   Result
+	due      time.Time // when the next login is made (zero: none scheduled)
+	retry    time.Duration
+	inFlight bool
+	seen     uint64 // the generation that last asked for it
+}
+
+// Verifier keeps the verdicts and makes the logins (Run).
+type Verifier struct {
+	prober Prober
+	opts   Options
+	now    func() time.Time
+
+	mu      sync.Mutex
+	creds   map[id]*cred
+	gen     uint64
+	wake    chan struct{}
+	changed chan struct{}
+	idle    *sync.Cond // broadcast when a login ends or is dropped
+}
+
+// New returns a Verifier; Run makes its logins.
+func New(prober Prober, opts Options) *Verifier {
+	if opts.Spread < 0 {
+		opts.Spread = 0
+	}
+	if opts.Retry <= 0 {
+		opts.Retry = DefaultRetry
+	}
+	if opts.MaxRetry < opts.Retry {
+		opts.MaxRetry = max(DefaultMaxRetry, opts.Retry)
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = defaultWorkers
+	}
+	v := &Verifier{prober: prober, opts: opts, now: time.Now, creds: map[id]*cred{}, wake: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
+	v.idle = sync.NewCond(&v.mu)
+	return v
+}
+
+func idOf(host string, c kubeletcred.Cred) id {
+	h := sha256.New()
+	h.Write([]byte(c.Username))
+	h.Write([]byte{0})
+	h.Write([]byte(c.Password))
+	var d [sha256.Size]byte
+	h.Sum(d[:0])
+	return id{host: host, digest: d}
+}
+
+// Check returns the verdict on c for host, remembering c (Pending) when it
+// is new. It starts no login: Start does.
+func (v *Verifier) Check(host string, c kubeletcred.Cred) Result {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	k := idOf(host, c)
+	cr := v.creds[k]
+	if cr == nil {
+		cr = &cred{login: c}
+		v.creds[k] = cr
+	}
+	cr.seen = v.gen
+	return cr.result
+}
+
+// Start schedules a login with c at host, after a random wait within
+// Spread, unless one is scheduled, under way, or answered.
+func (v *Verifier) Start(host string, c kubeletcred.Cred) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	k := idOf(host, c)
+	cr := v.creds[k]
+	if cr == nil {
+		cr = &cred{login: c, seen: v.gen}
+		v.creds[k] = cr
+	}
+	if cr.result.Verdict != Pending || cr.inFlight || !cr.due.IsZero() {
+		return
+	}
+	cr.due = v.now().Add(v.jitter(v.opts.Spread))
+	v.poke()
+}
+
+// Sweep forgets the credentials no Check asked about since the last
+// Sweep: they left the sources, and their retries stop.
+func (v *Verifier) Sweep() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for k, cr := range v.creds {
+		if cr.seen != v.gen && !cr.inFlight {
+			delete(v.creds, k)
+		}
+	}
+	v.gen++
+	v.idle.Broadcast()
+}
+
+// Changed fires when a verdict changed.
+func (v *Verifier) Changed() <-chan struct{} { return v.changed }
+
+// Wait blocks until no login is scheduled before a verdict or under way
+// (retries of rejected credentials aside), or ctx ends: sync --once
+// verifies before it exits.
+func (v *Verifier) Wait(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		v.mu.Lock()
+		v.idle.Broadcast()
+		v.mu.Unlock()
+	})
+	defer stop()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for v.busy() && ctx.Err() == nil {
+		v.idle.Wait()
+	}
+	return ctx.Err()
+}
+
+// busy: a credential still waits for its first verdict.
+func (v *Verifier) busy() bool {
+	for _, cr := range v.creds {
+		if cr.result.Verdict == Pending && (cr.inFlight || !cr.due.IsZero()) {
+			return true
+		}
+	}
+	return false
+}
+
+func (v *Verifier) poke() {
+	select {
+	case v.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (v *Verifier) jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return rand.N(d)
+}
+
+// Run makes the scheduled logins until ctx ends, at most Workers at once.
+func (v *Verifier) Run(ctx context.Context) error {
+	slots := make(chan struct{}, v.opts.Workers)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		k, cr, wait := v.next()
+		if cr != nil {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return nil
+			}
+			go func() {
+				defer func() { <-slots }()
+				v.login(ctx, k, cr)
+			}()
+			continue
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-v.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// next is the login due now (taken: in flight), or how long until the
+// next one is.
+func (v *Verifier) next() (id, *cred, time.Duration) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := v.now()
+	wait := time.Hour
+	for k, cr := range v.creds {
+		if cr.due.IsZero() || cr.inFlight {
+			continue
+		}
+		if d := cr.due.Sub(now); d > 0 {
+			wait = min(wait, d)
+			continue
+		}
+		cr.inFlight, cr.due = true, time.Time{}
+		return k, cr, 0
+	}
+	return id{}, nil, wait
+}
+
+// login asks the registry and records the verdict.
+func (v *Verifier) login(ctx context.Context, k id, cr *cred) {
+	v.mu.Lock()
+	c := cr.login
+	v.mu.Unlock()
+	p := v.prober.Probe(ctx, k.host, "", c)
+	res := Result{Status: p.Status, Reason: p.Error, At: v.now()}
+	switch {
+	case p.OK && !p.Anonymous:
+		res.Verdict, res.Reason = Verified, ""
+	case p.OK:
+		res.Verdict, res.Reason = Unverifiable, "the registry lets anyone in, so a login proves nothing"
+	case p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden:
+		res.Verdict = Rejected
+	case p.NotSent:
+		res.Verdict = Unverifiable
+	default:
+		res.Verdict = Unverifiable
+		if res.Reason == "" {
+			res.Reason = "no answer"
+		}
+	}
+	if v.opts.Metrics != nil {
+		v.opts.Metrics.Logins.WithLabelValues(res.Verdict.String()).Inc()
+	}
+
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	defer v.idle.Broadcast()
+	cr.inFlight = false
+	if ctx.Err() != nil {
+		return // stopping: no verdict from a cancelled login
+	}
+	prev := cr.result
+	switch {
+	case res.Verdict == Rejected:
+		cr.retry = min(max(cr.retry*2, v.opts.Retry), v.opts.MaxRetry)
+		cr.due = v.now().Add(cr.retry + v.jitter(cr.retry/4))
+	case prev.Verdict == Rejected && res.Verdict != Verified:
+		// Once rejected, applied only after a login that succeeds: a
+		// registry that cannot be reached meanwhile changes nothing.
+		cr.retry = min(cr.retry*2, v.opts.MaxRetry)
+		cr.due = v.now().Add(cr.retry + v.jitter(cr.retry/4))
+		res = prev
+	}
+	cr.result = res
+	if !cr.due.IsZero() {
+		v.poke() // Run sleeps until the earliest login it knew of
+	}
+	if _, ok := v.creds[k]; ok && (prev.Verdict != res.Verdict || prev.Status != res.Status || prev.Reason != res.Reason) {
+		select {
+		case v.changed <- struct{}{}:
+		default:
+		}
+	}
+}

@@ -1,0 +1,169 @@
+package verifier
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nodecreds/nodecreds/internal/check"
+	"github.com/nodecreds/nodecreds/internal/kubeletcred"
+	"github.com/nodecreds/nodecreds/internal/metrics"
+)
+
+// script answers each login with the next result, the last one again
+// once they run out.
+type script struct {
+	mu    sync.Mutex
+	next  []check.ProbeResult
+	calls int
+}
+
+func (s *script) Probe(_ context.Context, registry, repository string, _ kubeletcred.Cred) check.ProbeResult {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	r := s.next[0]
+	if len(s.next) > 1 {
+		s.next = s.next[1:]
+	}
+	return r
+}
+
+var (
+	ok           = check.ProbeResult{OK: true, Status: 200}
+	anonymous    = check.ProbeResult{OK: true, Status: 200, Anonymous: true}
+	unauthorized = check.ProbeResult{Status: 401, Codes: []string{"UNAUTHORIZED"}, Error: "UNAUTHORIZED"}
+	forbidden    = check.ProbeResult{Status: 403, Error: "Forbidden"}
+	unavailable  = check.ProbeResult{Status: 503, Error: "Service Unavailable"}
+	timedOut     = check.ProbeResult{Error: "timed out"}
+)
+
+// TestVerdicts: each answer's verdict, and the rule that a rejected
+// credential is let in only by a login that succeeds (never because the
+// registry could not be asked).
+func TestVerdicts(t *testing.T) {
+	tests := []struct {
+		name    string
+		answers []check.ProbeResult
+		want    []Verdict // the verdicts seen, in order
+		status  int
+	}{
+		{"verified", []check.ProbeResult{ok}, []Verdict{Verified}, 0},
+		{"rejected with 401", []check.ProbeResult{unauthorized}, []Verdict{Rejected}, 401},
+		{"rejected with 403", []check.ProbeResult{forbidden}, []Verdict{Rejected}, 403},
+		{"a 5xx is unverifiable", []check.ProbeResult{unavailable}, []Verdict{Unverifiable}, 503},
+		{"no answer is unverifiable", []check.ProbeResult{timedOut}, []Verdict{Unverifiable}, 0},
+		{"a registry that lets anyone in proves nothing", []check.ProbeResult{anonymous}, []Verdict{Unverifiable}, 200},
+		{"rejected, then accepted on a retry", []check.ProbeResult{unauthorized, ok}, []Verdict{Rejected, Verified}, 0},
+		{"rejected, then unreachable: still rejected, then accepted", []check.ProbeResult{unauthorized, timedOut, unavailable, anonymous, ok}, []Verdict{Rejected, Verified}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			m := metrics.NewMetrics(reg)
+			s := &script{next: tt.answers}
+			v := New(s, Options{Retry: 5 * time.Millisecond, MaxRetry: 20 * time.Millisecond, Metrics: m})
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			go v.Run(ctx) //nolint:errcheck // returns nil when ctx ends
+			c := kubeletcred.Cred{Key: "r.test", Username: "u", Password: "p"}
+			if got := v.Check("r.test", c); got.Verdict != Pending {
+				t.Fatalf("before any login: %v, want pending", got.Verdict)
+			}
+			v.Start("r.test", c)
+			var seen []Verdict
+			deadline := time.After(5 * time.Second)
+			for len(seen) < len(tt.want) {
+				select {
+				case <-v.Changed():
+				case <-deadline:
+					t.Fatalf("verdicts seen %v, want %v", seen, tt.want)
+				}
+				got := v.Check("r.test", c)
+				if len(seen) == 0 || seen[len(seen)-1] != got.Verdict {
+					seen = append(seen, got.Verdict)
+				}
+			}
+			for i := range tt.want {
+				if seen[i] != tt.want[i] {
+					t.Fatalf("verdicts %v, want %v", seen, tt.want)
+				}
+			}
+			if got := v.Check("r.test", c); got.Status != tt.status && tt.status != 0 {
+				t.Errorf("status %d, want %d", got.Status, tt.status)
+			}
+			if n := testutil.ToFloat64(m.Logins.WithLabelValues(tt.want[len(tt.want)-1].String())); n < 1 {
+				t.Errorf("no login counted as %s", tt.want[len(tt.want)-1])
+			}
+		})
+	}
+}
+
+// TestOneLoginPerCredential: a credential is logged in with once, however
+// often it is checked and started, and again only when it changes.
+func TestOneLoginPerCredential(t *testing.T) {
+	s := &script{next: []check.ProbeResult{ok}}
+	v := New(s, Options{})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go v.Run(ctx) //nolint:errcheck // returns nil when ctx ends
+	c := kubeletcred.Cred{Username: "u", Password: "p"}
+	for range 5 {
+		v.Check("r.test", c)
+		v.Start("r.test", c)
+	}
+	if err := v.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		v.Start("r.test", c)
+	}
+	if s.calls != 1 {
+		t.Errorf("%d logins for one credential, want 1", s.calls)
+	}
+	c.Password = "rotated"
+	v.Start("r.test", c)
+	if err := v.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s.calls != 2 {
+		t.Errorf("%d logins after a rotation, want 2", s.calls)
+	}
+}
+
+// TestSweepStopsRetries: a rejected credential that left the sources is
+// forgotten, and no longer tried.
+func TestSweepStopsRetries(t *testing.T) {
+	s := &script{next: []check.ProbeResult{unauthorized}}
+	v := New(s, Options{Retry: time.Millisecond, MaxRetry: time.Millisecond})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go v.Run(ctx) //nolint:errcheck // returns nil when ctx ends
+	c := kubeletcred.Cred{Username: "u", Password: "wrong"}
+	v.Check("r.test", c)
+	v.Start("r.test", c)
+	<-v.Changed()
+	v.Sweep() // asked this generation: kept
+	v.Sweep() // not asked since: forgotten
+	v.mu.Lock()
+	n := len(v.creds)
+	v.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d credentials kept after they left the sources", n)
+	}
+	time.Sleep(20 * time.Millisecond) // retries would have run many times
+	s.mu.Lock()
+	before := s.calls
+	s.mu.Unlock()
+	time.Sleep(20 * time.Millisecond)
+	s.mu.Lock()
+	after := s.calls
+	s.mu.Unlock()
+	if after != before {
+		t.Errorf("a forgotten credential is still tried: %d logins, then %d", before, after)
+	}
+}
