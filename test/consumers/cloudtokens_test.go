@@ -17,9 +17,11 @@ import (
 	"time"
 
 	"github.com/Masterminds/sprig/v3"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/discovery"
@@ -217,6 +219,25 @@ func TestCloudTokenRecipesDryRun(t *testing.T) {
 		}
 	}
 
+	// The Secrets external-secrets would write from the recipes: the API
+	// server's own checks of a kubernetes.io/dockerconfigjson Secret pass.
+	secrets := schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+	for kind, es := range recipes {
+		gen, ok := generatorOutput[kind]
+		if !ok {
+			t.Errorf("no generator output known for %s: add its keys to generatorOutput", kind)
+			continue
+		}
+		raw, err := runtime.DefaultUnstructuredConverter.ToUnstructured(renderRecipe(t, es, gen.data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sec := &unstructured.Unstructured{Object: raw}
+		if _, err := dyn.Resource(secrets).Namespace(sec.GetNamespace()).Create(ctx, sec, dryRun); err != nil {
+			t.Errorf("dry run of the Secret the %s recipe renders: %v", kind, err)
+		}
+	}
+
 	// The same recipe as v1beta1, which external-secrets served until
 	// v0.17: refused, so a page written with it would fail here.
 	for kind, es := range recipes {
@@ -299,7 +320,11 @@ func esoCRDs(t *testing.T) []*unstructured.Unstructured {
 // (github.com/external-secrets/sprig/v3, the replace in its go.mod and in
 // ours) without env and expandenv (v0.16.2 pkg/template/v2/template.go
 // init). Its own pkcs12, PEM, JWK and YAML helpers are left out: a recipe
-// needs none, and one that used them would fail here.
+// needs none, and one that used them would fail here. Importing its
+// pkg/template/v2 instead would bring its whole go.mod (every cloud SDK)
+// into this module's version selection. spf13/cast, behind int64, is
+// v1.10.0 here (other modules need it) and v1.7.1 in its build: both parse
+// a decimal string of Unix seconds alike, and give 0 for a non-number.
 func esoTemplateFuncs() template.FuncMap {
 	funcs := sprig.TxtFuncMap()
 	delete(funcs, "env")
@@ -322,12 +347,49 @@ func renderESO(name, text string, data map[string]string) (string, error) {
 	return b.String(), nil
 }
 
+// renderRecipe is the Secret external-secrets writes for the recipe es
+// when its generator hands it gen: target.template's data and annotations
+// rendered (its labels too, had a recipe any), type and name as the
+// target says.
+func renderRecipe(t *testing.T, es *unstructured.Unstructured, gen map[string]string) *corev1.Secret {
+	t.Helper()
+	name, _, _ := unstructured.NestedString(es.Object, "spec", "target", "name")
+	typ, _, _ := unstructured.NestedString(es.Object, "spec", "target", "template", "type")
+	sec := &corev1.Secret{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: es.GetNamespace()},
+		Type:       corev1.SecretType(typ),
+		Data:       map[string][]byte{},
+	}
+	render := func(field string, into func(k, v string)) {
+		tpl, _, err := unstructured.NestedStringMap(es.Object, "spec", "target", "template", field)
+		if field != "data" {
+			tpl, _, err = unstructured.NestedStringMap(es.Object, "spec", "target", "template", "metadata", field)
+		}
+		if err != nil {
+			t.Fatalf("template %s: %v", field, err)
+		}
+		for k, v := range tpl {
+			out, err := renderESO(k, v, gen)
+			if err != nil {
+				t.Fatalf("rendering %s %s: %v", field, k, err)
+			}
+			into(k, out)
+		}
+	}
+	render("data", func(k, v string) { sec.Data[k] = []byte(v) })
+	render("annotations", func(k, v string) { metav1.SetMetaDataAnnotation(&sec.ObjectMeta, k, v) })
+	render("labels", func(k, v string) { metav1.SetMetaDataLabel(&sec.ObjectMeta, k, v) })
+	return sec
+}
+
 // TestCloudTokenTemplatesRender: each recipe's template, fed what its
 // generator outputs and rendered with external-secrets' template functions
-// and options, gives a Secret nodecreds' own parser accepts, holding the
-// generator's credentials, and an expires-at annotation in RFC 3339 that
-// is the generator's expiry to the second — none where the generator gives
-// no expiry (ACR).
+// and options, gives a kubernetes.io/dockerconfigjson Secret in nodecreds'
+// namespace that nodecreds' own parser accepts, holding the generator's
+// credentials, and an expires-at annotation in RFC 3339 that is the
+// generator's expiry to the second — none where the generator gives no
+// expiry (ACR).
 func TestCloudTokenTemplatesRender(t *testing.T) {
 	recipes := externalSecrets(t, docObjects(t))
 	for kind := range generatorOutput {
@@ -341,20 +403,14 @@ func TestCloudTokenTemplatesRender(t *testing.T) {
 			if !ok {
 				t.Fatalf("no generator output known for %s: add its keys to generatorOutput", kind)
 			}
-			typ, _, _ := unstructured.NestedString(es.Object, "spec", "target", "template", "type")
-			if typ != "kubernetes.io/dockerconfigjson" {
-				t.Fatalf("target.template.type is %q, want kubernetes.io/dockerconfigjson", typ)
+			sec := renderRecipe(t, es, gen.data)
+			if sec.Type != corev1.SecretTypeDockerConfigJson {
+				t.Fatalf("target.template.type is %q, want %s", sec.Type, corev1.SecretTypeDockerConfigJson)
 			}
-			tplData, _, _ := unstructured.NestedStringMap(es.Object, "spec", "target", "template", "data")
-			data := map[string][]byte{}
-			for k, v := range tplData {
-				out, err := renderESO(k, v, gen.data)
-				if err != nil {
-					t.Fatalf("rendering data %s: %v", k, err)
-				}
-				data[k] = []byte(out)
+			if sec.Name == "" || sec.Namespace != "nodecreds" {
+				t.Errorf("the Secret is %s/%s: want a target name, in the namespace nodecreds reads (nodecreds)", sec.Namespace, sec.Name)
 			}
-			set, _, err := source.FromData(typ, data)
+			set, _, err := source.FromData(string(sec.Type), sec.Data)
 			if err != nil {
 				t.Fatalf("nodecreds refuses the rendered Secret: %v", err)
 			}
@@ -379,8 +435,7 @@ func TestCloudTokenTemplatesRender(t *testing.T) {
 				t.Errorf("registries %v, want the generator's registry %s", set.Keys(), reg)
 			}
 
-			annotations, _, _ := unstructured.NestedStringMap(es.Object, "spec", "target", "template", "metadata", "annotations")
-			text, has := annotations[expiresAt]
+			got, has := sec.Annotations[expiresAt]
 			if gen.expiry == "" {
 				if has {
 					t.Fatalf("%s gives no expiry, yet the recipe writes %s", kind, expiresAt)
@@ -389,10 +444,6 @@ func TestCloudTokenTemplatesRender(t *testing.T) {
 			}
 			if !has {
 				t.Fatalf("no %s annotation in target.template.metadata", expiresAt)
-			}
-			got, err := renderESO(expiresAt, text, gen.data)
-			if err != nil {
-				t.Fatalf("rendering %s: %v", expiresAt, err)
 			}
 			at, err := time.Parse(time.RFC3339, got)
 			if err != nil {
