@@ -93,7 +93,7 @@ const everyValue = "image.repository=reg.example.test/nodecreds,image.tag=9.9.9,
 	",affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=NotIn" +
 	",affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values[0]=virtual-kubelet" +
 	",resources.limits.memory=80Mi,podAnnotations.a=b,podLabels.team=x,extraArgs={--resync=10m},extraEnv[0].name=X,extraEnv[0].value=y" +
-	",updateStrategy.rollingUpdate.maxUnavailable=2,metrics.port=9300,serviceMonitor.enabled=true"
+	",updateStrategy.rollingUpdate.maxUnavailable=2,metrics.port=9300,serviceMonitor.enabled=true,verify.spread=5s,verify.retry=1m"
 
 // TestChartValues renders each documented value and checks it lands where
 // it should.
@@ -116,6 +116,16 @@ func TestChartValues(t *testing.T) {
 	}
 	if _, ok := find[unstructured.Unstructured](t, def, "ServiceMonitor"); ok {
 		t.Error("ServiceMonitor rendered by default")
+	}
+	if slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--verify") }) {
+		t.Errorf("verification's defaults rendered as flags: %v", c.Args)
+	}
+	out, err = renderChart("verify.enabled=false", "ns1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds, _ := find[appsv1.DaemonSet](t, objects(t, out), "DaemonSet"); !slices.Contains(ds.Spec.Template.Spec.Containers[0].Args, "--verify=off") {
+		t.Errorf("verify.enabled=false: args %v", ds.Spec.Template.Spec.Containers[0].Args)
 	}
 
 	out, err = renderChart(everyValue, "ns1")
@@ -153,6 +163,7 @@ func TestChartValues(t *testing.T) {
 		{"extraEnv", slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "X" && e.Value == "y" })},
 		{"updateStrategy", ds.Spec.UpdateStrategy.RollingUpdate != nil && ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable.IntValue() == 2},
 		{"metrics.port", c.Ports[0].ContainerPort == 9300 && slices.Contains(c.Args, "--metrics-addr=:9300")},
+		{"verify.spread, verify.retry", slices.Contains(c.Args, "--verify-spread=5s") && slices.Contains(c.Args, "--verify-retry=1m")},
 	}
 	for _, ck := range checks {
 		if !ck.ok {
