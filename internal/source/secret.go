@@ -94,7 +94,7 @@ func trimSecret(obj any) any {
 	if sec, ok := obj.(*corev1.Secret); ok {
 		sec.ManagedFields = nil
 		var kept map[string]string
-		for _, a := range []string{AnnotationNodeSelector, AnnotationRuntimeAuth} {
+		for _, a := range []string{AnnotationNodeSelector, AnnotationRuntimeAuth, AnnotationExpiresAt} {
 			if v, ok := sec.Annotations[a]; ok {
 				if kept == nil {
 					kept = map[string]string{}
@@ -299,6 +299,7 @@ func FromSecret(sec *corev1.Secret) Snapshot {
 	}
 	_, snap.Selected = sec.Annotations[AnnotationNodeSelector]
 	snap.RuntimeAuth = sec.Annotations[AnnotationRuntimeAuth] == "true"
+	snap.ExpiresAt, snap.ExpiryErr = parseExpiresAt(snap.Name, sec.Annotations)
 	sel, err := parseNodeSelector(snap.Name, sec.Annotations)
 	if err != nil {
 		// Nobody can tell which nodes it is for: every agent reports it.
