@@ -96,6 +96,8 @@ type Options struct {
 	// Diagnosis (optional, with Runtime) tells why containerd may not use
 	// the headers.
 	Diagnosis RuntimeDiagnosis
+	// Expiry says when credentials count as expiring (expiry.go).
+	Expiry ExpiryOptions
 }
 
 // Outcome is the result of one sync.
@@ -127,6 +129,9 @@ type Outcome struct {
 	PluginErr error
 	// Err is nil when every source was usable and every target is in sync.
 	Err error
+	// Expiry is where the credentials in force stand against their
+	// nodecreds.io/expires-at (expiry.go).
+	Expiry Expiries
 }
 
 // Agent keeps the node's files in line with the sources.
@@ -148,6 +153,7 @@ type Agent struct {
 	pluginErr  string
 	// runtimeSaid is the runtime problems last logged (each set once).
 	runtimeSaid string
+	expiry      *expiryTracker // expiry.go; nil until the first sync
 }
 
 // poller is a source that may poll instead of watching (a mounted folder
@@ -191,6 +197,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	clashes = append(clashes, more...)
 	o.Revision = source.Revision(o.Sources)
 	o.Held = d.Hold
+	o.Expiry = a.expiries(o.Sources)
 
 	results, err := a.files.Sync(ctx, a.opts.Targets, d)
 	if err != nil {
@@ -415,6 +422,7 @@ func (o Outcome) Status() nodestatus.SyncStatus {
 	if o.Err != nil && len(problems) == 0 {
 		problems = append(problems, o.Err.Error()) // no failed sync reads as synced
 	}
+	problems, warnings = o.Expiry.report(&st, problems, warnings)
 	warnings = append(runtimeWarnings(&st, o.RuntimeProblems), warnings...)
 	if len(problems) > 0 {
 		if st.Reason == "Synced" || st.Warn {

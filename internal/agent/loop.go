@@ -26,6 +26,8 @@ const (
 	// causeDiagnosis: a registry's challenge became known, which may
 	// change what the Node is told.
 	causeDiagnosis = "runtime-diagnosis"
+	// causeExpiry: credentials reached a threshold of their expiry.
+	causeExpiry = "expiry"
 )
 
 // Run syncs until ctx ends. It never removes anything on the way out:
@@ -87,6 +89,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			l.run(ctx, causeResync)
 		case <-diagnosed:
 			l.schedule(causeDiagnosis)
+		case <-l.expiry.C:
+			l.run(ctx, causeExpiry)
 		}
 	}
 }
@@ -116,15 +120,17 @@ type loop struct {
 	certs    *certsWatch // nil unless the runtime target is on
 	debounce *time.Timer
 	retry    *time.Timer
+	expiry   *time.Timer // the next expiry threshold
 	bo       wait.Backoff
 	pending  string
 	lastRun  time.Time
 }
 
 func (a *Agent) newLoop(watch *targetWatch) *loop {
-	l := &loop{a: a, watch: watch, debounce: time.NewTimer(0), retry: time.NewTimer(0), bo: retryBackoff(a.opts.MaxBackoff)}
+	l := &loop{a: a, watch: watch, debounce: time.NewTimer(0), retry: time.NewTimer(0), expiry: time.NewTimer(0), bo: retryBackoff(a.opts.MaxBackoff)}
 	<-l.debounce.C
 	<-l.retry.C
+	<-l.expiry.C
 	return l
 }
 
@@ -137,6 +143,11 @@ func (l *loop) run(ctx context.Context, cause string) {
 	l.watch.polledDrift() // our own writes are the baseline, not drift
 	if l.certs != nil {
 		l.certs.refresh()
+	}
+	if in, ok := l.a.wakeIn(o.Expiry); ok {
+		l.expiry.Reset(in)
+	} else {
+		l.expiry.Stop()
 	}
 	if o.Err != nil || o.PluginErr != nil {
 		l.retry.Reset(l.bo.Step())
