@@ -112,6 +112,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		Plugin:    plugin(cfg),
 		Runtime:   runtimeAuth(cfg, files),
 		Diagnosis: diagnosis,
+		Expiry:    agent.ExpiryOptions{WarnShare: cfg.ExpiryWarnShare, WarnMin: cfg.ExpiryWarnMin},
 	}, log.WithField("component", "agent"))
 	return p, nil
 }

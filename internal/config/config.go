@@ -40,6 +40,12 @@ const (
 	DefaultMetricsAddr = ":9102"
 	// DefaultContainerdConfig is where containerd reads its configuration.
 	DefaultContainerdConfig = "/etc/containerd/config.toml"
+	// DefaultExpiryWarnShare and DefaultExpiryWarnMin: warn when less than
+	// 10 % of the credentials' lifetime, or 15 minutes, is left (the
+	// larger): 72 min before a 12 h ECR token expires, 15 min before a 1 h
+	// GAR token does.
+	DefaultExpiryWarnShare = 0.1
+	DefaultExpiryWarnMin   = 15 * time.Minute
 )
 
 // DefaultTargets returns the kubelet's file and root's docker CLI file (a
@@ -85,6 +91,11 @@ type Sync struct {
 	// Pool is the node pool this agent serves ("" for the default
 	// DaemonSet); it names the agent to another one met on the same node.
 	Pool string `mapstructure:"pool"`
+	// ExpiryWarnShare and ExpiryWarnMin: credentials whose Secret carries
+	// nodecreds.io/expires-at count as expiring when less than
+	// max(share × their lifetime, min) is left.
+	ExpiryWarnShare float64       `mapstructure:"expiry-warn-share"`
+	ExpiryWarnMin   time.Duration `mapstructure:"expiry-warn-min"`
 	// PodName names the agent's Pod (from $POD_NAME, else the host name,
 	// which is the Pod's name in a Pod).
 	PodName string `mapstructure:"-"`
@@ -117,6 +128,8 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.String("containerd-certs-dir", "", "containerd's hosts folder (its config_path, such as /etc/containerd/certs.d): the registries of Secrets annotated nodecreds.io/runtime-auth=true (with --source dir: of every folder) get an Authorization header in its hosts.toml files; empty: off")
 	fs.String("containerd-config", DefaultContainerdConfig, "containerd's configuration file, read (with its imports) to say when containerd will not use the hosts.toml headers; only with --containerd-certs-dir")
 	fs.String("pool", "", "the node pool this agent serves (the chart sets it per DaemonSet); named when another agent meets this one on a node")
+	fs.Float64("expiry-warn-share", DefaultExpiryWarnShare, "for Secrets annotated nodecreds.io/expires-at: the condition says CredentialsExpiring when less than this share of the credentials' lifetime (from when the agent first saw that expiry) is left, or --expiry-warn-min, whichever is longer")
+	fs.Duration("expiry-warn-min", DefaultExpiryWarnMin, "for Secrets annotated nodecreds.io/expires-at: the condition says CredentialsExpiring at least this long before the expiry")
 	LogFlags(fs)
 }
 
@@ -199,6 +212,12 @@ func (c Sync) Validate() error {
 	}
 	if c.ContainerdCertsDir != "" {
 		errs = append(errs, validateCertsDir(c.ContainerdCertsDir), validateNodePaths("--containerd-config", []string{c.ContainerdConfig}))
+	}
+	if c.ExpiryWarnShare < 0 || c.ExpiryWarnShare >= 1 {
+		errs = append(errs, usagef("--expiry-warn-share %g: must be at least 0 and less than 1", c.ExpiryWarnShare))
+	}
+	if c.ExpiryWarnMin < 0 {
+		errs = append(errs, usagef("--expiry-warn-min %s: must not be negative", c.ExpiryWarnMin))
 	}
 	if c.Pool != "" && !poolName.MatchString(c.Pool) {
 		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))
