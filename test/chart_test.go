@@ -93,7 +93,8 @@ const everyValue = "image.repository=reg.example.test/nodecreds,image.tag=9.9.9,
 	",affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=NotIn" +
 	",affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values[0]=virtual-kubelet" +
 	",resources.limits.memory=80Mi,podAnnotations.a=b,podLabels.team=x,extraArgs={--resync=10m},extraEnv[0].name=X,extraEnv[0].value=y" +
-	",updateStrategy.rollingUpdate.maxUnavailable=2,metrics.port=9300,serviceMonitor.enabled=true,verify.spread=5s,verify.retry=1m"
+	",updateStrategy.rollingUpdate.maxUnavailable=2,metrics.port=9300,serviceMonitor.enabled=true,verify.spread=5s,verify.retry=1m" +
+	",expiryWarning.share=0.25,expiryWarning.min=30m"
 
 // TestChartValues renders each documented value and checks it lands where
 // it should.
@@ -160,6 +161,7 @@ func TestChartValues(t *testing.T) {
 		{"podAnnotations", ds.Spec.Template.Annotations["a"] == "b"},
 		{"podLabels", ds.Spec.Template.Labels["team"] == "x" && ds.Spec.Template.Labels["app.kubernetes.io/name"] == "nodecreds"},
 		{"extraArgs", slices.Contains(c.Args, "--resync=10m")},
+		{"expiryWarning", slices.Contains(c.Args, "--expiry-warn-share=0.25") && slices.Contains(c.Args, "--expiry-warn-min=30m")},
 		{"extraEnv", slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "X" && e.Value == "y" })},
 		{"updateStrategy", ds.Spec.UpdateStrategy.RollingUpdate != nil && ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable.IntValue() == 2},
 		{"metrics.port", c.Ports[0].ContainerPort == 9300 && slices.Contains(c.Args, "--metrics-addr=:9300")},

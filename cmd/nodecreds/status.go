@@ -20,7 +20,9 @@ is the current one, when, and the agent's last message. A Secret with the
 nodecreds.io/node-selector annotation counts only for the nodes whose labels
 match it, so each node is compared with its own set. Only the nodes of one
 pool count: the default DaemonSet's, or with --pool those of that pool of
-the chart (give the pool's Secrets too). With --wait, wait until
+the chart (give the pool's Secrets too). Secrets annotated
+nodecreds.io/expires-at are listed with their expiry, earliest first, and
+the time left or "expired". With --wait, wait until
 every node has applied its current revision: exit 0 then, or 1 at --timeout,
 naming the nodes that lag and the Secrets they wait for.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -129,6 +129,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		Runtime:   runtimeAuth(cfg, files),
 		Diagnosis: diagnosis,
 		Verifier:  verify,
+		Expiry:    agent.ExpiryOptions{WarnShare: cfg.ExpiryWarnShare, WarnMin: cfg.ExpiryWarnMin},
 	}, log.WithField("component", "agent"))
 	return p, nil
 }

@@ -99,6 +99,8 @@ type Options struct {
 	// Verifier (optional: sync --verify=off leaves it out) logs in with
 	// changed credentials before they replace the node's.
 	Verifier Verifier
+	// Expiry says when credentials count as expiring (expiry.go).
+	Expiry ExpiryOptions
 }
 
 // Outcome is the result of one sync.
@@ -135,6 +137,9 @@ type Outcome struct {
 	Verifying bool
 	// Err is nil when every source was usable and every target is in sync.
 	Err error
+	// Expiry is where the credentials in force stand against their
+	// nodecreds.io/expires-at (expiry.go).
+	Expiry Expiries
 }
 
 // Agent keeps the node's files in line with the sources.
@@ -160,6 +165,7 @@ type Agent struct {
 	// version and when it was first seen.
 	loginsSaid map[string]string
 	seen       map[string]seenVersion
+	expiry     *expiryTracker // expiry.go; nil until the first sync
 }
 
 // poller is a source that may poll instead of watching (a mounted folder
@@ -213,6 +219,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 	o.Revision = source.Revision(o.Sources)
 	o.Held = d.Hold
 	o.Logins, d.Keep = a.logins(d)
+	o.Expiry = a.expiries(o.Sources)
 
 	results, err := a.files.Sync(ctx, a.opts.Targets, d)
 	if err != nil {
@@ -449,6 +456,7 @@ func (o Outcome) Status() nodestatus.SyncStatus {
 	if o.Err != nil && len(problems) == 0 {
 		problems = append(problems, o.Err.Error()) // no failed sync reads as synced
 	}
+	problems, warnings = o.Expiry.report(&st, problems, warnings)
 	warnings = append(runtimeWarnings(&st, o.RuntimeProblems), warnings...)
 	if len(problems) > 0 {
 		if st.Reason == "Synced" || st.Warn {

@@ -29,6 +29,8 @@ const (
 	// causeLogin: a login answered, which may let new credentials in or
 	// keep them out.
 	causeLogin = "login"
+	// causeExpiry: credentials reached a threshold of their expiry.
+	causeExpiry = "expiry"
 )
 
 // Run syncs until ctx ends. It never removes anything on the way out:
@@ -95,6 +97,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			l.schedule(causeDiagnosis)
 		case <-verdicts:
 			l.now(ctx, causeLogin)
+		case <-l.expiry.C:
+			l.run(ctx, causeExpiry)
 		}
 	}
 }
@@ -124,15 +128,17 @@ type loop struct {
 	certs    *certsWatch // nil unless the runtime target is on
 	debounce *time.Timer
 	retry    *time.Timer
+	expiry   *time.Timer // the next expiry threshold
 	bo       wait.Backoff
 	pending  string
 	lastRun  time.Time
 }
 
 func (a *Agent) newLoop(watch *targetWatch) *loop {
-	l := &loop{a: a, watch: watch, debounce: time.NewTimer(0), retry: time.NewTimer(0), bo: retryBackoff(a.opts.MaxBackoff)}
+	l := &loop{a: a, watch: watch, debounce: time.NewTimer(0), retry: time.NewTimer(0), expiry: time.NewTimer(0), bo: retryBackoff(a.opts.MaxBackoff)}
 	<-l.debounce.C
 	<-l.retry.C
+	<-l.expiry.C
 	return l
 }
 
@@ -145,6 +151,11 @@ func (l *loop) run(ctx context.Context, cause string) {
 	l.watch.polledDrift() // our own writes are the baseline, not drift
 	if l.certs != nil {
 		l.certs.refresh()
+	}
+	if in, ok := l.a.wakeIn(o.Expiry); ok {
+		l.expiry.Reset(in)
+	} else {
+		l.expiry.Stop()
 	}
 	if o.Err != nil || o.PluginErr != nil {
 		l.retry.Reset(l.bo.Step())

@@ -40,6 +40,12 @@ const (
 	DefaultMetricsAddr = ":9102"
 	// DefaultContainerdConfig is where containerd reads its configuration.
 	DefaultContainerdConfig = "/etc/containerd/config.toml"
+	// DefaultExpiryWarnShare and DefaultExpiryWarnMin: warn when less than
+	// 10 % of the credentials' lifetime, or 15 minutes, is left (the
+	// larger): 72 min before a 12 h ECR token expires, 15 min before a 1 h
+	// GAR token does.
+	DefaultExpiryWarnShare = 0.1
+	DefaultExpiryWarnMin   = 15 * time.Minute
 )
 
 // DefaultTargets returns the kubelet's file and root's docker CLI file (a
@@ -92,6 +98,11 @@ type Sync struct {
 	Verify       string        `mapstructure:"verify"`
 	VerifySpread time.Duration `mapstructure:"verify-spread"`
 	VerifyRetry  time.Duration `mapstructure:"verify-retry"`
+	// ExpiryWarnShare and ExpiryWarnMin: credentials whose Secret carries
+	// nodecreds.io/expires-at count as expiring when less than
+	// max(share × their lifetime, min) is left.
+	ExpiryWarnShare float64       `mapstructure:"expiry-warn-share"`
+	ExpiryWarnMin   time.Duration `mapstructure:"expiry-warn-min"`
 	// PodName names the agent's Pod (from $POD_NAME, else the host name,
 	// which is the Pod's name in a Pod).
 	PodName string `mapstructure:"-"`
@@ -133,6 +144,8 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.String("verify", VerifyOn, "on: log in to a registry with changed credentials before they replace the node's, keeping the old ones when it rejects them (401/403); off: apply at once (a Secret opts out with nodecreds.io/verify: \"off\")")
 	fs.Duration("verify-spread", time.Second, "the longest a login waits, at random, so that a fleet's logins after a rotation spread out")
 	fs.Duration("verify-retry", 15*time.Second, "the wait before rejected credentials are tried again, doubling up to 5m")
+	fs.Float64("expiry-warn-share", DefaultExpiryWarnShare, "for Secrets annotated nodecreds.io/expires-at: the condition says CredentialsExpiring when less than this share of the credentials' lifetime (from when the agent first saw that expiry) is left, or --expiry-warn-min, whichever is longer")
+	fs.Duration("expiry-warn-min", DefaultExpiryWarnMin, "for Secrets annotated nodecreds.io/expires-at: the condition says CredentialsExpiring at least this long before the expiry")
 	LogFlags(fs)
 }
 
@@ -224,6 +237,12 @@ func (c Sync) Validate() error {
 	}
 	if c.VerifyRetry < time.Second || c.VerifyRetry > 5*time.Minute {
 		errs = append(errs, usagef("--verify-retry %s: must be between 1s and 5m", c.VerifyRetry))
+	}
+	if c.ExpiryWarnShare < 0 || c.ExpiryWarnShare >= 1 {
+		errs = append(errs, usagef("--expiry-warn-share %g: must be at least 0 and less than 1", c.ExpiryWarnShare))
+	}
+	if c.ExpiryWarnMin < 0 {
+		errs = append(errs, usagef("--expiry-warn-min %s: must not be negative", c.ExpiryWarnMin))
 	}
 	if c.Pool != "" && !poolName.MatchString(c.Pool) {
 		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))

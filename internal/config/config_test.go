@@ -32,8 +32,26 @@ func TestLoadSyncDefaults(t *testing.T) {
 	if c.Source != "secret" || c.Namespace != "nodecreds" || !slices.Equal(c.Secrets, []string{"registry-credentials"}) ||
 		c.HostRoot != "/" || !slices.Equal(c.Targets, DefaultTargets()) || c.StateDir != "/var/lib/nodecreds" ||
 		c.NodeName != "node-a" || !c.Prune || c.Once || c.Resync != 5*time.Minute || c.MetricsAddr != ":9102" ||
-		c.Format != "json" || c.Level != "info" {
+		c.Format != "json" || c.Level != "info" || c.ExpiryWarnShare != 0.1 || c.ExpiryWarnMin != 15*time.Minute {
 		t.Errorf("defaults = %+v", c)
+	}
+}
+
+// TestLoadSyncExpiryWarning: the expiry warning's share and minimum come
+// from the file, the environment and flags like every other setting.
+func TestLoadSyncExpiryWarning(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "nodecreds.yaml")
+	if err := os.WriteFile(file, []byte("expiry-warn-share: 0.25\nexpiry-warn-min: 5m\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadSync(syncFlags(t, "--config", file))
+	if err != nil || c.ExpiryWarnShare != 0.25 || c.ExpiryWarnMin != 5*time.Minute {
+		t.Errorf("from the file: %+v, %v", c, err)
+	}
+	t.Setenv("NODECREDS_EXPIRY_WARN_SHARE", "0.5")
+	c, err = LoadSync(syncFlags(t, "--config", file, "--expiry-warn-min", "2s"))
+	if err != nil || c.ExpiryWarnShare != 0.5 || c.ExpiryWarnMin != 2*time.Second {
+		t.Errorf("from the environment and a flag: %+v, %v", c, err)
 	}
 }
 
@@ -134,6 +152,9 @@ func TestLoadSyncRefusesBadInput(t *testing.T) {
 		{name: "not yaml", yaml: "source: [dir\n", want: "reading --config"},
 		{name: "bad env value", env: map[string]string{"NODECREDS_ONCE": "perhaps"}, want: "once"},
 		{name: "relative plugin folder", args: []string{"--install-credential-provider", "opt/bin"}, want: "--install-credential-provider"},
+		{name: "expiry share of 1", args: []string{"--expiry-warn-share", "1"}, want: "--expiry-warn-share"},
+		{name: "negative expiry share from env", env: map[string]string{"NODECREDS_EXPIRY_WARN_SHARE": "-0.1"}, want: "--expiry-warn-share"},
+		{name: "negative expiry minimum", args: []string{"--expiry-warn-min", "-1m"}, want: "--expiry-warn-min"},
 		{name: "pool not a DNS label", args: []string{"--pool", "Tenant_A"}, want: "--pool"},
 		{name: "pool from env not a DNS label", env: map[string]string{"NODECREDS_POOL": "a/b"}, want: "--pool"},
 	}

@@ -73,6 +73,54 @@ type Rollout struct {
 	Ignored []string `json:"ignored"`
 	// Scope says how the nodes were chosen, for people.
 	Scope string `json:"scope"`
+	// Expiries are the Secrets' nodecreds.io/expires-at, earliest first.
+	Expiries []Expiry `json:"expiries"`
+}
+
+// Expiry is when one Secret's credentials expire, as its
+// nodecreds.io/expires-at annotation says.
+type Expiry struct {
+	Secret    string `json:"secret"`
+	ExpiresAt string `json:"expiresAt,omitempty"` // RFC 3339, UTC
+	// Left is the time left ("1h2m3s"), or "expired".
+	Left        string `json:"left,omitempty"`
+	LeftSeconds int64  `json:"leftSeconds"`
+	Expired     bool   `json:"expired"`
+	// Problem is why the annotation is ignored (it does not parse).
+	Problem string `json:"problem,omitempty"`
+
+	at time.Time
+}
+
+// expiries lists the Secrets' expiries at now, earliest first; one whose
+// annotation does not parse, last, with why.
+func expiries(snaps []source.Snapshot, now time.Time) []Expiry {
+	out := []Expiry{}
+	for _, s := range snaps {
+		switch {
+		case s.ExpiryErr != nil:
+			out = append(out, Expiry{Secret: s.Name, Problem: s.ExpiryErr.Error()})
+		case !s.ExpiresAt.IsZero():
+			left := s.ExpiresAt.Sub(now).Truncate(time.Second)
+			e := Expiry{Secret: s.Name, ExpiresAt: s.ExpiresAt.UTC().Format(time.RFC3339), LeftSeconds: int64(left.Seconds()), Expired: left <= 0, at: s.ExpiresAt}
+			e.Left = left.String()
+			if e.Expired {
+				e.Left, e.LeftSeconds = "expired", 0
+			}
+			out = append(out, e)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Expiry) int {
+		switch {
+		case a.at.IsZero() != b.at.IsZero():
+			if a.at.IsZero() {
+				return 1
+			}
+			return -1
+		}
+		return a.at.Compare(b.at)
+	})
+	return out
 }
 
 // DaemonSetLabel finds the nodecreds DaemonSets in the namespace.
@@ -172,6 +220,7 @@ func Get(ctx context.Context, client kube.Interface, o Options) (Rollout, error)
 		}
 		st.Sources = append(st.Sources, name)
 	}
+	st.Expiries = expiries(snaps, time.Now())
 	nodes, err := client.Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return Rollout{}, fmt.Errorf("listing nodes: %w", err)
@@ -332,7 +381,22 @@ func (s Rollout) WriteTable(w io.Writer) error {
 	if s.PerNode {
 		rev = "per node (Secrets with a node selector)"
 	}
-	fmt.Fprintf(tw, "sources:\t%s\nrevision:\t%s\nnodes:\t%s\n\n", strings.Join(s.Sources, ", "), dash(rev), s.Scope)
+	fmt.Fprintf(tw, "sources:\t%s\nrevision:\t%s\nnodes:\t%s\n", strings.Join(s.Sources, ", "), dash(rev), s.Scope)
+	for i, e := range s.Expiries {
+		label := ""
+		if i == 0 {
+			label = "expires:"
+		}
+		switch {
+		case e.Problem != "":
+			fmt.Fprintf(tw, "%s\t%s: %s annotation ignored (%s)\n", label, e.Secret, source.AnnotationExpiresAt, e.Problem)
+		case e.Expired:
+			fmt.Fprintf(tw, "%s\t%s at %s (expired)\n", label, e.Secret, e.ExpiresAt)
+		default:
+			fmt.Fprintf(tw, "%s\t%s at %s (in %s)\n", label, e.Secret, e.ExpiresAt, e.Left)
+		}
+	}
+	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "NODE\tREVISION\tIN SYNC\tSYNCED AT\tMESSAGE")
 	for _, n := range s.Nodes {
 		in := "yes"

@@ -2,7 +2,9 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -269,5 +271,71 @@ func TestPerNodeRevisions(t *testing.T) {
 	}
 	if got := st.LaggingSummary(); got != "a2 (ns/pool-a not applied); b2 (ns/pool-a still applied, no longer meant for this node)" {
 		t.Errorf("summary %q", got)
+	}
+}
+
+// TestExpiries: `status` lists each Secret's expiry, earliest first, with
+// the time left or "expired", and an annotation that does not parse with
+// why; in the table and in JSON.
+func TestExpiries(t *testing.T) {
+	now := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	secret := func(name, expiresAt string) *corev1.Secret {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "nodecreds", Name: name}, Type: corev1.SecretTypeDockerConfigJson,
+			Data: map[string][]byte{".dockerconfigjson": []byte(`{"auths":{"r.test":{"auth":"dTpw"}}}`)}}
+		if expiresAt != "" {
+			s.Annotations = map[string]string{source.AnnotationExpiresAt: expiresAt}
+		}
+		return s
+	}
+	var snaps []source.Snapshot
+	for _, s := range []*corev1.Secret{
+		secret("gar", "2026-12-01T09:00:00Z"),
+		secret("plain", ""),
+		secret("typo", "1764583200"),
+		secret("ecr", "2026-12-01T07:59:00Z"),
+		secret("acr", "2026-12-01T09:30:15+01:00"),
+	} {
+		snaps = append(snaps, source.FromSecret(s))
+	}
+	got := expiries(snaps, now)
+	want := []struct {
+		secret, left string
+		expired      bool
+		problem      bool
+	}{
+		{"nodecreds/ecr", "expired", true, false},
+		{"nodecreds/acr", "30m15s", false, false},
+		{"nodecreds/gar", "1h0m0s", false, false},
+		{"nodecreds/typo", "", false, true},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("expiries = %+v", got)
+	}
+	for i, w := range want {
+		if g := got[i]; g.Secret != w.secret || g.Left != w.left || g.Expired != w.expired || (g.Problem != "") != w.problem {
+			t.Errorf("expiry %d = %+v, want %+v", i, g, w)
+		}
+	}
+	if got[1].ExpiresAt != "2026-12-01T08:30:15Z" || got[1].LeftSeconds != 1815 {
+		t.Errorf("acr: %+v", got[1])
+	}
+	r := Rollout{Sources: []string{"nodecreds/ecr"}, Nodes: []NodeRow{}, Expiries: got}
+	var table, js strings.Builder
+	if err := r.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"expires:", "nodecreds/ecr at 2026-12-01T07:59:00Z (expired)", "nodecreds/acr at 2026-12-01T08:30:15Z (in 30m15s)", "nodecreds/typo: nodecreds.io/expires-at annotation ignored (", "Unix seconds"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table does not say %q:\n%s", want, table.String())
+		}
+	}
+	var back struct {
+		Expiries []Expiry `json:"expiries"`
+	}
+	if err := json.Unmarshal([]byte(js.String()), &back); err != nil || len(back.Expiries) != 4 || back.Expiries[0].Left != "expired" || !back.Expiries[0].Expired || back.Expiries[2].LeftSeconds != 3600 {
+		t.Errorf("JSON expiries: %v\n%s", err, js.String())
 	}
 }

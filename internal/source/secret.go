@@ -94,7 +94,7 @@ func trimSecret(obj any) any {
 	if sec, ok := obj.(*corev1.Secret); ok {
 		sec.ManagedFields = nil
 		var kept map[string]string
-		for _, a := range []string{AnnotationNodeSelector, AnnotationRuntimeAuth, AnnotationVerify} {
+		for _, a := range []string{AnnotationNodeSelector, AnnotationRuntimeAuth, AnnotationVerify, AnnotationExpiresAt} {
 			if v, ok := sec.Annotations[a]; ok {
 				if kept == nil {
 					kept = map[string]string{}
@@ -304,6 +304,7 @@ func FromSecret(sec *corev1.Secret) Snapshot {
 	_, snap.Selected = sec.Annotations[AnnotationNodeSelector]
 	snap.RuntimeAuth = sec.Annotations[AnnotationRuntimeAuth] == "true"
 	snap.NoVerify = sec.Annotations[AnnotationVerify] == "off"
+	snap.ExpiresAt, snap.ExpiryErr = parseExpiresAt(snap.Name, sec.Annotations)
 	sel, err := parseNodeSelector(snap.Name, sec.Annotations)
 	if err != nil {
 		// Nobody can tell which nodes it is for: every agent reports it.

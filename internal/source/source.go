@@ -5,6 +5,7 @@ package source
 
 import (
 	"errors"
+	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -39,6 +40,12 @@ type Snapshot struct {
 	// NoVerify is set when the source opts out of the login that verifies
 	// changed credentials (a Secret annotated nodecreds.io/verify: "off").
 	NoVerify bool
+	// ExpiresAt is when the credentials expire (a Secret's
+	// nodecreds.io/expires-at annotation); zero when unknown. ExpiryErr is
+	// why the annotation was ignored (errors.Is ErrExpiresAt): it is
+	// reported, and never makes the source unusable.
+	ExpiresAt time.Time
+	ExpiryErr error
 	// Err is why the source cannot be used now. errors.Is(Err, ErrNotFound)
 	// when it does not exist, dockercfg.ErrInvalid when it does not validate.
 	Err error

@@ -419,3 +419,51 @@ func TestRuntimeAuthAnnotation(t *testing.T) {
 		t.Error("a Secret without the annotation opted in")
 	}
 }
+
+// TestExpiresAtAnnotation: the annotation is read through the trimmed
+// cache copy; one that does not parse is reported (naming the Secret and
+// why, never blocking the credentials) and ignored.
+func TestExpiresAtAnnotation(t *testing.T) {
+	tests := []struct {
+		name     string
+		value    *string
+		want     time.Time
+		wantErr  bool
+		errMatch string
+	}{
+		{"absent", nil, time.Time{}, false, ""},
+		{"utc", ptr("2026-12-01T10:00:00Z"), time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC), false, ""},
+		{"offset and fraction", ptr("2026-12-01T12:00:00.5+02:00"), time.Date(2026, 12, 1, 10, 0, 0, 5e8, time.UTC), false, ""},
+		{"unix seconds", ptr("1764583200"), time.Time{}, true, "Unix seconds"},
+		{"date only", ptr("2026-12-01"), time.Time{}, true, "RFC 3339"},
+		{"empty", ptr(""), time.Time{}, true, "RFC 3339"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ann := map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{}"}
+			if tt.value != nil {
+				ann[AnnotationExpiresAt] = *tt.value
+			}
+			sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "s", Annotations: ann},
+				Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{".dockerconfigjson": good}}
+			s := FromSecret(trimSecret(sec).(*corev1.Secret))
+			if s.Err != nil {
+				t.Fatalf("the credentials are blocked: %v", s.Err)
+			}
+			if !s.ExpiresAt.Equal(tt.want) {
+				t.Errorf("ExpiresAt = %v, want %v", s.ExpiresAt, tt.want)
+			}
+			if (s.ExpiryErr != nil) != tt.wantErr {
+				t.Fatalf("ExpiryErr = %v, want error %v", s.ExpiryErr, tt.wantErr)
+			}
+			if tt.wantErr {
+				msg := s.ExpiryErr.Error()
+				if !errors.Is(s.ExpiryErr, ErrExpiresAt) || !strings.Contains(msg, "ns/s") || !strings.Contains(msg, tt.errMatch) {
+					t.Errorf("ExpiryErr %q: want ErrExpiresAt naming ns/s and %q", msg, tt.errMatch)
+				}
+			}
+		})
+	}
+}
+
+func ptr(s string) *string { return &s }
