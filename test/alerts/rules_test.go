@@ -167,3 +167,95 @@ func testedAlerts(t *testing.T) (fires, silent map[string]bool) {
 	}
 	return fires, silent
 }
+
+// TestAlertTunables: the chart's values reach the rules. Each case renders
+// the chart with one value changed and runs a test in promtool's format
+// that the defaults would fail.
+func TestAlertTunables(t *testing.T) {
+	for _, tc := range []struct{ name, set, test string }{
+		{"expiringMinSeconds: a 30-minute floor", "prometheusRule.expiringMinSeconds=1800", `
+    input_series:
+      - series: 'nodecreds_credentials_expiry_timestamp_seconds{secret="s",registry="r"}'
+        values: '3600x40'
+      - series: 'nodecreds_credentials_lifetime_seconds{secret="s",registry="r"}'
+        values: '3600x40'
+    alert_rule_test:
+      - eval_time: 29m
+        alertname: NodecredsCredentialsExpiring
+      - eval_time: 31m
+        alertname: NodecredsCredentialsExpiring
+        exp_alerts:
+          - exp_labels: {severity: warning, secret: s, registry: r}
+            exp_annotations:
+              summary: The credentials of s for r expire in 29m 0s
+              description: 'Secret s (nodecreds.io/expires-at) says its credentials for r expire in 29m 0s, and nothing has renewed it: whatever refreshes it (an ExternalSecret, a job) may have stopped.'
+              runbook_url: https://github.com/nodecreds/nodecreds/blob/main/docs/alerts.md#nodecredscredentialsexpiring`},
+		{"expiringShare: 50 %", "prometheusRule.expiringShare=0.5", `
+    input_series:
+      - series: 'nodecreds_credentials_expiry_timestamp_seconds{secret="s",registry="r"}'
+        values: '7200x70'
+      - series: 'nodecreds_credentials_lifetime_seconds{secret="s",registry="r"}'
+        values: '7200x70'
+    alert_rule_test:
+      - eval_time: 59m
+        alertname: NodecredsCredentialsExpiring
+      - eval_time: 61m
+        alertname: NodecredsCredentialsExpiring
+        exp_alerts:
+          - exp_labels: {severity: warning, secret: s, registry: r}
+            exp_annotations:
+              summary: The credentials of s for r expire in 59m 0s
+              description: 'Secret s (nodecreds.io/expires-at) says its credentials for r expire in 59m 0s, and nothing has renewed it: whatever refreshes it (an ExternalSecret, a job) may have stopped.'
+              runbook_url: https://github.com/nodecreds/nodecreds/blob/main/docs/alerts.md#nodecredscredentialsexpiring`},
+		{"agentSelector and agentDownFor", "prometheusRule.agentSelector=job=\"agents\"\\,team=\"x\",prometheusRule.agentDownFor=2m", `
+    input_series:
+      - series: 'up{job="agents",team="x",instance="i",pod="p",node="n"}'
+        values: '0x10'
+      - series: 'up{job="nodecreds-metrics",instance="j",pod="q",node="m"}'
+        values: '0x10'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: NodecredsAgentDown
+        exp_alerts:
+          - exp_labels: {severity: warning, job: agents, team: x, instance: i, pod: p, node: "n"}
+            exp_annotations:
+              summary: The nodecreds agent on n is not reporting
+              description: 'Prometheus cannot scrape p on node n (i): its node gets no rotation while it is down.'
+              runbook_url: https://github.com/nodecreds/nodecreds/blob/main/docs/alerts.md#nodecredsagentdown`},
+		{"laggingFor and runbookURL", "prometheusRule.laggingFor=3m,prometheusRule.runbookURL=https://wiki.example.test/nodecreds/", `
+    input_series:
+      - series: 'nodecreds_source_version_info{source="s",node="a",version="1"}'
+        values: '1x10'
+      - series: 'nodecreds_source_version_info{source="s",node="b",version="2"}'
+        values: '1x10'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: NodecredsRevisionLagging
+      - eval_time: 3m
+        alertname: NodecredsRevisionLagging
+        exp_alerts:
+          - exp_labels: {severity: warning, source: s, version: "1"}
+            exp_annotations:
+              summary: Nodes disagree on the version of s
+              description: '1 node(s) apply version 1 of s while others apply another one, and have for 3m.'
+              runbook_url: https://wiki.example.test/nodecreds#nodecredsrevisionlagging
+          - exp_labels: {severity: warning, source: s, version: "2"}
+            exp_annotations:
+              summary: Nodes disagree on the version of s
+              description: '1 node(s) apply version 2 of s while others apply another one, and have for 3m.'
+              runbook_url: https://wiki.example.test/nodecreds#nodecredsrevisionlagging`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			renderedRules(t, tc.set, dir)
+			path := filepath.Join(dir, "test.yaml")
+			test := "rule_files: [" + ruleFileName + "]\ntests:\n  - interval: 1m" + tc.test + "\n"
+			if err := os.WriteFile(path, []byte(test), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, err := range runRuleTestFile(t.Context(), path, dir) {
+				t.Error(err)
+			}
+		})
+	}
+}
