@@ -23,9 +23,11 @@ lint: golangci-lint ## gofmt, go vet and golangci-lint (.golangci.yml) on every 
 	$(GO) vet ./...
 	cd test/consumers && $(GO) vet ./... && $(GO) vet -tags nodee2e ./...
 	cd scripts/chart && $(GO) vet ./...
+	cd test/alerts && $(GO) vet ./...
 	$(GOLANGCI_LINT) run ./...
 	cd test/consumers && $(GOLANGCI_LINT) run --config $(CURDIR)/.golangci.yml --build-tags nodee2e ./...
 	cd scripts/chart && $(GOLANGCI_LINT) run --config $(CURDIR)/.golangci.yml ./...
+	cd test/alerts && $(GOLANGCI_LINT) run --config $(CURDIR)/.golangci.yml ./...
 
 # golangci-lint is built once from its Go module (pinned here) into a
 # git-ignored folder; a new version is a new folder.
@@ -93,6 +95,10 @@ soak: controlplane ## One agent through 1000 rotations (drift, deleted target, A
 compat: deps controlplane ## Real consumers: the kubelet's credential code (node pools on a real API server too), a real registry, skopeo
 	cd test/consumers && $(GO) test -count=1 ./...
 
+.PHONY: alerts
+alerts: ## The chart's alert rules through Prometheus' own rule engine (promtool's test format, test/alerts/testdata), the dashboard against Grafana's schema, both against the agent's metrics (test/alerts, its own Go module)
+	cd test/alerts && $(GO) test -count=1 ./...
+
 .PHONY: fuzz
 # A count of inputs, not a duration: go1.26's fuzzing coordinator can fail a
 # -fuzztime=<duration> run with "context deadline exceeded" as the time runs
@@ -110,9 +116,9 @@ fuzz: ## Fuzz the credentials parser, the redaction of keys, the node file's par
 	cd test/consumers && $(GO) test -run='^$$' -fuzz=FuzzHostsTOMLMerge -fuzztime=$(or $(FUZZTIME),5000x) .
 
 .PHONY: test
-TEST_SUITES := lint e2e compat e2e-node fuzz
+TEST_SUITES := lint e2e compat alerts e2e-node fuzz
 
-test: ## Everything: lint, unit, e2e, compatibility, the real node, fuzz; prints the minutes each took
+test: ## Everything: lint, unit, e2e, compatibility, alert rules and dashboard, the real node, fuzz; prints the minutes each took
 	@set -e; total=$$(date +%s); \
 	for t in $(TEST_SUITES); do \
 		start=$$(date +%s); \
