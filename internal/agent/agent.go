@@ -445,14 +445,7 @@ func (o Outcome) Status() nodestatus.SyncStatus {
 			problems = append(problems, r.Err.Error())
 		}
 	}
-	if rejected := verifyProblems(o.Logins); len(rejected) > 0 {
-		if st.Reason == "Synced" {
-			st.Reason = "CredentialsRejected"
-		}
-		st.OK = false
-		problems = append(problems, rejected...)
-	}
-	warnings = append(warnings, verifyWarnings(o.Logins)...)
+	problems, warnings = verifyReport(&st, o.Logins, problems, warnings)
 	if o.Err != nil && len(problems) == 0 {
 		problems = append(problems, o.Err.Error()) // no failed sync reads as synced
 	}

@@ -148,6 +148,14 @@ func (a *Agent) expiries(snaps []source.Snapshot) Expiries {
 		}
 		t.logState(log, e)
 	}
+	a.forgetExpiries(seen, series)
+	return out
+}
+
+// forgetExpiries drops what is known of sources no longer seen with an
+// expiry, and the metric series no longer set.
+func (a *Agent) forgetExpiries(seen map[string]bool, series map[[2]string]bool) {
+	t := a.expiry
 	for name := range t.seen {
 		if !seen[name] {
 			delete(t.seen, name)
@@ -168,7 +176,6 @@ func (a *Agent) expiries(snaps []source.Snapshot) Expiries {
 		}
 	}
 	t.series = series
-	return out
 }
 
 // expiryOf is where source g's credentials stand at now, their expiry

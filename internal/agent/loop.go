@@ -51,13 +51,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	resync := time.NewTicker(a.opts.Resync)
 	defer resync.Stop()
 	changes, completed := a.changeSignals()
-	var diagnosed, verdicts <-chan struct{} // nil: never fires
-	if a.opts.Diagnosis != nil {
-		diagnosed = a.opts.Diagnosis.Changed()
-	}
-	if a.opts.Verifier != nil {
-		verdicts = a.opts.Verifier.Changed()
-	}
+	diagnosed, verdicts := a.optionalSignals()
 
 	l.run(ctx, causeStart)
 	for {
@@ -101,6 +95,18 @@ func (a *Agent) Run(ctx context.Context) error {
 			l.run(ctx, causeExpiry)
 		}
 	}
+}
+
+// optionalSignals are the runtime diagnosis's and the verifier's, each
+// nil (never fires) when that part is off.
+func (a *Agent) optionalSignals() (diagnosed, verdicts <-chan struct{}) {
+	if a.opts.Diagnosis != nil {
+		diagnosed = a.opts.Diagnosis.Changed()
+	}
+	if a.opts.Verifier != nil {
+		verdicts = a.opts.Verifier.Changed()
+	}
+	return diagnosed, verdicts
 }
 
 // changeSignals are the source's signals. A source that can tell a whole

@@ -12,6 +12,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 	"github.com/nodecreds/nodecreds/internal/metrics"
 	"github.com/nodecreds/nodecreds/internal/nodefile"
+	"github.com/nodecreds/nodecreds/internal/nodestatus"
 	"github.com/nodecreds/nodecreds/internal/source"
 	"github.com/nodecreds/nodecreds/internal/verifier"
 )
@@ -118,6 +119,20 @@ func (a *Agent) afterWrite(logins []login, results []nodefile.Result) (waiting b
 	}
 	v.Sweep()
 	return waiting
+}
+
+// verifyReport adds the rejections to the problems (reason
+// CredentialsRejected unless another failure was named first; the
+// condition False) and the credentials applied unverified to the warnings.
+func verifyReport(st *nodestatus.SyncStatus, logins []login, problems, warnings []string) (p, w []string) {
+	if rejected := verifyProblems(logins); len(rejected) > 0 {
+		if st.Reason == "Synced" {
+			st.Reason = "CredentialsRejected"
+		}
+		st.OK = false
+		problems = append(problems, rejected...)
+	}
+	return problems, append(warnings, verifyWarnings(logins)...)
 }
 
 // verifyProblems words the rejections for the condition: the Secret, the

@@ -85,7 +85,7 @@ func TestVerifyBeforeSwitching(t *testing.T) {
 	v := verifier.New(reg, verifier.Options{Retry: 10 * time.Millisecond, MaxRetry: 20 * time.Millisecond, Metrics: m})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	go v.Run(ctx) //nolint:errcheck // returns nil when ctx ends
+	go v.Run(ctx) // returns nil when ctx ends
 	src := &fakeSource{}
 	rep := &fakeReporter{}
 	logger, hook := logtest.NewNullLogger()

@@ -40,12 +40,12 @@ const (
 	DefaultMetricsAddr = ":9102"
 	// DefaultContainerdConfig is where containerd reads its configuration.
 	DefaultContainerdConfig = "/etc/containerd/config.toml"
-	// DefaultExpiryWarnShare and DefaultExpiryWarnMin: warn when less than
+	// DefaultExpiryWarnShare and DefaultExpiryWarnFloor: warn when less than
 	// 10 % of the credentials' lifetime, or 15 minutes, is left (the
 	// larger): 72 min before a 12 h ECR token expires, 15 min before a 1 h
 	// GAR token does.
 	DefaultExpiryWarnShare = 0.1
-	DefaultExpiryWarnMin   = 15 * time.Minute
+	DefaultExpiryWarnFloor = 15 * time.Minute
 )
 
 // DefaultTargets returns the kubelet's file and root's docker CLI file (a
@@ -145,7 +145,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.Duration("verify-spread", time.Second, "the longest a login waits, at random, so that a fleet's logins after a rotation spread out")
 	fs.Duration("verify-retry", 15*time.Second, "the wait before rejected credentials are tried again, doubling up to 5m")
 	fs.Float64("expiry-warn-share", DefaultExpiryWarnShare, "for Secrets annotated nodecreds.io/expires-at: the condition says CredentialsExpiring when less than this share of the credentials' lifetime (from when the agent first saw that expiry) is left, or --expiry-warn-min, whichever is longer")
-	fs.Duration("expiry-warn-min", DefaultExpiryWarnMin, "for Secrets annotated nodecreds.io/expires-at: the condition says CredentialsExpiring at least this long before the expiry")
+	fs.Duration("expiry-warn-min", DefaultExpiryWarnFloor, "for Secrets annotated nodecreds.io/expires-at: the condition says CredentialsExpiring at least this long before the expiry")
 	LogFlags(fs)
 }
 
@@ -229,6 +229,16 @@ func (c Sync) Validate() error {
 	if c.ContainerdCertsDir != "" {
 		errs = append(errs, validateCertsDir(c.ContainerdCertsDir), validateNodePaths("--containerd-config", []string{c.ContainerdConfig}))
 	}
+	errs = append(errs, c.validateRotation()...)
+	if c.Pool != "" && !poolName.MatchString(c.Pool) {
+		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))
+	}
+	return errors.Join(errs...)
+}
+
+// validateRotation checks the flags of verification and expiry.
+func (c Sync) validateRotation() []error {
+	var errs []error
 	if c.Verify != VerifyOn && c.Verify != VerifyOff {
 		errs = append(errs, usagef("--verify %q: must be %s or %s", c.Verify, VerifyOn, VerifyOff))
 	}
@@ -244,10 +254,7 @@ func (c Sync) Validate() error {
 	if c.ExpiryWarnMin < 0 {
 		errs = append(errs, usagef("--expiry-warn-min %s: must not be negative", c.ExpiryWarnMin))
 	}
-	if c.Pool != "" && !poolName.MatchString(c.Pool) {
-		errs = append(errs, usagef("--pool %q: must be a DNS label (lower-case letters, digits, '-'; at most 63)", c.Pool))
-	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // validateCertsDir checks --containerd-certs-dir: an absolute node path

@@ -111,8 +111,7 @@ func expiries(snaps []source.Snapshot, now time.Time) []Expiry {
 		}
 	}
 	slices.SortStableFunc(out, func(a, b Expiry) int {
-		switch {
-		case a.at.IsZero() != b.at.IsZero():
+		if a.at.IsZero() != b.at.IsZero() {
 			if a.at.IsZero() {
 				return 1
 			}

@@ -69,7 +69,7 @@ func TestVerdicts(t *testing.T) {
 			v := New(s, Options{Retry: 5 * time.Millisecond, MaxRetry: 20 * time.Millisecond, Metrics: m})
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			go v.Run(ctx) //nolint:errcheck // returns nil when ctx ends
+			go v.Run(ctx) // returns nil when ctx ends
 			c := kubeletcred.Cred{Key: "r.test", Username: "u", Password: "p"}
 			if got := v.Check("r.test", c); got.Verdict != Pending {
 				t.Fatalf("before any login: %v, want pending", got.Verdict)
@@ -110,7 +110,7 @@ func TestOneLoginPerCredential(t *testing.T) {
 	v := New(s, Options{})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	go v.Run(ctx) //nolint:errcheck // returns nil when ctx ends
+	go v.Run(ctx) // returns nil when ctx ends
 	c := kubeletcred.Cred{Username: "u", Password: "p"}
 	for range 5 {
 		v.Check("r.test", c)
@@ -142,7 +142,7 @@ func TestSweepStopsRetries(t *testing.T) {
 	v := New(s, Options{Retry: time.Millisecond, MaxRetry: time.Millisecond})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	go v.Run(ctx) //nolint:errcheck // returns nil when ctx ends
+	go v.Run(ctx) // returns nil when ctx ends
 	c := kubeletcred.Cred{Username: "u", Password: "wrong"}
 	v.Check("r.test", c)
 	v.Start("r.test", c)
