@@ -114,7 +114,12 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 	var verify agent.Verifier
 	if cfg.Verify == config.VerifyOn {
 		p.verifier = verifier.New(check.RegistryProber{Timeout: loginTimeout},
-			verifier.Options{Spread: cfg.VerifySpread, Retry: cfg.VerifyRetry, MaxRetry: verifier.DefaultMaxRetry, Metrics: m})
+			verifier.Options{Spread: cfg.VerifySpread, Retry: cfg.VerifyRetry, MaxRetry: verifier.DefaultMaxRetry, Metrics: m, Store: files})
+		if err := p.verifier.Load(ctx); err != nil {
+			// Only the verdicts are lost: the credentials are logged in
+			// with again.
+			log.WithError(err).Warn("rejected credentials recorded before cannot be read")
+		}
 		verify = p.verifier
 	}
 	p.agent = agent.New(p.src, files, agent.Options{

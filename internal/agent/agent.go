@@ -227,7 +227,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		errs = append(errs, err)
 	}
 	o.Results = results
-	o.Verifying = a.afterWrite(o.Logins, results)
+	o.Verifying = a.afterWrite(ctx, o.Logins, results)
 	for _, r := range results {
 		if r.Err != nil {
 			errs = append(errs, r.Err)

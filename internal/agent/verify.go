@@ -24,8 +24,13 @@ type Verifier interface {
 	Check(host string, c kubeletcred.Cred) verifier.Result
 	// Start schedules a login with c, unless one is made or answered.
 	Start(host string, c kubeletcred.Cred)
-	// Sweep forgets what no Check asked about since the last Sweep.
-	Sweep()
+	// Settle marks c, never started, as in the node's files already.
+	Settle(host string, c kubeletcred.Cred)
+	// Skip gives c, never started, the verdict Unverifiable with reason.
+	Skip(host string, c kubeletcred.Cred, reason string)
+	// Sweep forgets what no Check asked about since the last Sweep (and
+	// saves the rejections that are left).
+	Sweep(ctx context.Context) error
 	// Changed fires when a verdict changed.
 	Changed() <-chan struct{}
 	// Wait blocks until every credential started has a first verdict.
@@ -72,11 +77,23 @@ func (a *Agent) logins(d nodefile.Desired) ([]login, map[nodefile.KeepID]bool) {
 	}
 	var out []login
 	keep := map[nodefile.KeepID]bool{}
+	// Only what the node gets: an entry another source wins over is
+	// never written, and has nothing to verify.
+	wins := map[[2]string]bool{}
+	for _, r := range []dockercfg.Reader{dockercfg.Kubelet, dockercfg.DockerCLI} {
+		view, _ := dockercfg.View(r, d.Sources...)
+		for _, it := range view {
+			wins[[2]string{it.Source, dockercfg.Normalize(it.Key)}] = true
+		}
+	}
 	for _, ns := range d.Sources {
 		if a.lastGood[ns.Name].NoVerify {
 			continue
 		}
 		for _, it := range ns.Set {
+			if !wins[[2]string{ns.Name, dockercfg.Normalize(it.Key)}] {
+				continue
+			}
 			l := login{source: ns.Name, key: it.Key}
 			if why := unverifiable(it.Key, it.Entry); why != "" {
 				l.result = verifier.Result{Verdict: verifier.Unverifiable, Reason: why}
@@ -95,29 +112,52 @@ func (a *Agent) logins(d nodefile.Desired) ([]login, map[nodefile.KeepID]bool) {
 	return out, keep
 }
 
-// afterWrite starts the logins still to make and marks what the node
-// kept. It reports whether a kept entry waits for its first login: the
-// sync is then not finished, and is not reported as applied.
-func (a *Agent) afterWrite(logins []login, results []nodefile.Result) (waiting bool) {
+// maxLoginsPerSource bounds the logins one sync starts for one source: a
+// Secret with thousands of changed entries would otherwise hold every
+// other rotation behind its logins. The rest are applied unverified.
+const maxLoginsPerSource = 32
+
+// afterWrite starts the logins the files call for: for the entries whose
+// previous value the node kept (a change) and for those written new (no
+// previous value of nodecreds'); an entry already in the files as it is
+// is in force, with no login. It reports whether a kept entry waits for
+// its first login: the sync is then not finished, and is not reported as
+// applied.
+func (a *Agent) afterWrite(ctx context.Context, logins []login, results []nodefile.Result) (waiting bool) {
 	v := a.opts.Verifier
 	if v == nil {
 		return false
 	}
-	kept := map[string]bool{}
+	kept, fresh := map[string]bool{}, map[string]bool{}
 	for _, r := range results {
 		for _, k := range r.Kept {
-			kept[k] = true
+			kept[dockercfg.Normalize(k)] = true
+		}
+		for _, k := range r.Fresh {
+			fresh[dockercfg.Normalize(k)] = true
 		}
 	}
+	started := map[string]int{}
 	for i := range logins {
 		l := &logins[i]
-		l.kept = kept[l.key]
-		if l.host != "" && l.result.Verdict == verifier.Pending {
+		n := dockercfg.Normalize(l.key)
+		l.kept = kept[n]
+		switch {
+		case l.host == "" || l.result.Verdict != verifier.Pending:
+		case !l.kept && !fresh[n]:
+			v.Settle(l.host, l.cred)
+		case started[l.source] >= maxLoginsPerSource:
+			v.Skip(l.host, l.cred, fmt.Sprintf("more than %d credentials of one Secret changed at once; the rest are applied unverified", maxLoginsPerSource))
+			waiting = waiting || l.kept // applied at the next sync, which the verdict brings
+		default:
+			started[l.source]++
 			v.Start(l.host, l.cred)
 			waiting = waiting || l.kept
 		}
 	}
-	v.Sweep()
+	if err := v.Sweep(ctx); err != nil {
+		a.log.WithError(err).Warn("rejected credentials not saved; a restarted agent would log in with them again")
+	}
 	return waiting
 }
 
@@ -147,22 +187,25 @@ func verifyProblems(logins []login) []string {
 		if !l.kept {
 			what = "written all the same: the node had none of its own for it (retried with backoff)"
 		}
-		key := ""
-		if k := dockercfg.SafeKey(l.key); k != l.host {
+		host, key := dockercfg.SafeKey(l.host), ""
+		if k := dockercfg.SafeKey(l.key); k != host {
 			key = " (key " + k + ")"
 		}
 		out = append(out, fmt.Sprintf("Secret %s: registry %s rejected the new credentials%s (HTTP %d, %s); %s",
-			l.source, l.host, key, l.result.Status, l.result.Reason, what))
+			l.source, host, key, l.result.Status, l.result.Reason, what))
 	}
 	return out
 }
 
-// verifyWarnings words the credentials applied without a verdict.
+// verifyWarnings words the credentials applied without a verdict. Why
+// (refused, timed out, a status) is in the agent's log only: on the Node,
+// where more people read than the Secret's writers, it would tell what
+// answers at an address a Secret names.
 func verifyWarnings(logins []login) []string {
 	var out []string
 	for _, l := range logins {
 		if l.result.Verdict == verifier.Unverifiable && l.host != "" {
-			out = append(out, fmt.Sprintf("Secret %s: new credentials for %s applied unverified (%s)", l.source, dockercfg.SafeKey(l.key), l.result.Reason))
+			out = append(out, fmt.Sprintf("Secret %s: new credentials for %s applied unverified (the agent's log says why)", l.source, dockercfg.SafeKey(l.key)))
 		}
 	}
 	return out
@@ -185,7 +228,7 @@ func (a *Agent) recordLogins(log *logrus.Entry, logins []login) {
 		}
 		ll := log.WithFields(logrus.Fields{"source": l.source, "key": dockercfg.SafeKey(l.key), "verdict": l.result.Verdict.String()})
 		if l.host != "" {
-			ll = ll.WithField("registry", l.host)
+			ll = ll.WithField("registry", dockercfg.SafeKey(l.host))
 		}
 		switch l.result.Verdict {
 		case verifier.Rejected:
@@ -194,6 +237,8 @@ func (a *Agent) recordLogins(log *logrus.Entry, logins []login) {
 			ll.WithField("reason", l.result.Reason).Warn("new credentials applied without verification")
 		case verifier.Verified:
 			ll.Info("new credentials verified by a login")
+		case verifier.InForce:
+			ll.Debug("credentials already in the node's files; no login")
 		default:
 			ll.WithField("keptPrevious", l.kept).Debug("logging in with the new credentials before they are applied")
 		}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -202,6 +203,118 @@ func TestVerifyBeforeSwitching(t *testing.T) {
 			if strings.Contains(st.Message, pw) {
 				t.Fatalf("a password in a report: %s", st.Message)
 			}
+		}
+	}
+}
+
+// TestVerifyWhatChanges: the logins the files call for, and only those:
+//   - an agent started on files that already hold its Secret's entries
+//     logs in for none of them (a fleet's restart is no login storm);
+//   - a respelled key (r.test → https://r.test/) with a new password
+//     keeps the previous entry, under its old key, until verified;
+//   - an entry a higher-precedence Secret wins over is never verified;
+//   - one Secret with many changed entries starts at most
+//     maxLoginsPerSource logins; the rest are applied unverified.
+func TestVerifyWhatChanges(t *testing.T) {
+	root := t.TempDir()
+	target := filepath.Join(root, "var/lib/kubelet/config.json")
+	files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
+	set := func(pw string, keys ...string) dockercfg.Set {
+		var s dockercfg.Set
+		for _, k := range keys {
+			s = append(s, dockercfg.Item{Key: k, Entry: dockercfg.Entry{Username: "u", Password: pw}})
+		}
+		return s
+	}
+	src := &fakeSource{snaps: []source.Snapshot{{Name: "ns/a", Revision: "1", Set: set("pw-1", "r.test", "s.test")}}}
+	newAgent := func(reg *registryDouble) (*Agent, *verifier.Verifier) {
+		v := verifier.New(reg, verifier.Options{Retry: time.Hour})
+		go v.Run(t.Context()) // returns nil when ctx ends
+		return New(src, files, Options{Targets: []string{"/var/lib/kubelet/config.json"}, HostRoot: root, Prune: true, Verifier: v}, logrus.NewEntry(logrus.New())), v
+	}
+	first := &registryDouble{}
+	first.accept("pw-1")
+	a, v := newAgent(first)
+	a.Sync(t.Context(), "test")
+	if err := v.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if first.logins != 2 {
+		t.Fatalf("%d logins for two new entries, want 2", first.logins)
+	}
+
+	// A restarted agent: nothing changed, nothing to log in for.
+	again := &registryDouble{}
+	again.accept("pw-1")
+	a, v = newAgent(again)
+	for range 3 {
+		a.Sync(t.Context(), "test")
+	}
+	if err := v.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if again.logins != 0 {
+		t.Errorf("a restarted agent logged in %d times for entries already in the files", again.logins)
+	}
+
+	// Respelled with a new password the registry rejects: the old entry
+	// stays under its old key.
+	src.snaps = []source.Snapshot{{Name: "ns/a", Revision: "2", Set: set("pw-2", "https://r.test/", "s.test")}}
+	a.Sync(t.Context(), "test")
+	if err := v.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	o := a.Sync(t.Context(), "test")
+	if passwordIn(t, target, "r.test") != "pw-1" || passwordIn(t, target, "https://r.test/") != "" {
+		t.Errorf("a respelled key let a rejected password in: r.test=%q https://r.test/=%q", passwordIn(t, target, "r.test"), passwordIn(t, target, "https://r.test/"))
+	}
+	if st := o.Status(); st.Reason != "CredentialsRejected" || !strings.Contains(st.Message, "keeps its previous ones") {
+		t.Errorf("status %+v", st)
+	}
+
+	// Shadowed: a higher-precedence Secret provides r.test; ns/b's
+	// entry for it is never written, and never verified.
+	shadow := &registryDouble{}
+	shadow.accept("pw-3")
+	a, v = newAgent(shadow)
+	src.snaps = []source.Snapshot{
+		{Name: "ns/a", Revision: "3", Set: set("pw-3", "r.test")},
+		{Name: "ns/b", Revision: "1", Set: set("pw-b", "r.test")},
+	}
+	a.Sync(t.Context(), "test")
+	if err := v.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if o := a.Sync(t.Context(), "test"); !o.Status().OK || shadow.logins != 1 {
+		t.Errorf("with a shadowed entry: %d logins (want 1), status %+v", shadow.logins, o.Status())
+	}
+
+	// Many changed at once: at most maxLoginsPerSource logins.
+	var keys []string
+	for i := range 3 * maxLoginsPerSource {
+		keys = append(keys, fmt.Sprintf("r%d.test", i))
+	}
+	many := &registryDouble{}
+	many.accept("pw-4", "pw-5")
+	a, v = newAgent(many)
+	src.snaps = []source.Snapshot{{Name: "ns/a", Revision: "4", Set: set("pw-4", keys...)}}
+	a.Sync(t.Context(), "test")
+	if err := v.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	many.logins = 0
+	src.snaps = []source.Snapshot{{Name: "ns/a", Revision: "5", Set: set("pw-5", keys...)}}
+	a.Sync(t.Context(), "test")
+	if err := v.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	a.Sync(t.Context(), "test")
+	if many.logins != maxLoginsPerSource {
+		t.Errorf("%d logins for %d changed entries of one Secret, want %d", many.logins, len(keys), maxLoginsPerSource)
+	}
+	for _, k := range keys {
+		if got := passwordIn(t, target, k); got != "pw-5" {
+			t.Fatalf("%s holds %q after the rotation, want the new password", k, got)
 		}
 	}
 }

@@ -138,7 +138,8 @@ type Result struct {
 	Released  []string // keys we owned that someone else changed; now theirs
 	Displaced []string // foreign keys moved into the state file
 	Restored  []string // displaced keys put back
-	Kept      []string // keys of Desired.Keep whose previous entry stayed
+	Kept      []string // keys whose previous entry stayed in place of a held registry's new one (Desired.Keep)
+	Fresh     []string // keys of held registries written new: the file had none of ours for them
 	Warnings  []string // things an operator should know that are not errors
 	// Left is what the sync left at Path (content, mode, owner; Exists
 	// false for no file), nil when the target was not synced, so that the

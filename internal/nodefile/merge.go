@@ -17,6 +17,7 @@ type mergeResult struct {
 	displaced []string // foreign keys moved into the state file
 	restored  []string // displaced keys put back
 	kept      []string // keys whose previous entry stayed (pruneRule.keep)
+	fresh     []string // keys of held registries written where the file had none of ours
 }
 
 // merge computes the new content of a target and its new ownership record.
@@ -38,8 +39,9 @@ func merge(cur *document, w *wanted, prune pruneRule, st TargetState) mergeResul
 	if m.next.Displaced == nil {
 		m.next.Displaced = map[string]json.RawMessage{}
 	}
+	m.holdRegistries(prune.keep)
 	m.settleOwned(prune)
-	m.writeDesired(prune.keep)
+	m.writeDesired()
 	m.restoreDisplaced()
 	m.settleStale(prune)
 	m.res.doc, m.res.state = m.doc, m.next
@@ -196,6 +198,29 @@ type merger struct {
 	kept   []string          // owned keys kept although no source provides them
 	was    map[string]string // owned keys → the fingerprint the file's entry had
 	res    mergeResult
+	// held are the registries (normalised) whose new value waits
+	// (pruneRule.keep); heldKeys our entries for them kept under a
+	// spelling the sources no longer use, heldUnder their registries.
+	held, heldKeys, heldUnder map[string]bool
+}
+
+// holdRegistries notes the registries whose wanted value waits: keep names
+// them by source and registry, so that however the sources spell the key
+// now (https://r.io, r.io, Docker Hub's aliases), our previous entry for
+// that registry is what stays.
+func (m *merger) holdRegistries(keep map[KeepID]bool) {
+	if len(keep) == 0 {
+		return
+	}
+	for _, it := range m.wanted.items {
+		n := dockercfg.Normalize(it.Key)
+		if keep[KeepID{Source: it.Source, Registry: n}] {
+			if m.held == nil {
+				m.held, m.heldKeys, m.heldUnder = map[string]bool{}, map[string]bool{}, map[string]bool{}
+			}
+			m.held[n] = true
+		}
+	}
 }
 
 // ours reports whether the file's entry for key is one we wrote: the
@@ -258,6 +283,13 @@ func (m *merger) settle(key string, prune pruneRule) {
 		}
 	case m.wanted.byKey[key] != nil:
 		// Rewritten below.
+	case provided && m.held[dockercfg.Normalize(key)]:
+		// The sources spell the registry differently now, and its new
+		// value waits: our entry stays as it is, under its old key.
+		m.next.Owned[key] = m.was[key]
+		m.next.setFrom(key, m.st.From[key])
+		m.heldKeys[key], m.heldUnder[dockercfg.Normalize(key)] = true, true
+		m.res.kept = append(m.res.kept, key)
 	case provided:
 		// The sources now spell the registry differently.
 		delete(m.doc.auths, key)
@@ -271,9 +303,9 @@ func (m *merger) settle(key string, prune pruneRule) {
 }
 
 // writeDesired displaces foreign entries for the desired registries and
-// writes ours, but for those keep holds back: there our previous entry, if
-// the file has one, stays.
-func (m *merger) writeDesired(keep map[KeepID]bool) {
+// writes ours, but for the registries held back (holdRegistries): there
+// our previous entry, if the file has one under any spelling, stays.
+func (m *merger) writeDesired() {
 	// One pass over the file (files can hold thousands of keys) finds the
 	// entries for the registries we write.
 	for key, raw := range m.doc.auths {
@@ -281,8 +313,8 @@ func (m *merger) writeDesired(keep map[KeepID]bool) {
 			continue
 		}
 		if m.ours(key, raw) {
-			if m.wanted.byKey[key] != nil {
-				continue // rewritten below
+			if m.wanted.byKey[key] != nil || m.heldKeys[key] {
+				continue // rewritten below, or held as it is
 			}
 		} else {
 			m.next.Displaced[key] = raw
@@ -293,13 +325,7 @@ func (m *merger) writeDesired(keep map[KeepID]bool) {
 	slices.Sort(m.res.displaced)
 	for _, it := range m.wanted.items {
 		raw, fp := it.raw, it.fp
-		if _, ok := m.doc.auths[it.Key]; ok && len(keep) > 0 && !m.doc.hasFingerprint(it.Key, fp) &&
-			keep[KeepID{Source: it.Source, Registry: dockercfg.Normalize(it.Key)}] {
-			// Ours (a foreign entry was displaced above): it stays, and
-			// stays ours, until the new value may replace it.
-			m.next.Owned[it.Key] = m.was[it.Key]
-			m.next.setFrom(it.Key, it.Source)
-			m.res.kept = append(m.res.kept, it.Key)
+		if m.held != nil && m.holdItem(it) {
 			continue
 		}
 		if !m.doc.hasFingerprint(it.Key, fp) {
@@ -313,6 +339,33 @@ func (m *merger) writeDesired(keep map[KeepID]bool) {
 		m.next.Owned[it.Key] = fp
 		m.next.setFrom(it.Key, it.Source)
 	}
+}
+
+// holdItem decides a wanted item of a held registry: our previous entry
+// under its key stays (and stays ours) until the new value may replace
+// it, and so does one under another spelling (settle kept it), in place
+// of this one; with neither, the new value is written (fresh) and it
+// reports false.
+func (m *merger) holdItem(it *wantedItem) bool {
+	n := dockercfg.Normalize(it.Key)
+	if !m.held[n] {
+		return false
+	}
+	_, present := m.doc.auths[it.Key]
+	switch {
+	case present && m.doc.hasFingerprint(it.Key, it.fp):
+		return false // already the new value
+	case present:
+		// Ours: a foreign entry was displaced above.
+		m.next.Owned[it.Key] = m.was[it.Key]
+		m.next.setFrom(it.Key, it.Source)
+		m.res.kept = append(m.res.kept, it.Key)
+		return true
+	case m.heldUnder[n]:
+		return true // settle kept ours under another spelling
+	}
+	m.res.fresh = append(m.res.fresh, it.Key)
+	return false
 }
 
 // restoreDisplaced puts back displaced entries whose registry no entry of

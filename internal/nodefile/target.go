@@ -136,7 +136,8 @@ func (s *targetSync) plan() error {
 	}
 	s.p, s.prev = p, p.parsed
 	s.res.Entries = len(p.merged.state.Owned)
-	s.res.Released, s.res.Displaced, s.res.Restored, s.res.Kept = p.merged.released, p.merged.displaced, p.merged.restored, p.merged.kept
+	s.res.Released, s.res.Displaced, s.res.Restored = p.merged.released, p.merged.displaced, p.merged.restored
+	s.res.Kept, s.res.Fresh = p.merged.kept, p.merged.fresh
 	return nil
 }
 

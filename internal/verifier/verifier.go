@@ -12,16 +12,22 @@
 package verifier
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nodecreds/nodecreds/internal/check"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 	"github.com/nodecreds/nodecreds/internal/metrics"
+	"github.com/nodecreds/nodecreds/internal/nodefile"
 )
 
 // Prober logs in (check.RegistryProber: pinned to the registry and the
@@ -44,10 +50,21 @@ const (
 	// Unverifiable: no answer that says (unreachable, TLS, timeout, 5xx,
 	// a registry that lets anyone in).
 	Unverifiable
+	// InForce: found in the node's files already (Settle): the agent
+	// started with it in place, and does not log in for it.
+	InForce
 )
 
 func (v Verdict) String() string {
-	return [...]string{"pending", "verified", "rejected", "unverifiable"}[v]
+	return [...]string{"pending", "verified", "rejected", "unverifiable", "in-force"}[v]
+}
+
+// Store keeps the rejections across restarts (nodefile's rejected.json):
+// a credential rejected once stays out until a login with it succeeds,
+// whichever process makes it.
+type Store interface {
+	LoadRejections(ctx context.Context) ([]nodefile.Rejection, error)
+	SaveRejections(ctx context.Context, rs []nodefile.Rejection) error
 }
 
 // Result is a credential's verdict. Status and Reason come from the probe,
@@ -72,6 +89,8 @@ type Options struct {
 	// Workers bounds the logins made at once.
 	Workers int
 	Metrics *metrics.Metrics // optional
+	// Store keeps rejections across restarts (optional).
+	Store Store
 }
 
 // Defaults.
@@ -80,6 +99,12 @@ const (
 	DefaultRetry    = 15 * time.Second
 	DefaultMaxRetry = 5 * time.Minute
 	defaultWorkers  = 4
+	// quickRetries are the retries at the doubling backoff; after them a
+	// rejected credential is tried every slowRetry only: every node of a
+	// fleet retrying for good would lock out accounts on registries that
+	// count failed logins (LDAP, Harbor, Artifactory, Nexus).
+	quickRetries = 6
+	slowRetry    = 30 * time.Minute
 )
 
 // id names a credential for a registry without holding its value.
@@ -91,9 +116,11 @@ type id struct {
 // cred is one credential's login state.
 type cred struct {
 	login    kubeletcred.Cred
+	known    bool // login is set (a rejection loaded from the Store has none yet)
 	result   Result
 	due      time.Time // when the next login is made (zero: none scheduled)
 	retry    time.Duration
+	retries  int
 	inFlight bool
 	seen     uint64 // the generation that last asked for it
 }
@@ -110,6 +137,10 @@ type Verifier struct {
 	wake    chan struct{}
 	changed chan struct{}
 	idle    *sync.Cond // broadcast when a login ends or is dropped
+	// saved is the rejected set last given to the Store; saveMu orders
+	// the saves.
+	saved  string
+	saveMu sync.Mutex
 }
 
 // New returns a Verifier; Run makes its logins.
@@ -141,19 +172,85 @@ func idOf(host string, c kubeletcred.Cred) id {
 	return id{host: host, digest: d}
 }
 
+// Load seeds the verdicts with the rejections the Store kept: those
+// credentials stay out until a login with them succeeds.
+func (v *Verifier) Load(ctx context.Context) error {
+	if v.opts.Store == nil {
+		return nil
+	}
+	rs, err := v.opts.Store.LoadRejections(ctx)
+	if err != nil {
+		return fmt.Errorf("loading rejected credentials: %w", err)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, r := range rs {
+		d, err := hex.DecodeString(r.Digest)
+		if err != nil || len(d) != sha256.Size {
+			continue
+		}
+		k := id{host: r.Host, digest: [sha256.Size]byte(d)}
+		v.creds[k] = &cred{result: Result{Verdict: Rejected, Status: r.Status, Reason: r.Reason}, seen: v.gen}
+	}
+	v.saved = rejectedKey(v.rejected())
+	return nil
+}
+
 // Check returns the verdict on c for host, remembering c (Pending) when it
-// is new. It starts no login: Start does.
+// is new. It starts no login: Start does; a rejection loaded from the
+// Store gets its retry here, once its credential is known.
 func (v *Verifier) Check(host string, c kubeletcred.Cred) Result {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	k := idOf(host, c)
 	cr := v.creds[k]
 	if cr == nil {
-		cr = &cred{login: c}
+		cr = &cred{}
 		v.creds[k] = cr
+	}
+	if !cr.known {
+		cr.login, cr.known = c, true
+		if cr.result.Verdict == Rejected && cr.due.IsZero() && !cr.inFlight {
+			v.retryLater(cr)
+		}
 	}
 	cr.seen = v.gen
 	return cr.result
+}
+
+// Settle marks c, pending and never started, as found in the node's files
+// already: no login is made for it.
+func (v *Verifier) Settle(host string, c kubeletcred.Cred) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if cr := v.creds[idOf(host, c)]; cr != nil && cr.result.Verdict == Pending && cr.due.IsZero() && !cr.inFlight {
+		cr.result = Result{Verdict: InForce, At: v.now()}
+	}
+}
+
+// Skip gives c, pending, the verdict Unverifiable with reason, without a
+// login (more changed at once than are verified).
+func (v *Verifier) Skip(host string, c kubeletcred.Cred, reason string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if cr := v.creds[idOf(host, c)]; cr != nil && cr.result.Verdict == Pending && cr.due.IsZero() && !cr.inFlight {
+		cr.result = Result{Verdict: Unverifiable, Reason: reason, At: v.now()}
+	}
+}
+
+// retryLater schedules cr's next login after a rejection: the backoff
+// doubles from Retry to MaxRetry for quickRetries, then slowRetry; each
+// wait gets up to half of it again at random, so a fleet's retries
+// spread.
+func (v *Verifier) retryLater(cr *cred) {
+	cr.retries++
+	switch {
+	case cr.retries > quickRetries:
+		cr.retry = slowRetry
+	default:
+		cr.retry = min(max(cr.retry*2, v.opts.Retry), v.opts.MaxRetry)
+	}
+	cr.due = v.now().Add(cr.retry + v.jitter(cr.retry/2))
 }
 
 // Start schedules a login with c at host, after a random wait within
@@ -164,8 +261,11 @@ func (v *Verifier) Start(host string, c kubeletcred.Cred) {
 	k := idOf(host, c)
 	cr := v.creds[k]
 	if cr == nil {
-		cr = &cred{login: c, seen: v.gen}
+		cr = &cred{seen: v.gen}
 		v.creds[k] = cr
+	}
+	if !cr.known {
+		cr.login, cr.known = c, true
 	}
 	if cr.result.Verdict != Pending || cr.inFlight || !cr.due.IsZero() {
 		return
@@ -176,9 +276,8 @@ func (v *Verifier) Start(host string, c kubeletcred.Cred) {
 
 // Sweep forgets the credentials no Check asked about since the last
 // Sweep: they left the sources, and their retries stop.
-func (v *Verifier) Sweep() {
+func (v *Verifier) Sweep(ctx context.Context) error {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	for k, cr := range v.creds {
 		if cr.seen != v.gen && !cr.inFlight {
 			delete(v.creds, k)
@@ -186,6 +285,52 @@ func (v *Verifier) Sweep() {
 	}
 	v.gen++
 	v.idle.Broadcast()
+	v.mu.Unlock()
+	return v.save(ctx)
+}
+
+// rejected lists the rejections, sorted (v.mu held).
+func (v *Verifier) rejected() []nodefile.Rejection {
+	var out []nodefile.Rejection
+	for k, cr := range v.creds {
+		if cr.result.Verdict == Rejected {
+			out = append(out, nodefile.Rejection{Host: k.host, Digest: hex.EncodeToString(k.digest[:]), Status: cr.result.Status, Reason: cr.result.Reason})
+		}
+	}
+	slices.SortFunc(out, func(a, b nodefile.Rejection) int { return cmp.Or(cmp.Compare(a.Host, b.Host), cmp.Compare(a.Digest, b.Digest)) })
+	return out
+}
+
+func rejectedKey(rs []nodefile.Rejection) string {
+	var b strings.Builder
+	for _, r := range rs {
+		b.WriteString(r.Host + "\x00" + r.Digest + "\x00")
+	}
+	return b.String()
+}
+
+// save gives the Store the rejections when they changed.
+func (v *Verifier) save(ctx context.Context) error {
+	if v.opts.Store == nil {
+		return nil
+	}
+	v.saveMu.Lock()
+	defer v.saveMu.Unlock()
+	v.mu.Lock()
+	rs := v.rejected()
+	key := rejectedKey(rs)
+	same := key == v.saved
+	v.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := v.opts.Store.SaveRejections(ctx, rs); err != nil {
+		return fmt.Errorf("saving rejected credentials: %w", err)
+	}
+	v.mu.Lock()
+	v.saved = key
+	v.mu.Unlock()
+	return nil
 }
 
 // Changed fires when a verdict changed.
@@ -309,33 +454,46 @@ func (v *Verifier) login(ctx context.Context, k id, cr *cred) {
 		v.opts.Metrics.Logins.WithLabelValues(res.Verdict.String()).Inc()
 	}
 
+	changed := v.record(ctx, k, cr, res)
+	if changed {
+		// Kept before anyone is told (Wait, Changed), so a rejection the
+		// agent acts on outlives this process.
+		_ = v.save(ctx) // on failure: in memory still, saved with the next change
+	}
+	v.mu.Lock()
+	v.idle.Broadcast()
+	v.mu.Unlock()
+	if changed {
+		select {
+		case v.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// record sets cr's verdict after a login, and its next login after a
+// rejection; it reports whether the verdict changed.
+func (v *Verifier) record(ctx context.Context, k id, cr *cred, res Result) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	defer v.idle.Broadcast()
 	cr.inFlight = false
 	if ctx.Err() != nil {
-		return // stopping: no verdict from a cancelled login
+		return false // stopping: no verdict from a cancelled login
 	}
 	prev := cr.result
 	switch {
 	case res.Verdict == Rejected:
-		cr.retry = min(max(cr.retry*2, v.opts.Retry), v.opts.MaxRetry)
-		cr.due = v.now().Add(cr.retry + v.jitter(cr.retry/4))
+		v.retryLater(cr)
 	case prev.Verdict == Rejected && res.Verdict != Verified:
 		// Once rejected, applied only after a login that succeeds: a
 		// registry that cannot be reached meanwhile changes nothing.
-		cr.retry = min(cr.retry*2, v.opts.MaxRetry)
-		cr.due = v.now().Add(cr.retry + v.jitter(cr.retry/4))
+		v.retryLater(cr)
 		res = prev
 	}
 	cr.result = res
 	if !cr.due.IsZero() {
 		v.poke() // Run sleeps until the earliest login it knew of
 	}
-	if _, ok := v.creds[k]; ok && (prev.Verdict != res.Verdict || prev.Status != res.Status || prev.Reason != res.Reason) {
-		select {
-		case v.changed <- struct{}{}:
-		default:
-		}
-	}
+	_, ok := v.creds[k]
+	return ok && (prev.Verdict != res.Verdict || prev.Status != res.Status || prev.Reason != res.Reason)
 }

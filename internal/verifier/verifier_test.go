@@ -2,6 +2,9 @@ package verifier
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"github.com/nodecreds/nodecreds/internal/check"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
 	"github.com/nodecreds/nodecreds/internal/metrics"
+	"github.com/nodecreds/nodecreds/internal/nodefile"
 )
 
 // script answers each login with the next result, the last one again
@@ -147,8 +151,8 @@ func TestSweepStopsRetries(t *testing.T) {
 	v.Check("r.test", c)
 	v.Start("r.test", c)
 	<-v.Changed()
-	v.Sweep() // asked this generation: kept
-	v.Sweep() // not asked since: forgotten
+	v.Sweep(ctx) // asked this generation: kept
+	v.Sweep(ctx) // not asked since: forgotten
 	v.mu.Lock()
 	n := len(v.creds)
 	v.mu.Unlock()
@@ -165,5 +169,97 @@ func TestSweepStopsRetries(t *testing.T) {
 	s.mu.Unlock()
 	if after != before {
 		t.Errorf("a forgotten credential is still tried: %d logins, then %d", before, after)
+	}
+}
+
+// memStore is a Store in memory.
+type memStore struct {
+	mu sync.Mutex
+	rs []nodefile.Rejection
+}
+
+func (m *memStore) LoadRejections(context.Context) ([]nodefile.Rejection, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.rs), nil
+}
+
+func (m *memStore) SaveRejections(_ context.Context, rs []nodefile.Rejection) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rs = slices.Clone(rs)
+	return nil
+}
+
+// TestRejectionOutlivesTheProcess: a rejection is kept in the Store (a
+// digest, never the password), so a new process (a restarted agent, the
+// next sync --once) holds the credential back until a login succeeds —
+// an unreachable registry does not let it in.
+func TestRejectionOutlivesTheProcess(t *testing.T) {
+	store := &memStore{}
+	c := kubeletcred.Cred{Username: "u", Password: "rejected-pw"}
+	first := New(&script{next: []check.ProbeResult{unauthorized}}, Options{Store: store})
+	ctx, cancel := context.WithCancel(t.Context())
+	go first.Run(ctx) // returns nil when ctx ends
+	first.Check("r.test", c)
+	first.Start("r.test", c)
+	if err := first.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if len(store.rs) != 1 || store.rs[0].Status != 401 {
+		t.Fatalf("store holds %+v, want the rejection", store.rs)
+	}
+	if strings.Contains(fmt.Sprint(store.rs), "rejected-pw") {
+		t.Fatal("the store holds the password")
+	}
+
+	s := &script{next: []check.ProbeResult{timedOut, ok}}
+	second := New(s, Options{Store: store, Retry: 5 * time.Millisecond, MaxRetry: 5 * time.Millisecond})
+	if err := second.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := second.Check("r.test", c); got.Verdict != Rejected {
+		t.Fatalf("after a restart: %v, want rejected", got.Verdict)
+	}
+	ctx2, cancel2 := context.WithCancel(t.Context())
+	defer cancel2()
+	go second.Run(ctx2) // returns nil when ctx ends
+	deadline := time.Now().Add(5 * time.Second)
+	for second.Check("r.test", c).Verdict != Verified {
+		if time.Now().After(deadline) {
+			t.Fatalf("never verified after the registry came back: %v", second.Check("r.test", c).Verdict)
+		}
+		if v := second.Check("r.test", c).Verdict; v != Rejected && v != Verified {
+			t.Fatalf("an unreachable registry turned a rejection into %v", v)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := second.Sweep(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if len(store.rs) != 0 {
+		t.Errorf("a verified credential is still recorded as rejected: %+v", store.rs)
+	}
+}
+
+// TestRetriesSlowDown: a rejected credential is retried at the doubling
+// backoff a few times only, then every half hour: a fleet retrying for
+// good would lock the account out.
+func TestRetriesSlowDown(t *testing.T) {
+	s := &script{next: []check.ProbeResult{unauthorized}}
+	v := New(s, Options{Retry: time.Millisecond, MaxRetry: time.Millisecond})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go v.Run(ctx) // returns nil when ctx ends
+	c := kubeletcred.Cred{Username: "u", Password: "wrong"}
+	v.Check("r.test", c)
+	v.Start("r.test", c)
+	time.Sleep(200 * time.Millisecond)
+	s.mu.Lock()
+	calls := s.calls
+	s.mu.Unlock()
+	if calls != quickRetries+1 {
+		t.Errorf("%d logins, want the first and %d quick retries", calls, quickRetries)
 	}
 }
