@@ -297,7 +297,9 @@ func (v *Verifier) rejected() []nodefile.Rejection {
 			out = append(out, nodefile.Rejection{Host: k.host, Digest: hex.EncodeToString(k.digest[:]), Status: cr.result.Status, Reason: cr.result.Reason})
 		}
 	}
-	slices.SortFunc(out, func(a, b nodefile.Rejection) int { return cmp.Or(cmp.Compare(a.Host, b.Host), cmp.Compare(a.Digest, b.Digest)) })
+	slices.SortFunc(out, func(a, b nodefile.Rejection) int {
+		return cmp.Or(cmp.Compare(a.Host, b.Host), cmp.Compare(a.Digest, b.Digest))
+	})
 	return out
 }
 
