@@ -23,6 +23,26 @@ type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 // rebinding) and a name (".localhost", a private-looking one) proves
 // nothing.
 func plainDialer(dial dialFunc, res Resolver) dialFunc {
+	return checkedDialer(dial, res, plainHTTPAllowed, errPlainHTTP)
+}
+
+// tlsDialer connects HTTPS requests (and their proxy's tunnel) to any
+// address but those no registry is at: link-local ones (169.254.0.0/16
+// holds cloud metadata services), multicast and the unspecified address.
+// A Secret names the hosts the agents' verification logins go to, and a
+// registry names its token service: neither may point a node at those.
+func tlsDialer(dial dialFunc, res Resolver) dialFunc {
+	return checkedDialer(dial, res, tlsAllowed, errLinkLocal)
+}
+
+func tlsAllowed(a netip.Addr) bool {
+	a = a.Unmap()
+	return !a.IsLinkLocalUnicast() && !a.IsLinkLocalMulticast() && !a.IsMulticast() && !a.IsUnspecified() && !a.IsInterfaceLocalMulticast()
+}
+
+// checkedDialer looks the name up once, refuses (with refusal) unless
+// every address is allowed, and dials the checked addresses themselves.
+func checkedDialer(dial dialFunc, res Resolver, allowed func(netip.Addr) bool, refusal error) dialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		host, portStr, err := net.SplitHostPort(addr)
 		if err != nil {
@@ -42,8 +62,8 @@ func plainDialer(dial dialFunc, res Resolver) dialFunc {
 			return nil, &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
 		}
 		for _, a := range addrs {
-			if !plainHTTPAllowed(a) {
-				return nil, errPlainHTTP
+			if !allowed(a) {
+				return nil, refusal
 			}
 		}
 		var errs []error

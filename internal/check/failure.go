@@ -42,6 +42,7 @@ const (
 	descOtherHost   = "refused: a host other than the registry and the token service it named"
 	descDowngrade   = "refused: a switch from HTTPS to plain HTTP"
 	descPlainHTTP   = "refused: plain HTTP to an address that is neither loopback nor private"
+	descLinkLocal   = "refused: a link-local, multicast or unspecified address"
 	descRedirect    = "refused or failed redirect"
 	descRealm       = "refused: the token service the registry named (plain HTTP, or a private or link-local address)"
 	descNoToken     = "no token in the token service's answer"
@@ -53,7 +54,7 @@ const (
 )
 
 // failureTexts are all the descriptions above, for tests.
-var failureTexts = []string{descTimeout, descRefused, descNotFound, descLookup, descUnreachable, descClosed, descCert, descTLS, descProxy, descOtherHost, descDowngrade, descPlainHTTP, descRedirect, descRealm, descNoToken, descBadToken, descBadHost, descNotSent, descOther}
+var failureTexts = []string{descTimeout, descRefused, descNotFound, descLookup, descUnreachable, descClosed, descCert, descTLS, descProxy, descOtherHost, descDowngrade, descPlainHTTP, descLinkLocal, descRedirect, descRealm, descNoToken, descBadToken, descBadHost, descNotSent, descOther}
 
 // distributionCodes are the error codes of the OCI distribution spec and
 // of docker/distribution. Only these are reported: a code is free text
@@ -74,6 +75,7 @@ var (
 	errOtherHost = errors.New("refusing to contact a host other than the registry being probed")
 	errDowngrade = errors.New("refusing to switch from HTTPS to plain HTTP")
 	errPlainHTTP = errors.New("refusing plain HTTP to an address that is neither loopback nor private")
+	errLinkLocal = errors.New("refusing a link-local, multicast or unspecified address")
 	errProxy     = errors.New("the proxy refused the tunnel")
 )
 
@@ -131,6 +133,8 @@ func classify(err error, f facts) ProbeResult {
 		return ProbeResult{Error: descDowngrade}
 	case errors.Is(err, errPlainHTTP):
 		return ProbeResult{Error: descPlainHTTP}
+	case errors.Is(err, errLinkLocal):
+		return ProbeResult{Error: descLinkLocal}
 	case errors.Is(err, errOtherHost):
 		return ProbeResult{Error: descOtherHost}
 	case errors.Is(err, errProxy):

@@ -48,8 +48,8 @@ type RegistryProber struct {
 	// HTTP.
 	Proxy func(*http.Request) (*url.URL, error)
 	// DialContext makes every connection, to a registry or a proxy (a
-	// net.Dialer's when nil); a plain-HTTP one is always given the address
-	// checked, never a name.
+	// net.Dialer's when nil); it is always given the address checked,
+	// never a name (plainDialer, tlsDialer).
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Resolver looks up the host of a plain-HTTP request
 	// (net.DefaultResolver when nil).
@@ -89,7 +89,7 @@ func (p RegistryProber) transports() (tlsT, plainT *http.Transport) {
 		}
 		return nil
 	}
-	tlsT.DialContext = dial
+	tlsT.DialContext = tlsDialer(dial, res)
 	tlsT.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: p.RootCAs}
 
 	plainT = base.Clone()

@@ -90,7 +90,9 @@ func TestProbePlainHTTPOnlyToLoopbackOrPrivate(t *testing.T) {
 				n.host(host, tt.dns...)
 			}
 			if tt.later != nil {
-				n.lookups[host] = [][]netip.Addr{parseAddrs(tt.dns), parseAddrs(tt.later)}
+				// The HTTPS attempt made first looks the name up too
+				// (tlsDialer): the plain-HTTP one gets the second answer.
+				n.lookups[host] = [][]netip.Addr{parseAddrs(tt.dns), parseAddrs(tt.dns), parseAddrs(tt.later)}
 				n.sysDNS[host] = parseAddrs(tt.later)
 			}
 			p := RegistryProber{Timeout: 5 * time.Second, Proxy: noProxy, DialContext: n.DialContext, Resolver: n}
@@ -448,6 +450,53 @@ func TestProbeSaysWhenNoCredentialWasAsked(t *testing.T) {
 			said := strings.Contains(out.String(), "without credentials: not verified")
 			if warned != tt.wantAnonymous || said != tt.wantAnonymous {
 				t.Errorf("warned=%v, table says it=%v; want %v:\n%s", warned, said, tt.wantAnonymous, out.String())
+			}
+		})
+	}
+}
+
+// TestProbeNeverReachesLinkLocal: over HTTPS too, neither a registry nor
+// the token service it names is dialled at a link-local (cloud metadata),
+// multicast or unspecified address, however its name resolves: a Secret
+// names the hosts every agent's verification logins go to.
+func TestProbeNeverReachesLinkLocal(t *testing.T) {
+	const user, pass = "robot", "meta-canary-pw"
+	tokenAt := func(realm string) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`",service="registry"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}
+	tests := []struct {
+		name, registry, regAddr string
+		handler                 http.HandlerFunc
+		metaAddr                string
+	}{
+		{"a registry on the metadata address", "reg.example.com", "169.254.169.254", basicRegistry(user, pass), "169.254.169.254"},
+		{"a registry on an IPv6 link-local address", "reg.example.com", "fe80::1", basicRegistry(user, pass), "fe80::1"},
+		{"a registry on the unspecified address", "reg.example.com", "0.0.0.0", basicRegistry(user, pass), "0.0.0.0"},
+		{"a token service on the metadata address", "reg.example.com", "203.0.113.10", tokenAt("https://meta.example.com/latest/meta-data/"), "169.254.169.254"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := newFakeNet(t)
+			n.host(tt.registry, tt.regAddr)
+			n.host("meta.example.com", tt.metaAddr)
+			srv := n.serve(netip.AddrPortFrom(netip.MustParseAddr(tt.regAddr), 443).String(), tt.handler, true)
+			if tt.metaAddr != tt.regAddr {
+				n.serve(netip.AddrPortFrom(netip.MustParseAddr(tt.metaAddr), 443).String(), basicRegistry(user, pass), true)
+			}
+			roots := x509.NewCertPool()
+			roots.AddCert(srv.Certificate())
+			p := RegistryProber{Timeout: 5 * time.Second, Proxy: noProxy, DialContext: n.DialContext, Resolver: n, RootCAs: roots}
+			res := p.Probe(t.Context(), tt.registry, "", kubeletcred.Cred{Username: user, Password: pass})
+			if res.OK || res.Error != descLinkLocal {
+				t.Errorf("probe = %+v, want the refusal %q", res, descLinkLocal)
+			}
+			for _, d := range n.Dialled() {
+				if strings.HasPrefix(d, tt.metaAddr+":") || strings.HasPrefix(d, "["+tt.metaAddr+"]:") {
+					t.Errorf("dialled %s", d)
+				}
 			}
 		})
 	}
