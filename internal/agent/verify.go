@@ -129,7 +129,11 @@ func (a *Agent) afterWrite(ctx context.Context, logins []login, results []nodefi
 		return false
 	}
 	kept, fresh := map[string]bool{}, map[string]bool{}
+	// In force only where every target was synced: a target that failed
+	// said nothing of what it holds.
+	synced := len(results) > 0
 	for _, r := range results {
+		synced = synced && r.Err == nil
 		for _, k := range r.Kept {
 			kept[dockercfg.Normalize(k)] = true
 		}
@@ -145,7 +149,9 @@ func (a *Agent) afterWrite(ctx context.Context, logins []login, results []nodefi
 		switch {
 		case l.host == "" || l.result.Verdict != verifier.Pending:
 		case !l.kept && !fresh[n]:
-			v.Settle(l.host, l.cred)
+			if synced {
+				v.Settle(l.host, l.cred)
+			}
 		case started[l.source] >= maxLoginsPerSource:
 			v.Skip(l.host, l.cred, fmt.Sprintf("more than %d credentials of one Secret changed at once; the rest are applied unverified", maxLoginsPerSource))
 			waiting = waiting || l.kept // applied at the next sync, which the verdict brings
