@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -316,5 +317,19 @@ func TestVerifyWhatChanges(t *testing.T) {
 		if got := passwordIn(t, target, k); got != "pw-5" {
 			t.Fatalf("%s holds %q after the rotation, want the new password", k, got)
 		}
+	}
+}
+
+// TestNothingInForceAfterAFailedWrite: entries a failed sync did not
+// write are not taken for the node's own (then applied unverified later).
+func TestNothingInForceAfterAFailedWrite(t *testing.T) {
+	reg := &registryDouble{}
+	v := verifier.New(reg, verifier.Options{})
+	files := &fakeFiles{injectError: errors.New("disk full")}
+	src := &fakeSource{snaps: []source.Snapshot{snap("ns/a", "r.test", "u")}}
+	a := New(src, files, Options{Targets: []string{"/t"}, Verifier: v}, logrus.NewEntry(logrus.New()))
+	a.Sync(t.Context(), "test")
+	if got := v.Check("r.test", kubeletcred.Cred{Key: "r.test", Username: "u", Password: "p"}); got.Verdict != verifier.Pending {
+		t.Errorf("after a failed write: %v, want pending", got.Verdict)
 	}
 }
