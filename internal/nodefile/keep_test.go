@@ -2,10 +2,16 @@ package nodefile
 
 import (
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // TestMergeKeep: an entry held back for a login keeps nodecreds' previous
@@ -89,5 +95,74 @@ func TestMergeKeep(t *testing.T) {
 				t.Errorf("a kept entry is marked stale")
 			}
 		})
+	}
+}
+
+// TestKeepThroughTheEngine: on real files, an entry held back stays
+// nodecreds' own (the record unchanged), in both readers' files and under
+// its old spelling; a later sync without the hold replaces it; cleanup
+// removes it and restores the entry it displaced; the rejections file
+// round-trips and goes when empty.
+func TestKeepThroughTheEngine(t *testing.T) {
+	e, root := newEngine(t)
+	ctx := t.Context()
+	kubelet := filepath.Join(root, kubeletFile)
+	testsupport.WriteFile(t, kubelet, `{"auths":{"r.io":{"auth":"`+testsupport.B64("admin:theirs")+`"}}}`, 0o600)
+	targets := []string{kubeletFile, dockerFile}
+	sync := func(key, pw string, keep bool) []Result {
+		t.Helper()
+		d := Desired{Sources: []dockercfg.NamedSet{{Name: "ns/a", Set: dockercfg.Set{{Key: key, Entry: dockercfg.Entry{Username: "u", Password: pw}}}}}, Prune: true}
+		if keep {
+			d.Keep = map[KeepID]bool{{Source: "ns/a", Registry: "r.io"}: true}
+		}
+		res, err := e.Sync(ctx, targets, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range res {
+			if r.Err != nil {
+				t.Fatal(r.Err)
+			}
+		}
+		return res
+	}
+	sync("r.io", "pw-1", false)
+	res := sync("https://r.io", "pw-2", true)
+	for _, r := range res {
+		if !slices.Equal(r.Kept, []string{"r.io"}) || r.Changed {
+			t.Errorf("%s: kept %v, changed %v; want r.io kept, nothing written", r.Target, r.Kept, r.Changed)
+		}
+	}
+	if got := authOf(t, kubelet, "r.io"); got != testsupport.B64("u:pw-1") {
+		t.Fatalf("the held entry changed: %q", got)
+	}
+	sync("https://r.io", "pw-2", false)
+	if authOf(t, kubelet, "r.io") != "" || authOf(t, kubelet, "https://r.io") != testsupport.B64("u:pw-2") {
+		t.Fatal("without the hold the new spelling and value did not replace the old")
+	}
+	if _, err := e.Cleanup(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if authOf(t, kubelet, "https://r.io") != "" || authOf(t, kubelet, "r.io") != testsupport.B64("admin:theirs") {
+		t.Fatal("cleanup did not remove ours and restore the displaced entry")
+	}
+
+	rs := []Rejection{{Host: "r.io", Digest: strings.Repeat("ab", 32), Status: 401, Reason: "UNAUTHORIZED"}}
+	if err := e.SaveRejections(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.Stat(filepath.Join(root, stateDir, rejectionsFileName))
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("rejections file: %v, mode %v", err, info)
+	}
+	got, err := e.LoadRejections(ctx)
+	if err != nil || !slices.Equal(got, rs) {
+		t.Fatalf("loaded %+v, %v; want %+v", got, err, rs)
+	}
+	if err := e.SaveRejections(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, stateDir, rejectionsFileName)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("an empty rejections file is kept: %v", err)
 	}
 }
