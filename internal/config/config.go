@@ -133,7 +133,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	stateDirFlag(fs)
 	fs.String("node-name", "", "this node's name (default $NODE_NAME)")
 	fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster)")
-	fs.Bool("once", false, "apply once and exit: 0 when every target is in sync, 1 on any error")
+	fs.Bool("once", false, "apply once and exit: 0 when every target is in sync, 1 on any error (credentials a registry rejected or that expired included)")
 	fs.Bool("prune", true, "remove entries that left the sources")
 	fs.Duration("resync", 5*time.Minute, "period of the full re-check")
 	fs.String("metrics-addr", DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; 0 disables")
