@@ -115,12 +115,15 @@ type id struct {
 
 // cred is one credential's login state.
 type cred struct {
-	login    kubeletcred.Cred
-	known    bool // login is set (a rejection loaded from the Store has none yet)
-	result   Result
-	due      time.Time // when the next login is made (zero: none scheduled)
-	retry    time.Duration
-	retries  int
+	login   kubeletcred.Cred
+	known   bool // login is set (a rejection loaded from the Store has none yet)
+	result  Result
+	due     time.Time // when the next login is made (zero: none scheduled)
+	retry   time.Duration
+	retries int
+	// recheck: a rejection loaded from the Store, logged in with again
+	// once by this process (Wait waits for it).
+	recheck  bool
 	inFlight bool
 	seen     uint64 // the generation that last asked for it
 }
@@ -211,7 +214,10 @@ func (v *Verifier) Check(host string, c kubeletcred.Cred) Result {
 	if !cr.known {
 		cr.login, cr.known = c, true
 		if cr.result.Verdict == Rejected && cr.due.IsZero() && !cr.inFlight {
-			v.retryLater(cr)
+			// Rejected by an earlier process: asked again once now,
+			// then on the retry schedule.
+			cr.recheck, cr.due = true, v.now().Add(v.jitter(v.opts.Spread))
+			v.poke()
 		}
 	}
 	cr.seen = v.gen
@@ -356,10 +362,10 @@ func (v *Verifier) Wait(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// busy: a credential still waits for its first verdict.
+// busy: a credential still waits for its first verdict in this process.
 func (v *Verifier) busy() bool {
 	for _, cr := range v.creds {
-		if cr.result.Verdict == Pending && (cr.inFlight || !cr.due.IsZero()) {
+		if (cr.result.Verdict == Pending || cr.recheck) && (cr.inFlight || !cr.due.IsZero()) {
 			return true
 		}
 	}
@@ -478,7 +484,7 @@ func (v *Verifier) login(ctx context.Context, k id, cr *cred) {
 func (v *Verifier) record(ctx context.Context, k id, cr *cred, res Result) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	cr.inFlight = false
+	cr.inFlight, cr.recheck = false, false
 	if ctx.Err() != nil {
 		return false // stopping: no verdict from a cancelled login
 	}

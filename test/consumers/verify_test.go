@@ -253,3 +253,49 @@ func runBinary(t *testing.T, args ...string) (string, string, int) {
 	t.Fatal(err)
 	return "", "", 0
 }
+
+// TestOnceHoldsBackARejection: `sync --once` (bootstrap, cron) verifies
+// before it exits: a password the real registry rejects is not written
+// over a working one and the run exits 1; the rejection outlives the
+// process, so the next run, with the registry down, still holds it back;
+// once the registry accepts it, a run applies it and exits 0.
+func TestOnceHoldsBackARejection(t *testing.T) {
+	reg := startRegistry(t, "alice", "good-pw")
+	root := t.TempDir()
+	secretDir := t.TempDir()
+	setPassword := func(pw string) {
+		t.Helper()
+		data := `{"auths":{"` + reg.addr + `":{"username":"alice","password":"` + pw + `"}}}`
+		if err := os.WriteFile(filepath.Join(secretDir, ".dockerconfigjson"), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	once := func() (int, string) {
+		t.Helper()
+		out, stderr, code := runBinary(t, "sync", "--once", "--source", "dir", "--secret-dir", secretDir, "--host-root", root, "--metrics-addr", "0")
+		return code, out + stderr
+	}
+	kubelet := filepath.Join(root, "var/lib/kubelet/config.json")
+	holds := func(pw string) bool {
+		data, err := os.ReadFile(kubelet)
+		return err == nil && strings.Contains(string(data), testsupport.B64("alice:"+pw))
+	}
+	setPassword("good-pw")
+	if code, out := once(); code != 0 || !holds("good-pw") {
+		t.Fatalf("first run: exit %d\n%s", code, out)
+	}
+	setPassword("typo-pw")
+	code, out := once()
+	if code != 1 || !holds("good-pw") || !strings.Contains(out, "rejected") {
+		t.Fatalf("with a rejected password: exit %d (want 1), old one kept %v\n%s", code, holds("good-pw"), out)
+	}
+	assertNoPasswords(t, "sync --once", out, "good-pw", "typo-pw")
+	reg.stop()
+	if code, out := once(); code != 1 || !holds("good-pw") {
+		t.Fatalf("registry down after a rejection: exit %d, old one kept %v (a rejection must not be applied because the registry cannot be asked)\n%s", code, holds("good-pw"), out)
+	}
+	reg.start("alice", "typo-pw")
+	if code, out := once(); code != 0 || !holds("typo-pw") {
+		t.Fatalf("registry accepts it now: exit %d, applied %v\n%s", code, holds("typo-pw"), out)
+	}
+}
