@@ -34,10 +34,10 @@ func wantHeader(pass string) string {
 	return `Authorization = "Basic ` + base64.StdEncoding.EncodeToString([]byte("robot:"+pass)) + `"`
 }
 
-func hostsTOMLFiles(agents []*agent) []string {
+func hostsTOMLFiles(agents []*agent, registry string) []string {
 	out := make([]string, len(agents))
 	for i, a := range agents {
-		out[i] = filepath.Join(a.root, certsDir, reg, "hosts.toml")
+		out[i] = filepath.Join(a.root, certsDir, registry, "hosts.toml")
 	}
 	return out
 }
@@ -61,7 +61,7 @@ func measureHostsTOML(ctx context.Context, c *cluster.Cluster, cfg config, agent
 	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
-	files := hostsTOMLFiles(agents)
+	files := hostsTOMLFiles(agents, res.registry)
 	// The folders do not exist until the agents create them: wait for
 	// them (the opt-in is not a measurement), then watch them.
 	if err := waitContains(ctx, files, wantHeader(fmt.Sprintf("v%d", cfg.rotations)), 2*time.Minute); err != nil {
@@ -80,7 +80,7 @@ func measureHostsTOML(ctx context.Context, c *cluster.Cluster, cfg config, agent
 		if err != nil {
 			return err
 		}
-		s.Data[corev1.DockerConfigJsonKey] = secretData(pass)
+		s.Data[corev1.DockerConfigJsonKey] = secretData(res.registry, pass)
 		t0 := time.Now()
 		if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			return err
