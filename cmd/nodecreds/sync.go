@@ -112,14 +112,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 	p.health = &metrics.Health{}
 	m := metrics.NewMetrics(p.reg)
 	var verify agent.Verifier
-	if cfg.Verify == config.VerifyOn {
-		p.verifier = verifier.New(check.RegistryProber{Timeout: loginTimeout},
-			verifier.Options{Spread: cfg.VerifySpread, Retry: cfg.VerifyRetry, MaxRetry: verifier.DefaultMaxRetry, Metrics: m, Store: files})
-		if err := p.verifier.Load(ctx); err != nil {
-			// Only the verdicts are lost: the credentials are logged in
-			// with again.
-			log.WithError(err).Warn("rejected credentials recorded before cannot be read")
-		}
+	if p.verifier = newVerifier(ctx, cfg, files, m, log); p.verifier != nil {
 		verify = p.verifier
 	}
 	p.agent = agent.New(p.src, files, agent.Options{
@@ -137,6 +130,21 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 		Expiry:    agent.ExpiryOptions{WarnShare: cfg.ExpiryWarnShare, WarnMin: cfg.ExpiryWarnMin},
 	}, log.WithField("component", "agent"))
 	return p, nil
+}
+
+// newVerifier is the verification logins' verifier, nil with --verify=off.
+func newVerifier(ctx context.Context, cfg config.Sync, files *nodefile.Engine, m *metrics.Metrics, log *logrus.Logger) *verifier.Verifier {
+	if cfg.Verify != config.VerifyOn {
+		return nil
+	}
+	v := verifier.New(check.RegistryProber{Timeout: loginTimeout},
+		verifier.Options{Spread: cfg.VerifySpread, Retry: cfg.VerifyRetry, MaxRetry: verifier.DefaultMaxRetry, Metrics: m, Store: files})
+	if err := v.Load(ctx); err != nil {
+		// Only the verdicts are lost: those credentials are logged in
+		// with again, as new ones are.
+		log.WithError(err).Warn("rejected credentials recorded before cannot be read")
+	}
+	return v
 }
 
 // runtimeVersion is the Node's container runtime and version

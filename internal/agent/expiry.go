@@ -197,8 +197,21 @@ func (a *Agent) expiryOf(g source.Snapshot, first, now time.Time) Expiry {
 // warnMargin is how long before the expiry credentials of that lifetime
 // count as expiring.
 func (a *Agent) warnMargin(lifetime time.Duration) time.Duration {
-	return max(time.Duration(a.opts.Expiry.WarnShare*float64(lifetime)), a.opts.Expiry.WarnMin)
+	// A far expiry (RFC 3339 reaches year 9999) makes a lifetime at the
+	// edge of time.Duration: its share is figured in float and clamped,
+	// never converted past the edge.
+	share := min(a.opts.Expiry.WarnShare*float64(lifetime), float64(maxMargin))
+	return max(time.Duration(share), a.opts.Expiry.WarnMin)
 }
+
+// maxMargin is the longest warning: a century, well inside time.Duration.
+const maxMargin = 100 * 365 * 24 * time.Hour
+
+// maxWake bounds the wait for the next expiry threshold: a date centuries
+// ahead would overflow time.Duration (and a negative wait would fire at
+// once, again and again); waking once a day and working it out afresh
+// costs nothing.
+const maxWake = 24 * time.Hour
 
 // logState logs a source's expiry state when it changes: nothing while
 // fresh from the start, a warning, an error, and when a refresh clears it.
@@ -225,7 +238,7 @@ func (a *Agent) wakeIn(e Expiries) (time.Duration, bool) {
 	if e.Next.IsZero() {
 		return 0, false
 	}
-	return max(e.Next.Sub(a.expiryNow()), 0) + 50*time.Millisecond, true
+	return min(max(e.Next.Sub(a.expiryNow()), 0), maxWake) + 50*time.Millisecond, true
 }
 
 // report adds the expiry to a status: an expiry passed is a problem (the

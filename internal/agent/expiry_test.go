@@ -316,3 +316,18 @@ func (e expiryAgent) family(t *testing.T, name string) []*dto.Metric {
 	}
 	return nil
 }
+
+// TestFarExpiryWakesRarely: an expiry centuries ahead (valid RFC 3339)
+// neither overflows the wait for the next threshold into a negative one
+// (a timer firing after every sync) nor the warning margin.
+func TestFarExpiryWakesRarely(t *testing.T) {
+	a := New(&fakeSource{}, &fakeFiles{}, Options{Expiry: ExpiryOptions{WarnShare: 0.1, WarnMin: 15 * time.Minute}}, logrus.NewEntry(logrus.New()))
+	far := time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+	in, ok := a.wakeIn(Expiries{Next: far})
+	if !ok || in <= 0 || in > maxWake+time.Second {
+		t.Errorf("wake in %s for an expiry in year 9999, want at most %s", in, maxWake)
+	}
+	if m := a.warnMargin(time.Duration(1<<63 - 1)); m <= 0 {
+		t.Errorf("warning margin %s for the longest lifetime", m)
+	}
+}
