@@ -138,7 +138,8 @@ func newVerifier(ctx context.Context, cfg config.Sync, files *nodefile.Engine, m
 		return nil
 	}
 	v := verifier.New(check.RegistryProber{Timeout: loginTimeout},
-		verifier.Options{Spread: cfg.VerifySpread, Retry: cfg.VerifyRetry, MaxRetry: verifier.DefaultMaxRetry, Metrics: m, Store: files})
+		verifier.Options{Spread: cfg.VerifySpread, Retry: cfg.VerifyRetry, MaxRetry: verifier.DefaultMaxRetry, Metrics: m, Store: files,
+			Deadline: cfg.VerifySpread + loginTimeout + 5*time.Second})
 	if err := v.Load(ctx); err != nil {
 		// Only the verdicts are lost: those credentials are logged in
 		// with again, as new ones are.
@@ -227,7 +228,7 @@ func runOnce(ctx context.Context, p *parts) error {
 			return err
 		}
 	}
-	if o.Err != nil || o.PluginErr != nil || !o.Status().OK {
+	if o.Err != nil || o.PluginErr != nil || o.Verifying || !o.Status().OK {
 		return errFailed // each problem was logged with its details
 	}
 	return nil

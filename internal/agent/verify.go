@@ -26,6 +26,8 @@ type Verifier interface {
 	Start(host string, c kubeletcred.Cred)
 	// Settle marks c, never started, as in the node's files already.
 	Settle(host string, c kubeletcred.Cred)
+	// Waiting reports whether c's first login is still to answer.
+	Waiting(host string, c kubeletcred.Cred) bool
 	// Skip gives c, never started, the verdict Unverifiable with reason.
 	Skip(host string, c kubeletcred.Cred, reason string)
 	// Sweep forgets what no Check asked about since the last Sweep (and
@@ -142,6 +144,7 @@ func (a *Agent) afterWrite(ctx context.Context, logins []login, results []nodefi
 		}
 	}
 	started := map[string]int{}
+	var inForce []*login
 	for i := range logins {
 		l := &logins[i]
 		n := dockercfg.Normalize(l.key)
@@ -149,17 +152,25 @@ func (a *Agent) afterWrite(ctx context.Context, logins []login, results []nodefi
 		switch {
 		case l.host == "" || l.result.Verdict != verifier.Pending:
 		case !l.kept && !fresh[n]:
-			if synced {
-				v.Settle(l.host, l.cred)
-			}
+			inForce = append(inForce, l)
 		case started[l.source] >= maxLoginsPerSource:
 			v.Skip(l.host, l.cred, fmt.Sprintf("more than %d credentials of one Secret changed at once; the rest are applied unverified", maxLoginsPerSource))
-			waiting = waiting || l.kept // applied at the next sync, which the verdict brings
 		default:
 			started[l.source]++
 			v.Start(l.host, l.cred)
-			waiting = waiting || l.kept
 		}
+	}
+	// After the logins are started: one credential can stand for two
+	// keys (a robot account for two paths of a registry), one in the
+	// files already and one changed; Settle leaves one whose login is
+	// scheduled alone.
+	for _, l := range inForce {
+		if synced {
+			v.Settle(l.host, l.cred)
+		}
+	}
+	for _, l := range logins {
+		waiting = waiting || l.kept && l.host != "" && v.Waiting(l.host, l.cred)
 	}
 	if err := v.Sweep(ctx); err != nil {
 		a.log.WithError(err).Warn("rejected credentials not saved; a restarted agent would log in with them again")

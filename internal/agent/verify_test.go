@@ -333,3 +333,34 @@ func TestNothingInForceAfterAFailedWrite(t *testing.T) {
 		t.Errorf("after a failed write: %v, want pending", got.Verdict)
 	}
 }
+
+// TestOneCredentialTwoKeys: a robot account for two paths of one registry,
+// one path already holding the new password, the other changing to it:
+// the change still waits for its login, and a rejection keeps the old
+// password on the changing path (an agent just started, knowing nothing).
+func TestOneCredentialTwoKeys(t *testing.T) {
+	root := t.TempDir()
+	target := filepath.Join(root, "var/lib/kubelet/config.json")
+	files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
+	entry := func(pw string) dockercfg.Entry { return dockercfg.Entry{Username: "u", Password: pw} }
+	src := &fakeSource{snaps: []source.Snapshot{{Name: "ns/a", Revision: "1", Set: dockercfg.Set{{Key: "r.test/a", Entry: entry("pw-2")}, {Key: "r.test/b", Entry: entry("pw-1")}}}}}
+	opts := Options{Targets: []string{"/var/lib/kubelet/config.json"}, HostRoot: root, Prune: true}
+	New(src, files, opts, logrus.NewEntry(logrus.New())).Sync(t.Context(), "setup")
+
+	reg := &registryDouble{} // accepts nothing
+	v := verifier.New(reg, verifier.Options{Retry: time.Hour})
+	go v.Run(t.Context()) // returns nil when ctx ends
+	opts.Verifier = v
+	a := New(src, files, opts, logrus.NewEntry(logrus.New()))
+	src.snaps = []source.Snapshot{{Name: "ns/a", Revision: "2", Set: dockercfg.Set{{Key: "r.test/a", Entry: entry("pw-2")}, {Key: "r.test/b", Entry: entry("pw-2")}}}}
+	if o := a.Sync(t.Context(), "test"); !o.Verifying {
+		t.Fatal("the changed path did not wait for its login")
+	}
+	if err := v.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	o := a.Sync(t.Context(), "test")
+	if got := passwordIn(t, target, "r.test/b"); got != "pw-1" || reg.logins != 1 || o.Status().Reason != "CredentialsRejected" {
+		t.Errorf("r.test/b holds %q after a rejection (want pw-1), %d logins, status %+v", got, reg.logins, o.Status())
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 
+	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
@@ -52,8 +53,9 @@ type rejectionsFile struct {
 	Rejected []Rejection `json:"rejected"`
 }
 
-// maxRejections bounds the file: as many as one Secret holds entries.
-const maxRejections = 10_000
+// maxRejections bounds the file: as many entries as all sources together
+// may hold (the engine refuses more), each rejected at most once.
+const maxRejections = dockercfg.MaxEntries
 
 // LoadRejections reads the rejected credentials recorded (none when the
 // file is missing).

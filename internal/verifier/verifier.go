@@ -88,7 +88,11 @@ type Options struct {
 	Retry, MaxRetry time.Duration
 	// Workers bounds the logins made at once.
 	Workers int
-	Metrics *metrics.Metrics // optional
+	// Deadline bounds the wait for a first verdict, from Start: past it,
+	// queued behind other logins, a credential is Unverifiable (applied).
+	// Spread plus 20 s when zero.
+	Deadline time.Duration
+	Metrics  *metrics.Metrics // optional
 	// Store keeps rejections across restarts (optional).
 	Store Store
 }
@@ -119,6 +123,7 @@ type cred struct {
 	known   bool // login is set (a rejection loaded from the Store has none yet)
 	result  Result
 	due     time.Time // when the next login is made (zero: none scheduled)
+	started time.Time // when the first login was asked for (Start)
 	retry   time.Duration
 	retries int
 	// recheck: a rejection loaded from the Store, logged in with again
@@ -144,7 +149,13 @@ type Verifier struct {
 	// the saves.
 	saved  string
 	saveMu sync.Mutex
+	loaded time.Time // when Load ran
 }
+
+// keepLoaded is how long a rejection loaded from the Store is kept
+// although no source asked about it: a Secret that cannot be read at the
+// agent's start is not a Secret gone.
+const keepLoaded = 24 * time.Hour
 
 // New returns a Verifier; Run makes its logins.
 func New(prober Prober, opts Options) *Verifier {
@@ -159,6 +170,9 @@ func New(prober Prober, opts Options) *Verifier {
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = defaultWorkers
+	}
+	if opts.Deadline <= 0 {
+		opts.Deadline = opts.Spread + 20*time.Second
 	}
 	v := &Verifier{prober: prober, opts: opts, now: time.Now, creds: map[id]*cred{}, wake: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
 	v.idle = sync.NewCond(&v.mu)
@@ -195,7 +209,7 @@ func (v *Verifier) Load(ctx context.Context) error {
 		k := id{host: r.Host, digest: [sha256.Size]byte(d)}
 		v.creds[k] = &cred{result: Result{Verdict: Rejected, Status: r.Status, Reason: r.Reason}, seen: v.gen}
 	}
-	v.saved = rejectedKey(v.rejected())
+	v.saved, v.loaded = rejectedKey(v.rejected()), v.now()
 	return nil
 }
 
@@ -235,12 +249,17 @@ func (v *Verifier) Settle(host string, c kubeletcred.Cred) {
 }
 
 // Skip gives c, pending, the verdict Unverifiable with reason, without a
-// login (more changed at once than are verified).
+// login (more changed at once than are verified); Changed fires, so the
+// agent applies it.
 func (v *Verifier) Skip(host string, c kubeletcred.Cred, reason string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if cr := v.creds[idOf(host, c)]; cr != nil && cr.result.Verdict == Pending && cr.due.IsZero() && !cr.inFlight {
 		cr.result = Result{Verdict: Unverifiable, Reason: reason, At: v.now()}
+		select {
+		case v.changed <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -276,8 +295,17 @@ func (v *Verifier) Start(host string, c kubeletcred.Cred) {
 	if cr.result.Verdict != Pending || cr.inFlight || !cr.due.IsZero() {
 		return
 	}
-	cr.due = v.now().Add(v.jitter(v.opts.Spread))
+	cr.started = v.now()
+	cr.due = cr.started.Add(v.jitter(v.opts.Spread))
 	v.poke()
+}
+
+// Waiting reports whether c's first login at host is still to answer.
+func (v *Verifier) Waiting(host string, c kubeletcred.Cred) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	cr := v.creds[idOf(host, c)]
+	return cr != nil && cr.result.Verdict == Pending && (cr.inFlight || !cr.due.IsZero())
 }
 
 // Sweep forgets the credentials no Check asked about since the last
@@ -285,7 +313,7 @@ func (v *Verifier) Start(host string, c kubeletcred.Cred) {
 func (v *Verifier) Sweep(ctx context.Context) error {
 	v.mu.Lock()
 	for k, cr := range v.creds {
-		if cr.seen != v.gen && !cr.inFlight {
+		if cr.seen != v.gen && !cr.inFlight && (cr.known || v.now().Sub(v.loaded) > keepLoaded) {
 			delete(v.creds, k)
 		}
 	}
@@ -391,20 +419,39 @@ func (v *Verifier) Run(ctx context.Context) error {
 	slots := make(chan struct{}, v.opts.Workers)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	// While every worker is busy, Run waits for one: the deadlines of
+	// the logins queued meanwhile are kept by a tick of their own.
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				v.mu.Lock()
+				v.expireLate(v.now())
+				v.mu.Unlock()
+			}
+		}
+	}()
 	for {
+		// A worker first, then the login: one taken while every worker
+		// is busy would sit marked in flight, out of its deadline's reach.
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
 		k, cr, wait := v.next()
 		if cr != nil {
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				return nil
-			}
 			go func() {
 				defer func() { <-slots }()
 				v.login(ctx, k, cr)
 			}()
 			continue
 		}
+		<-slots
 		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
@@ -422,18 +469,53 @@ func (v *Verifier) next() (id, *cred, time.Duration) {
 	defer v.mu.Unlock()
 	now := v.now()
 	wait := time.Hour
+	var (
+		first *cred
+		fk    id
+	)
+	v.expireLate(now)
 	for k, cr := range v.creds {
 		if cr.due.IsZero() || cr.inFlight {
 			continue
 		}
 		if d := cr.due.Sub(now); d > 0 {
 			wait = min(wait, d)
+			if cr.result.Verdict == Pending && !cr.started.IsZero() {
+				wait = min(wait, cr.started.Add(v.opts.Deadline).Sub(now))
+			}
 			continue
 		}
-		cr.inFlight, cr.due = true, time.Time{}
-		return k, cr, 0
+		// The longest due first: logins are taken in the order they
+		// were asked for, whatever Secret asked.
+		if first == nil || cr.due.Before(first.due) {
+			first, fk = cr, k
+		}
 	}
-	return id{}, nil, wait
+	if first != nil {
+		first.inFlight, first.due = true, time.Time{}
+		return fk, first, 0
+	}
+	return id{}, nil, max(wait, 0)
+}
+
+// expireLate gives the verdict Unverifiable to the credentials still
+// queued (not in flight) past their deadline, behind other logins: they
+// are applied rather than held back any longer (v.mu held).
+func (v *Verifier) expireLate(now time.Time) {
+	late := false
+	for _, cr := range v.creds {
+		if cr.result.Verdict == Pending && !cr.inFlight && !cr.due.IsZero() && !cr.started.IsZero() && !now.Before(cr.started.Add(v.opts.Deadline)) {
+			cr.due, cr.result = time.Time{}, Result{Verdict: Unverifiable, Reason: "not verified in time: other logins queued before it", At: now}
+			late = true
+		}
+	}
+	if late {
+		v.idle.Broadcast()
+		select {
+		case v.changed <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // login asks the registry and records the verdict.

@@ -263,3 +263,41 @@ func TestRetriesSlowDown(t *testing.T) {
 		t.Errorf("%d logins, want the first and %d quick retries", calls, quickRetries)
 	}
 }
+
+// hang answers no login until released.
+type hang struct{ release chan struct{} }
+
+func (h hang) Probe(ctx context.Context, _, _ string, _ kubeletcred.Cred) check.ProbeResult {
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+	}
+	return check.ProbeResult{Error: "timed out"}
+}
+
+// TestQueuedPastTheDeadline: logins queued behind others that do not
+// answer get the verdict Unverifiable at their deadline (applied), so no
+// Secret's logins hold another's rotation back for long.
+func TestQueuedPastTheDeadline(t *testing.T) {
+	h := hang{release: make(chan struct{})}
+	defer close(h.release)
+	v := New(h, Options{Workers: 1, Deadline: 1500 * time.Millisecond})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go v.Run(ctx) // returns nil when ctx ends
+	blocker := kubeletcred.Cred{Username: "u", Password: "slow"}
+	v.Check("black.hole", blocker)
+	v.Start("black.hole", blocker)
+	time.Sleep(100 * time.Millisecond)
+	queued := kubeletcred.Cred{Username: "u", Password: "good"}
+	v.Check("r.test", queued)
+	v.Start("r.test", queued)
+	select {
+	case <-v.Changed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no verdict for a login queued past its deadline")
+	}
+	if got := v.Check("r.test", queued); got.Verdict != Unverifiable {
+		t.Errorf("queued past its deadline: %v, want unverifiable", got.Verdict)
+	}
+}

@@ -86,8 +86,11 @@ func TestExpiryAlertsEndToEnd(t *testing.T) {
 			return nil, time.Time{}, err
 		}
 		at, err := time.Parse(time.RFC3339, s.Annotations["nodecreds.io/expires-at"])
-		if err != nil || at.Unix() != expires {
-			return nil, time.Time{}, fmt.Errorf("the recipe renders nodecreds.io/expires-at %q from expires_at %d (%v)", s.Annotations["nodecreds.io/expires-at"], expires, err)
+		if err != nil {
+			return nil, time.Time{}, fmt.Errorf("the recipe renders nodecreds.io/expires-at %q: %w", s.Annotations["nodecreds.io/expires-at"], err)
+		}
+		if at.Unix() != expires {
+			return nil, time.Time{}, fmt.Errorf("the recipe renders nodecreds.io/expires-at %q from expires_at %d", s.Annotations["nodecreds.io/expires-at"], expires)
 		}
 		return s, at, nil
 	}

@@ -115,8 +115,11 @@ func (m *monitor) scrape(ctx context.Context) (observation, error) {
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return o, fmt.Errorf("scraping %s: %s %v", m.url, resp.Status, err)
+	if err != nil {
+		return o, fmt.Errorf("scraping %s: %w", m.url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return o, fmt.Errorf("scraping %s: %s", m.url, resp.Status)
 	}
 	o.Body = string(body)
 	parser := expfmt.NewTextParser(model.UTF8Validation)
@@ -136,7 +139,7 @@ func (m *monitor) scrape(ctx context.Context) (observation, error) {
 		o.Samples = append(o.Samples, sample{ls, v})
 		return nil
 	}
-	up := labels.NewBuilder(m.target).Set(labels.MetricName, "up").Labels()
+	up := labels.NewBuilder(m.target).Set(model.MetricNameLabel, "up").Labels()
 	if err := add(up, 1); err != nil {
 		return o, err
 	}
@@ -149,7 +152,7 @@ func (m *monitor) scrape(ctx context.Context) (observation, error) {
 			if !ok {
 				return o, fmt.Errorf("%s is a %s: only gauges, counters and untyped series are kept", name, f.GetType())
 			}
-			b := labels.NewBuilder(m.target).Set(labels.MetricName, name)
+			b := labels.NewBuilder(m.target).Set(model.MetricNameLabel, name)
 			for _, l := range s.GetLabel() {
 				if m.target.Has(l.GetName()) {
 					// honor_labels: false, as the ServiceMonitor leaves it.
@@ -211,7 +214,7 @@ func sampleValue(typ dto.MetricType, s *dto.Metric) (float64, bool) {
 // want (false when there is none).
 func (o observation) value(name string, want map[string]string) (float64, bool) {
 	for _, s := range o.Samples {
-		match := s.Labels.Get(labels.MetricName) == name
+		match := s.Labels.Get(model.MetricNameLabel) == name
 		for k, w := range want {
 			match = match && s.Labels.Get(k) == w
 		}
