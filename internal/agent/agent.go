@@ -165,7 +165,10 @@ type Agent struct {
 	// version and when it was first seen.
 	loginsSaid map[string]string
 	seen       map[string]seenVersion
-	expiry     *expiryTracker // expiry.go; nil until the first sync
+	// overVerified: the sources were found to name more registries than
+	// are verified (said once).
+	overVerified bool
+	expiry       *expiryTracker // expiry.go; nil until the first sync
 }
 
 // poller is a source that may poll instead of watching (a mounted folder

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -79,23 +80,24 @@ func (a *Agent) logins(d nodefile.Desired) ([]login, map[nodefile.KeepID]bool) {
 	}
 	var out []login
 	keep := map[nodefile.KeepID]bool{}
-	// Only what the node gets: an entry another source wins over is
-	// never written, and has nothing to verify.
-	wins := map[[2]string]bool{}
-	for _, r := range []dockercfg.Reader{dockercfg.Kubelet, dockercfg.DockerCLI} {
-		view, _ := dockercfg.View(r, d.Sources...)
-		for _, it := range view {
-			wins[[2]string{it.Source, dockercfg.Normalize(it.Key)}] = true
-		}
-	}
+	// Only what the node gets: the first source to name a registry wins
+	// it (dockercfg.View's rule); another's entry for it is never
+	// written, and has nothing to verify.
+	winner := map[string]string{}
 	for _, ns := range d.Sources {
-		if a.lastGood[ns.Name].NoVerify {
-			continue
-		}
+		noVerify := a.lastGood[ns.Name].NoVerify
 		for _, it := range ns.Set {
-			if !wins[[2]string{ns.Name, dockercfg.Normalize(it.Key)}] {
+			n := dockercfg.Normalize(it.Key)
+			w, seen := winner[n]
+			if !seen && len(winner) >= maxVerified {
+				a.sayOverVerified()
+				return out, keep
+			}
+			if seen && w != ns.Name || noVerify {
+				winner[n] = cmp.Or(w, ns.Name)
 				continue
 			}
+			winner[n] = ns.Name
 			l := login{source: ns.Name, key: it.Key}
 			if why := unverifiable(it.Key, it.Entry); why != "" {
 				l.result = verifier.Result{Verdict: verifier.Unverifiable, Reason: why}
@@ -106,12 +108,28 @@ func (a *Agent) logins(d nodefile.Desired) ([]login, map[nodefile.KeepID]bool) {
 			l.cred = kubeletcred.Cred{Key: it.Key, Username: it.Entry.Username, Password: it.Entry.Password}
 			l.result = v.Check(l.host, l.cred)
 			if l.result.Verdict == verifier.Pending || l.result.Verdict == verifier.Rejected {
-				keep[nodefile.KeepID{Source: ns.Name, Registry: dockercfg.Normalize(it.Key)}] = true
+				keep[nodefile.KeepID{Source: ns.Name, Registry: n}] = true
 			}
 			out = append(out, l)
 		}
 	}
 	return out, keep
+}
+
+// maxVerified bounds the registries verification looks at, all sources
+// together in precedence order: what it keeps per entry (the verdict, the
+// hold, the login to make) must not grow an agent holding the largest
+// Secrets past its memory limit. The registries after them are applied
+// unverified, which the log says once.
+const maxVerified = 1024
+
+// sayOverVerified logs, once, that some registries are not verified.
+func (a *Agent) sayOverVerified() {
+	if a.overVerified {
+		return
+	}
+	a.overVerified = true
+	a.log.WithField("verified", maxVerified).Warn("the sources name more registries than are verified; the rest are applied without a login")
 }
 
 // maxLoginsPerSource bounds the logins one sync starts for one source: a

@@ -364,3 +364,20 @@ func TestOneCredentialTwoKeys(t *testing.T) {
 		t.Errorf("r.test/b holds %q after a rejection (want pw-1), %d logins, status %+v", got, reg.logins, o.Status())
 	}
 }
+
+// TestVerificationIsBounded: however many registries the sources name,
+// verification looks at maxVerified of them (its memory per entry stays
+// within the agent's limit); the rest are applied as they come.
+func TestVerificationIsBounded(t *testing.T) {
+	var set dockercfg.Set
+	for i := range maxVerified + 100 {
+		set = append(set, dockercfg.Item{Key: fmt.Sprintf("r%d.test", i), Entry: dockercfg.Entry{Username: "u", Password: "p"}})
+	}
+	src := &fakeSource{snaps: []source.Snapshot{{Name: "ns/a", Revision: "1", Set: set}}}
+	v := verifier.New(&registryDouble{}, verifier.Options{})
+	a := New(src, &fakeFiles{}, Options{Targets: []string{"/t"}, Verifier: v}, logrus.NewEntry(logrus.New()))
+	o := a.Sync(t.Context(), "test")
+	if len(o.Logins) != maxVerified {
+		t.Errorf("%d entries looked at for verification, want %d", len(o.Logins), maxVerified)
+	}
+}
