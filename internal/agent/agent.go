@@ -135,6 +135,9 @@ type Outcome struct {
 	// Verifying: the node keeps previous entries until the first login
 	// with their new values answers; the outcome is not reported yet.
 	Verifying bool
+	// Again: entries were held for logins that are all answered now;
+	// a sync at once writes them.
+	Again bool
 	// Err is nil when every source was usable and every target is in sync.
 	Err error
 	// Expiry is where the credentials in force stand against their
@@ -204,6 +207,9 @@ func (a *Agent) Once(ctx context.Context) Outcome {
 			return Outcome{Err: fmt.Errorf("waiting for logins: %w", err)}
 		}
 		o = a.Sync(ctx, "once")
+		if o.Again {
+			o = a.Sync(ctx, "once")
+		}
 	}
 	return o
 }
@@ -230,7 +236,7 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		errs = append(errs, err)
 	}
 	o.Results = results
-	o.Verifying = a.afterWrite(ctx, o.Logins, results)
+	o.Verifying, o.Again = a.afterWrite(ctx, o.Logins, results, holdsWhole(d.Keep))
 	for _, r := range results {
 		if r.Err != nil {
 			errs = append(errs, r.Err)

@@ -163,6 +163,9 @@ func (l *loop) run(ctx context.Context, cause string) {
 	} else {
 		l.expiry.Stop()
 	}
+	if o.Again {
+		l.schedule(causeLogin)
+	}
 	if o.Err != nil || o.PluginErr != nil {
 		l.retry.Reset(l.bo.Step())
 	} else {

@@ -107,7 +107,12 @@ func (a *Agent) logins(d nodefile.Desired) ([]login, map[nodefile.KeepID]bool) {
 			l.host = loginHost(it.Key)
 			l.cred = kubeletcred.Cred{Key: it.Key, Username: it.Entry.Username, Password: it.Entry.Password}
 			l.result = v.Check(l.host, l.cred)
-			if l.result.Verdict == verifier.Pending || l.result.Verdict == verifier.Rejected {
+			switch l.result.Verdict {
+			case verifier.Pending:
+				// The whole source waits: its rotation reaches the
+				// files in one write once the logins have answered.
+				keep[nodefile.KeepID{Source: ns.Name}] = true
+			case verifier.Rejected:
 				keep[nodefile.KeepID{Source: ns.Name, Registry: n}] = true
 			}
 			out = append(out, l)
@@ -143,10 +148,10 @@ const maxLoginsPerSource = 32
 // is in force, with no login. It reports whether a kept entry waits for
 // its first login: the sync is then not finished, and is not reported as
 // applied.
-func (a *Agent) afterWrite(ctx context.Context, logins []login, results []nodefile.Result) (waiting bool) {
+func (a *Agent) afterWrite(ctx context.Context, logins []login, results []nodefile.Result, held bool) (waiting, again bool) {
 	v := a.opts.Verifier
 	if v == nil {
-		return false
+		return false, false
 	}
 	kept, fresh := map[string]bool{}, map[string]bool{}
 	// In force only where every target was synced: a target that failed
@@ -187,13 +192,17 @@ func (a *Agent) afterWrite(ctx context.Context, logins []login, results []nodefi
 			v.Settle(l.host, l.cred)
 		}
 	}
+	anyKept := len(kept) > 0
 	for _, l := range logins {
-		waiting = waiting || l.kept && l.host != "" && v.Waiting(l.host, l.cred)
+		waiting = waiting || anyKept && l.host != "" && v.Waiting(l.host, l.cred)
 	}
 	if err := v.Sweep(ctx); err != nil {
 		a.log.WithError(err).Warn("rejected credentials not saved; a restarted agent would log in with them again")
 	}
-	return waiting
+	// A source held whole for its logins, none of them outstanding now
+	// (each settled, skipped or answered): the next sync writes it.
+	again = held && anyKept && synced && !waiting
+	return waiting, again
 }
 
 // verifyReport adds the rejections to the problems (reason
@@ -327,6 +336,16 @@ type seenVersion struct {
 func hasSource(snaps []source.Snapshot, name string) bool {
 	for _, s := range snaps {
 		if s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// holdsWhole reports whether keep holds a whole source.
+func holdsWhole(keep map[nodefile.KeepID]bool) bool {
+	for k := range keep {
+		if k.Registry == "" {
 			return true
 		}
 	}

@@ -381,3 +381,56 @@ func TestVerificationIsBounded(t *testing.T) {
 		t.Errorf("%d entries looked at for verification, want %d", len(o.Logins), maxVerified)
 	}
 }
+
+// TestRotationWaitsWhole: a rotation of a Secret with more entries than
+// are verified (and more than one sync starts logins for) reaches the
+// files whole: all old until its logins have answered, then all new in
+// one write — never part old, part new, whenever the agent is killed.
+func TestRotationWaitsWhole(t *testing.T) {
+	root := t.TempDir()
+	target := filepath.Join(root, "var/lib/kubelet/config.json")
+	files := nodefile.New(nodefile.Options{HostRoot: root, StateDir: "/var/lib/nodecreds"})
+	n := maxVerified + 50
+	set := func(pw string) dockercfg.Set {
+		s := make(dockercfg.Set, n)
+		for i := range n {
+			s[i] = dockercfg.Item{Key: fmt.Sprintf("r%04d.test", i), Entry: dockercfg.Entry{Username: "u", Password: pw}}
+		}
+		return s
+	}
+	src := &fakeSource{snaps: []source.Snapshot{{Name: "ns/a", Revision: "1", Set: set("old")}}}
+	opts := Options{Targets: []string{"/var/lib/kubelet/config.json"}, HostRoot: root, Prune: true}
+	New(src, files, opts, logrus.NewEntry(logrus.New())).Sync(t.Context(), "setup")
+
+	reg := &registryDouble{}
+	reg.accept("new")
+	v := verifier.New(reg, verifier.Options{})
+	go v.Run(t.Context()) // returns nil when ctx ends
+	opts.Verifier = v
+	a := New(src, files, opts, logrus.NewEntry(logrus.New()))
+	a.Sync(t.Context(), "restart") // nothing changed: in force
+	src.snaps = []source.Snapshot{{Name: "ns/a", Revision: "2", Set: set("new")}}
+	whole := func(pw string) bool {
+		for i := range n {
+			if passwordIn(t, target, fmt.Sprintf("r%04d.test", i)) != pw {
+				return false
+			}
+		}
+		return true
+	}
+	o := a.Sync(t.Context(), "rotation")
+	if !o.Verifying && !o.Again || !whole("old") {
+		t.Fatalf("while its logins are under way the rotation is partly in the file (verifying %v, again %v)", o.Verifying, o.Again)
+	}
+	if err := v.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if o = a.Sync(t.Context(), "login"); !o.Again {
+			break
+		}
+	}
+	if !whole("new") {
+		t.Fatal("after its logins the rotation is not whole in the file")
+	}
+}

@@ -191,7 +191,9 @@ type Desired struct {
 }
 
 // KeepID names a source's entry for a registry (dockercfg.Normalize of
-// its key).
+// its key); with no Registry, every entry of the source: a rotation
+// waiting for its logins then reaches the files whole, never part old,
+// part new.
 type KeepID struct{ Source, Registry string }
 
 // Sync brings every target in line with d. Targets are independent: one

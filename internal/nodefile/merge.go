@@ -214,7 +214,7 @@ func (m *merger) holdRegistries(keep map[KeepID]bool) {
 	}
 	for _, it := range m.wanted.items {
 		n := dockercfg.Normalize(it.Key)
-		if keep[KeepID{Source: it.Source, Registry: n}] {
+		if keep[KeepID{Source: it.Source}] || keep[KeepID{Source: it.Source, Registry: n}] {
 			if m.held == nil {
 				m.held, m.heldKeys, m.heldUnder = map[string]bool{}, map[string]bool{}, map[string]bool{}
 			}

@@ -118,7 +118,7 @@ func TestVerifiedRotation(t *testing.T) {
 		}
 		logs[name] = testsupport.Start(t, "agent on "+name, exec.Command(binary, "sync", "--kubeconfig", kubeconfig, "--namespace", ns,
 			"--node-name", name, "--host-root", roots[name], "--metrics-addr", metricsAddr[name],
-			"--verify-retry", "1s", "--verify-spread", "200ms", "--log-level", "debug"))
+			"--verify=on", "--verify-retry", "1s", "--verify-spread", "200ms", "--log-level", "debug"))
 	}
 	condition := func(name string) (reason, message string) {
 		n, err := nodes.Get(ctx, name, metav1.GetOptions{})
@@ -272,7 +272,7 @@ func TestOnceHoldsBackARejection(t *testing.T) {
 	}
 	once := func() (int, string) {
 		t.Helper()
-		out, stderr, code := runBinary(t, "sync", "--once", "--source", "dir", "--secret-dir", secretDir, "--host-root", root, "--metrics-addr", "0")
+		out, stderr, code := runBinary(t, "sync", "--once", "--verify=on", "--source", "dir", "--secret-dir", secretDir, "--host-root", root, "--metrics-addr", "0")
 		return code, out + stderr
 	}
 	kubelet := filepath.Join(root, "var/lib/kubelet/config.json")
