@@ -135,8 +135,9 @@ type Outcome struct {
 	// Verifying: the node keeps previous entries until the first login
 	// with their new values answers; the outcome is not reported yet.
 	Verifying bool
-	// Again: entries were held for logins that are all answered now;
-	// a sync at once writes them.
+	// Again: entries were held for logins that are all answered now
+	// (some maybe while this sync ran); a sync at once writes them, and
+	// reports.
 	Again bool
 	// Err is nil when every source was usable and every target is in sync.
 	Err error
@@ -266,8 +267,8 @@ func (a *Agent) Sync(ctx context.Context, cause string) Outcome {
 		o.Notes = append(o.Notes, "credential-provider plugin not installed (retrying): "+o.PluginErr.Error())
 	}
 	a.record(o, clashes, desired, time.Since(start))
-	if o.Verifying {
-		return o // reported once the logins answer
+	if o.Verifying || o.Again {
+		return o // reported by the sync that applies what the logins said
 	}
 	st := o.Status()
 	for _, r := range a.opts.Reporters {
