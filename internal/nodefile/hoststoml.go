@@ -166,32 +166,22 @@ func loadHostsTOMLFile(d *hostfs.Dir) (hostsTOMLFile, error) {
 // Records an earlier build kept in state.json move to their own file
 // first (written before they leave state.json).
 func (e *Engine) WithHostsTOML(ctx context.Context, f func(root *hostfs.Root, recs *HostsTOMLRecords) error) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	root, sd, done, err := e.open()
-	if err != nil {
-		return err
-	}
-	defer done()
-	unlock, err := lock(ctx, sd)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	kept, err := loadHostsTOMLFile(sd)
-	if err != nil {
-		return err
-	}
-	recs := &HostsTOMLRecords{files: kept.Files, modes: kept.Modes, dir: sd}
-	if err := e.migrateHostsTOML(sd, recs); err != nil {
-		return err
-	}
-	ferr := f(root, recs)
-	if err := recs.Save(); err != nil && ferr == nil {
-		ferr = err
-	}
-	e.noHostsTOML = ferr == nil && len(recs.files) == 0
-	return ferr
+	return e.withStateDir(ctx, func(root *hostfs.Root, sd *hostfs.Dir) error {
+		kept, err := loadHostsTOMLFile(sd)
+		if err != nil {
+			return err
+		}
+		recs := &HostsTOMLRecords{files: kept.Files, modes: kept.Modes, dir: sd}
+		if err := e.migrateHostsTOML(sd, recs); err != nil {
+			return err
+		}
+		ferr := f(root, recs)
+		if err := recs.Save(); err != nil && ferr == nil {
+			ferr = err
+		}
+		e.noHostsTOML = ferr == nil && len(recs.files) == 0
+		return ferr
+	})
 }
 
 // HostsTOMLIdle reports whether the last WithHostsTOML (this process is the

@@ -12,12 +12,12 @@ import (
 	"github.com/nodecreds/nodecreds/internal/hostfs"
 )
 
-// withStateDir runs f with the state folder, holding the engine and the
-// state lock.
-func (e *Engine) withStateDir(ctx context.Context, f func(d *hostfs.Dir) error) error {
+// withStateDir runs f with the host root and the state folder, holding
+// the engine and the state lock.
+func (e *Engine) withStateDir(ctx context.Context, f func(root *hostfs.Root, sd *hostfs.Dir) error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	_, sd, done, err := e.open()
+	root, sd, done, err := e.open()
 	if err != nil {
 		return err
 	}
@@ -27,7 +27,7 @@ func (e *Engine) withStateDir(ctx context.Context, f func(d *hostfs.Dir) error) 
 		return err
 	}
 	defer unlock()
-	return f(sd)
+	return f(root, sd)
 }
 
 // rejectionsFileName keeps, next to the state file, the credentials a
@@ -61,7 +61,7 @@ const maxRejections = dockercfg.MaxEntries
 // file is missing).
 func (e *Engine) LoadRejections(ctx context.Context) ([]Rejection, error) {
 	var out []Rejection
-	err := e.withStateDir(ctx, func(d *hostfs.Dir) error {
+	err := e.withStateDir(ctx, func(_ *hostfs.Root, d *hostfs.Dir) error {
 		data, err := readOwnFile(d, rejectionsFileName, "the rejected credentials")
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -87,7 +87,7 @@ func (e *Engine) SaveRejections(ctx context.Context, rs []Rejection) error {
 	if len(rs) > maxRejections {
 		rs = rs[:maxRejections]
 	}
-	return e.withStateDir(ctx, func(d *hostfs.Dir) error {
+	return e.withStateDir(ctx, func(_ *hostfs.Root, d *hostfs.Dir) error {
 		if len(rs) == 0 {
 			return d.Remove(rejectionsFileName)
 		}

@@ -141,20 +141,7 @@ func TestCloudTokenRecipesDryRun(t *testing.T) {
 	}
 	crds := esoCRDs(t)
 
-	dir, err := os.MkdirTemp("", "nodecreds-eso-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := cluster.Start(ctx, dir)
-	if err != nil {
-		t.Fatalf("starting the control plane (make controlplane builds it): %v", err)
-	}
-	t.Cleanup(func() {
-		c.Stop()
-		if !t.Failed() {
-			os.RemoveAll(dir)
-		}
-	})
+	c := startCluster(t, "nodecreds-eso-")
 	dyn, err := dynamic.NewForConfig(c.RESTConfig)
 	if err != nil {
 		t.Fatal(err)

@@ -33,18 +33,15 @@ func kubeletLookup(root, image string) (user, password string, found bool) {
 	return creds[0].Username, creds[0].Password, true
 }
 
-// TestKubeletSeesNodePools: a Secret with nodecreds.io/node-selector
-// pool=a, installed with deploy/daemonset.yaml on a real API server, two
-// agents with their ServiceAccount's token: the kubelet's own code finds
-// the credentials on the pool=a node only, keeps finding a foreign entry
-// on the other, and follows a relabel both ways.
-func TestKubeletSeesNodePools(t *testing.T) {
-	ctx := t.Context()
-	dir, err := os.MkdirTemp("", "nodecreds-pools-")
+// startCluster starts a control plane (etcd, kube-apiserver) in a folder
+// named after prefix, stopped when the test ends and kept when it fails.
+func startCluster(t *testing.T, prefix string) *cluster.Cluster {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cluster.Start(ctx, dir)
+	c, err := cluster.Start(t.Context(), dir)
 	if err != nil {
 		t.Fatalf("starting the control plane (make controlplane builds it): %v", err)
 	}
@@ -54,6 +51,17 @@ func TestKubeletSeesNodePools(t *testing.T) {
 			os.RemoveAll(dir)
 		}
 	})
+	return c
+}
+
+// TestKubeletSeesNodePools: a Secret with nodecreds.io/node-selector
+// pool=a, installed with deploy/daemonset.yaml on a real API server, two
+// agents with their ServiceAccount's token: the kubelet's own code finds
+// the credentials on the pool=a node only, keeps finding a foreign entry
+// on the other, and follows a relabel both ways.
+func TestKubeletSeesNodePools(t *testing.T) {
+	ctx := t.Context()
+	c := startCluster(t, "nodecreds-pools-")
 	if err := cluster.Install(ctx, c.RESTConfig, filepath.Join(cluster.RepoRoot(), "deploy", "daemonset.yaml")); err != nil {
 		t.Fatal(err)
 	}

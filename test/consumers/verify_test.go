@@ -70,20 +70,7 @@ func scrape(addr string) string {
 func TestVerifiedRotation(t *testing.T) {
 	ctx := t.Context()
 	reg := startRegistry(t, "alice", "pw-1")
-	dir, err := os.MkdirTemp("", "nodecreds-verify-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := cluster.Start(ctx, dir)
-	if err != nil {
-		t.Fatalf("starting the control plane (make controlplane builds it): %v", err)
-	}
-	t.Cleanup(func() {
-		c.Stop()
-		if !t.Failed() {
-			os.RemoveAll(dir)
-		}
-	})
+	c := startCluster(t, "nodecreds-verify-")
 	if err := cluster.Install(ctx, c.RESTConfig, filepath.Join(cluster.RepoRoot(), "deploy", "daemonset.yaml")); err != nil {
 		t.Fatal(err)
 	}
