@@ -53,6 +53,7 @@ type Cluster struct {
 	etcdURL   string
 	apiPort   int
 	apiArgs   []string
+	clientCA  *clientCA
 }
 
 type proc struct {
@@ -174,6 +175,9 @@ func (c *Cluster) prepareAPIServer() error {
 	if err := os.WriteFile(filepath.Join(c.Dir, "tokens.csv"), []byte(c.AdminToken+",admin,admin,system:masters\n"), 0o600); err != nil {
 		return err
 	}
+	if c.clientCA, err = newClientCA(filepath.Join(c.Dir, "client-ca.crt")); err != nil {
+		return err
+	}
 	c.apiPort, err = freePort()
 	if err != nil {
 		return err
@@ -187,7 +191,13 @@ func (c *Cluster) prepareAPIServer() error {
 		"--advertise-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(c.apiPort),
 		"--cert-dir=" + certDir,
-		"--authorization-mode=RBAC",
+		// As a kubeadm cluster: kubelets authenticate with client
+		// certificates as system:node:NAME (NodeKubeconfig), the Node
+		// authorizer and NodeRestriction keep each to its own Node, Pods and
+		// the tokens of those Pods' ServiceAccounts.
+		"--authorization-mode=Node,RBAC",
+		"--enable-admission-plugins=NodeRestriction",
+		"--client-ca-file=" + c.clientCA.file,
 		"--token-auth-file=" + filepath.Join(c.Dir, "tokens.csv"),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + filepath.Join(c.Dir, "sa.pub"),

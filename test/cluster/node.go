@@ -64,7 +64,8 @@ type Kubelet struct {
 // StartKubelet starts a kubelet registering node name, with its root folder
 // at rootDir (the DaemonSet's hostPath), talking to the containerd at
 // socket, anonymous auth and AlwaysAllow on 127.0.0.1, cgroupfs on cgroup
-// v1, and the given registration taints ("key:Effect").
+// v1, and the given registration taints ("key:Effect"). It authenticates
+// as system:node:<name> (NodeKubeconfig), not as an admin.
 func (c *Cluster) StartKubelet(ctx context.Context, name, rootDir, socket string, taints ...string) (*Kubelet, error) {
 	if _, err := os.Stat(filepath.Join(c.binDir, "kubelet")); err != nil {
 		return nil, fmt.Errorf("%w: kubelet not found in %s; run scripts/controlplane/build.sh kubelet", ErrMissingBinary, c.binDir)
@@ -104,9 +105,13 @@ serializeImagePulls: false
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
+	kubeconfig, err := c.NodeKubeconfig(name)
+	if err != nil {
+		return nil, err
+	}
 	args := []string{
 		"--config=" + cfgFile,
-		"--kubeconfig=" + c.Kubeconfig,
+		"--kubeconfig=" + kubeconfig,
 		"--root-dir=" + rootDir,
 		"--cert-dir=" + filepath.Join(c.Dir, "kubelet-pki-"+name),
 		"--hostname-override=" + name,

@@ -101,7 +101,11 @@ func ptr[T any](v T) *T { return &v }
 
 // podState is "Running", or the waiting reason (ErrImagePull, ...).
 func podState(ctx context.Context, c kubernetes.Interface, name string) string {
-	p, err := c.CoreV1().Pods(appNamespace).Get(ctx, name, metav1.GetOptions{})
+	return podStateIn(ctx, c, appNamespace, name)
+}
+
+func podStateIn(ctx context.Context, c kubernetes.Interface, namespace, name string) string {
+	p, err := c.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return "error: " + err.Error()
 	}
@@ -118,10 +122,15 @@ func podState(ctx context.Context, c kubernetes.Interface, name string) string {
 
 func waitPod(t *testing.T, c kubernetes.Interface, name string, within time.Duration, want ...string) (string, time.Duration) {
 	t.Helper()
+	return waitPodIn(t, c, appNamespace, name, within, want...)
+}
+
+func waitPodIn(t *testing.T, c kubernetes.Interface, namespace, name string, within time.Duration, want ...string) (string, time.Duration) {
+	t.Helper()
 	start := time.Now()
 	last := ""
 	for time.Since(start) < within {
-		last = podState(t.Context(), c, name)
+		last = podStateIn(t.Context(), c, namespace, name)
 		for _, w := range want {
 			if last == w {
 				return last, time.Since(start)
@@ -129,12 +138,16 @@ func waitPod(t *testing.T, c kubernetes.Interface, name string, within time.Dura
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	t.Fatalf("pod %s: %q after %s, want one of %v", name, last, within, want)
+	t.Fatalf("pod %s/%s: %q after %s, want one of %v\n%s", namespace, name, last, within, want, pullEventsIn(t.Context(), c, namespace, name))
 	return "", 0
 }
 
 func pullEvents(ctx context.Context, c kubernetes.Interface, pod string) string {
-	evs, _ := c.CoreV1().Events(appNamespace).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
+	return pullEventsIn(ctx, c, appNamespace, pod)
+}
+
+func pullEventsIn(ctx context.Context, c kubernetes.Interface, namespace, pod string) string {
+	evs, _ := c.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
 	var b strings.Builder
 	for _, e := range evs.Items {
 		b.WriteString(e.Reason + ": " + e.Message + "\n")
@@ -187,7 +200,8 @@ func TestRealNode(t *testing.T) {
 	}
 
 	var c *cluster.Cluster
-	c, err = cluster.Start(ctx, filepath.Join(work, "cluster"))
+	audit, auditLog := auditArgs(t, work)
+	c, err = cluster.Start(ctx, filepath.Join(work, "cluster"), audit...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,6 +220,7 @@ func TestRealNode(t *testing.T) {
 		t.Fatalf("containerd: %v\n%s", err, out)
 	}
 	socket := strings.TrimSpace(string(out))
+	wn := newWorkloadNode(t, work, ctdDir, auditLog)
 	t.Cleanup(func() {
 		if b, err := os.ReadFile(filepath.Join(ctdDir, "containerd.pid")); err == nil {
 			var pid int
@@ -411,7 +426,13 @@ func TestRealNode(t *testing.T) {
 	if got, want := testsupport.ReadFile(t, filepath.Join(pluginBinDir, "nodecreds")), testsupport.ReadFile(t, agentBin); !bytes.Equal(got, want) {
 		t.Fatalf("%s/nodecreds is not the agent's binary", pluginBinDir)
 	}
-	cfg := providerConfig(t, []string{host}, nil, nil)
+	// The per-workload entry too (workload_node_test.go), with the
+	// kubelet's own kubeconfig for the API server's address and CA.
+	sa := &saProvider{matchImages: []string{wn.reg.addr}, args: []string{"--kubelet-kubeconfig=" + filepath.Join(c.Dir, "kubelet-"+nodeName+".kubeconfig")}}
+	if fi, err := os.Lstat(filepath.Join(pluginBinDir, "nodecreds-sa")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the agent did not install %s/nodecreds-sa as a link: %v %v", pluginBinDir, fi, err)
+	}
+	cfg := providerConfigWith(t, []string{host}, nil, nil, sa)
 	if err := kubelet.Restart(ctx, "--image-credential-provider-config="+cfg, "--image-credential-provider-bin-dir="+pluginBinDir); err != nil {
 		t.Fatalf("the kubelet does not start with the plugin: %v\n%s", err, c.Logs("kubelet"))
 	}
@@ -422,7 +443,7 @@ func TestRealNode(t *testing.T) {
 		args []string
 	}{{"default cache duration", nil}, {"--cache-duration=10s", []string{"--cache-duration=10s"}}} {
 		if len(variant.args) > 0 {
-			testsupport.WriteFile(t, cfg, string(testsupport.ReadFile(t, providerConfig(t, []string{host}, variant.args, nil))), 0o600)
+			testsupport.WriteFile(t, cfg, string(testsupport.ReadFile(t, providerConfigWith(t, []string{host}, variant.args, nil, sa))), 0o600)
 			if err := kubelet.Restart(ctx); err != nil {
 				t.Fatalf("restarting the kubelet: %v\n%s", err, c.Logs("kubelet"))
 			}
@@ -460,12 +481,16 @@ func TestRealNode(t *testing.T) {
 		t.Errorf("the kubelet ran the nodecreds plugin %v times with %v errors since its last restart, want ≥1 and 0", runs, failures)
 	}
 	t.Logf("the kubelet ran the nodecreds plugin %v times since its last restart, no error", runs)
-	kubeletLog := kubeletLog(t, c)
+	pluginLog := kubeletLog(t, c)
 	for _, p := range passwords {
-		if strings.Contains(kubeletLog, p) {
+		if strings.Contains(pluginLog, p) {
 			t.Error("a password is in the kubelet's log")
 		}
 	}
+
+	// Per-workload credentials: the plugin's service-account-token mode.
+	wn.run(ctx, c, filepath.Join(cluster.RepoRoot(), "deploy", "credential-provider", nodeAudienceRBAC))
+	wn.answersCounted(ctx)
 
 	// The pulls containerd makes itself: the sandbox image from a private
 	// registry and a mirror with credentials of its own.
@@ -495,7 +520,9 @@ func TestRealNode(t *testing.T) {
 		t.Errorf("root's docker config after cleanup differs from the original:\n%s", got)
 	}
 	rn.afterCleanup(c, ctdDir)
-	writeResults(t, freshNode, filesUpdated, afterRotation, pluginTimes[0], pluginTimes[1], rn.timings)
+	wn.noSecrets(t, "kubelet log", kubeletLog(t, c))
+	wn.noSecrets(t, "agent log", rn.agentLogs.String())
+	writeResults(t, freshNode, filesUpdated, afterRotation, pluginTimes[0], pluginTimes[1], append(rn.timings, wn.timings...))
 }
 
 // kubeletLog is the kubelet's whole log, all its restarts (c.Logs gives

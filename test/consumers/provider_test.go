@@ -185,21 +185,51 @@ func TestMatchImagesSemantics(t *testing.T) {
 // returns its path.
 func providerConfig(t *testing.T, matchImages, extraArgs []string, env map[string]string) string {
 	t.Helper()
+	return providerConfigWith(t, matchImages, extraArgs, env, nil)
+}
+
+// saProvider is what a test sets in the shipped nodecreds-sa entry.
+type saProvider struct {
+	matchImages, args []string
+}
+
+// providerConfigWith is the shipped CredentialProviderConfig with the
+// node-wide entry's matchImages, args and env set, and the nodecreds-sa
+// entry kept (its matchImages and extra args set) only when sa is given:
+// the kubelet refuses to start with an entry whose binary is missing.
+func providerConfigWith(t *testing.T, matchImages, extraArgs []string, env map[string]string, sa *saProvider) string {
+	t.Helper()
 	doc := map[string]any{}
 	b := testsupport.ReadFile(t, filepath.Join("..", "..", "deploy", "credential-provider", "nodecreds-credential-provider.yaml"))
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		t.Fatal(err)
 	}
-	p := doc["providers"].([]any)[0].(map[string]any)
-	p["matchImages"] = matchImages
-	p["args"] = append(p["args"].([]any), toAny(extraArgs)...)
-	var vars []any
-	for k, v := range env {
-		vars = append(vars, map[string]any{"name": k, "value": v})
+	var kept []any
+	for _, e := range doc["providers"].([]any) {
+		p := e.(map[string]any)
+		switch p["name"] {
+		case "nodecreds":
+			p["matchImages"] = matchImages
+			p["args"] = append(p["args"].([]any), toAny(extraArgs)...)
+			var vars []any
+			for k, v := range env {
+				vars = append(vars, map[string]any{"name": k, "value": v})
+			}
+			if len(vars) > 0 {
+				p["env"] = vars
+			}
+		case "nodecreds-sa":
+			if sa == nil {
+				continue
+			}
+			p["matchImages"] = toAny(sa.matchImages)
+			p["args"] = append(p["args"].([]any), toAny(sa.args)...)
+		default:
+			t.Fatalf("the shipped CredentialProviderConfig has a provider %v this test does not know", p["name"])
+		}
+		kept = append(kept, p)
 	}
-	if len(vars) > 0 {
-		p["env"] = vars
-	}
+	doc["providers"] = kept
 	out, err := yaml.Marshal(doc)
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,7 +50,26 @@ type registryProc struct {
 	dir      string
 	addr     string
 	cmd      *exec.Cmd
-	logs     *bytes.Buffer
+	logs     *syncBuffer
+}
+
+// syncBuffer is a registry's output, read by tests while the process
+// writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // realRegistry starts a registry with one user and returns host:port.
@@ -85,12 +107,32 @@ auth:
 // distribution reads that file at start-up, so a password change is a
 // restart on the same address and storage.
 func (r *registryProc) start(user, pass string) {
+	r.htpasswdArgs("-Bbc", user, pass)
+	r.run()
+}
+
+// setPassword adds user, or changes its password, keeping the other users
+// (htpasswd without -c, as an admin adds a second user), and restarts the
+// registry.
+func (r *registryProc) setPassword(user, pass string) {
+	r.stop()
+	r.htpasswdArgs("-Bb", user, pass)
+	r.run()
+}
+
+func (r *registryProc) htpasswdArgs(args ...string) {
+	r.t.Helper()
+	args = slices.Insert(args, 1, filepath.Join(r.dir, "htpasswd"))
+	if out, err := exec.Command(r.htpasswd, args...).CombinedOutput(); err != nil {
+		r.t.Fatalf("htpasswd: %v\n%s", err, out)
+	}
+}
+
+// run starts the registry on its address and waits until it answers.
+func (r *registryProc) run() {
 	t := r.t
 	t.Helper()
-	if out, err := exec.Command(r.htpasswd, "-Bbc", filepath.Join(r.dir, "htpasswd"), user, pass).CombinedOutput(); err != nil {
-		t.Fatalf("htpasswd: %v\n%s", err, out)
-	}
-	r.logs = &bytes.Buffer{}
+	r.logs = &syncBuffer{}
 	r.cmd = exec.Command(r.bin, "serve", filepath.Join(r.dir, "config.yml"))
 	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
 	if err := r.cmd.Start(); err != nil {
@@ -119,7 +161,22 @@ func (r *registryProc) stop() {
 	}
 }
 
-// rotate changes the user's password.
+// setLogLevel restarts the registry logging at level (error by default):
+// info logs each request with the user it authenticated.
+func (r *registryProc) setLogLevel(level string) {
+	r.t.Helper()
+	cfgPath := filepath.Join(r.dir, "config.yml")
+	cfg := string(testsupport.ReadFile(r.t, cfgPath))
+	changed := regexp.MustCompile(`(?m)^  level: \w+$`).ReplaceAllString(cfg, "  level: "+level)
+	if changed == cfg && !strings.Contains(cfg, "  level: "+level+"\n") {
+		r.t.Fatal("registryProc's config has no log level line to change")
+	}
+	testsupport.WriteFile(r.t, cfgPath, changed, 0o600)
+	r.stop()
+	r.run()
+}
+
+// rotate makes pass the only password, of user alone.
 func (r *registryProc) rotate(user, pass string) {
 	r.stop()
 	r.start(user, pass)

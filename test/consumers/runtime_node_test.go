@@ -99,14 +99,7 @@ func newRuntimeNode(t *testing.T, work, ctdDir string) *runtimeNode {
 func startDebugRegistry(t *testing.T, user, pass string) *registryProc {
 	t.Helper()
 	r := startRegistry(t, user, pass)
-	cfgPath := filepath.Join(r.dir, "config.yml")
-	cfg := string(testsupport.ReadFile(t, cfgPath))
-	debug := strings.Replace(cfg, "\n  level: error\n", "\n  level: debug\n", 1)
-	if debug == cfg {
-		t.Fatal("registryProc's config has no `level: error` line to raise")
-	}
-	testsupport.WriteFile(t, cfgPath, debug, 0o600)
-	r.rotate(user, pass) // a restart with the same user and password
+	r.setLogLevel("debug")
 	return r
 }
 
