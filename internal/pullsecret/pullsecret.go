@@ -16,9 +16,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
@@ -110,6 +108,14 @@ type Answer struct {
 	Read    []string            // the Secrets read, in order (the last one answered)
 }
 
+// SecretGetter reads one Secret. It is this narrow, rather than client-go's
+// typed client, because that client's package registers every API group's
+// types at start: about 10 MB more in every nodecreds process, the agent's
+// included.
+type SecretGetter interface {
+	GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+}
+
 // Resolve reads the named Secrets of namespace in order, through secrets
 // (a client authenticated as the Pod's ServiceAccount in the plugin), and
 // answers with the first one that has an entry for image's registry: the
@@ -117,7 +123,7 @@ type Answer struct {
 // Secrets after the answering one are not read. A Secret before it that
 // cannot be read or parsed fails the whole answer, since it might have
 // been the one to answer.
-func Resolve(ctx context.Context, secrets corev1client.SecretsGetter, namespace string, names []string, image string) (Answer, error) {
+func Resolve(ctx context.Context, secrets SecretGetter, namespace string, names []string, image string) (Answer, error) {
 	repo, err := kubeletcred.RepoOf(image, false)
 	if err != nil {
 		return Answer{}, failf(BadRequest, "%v", kubeletcred.RefError(image, err))
@@ -125,7 +131,7 @@ func Resolve(ctx context.Context, secrets corev1client.SecretsGetter, namespace 
 	var ans Answer
 	for _, name := range names {
 		ans.Read = append(ans.Read, name)
-		sec, err := secrets.Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+		sec, err := secrets.GetSecret(ctx, namespace, name)
 		if err != nil {
 			return ans, getError(namespace, name, err)
 		}
