@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 
 	"github.com/bombsimon/logrusr/v4"
 	"github.com/sirupsen/logrus"
-	authorizationv1client "k8s.io/client-go/kubernetes/typed/authorization/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -53,10 +58,11 @@ func restConfig(kubeconfig string, inCluster bool) (*rest.Config, error) {
 }
 
 // serviceAccountAPI is check --service-account's client: the caller's
-// kubeconfig, the core and authorization groups only.
+// kubeconfig, the three calls it makes over client-go's REST client with a
+// scheme of core/v1 and authorization/v1 only (the typed clientset would
+// register every API group at start, as internal/kube explains).
 type serviceAccountAPI struct {
-	*corev1client.CoreV1Client
-	*authorizationv1client.AuthorizationV1Client
+	core, authz rest.Interface
 }
 
 func newServiceAccountAPI(kubeconfig string) (check.ServiceAccountAPI, error) {
@@ -64,15 +70,41 @@ func newServiceAccountAPI(kubeconfig string) (check.ServiceAccountAPI, error) {
 	if err != nil {
 		return nil, err
 	}
-	core, err := corev1client.NewForConfig(cfg)
+	scheme := runtime.NewScheme()
+	if err := errors.Join(corev1.AddToScheme(scheme), authorizationv1.AddToScheme(scheme)); err != nil {
+		return nil, fmt.Errorf("building the client's scheme: %w", err)
+	}
+	codecs := serializer.NewCodecFactory(scheme)
+	newREST := func(apiPath string, gv schema.GroupVersion) (rest.Interface, error) {
+		c := rest.CopyConfig(cfg)
+		c.APIPath, c.GroupVersion = apiPath, &gv
+		c.NegotiatedSerializer = codecs.WithoutConversion()
+		return rest.RESTClientFor(c)
+	}
+	core, err := newREST("/api", corev1.SchemeGroupVersion)
 	if err != nil {
 		return nil, fmt.Errorf("creating the core/v1 client: %w", err)
 	}
-	authz, err := authorizationv1client.NewForConfig(cfg)
+	authz, err := newREST("/apis", authorizationv1.SchemeGroupVersion)
 	if err != nil {
 		return nil, fmt.Errorf("creating the authorization/v1 client: %w", err)
 	}
-	return serviceAccountAPI{core, authz}, nil
+	return serviceAccountAPI{core: core, authz: authz}, nil
+}
+
+func (a serviceAccountAPI) GetServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+	out := &corev1.ServiceAccount{}
+	return out, a.core.Get().Namespace(namespace).Resource("serviceaccounts").Name(name).Do(ctx).Into(out)
+}
+
+func (a serviceAccountAPI) GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	out := &corev1.Secret{}
+	return out, a.core.Get().Namespace(namespace).Resource("secrets").Name(name).Do(ctx).Into(out)
+}
+
+func (a serviceAccountAPI) CreateSubjectAccessReview(ctx context.Context, sar *authorizationv1.SubjectAccessReview) (*authorizationv1.SubjectAccessReview, error) {
+	out := &authorizationv1.SubjectAccessReview{}
+	return out, a.authz.Post().Resource("subjectaccessreviews").Body(sar).Do(ctx).Into(out)
 }
 
 // routeKlog sends client-go's klog output through our logger, so there is

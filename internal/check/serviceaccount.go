@@ -12,7 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	authorizationv1client "k8s.io/client-go/kubernetes/typed/authorization/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
@@ -24,9 +23,9 @@ import (
 // caller's credentials: the ServiceAccount, its Secrets, and the API
 // server's word on what the ServiceAccount itself may read.
 type ServiceAccountAPI interface {
-	corev1client.ServiceAccountsGetter
-	corev1client.SecretsGetter
-	authorizationv1client.SubjectAccessReviewsGetter
+	GetServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error)
+	GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+	CreateSubjectAccessReview(ctx context.Context, sar *authorizationv1.SubjectAccessReview) (*authorizationv1.SubjectAccessReview, error)
 }
 
 // What a SubjectAccessReview said of the ServiceAccount and one Secret.
@@ -86,7 +85,7 @@ type ImageAnswer struct {
 // report.
 func RunServiceAccount(ctx context.Context, api ServiceAccountAPI, namespace, name string, images []string) (Report, error) {
 	rep := Report{OK: true, Results: []Result{}, Warnings: []string{}}
-	sa, err := api.ServiceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
+	sa, err := api.GetServiceAccount(ctx, namespace, name)
 	switch {
 	case apierrors.IsNotFound(err):
 		return rep, fmt.Errorf("ServiceAccount %s/%s not found", namespace, name)
@@ -181,7 +180,7 @@ func reviewAccess(ctx context.Context, api ServiceAccountAPI, namespace, name st
 				Namespace: namespace, Verb: "get", Resource: "secrets", Name: s,
 			},
 		}}
-		got, err := api.SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		got, err := api.CreateSubjectAccessReview(ctx, sar)
 		switch {
 		case apierrors.IsForbidden(err):
 			return access, fmt.Sprintf("your kubeconfig's user may not create SubjectAccessReviews, so whether ServiceAccount %s/%s may get its Secrets is not checked; the plugin meets SecretForbidden on any it may not get", namespace, name)
@@ -200,7 +199,7 @@ func reviewAccess(ctx context.Context, api ServiceAccountAPI, namespace, name st
 // the ServiceAccount may not get is Forbidden whatever the caller may
 // read; the others are read with the caller's credentials, once each.
 type serviceAccountView struct {
-	caller corev1client.SecretsGetter
+	caller ServiceAccountAPI
 	access map[string]string
 	read   map[string]readResult
 }
@@ -212,26 +211,28 @@ type readResult struct {
 }
 
 func (v *serviceAccountView) Secrets(namespace string) corev1client.SecretInterface {
-	return viewSecrets{SecretInterface: v.caller.Secrets(namespace), view: v}
+	return viewSecrets{namespace: namespace, view: v}
 }
 
 func (v *serviceAccountView) callerDenied(name string) bool { return v.read[name].denied }
 
-// viewSecrets is the caller's Secrets of one namespace with Get seen
-// through the view; pullsecret only gets.
+// viewSecrets is the Secrets of one namespace seen through the view. It
+// has Get only: pullsecret only gets (the other methods of the typed
+// client's interface are nil and panic).
 type viewSecrets struct {
 	corev1client.SecretInterface
-	view *serviceAccountView
+	namespace string
+	view      *serviceAccountView
 }
 
-func (s viewSecrets) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
+func (s viewSecrets) Get(ctx context.Context, name string, _ metav1.GetOptions) (*corev1.Secret, error) {
 	if s.view.access[name] == MayNotGet {
 		return nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, name, errors.New("the ServiceAccount may not get it"))
 	}
 	if r, ok := s.view.read[name]; ok {
 		return r.secret, r.err
 	}
-	sec, err := s.SecretInterface.Get(ctx, name, opts)
+	sec, err := s.view.caller.GetSecret(ctx, s.namespace, name)
 	r := readResult{secret: sec, err: err}
 	if apierrors.IsForbidden(err) {
 		// Not the plugin's Forbidden: that one is the ServiceAccount's.

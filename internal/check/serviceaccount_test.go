@@ -2,6 +2,7 @@ package check
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -14,8 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
-	authorizationv1client "k8s.io/client-go/kubernetes/typed/authorization/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/nodecreds/nodecreds/internal/pullsecret"
@@ -23,9 +22,18 @@ import (
 )
 
 // fakeAPI is a fake clientset as check --service-account uses it.
-type fakeAPI struct {
-	corev1client.CoreV1Interface
-	authorizationv1client.AuthorizationV1Interface
+type fakeAPI struct{ cs *fake.Clientset }
+
+func (f fakeAPI) GetServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+	return f.cs.CoreV1().ServiceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
+}
+
+func (f fakeAPI) GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	return f.cs.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+}
+
+func (f fakeAPI) CreateSubjectAccessReview(ctx context.Context, sar *authorizationv1.SubjectAccessReview) (*authorizationv1.SubjectAccessReview, error) {
+	return f.cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
 }
 
 const canary = "canary-pw-7f3a9"
@@ -161,7 +169,7 @@ func TestRunServiceAccount(t *testing.T) {
 				sar.Status.Allowed = !slices.Contains(tt.saDenied, ra.Name)
 				return true, sar, nil
 			})
-			rep, err := RunServiceAccount(t.Context(), fakeAPI{cs.CoreV1(), cs.AuthorizationV1()}, "team", "puller", tt.images)
+			rep, err := RunServiceAccount(t.Context(), fakeAPI{cs}, "team", "puller", tt.images)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -223,14 +231,14 @@ func TestRunServiceAccount(t *testing.T) {
 // failed.
 func TestRunServiceAccountUnreadable(t *testing.T) {
 	cs := fake.NewClientset()
-	_, err := RunServiceAccount(t.Context(), fakeAPI{cs.CoreV1(), cs.AuthorizationV1()}, "team", "puller", []string{"r.test/a"})
+	_, err := RunServiceAccount(t.Context(), fakeAPI{cs}, "team", "puller", []string{"r.test/a"})
 	if err == nil || !strings.Contains(err.Error(), "ServiceAccount team/puller not found") {
 		t.Errorf("missing: %v", err)
 	}
 	cs.PrependReactor("get", "serviceaccounts", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts"}, "puller", nil)
 	})
-	_, err = RunServiceAccount(t.Context(), fakeAPI{cs.CoreV1(), cs.AuthorizationV1()}, "team", "puller", []string{"r.test/a"})
+	_, err = RunServiceAccount(t.Context(), fakeAPI{cs}, "team", "puller", []string{"r.test/a"})
 	if err == nil || !strings.Contains(err.Error(), "your kubeconfig's user may not get ServiceAccount team/puller") {
 		t.Errorf("forbidden: %v", err)
 	}
