@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 
@@ -32,12 +33,34 @@ in containerd's configuration or release keeps it from using the headers,
 with the fix. With --probe, each host's challenge is asked for without
 credentials. Header values are never shown.
 
+With --service-account NAMESPACE/NAME, say instead what the plugin's
+service-account mode (the kubelet's nodecreds-sa provider) answers for each
+--image pulled by that ServiceAccount's Pods: the Secrets its
+nodecreds.io/pull-secret annotation names, in order, are read with your
+kubeconfig (never with a token), and the API server is asked whether the
+ServiceAccount itself may get each one (a SubjectAccessReview), since the
+plugin reads them with the Pod's token: one it may not get is SecretForbidden
+even when you can read it. Per image: the reason (pullsecret's: Answered,
+NoAnnotation, SecretNotFound, SecretForbidden, SecretMalformed, NoEntry, ...;
+or Unknown when you may not read a Secret the answer turns on), the Secret
+that answers, its entry and username. Without the annotation the kubelet does
+not run the plugin and the node-wide answer applies: reason NoAnnotation, exit
+1. When you may not create SubjectAccessReviews, the ServiceAccount's access
+is "not checked" and does not fail the check. The node's files are not read,
+so flags about them (--host-root, --registry, --probe, --runtime, ...) are
+refused. Exit 0 when the plugin answers for every image, 1 otherwise, 2 on bad
+usage:
+  nodecreds check --service-account team-a/puller --image registry.example.com/team-a/app:v1
+
 Use it as a node bootstrap gate or an init step:
   nodecreds check --image registry.example.com/team/app:v1 --probe || exit 1`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadCheck(cmd.Flags())
 			if err != nil {
 				return err
+			}
+			if cfg.ServiceAccount != "" {
+				return checkServiceAccount(cmd, stdout, cfg)
 			}
 			opts := check.Options{
 				HostRoot:       cfg.HostRoot,
@@ -51,25 +74,48 @@ Use it as a node bootstrap gate or an init step:
 			if cfg.Runtime != "" {
 				opts.Runtime = runtimeOptions(cfg)
 			}
-			rep := check.Run(cmd.Context(), opts)
-			if cfg.Output == "json" {
-				enc := json.NewEncoder(stdout)
-				enc.SetIndent("", "  ")
-				err = enc.Encode(rep)
-			} else {
-				err = rep.WriteTable(stdout)
-			}
-			if err != nil {
-				return err
-			}
-			if !rep.OK {
-				return errFailed
-			}
-			return nil
+			return writeReport(stdout, cfg.Output, check.Run(cmd.Context(), opts))
 		},
 	}
 	config.CheckFlags(cmd.Flags())
 	return cmd
+}
+
+// checkServiceAccount is check --service-account: what the plugin's
+// service-account mode answers, read through the API with the caller's
+// kubeconfig.
+func checkServiceAccount(cmd *cobra.Command, stdout io.Writer, cfg config.Check) error {
+	routeKlog(newLogger(cfg.Log, cmd.ErrOrStderr()))
+	api, err := newServiceAccountAPI(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), cfg.Timeout)
+	defer cancel()
+	rep, err := check.RunServiceAccount(ctx, api, cfg.SANamespace, cfg.SAName, cfg.Images)
+	if err != nil {
+		return err
+	}
+	return writeReport(stdout, cfg.Output, rep)
+}
+
+// writeReport prints rep as table or JSON; errFailed when it is not OK.
+func writeReport(stdout io.Writer, output string, rep check.Report) error {
+	var err error
+	if output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(rep)
+	} else {
+		err = rep.WriteTable(stdout)
+	}
+	if err != nil {
+		return err
+	}
+	if !rep.OK {
+		return errFailed
+	}
+	return nil
 }
 
 // runtimeOptions are check's runtime settings.

@@ -1,14 +1,22 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 
 	"github.com/bombsimon/logrusr/v4"
 	"github.com/sirupsen/logrus"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/nodecreds/nodecreds/internal/check"
 	"github.com/nodecreds/nodecreds/internal/kube"
 )
 
@@ -16,6 +24,19 @@ import (
 // agent, the Pod's ServiceAccount (inCluster); for a person's command the
 // usual $KUBECONFIG / ~/.kube/config rules apply.
 func newClient(kubeconfig string, inCluster bool) (kube.Interface, error) {
+	cfg, err := restConfig(kubeconfig, inCluster)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kube.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
+	}
+	return client, nil
+}
+
+// restConfig is newClient's configuration.
+func restConfig(kubeconfig string, inCluster bool) (*rest.Config, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -33,11 +54,57 @@ func newClient(kubeconfig string, inCluster bool) (kube.Interface, error) {
 		return nil, fmt.Errorf("loading Kubernetes client configuration: %w", err)
 	}
 	cfg.UserAgent = "nodecreds/" + version
-	client, err := kube.NewForConfig(cfg)
+	return cfg, nil
+}
+
+// serviceAccountAPI is check --service-account's client: the caller's
+// kubeconfig, the three calls it makes over client-go's REST client with a
+// scheme of core/v1 and authorization/v1 only (the typed clientset would
+// register every API group at start, as internal/kube explains).
+type serviceAccountAPI struct {
+	core, authz rest.Interface
+}
+
+func newServiceAccountAPI(kubeconfig string) (check.ServiceAccountAPI, error) {
+	cfg, err := restConfig(kubeconfig, false)
 	if err != nil {
-		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
+		return nil, err
 	}
-	return client, nil
+	scheme := runtime.NewScheme()
+	if err := errors.Join(corev1.AddToScheme(scheme), authorizationv1.AddToScheme(scheme)); err != nil {
+		return nil, fmt.Errorf("building the client's scheme: %w", err)
+	}
+	codecs := serializer.NewCodecFactory(scheme)
+	newREST := func(apiPath string, gv schema.GroupVersion) (rest.Interface, error) {
+		c := rest.CopyConfig(cfg)
+		c.APIPath, c.GroupVersion = apiPath, &gv
+		c.NegotiatedSerializer = codecs.WithoutConversion()
+		return rest.RESTClientFor(c)
+	}
+	core, err := newREST("/api", corev1.SchemeGroupVersion)
+	if err != nil {
+		return nil, fmt.Errorf("creating the core/v1 client: %w", err)
+	}
+	authz, err := newREST("/apis", authorizationv1.SchemeGroupVersion)
+	if err != nil {
+		return nil, fmt.Errorf("creating the authorization/v1 client: %w", err)
+	}
+	return serviceAccountAPI{core: core, authz: authz}, nil
+}
+
+func (a serviceAccountAPI) GetServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+	out := &corev1.ServiceAccount{}
+	return out, a.core.Get().Namespace(namespace).Resource("serviceaccounts").Name(name).Do(ctx).Into(out)
+}
+
+func (a serviceAccountAPI) GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	out := &corev1.Secret{}
+	return out, a.core.Get().Namespace(namespace).Resource("secrets").Name(name).Do(ctx).Into(out)
+}
+
+func (a serviceAccountAPI) CreateSubjectAccessReview(ctx context.Context, sar *authorizationv1.SubjectAccessReview) (*authorizationv1.SubjectAccessReview, error) {
+	out := &authorizationv1.SubjectAccessReview{}
+	return out, a.authz.Post().Resource("subjectaccessreviews").Body(sar).Do(ctx).Into(out)
 }
 
 // routeKlog sends client-go's klog output through our logger, so there is

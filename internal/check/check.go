@@ -74,6 +74,10 @@ type Report struct {
 	Warnings []string `json:"warnings"`
 	// Runtime is there with --runtime.
 	Runtime *RuntimeReport `json:"runtime,omitempty"`
+	// ServiceAccount is there with --service-account: the plugin's answer
+	// for that ServiceAccount's Pods. File is then empty (the node's files
+	// are not read) and Results say the same per image.
+	ServiceAccount *ServiceAccountReport `json:"serviceAccount,omitempty"`
 }
 
 // Run resolves credentials for every image and registry as the kubelet
@@ -302,6 +306,27 @@ func elsewhere(states []kubeletcred.File, used *kubeletcred.File, repo string) s
 // WriteTable prints the report for people.
 func (r Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if r.ServiceAccount != nil {
+		r.ServiceAccount.writeTable(tw)
+	} else {
+		r.writeFiles(tw)
+	}
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(tw, "warning: %s\n", text(warn))
+	}
+	if r.Runtime != nil {
+		r.Runtime.writeTable(tw)
+	}
+	if r.OK {
+		fmt.Fprintln(tw, "\nOK")
+	} else {
+		fmt.Fprintln(tw, "\nNOT OK")
+	}
+	return tw.Flush()
+}
+
+// writeFiles prints the node files' answer.
+func (r Report) writeFiles(tw *tabwriter.Writer) {
 	file := r.File
 	if file == "" {
 		file = "(none: the kubelet finds no credentials file)"
@@ -337,18 +362,6 @@ func (r Report) WriteTable(w io.Writer) error {
 			fmt.Fprintf(tw, "  %s\n", text(res.Error))
 		}
 	}
-	for _, warn := range r.Warnings {
-		fmt.Fprintf(tw, "warning: %s\n", text(warn))
-	}
-	if r.Runtime != nil {
-		r.Runtime.writeTable(tw)
-	}
-	if r.OK {
-		fmt.Fprintln(tw, "\nOK")
-	} else {
-		fmt.Fprintln(tw, "\nNOT OK")
-	}
-	return tw.Flush()
 }
 
 // probeText is the PROBE column.

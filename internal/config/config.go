@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // ErrUsage marks errors in what the user asked for; main exits 2 on them.
@@ -486,7 +487,15 @@ type Check struct {
 	ContainerdConfig   string `mapstructure:"containerd-config"`
 	StateDir           string `mapstructure:"state-dir"`
 	Sandbox            bool   `mapstructure:"sandbox"`
-	Log                `mapstructure:",squash"`
+	// ServiceAccount (NS/NAME) asks what the plugin's service-account mode
+	// answers for that ServiceAccount's Pods, read through the API with
+	// Kubeconfig (the caller's); the node's files are then not read.
+	ServiceAccount string `mapstructure:"service-account"`
+	Kubeconfig     string `mapstructure:"kubeconfig"`
+	// SANamespace and SAName are ServiceAccount split.
+	SANamespace string `mapstructure:"-"`
+	SAName      string `mapstructure:"-"`
+	Log         `mapstructure:",squash"`
 }
 
 // DefaultContainerdCertsDir is check's default for containerd's hosts
@@ -501,13 +510,15 @@ func CheckFlags(fs *pflag.FlagSet) {
 	fs.StringSlice("image", nil, "images to check (as in a Pod spec)")
 	fs.StringSlice("registry", nil, "registries to check (host[:port])")
 	fs.Bool("probe", false, "log in to each registry's /v2/ with the credentials found")
-	fs.Duration("timeout", 10*time.Second, "time limit of each --probe login (alias --probe-timeout)")
+	fs.Duration("timeout", 10*time.Second, "time limit of each --probe login, or with --service-account of all its API requests (alias --probe-timeout)")
 	fs.String("runtime", "", "also answer for the container runtime's own pulls: containerd (the hosts.toml header each host it tries gets)")
 	fs.String("runtime-version", "", "with --runtime: the Node's status.nodeInfo.containerRuntimeVersion (containerd://2.1.4, or 2.1.4); empty: the checks that need it are not made")
 	fs.String("containerd-certs-dir", DefaultContainerdCertsDir, "with --runtime: the folder nodecreds writes hosts.toml into (sync --containerd-certs-dir)")
 	fs.String("containerd-config", DefaultContainerdConfig, "with --runtime: containerd's configuration file (its imports are followed)")
 	fs.String("state-dir", DefaultStateDir, "with --runtime: nodecreds' state folder, whose records tell the headers it wrote")
 	fs.Bool("sandbox", false, "with --runtime: also check the sandbox (pause) image containerd's configuration names, or its default")
+	fs.String("service-account", "", "NAMESPACE/NAME: say what the credential-provider's service-account mode (nodecreds-sa) answers for each --image pulled by that ServiceAccount's Pods, reading the ServiceAccount and its nodecreds.io/pull-secret Secrets with --kubeconfig (the caller's credentials, never a token) and asking the API server whether the ServiceAccount itself may get each Secret; the node's files are not read, so only --image, --kubeconfig, --timeout, -o and the log flags go with it; exit 0 only when the plugin answers for every image (a ServiceAccount without the annotation: 1, the kubelet skips the plugin)")
+	fs.String("kubeconfig", "", "with --service-account: kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)")
 	outputFlag(fs)
 	LogFlags(fs)
 	aliases(fs, map[string]string{"probe-timeout": "timeout"})
@@ -534,7 +545,12 @@ func LoadCheck(fs *pflag.FlagSet) (Check, error) {
 	}
 	absRoot(&c.HostRoot)
 	errs := []error{validateRoot(c.HostRoot), validateNodePaths("--kubelet-root-dir", []string{c.KubeletRootDir}), c.Log.Validate()}
-	if len(c.Images) == 0 && len(c.Registries) == 0 && !(c.Sandbox && c.Runtime != "") {
+	switch {
+	case c.ServiceAccount != "":
+		errs = append(errs, c.splitServiceAccount())
+	case c.Kubeconfig != "":
+		errs = append(errs, usagef("--kubeconfig goes with --service-account (check reads the node's files otherwise)"))
+	case len(c.Images) == 0 && len(c.Registries) == 0 && !(c.Sandbox && c.Runtime != ""):
 		errs = append(errs, usagef("give at least one --image or --registry (or --runtime containerd --sandbox)"))
 	}
 	errs = append(errs, validateCheckRuntime(c))
@@ -543,6 +559,49 @@ func LoadCheck(fs *pflag.FlagSet) (Check, error) {
 		errs = append(errs, usagef("--timeout %s: must be positive", c.Timeout))
 	}
 	return c, errors.Join(errs...)
+}
+
+// splitServiceAccount checks --service-account NS/NAME and what goes with
+// it. The plugin's answer comes from the API, not from the node: a flag
+// about the node's files, a registry or containerd would be silently
+// ignored, so it is refused instead.
+func (c *Check) splitServiceAccount() error {
+	var errs []error
+	ns, name, ok := strings.Cut(c.ServiceAccount, "/")
+	switch {
+	case !ok || strings.Contains(name, "/"):
+		errs = append(errs, usagef("--service-account %q: must be NAMESPACE/NAME", c.ServiceAccount))
+	case len(validation.IsDNS1123Label(ns)) > 0:
+		errs = append(errs, usagef("--service-account %q: %q is not a namespace name", c.ServiceAccount, ns))
+	case len(validation.IsDNS1123Subdomain(name)) > 0:
+		errs = append(errs, usagef("--service-account %q: %q is not a ServiceAccount name", c.ServiceAccount, name))
+	default:
+		c.SANamespace, c.SAName = ns, name
+	}
+	if len(c.Images) == 0 {
+		errs = append(errs, usagef("--service-account needs --image: the plugin answers for images"))
+	}
+	nodeOnly := []struct {
+		flag string
+		set  bool
+	}{
+		{"--host-root", c.HostRoot != "/"},
+		{"--kubelet-root-dir", c.KubeletRootDir != DefaultKubeletRoot},
+		{"--registry", len(c.Registries) > 0},
+		{"--probe", c.Probe},
+		{"--runtime", c.Runtime != ""},
+		{"--runtime-version", c.RuntimeVersion != ""},
+		{"--containerd-certs-dir", c.ContainerdCertsDir != DefaultContainerdCertsDir},
+		{"--containerd-config", c.ContainerdConfig != DefaultContainerdConfig},
+		{"--state-dir", c.StateDir != DefaultStateDir},
+		{"--sandbox", c.Sandbox},
+	}
+	for _, f := range nodeOnly {
+		if f.set {
+			errs = append(errs, usagef("%s does not go with --service-account: the plugin's answer is read from the API, not from the node (check the node-wide answer without --service-account)", f.flag))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // validateCheckRuntime checks check's runtime flags.

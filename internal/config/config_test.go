@@ -235,6 +235,47 @@ func TestLoadCheckRuntime(t *testing.T) {
 	}
 }
 
+// TestLoadCheckServiceAccount: --service-account NS/NAME is split, needs
+// --image, and refuses every flag about the node's files (they would be
+// ignored); --kubeconfig goes only with it.
+func TestLoadCheckServiceAccount(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string // "" : valid
+	}{
+		{[]string{"--service-account", "team-a/puller", "--image", "r.test/a", "--kubeconfig", "/k", "-o", "json", "--timeout", "3s"}, ""},
+		{[]string{"--service-account", "puller", "--image", "r.test/a"}, "must be NAMESPACE/NAME"},
+		{[]string{"--service-account", "a/b/c", "--image", "r.test/a"}, "must be NAMESPACE/NAME"},
+		{[]string{"--service-account", "Team/puller", "--image", "r.test/a"}, "not a namespace name"},
+		{[]string{"--service-account", "team/", "--image", "r.test/a"}, "not a ServiceAccount name"},
+		{[]string{"--service-account", "team/puller"}, "needs --image"},
+		{[]string{"--service-account", "team/puller", "--image", "r.test/a", "--registry", "r.test"}, "--registry does not go with --service-account"},
+		{[]string{"--service-account", "team/puller", "--image", "r.test/a", "--probe"}, "--probe does not go with"},
+		{[]string{"--service-account", "team/puller", "--image", "r.test/a", "--host-root", "/tmp"}, "--host-root does not go with"},
+		{[]string{"--service-account", "team/puller", "--image", "r.test/a", "--kubelet-root-dir", "/srv/kubelet"}, "--kubelet-root-dir does not go with"},
+		{[]string{"--service-account", "team/puller", "--image", "r.test/a", "--runtime", "containerd"}, "--runtime does not go with"},
+		{[]string{"--service-account", "team/puller", "--image", "r.test/a", "--state-dir", "/srv/state"}, "--state-dir does not go with"},
+		{[]string{"--image", "r.test/a", "--kubeconfig", "/k"}, "--kubeconfig goes with --service-account"},
+	}
+	for _, tt := range tests {
+		fs := pflag.NewFlagSet("check", pflag.ContinueOnError)
+		CheckFlags(fs)
+		if err := fs.Parse(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		c, err := LoadCheck(fs)
+		if tt.want == "" {
+			if err != nil || c.SANamespace != "team-a" || c.SAName != "puller" || c.Kubeconfig != "/k" || c.Timeout != 3*time.Second {
+				t.Errorf("check %v: %+v, %v", tt.args, c, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("check %v: error %v, want a usage error mentioning %q", tt.args, err, tt.want)
+		}
+	}
+}
+
 func providerFlags(t *testing.T, args ...string) *pflag.FlagSet {
 	t.Helper()
 	fs := pflag.NewFlagSet("credential-provider", pflag.ContinueOnError)
