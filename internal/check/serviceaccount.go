@@ -10,9 +10,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/nodecreds/nodecreds/internal/dockercfg"
 	"github.com/nodecreds/nodecreds/internal/kubeletcred"
@@ -210,35 +208,23 @@ type readResult struct {
 	denied bool // the caller was refused
 }
 
-func (v *serviceAccountView) Secrets(namespace string) corev1client.SecretInterface {
-	return viewSecrets{namespace: namespace, view: v}
-}
-
 func (v *serviceAccountView) callerDenied(name string) bool { return v.read[name].denied }
 
-// viewSecrets is the Secrets of one namespace seen through the view. It
-// has Get only: pullsecret only gets (the other methods of the typed
-// client's interface are nil and panic).
-type viewSecrets struct {
-	corev1client.SecretInterface
-	namespace string
-	view      *serviceAccountView
-}
-
-func (s viewSecrets) Get(ctx context.Context, name string, _ metav1.GetOptions) (*corev1.Secret, error) {
-	if s.view.access[name] == MayNotGet {
+// GetSecret is pullsecret.SecretGetter seen through the view.
+func (v *serviceAccountView) GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	if v.access[name] == MayNotGet {
 		return nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, name, errors.New("the ServiceAccount may not get it"))
 	}
-	if r, ok := s.view.read[name]; ok {
+	if r, ok := v.read[name]; ok {
 		return r.secret, r.err
 	}
-	sec, err := s.view.caller.GetSecret(ctx, s.namespace, name)
+	sec, err := v.caller.GetSecret(ctx, namespace, name)
 	r := readResult{secret: sec, err: err}
 	if apierrors.IsForbidden(err) {
 		// Not the plugin's Forbidden: that one is the ServiceAccount's.
 		r = readResult{err: fmt.Errorf("your kubeconfig's user may not get Secret %s", name), denied: true}
 	}
-	s.view.read[name] = r
+	v.read[name] = r
 	return r.secret, r.err
 }
 
