@@ -15,6 +15,10 @@ import (
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
+// shippedProviderConfig is deploy/credential-provider's
+// CredentialProviderConfig, as the docs tell an admin to copy it.
+var shippedProviderConfig = filepath.Join("..", "..", "deploy", "credential-provider", "nodecreds-credential-provider.yaml")
+
 // TestKubeletAcceptsTheServiceAccountEntry: the shipped
 // CredentialProviderConfig (both entries) is read and validated by the
 // kubelet's own code (v1.37, the feature gates at their defaults) and

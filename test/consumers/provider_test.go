@@ -180,32 +180,17 @@ func TestMatchImagesSemantics(t *testing.T) {
 	}
 }
 
-// shippedProviderConfig is the path of deploy/credential-provider's
-// CredentialProviderConfig.
-var shippedProviderConfig = filepath.Join("..", "..", "deploy", "credential-provider", "nodecreds-credential-provider.yaml")
-
 // providerConfig writes deploy/credential-provider's CredentialProviderConfig
-// with its node-wide entry (nodecreds) only — the service-account entry
-// needs its own binary name and the pulling Pod's ServiceAccount — with
-// matchImages replaced and extra plugin arguments and environment, and
+// with matchImages replaced and extra plugin arguments and environment, and
 // returns its path.
 func providerConfig(t *testing.T, matchImages, extraArgs []string, env map[string]string) string {
 	t.Helper()
 	doc := map[string]any{}
-	b := testsupport.ReadFile(t, shippedProviderConfig)
+	b := testsupport.ReadFile(t, filepath.Join("..", "..", "deploy", "credential-provider", "nodecreds-credential-provider.yaml"))
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		t.Fatal(err)
 	}
-	var p map[string]any
-	for _, e := range doc["providers"].([]any) {
-		if e := e.(map[string]any); e["name"] == "nodecreds" {
-			p = e
-		}
-	}
-	if p == nil {
-		t.Fatalf("%s has no provider named nodecreds", shippedProviderConfig)
-	}
-	doc["providers"] = []any{p}
+	p := doc["providers"].([]any)[0].(map[string]any)
 	p["matchImages"] = matchImages
 	p["args"] = append(p["args"].([]any), toAny(extraArgs)...)
 	var vars []any
