@@ -10,8 +10,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/yaml"
@@ -94,7 +97,8 @@ const everyValue = "image.repository=reg.example.test/nodecreds,image.tag=9.9.9,
 	",affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values[0]=virtual-kubelet" +
 	",resources.limits.memory=80Mi,podAnnotations.a=b,podLabels.team=x,extraArgs={--resync=10m},extraEnv[0].name=X,extraEnv[0].value=y" +
 	",updateStrategy.rollingUpdate.maxUnavailable=2,metrics.port=9300,serviceMonitor.enabled=true,verify.spread=5s,verify.retry=1m" +
-	",expiryWarning.share=0.25,expiryWarning.min=30m"
+	",expiryWarning.share=0.25,expiryWarning.min=30m" +
+	",credentialProvider.serviceAccount.enabled=true,credentialProvider.serviceAccount.audience=https://kubernetes.default.svc.cluster.local,credentialProvider.serviceAccount.serviceAccountNames={app}"
 
 // TestChartValues renders each documented value and checks it lands where
 // it should.
@@ -166,6 +170,13 @@ func TestChartValues(t *testing.T) {
 		{"updateStrategy", ds.Spec.UpdateStrategy.RollingUpdate != nil && ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable.IntValue() == 2},
 		{"metrics.port", c.Ports[0].ContainerPort == 9300 && slices.Contains(c.Args, "--metrics-addr=:9300")},
 		{"verify.spread, verify.retry", slices.Contains(c.Args, "--verify-spread=5s") && slices.Contains(c.Args, "--verify-retry=1m")},
+		{"credentialProvider.serviceAccount (cluster-wide node RBAC for the audience)", slices.ContainsFunc(all, func(o *unstructured.Unstructured) bool {
+			var cr rbacv1.ClusterRole
+			if o.GetKind() != "ClusterRole" || o.GetName() != "nodecreds-sa-token-audience" || runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &cr) != nil {
+				return false
+			}
+			return len(cr.Rules) == 1 && slices.Equal(cr.Rules[0].Resources, []string{"https://kubernetes.default.svc.cluster.local"}) && slices.Equal(cr.Rules[0].ResourceNames, []string{"app"})
+		})},
 	}
 	for _, ck := range checks {
 		if !ck.ok {
@@ -947,4 +958,178 @@ func TestChartPoolSecretsStayInTheirPools(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestChartServiceAccountNodeRBAC: credentialProvider.serviceAccount renders
+// the RBAC that lets the nodes request Pod tokens with the API server's
+// audience for nodecreds-sa — the verb NodeRestriction asks RBAC about, on
+// the audience string, bound to the group system:nodes — cluster-wide when
+// no namespaces are given, a Role and RoleBinding in each one otherwise,
+// narrowed to serviceAccountNames when given; nothing by default; a missing
+// or malformed audience or list is refused naming the fix. On a real API
+// server, both renders apply and RBAC answers a kubelet's question as the
+// docs say: allowed for the audience (in the listed namespaces, for the
+// listed names), refused for any other audience, namespace or name, and
+// for anyone who is not a node.
+func TestChartServiceAccountNodeRBAC(t *testing.T) {
+	const aud = "https://kubernetes.default.svc.cluster.local"
+	const on = "credentialProvider.serviceAccount.enabled=true,credentialProvider.serviceAccount.audience=" + aud
+	type grant struct{ kind, namespace string }
+	for _, tc := range []struct {
+		name   string
+		set    string
+		grants []grant
+		names  []string
+	}{
+		{name: "default: none", set: ""},
+		{name: "audience without enabled: none", set: "credentialProvider.serviceAccount.audience=" + aud},
+		{name: "cluster-wide", set: on, grants: []grant{{"ClusterRole", ""}}},
+		{name: "per namespace", set: on + ",credentialProvider.serviceAccount.namespaces={tenant-a,tenant-b}", grants: []grant{{"Role", "tenant-a"}, {"Role", "tenant-b"}}},
+		{name: "per namespace, some ServiceAccounts", set: on + ",credentialProvider.serviceAccount.namespaces={tenant-a},credentialProvider.serviceAccount.serviceAccountNames={app,builder}",
+			grants: []grant{{"Role", "tenant-a"}}, names: []string{"app", "builder"}},
+		{name: "with the plugin install", set: on + ",credentialProvider.enabled=true", grants: []grant{{"ClusterRole", ""}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := renderChart(tc.set, "ns1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs := objects(t, out)
+			var got []grant
+			for _, o := range objs {
+				if o.GetName() != "nodecreds-sa-token-audience" {
+					continue
+				}
+				switch o.GetKind() {
+				case "ClusterRole", "Role":
+					got = append(got, grant{o.GetKind(), o.GetNamespace()})
+					var rules []rbacv1.PolicyRule
+					if o.GetKind() == "Role" {
+						rules = all[rbacv1.Role](t, objs, "Role")[o.GetNamespace()+"/"+o.GetName()].Rules
+					} else {
+						rules = all[rbacv1.ClusterRole](t, objs, "ClusterRole")["/"+o.GetName()].Rules
+					}
+					want := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{aud}, ResourceNames: tc.names, Verbs: []string{"request-serviceaccounts-token-audience"}}}
+					if !reflect.DeepEqual(rules, want) {
+						t.Errorf("%s %s/%s rules %+v, want %+v", o.GetKind(), o.GetNamespace(), o.GetName(), rules, want)
+					}
+				case "ClusterRoleBinding", "RoleBinding":
+					var b rbacv1.RoleBinding // the same fields as a ClusterRoleBinding's
+					if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &b); err != nil {
+						t.Fatal(err)
+					}
+					wantRef := rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: strings.TrimSuffix(o.GetKind(), "Binding"), Name: "nodecreds-sa-token-audience"}
+					wantSubjects := []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: "system:nodes"}}
+					if b.RoleRef != wantRef || !reflect.DeepEqual(b.Subjects, wantSubjects) {
+						t.Errorf("%s %s/%s: roleRef %+v subjects %+v, want %+v to the nodes' group", o.GetKind(), o.GetNamespace(), o.GetName(), b.RoleRef, b.Subjects, wantRef)
+					}
+				default:
+					t.Errorf("unexpected %s %s", o.GetKind(), o.GetName())
+				}
+			}
+			slices.SortFunc(got, func(a, b grant) int { return strings.Compare(a.namespace, b.namespace) })
+			if !slices.Equal(got, tc.grants) {
+				t.Errorf("node RBAC for the audience: %v, want %v", got, tc.grants)
+			}
+			// Each grant has its binding, and nothing else in the chart changed.
+			bindings := len(all[rbacv1.RoleBinding](t, objs, "RoleBinding")) + len(all[rbacv1.ClusterRoleBinding](t, objs, "ClusterRoleBinding"))
+			if want := len(tc.grants) + 3; bindings != want { // the agent's Secrets, Node and Events bindings
+				t.Errorf("%d bindings, want %d", bindings, want)
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		name, set string
+		want      []string
+	}{
+		{"no audience", "credentialProvider.serviceAccount.enabled=true", []string{"audience is empty", "kubectl create token default", "aud claim"}},
+		{"an audience with a blank", on + `\ x`, []string{"audience", "blanks"}},
+		{"an audience that is a number", "credentialProvider.serviceAccount.enabled=true,credentialProvider.serviceAccount.audience=5", []string{"audience is empty"}},
+		{"a bad namespace", on + ",credentialProvider.serviceAccount.namespaces={Tenant_A}", []string{"namespaces[0]", "not a namespace name"}},
+		{"an empty namespace", on + ",credentialProvider.serviceAccount.namespaces={}", []string{"namespaces[0]", "not a namespace name"}},
+		{"a namespace twice", on + ",credentialProvider.serviceAccount.namespaces={a,a}", []string{"listed twice"}},
+		{"namespaces as a string", on + ",credentialProvider.serviceAccount.namespaces=tenant-a", []string{"namespaces: must be a list"}},
+		{"an empty ServiceAccount name", on + ",credentialProvider.serviceAccount.serviceAccountNames={}", []string{"serviceAccountNames[0]", "not a ServiceAccount name"}},
+		{"a ServiceAccount twice", on + ",credentialProvider.serviceAccount.serviceAccountNames={app,app}", []string{"listed twice"}},
+	} {
+		t.Run("refused: "+tc.name, func(t *testing.T) {
+			_, err := renderChart(tc.set, "ns1")
+			if err == nil {
+				t.Fatal("rendered; want a refusal")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("the refusal %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+
+	t.Run("real API server", func(t *testing.T) {
+		c := startCluster(t)
+		ctx := t.Context()
+		for _, ns := range []string{"ns1", "tenant-a", "tenant-b", "tenant-c", "other"} {
+			if _, err := c.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		node := authorizationv1.SubjectAccessReviewSpec{User: "system:node:node-1", Groups: []string{"system:nodes", "system:authenticated"}}
+		notNode := authorizationv1.SubjectAccessReviewSpec{User: "system:serviceaccount:tenant-a:app", Groups: []string{"system:serviceaccounts", "system:serviceaccounts:tenant-a", "system:authenticated"}}
+		allowed := func(who authorizationv1.SubjectAccessReviewSpec, audience, ns, sa string) bool {
+			t.Helper()
+			who.ResourceAttributes = &authorizationv1.ResourceAttributes{Verb: "request-serviceaccounts-token-audience", Resource: audience, Namespace: ns, Name: sa}
+			r, err := c.Admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: who}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r.Status.Allowed
+		}
+		type q struct {
+			who      authorizationv1.SubjectAccessReviewSpec
+			audience string
+			ns, sa   string
+		}
+		for _, variant := range []struct {
+			name     string
+			set      string
+			allow    []q
+			refuse   []q
+			wantKind string
+		}{
+			// Before any install: a node may not (what the kubelet's log then says).
+			{name: "none", set: "", refuse: []q{{node, aud, "tenant-a", "app"}}},
+			{name: "per namespace", set: on + ",credentialProvider.serviceAccount.namespaces={tenant-a,tenant-b},credentialProvider.serviceAccount.serviceAccountNames={app}",
+				allow:  []q{{node, aud, "tenant-a", "app"}, {node, aud, "tenant-b", "app"}},
+				refuse: []q{{node, aud, "tenant-c", "app"}, {node, aud, "tenant-a", "builder"}, {node, "https://other.example", "tenant-a", "app"}, {notNode, aud, "tenant-a", "app"}}},
+			{name: "cluster-wide", set: on,
+				allow:  []q{{node, aud, "tenant-a", "app"}, {node, aud, "tenant-c", "builder"}, {node, aud, "other", "default"}},
+				refuse: []q{{node, "https://other.example", "tenant-a", "app"}, {node, "", "tenant-a", "app"}, {notNode, aud, "tenant-a", "app"}}},
+		} {
+			objs := objects(t, renderWithCluster(t, c, variant.set, "ns1"))
+			var rbac []*unstructured.Unstructured
+			for _, o := range objs {
+				if o.GetName() == "nodecreds-sa-token-audience" {
+					rbac = append(rbac, o)
+				}
+			}
+			if err := cluster.Apply(ctx, c.RESTConfig, rbac, false); err != nil {
+				t.Fatalf("%s: applying the node RBAC: %v", variant.name, err)
+			}
+			for _, a := range variant.allow {
+				// RBAC's authorizer learns new bindings through its informers.
+				err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+					return allowed(a.who, a.audience, a.ns, a.sa), nil
+				})
+				if err != nil {
+					t.Errorf("%s: %s may not request tokens for audience %q for %s/%s", variant.name, a.who.User, a.audience, a.ns, a.sa)
+				}
+			}
+			for _, r := range variant.refuse {
+				if allowed(r.who, r.audience, r.ns, r.sa) {
+					t.Errorf("%s: %s may request tokens for audience %q for %s/%s", variant.name, r.who.User, r.audience, r.ns, r.sa)
+				}
+			}
+		}
+	})
 }
