@@ -186,7 +186,7 @@ func plugin(cfg config.Sync) agent.Plugin {
 type providerPlugin struct{ hostRoot, dir string }
 
 func (p providerPlugin) Install() (string, bool, error) {
-	inst, err := provider.Install(p.hostRoot, p.dir, config.ProviderBinary)
+	inst, err := provider.Install(p.hostRoot, p.dir, config.ProviderBinary, config.ServiceAccountProviderBinary)
 	return inst.Path, inst.Changed, err
 }
 

@@ -138,7 +138,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.Bool("prune", true, "remove entries that left the sources")
 	fs.Duration("resync", 5*time.Minute, "period of the full re-check")
 	fs.String("metrics-addr", DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; 0 disables")
-	fs.String("install-credential-provider", "", "node folder to install the kubelet credential-provider plugin into (as "+ProviderBinary+"); empty: not installed")
+	fs.String("install-credential-provider", "", "node folder to install the kubelet credential-provider plugin into (as "+ProviderBinary+", with the link "+ServiceAccountProviderBinary+" to it for the service-account-token mode); empty: not installed")
 	fs.String("containerd-certs-dir", "", "containerd's hosts folder (its config_path, such as /etc/containerd/certs.d): the registries of Secrets annotated nodecreds.io/runtime-auth=true (with --source dir: of every folder) get an Authorization header in its hosts.toml files; empty: off")
 	fs.String("containerd-config", DefaultContainerdConfig, "containerd's configuration file, read (with its imports) to say when containerd will not use the hosts.toml headers; only with --containerd-certs-dir")
 	fs.String("pool", "", "the node pool this agent serves (the chart sets it per DaemonSet); named when another agent meets this one on a node")
