@@ -691,7 +691,7 @@ func ProviderFlags(fs *pflag.FlagSet) {
 	fs.String("api-ca-file", "", "with --service-account: node path of the CA file the API server's certificate is verified with (default: the CA of --kubelet-kubeconfig)")
 	fs.String("kubelet-kubeconfig", "", "with --service-account: node path of the kubelet's kubeconfig (such as kubeadm's /etc/kubernetes/kubelet.conf), whose current cluster gives the API server and its CA; its credentials are never read")
 	fs.Duration("api-timeout", DefaultAPITimeout, "with --service-account: the longest a run may take, API requests included (less than "+MaxAPITimeout.String()+", inside the kubelet's 1m exec timeout)")
-	fs.String("state-dir", DefaultStateDir, "node folder where the answers are counted, by reason, for the agent's metrics (a missing folder: not counted)")
+	fs.String("state-dir", DefaultStateDir, "with --service-account: node folder where the answers are counted, by reason, for the agent's metric nodecreds_workload_answers_total (a missing folder: not counted)")
 	aliases(fs, map[string]string{"target": "file"})
 }
 
