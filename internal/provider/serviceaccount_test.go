@@ -406,6 +406,10 @@ func TestCountAnswer(t *testing.T) {
 		t.Errorf("the state folder was created: %v", err)
 	}
 
+	// A run that died before its rename left a temp file: the next sweeps
+	// it; a name that merely starts alike is not ours and stays.
+	testsupport.WriteFile(t, filepath.Join(root, "state", "."+AnswersFile+".0123456789abcdef"), "{}", 0o600)
+	testsupport.WriteFile(t, filepath.Join(root, "state", "."+AnswersFile+".backup"), "{}", 0o600)
 	testsupport.WriteFile(t, filepath.Join(root, "state", AnswersFile), "not json", 0o600)
 	if _, ok := ReadAnswers(root, "/state"); ok {
 		t.Error("counters read from a file that does not parse")
@@ -415,5 +419,11 @@ func TestCountAnswer(t *testing.T) {
 	}
 	if counts, ok := ReadAnswers(root, "/state"); !ok || counts[pullsecret.NoEntry] != 1 || counts[pullsecret.Answered] != 0 {
 		t.Errorf("after a file that did not parse: %v %v", counts, ok)
+	}
+	if _, err := os.Stat(filepath.Join(root, "state", "."+AnswersFile+".0123456789abcdef")); !os.IsNotExist(err) {
+		t.Errorf("a dead run's temp file stayed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "state", "."+AnswersFile+".backup")); err != nil {
+		t.Errorf("a file not ours was removed: %v", err)
 	}
 }
