@@ -111,6 +111,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 	p.reg = prometheus.NewRegistry()
 	p.health = &metrics.Health{}
 	m := metrics.NewMetrics(p.reg)
+	p.reg.MustRegister(metrics.NewWorkloadAnswers(workloadAnswers(cfg)))
 	var verify agent.Verifier
 	if p.verifier = newVerifier(ctx, cfg, files, m, log); p.verifier != nil {
 		verify = p.verifier
@@ -185,8 +186,21 @@ func plugin(cfg config.Sync) agent.Plugin {
 
 type providerPlugin struct{ hostRoot, dir string }
 
+// workloadAnswers reads the counters the plugin's service-account-token
+// mode keeps in the state folder (whoever installed the plugin).
+func workloadAnswers(cfg config.Sync) metrics.AnswerCounts {
+	return func() (map[string]uint64, bool) {
+		counts, ok := provider.ReadAnswers(cfg.HostRoot, cfg.StateDir)
+		out := make(map[string]uint64, len(counts))
+		for r, n := range counts {
+			out[string(r)] = n
+		}
+		return out, ok
+	}
+}
+
 func (p providerPlugin) Install() (string, bool, error) {
-	inst, err := provider.Install(p.hostRoot, p.dir, config.ProviderBinary)
+	inst, err := provider.Install(p.hostRoot, p.dir, config.ProviderBinary, config.ServiceAccountProviderBinary)
 	return inst.Path, inst.Changed, err
 }
 

@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -138,7 +139,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	fs.Bool("prune", true, "remove entries that left the sources")
 	fs.Duration("resync", 5*time.Minute, "period of the full re-check")
 	fs.String("metrics-addr", DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; 0 disables")
-	fs.String("install-credential-provider", "", "node folder to install the kubelet credential-provider plugin into (as "+ProviderBinary+"); empty: not installed")
+	fs.String("install-credential-provider", "", "node folder to install the kubelet credential-provider plugin into (as "+ProviderBinary+", with the link "+ServiceAccountProviderBinary+" to it for the service-account-token mode); empty: not installed")
 	fs.String("containerd-certs-dir", "", "containerd's hosts folder (its config_path, such as /etc/containerd/certs.d): the registries of Secrets annotated nodecreds.io/runtime-auth=true (with --source dir: of every folder) get an Authorization header in its hosts.toml files; empty: off")
 	fs.String("containerd-config", DefaultContainerdConfig, "containerd's configuration file, read (with its imports) to say when containerd will not use the hosts.toml headers; only with --containerd-certs-dir")
 	fs.String("pool", "", "the node pool this agent serves (the chart sets it per DaemonSet); named when another agent meets this one on a node")
@@ -381,6 +382,13 @@ func (l Log) Validate() error {
 
 // load fills out from fs, NODECREDS_* variables and the --config file.
 func load(fs *pflag.FlagSet, out any) error {
+	_, err := loadSettings(fs, out)
+	return err
+}
+
+// loadSettings is load, and it returns the settings so a caller can ask
+// which were given (viper's IsSet: a flag's default does not count).
+func loadSettings(fs *pflag.FlagSet, out any) (*viper.Viper, error) {
 	v := viper.New()
 	v.SetEnvPrefix("NODECREDS")
 	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
@@ -392,11 +400,11 @@ func load(fs *pflag.FlagSet, out any) error {
 		}
 	})
 	if bindErr != nil {
-		return fmt.Errorf("binding flags: %w", bindErr)
+		return nil, fmt.Errorf("binding flags: %w", bindErr)
 	}
 	if file := v.GetString("config"); file != "" {
 		if err := readConfigFile(v, fs, file); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	dc := func(dc *mapstructure.DecoderConfig) {
@@ -407,9 +415,9 @@ func load(fs *pflag.FlagSet, out any) error {
 		)
 	}
 	if err := v.Unmarshal(out, dc); err != nil {
-		return usagef("reading settings: %v", err)
+		return nil, usagef("reading settings: %v", err)
 	}
-	return nil
+	return v, nil
 }
 
 // readConfigFile merges a YAML file into v after refusing keys that are not
@@ -684,6 +692,28 @@ const ProviderBinary = "nodecreds"
 // collapses a burst of pulls from one registry into one run (about 14 ms).
 const DefaultProviderCache = time.Second
 
+// ServiceAccountProviderBinary is the name of the link to the plugin the
+// agent installs beside it, so the kubelet can have a second provider
+// entry (names are unique) for the service-account-token mode.
+const ServiceAccountProviderBinary = "nodecreds-sa"
+
+// DefaultServiceAccountCache is the answer's cache in the
+// service-account-token mode. The kubelet keys it by ServiceAccount
+// (cacheType ServiceAccount), a key that does not change when the tenant
+// rotates the Secret, so it bounds how long a rotation takes to reach new
+// pulls; each run costs the API server one GET per Secret read, which a
+// few seconds of cache keep from growing with the number of pulls.
+const DefaultServiceAccountCache = 10 * time.Second
+
+// DefaultAPITimeout bounds a whole service-account-mode run: well inside
+// the kubelet's one-minute exec timeout, so a slow API server fails the
+// answer (and the kubelet goes on to its other sources) rather than the
+// pull. MaxAPITimeout keeps it there.
+const (
+	DefaultAPITimeout = 10 * time.Second
+	MaxAPITimeout     = 50 * time.Second
+)
+
 // Provider is `nodecreds credential-provider`'s configuration. The kubelet
 // runs it with the arguments of its CredentialProviderConfig and its own
 // environment, so NODECREDS_* variables apply as for every command.
@@ -692,29 +722,114 @@ type Provider struct {
 	HostRoot      string        `mapstructure:"host-root"`
 	File          string        `mapstructure:"file"`
 	CacheDuration time.Duration `mapstructure:"cache-duration"`
+	// ServiceAccount selects the service-account-token mode: the answer
+	// comes from the Secrets the Pod's ServiceAccount names, read from
+	// the API server with the Pod's token, not from File.
+	ServiceAccount bool `mapstructure:"service-account"`
+	// APIServer and APICAFile say where the API server is and which CA
+	// signs its serving certificate (a node path); KubeletKubeconfig is a
+	// kubeconfig (a node path) whose current context's cluster gives
+	// either when it is not set. Its credentials are never read.
+	APIServer         string        `mapstructure:"api-server"`
+	APICAFile         string        `mapstructure:"api-ca-file"`
+	KubeletKubeconfig string        `mapstructure:"kubelet-kubeconfig"`
+	APITimeout        time.Duration `mapstructure:"api-timeout"`
+	// StateDir is the node folder of the answer counters the agent
+	// exports (a missing folder: not counted).
+	StateDir string `mapstructure:"state-dir"`
 }
 
 // ProviderFlags registers the credential-provider command's flags.
 func ProviderFlags(fs *pflag.FlagSet) {
 	configFlag(fs)
 	hostRootFlag(fs)
-	fs.String("file", DefaultTargets()[0], "the config.json nodecreds keeps in sync, answered from (alias --target)")
-	fs.Duration("cache-duration", DefaultProviderCache, "how long the kubelet may cache an answer (0: not at all)")
+	fs.String("file", DefaultTargets()[0], "the config.json nodecreds keeps in sync, answered from (alias --target); not with --service-account")
+	fs.Duration("cache-duration", DefaultProviderCache, "how long the kubelet may cache an answer (0: not at all); "+DefaultServiceAccountCache.String()+" when not set with --service-account")
+	fs.Bool("service-account", false, "answer with the Secrets named by the pulling Pod's ServiceAccount (annotation nodecreds.io/pull-secret), read from the API server with the Pod's token (the kubelet's tokenAttributes)")
+	fs.String("api-server", "", "with --service-account: the API server's https URL (default: the server of --kubelet-kubeconfig)")
+	fs.String("api-ca-file", "", "with --service-account: node path of the CA file the API server's certificate is verified with (default: the CA of --kubelet-kubeconfig)")
+	fs.String("kubelet-kubeconfig", "", "with --service-account: node path of the kubelet's kubeconfig (such as kubeadm's /etc/kubernetes/kubelet.conf), whose current cluster gives the API server and its CA; its credentials are never read")
+	fs.Duration("api-timeout", DefaultAPITimeout, "with --service-account: the longest a run may take, API requests included (less than "+MaxAPITimeout.String()+", inside the kubelet's 1m exec timeout)")
+	fs.String("state-dir", DefaultStateDir, "with --service-account: node folder where the answers are counted, by reason, for the agent's metric nodecreds_workload_answers_total (a missing folder: not counted)")
 	aliases(fs, map[string]string{"target": "file"})
 }
 
 // LoadProvider reads and validates the credential-provider settings.
 func LoadProvider(fs *pflag.FlagSet) (Provider, error) {
 	var c Provider
-	if err := load(fs, &c); err != nil {
+	v, err := loadSettings(fs, &c)
+	if err != nil {
 		return c, err
 	}
 	absRoot(&c.HostRoot)
+	if c.ServiceAccount && !v.IsSet("cache-duration") {
+		c.CacheDuration = DefaultServiceAccountCache
+	}
 	errs := []error{validateRoot(c.HostRoot), validateNodePaths("--file", []string{c.File})}
 	if c.CacheDuration < 0 {
 		errs = append(errs, usagef("--cache-duration %s: must not be negative", c.CacheDuration))
 	}
+	if c.ServiceAccount {
+		errs = append(errs, c.validateServiceAccount()...)
+	} else {
+		// Without the mode these would be ignored, and a provider entry
+		// meant for workloads would answer with the node's credentials.
+		for _, f := range []string{"api-server", "api-ca-file", "kubelet-kubeconfig"} {
+			if v.IsSet(f) {
+				errs = append(errs, usagef("--%s: only with --service-account", f))
+			}
+		}
+	}
 	return c, errors.Join(errs...)
+}
+
+// validateServiceAccount checks the service-account-token mode's flags:
+// an https API server and a CA to verify it, each given or taken from the
+// kubelet's kubeconfig (read at run time), and a timeout inside the
+// kubelet's.
+func (c Provider) validateServiceAccount() []error {
+	var errs []error
+	if c.APIServer == "" && c.KubeletKubeconfig == "" {
+		errs = append(errs, usagef("--service-account needs the API server: --api-server or --kubelet-kubeconfig"))
+	}
+	if c.APICAFile == "" && c.KubeletKubeconfig == "" {
+		errs = append(errs, usagef("--service-account needs the API server's CA: --api-ca-file or --kubelet-kubeconfig"))
+	}
+	if c.APIServer != "" {
+		if err := ValidateAPIServer(c.APIServer); err != nil {
+			errs = append(errs, usagef("--api-server: %v", err))
+		}
+	}
+	if c.APICAFile != "" {
+		errs = append(errs, validateNodePaths("--api-ca-file", []string{c.APICAFile}))
+	}
+	if c.KubeletKubeconfig != "" {
+		errs = append(errs, validateNodePaths("--kubelet-kubeconfig", []string{c.KubeletKubeconfig}))
+	}
+	errs = append(errs, validateNodePaths("--state-dir", []string{c.StateDir}))
+	if c.APITimeout <= 0 || c.APITimeout >= MaxAPITimeout {
+		errs = append(errs, usagef("--api-timeout %s: must be more than 0 and less than %s (the kubelet kills a plugin after 1m)", c.APITimeout, MaxAPITimeout))
+	}
+	return errs
+}
+
+// ValidateAPIServer accepts an https URL of a host, nothing else: the Pod's
+// token goes to it, so it is never sent in clear. The provider checks the
+// server a kubeconfig names with it too.
+func ValidateAPIServer(server string) error {
+	u, err := url.Parse(server)
+	switch {
+	case err != nil:
+		return errors.New("not a URL")
+	case u.User != nil:
+		// Not echoed: the user part may hold a password.
+		return errors.New("must be https://HOST[:PORT][/PATH], without a user")
+	case u.Scheme != "https" || u.Host == "":
+		return fmt.Errorf("%q: must be an https:// URL (the Pod's token is sent to it)", server)
+	case u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("%q: must be https://HOST[:PORT][/PATH], without query or fragment", server)
+	}
+	return nil
 }
 
 // The flags several commands share, each registered by one helper so their

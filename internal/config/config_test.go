@@ -333,6 +333,88 @@ func TestLoadProvider(t *testing.T) {
 	}
 }
 
+// TestLoadProviderServiceAccount: the service-account-token mode needs an
+// https API server and a CA, each given or from the kubelet's kubeconfig,
+// and a timeout inside the kubelet's; its cache defaults to 10s unless set
+// (flag, environment or file); its flags alone, without the mode, are
+// refused, since that entry would answer with the node's credentials.
+func TestLoadProviderServiceAccount(t *testing.T) {
+	kc := "--kubelet-kubeconfig=/etc/kubernetes/kubelet.conf"
+	tests := []struct {
+		name  string
+		args  []string
+		env   map[string]string
+		file  string // --config content
+		want  func(Provider) bool
+		usage string // in the usage error; "" for none
+	}{
+		{name: "kubelet kubeconfig alone", args: []string{"--service-account", kc}, want: func(c Provider) bool {
+			return c.ServiceAccount && c.KubeletKubeconfig == "/etc/kubernetes/kubelet.conf" && c.CacheDuration == 10*time.Second &&
+				c.APITimeout == 10*time.Second && c.StateDir == "/var/lib/nodecreds" && c.APIServer == "" && c.APICAFile == ""
+		}},
+		{name: "server and CA", args: []string{"--service-account", "--api-server=https://10.0.0.1:6443", "--api-ca-file=/etc/kubernetes/pki/ca.crt"}, want: func(c Provider) bool {
+			return c.APIServer == "https://10.0.0.1:6443" && c.APICAFile == "/etc/kubernetes/pki/ca.crt"
+		}},
+		{name: "cache set by flag", args: []string{"--service-account", kc, "--cache-duration=3s"}, want: func(c Provider) bool { return c.CacheDuration == 3*time.Second }},
+		{name: "cache set to 1s by flag", args: []string{"--service-account", kc, "--cache-duration=1s"}, want: func(c Provider) bool { return c.CacheDuration == time.Second }},
+		{name: "cache set by environment", args: []string{"--service-account", kc}, env: map[string]string{"NODECREDS_CACHE_DURATION": "0s"}, want: func(c Provider) bool { return c.CacheDuration == 0 }},
+		{name: "mode and cache from the file", file: "service-account: true\nkubelet-kubeconfig: /k.conf\ncache-duration: 4s\napi-timeout: 20s\n", want: func(c Provider) bool {
+			return c.ServiceAccount && c.CacheDuration == 4*time.Second && c.APITimeout == 20*time.Second
+		}},
+		{name: "mode from the environment", env: map[string]string{"NODECREDS_SERVICE_ACCOUNT": "true", "NODECREDS_KUBELET_KUBECONFIG": "/k.conf"}, want: func(c Provider) bool {
+			return c.ServiceAccount && c.CacheDuration == 10*time.Second
+		}},
+		{name: "node-wide cache unchanged", want: func(c Provider) bool { return !c.ServiceAccount && c.CacheDuration == time.Second }},
+		{name: "no server", args: []string{"--service-account", "--api-ca-file=/ca.crt"}, usage: "--api-server or --kubelet-kubeconfig"},
+		{name: "no CA", args: []string{"--service-account", "--api-server=https://a.test"}, usage: "--api-ca-file or --kubelet-kubeconfig"},
+		{name: "nothing", args: []string{"--service-account"}, usage: "needs the API server"},
+		{name: "http", args: []string{"--service-account", kc, "--api-server=http://10.0.0.1:8080"}, usage: "must be an https:// URL"},
+		{name: "no host", args: []string{"--service-account", kc, "--api-server=https://"}, usage: "must be an https:// URL"},
+		{name: "user in the URL is not echoed", args: []string{"--service-account", kc, "--api-server=https://me:hunter2@a.test"}, usage: "without a user"},
+		{name: "query", args: []string{"--service-account", kc, "--api-server=https://a.test/?x=1"}, usage: "without query"},
+		{name: "relative CA", args: []string{"--service-account", kc, "--api-ca-file=ca.crt"}, usage: "--api-ca-file \"ca.crt\": must be an absolute node path"},
+		{name: "relative kubeconfig", args: []string{"--service-account", "--kubelet-kubeconfig=kubelet.conf"}, usage: "--kubelet-kubeconfig"},
+		{name: "relative state dir", args: []string{"--service-account", kc, "--state-dir=state"}, usage: "--state-dir"},
+		{name: "zero timeout", args: []string{"--service-account", kc, "--api-timeout=0s"}, usage: "--api-timeout 0s: must be more than 0 and less than 50s"},
+		{name: "timeout at the kubelet's", args: []string{"--service-account", kc, "--api-timeout=50s"}, usage: "--api-timeout 50s"},
+		{name: "negative cache", args: []string{"--service-account", kc, "--cache-duration=-1s"}, usage: "--cache-duration"},
+		{name: "server without the mode", args: []string{"--api-server=https://a.test"}, usage: "--api-server: only with --service-account"},
+		{name: "kubeconfig without the mode", args: []string{kc}, usage: "--kubelet-kubeconfig: only with --service-account"},
+		{name: "CA without the mode, from the environment", env: map[string]string{"NODECREDS_API_CA_FILE": "/ca.crt"}, usage: "--api-ca-file: only with --service-account"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			args := tt.args
+			if tt.file != "" {
+				f := filepath.Join(t.TempDir(), "provider.yaml")
+				if err := os.WriteFile(f, []byte(tt.file), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				args = append([]string{"--config", f}, args...)
+			}
+			c, err := LoadProvider(providerFlags(t, args...))
+			if tt.usage != "" {
+				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.usage) {
+					t.Fatalf("error %v, want a usage error mentioning %q", err, tt.usage)
+				}
+				if strings.Contains(err.Error(), "hunter2") {
+					t.Errorf("the error echoes a password: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.want(c) {
+				t.Errorf("settings %+v", c)
+			}
+		})
+	}
+}
+
 // The consistent names: credential-provider --target is --file (one of
 // sync's --target files), check --probe-timeout is --timeout (per probe;
 // status's --timeout is the whole wait).

@@ -1,9 +1,14 @@
 package hostfs
 
 import (
+	"crypto/rand"
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // Staged is the new version of a file, written whole and flushed to disk
@@ -128,3 +133,55 @@ func (d *Dir) WriteFile(name string, perm fs.FileMode, fill func(f *os.File) err
 	defer s.Discard()
 	return s.Replace(name)
 }
+
+// WriteSymlink puts a symlink to target at name in d atomically: it is
+// made under a temp name ("."+name+"."+random digits) and renamed over
+// name, so whatever was there (a file, a link) is replaced in one step and
+// a reader finds the old name or the new link, never neither. The link is
+// never followed here; target is stored as given.
+func (d *Dir) WriteSymlink(name, target string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	var buf [8]byte
+	for range 100 {
+		if _, err := io.ReadFull(rand.Reader, buf[:]); err != nil {
+			return fmt.Errorf("random name: %w", err)
+		}
+		temp := fmt.Sprintf(".%s.%x", name, buf)
+		err := unix.Symlinkat(target, d.fd(), temp)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("creating link %s: %w", d.Name(temp), err)
+		}
+		if err := d.Rename(temp, name); err != nil {
+			_ = d.Remove(temp)
+			return err
+		}
+		return d.Sync()
+	}
+	return fmt.Errorf("creating a temp link in %s: too many collisions", d.path)
+}
+
+// Readlink returns the target of the symlink at name in d; a name that is
+// not a symlink is ErrNotLink, a missing one fs.ErrNotExist.
+func (d *Dir) Readlink(name string) (string, error) {
+	if err := checkName(name); err != nil {
+		return "", err
+	}
+	t, err := readlinkat(d.f, name)
+	switch {
+	case err == nil:
+		return t, nil
+	case errors.Is(err, unix.ENOENT):
+		return "", fmt.Errorf("reading link %s: %w", d.Name(name), fs.ErrNotExist)
+	case errors.Is(err, unix.EINVAL):
+		return "", fmt.Errorf("reading link %s: %w", d.Name(name), ErrNotLink)
+	}
+	return "", fmt.Errorf("reading link %s: %w", d.Name(name), err)
+}
+
+// ErrNotLink means a name that should be a symlink is something else.
+var ErrNotLink = errors.New("not a symlink")

@@ -138,3 +138,60 @@ func TestPseudoFileSystemsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWriteSymlink: a link replaces whatever is at the name (file, link,
+// dangling link) in one rename, stores its target as given, leaves no
+// temp name, and Readlink tells a link from a file and from nothing.
+func TestWriteSymlink(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		prepare func(t *testing.T, dir string)
+	}{
+		{name: "nothing there"},
+		{name: "a file", prepare: func(t *testing.T, dir string) {
+			if err := os.WriteFile(filepath.Join(dir, "l"), []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "a link elsewhere", prepare: func(t *testing.T, dir string) {
+			if err := os.Symlink("/etc/passwd", filepath.Join(dir, "l")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			host := t.TempDir()
+			if tt.prepare != nil {
+				tt.prepare(t, host)
+			}
+			r, err := OpenRoot(host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			d, err := r.OpenDir("/", false, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if err := d.WriteSymlink("l", "target"); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := d.Readlink("l"); err != nil || got != "target" {
+				t.Errorf("Readlink = %q, %v", got, err)
+			}
+			if entries, _ := os.ReadDir(host); len(entries) != 1 {
+				t.Errorf("folder holds %v, want the link only", entries)
+			}
+			if err := os.WriteFile(filepath.Join(host, "f"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Readlink("f"); !errors.Is(err, ErrNotLink) {
+				t.Errorf("Readlink of a file: %v, want ErrNotLink", err)
+			}
+			if _, err := d.Readlink("none"); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("Readlink of nothing: %v, want fs.ErrNotExist", err)
+			}
+		})
+	}
+}

@@ -16,7 +16,7 @@ import (
 // Installed says what Install did.
 type Installed struct {
 	Path    string // node path of the plugin binary
-	Changed bool   // false when the same binary was already there
+	Changed bool   // false when the same binary and links were already there
 }
 
 // Install keeps a copy of the running binary at dir/name on the node (dir is
@@ -25,15 +25,20 @@ type Installed struct {
 // memory budget allows to hold) and replaces the old one with a rename: a
 // kubelet exec never sees a half-written file. An identical file is left
 // alone.
-func Install(hostRoot, dir, name string) (Installed, error) {
+//
+// Each of links becomes a relative symlink dir/link -> name beside it: the
+// kubelet names a provider by its file in its bin dir and names must be
+// unique, so a second mode of the same binary (the service-account-token
+// mode, nodecreds-sa) needs a second name.
+func Install(hostRoot, dir, name string, links ...string) (Installed, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return Installed{}, fmt.Errorf("finding the running binary: %w", err)
 	}
-	return install(self, hostRoot, dir, name)
+	return install(self, hostRoot, dir, name, links...)
 }
 
-func install(src, hostRoot, dir, name string) (Installed, error) {
+func install(src, hostRoot, dir, name string, links ...string) (Installed, error) {
 	nodePath := filepath.Join(dir, name)
 	res := Installed{Path: nodePath}
 	root, err := hostfs.OpenRoot(hostRoot)
@@ -70,7 +75,7 @@ func install(src, hostRoot, dir, name string) (Installed, error) {
 			if derr != nil {
 				return res, fmt.Errorf("making %s executable: %w", nodePath, derr)
 			}
-			return res, nil
+			return linkAll(d, dir, name, links, res)
 		}
 		cur.Close()
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, hostfs.ErrNotRegular):
@@ -86,7 +91,37 @@ func install(src, hostRoot, dir, name string) (Installed, error) {
 		return res, fmt.Errorf("installing the plugin as %s: %w", nodePath, err)
 	}
 	res.Changed = true
+	return linkAll(d, dir, name, links, res)
+}
+
+// linkAll makes each link in d a symlink to name, after the binary is in
+// place (a kubelet that starts in between finds a link that works).
+func linkAll(d *hostfs.Dir, dir, name string, links []string, res Installed) (Installed, error) {
+	for _, l := range links {
+		changed, err := ensureLink(d, l, name)
+		if err != nil {
+			return res, fmt.Errorf("linking the plugin as %s: %w", filepath.Join(dir, l), err)
+		}
+		res.Changed = res.Changed || changed
+	}
 	return res, nil
+}
+
+// ensureLink makes name in d a symlink to target (relative, so it holds
+// wherever the node's folder is mounted), replacing a file, a FIFO or a
+// link to elsewhere in one rename; a link that is already right is left
+// alone. A folder there stays (the rename fails: it is not ours to
+// remove).
+func ensureLink(d *hostfs.Dir, name, target string) (bool, error) {
+	have, err := d.Readlink(name)
+	switch {
+	case err == nil && have == target:
+		return false, nil
+	case err == nil, errors.Is(err, fs.ErrNotExist), errors.Is(err, hostfs.ErrNotLink):
+	default:
+		return false, err
+	}
+	return true, d.WriteSymlink(name, target)
 }
 
 // copyInto streams in to a temp file in d and renames it over name

@@ -172,3 +172,102 @@ func TestInstallReplacesFIFO(t *testing.T) {
 		t.Errorf("content %q", b)
 	}
 }
+
+// TestInstallServiceAccountLink: the link nodecreds-sa -> nodecreds is made
+// beside the binary, relative, by a rename (no temp name left), whatever
+// was at its name (nothing, a wrong link, a file, a dangling link, a
+// FIFO); a right link is left alone (same inode), and a folder there is
+// refused, named, and kept.
+func TestInstallServiceAccountLink(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "nodecreds")
+	testsupport.WriteFile(t, src, "binary", 0o755)
+	const dir = "/opt/nodecreds/bin"
+	tests := []struct {
+		name        string
+		prepare     func(t *testing.T, bin string)
+		wantChanged bool
+		wantErr     string
+	}{
+		{name: "fresh node", wantChanged: true},
+		{name: "right link and binary left alone", prepare: func(t *testing.T, bin string) {
+			testsupport.WriteFile(t, filepath.Join(bin, "nodecreds"), "binary", 0o755)
+			symlink(t, "nodecreds", filepath.Join(bin, "nodecreds-sa"))
+		}},
+		{name: "link elsewhere replaced, binary unchanged", wantChanged: true, prepare: func(t *testing.T, bin string) {
+			testsupport.WriteFile(t, filepath.Join(bin, "nodecreds"), "binary", 0o755)
+			symlink(t, "/usr/bin/evil", filepath.Join(bin, "nodecreds-sa"))
+		}},
+		{name: "absolute link to the binary replaced by a relative one", wantChanged: true, prepare: func(t *testing.T, bin string) {
+			testsupport.WriteFile(t, filepath.Join(bin, "nodecreds"), "binary", 0o755)
+			symlink(t, dir+"/nodecreds", filepath.Join(bin, "nodecreds-sa"))
+		}},
+		{name: "a file at the link's name replaced", wantChanged: true, prepare: func(t *testing.T, bin string) {
+			testsupport.WriteFile(t, filepath.Join(bin, "nodecreds"), "binary", 0o755)
+			testsupport.WriteFile(t, filepath.Join(bin, "nodecreds-sa"), "old copy", 0o755)
+		}},
+		{name: "a FIFO at the link's name replaced", wantChanged: true, prepare: func(t *testing.T, bin string) {
+			if err := unix.Mkfifo(filepath.Join(bin, "nodecreds-sa"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "a folder at the link's name refused", wantErr: "/opt/nodecreds/bin/nodecreds-sa", prepare: func(t *testing.T, bin string) {
+			if err := os.Mkdir(filepath.Join(bin, "nodecreds-sa"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			bin := filepath.Join(root, dir)
+			if err := os.MkdirAll(bin, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if tt.prepare != nil {
+				tt.prepare(t, bin)
+			}
+			before, _ := os.Lstat(filepath.Join(bin, "nodecreds-sa"))
+			got, err := install(src, root, dir, "nodecreds", "nodecreds-sa")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v, want one naming %q", err, tt.wantErr)
+				}
+				if fi, err := os.Lstat(filepath.Join(bin, "nodecreds-sa")); err != nil || !fi.IsDir() {
+					t.Errorf("the folder was not kept: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Changed != tt.wantChanged {
+				t.Errorf("Installed %+v, want changed=%v", got, tt.wantChanged)
+			}
+			link := filepath.Join(bin, "nodecreds-sa")
+			if target, err := os.Readlink(link); err != nil || target != "nodecreds" {
+				t.Errorf("link target %q (%v), want nodecreds", target, err)
+			}
+			if b, err := os.ReadFile(link); err != nil || string(b) != "binary" {
+				t.Errorf("through the link: %q %v", b, err)
+			}
+			if after, _ := os.Lstat(link); !tt.wantChanged && !os.SameFile(before, after) {
+				t.Error("a right link was replaced")
+			}
+			entries, _ := os.ReadDir(bin)
+			if len(entries) != 2 {
+				t.Errorf("the plugin folder holds %v, want nodecreds and nodecreds-sa", entries)
+			}
+			// Idempotent: a second install changes nothing.
+			if again, err := install(src, root, dir, "nodecreds", "nodecreds-sa"); err != nil || again.Changed {
+				t.Errorf("second install: %+v %v", again, err)
+			}
+		})
+	}
+}
+
+func symlink(t *testing.T, target, name string) {
+	t.Helper()
+	if err := os.Symlink(target, name); err != nil {
+		t.Fatal(err)
+	}
+}
