@@ -15,12 +15,13 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/client-go/kubernetes"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodecreds/nodecreds/internal/hostfs"
+	"github.com/nodecreds/nodecreds/internal/kube"
 	"github.com/nodecreds/nodecreds/internal/pullsecret"
 )
 
@@ -40,9 +41,16 @@ type ServiceAccountOptions struct {
 	// StateDir is the node folder of the answer counters (AnswersFile);
 	// empty or missing: not counted.
 	StateDir string
-	// NewSecrets makes the client that reads the Secrets;
-	// kubernetes.NewForConfig when nil.
-	NewSecrets func(*rest.Config) (corev1client.SecretsGetter, error)
+	// NewSecrets makes the client that reads the Secrets; internal/kube's
+	// (core/v1 only) when nil.
+	NewSecrets func(*rest.Config) (pullsecret.SecretGetter, error)
+}
+
+// secretGetter is pullsecret.SecretGetter over internal/kube's client.
+type secretGetter struct{ c kube.Interface }
+
+func (g secretGetter) GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	return g.c.Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
 }
 
 // UserAgent is what the API server's audit log names this mode's requests
@@ -90,12 +98,12 @@ func ServeServiceAccount(ctx context.Context, in io.Reader, out io.Writer, o Ser
 	}
 	newSecrets := o.NewSecrets
 	if newSecrets == nil {
-		newSecrets = func(cfg *rest.Config) (corev1client.SecretsGetter, error) {
-			cs, err := kubernetes.NewForConfig(cfg)
+		newSecrets = func(cfg *rest.Config) (pullsecret.SecretGetter, error) {
+			c, err := kube.NewForConfig(cfg)
 			if err != nil {
 				return nil, err
 			}
-			return cs.CoreV1(), nil
+			return secretGetter{c}, nil
 		}
 	}
 	secrets, err := newSecrets(cfg)

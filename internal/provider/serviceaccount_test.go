@@ -24,11 +24,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
 	credv1 "k8s.io/kubelet/pkg/apis/credentialprovider/v1"
 
+	"github.com/nodecreds/nodecreds/internal/kube/kubetest"
 	"github.com/nodecreds/nodecreds/internal/pullsecret"
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
@@ -109,7 +109,7 @@ type fakeSecrets struct {
 	cfg     *rest.Config
 }
 
-func (f *fakeSecrets) client(cfg *rest.Config) (corev1client.SecretsGetter, error) {
+func (f *fakeSecrets) client(cfg *rest.Config) (pullsecret.SecretGetter, error) {
 	f.cfg = cfg
 	cs := fake.NewClientset(f.objects...)
 	cs.PrependReactor("get", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -122,7 +122,7 @@ func (f *fakeSecrets) client(cfg *rest.Config) (corev1client.SecretsGetter, erro
 		}
 		return false, nil, nil
 	})
-	return cs.CoreV1(), nil
+	return secretGetter{kubetest.FromClientset(cs)}, nil
 }
 
 // writeCA writes a node's CA file under root and returns the options that
