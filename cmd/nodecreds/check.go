@@ -11,11 +11,8 @@ import (
 	"github.com/nodecreds/nodecreds/internal/config"
 )
 
-func newCheckCmd(stdout io.Writer) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "check",
-		Short: "Say whether this node can pull the given images, as the kubelet would resolve credentials",
-		Long: `Resolve credentials exactly as the kubelet does (the first config.json that
+// checkLong is check's help.
+const checkLong = `Resolve credentials exactly as the kubelet does (the first config.json that
 parses in its search order, then its key matching) for each --image and
 --registry. With --probe, also log in to each registry's /v2/ with the
 credentials found (basic and bearer-token flows) and report the registry's
@@ -53,7 +50,13 @@ usage:
   nodecreds check --service-account team-a/puller --image registry.example.com/team-a/app:v1
 
 Use it as a node bootstrap gate or an init step:
-  nodecreds check --image registry.example.com/team/app:v1 --probe || exit 1`,
+  nodecreds check --image registry.example.com/team/app:v1 --probe || exit 1`
+
+func newCheckCmd(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Say whether this node can pull the given images, as the kubelet would resolve credentials",
+		Long:  checkLong,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadCheck(cmd.Flags())
 			if err != nil {

@@ -119,36 +119,50 @@ func RunServiceAccount(ctx context.Context, api ServiceAccountAPI, namespace, na
 	}
 	view := &serviceAccountView{caller: api, access: access, read: map[string]readResult{}}
 	for _, image := range images {
-		ia := ImageAnswer{Image: kubeletcred.SafeRef(image, false)}
-		var ans pullsecret.Answer
-		err := namesErr
-		if err == nil {
-			ans, err = pullsecret.Resolve(ctx, view, namespace, names, image)
-		}
-		ia.Reason, ia.Read = string(pullsecret.ReasonOf(err)), ans.Read
-		var pe *pullsecret.Error
-		switch {
-		case err == nil:
-			m := ans.Matches[0]
-			ia.Secret, ia.Entry, ia.Username = ans.Secret, dockercfg.SafeKey(m.Key), dockercfg.SafeUsername(m.Username, m.Password)
-			if access[ans.Secret] == NotChecked {
-				ia.Message = fmt.Sprintf("whether the ServiceAccount may get Secret %s/%s is not checked", namespace, ans.Secret)
-			}
-			rep.Warnings = append(rep.Warnings, unordered(ia.Image, ans.Matches)...)
-		case len(ans.Read) > 0 && view.callerDenied(ans.Read[len(ans.Read)-1]):
-			last := ans.Read[len(ans.Read)-1]
-			ia.Reason = Unknown
-			ia.Message = fmt.Sprintf("your kubeconfig's user may not get Secret %s/%s, so what the plugin answers is not known (whether the ServiceAccount may get it: %s)", namespace, last, access[last])
-		case errors.As(err, &pe):
-			ia.Message = pe.Msg
-		default:
-			ia.Message = err.Error()
-		}
+		ia, err := answerFor(ctx, view, namespace, names, namesErr, image)
+		rep.Warnings = append(rep.Warnings, ia.warnings...)
 		rep.OK = rep.OK && err == nil
-		sr.Images = append(sr.Images, ia)
-		rep.Results = append(rep.Results, Result{Ref: ia.Image, Found: err == nil, Entry: ia.Entry, Username: ia.Username, Error: errorText(ia)})
+		sr.Images = append(sr.Images, ia.ImageAnswer)
+		rep.Results = append(rep.Results, Result{Ref: ia.Image, Found: err == nil, Entry: ia.Entry, Username: ia.Username, Error: errorText(ia.ImageAnswer)})
 	}
 	return rep, nil
+}
+
+// imageAnswer is one image's answer and the warnings it adds.
+type imageAnswer struct {
+	ImageAnswer
+	warnings []string
+}
+
+// answerFor is what the plugin answers for image, seen through view;
+// namesErr is the annotation's failure, which every image shares.
+func answerFor(ctx context.Context, view *serviceAccountView, namespace string, names []string, namesErr error, image string) (imageAnswer, error) {
+	ia := imageAnswer{ImageAnswer: ImageAnswer{Image: kubeletcred.SafeRef(image, false)}}
+	var ans pullsecret.Answer
+	err := namesErr
+	if err == nil {
+		ans, err = pullsecret.Resolve(ctx, view, namespace, names, image)
+	}
+	ia.Reason, ia.Read = string(pullsecret.ReasonOf(err)), ans.Read
+	var pe *pullsecret.Error
+	switch {
+	case err == nil:
+		m := ans.Matches[0]
+		ia.Secret, ia.Entry, ia.Username = ans.Secret, dockercfg.SafeKey(m.Key), dockercfg.SafeUsername(m.Username, m.Password)
+		if view.access[ans.Secret] == NotChecked {
+			ia.Message = fmt.Sprintf("whether the ServiceAccount may get Secret %s/%s is not checked", namespace, ans.Secret)
+		}
+		ia.warnings = unordered(ia.Image, ans.Matches)
+	case len(ans.Read) > 0 && view.callerDenied(ans.Read[len(ans.Read)-1]):
+		last := ans.Read[len(ans.Read)-1]
+		ia.Reason = Unknown
+		ia.Message = fmt.Sprintf("your kubeconfig's user may not get Secret %s/%s, so what the plugin answers is not known (whether the ServiceAccount may get it: %s)", namespace, last, view.access[last])
+	case errors.As(err, &pe):
+		ia.Message = pe.Msg
+	default:
+		ia.Message = err.Error()
+	}
+	return ia, err
 }
 
 // errorText is the existing results' error for an image the plugin does

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -430,7 +431,8 @@ func (wn *workloadNode) checkCommand(t *testing.T, c *cluster.Cluster) {
 		cmd := exec.Command(binary, "check", "--kubeconfig", c.Kubeconfig, "--service-account", tc.sa, "--image", wn.image)
 		out, err := cmd.CombinedOutput()
 		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
 			code = ee.ExitCode()
 		} else if err != nil {
 			t.Fatal(err)
