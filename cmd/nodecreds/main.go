@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
+	"strings"
 	"syscall"
 	"time"
 
@@ -77,12 +79,44 @@ func exitCode(err error, stderr io.Writer) int {
 	case errors.Is(err, errFailed):
 		return 1
 	case errors.Is(err, config.ErrUsage):
-		fmt.Fprintf(stderr, "nodecreds: %v\nRun 'nodecreds --help' for usage.\n", err)
+		fmt.Fprintf(stderr, "nodecreds: %s\nRun 'nodecreds --help' for usage.\n", redactURLs(err.Error()))
 		return 2
 	default:
-		fmt.Fprintf(stderr, "nodecreds: %v\n", err)
+		fmt.Fprintf(stderr, "nodecreds: %s\n", redactURLs(err.Error()))
 		return 1
 	}
+}
+
+// urlPattern finds URLs in a message: a kubeconfig's or a flag's, echoed
+// by a library's error, may carry user:password@ or a token in its query.
+var urlPattern = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^\s"'<>]+`)
+
+// redactURLs replaces each URL's user-info, query and fragment in msg.
+func redactURLs(msg string) string {
+	return urlPattern.ReplaceAllStringFunc(msg, func(u string) string {
+		scheme, rest, _ := strings.Cut(u, "://")
+		if i := strings.IndexAny(rest, "?#"); i >= 0 {
+			rest = rest[:i] + "?<redacted>"
+		}
+		hostEnd := strings.IndexByte(rest, '/')
+		if hostEnd < 0 {
+			hostEnd = len(rest)
+		}
+		if at := strings.LastIndexByte(rest[:hostEnd], '@'); at >= 0 {
+			rest = "<redacted>@" + rest[at+1:]
+		}
+		return scheme + "://" + rest
+	})
+}
+
+// oneLine keeps a message to one line of at most 1 KiB: the kubelet logs
+// a failed plugin run's stderr on every pull it retries.
+func oneLine(msg string) string {
+	msg = strings.Join(strings.Fields(msg), " ")
+	if len(msg) > 1024 {
+		msg = strings.ToValidUTF8(msg[:1024], "") + "…"
+	}
+	return msg
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nodecreds/nodecreds/internal/config"
 	"github.com/nodecreds/nodecreds/internal/provider"
+	"github.com/nodecreds/nodecreds/internal/pullsecret"
 )
 
 func newProviderCmd() *cobra.Command {
@@ -38,6 +39,12 @@ Every flag can also be set as NODECREDS_<FLAG> or in the YAML file named by
 --config.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadProvider(cmd.Flags())
+			if sa, _ := cmd.Flags().GetBool("service-account"); err != nil && sa {
+				// The kubelet logs only a failed run's stderr: a broken
+				// entry says so in the same one line as any failure.
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s: %s\n", config.ServiceAccountProviderBinary, pullsecret.BadRequest, oneLine(redactURLs(err.Error())))
+				return errFailed
+			}
 			if err != nil {
 				return err
 			}
@@ -66,7 +73,7 @@ func serveServiceAccount(cmd *cobra.Command, cfg config.Provider) error {
 		StateDir:          cfg.StateDir,
 	})
 	if err != nil {
-		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", config.ServiceAccountProviderBinary, err)
+		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", config.ServiceAccountProviderBinary, oneLine(redactURLs(err.Error())))
 		return errFailed
 	}
 	return nil

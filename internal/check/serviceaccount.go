@@ -88,9 +88,9 @@ func RunServiceAccount(ctx context.Context, api ServiceAccountAPI, namespace, na
 	case apierrors.IsNotFound(err):
 		return rep, fmt.Errorf("ServiceAccount %s/%s not found", namespace, name)
 	case apierrors.IsForbidden(err):
-		return rep, fmt.Errorf("your kubeconfig's user may not get ServiceAccount %s/%s (this says nothing of what the ServiceAccount may do): %w", namespace, name, err)
+		return rep, fmt.Errorf("your kubeconfig's user may not get ServiceAccount %s/%s (this says nothing of what the ServiceAccount may do)", namespace, name)
 	case err != nil:
-		return rep, fmt.Errorf("getting ServiceAccount %s/%s: %w", namespace, name, err)
+		return rep, fmt.Errorf("getting ServiceAccount %s/%s: %s", namespace, name, pullsecret.Describe(err))
 	}
 	sr := &ServiceAccountReport{Namespace: namespace, Name: name, Secrets: []SecretAccess{}, Images: []ImageAnswer{}}
 	rep.ServiceAccount = sr
@@ -197,7 +197,7 @@ func reviewAccess(ctx context.Context, api ServiceAccountAPI, namespace, name st
 		case apierrors.IsForbidden(err):
 			return access, fmt.Sprintf("your kubeconfig's user may not create SubjectAccessReviews, so whether ServiceAccount %s/%s may get its Secrets is not checked; the plugin meets SecretForbidden on any it may not get", namespace, name)
 		case err != nil:
-			return access, fmt.Sprintf("whether ServiceAccount %s/%s may get its Secrets is not checked: asking the API server: %v", namespace, name, err)
+			return access, fmt.Sprintf("whether ServiceAccount %s/%s may get its Secrets is not checked: asking the API server: %s", namespace, name, pullsecret.Describe(err))
 		case got.Status.Allowed:
 			access[s] = MayGet
 		default:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
 	"net/url"
 	"path"
 	"strings"
@@ -185,6 +186,17 @@ func (o ServiceAccountOptions) restConfig(token string) (*rest.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	o.APIServer = server
+	return o.restConfigFor(token, ca)
+}
+
+// restConfigFor is restConfig for the API server o.APIServer and ca.
+func (o ServiceAccountOptions) restConfigFor(token string, ca []byte) (*rest.Config, error) {
+	server := o.APIServer
+	u, err := url.Parse(server)
+	if err != nil {
+		return nil, fmt.Errorf("the API server's address does not parse")
+	}
 	return &rest.Config{
 		Host:            server,
 		TLSClientConfig: rest.TLSClientConfig{CAData: ca},
@@ -192,7 +204,28 @@ func (o ServiceAccountOptions) restConfig(token string) (*rest.Config, error) {
 		Timeout:         o.Timeout,
 		UserAgent:       UserAgent,
 		WarningHandler:  rest.NoWarnings{},
+		// The token goes to the API server and nowhere else: not through
+		// a proxy of the kubelet's environment (which the kubelet passes
+		// on to plugins), not to where a redirect points (client-go
+		// follows redirects and adds the token again on each hop).
+		Proxy:         func(*http.Request) (*url.URL, error) { return nil, nil },
+		WrapTransport: func(rt http.RoundTripper) http.RoundTripper { return pinnedHost{rt: rt, host: u.Host} },
 	}, nil
+}
+
+// pinnedHost refuses any request but one over https to host, and any
+// redirect: it sits under client-go's bearer-token wrapper, so a refused
+// request never leaves the process, token included.
+type pinnedHost struct {
+	rt   http.RoundTripper
+	host string
+}
+
+func (p pinnedHost) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Response != nil || req.URL.Scheme != "https" || req.URL.Host != p.host {
+		return nil, pullsecret.ErrRefused
+	}
+	return p.rt.RoundTrip(req)
 }
 
 // cluster returns the API server's URL and the CA's PEM: from the flags,

@@ -8,11 +8,14 @@ package pullsecret
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"strings"
+	"syscall"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -86,7 +89,7 @@ func Names(value string) ([]string, error) {
 			continue
 		}
 		if errs := validation.IsDNS1123Subdomain(n); len(errs) > 0 {
-			return nil, failf(BadAnnotation, "%s: %q is not a Secret name: %s", Annotation, n, strings.Join(errs, "; "))
+			return nil, failf(BadAnnotation, "%s: %q is not a Secret name: %s", Annotation, capped(n), capped(strings.Join(errs, "; ")))
 		}
 		if !slices.Contains(names, n) {
 			names = append(names, n)
@@ -99,6 +102,16 @@ func Names(value string) ([]string, error) {
 		return nil, failf(BadAnnotation, "%s names %d Secrets, at most %d are read", Annotation, len(names), MaxNames)
 	}
 	return names, nil
+}
+
+// capped keeps a tenant's value from filling the kubelet's log: each
+// failed pull logs the message again.
+func capped(s string) string {
+	const limit = 128
+	if len(s) <= limit {
+		return s
+	}
+	return strings.ToValidUTF8(s[:limit], "") + "…"
 }
 
 // Answer is what the provider hands the kubelet for one image.
@@ -159,7 +172,40 @@ func getError(namespace, name string, err error) error {
 	case apierrors.IsUnauthorized(err):
 		return failf(BadToken, "the API server did not accept the Pod's token reading Secret %s/%s (is the token's audience one of its --api-audiences?)", namespace, name)
 	}
-	return failf(APIError, "getting Secret %s/%s: %v", namespace, name, err)
+	return failf(APIError, "getting Secret %s/%s: %s", namespace, name, Describe(err))
+}
+
+// ErrRefused is a request the client refused to send: a redirect, or one
+// elsewhere than the configured API server.
+var ErrRefused = errors.New("refused a redirect, or a request elsewhere than the configured API server")
+
+// Describe says what kind of failure err is, in words of its own: the
+// status code and reason of an API answer, or the class of a transport
+// failure. Never err's text: an answer's body comes from the API server or
+// whatever stands in front of it, and a URL may carry credentials.
+func Describe(err error) string {
+	var status apierrors.APIStatus
+	var dns *net.DNSError
+	var unknownCA x509.UnknownAuthorityError
+	var badCert x509.CertificateInvalidError
+	var badHost x509.HostnameError
+	var netErr net.Error
+	switch {
+	case errors.Is(err, ErrRefused):
+		return ErrRefused.Error()
+	case errors.As(err, &status):
+		st := status.Status()
+		return fmt.Sprintf("the API server answered %d %s", st.Code, st.Reason)
+	case errors.As(err, &unknownCA), errors.As(err, &badCert), errors.As(err, &badHost):
+		return "TLS: the API server's certificate is not valid for the configured CA and address"
+	case errors.As(err, &dns):
+		return "the API server's name does not resolve"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "timed out"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	}
+	return "the request failed without an answer"
 }
 
 // credsOf validates a pull Secret as the agent validates its sources (type
