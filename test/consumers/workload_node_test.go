@@ -181,8 +181,10 @@ func (wn *workloadNode) pulledAs(mark int) []string {
 	users := map[string]bool{}
 	var out []string
 	re := regexp.MustCompile(`auth\.user\.name="?([a-z-]+)"?`)
+	// HEAD or GET, by tag or by digest (logrus quotes a value with a colon).
+	manifest := regexp.MustCompile(`http\.request\.uri="?/v2/tenants/app/manifests/`)
 	for _, l := range strings.Split(log, "\n") {
-		if !strings.Contains(l, "http.request.method=GET") || !strings.Contains(l, "http.request.uri=/v2/tenants/app/manifests/") {
+		if !manifest.MatchString(l) {
 			continue
 		}
 		if m := re.FindStringSubmatch(l); m != nil && !users[m[1]] {
@@ -302,6 +304,17 @@ func (wn *workloadNode) run(ctx context.Context, c *cluster.Cluster, nodeRBAC st
 	wn.expectPulledAs(mark, tenantAUser, "tenant A after the rotation")
 	wn.timings = append(wn.timings, "workload-rotation-to-running="+took.Round(time.Second).String())
 	t.Logf("workload: tenant A's Secret rotated → a new Pod Running in %s (cache bound 10s plus the kubelet's pull back-off)", took.Round(time.Second))
+
+	// 8. Revocation: tenant E's RoleBinding goes. Once the kubelet's cached
+	// answer has expired (10 s), an IfNotPresent Pod of E must pull the
+	// image on the node again, and cannot.
+	if err := c.Admin.RbacV1().RoleBindings("tenant-e").Delete(ctx, "nodecreds-pull-secrets", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(11 * time.Second) // the answer's cache duration, on the kubelet's own clock
+	wn.pod(ctx, c, "tenant-e", "revoked", corev1.PullIfNotPresent)
+	waitPodIn(t, c.Admin, "tenant-e", "revoked", 2*time.Minute, "ErrImagePull", "ImagePullBackOff")
+	t.Log("workload: with its Role revoked, a ServiceAccount's IfNotPresent Pod no longer starts the image already on the node")
 
 	wn.checkAudit(t)
 	wn.checkCommand(t, c)
