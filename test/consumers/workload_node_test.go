@@ -30,7 +30,8 @@ import (
 // Per-workload credentials on the real node (issue 25): the plugin's
 // service-account-token mode. The kubelet is system:node:node-1 under
 // Node,RBAC and NodeRestriction (test/cluster), and the tenant registry has
-// two htpasswd users and no node-wide credentials at all: whatever pulls
+// two htpasswd users, logs each manifest request with the user it
+// authenticated, and has no node-wide credentials at all: whatever pulls
 // from it pulls with a tenant's own Secret, read with its Pod's token.
 const (
 	tenantAUser, tenantAPass1, tenantAPass2 = "tenant-a", "tenant-a-canary-pw-1", "tenant-a-canary-pw-2"
@@ -59,7 +60,10 @@ func newWorkloadNode(t *testing.T, work, ctdDir, auditLog string) *workloadNode 
 	t.Helper()
 	wn := &workloadNode{t: t, auditLog: auditLog}
 	wn.reg = startRegistry(t, tenantAUser, tenantAPass1)
-	wn.reg.setLogLevel("info")
+	// distribution 2.8 names the user of a successful request only at
+	// debug (GetImageManifest auth.user.name=...); at info, only failures
+	// carry it (measured on Debian's docker-registry).
+	wn.reg.setLogLevel("debug")
 	wn.reg.setPassword(tenantBUser, tenantBPass)
 	wn.image = wn.reg.addr + "/tenants/app:v1"
 	marker := filepath.Join(work, "tenant.marker")
