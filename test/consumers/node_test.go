@@ -492,6 +492,12 @@ func TestRealNode(t *testing.T) {
 	wn.run(ctx, c, filepath.Join(cluster.RepoRoot(), "deploy", "credential-provider", nodeAudienceRBAC))
 	wn.answersCounted(ctx)
 
+	// Day 2: the agent's image rolls to the previous release and back
+	// while the Secret rotates every second.
+	prev := importPreviousRelease(t, ctx, work, socket)
+	ro := newRolloutNode(t, registry, image)
+	ro.run(ctx, c, prev)
+
 	// The pulls containerd makes itself: the sandbox image from a private
 	// registry and a mirror with credentials of its own.
 	rn.run(ctx, c, socket, ctdDir)
@@ -522,6 +528,7 @@ func TestRealNode(t *testing.T) {
 	rn.afterCleanup(c, ctdDir)
 	wn.noSecrets(t, "kubelet log", kubeletLog(t, c))
 	wn.noSecrets(t, "agent log", rn.agentLogs.String())
+	ro.noSecrets(t, map[string]string{"kubelet log": kubeletLog(t, c), "agent log": rn.agentLogs.String()})
 	writeResults(t, freshNode, filesUpdated, afterRotation, pluginTimes[0], pluginTimes[1], append(rn.timings, wn.timings...))
 }
 
