@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
@@ -136,9 +137,10 @@ func checkKrewPlugin(t *testing.T, rel, version, releaseURL string) {
 
 // runPluginThroughKubectl runs `kubectl nodecreds` with only binDir on
 // PATH (never the machine's kubectl or another plugin): its help names it
-// `kubectl nodecreds`, and status reads the API server with kubectl's
-// --kubeconfig, --context and --namespace, whose default is nodecreds'
-// namespace, not the context's.
+// `kubectl nodecreds`; status and check --service-account read the API
+// server with kubectl's --kubeconfig, --context and -n/--namespace, whose
+// default is nodecreds' namespace for status, none for check, never the
+// context's.
 func runPluginThroughKubectl(t *testing.T, binDir string) {
 	t.Helper()
 	kubectl := filepath.Join(cluster.BinDir(), "kubectl")
@@ -242,12 +244,45 @@ current-context: broken
 		t.Errorf("without --namespace, revision %s; in nodecreds %s", byDefault, got)
 	}
 
-	// Without --context, the kubeconfig's current context (nowhere) is used.
-	if _, _, err := run("nodecreds", "status", "--kubeconfig", kubeconfig, "-n", "platform"); err == nil {
-		t.Error("kubectl nodecreds status without --context reached the API server through the broken current context")
-	} else if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) || ee.ExitCode() != 1 {
-		t.Errorf("kubectl nodecreds status through the broken context: %v, want exit 1", err)
+	// check --service-account through the API, with kubectl's flags: a
+	// ServiceAccount of platform, its annotation naming the Secret, a Role
+	// letting it get that Secret.
+	if _, err := c.Admin.CoreV1().ServiceAccounts("platform").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "puller",
+		Annotations: map[string]string{"nodecreds.io/pull-secret": "registry-credentials"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
+	if _, err := c.Admin.RbacV1().Roles("platform").Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pull"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}, ResourceNames: []string{"registry-credentials"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Admin.RbacV1().RoleBindings("platform").Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "pull"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "pull"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "puller", Namespace: "platform"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	checkArgs := []string{"nodecreds", "check", "--kubeconfig", kubeconfig, "--context", "good", "--service-account", "puller", "--image", "platform.example.test/app:v1"}
+	report, stderr, err := run(append(checkArgs, "-n", "platform")...)
+	if err != nil || !strings.Contains(report, "Answered") {
+		t.Errorf("kubectl nodecreds check -n platform --service-account puller: %v\n%s%s", err, report, stderr)
+	}
+	// The context's namespace is not the ServiceAccount's: a bare name
+	// without -n is bad usage.
+	if _, stderr, err := run(checkArgs...); !isExit(err, 2) || !strings.Contains(stderr, "NAME with --namespace") {
+		t.Errorf("kubectl nodecreds check --service-account puller without -n: %v, want exit 2 asking for --namespace\n%s", err, stderr)
+	}
+
+	// Without --context, the kubeconfig's current context (nowhere) is used.
+	if _, stderr, err := run("nodecreds", "status", "--kubeconfig", kubeconfig, "-n", "platform"); !isExit(err, 1) || !strings.Contains(stderr, "127.0.0.1:1") {
+		t.Errorf("kubectl nodecreds status through the broken current context: %v, want exit 1 naming its server\n%s", err, stderr)
+	}
+}
+
+// isExit says whether err is a command's exit with code.
+func isExit(err error, code int) bool {
+	var ee *exec.ExitError
+	return errors.As(err, &ee) && ee.ExitCode() == code
 }
 
 // goTool is the go command (the tests run under it).
