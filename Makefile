@@ -51,6 +51,10 @@ controlplane: ## Build etcd and kube-apiserver from Go modules into bin/ (cached
 controllers: controlplane ## Build kube-controller-manager and kube-scheduler from Go modules into bin/ (cached; the DaemonSet and node-pool tests run them)
 	./scripts/controlplane/build.sh kube-controller-manager kube-scheduler
 
+.PHONY: kubectl
+kubectl: ## Build kubectl from the control plane's Kubernetes release into bin/ (cached; the kubectl plugin's test runs it, never the machine's)
+	./scripts/controlplane/build.sh kubectl
+
 .PHONY: node-components
 node-components: controllers ## Build the kubelet too (cached)
 	./scripts/controlplane/build.sh kubelet
@@ -92,7 +96,7 @@ soak: controlplane ## One agent through 1000 rotations (drift, deleted target, A
 	$(GO) run ./test/soak/cmd/soak -rotations $(or $(ROTATIONS),1000) -every 50
 
 .PHONY: compat
-compat: deps controlplane ## Real consumers: the kubelet's credential code (node pools on a real API server too), a real registry, skopeo
+compat: deps controlplane kubectl ## Real consumers: the kubelet's credential code (node pools on a real API server too), a real registry, skopeo, the release bundle (kubectl nodecreds through a real kubectl)
 	cd test/consumers && $(GO) test -count=1 ./...
 
 .PHONY: alerts
@@ -155,8 +159,12 @@ push: ## Push the image index to IMAGE=host[:port]/repo:tag; prints IMAGE@sha256
 	@$(MAKE) --no-print-directory image >&2
 	@$(GO) run ./scripts/image push -layout _output/image $(IMAGE)
 
+# RELEASE_URL is where a release's files are downloaded from: the krew
+# manifest's archive URLs are RELEASE_URL/ARCHIVE.
+RELEASE_URL ?= https://github.com/nodecreds/nodecreds/releases/download/v$(VERSION)
+
 .PHONY: release
-release: ## Push REPO:VERSION and write _output/release (manifest by digest, chart, binaries, SHA256SUMS): make release VERSION=x.y.z IMAGE=host[:port]/repo
+release: ## Push REPO:VERSION and write _output/release (manifest by digest, chart, binaries, kubectl plugin archives and krew manifest plugins/nodecreds.yaml for RELEASE_URL, CHANGELOG.md, SHA256SUMS): make release VERSION=x.y.z IMAGE=host[:port]/repo
 	@[ "$(origin VERSION)" = "command line" ] && [ -n "$(IMAGE)" ] || { echo "usage: make release VERSION=x.y.z IMAGE=host[:port]/repo"; exit 2; }
 	$(MAKE) --no-print-directory image chart-tool VERSION=$(VERSION)
 	@set -euo pipefail; \
@@ -165,8 +173,11 @@ release: ## Push REPO:VERSION and write _output/release (manifest by digest, cha
 	$(CHART) manifest -set image.repository=$(IMAGE),image.tag=$(VERSION),image.digest=$$digest > _output/release/nodecreds.yaml; \
 	$(CHART) package -version $(VERSION) -repository $(IMAGE) -digest $$digest -out _output/release >/dev/null; \
 	$(GO) run ./scripts/image binaries -version $(VERSION) -out _output/release; \
-	cd _output/release && sha256sum nodecreds.yaml nodecreds-$(VERSION).tgz nodecreds-linux-amd64 nodecreds-linux-arm64 > SHA256SUMS; \
-	echo "released $$ref"; echo "  _output/release: nodecreds.yaml nodecreds-$(VERSION).tgz nodecreds-linux-amd64 nodecreds-linux-arm64 SHA256SUMS"
+	$(GO) run ./scripts/krew -version $(VERSION) -url $(RELEASE_URL) -dir _output/release; \
+	cp CHANGELOG.md _output/release/; \
+	files="nodecreds.yaml nodecreds-$(VERSION).tgz nodecreds-linux-amd64 nodecreds-linux-arm64 nodecreds-$(VERSION)-linux-amd64.tar.gz nodecreds-$(VERSION)-linux-arm64.tar.gz plugins/nodecreds.yaml CHANGELOG.md"; \
+	(cd _output/release && sha256sum $$files > SHA256SUMS); \
+	echo "released $$ref"; echo "  _output/release: $$files SHA256SUMS"
 
 .PHONY: docker-image
 docker-image: ## The same image with a Docker engine (Dockerfile), tagged IMAGE

@@ -89,7 +89,7 @@ func newCheckCmd(stdout io.Writer) *cobra.Command {
 // kubeconfig.
 func checkServiceAccount(cmd *cobra.Command, stdout io.Writer, cfg config.Check) error {
 	routeKlog(newLogger(cfg.Log, cmd.ErrOrStderr()))
-	api, err := newServiceAccountAPI(cfg.Kubeconfig)
+	api, err := newServiceAccountAPI(kubeTarget{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context})
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,7 @@ const (
 // docFiles are the documents whose links and commands are checked.
 func docFiles(t *testing.T) []string {
 	t.Helper()
-	files := []string{"README.md", "CONTRIBUTING.md", "SECURITY.md", chartDir + "/README.md"}
+	files := []string{"README.md", "CHANGELOG.md", "CONTRIBUTING.md", "SECURITY.md", chartDir + "/README.md"}
 	docs, err := filepath.Glob(filepath.Join(repoRoot, "docs", "*.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +156,7 @@ func escapeMarkdown(s string) string {
 // TestReferenceIsGenerated: docs/reference.md is what the commands say;
 // -update rewrites it.
 func TestReferenceIsGenerated(t *testing.T) {
-	want := renderReference(newRoot(io.Discard, io.Discard))
+	want := renderReference(newRoot("nodecreds", io.Discard, io.Discard))
 	path := filepath.Join(repoRoot, referencePath)
 	if *update {
 		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
@@ -281,7 +281,7 @@ var (
 // TestDocCommandsExist: every `nodecreds COMMAND --flag` written in the
 // documentation is a command with that flag.
 func TestDocCommandsExist(t *testing.T) {
-	root := newRoot(io.Discard, io.Discard)
+	root := newRoot("nodecreds", io.Discard, io.Discard)
 	for _, doc := range docFiles(t) {
 		for _, m := range docCommand.FindAllStringSubmatch(readDoc(t, doc), -1) {
 			name, rest := m[1], m[2]

@@ -20,11 +20,18 @@ import (
 	"github.com/nodecreds/nodecreds/internal/kube"
 )
 
-// newClient builds a client from an explicit kubeconfig or, for the
-// agent, the Pod's ServiceAccount (inCluster); for a person's command the
-// usual $KUBECONFIG / ~/.kube/config rules apply.
-func newClient(kubeconfig string, inCluster bool) (kube.Interface, error) {
-	cfg, err := restConfig(kubeconfig, inCluster)
+// kubeTarget is kubectl's --kubeconfig and --context: the kubeconfig file
+// a command reads, and which of its contexts (cluster and user) it uses.
+type kubeTarget struct {
+	Kubeconfig string
+	Context    string
+}
+
+// newClient builds a client from the kubeconfig target or, for the agent
+// without one, the Pod's ServiceAccount (inCluster); for a person's command
+// the usual $KUBECONFIG / ~/.kube/config rules apply, as in kubectl.
+func newClient(target kubeTarget, inCluster bool) (kube.Interface, error) {
+	cfg, err := restConfig(target, inCluster)
 	if err != nil {
 		return nil, err
 	}
@@ -35,20 +42,21 @@ func newClient(kubeconfig string, inCluster bool) (kube.Interface, error) {
 	return client, nil
 }
 
-// restConfig is newClient's configuration.
-func restConfig(kubeconfig string, inCluster bool) (*rest.Config, error) {
+// restConfig is newClient's configuration. A kubeconfig file given is the
+// only one read (kubectl's --kubeconfig); a context given is used instead
+// of the file's current one.
+func restConfig(target kubeTarget, inCluster bool) (*rest.Config, error) {
 	var (
 		cfg *rest.Config
 		err error
 	)
-	switch {
-	case kubeconfig != "":
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	case inCluster:
+	if inCluster && target == (kubeTarget{}) {
 		cfg, err = rest.InClusterConfig()
-	default:
+	} else {
 		rules := clientcmd.NewDefaultClientConfigLoadingRules()
-		cfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+		rules.ExplicitPath = target.Kubeconfig
+		overrides := &clientcmd.ConfigOverrides{CurrentContext: target.Context}
+		cfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides).ClientConfig()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("loading Kubernetes client configuration: %w", err)
@@ -65,8 +73,8 @@ type serviceAccountAPI struct {
 	core, authz rest.Interface
 }
 
-func newServiceAccountAPI(kubeconfig string) (check.ServiceAccountAPI, error) {
-	cfg, err := restConfig(kubeconfig, false)
+func newServiceAccountAPI(target kubeTarget) (check.ServiceAccountAPI, error) {
+	cfg, err := restConfig(target, false)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -40,10 +41,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	done := make(chan struct{})
 	go exitWhenStuck(ctx, done, stopGrace, os.Stderr, os.Exit)
-	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	name := commandName(os.Args[0])
+	err := newRoot(name, os.Stdout, os.Stderr).ExecuteContext(ctx)
 	close(done)
 	stop()
-	code := exitCode(err, os.Stderr)
+	code := exitCode(name, err, os.Stderr)
 	for _, f := range atExit {
 		f()
 	}
@@ -72,14 +74,28 @@ func exitWhenStuck(ctx context.Context, done <-chan struct{}, grace time.Duratio
 	}
 }
 
-func exitCode(err error, stderr io.Writer) int {
+// pluginFile is the file name kubectl's plugin discovery runs: `kubectl
+// nodecreds` finds kubectl-nodecreds on PATH (krew links it to this binary)
+// and runs it with that path as argv[0].
+const pluginFile = "kubectl-nodecreds"
+
+// commandName is the name the binary was run by, as help and messages say
+// it: "kubectl nodecreds" as a kubectl plugin, else "nodecreds".
+func commandName(argv0 string) string {
+	if strings.TrimSuffix(filepath.Base(argv0), ".exe") == pluginFile {
+		return "kubectl nodecreds"
+	}
+	return "nodecreds"
+}
+
+func exitCode(name string, err error, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, errFailed):
 		return 1
 	case errors.Is(err, config.ErrUsage):
-		fmt.Fprintf(stderr, "nodecreds: %s\nRun 'nodecreds --help' for usage.\n", redactURLs(err.Error()))
+		fmt.Fprintf(stderr, "nodecreds: %s\nRun '%s --help' for usage.\n", redactURLs(err.Error()), name)
 		return 2
 	default:
 		fmt.Fprintf(stderr, "nodecreds: %s\n", redactURLs(err.Error()))
@@ -119,7 +135,8 @@ func oneLine(msg string) string {
 	return msg
 }
 
-func newRoot(stdout, stderr io.Writer) *cobra.Command {
+// newRoot is the command tree, its help naming it name (commandName).
+func newRoot(name string, stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "nodecreds",
 		Short: "Keep private-registry pull credentials on every Kubernetes node in sync with cluster Secrets",
@@ -151,7 +168,22 @@ kept, and 'nodecreds cleanup' puts back what it replaced.`,
 			c.Args = noArgs
 		}
 	}
+	if name != root.Name() {
+		renameForHelp(root, name)
+	}
 	return root
+}
+
+// renameForHelp makes every usage line, and the example command lines of
+// the help texts, say name (such as "kubectl nodecreds") instead of
+// nodecreds, which is what the person typed.
+func renameForHelp(root *cobra.Command, name string) {
+	root.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: name}
+	examples := strings.NewReplacer("\n  nodecreds ", "\n  "+name+" ")
+	for _, c := range append(root.Commands(), root) {
+		c.Long = examples.Replace(c.Long)
+		c.Example = examples.Replace(c.Example)
+	}
 }
 
 func noArgs(_ *cobra.Command, args []string) error {

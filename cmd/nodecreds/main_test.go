@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/nodecreds/nodecreds/internal/config"
 )
 
 // TestStopEndsAStuckCommand: once asked to stop, a command that does not
@@ -72,6 +75,58 @@ func TestStopEndsAStuckCommand(t *testing.T) {
 					}
 				}
 			})
+		})
+	}
+}
+
+// TestPluginName: run as kubectl-nodecreds (kubectl's plugin discovery,
+// krew's link), help, usage lines, examples and the usage hint say
+// `kubectl nodecreds`; run by any other name, `nodecreds`.
+func TestPluginName(t *testing.T) {
+	tests := []struct {
+		argv0, want string
+	}{
+		{"/root/.krew/bin/kubectl-nodecreds", "kubectl nodecreds"},
+		{"kubectl-nodecreds", "kubectl nodecreds"},
+		{"kubectl-nodecreds.exe", "kubectl nodecreds"},
+		{"/usr/local/bin/nodecreds", "nodecreds"},
+		{"/nodecreds", "nodecreds"},
+		{"/opt/bin/kubectl-nodecreds-old", "nodecreds"},
+	}
+	for _, tt := range tests {
+		if got := commandName(tt.argv0); got != tt.want {
+			t.Errorf("commandName(%q) = %q, want %q", tt.argv0, got, tt.want)
+		}
+	}
+
+	for _, name := range []string{"kubectl nodecreds", "nodecreds"} {
+		t.Run(name, func(t *testing.T) {
+			for _, args := range [][]string{{"--help"}, {"status", "--help"}, {"check", "--help"}} {
+				var out bytes.Buffer
+				root := newRoot(name, &out, &out)
+				root.SetArgs(args)
+				if err := root.Execute(); err != nil {
+					t.Fatalf("%v: %v", args, err)
+				}
+				help := out.String()
+				usage := name + " [command]"
+				if args[0] != "--help" {
+					usage = name + " " + args[0] + " [flags]"
+				}
+				if !strings.Contains(help, "\n  "+usage+"\n") {
+					t.Errorf("%s %v: no usage line %q:\n%s", name, args, usage, help)
+				}
+				if args[0] == "check" && !strings.Contains(help, "\n  "+name+" check --service-account ") {
+					t.Errorf("%s check --help: the examples do not say %q:\n%s", name, name, help)
+				}
+				if name != "nodecreds" && strings.Contains(help, "\n  nodecreds ") {
+					t.Errorf("%s %v: a line still starts with nodecreds:\n%s", name, args, help)
+				}
+			}
+			var stderr bytes.Buffer
+			if code := exitCode(name, fmt.Errorf("bad: %w", config.ErrUsage), &stderr); code != 2 || !strings.Contains(stderr.String(), "Run '"+name+" --help' for usage.") {
+				t.Errorf("usage error: exit %d, %q", code, stderr.String())
+			}
 		})
 	}
 }

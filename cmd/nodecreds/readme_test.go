@@ -35,7 +35,7 @@ func readmeDefault(doc string) (string, bool) {
 // command is in its table. Docs cannot drift from the code unnoticed.
 func TestREADMEFlagsMatchTheCommands(t *testing.T) {
 	reference := readDoc(t, referencePath)
-	root := newRoot(io.Discard, io.Discard)
+	root := newRoot("nodecreds", io.Discard, io.Discard)
 	cmd := func(name string) *cobra.Command {
 		c, _, err := root.Find([]string{name})
 		if err != nil || c.Name() != name {

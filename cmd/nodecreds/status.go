@@ -31,7 +31,7 @@ naming the nodes that lag and the Secrets they wait for.`,
 				return err
 			}
 			routeKlog(newLogger(cfg.Log, cmd.ErrOrStderr()))
-			client, err := newClient(cfg.Kubeconfig, false)
+			client, err := newClient(kubeTarget{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context}, false)
 			if err != nil {
 				return err
 			}

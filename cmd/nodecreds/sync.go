@@ -86,7 +86,7 @@ func buildParts(ctx context.Context, cfg config.Sync, log *logrus.Logger) (*part
 	case config.SourceSecret:
 		routeKlog(log)
 		var err error
-		if client, err = newClient(cfg.Kubeconfig, true); err != nil {
+		if client, err = newClient(kubeTarget{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context}, true); err != nil {
 			return nil, err
 		}
 		p.src = source.NewSecrets(client, cfg.Namespace, cfg.Secrets, cfg.Selector, cfg.NodeName, log.WithField("component", "source"))

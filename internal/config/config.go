@@ -75,6 +75,7 @@ type Sync struct {
 	StateDir    string        `mapstructure:"state-dir"`
 	NodeName    string        `mapstructure:"node-name"`
 	Kubeconfig  string        `mapstructure:"kubeconfig"`
+	Context     string        `mapstructure:"context"`
 	Once        bool          `mapstructure:"once"`
 	Prune       bool          `mapstructure:"prune"`
 	Resync      time.Duration `mapstructure:"resync"`
@@ -127,7 +128,7 @@ const (
 func SyncFlags(fs *pflag.FlagSet) {
 	configFlag(fs)
 	fs.String("source", SourceSecret, "where credentials come from: secret (the API) or dir (mounted Secret folders)")
-	fs.String("namespace", "", "namespace of the source Secrets (default $POD_NAMESPACE, else "+DefaultNamespace+")")
+	fs.StringP("namespace", "n", "", "namespace of the source Secrets (default $POD_NAMESPACE, else "+DefaultNamespace+"; never the kubeconfig context's)")
 	secretFlags(fs)
 	fs.StringSlice("secret-dir", nil, "folders where Secrets are mounted, in precedence order (with --source dir)")
 	hostRootFlag(fs)
@@ -135,6 +136,7 @@ func SyncFlags(fs *pflag.FlagSet) {
 	stateDirFlag(fs)
 	fs.String("node-name", "", "this node's name (default $NODE_NAME)")
 	fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster)")
+	contextFlag(fs)
 	fs.Bool("once", false, "apply once and exit: 0 when every target is in sync, 1 on any error (credentials a registry rejected or that expired included)")
 	fs.Bool("prune", true, "remove entries that left the sources")
 	fs.Duration("resync", 5*time.Minute, "period of the full re-check")
@@ -500,6 +502,11 @@ type Check struct {
 	// Kubeconfig (the caller's); the node's files are then not read.
 	ServiceAccount string `mapstructure:"service-account"`
 	Kubeconfig     string `mapstructure:"kubeconfig"`
+	Context        string `mapstructure:"context"`
+	// Namespace is the ServiceAccount's when --service-account names it
+	// alone; it has no default (a tenant's ServiceAccount is rarely in
+	// nodecreds' namespace, and the context's is never used).
+	Namespace string `mapstructure:"namespace"`
 	// SANamespace and SAName are ServiceAccount split.
 	SANamespace string `mapstructure:"-"`
 	SAName      string `mapstructure:"-"`
@@ -525,8 +532,10 @@ func CheckFlags(fs *pflag.FlagSet) {
 	fs.String("containerd-config", DefaultContainerdConfig, "with --runtime: containerd's configuration file (its imports are followed)")
 	fs.String("state-dir", DefaultStateDir, "with --runtime: nodecreds' state folder, whose records tell the headers it wrote")
 	fs.Bool("sandbox", false, "with --runtime: also check the sandbox (pause) image containerd's configuration names, or its default")
-	fs.String("service-account", "", "NAMESPACE/NAME: say what the credential-provider's service-account mode (nodecreds-sa) answers for each --image pulled by that ServiceAccount's Pods, reading the ServiceAccount and its nodecreds.io/pull-secret Secrets with --kubeconfig (the caller's credentials, never a token) and asking the API server whether the ServiceAccount itself may get each Secret; the node's files are not read, so only --image, --kubeconfig, --timeout, -o and the log flags go with it; exit 0 only when the plugin answers for every image (a ServiceAccount without the annotation: 1, the kubelet skips the plugin)")
+	fs.String("service-account", "", "NAMESPACE/NAME (or NAME with --namespace): say what the credential-provider's service-account mode (nodecreds-sa) answers for each --image pulled by that ServiceAccount's Pods, reading the ServiceAccount and its nodecreds.io/pull-secret Secrets with --kubeconfig (the caller's credentials, never a token) and asking the API server whether the ServiceAccount itself may get each Secret; the node's files are not read, so only --image, --kubeconfig, --context, --namespace, --timeout, -o and the log flags go with it; exit 0 only when the plugin answers for every image (a ServiceAccount without the annotation: 1, the kubelet skips the plugin)")
 	fs.String("kubeconfig", "", "with --service-account: kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)")
+	contextFlag(fs)
+	fs.StringP("namespace", "n", "", "with --service-account NAME: the ServiceAccount's namespace (no default: never the kubeconfig context's; NAMESPACE/NAME needs none)")
 	outputFlag(fs)
 	LogFlags(fs)
 	aliases(fs, map[string]string{"probe-timeout": "timeout"})
@@ -558,6 +567,12 @@ func LoadCheck(fs *pflag.FlagSet) (Check, error) {
 		errs = append(errs, c.splitServiceAccount())
 	case c.Kubeconfig != "":
 		errs = append(errs, usagef("--kubeconfig goes with --service-account (check reads the node's files otherwise)"))
+	case c.Context != "":
+		errs = append(errs, usagef("--context goes with --service-account (check reads the node's files otherwise)"))
+	case fs.Changed("namespace"):
+		// Only the flag: NODECREDS_NAMESPACE, which a node's environment
+		// may hold for the agent, must not fail a node's check.
+		errs = append(errs, usagef("--namespace goes with --service-account (check reads the node's files otherwise)"))
 	case len(c.Images) == 0 && len(c.Registries) == 0 && !(c.Sandbox && c.Runtime != ""):
 		errs = append(errs, usagef("give at least one --image or --registry (or --runtime containerd --sandbox)"))
 	}
@@ -576,9 +591,14 @@ func LoadCheck(fs *pflag.FlagSet) (Check, error) {
 func (c *Check) splitServiceAccount() error {
 	var errs []error
 	ns, name, ok := strings.Cut(c.ServiceAccount, "/")
+	if !ok && c.Namespace != "" {
+		ns, name, ok = c.Namespace, c.ServiceAccount, true
+	}
 	switch {
 	case !ok || strings.Contains(name, "/"):
-		errs = append(errs, usagef("--service-account %q: must be NAMESPACE/NAME", c.ServiceAccount))
+		errs = append(errs, usagef("--service-account %q: must be NAMESPACE/NAME, or NAME with --namespace", c.ServiceAccount))
+	case c.Namespace != "" && c.Namespace != ns:
+		errs = append(errs, usagef("--service-account %q and --namespace %q name different namespaces", c.ServiceAccount, c.Namespace))
 	case len(validation.IsDNS1123Label(ns)) > 0:
 		errs = append(errs, usagef("--service-account %q: %q is not a namespace name", c.ServiceAccount, ns))
 	case len(validation.IsDNS1123Subdomain(name)) > 0:
@@ -634,6 +654,7 @@ func validateCheckRuntime(c Check) error {
 type Status struct {
 	Config     string        `mapstructure:"config"`
 	Kubeconfig string        `mapstructure:"kubeconfig"`
+	Context    string        `mapstructure:"context"`
 	Namespace  string        `mapstructure:"namespace"`
 	Secrets    []string      `mapstructure:"secret"`
 	Selector   string        `mapstructure:"selector"`
@@ -648,7 +669,8 @@ type Status struct {
 func StatusFlags(fs *pflag.FlagSet) {
 	configFlag(fs)
 	fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)")
-	fs.String("namespace", DefaultNamespace, "namespace of the source Secrets")
+	contextFlag(fs)
+	fs.StringP("namespace", "n", DefaultNamespace, "nodecreds' namespace: of its DaemonSet and the source Secrets (never the kubeconfig context's)")
 	secretFlags(fs)
 	fs.String("pool", "", "count the nodes of this pool of the chart (its DaemonSet's); without it, those of the default DaemonSet")
 	fs.Bool("wait", false, "wait until every node has applied the current revision (exit 1 at --timeout)")
@@ -837,6 +859,12 @@ func ValidateAPIServer(server string) error {
 
 func configFlag(fs *pflag.FlagSet) {
 	fs.String("config", "", "YAML file with any of these settings (keys are the flag names)")
+}
+
+// contextFlag is kubectl's --context, for the commands that talk to the
+// API server (their --kubeconfig and --namespace are kubectl's names too).
+func contextFlag(fs *pflag.FlagSet) {
+	fs.String("context", "", "the kubeconfig context to use (default: its current context)")
 }
 
 func hostRootFlag(fs *pflag.FlagSet) {

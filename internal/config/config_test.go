@@ -502,3 +502,93 @@ func TestSyncContainerdCertsDir(t *testing.T) {
 		}
 	}
 }
+
+// TestKubectlFlags: the commands that talk to the API server take kubectl's
+// --kubeconfig, --context and -n/--namespace; status's namespace is
+// nodecreds' (its default, never the context's), check's is the
+// ServiceAccount's for --service-account NAME, and each goes only where it
+// is used.
+func TestKubectlFlags(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "")
+	tests := []struct {
+		name  string
+		cmd   string
+		args  []string
+		want  func(any) bool
+		usage string
+	}{
+		{name: "status defaults", cmd: "status", want: func(c any) bool {
+			s := c.(Status)
+			return s.Namespace == DefaultNamespace && s.Context == "" && s.Kubeconfig == ""
+		}},
+		{name: "status -n --context --kubeconfig", cmd: "status", args: []string{"-n", "ops", "--context", "prod", "--kubeconfig", "/k"}, want: func(c any) bool {
+			s := c.(Status)
+			return s.Namespace == "ops" && s.Context == "prod" && s.Kubeconfig == "/k"
+		}},
+		{name: "sync -n --context", cmd: "sync", args: []string{"-n", "ops", "--context", "prod", "--kubeconfig", "/k"}, want: func(c any) bool {
+			s := c.(Sync)
+			return s.Namespace == "ops" && s.Context == "prod" && s.Kubeconfig == "/k"
+		}},
+		{name: "check NAME with -n", cmd: "check", args: []string{"--service-account", "puller", "-n", "team-a", "--image", "r.test/a", "--context", "prod"}, want: func(c any) bool {
+			s := c.(Check)
+			return s.SANamespace == "team-a" && s.SAName == "puller" && s.Context == "prod"
+		}},
+		{name: "check NS/NAME with the same -n", cmd: "check", args: []string{"--service-account", "team-a/puller", "--namespace", "team-a", "--image", "r.test/a"}, want: func(c any) bool {
+			s := c.(Check)
+			return s.SANamespace == "team-a" && s.SAName == "puller"
+		}},
+		{name: "check NS/NAME with another -n", cmd: "check", args: []string{"--service-account", "team-a/puller", "-n", "team-b", "--image", "r.test/a"}, usage: "name different namespaces"},
+		{name: "check NAME without -n", cmd: "check", args: []string{"--service-account", "puller", "--image", "r.test/a"}, usage: "or NAME with --namespace"},
+		{name: "check -n without --service-account", cmd: "check", args: []string{"-n", "team-a", "--image", "r.test/a"}, usage: "--namespace goes with --service-account"},
+		{name: "check --context without --service-account", cmd: "check", args: []string{"--context", "prod", "--image", "r.test/a"}, usage: "--context goes with --service-account"},
+		{name: "status empty -n", cmd: "status", args: []string{"-n", ""}, usage: "--namespace is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := pflag.NewFlagSet(tt.cmd, pflag.ContinueOnError)
+			var load func() (any, error)
+			switch tt.cmd {
+			case "status":
+				StatusFlags(fs)
+				load = func() (any, error) { return LoadStatus(fs) }
+			case "sync":
+				SyncFlags(fs)
+				load = func() (any, error) { return LoadSync(fs) }
+			case "check":
+				CheckFlags(fs)
+				load = func() (any, error) { return LoadCheck(fs) }
+			}
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			c, err := load()
+			if tt.usage != "" {
+				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.usage) {
+					t.Errorf("%s %v: error %v, want a usage error mentioning %q", tt.cmd, tt.args, err, tt.usage)
+				}
+				return
+			}
+			if err != nil || !tt.want(c) {
+				t.Errorf("%s %v: %+v, %v", tt.cmd, tt.args, c, err)
+			}
+		})
+	}
+}
+
+// TestCheckNamespaceFromTheEnvironment: NODECREDS_NAMESPACE (the agent's,
+// in a node's environment) names the ServiceAccount's namespace when
+// given, but does not fail a check of the node's files.
+func TestCheckNamespaceFromTheEnvironment(t *testing.T) {
+	t.Setenv("NODECREDS_NAMESPACE", "team-a")
+	for _, args := range [][]string{{"--image", "r.test/a"}, {"--service-account", "puller", "--image", "r.test/a"}} {
+		fs := pflag.NewFlagSet("check", pflag.ContinueOnError)
+		CheckFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		c, err := LoadCheck(fs)
+		if err != nil || (c.ServiceAccount != "" && c.SANamespace != "team-a") {
+			t.Errorf("check %v: %+v, %v", args, c, err)
+		}
+	}
+}

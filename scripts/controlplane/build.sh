@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build etcd and kube-apiserver (and, on request, other Kubernetes
-# components) from Go modules into bin/. Builds are cached outside the work
+# components and kubectl) from Go modules into bin/. Builds are cached outside the work
 # tree, keyed by the pinning module's go.mod and go.sum and the build flags,
 # so a fresh clone on the same machine reuses them and a change of version or
 # flags rebuilds: ${NODECREDS_CACHE:-~/.cache/nodecreds}.
@@ -28,8 +28,8 @@ version_ldflags() {
 		v=$(cd "$here/etcd" && $GO list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
 		echo "-X go.etcd.io/etcd/api/v3/version.GitSHA=go.etcd.io/etcd/server/v3@$v"
 		;;
-	kube)
-		v=$(cd "$here/kube" && $GO list -m -f '{{.Version}}' k8s.io/kubernetes)
+	kube | kubectl)
+		v=$(cd "$here/$1" && $GO list -m -f '{{.Version}}' k8s.io/kubernetes)
 		[[ $v =~ ^v([0-9]+)\.([0-9]+)\.[0-9]+ ]] || { echo "k8s.io/kubernetes version $v is not vMAJOR.MINOR.PATCH" >&2; exit 1; }
 		local p=k8s.io/component-base/version
 		# gitCommit stays empty: the module proxy gives the tag, not the commit.
@@ -45,6 +45,14 @@ for c in "${components[@]}"; do
 	case "$c" in
 	etcd) mod=etcd pkg=. ;;
 	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet) mod=kube pkg=k8s.io/kubernetes/cmd/$c ;;
+	kubectl)
+		# Its own module (see kubectl/tools.go), pinned to the control plane's
+		# release: the tests talk to the API server they start with it.
+		mod=kubectl pkg=k8s.io/kubernetes/cmd/kubectl
+		want=$(cd "$here/kube" && $GO list -m -f '{{.Version}}' k8s.io/kubernetes)
+		got=$(cd "$here/kubectl" && $GO list -m -f '{{.Version}}' k8s.io/kubernetes)
+		[ "$want" = "$got" ] || { echo "scripts/controlplane/kubectl pins k8s.io/kubernetes $got, the control plane $want: pin the same release in both" >&2; exit 1; }
+		;;
 	*) echo "unknown component $c" >&2; exit 2 ;;
 	esac
 	ldflags=$(version_ldflags "$mod")

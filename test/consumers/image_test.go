@@ -330,15 +330,18 @@ func basicAuth(user, pass string) authn.Authenticator {
 // TestRelease: `make release` against a real registry on 127.0.0.1 leaves
 // the manifest (image by the digest that is in the registry), the packaged
 // chart (appVersion and digest set), the two static binaries (the very
-// bytes of the pushed image's /nodecreds) and SHA256SUMS covering them.
+// bytes of the pushed image's /nodecreds), the kubectl plugin (krew
+// manifest and archives, run through a real kubectl: checkKrewPlugin),
+// CHANGELOG.md, and SHA256SUMS covering them.
 func TestRelease(t *testing.T) {
 	const user, pass = "releaser", "release-canary-pw"
 	const version = "0.0.1-test"
+	const releaseURL = "https://downloads.example.test/nodecreds/" + version
 	host := realRegistry(t, user, pass)
 	cfgDir := t.TempDir()
 	testsupport.WriteFile(t, filepath.Join(cfgDir, "config.json"), `{"auths":{"`+host+`":{"auth":"`+testsupport.B64(user+":"+pass)+`"}}}`, 0o600)
 	repo := host + "/nodecreds/nodecreds"
-	cmd := exec.Command("make", "--no-print-directory", "release", "VERSION="+version, "IMAGE="+repo)
+	cmd := exec.Command("make", "--no-print-directory", "release", "VERSION="+version, "IMAGE="+repo, "RELEASE_URL="+releaseURL)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+cfgDir)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -389,11 +392,16 @@ func TestRelease(t *testing.T) {
 	if err != nil {
 		t.Errorf("sha256sum -c: %v\n%s", err, out)
 	}
-	for _, f := range []string{"nodecreds.yaml", "nodecreds-" + version + ".tgz", "nodecreds-linux-amd64", "nodecreds-linux-arm64"} {
+	for _, f := range []string{"nodecreds.yaml", "nodecreds-" + version + ".tgz", "nodecreds-linux-amd64", "nodecreds-linux-arm64",
+		"nodecreds-" + version + "-linux-amd64.tar.gz", "nodecreds-" + version + "-linux-arm64.tar.gz", "plugins/nodecreds.yaml", "CHANGELOG.md"} {
 		if !strings.Contains(string(out), f+": OK") {
 			t.Errorf("SHA256SUMS does not cover %s:\n%s", f, out)
 		}
 	}
+	if got, want := testsupport.ReadFile(t, filepath.Join(rel, "CHANGELOG.md")), testsupport.ReadFile(t, filepath.Join(repoRoot, "CHANGELOG.md")); !bytes.Equal(got, want) {
+		t.Error("the release's CHANGELOG.md is not the repository's")
+	}
+	checkKrewPlugin(t, rel, version, releaseURL)
 }
 
 func platformDigest(t *testing.T, idx v1.ImageIndex, arch string) v1.Hash {
