@@ -139,7 +139,7 @@ type Result struct {
 	Displaced []string // foreign keys moved into the state file
 	Restored  []string // displaced keys put back
 	Kept      []string // keys whose previous entry stayed in place of a held registry's new one (Desired.Keep)
-	Fresh     []string // keys of held registries written new: the file had none of ours for them
+	Fresh     []string // keys of held registries new to the file: written, or waiting with the rest of their source held whole
 	Warnings  []string // things an operator should know that are not errors
 	// Left is what the sync left at Path (content, mode, owner; Exists
 	// false for no file), nil when the target was not synced, so that the

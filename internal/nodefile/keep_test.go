@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -103,6 +104,54 @@ func TestMergeKeep(t *testing.T) {
 // its old spelling; a later sync without the hold replaces it; cleanup
 // removes it and restores the entry it displaced; the rejections file
 // round-trips and goes when empty.
+// TestNewEntriesWaitWithTheirSource: a rotation that also adds entries
+// (r.io/team beside r.io: another registry to the kubelet) writes none of
+// them while its source is held whole for a login, whatever the keys'
+// order: the file keeps the previous revision alone. Found by the real
+// node's rollout test, which read the kubelet file half old, half new for
+// the length of a login. A source with nothing in the file yet, and one
+// held for one rejected registry only, are written as before.
+func TestNewEntriesWaitWithTheirSource(t *testing.T) {
+	old := entryJSON(t, "u", "old")
+	src := func(it dockercfg.Item) dockercfg.Item { it.Source = "ns/a"; return it }
+	desired := dockercfg.Set{src(item("https://r.io/z", "u", "new")), src(item("r.io", "u", "new")), src(item("r.io/team", "u", "new"))}
+	whole := map[KeepID]bool{{Source: "ns/a"}: true}
+	for _, tc := range []struct {
+		name string
+		cur  map[string]json.RawMessage
+		keep map[KeepID]bool
+		want map[string]string // key → the value's password
+	}{
+		{name: "held whole, previous under r.io", cur: map[string]json.RawMessage{"r.io": old}, keep: whole, want: map[string]string{"r.io": "old"}},
+		{name: "held whole, previous under r.io/team", cur: map[string]json.RawMessage{"r.io/team": old}, keep: whole, want: map[string]string{"r.io/team": "old"}},
+		{name: "held whole, previous under a spelling no longer used", cur: map[string]json.RawMessage{"https://r.io/team": old}, keep: whole, want: map[string]string{"https://r.io/team": "old"}},
+		{name: "held whole, nothing of it in the file", cur: map[string]json.RawMessage{}, keep: whole, want: map[string]string{"r.io": "new", "r.io/team": "new", "https://r.io/z": "new"}},
+		{name: "one registry rejected: the others go ahead", cur: map[string]json.RawMessage{"r.io": old}, keep: map[KeepID]bool{{Source: "ns/a", Registry: "r.io"}: true},
+			want: map[string]string{"r.io": "old", "r.io/team": "new", "https://r.io/z": "new"}},
+		{name: "released", cur: map[string]json.RawMessage{"r.io": old}, want: map[string]string{"r.io": "new", "r.io/team": "new", "https://r.io/z": "new"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cur := &document{top: map[string]json.RawMessage{}, auths: map[string]json.RawMessage{}}
+			owned := map[string]string{}
+			for k, v := range tc.cur {
+				cur.auths[k], owned[k] = v, fingerprint(v)
+			}
+			m := merge(cur, newWanted(desired, nil), pruneRule{on: true, now: 1, keep: tc.keep}, TargetState{Owned: owned, From: map[string]string{"r.io": "ns/a", "r.io/team": "ns/a", "https://r.io/team": "ns/a"}})
+			got := map[string]string{}
+			for k, v := range m.doc.auths {
+				for _, pw := range []string{"old", "new"} {
+					if fingerprint(v) == fingerprint(entryJSON(t, "u", pw)) {
+						got[k] = pw
+					}
+				}
+			}
+			if !maps.Equal(got, tc.want) {
+				t.Errorf("the file holds %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestKeepThroughTheEngine(t *testing.T) {
 	e, root := newEngine(t)
 	ctx := t.Context()

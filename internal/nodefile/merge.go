@@ -17,7 +17,7 @@ type mergeResult struct {
 	displaced []string // foreign keys moved into the state file
 	restored  []string // displaced keys put back
 	kept      []string // keys whose previous entry stayed (pruneRule.keep)
-	fresh     []string // keys of held registries written where the file had none of ours
+	fresh     []string // keys of held registries new to the file: written, or waiting with the rest of their source
 }
 
 // merge computes the new content of a target and its new ownership record.
@@ -202,6 +202,10 @@ type merger struct {
 	// (pruneRule.keep); heldKeys our entries for them kept under a
 	// spelling the sources no longer use, heldUnder their registries.
 	held, heldKeys, heldUnder map[string]bool
+	// whole are the sources held whole (KeepID with no registry); waiting
+	// those of them with a previous entry of ours in the file, whose
+	// entries new to the file wait too.
+	whole, waiting map[string]bool
 }
 
 // holdRegistries notes the registries whose wanted value waits: keep names
@@ -214,11 +218,14 @@ func (m *merger) holdRegistries(keep map[KeepID]bool) {
 	}
 	for _, it := range m.wanted.items {
 		n := dockercfg.Normalize(it.Key)
-		if keep[KeepID{Source: it.Source}] || keep[KeepID{Source: it.Source, Registry: n}] {
+		whole := keep[KeepID{Source: it.Source}]
+		if whole || keep[KeepID{Source: it.Source, Registry: n}] {
 			if m.held == nil {
 				m.held, m.heldKeys, m.heldUnder = map[string]bool{}, map[string]bool{}, map[string]bool{}
+				m.whole, m.waiting = map[string]bool{}, map[string]bool{}
 			}
 			m.held[n] = true
+			m.whole[it.Source] = m.whole[it.Source] || whole
 		}
 	}
 }
@@ -323,6 +330,7 @@ func (m *merger) writeDesired() {
 		delete(m.doc.auths, key)
 	}
 	slices.Sort(m.res.displaced)
+	m.findHeldEntries()
 	for _, it := range m.wanted.items {
 		raw, fp := it.raw, it.fp
 		if m.held != nil && m.holdItem(it) {
@@ -341,14 +349,36 @@ func (m *merger) writeDesired() {
 	}
 }
 
+// findHeldEntries notes the sources held whole that have a previous
+// entry of ours in the file, under a key they still use (after the pass
+// above, a wanted key still in the file is ours) or one they no longer do
+// (settle kept it). Before any item is decided, whatever the keys' order:
+// such a source's entries new to the file wait with the rest of it.
+func (m *merger) findHeldEntries() {
+	if m.held == nil {
+		return
+	}
+	for _, it := range m.wanted.items {
+		if _, present := m.doc.auths[it.Key]; present && m.whole[it.Source] && !m.doc.hasFingerprint(it.Key, it.fp) {
+			m.waiting[it.Source] = true
+		}
+	}
+	for key := range m.heldKeys {
+		if src := m.st.From[key]; m.whole[src] {
+			m.waiting[src] = true
+		}
+	}
+}
+
 // holdItem decides a wanted item of a held registry: our previous entry
 // under its key stays (and stays ours) until the new value may replace
 // it, and so does one under another spelling (settle kept it), in place
-// of this one; with neither, the new value is written (fresh) and it
-// reports false.
+// of this one; an entry new to the file waits too while the rest of its
+// source, held whole, does; otherwise the new value is written (fresh)
+// and it reports false.
 func (m *merger) holdItem(it *wantedItem) bool {
 	n := dockercfg.Normalize(it.Key)
-	if !m.held[n] {
+	if !m.held[n] && !m.waiting[it.Source] {
 		return false
 	}
 	_, present := m.doc.auths[it.Key]
@@ -363,6 +393,13 @@ func (m *merger) holdItem(it *wantedItem) bool {
 		return true
 	case m.heldUnder[n]:
 		return true // settle kept ours under another spelling
+	case m.waiting[it.Source]:
+		// New to the file (r.io/team beside r.io): written now, it would
+		// put part of the new revision in force before the logins, and
+		// as the more specific key the kubelet tries it first. Reported
+		// fresh all the same: its login is one the source waits for.
+		m.res.fresh = append(m.res.fresh, it.Key)
+		return true
 	}
 	m.res.fresh = append(m.res.fresh, it.Key)
 	return false
