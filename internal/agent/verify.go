@@ -23,8 +23,10 @@ import (
 type Verifier interface {
 	// Check is the verdict on c for host (Pending when unknown).
 	Check(host string, c kubeletcred.Cred) verifier.Result
-	// Start schedules a login with c, unless one is made or answered.
+	// Start schedules a login with c, unless one is made or answered;
+	// StartNow without the random wait (the agent's first sync).
 	Start(host string, c kubeletcred.Cred)
+	StartNow(host string, c kubeletcred.Cred)
 	// Settle marks c, never started, as in the node's files already.
 	Settle(host string, c kubeletcred.Cred)
 	// Waiting reports whether c's first login is still to answer.
@@ -178,6 +180,11 @@ func (a *Agent) afterWrite(ctx context.Context, logins []login, results []nodefi
 			inForce = append(inForce, l)
 		case started[l.source] >= maxLoginsPerSource:
 			v.Skip(l.host, l.cred, fmt.Sprintf("more than %d credentials of one Secret changed at once; the rest are applied unverified", maxLoginsPerSource))
+		case !a.synced:
+			// A new agent (a restart, a DaemonSet's rollout) with a
+			// rotation waiting for it: at once, without the spread.
+			started[l.source]++
+			v.StartNow(l.host, l.cred)
 		default:
 			started[l.source]++
 			v.Start(l.host, l.cred)

@@ -280,7 +280,16 @@ func (v *Verifier) retryLater(cr *cred) {
 
 // Start schedules a login with c at host, after a random wait within
 // Spread, unless one is scheduled, under way, or answered.
-func (v *Verifier) Start(host string, c kubeletcred.Cred) {
+func (v *Verifier) Start(host string, c kubeletcred.Cred) { v.start(host, c, v.opts.Spread) }
+
+// StartNow is Start without the wait, for the logins of an agent's first
+// sync: the Spread is there because a Secret's update reaches every agent
+// at the same instant, and agents do not start at the same instant (a
+// DaemonSet rolls node by node), while the rotation that waits for them
+// should reach the node as soon as they do.
+func (v *Verifier) StartNow(host string, c kubeletcred.Cred) { v.start(host, c, 0) }
+
+func (v *Verifier) start(host string, c kubeletcred.Cred, spread time.Duration) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	k := idOf(host, c)
@@ -296,7 +305,7 @@ func (v *Verifier) Start(host string, c kubeletcred.Cred) {
 		return
 	}
 	cr.started = v.now()
-	cr.due = cr.started.Add(v.jitter(v.opts.Spread))
+	cr.due = cr.started.Add(v.jitter(spread))
 	v.poke()
 }
 

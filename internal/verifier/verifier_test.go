@@ -301,3 +301,21 @@ func TestQueuedPastTheDeadline(t *testing.T) {
 		t.Errorf("queued past its deadline: %v, want unverifiable", got.Verdict)
 	}
 }
+
+// TestStartNowSkipsTheSpread: an agent's first sync logs in at once; later
+// ones wait a random time within the spread.
+func TestStartNowSkipsTheSpread(t *testing.T) {
+	v := New(&script{next: []check.ProbeResult{ok}}, Options{Spread: time.Hour})
+	now, later := kubeletcred.Cred{Username: "u", Password: "now"}, kubeletcred.Cred{Username: "u", Password: "later"}
+	v.StartNow("r.test", now)
+	v.Start("r.test", later)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if cr := v.creds[idOf("r.test", now)]; !cr.due.Equal(cr.started) {
+		t.Errorf("StartNow: due %s after it was started, want at once", cr.due.Sub(cr.started))
+	}
+	// rand.N(time.Hour) is 0 with a chance of one in 3.6e12.
+	if cr := v.creds[idOf("r.test", later)]; !cr.due.After(cr.started) || cr.due.Sub(cr.started) >= time.Hour {
+		t.Errorf("Start: due %s after it was started, want within the spread", cr.due.Sub(cr.started))
+	}
+}
