@@ -469,6 +469,11 @@ func saveState(d *hostfs.Dir, s *State, m *memory) (err error) {
 			delete(s.Targets, k)
 		}
 	}
+	// What is written is this release's format, whatever version was
+	// read: a state kept at the version it was read with would carry a
+	// newer format under an older number, which the release before
+	// would take for its own.
+	s.Version = stateVersion
 	if len(s.Targets) == 0 && len(s.HostsTOML) == 0 {
 		if err := d.Remove(stateFileName); err != nil {
 			return fmt.Errorf("removing state: %w", err)

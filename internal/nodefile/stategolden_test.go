@@ -2,6 +2,7 @@ package nodefile
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -260,5 +261,23 @@ func TestStateVersionRefusal(t *testing.T) {
 		if got := string(testsupport.ReadFile(t, filepath.Join(root, kubeletFile))); got != before {
 			t.Errorf("version %d: the target was written: %s", tt.version, got)
 		}
+	}
+}
+
+// TestStateSavedInThisReleasesVersion: a state read at another version it
+// reads is saved at this release's, the format it writes: kept at the
+// version it was read with, a newer format would go out under an older
+// number, which the release before would take for its own.
+func TestStateSavedInThisReleasesVersion(t *testing.T) {
+	e, root := newEngine(t)
+	err := e.withStateDir(t.Context(), func(_ *hostfs.Root, sd *hostfs.Dir) error {
+		return saveState(sd, &State{Version: oldestStateVersion - 1, Targets: map[string]*TargetState{kubeletFile: {Created: true}}}, nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved struct{ Version int }
+	if err := json.Unmarshal(testsupport.ReadFile(t, filepath.Join(root, stateDir, stateFileName)), &saved); err != nil || saved.Version != stateVersion {
+		t.Errorf("saved at version %d (%v), want %d", saved.Version, err, stateVersion)
 	}
 }
