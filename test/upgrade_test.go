@@ -461,6 +461,17 @@ func noDuplicateKeys(data []byte) error {
 	return nil
 }
 
+// errorLines returns an agent log's error lines, the last few.
+func errorLines(logs string) string {
+	var out []string
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, "level=error") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out[max(0, len(out)-3):], "\n")
+}
+
 func sameJSON(a, b json.RawMessage) bool {
 	if a == nil || b == nil {
 		return a == nil && b == nil
@@ -494,7 +505,7 @@ func TestUpgradeDowngrade(t *testing.T) {
 			args := []string{"--source", "dir", "--secret-dir", secret.dir, "--host-root", n.root, "--containerd-certs-dir", certsDir,
 				"--metrics-addr", "0", "--log-format", "text"}
 			rotate := func(r int) { secret.swap(".dockerconfigjson", dockerconfigjson(t, n.rev(r))) }
-			caughtUp := func(who string, r int) {
+			caughtUp := func(a *agentProc, who string, r int) {
 				t.Helper()
 				var last error
 				for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
@@ -502,7 +513,7 @@ func TestUpgradeDowngrade(t *testing.T) {
 						return
 					}
 				}
-				t.Fatalf("%s has not applied revision %d within 30s: %v", who, r, last)
+				t.Fatalf("%s has not applied revision %d within 30s: %v\nits errors:\n%s", who, r, last, errorLines(a.logs.String()))
 			}
 			handedOver := func(r int) {
 				t.Helper()
@@ -518,23 +529,23 @@ func TestUpgradeDowngrade(t *testing.T) {
 			}
 
 			prev := startAgentOf(t, old, args...)
-			caughtUp("release "+rel.Version, 1)
+			caughtUp(prev, "release "+rel.Version, 1)
 			rotate(2)
 			stop(prev, "release "+rel.Version)
 			handedOver(2)
 
 			today := startAgent(t, args...)
-			caughtUp("today's agent, taking over", 2)
+			caughtUp(today, "today's agent, taking over", 2)
 			rotate(3)
-			caughtUp("today's agent", 3)
+			caughtUp(today, "today's agent", 3)
 			rotate(4)
 			stop(today, "today's agent")
 			handedOver(4)
 
 			back := startAgentOf(t, old, args...)
-			caughtUp("release "+rel.Version+", rolled back to", 4)
+			caughtUp(back, "release "+rel.Version+", rolled back to,", 4)
 			rotate(5)
-			caughtUp("release "+rel.Version, 5)
+			caughtUp(back, "release "+rel.Version, 5)
 			stop(back, "release "+rel.Version)
 			if err := n.check(true, 5); err != nil {
 				t.Fatal(err)
