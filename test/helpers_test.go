@@ -145,7 +145,14 @@ type agentProc struct {
 
 func startAgent(t *testing.T, args ...string) *agentProc {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"sync"}, args...)...)
+	return startAgentOf(t, binary, args...)
+}
+
+// startAgentOf runs `sync` of the nodecreds binary bin (another release's,
+// in the upgrade tests).
+func startAgentOf(t *testing.T, bin string, args ...string) *agentProc {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"sync"}, args...)...)
 	p := &agentProc{cmd: cmd, logs: &testsupport.Buffer{}, done: make(chan error, 1), exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {

@@ -147,8 +147,8 @@ func loadHostsTOMLFile(d *hostfs.Dir) (hostsTOMLFile, error) {
 	if err := json.Unmarshal(data, &f); err != nil {
 		return hostsTOMLFile{}, fmt.Errorf("%w: %s is not valid JSON (%v): %s", ErrState, path, jsonProblem(err), stateAdvice)
 	}
-	if f.Version != stateVersion {
-		return hostsTOMLFile{}, fmt.Errorf("%w: %s has version %d, this nodecreds reads version %d: %s", ErrState, path, f.Version, stateVersion, stateAdvice)
+	if !readsStateVersion(f.Version) {
+		return hostsTOMLFile{}, versionRefusal(path, f.Version)
 	}
 	if f.Files == nil {
 		f.Files = files

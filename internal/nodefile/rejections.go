@@ -70,7 +70,7 @@ func (e *Engine) LoadRejections(ctx context.Context) ([]Rejection, error) {
 			return err
 		}
 		var f rejectionsFile
-		if err := json.Unmarshal(data, &f); err != nil || f.Version != stateVersion {
+		if err := json.Unmarshal(data, &f); err != nil || !readsStateVersion(f.Version) {
 			// Only ever a cache of verdicts: a file that cannot be read
 			// is dropped, and the credentials are logged in with again.
 			return d.Remove(rejectionsFileName)

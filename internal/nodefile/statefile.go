@@ -21,10 +21,37 @@ import (
 // The release of 2026-11 reads a state of up to 4 MiB only.
 const maxStateSize = 8 << 20
 
+// The formats of the state folder's files (state.json, hoststoml.json,
+// rejected.json), by the rule of docs/design.md ("State compatibility
+// across releases"): a release reads the previous minor release's state
+// and its own, and writes one the previous release reads. stateVersion is
+// the version written; a change the previous release cannot read first
+// ships in a release that reads it (stateVersion still the old one), and
+// oldestStateVersion rises only once the release before writes newer.
 const (
-	stateFileName = "state.json"
-	stateVersion  = 1
+	stateFileName      = "state.json"
+	stateVersion       = 1
+	oldestStateVersion = 1
 )
+
+// readsStateVersion reports whether this nodecreds reads a state folder's
+// file of version v.
+func readsStateVersion(v int) bool { return oldestStateVersion <= v && v <= stateVersion }
+
+// versionRefusal explains a state folder's file of a version this
+// nodecreds does not read: which versions it reads, and the way out that
+// the compatibility rule leaves (one minor release at a time).
+func versionRefusal(path string, v int) error {
+	reads := fmt.Sprintf("version %d", stateVersion)
+	if oldestStateVersion != stateVersion {
+		reads = fmt.Sprintf("versions %d to %d", oldestStateVersion, stateVersion)
+	}
+	way := "a newer nodecreds wrote it: roll back one minor release at a time (each release reads the state of the release after it), letting each sync once, or run the release that wrote it"
+	if v < oldestStateVersion {
+		way = "an older nodecreds wrote it: upgrade one minor release at a time (each release reads the state of the release before it), letting each sync once"
+	}
+	return fmt.Errorf("%w: %s has version %d and this nodecreds reads %s; %s; or %s", ErrState, path, v, reads, way, stateAdvice)
+}
 
 // keyStrings maps registry keys to strings (entry digests, source names).
 // It has its own JSON encoding: encoding/json sorts map keys and decodes
@@ -282,8 +309,8 @@ func loadState(d *hostfs.Dir, m *memory) (*State, error) {
 	if err := decodeState(data, s); err != nil {
 		return nil, fmt.Errorf("%w: %s is not valid JSON (%v): %s", ErrState, path, jsonProblem(err), stateAdvice)
 	}
-	if s.Version != stateVersion {
-		return nil, fmt.Errorf("%w: %s has version %d, this nodecreds reads version %d: run the nodecreds version that wrote it, or %s", ErrState, path, s.Version, stateVersion, stateAdvice)
+	if !readsStateVersion(s.Version) {
+		return nil, versionRefusal(path, s.Version)
 	}
 	if s.Targets == nil {
 		s.Targets = map[string]*TargetState{}
@@ -442,6 +469,11 @@ func saveState(d *hostfs.Dir, s *State, m *memory) (err error) {
 			delete(s.Targets, k)
 		}
 	}
+	// What is written is this release's format, whatever version was
+	// read: a state kept at the version it was read with would carry a
+	// newer format under an older number, which the release before
+	// would take for its own.
+	s.Version = stateVersion
 	if len(s.Targets) == 0 && len(s.HostsTOML) == 0 {
 		if err := d.Remove(stateFileName); err != nil {
 			return fmt.Errorf("removing state: %w", err)

@@ -143,7 +143,11 @@ func Binary(ctx context.Context, repo string, r Release) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	tmp := bin + ".tmp"
+	// Absolute: the build runs in src, and repo may be relative ("..").
+	tmp, err := filepath.Abs(bin + ".tmp")
+	if err != nil {
+		return "", err
+	}
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+r.Version, "-o", tmp, "./cmd/nodecreds")
 	cmd.Dir = src
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -164,7 +168,10 @@ func Image(ctx context.Context, repo string, r Release) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	tmp := out + ".tmp"
+	tmp, err := filepath.Abs(out + ".tmp") // the build runs in src
+	if err != nil {
+		return "", err
+	}
 	_ = os.RemoveAll(tmp)
 	cmd := exec.CommandContext(ctx, "go", "run", "./scripts/image", "build", "-version", r.Version, "-out", tmp)
 	cmd.Dir = src
