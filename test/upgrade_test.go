@@ -327,7 +327,7 @@ func (n *handoverNode) checkHostsTOML(r int) error {
 		up, provided := rev[key]
 		if !provided {
 			if !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("%s left at revision %d (%v)", rel, r, err)
+				return fmt.Errorf("%s left at revision %d (%w)", rel, r, err)
 			}
 			continue
 		}
