@@ -494,7 +494,7 @@ func TestRealNode(t *testing.T) {
 
 	// Day 2: the agent's image rolls to the previous release and back
 	// while the Secret rotates every second.
-	prev := importPreviousRelease(t, ctx, work, socket)
+	prev := importPreviousRelease(ctx, t, work, socket)
 	ro := newRolloutNode(t, registry, image)
 	ro.run(ctx, c, prev)
 

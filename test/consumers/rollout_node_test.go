@@ -67,7 +67,7 @@ func rolloutUser(i int) (string, string) {
 
 // importPreviousRelease builds the previous release's image from its own
 // source (test/releases, RELEASES) and imports it into containerd.
-func importPreviousRelease(t *testing.T, ctx context.Context, work, socket string) releases.Release {
+func importPreviousRelease(ctx context.Context, t *testing.T, work, socket string) releases.Release {
 	t.Helper()
 	prev, err := releases.Previous(cluster.RepoRoot())
 	if err != nil {
@@ -230,7 +230,7 @@ func (rn *rolloutNode) rotate(ctx context.Context, c *cluster.Cluster) {
 func (rn *rolloutNode) roll(ctx context.Context, c *cluster.Cluster, image string) (time.Duration, bool) {
 	t := rn.t
 	t.Helper()
-	old := agentPod(t, ctx, c)
+	old := agentPod(ctx, t, c)
 	t.Logf("rollout: rolling to %s at %s (rotation %d)", image, time.Now().Format(time.StampMilli), rn.rotation)
 	patch := fmt.Sprintf(`{"spec":{"template":{"spec":{"containers":[{"name":"nodecreds","image":%q}]}}}}`, image)
 	if _, err := c.Admin.AppsV1().DaemonSets(nodecredsNS).Patch(ctx, "nodecreds", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
@@ -259,7 +259,7 @@ func (rn *rolloutNode) roll(ctx context.Context, c *cluster.Cluster, image strin
 			pods = append(pods, name)
 		}
 		if started.IsZero() {
-			if p := agentPod(t, ctx, c); p != nil && p.UID != old.UID && running(p) && p.Spec.Containers[0].Image == image {
+			if p := agentPod(ctx, t, c); p != nil && p.UID != old.UID && running(p) && p.Spec.Containers[0].Image == image {
 				started, atStart = time.Now(), rn.rotation
 				t.Logf("rollout: the agent of %s is running at %s (rotation %d)", image, started.Format(time.StampMilli), atStart)
 			}
@@ -297,7 +297,7 @@ func rolloutTag(image string) string {
 }
 
 // agentPod is the DaemonSet's Pod (the newest, during a roll).
-func agentPod(t *testing.T, ctx context.Context, c *cluster.Cluster) *corev1.Pod {
+func agentPod(ctx context.Context, t *testing.T, c *cluster.Cluster) *corev1.Pod {
 	t.Helper()
 	pods, err := c.Admin.CoreV1().Pods(nodecredsNS).List(ctx, metav1.ListOptions{})
 	if err != nil {
