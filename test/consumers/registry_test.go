@@ -1,7 +1,6 @@
 package consumers
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -50,26 +48,7 @@ type registryProc struct {
 	dir      string
 	addr     string
 	cmd      *exec.Cmd
-	logs     *syncBuffer
-}
-
-// syncBuffer is a registry's output, read by tests while the process
-// writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs     *testsupport.Buffer
 }
 
 // realRegistry starts a registry with one user and returns host:port.
@@ -132,7 +111,7 @@ func (r *registryProc) htpasswdArgs(args ...string) {
 func (r *registryProc) run() {
 	t := r.t
 	t.Helper()
-	r.logs = &syncBuffer{}
+	r.logs = &testsupport.Buffer{}
 	r.cmd = exec.Command(r.bin, "serve", filepath.Join(r.dir, "config.yml"))
 	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
 	if err := r.cmd.Start(); err != nil {
