@@ -2,17 +2,10 @@ package test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"maps"
-	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -32,7 +25,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
@@ -175,8 +167,7 @@ type isolationCred struct{ secret, registry, userpass string }
 //     an Event on the Node; it syncs once the first stops, and a node
 //     moved out of pool A loses pool A's key.
 func TestNodePoolIsolation(t *testing.T) {
-	ca := newTestCA(t)
-	c := startClusterWith(t, "--enable-admission-plugins=NodeRestriction", "--authorization-mode=Node,RBAC", "--client-ca-file="+ca.file)
+	c := startClusterWith(t) // Node,RBAC and NodeRestriction, as every test cluster
 	ctx := t.Context()
 	admin := c.Admin
 	if err := c.StartControllers(ctx); err != nil {
@@ -573,7 +564,7 @@ func TestNodePoolIsolation(t *testing.T) {
 	})
 
 	t.Run("kubelet", func(t *testing.T) {
-		kubelet := ca.client(t, c, "system:node:"+nodeB, "system:nodes")
+		kubelet := userClient(t, c, "system:node:"+nodeB, "system:nodes")
 		nodes := kubelet.CoreV1().Nodes()
 		_, labelErr := nodes.Patch(ctx, nodeB, types.MergePatchType, []byte(`{"metadata":{"labels":{"`+poolLabel+`":"tenant-a"}}}`), metav1.PatchOptions{})
 		_, taintErr := nodes.Patch(ctx, nodeB, types.MergePatchType, []byte(`{"spec":{"taints":[]}}`), metav1.PatchOptions{})
@@ -638,7 +629,7 @@ func TestNodePoolIsolation(t *testing.T) {
 		}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		dev := ca.client(t, c, "tenant-b-dev", "tenants")
+		dev := userClient(t, c, "tenant-b-dev", "tenants")
 		pod, err := dev.CoreV1().Pods("tenant-b").Create(ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: "on-" + nodeA, Namespace: "tenant-b"},
 			Spec:       corev1.PodSpec{NodeName: nodeA, Containers: []corev1.Container{{Name: "app", Image: creds["tenant-a"].registry + "/private/app:1"}}},
@@ -1010,59 +1001,15 @@ func httpGet(url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// testCA is a client CA the API server trusts (--client-ca-file), to act
-// as a kubelet (system:node:NAME in system:nodes) does with its client
-// certificate.
-type testCA struct {
-	file string
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTestCA(t *testing.T) *testCA {
+// userClient is a client with a certificate for user in group (the
+// cluster's client CA), to act as a kubelet or a tenant does.
+func userClient(t *testing.T, c *cluster.Cluster, user, group string) *kubernetes.Clientset {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cfg, err := c.UserConfig(user, group)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "nodecreds-test-client-ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	file := filepath.Join(t.TempDir(), "client-ca.crt")
-	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{file: file, cert: cert, key: key}
-}
-
-// client is a client with a certificate for user in group.
-func (ca *testCA) client(t *testing.T, c *cluster.Cluster, user, group string) *kubernetes.Clientset {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: user, Organization: []string{group}},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(&rest.Config{Host: c.URL, TLSClientConfig: rest.TLSClientConfig{
-		CAFile:   c.CAFile,
-		CertData: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyData:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-	}})
+	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(fmt.Errorf("client for %s: %w", user, err))
 	}

@@ -53,8 +53,7 @@ func helmOrder(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
 // operator's check that it is enforced, then the agents; the time the API
 // server takes to enforce it is logged.
 func TestPoolsAddedByUpgradeAreCoveredAtOnce(t *testing.T) {
-	ca := newTestCA(t)
-	c := startClusterWith(t, "--enable-admission-plugins=NodeRestriction", "--authorization-mode=Node,RBAC", "--client-ca-file="+ca.file)
+	c := startClusterWith(t) // Node,RBAC and NodeRestriction, as every test cluster
 	ctx := t.Context()
 	admin := c.Admin
 	if err := c.StartControllers(ctx); err != nil {
