@@ -10,7 +10,6 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -83,17 +82,11 @@ func newServiceAccountAPI(target kubeTarget) (check.ServiceAccountAPI, error) {
 		return nil, fmt.Errorf("building the client's scheme: %w", err)
 	}
 	codecs := serializer.NewCodecFactory(scheme)
-	newREST := func(apiPath string, gv schema.GroupVersion) (rest.Interface, error) {
-		c := rest.CopyConfig(cfg)
-		c.APIPath, c.GroupVersion = apiPath, &gv
-		c.NegotiatedSerializer = codecs.WithoutConversion()
-		return rest.RESTClientFor(c)
-	}
-	core, err := newREST("/api", corev1.SchemeGroupVersion)
+	core, err := kube.RESTClient(cfg, codecs, "/api", corev1.SchemeGroupVersion)
 	if err != nil {
 		return nil, fmt.Errorf("creating the core/v1 client: %w", err)
 	}
-	authz, err := newREST("/apis", authorizationv1.SchemeGroupVersion)
+	authz, err := kube.RESTClient(cfg, codecs, "/apis", authorizationv1.SchemeGroupVersion)
 	if err != nil {
 		return nil, fmt.Errorf("creating the authorization/v1 client: %w", err)
 	}
