@@ -160,18 +160,7 @@ func TestLoadSyncRefusesBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for k, v := range tt.env {
-				t.Setenv(k, v)
-			}
-			args := tt.args
-			if tt.yaml != "" {
-				file := filepath.Join(t.TempDir(), "c.yaml")
-				if err := os.WriteFile(file, []byte(tt.yaml), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				args = append(args, "--config", file)
-			}
-			_, err := LoadSync(syncFlags(t, args...))
+			_, err := LoadSync(syncFlags(t, setting(t, tt.env, tt.yaml, tt.args)...))
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -183,6 +172,24 @@ func TestLoadSyncRefusesBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// setting puts env in the environment for the test and, when yaml is
+// not empty, a file of it after args as --config; it returns the
+// arguments.
+func setting(t *testing.T, env map[string]string, yaml string, args []string) []string {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	if yaml == "" {
+		return args
+	}
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return append(slices.Clone(args), "--config", file)
 }
 
 func TestLoadCheck(t *testing.T) {
@@ -384,18 +391,7 @@ func TestLoadProviderServiceAccount(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for k, v := range tt.env {
-				t.Setenv(k, v)
-			}
-			args := tt.args
-			if tt.file != "" {
-				f := filepath.Join(t.TempDir(), "provider.yaml")
-				if err := os.WriteFile(f, []byte(tt.file), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				args = append([]string{"--config", f}, args...)
-			}
-			c, err := LoadProvider(providerFlags(t, args...))
+			c, err := LoadProvider(providerFlags(t, setting(t, tt.env, tt.file, tt.args)...))
 			if tt.usage != "" {
 				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.usage) {
 					t.Fatalf("error %v, want a usage error mentioning %q", err, tt.usage)
