@@ -474,6 +474,43 @@ func (d *Dir) CreateTemp(prefix string, perm fs.FileMode) (*os.File, string, err
 	return nil, "", fmt.Errorf("creating a temp file in %s: too many collisions", d.path)
 }
 
+// SweepTemps removes files a crash left in d named prefix and the 16 hex
+// digits CreateTemp adds, except those named so after held (when not
+// empty), whose names it returns. A name that merely starts alike (an
+// admin's ".config.json.nodecreds-backup") is not nodecreds' and is left.
+func (d *Dir) SweepTemps(prefix, held string) []string {
+	names, err := d.Names()
+	if err != nil {
+		return nil
+	}
+	var found []string
+	for _, n := range names {
+		switch {
+		case held != "" && isTempName(n, held):
+			found = append(found, n)
+		case isTempName(n, prefix):
+			_ = d.Remove(n)
+		}
+	}
+	return found
+}
+
+// isTempName reports whether n is prefix and the 16 lowercase hex digits
+// CreateTemp adds: the names nodecreds' temp and held files have had from
+// the start.
+func isTempName(n, prefix string) bool {
+	rest, ok := strings.CutPrefix(n, prefix)
+	if !ok || len(rest) != 16 {
+		return false
+	}
+	for _, c := range rest {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // CreateExcl creates name, which must not exist, with mode perm.
 func (d *Dir) CreateExcl(name string, perm fs.FileMode) (*os.File, error) {
 	if err := checkName(name); err != nil {

@@ -75,7 +75,7 @@ func (e *Engine) sweepOnce(d *hostfs.Dir, prefix, held string) []string {
 	if e.swept[key] {
 		return nil
 	}
-	found := sweepPrefix(d, prefix, held)
+	found := d.SweepTemps(prefix, held)
 	if e.swept == nil {
 		e.swept = map[string]bool{}
 	}

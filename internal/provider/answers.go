@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -64,7 +63,9 @@ func countAnswer(ctx context.Context, hostRoot, stateDir string, reason pullsecr
 	if err := flockWithin(ctx, lf, lockWait); err != nil {
 		return fmt.Errorf("locking %s: %w", d.Name(answersLock), err)
 	}
-	sweepTemps(d)
+	// The temp file of a run that died between writing the counters and
+	// renaming them (under the lock, any there is such).
+	d.SweepTemps("."+AnswersFile+".", "")
 	counts := readCounts(d)
 	counts[string(reason)]++
 	data, err := json.Marshal(counts)
@@ -93,21 +94,6 @@ func flockWithin(ctx context.Context, f *os.File, within time.Duration) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(5 * time.Millisecond):
-		}
-	}
-}
-
-// sweepTemps removes the temp files of a run that died between writing
-// the counters and renaming them (under the lock, any there is such).
-func sweepTemps(d *hostfs.Dir) {
-	names, err := d.Names()
-	if err != nil {
-		return
-	}
-	prefix := "." + AnswersFile + "."
-	for _, n := range names {
-		if rest, ok := strings.CutPrefix(n, prefix); ok && len(rest) == 16 && strings.Trim(rest, "0123456789abcdef") == "" {
-			_ = d.Remove(n)
 		}
 	}
 }
