@@ -209,13 +209,11 @@ func (wn *workloadNode) expectPulledAs(mark int, user, what string) {
 // waitKubeletLog waits until the kubelet's log holds want after offset.
 func waitKubeletLog(t *testing.T, c *cluster.Cluster, offset int, want string, within time.Duration) {
 	t.Helper()
-	for deadline := time.Now().Add(within); ; time.Sleep(time.Second) {
-		if strings.Contains(kubeletLog(t, c)[offset:], want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the kubelet's log does not say %q within %s", want, within)
-		}
+	// Every second: the whole log is read each time.
+	if err := testsupport.WaitFor(t.Context(), within, time.Second, fmt.Sprintf("the kubelet's log to say %q", want), func() bool {
+		return strings.Contains(kubeletLog(t, c)[offset:], want)
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
