@@ -55,7 +55,7 @@ func TestMain(m *testing.M) {
 	chartTool = filepath.Join(dir, "chart")
 	for _, build := range []func() error{
 		func() error { return testsupport.BuildNodecreds("..", binary, "-race") },
-		func() error { return testsupport.BuildRelease("..", plainBinary) },
+		func() error { return testsupport.BuildRelease("..", plainBinary, "") },
 		func() error { return buildChartTool(chartTool) },
 	} {
 		if err := build(); err != nil {

@@ -118,9 +118,14 @@ func BuildNodecreds(repoRoot, out string, flags ...string) error {
 // BuildRelease builds ./cmd/nodecreds of the checkout at repoRoot into out
 // the way a release is built (the Dockerfile's flags: no cgo, no symbols),
 // for tests whose measurements must be the released binary's (memory,
-// timing).
-func BuildRelease(repoRoot, out string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./cmd/nodecreds")
+// timing) and for the upgrade tests' earlier releases; version, when not
+// empty, is what `nodecreds version` says.
+func BuildRelease(repoRoot, out, version string) error {
+	ldflags := "-s -w"
+	if version != "" {
+		ldflags += " -X main.version=" + version
+	}
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, "./cmd/nodecreds")
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

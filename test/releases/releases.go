@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
 // Release is one line of RELEASES.
@@ -148,11 +150,8 @@ func Binary(ctx context.Context, repo string, r Release) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+r.Version, "-o", tmp, "./cmd/nodecreds")
-	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building release %s (%s): %w\n%s", r.Version, r.Commit, err, out)
+	if err := testsupport.BuildRelease(src, tmp, r.Version); err != nil {
+		return "", fmt.Errorf("release %s (%s): %w", r.Version, r.Commit, err)
 	}
 	return bin, os.Rename(tmp, bin)
 }
