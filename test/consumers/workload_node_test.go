@@ -19,9 +19,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 	"github.com/nodecreds/nodecreds/test/cluster"
@@ -38,6 +38,7 @@ const (
 	tenantBUser, tenantBPass                = "tenant-b", "tenant-b-canary-pw"
 	tenantSA                                = "app"
 	pullSecretAnnotation                    = "nodecreds.io/pull-secret"
+	tenantRoleBinding                       = "nodecreds-pull" // the tenant template's
 	// nodeAudienceRBAC is the shipped node RBAC, cluster-wide, for the
 	// test cluster's audience (the API server's default).
 	nodeAudienceRBAC = "node-token-audience-rbac.yaml"
@@ -96,52 +97,54 @@ rules:
 	return []string{"--audit-policy-file=" + policy, "--audit-log-path=" + log, "--audit-log-format=json"}, log
 }
 
-// tenant creates namespace ns with ServiceAccount app annotated with
-// secrets (none: no annotation), each Secret in secrets (name → user:pass),
-// and, with role, the Role and RoleBinding the docs' template gives a
-// tenant: get on exactly those Secret names.
+// tenant creates namespace ns and, from the docs' tenant template
+// (deploy/credential-provider/tenant-rbac.yaml, its namespace and names set
+// for ns), ServiceAccount app annotated with annotation (none: no
+// annotation), each Secret in secrets (name → user:pass), and, with role,
+// the template's Role and RoleBinding: get on exactly those Secret names.
 func (wn *workloadNode) tenant(ctx context.Context, c *cluster.Cluster, ns string, annotation string, secrets map[string]string, role bool) {
 	t := wn.t
 	t.Helper()
 	if _, err := c.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: tenantSA, Namespace: ns}}
-	if annotation != "" {
-		sa.Annotations = map[string]string{pullSecretAnnotation: annotation}
-	}
-	if _, err := c.Admin.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
-		if !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
-		cur, err := c.Admin.CoreV1().ServiceAccounts(ns).Get(ctx, tenantSA, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cur.Annotations = sa.Annotations
-		if _, err := c.Admin.CoreV1().ServiceAccounts(ns).Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var names []string
+	var names []any
 	for name, up := range secrets {
 		names = append(names, name)
 		wn.setSecret(ctx, c, ns, name, up)
 	}
-	if !role || len(names) == 0 {
-		return
-	}
-	if _, err := c.Admin.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "nodecreds-pull-secrets", Namespace: ns},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}, ResourceNames: names}},
-	}, metav1.CreateOptions{}); err != nil {
+	objs, err := cluster.ReadManifest(filepath.Join(cluster.RepoRoot(), "deploy", "credential-provider", "tenant-rbac.yaml"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Admin.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "nodecreds-pull-secrets", Namespace: ns},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "nodecreds-pull-secrets"},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: tenantSA, Namespace: ns}},
-	}, metav1.CreateOptions{}); err != nil {
+	var apply []*unstructured.Unstructured
+	for _, o := range objs {
+		o.SetNamespace(ns)
+		switch o.GetKind() {
+		case "ServiceAccount":
+			if o.GetName() != tenantSA {
+				t.Fatalf("the tenant template's ServiceAccount is %q, the test's %q", o.GetName(), tenantSA)
+			}
+			o.SetAnnotations(nil)
+			if annotation != "" {
+				o.SetAnnotations(map[string]string{pullSecretAnnotation: annotation})
+			}
+			apply = append(apply, o)
+		case "Role":
+			if role && len(names) > 0 {
+				o.Object["rules"].([]any)[0].(map[string]any)["resourceNames"] = names
+				apply = append(apply, o)
+			}
+		case "RoleBinding":
+			if role && len(names) > 0 {
+				o.Object["subjects"].([]any)[0].(map[string]any)["namespace"] = ns
+				apply = append(apply, o)
+			}
+		default:
+			t.Fatalf("the tenant template has a %s this test does not know", o.GetKind())
+		}
+	}
+	if err := cluster.Apply(ctx, c.RESTConfig, apply, false); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -310,7 +313,7 @@ func (wn *workloadNode) run(ctx context.Context, c *cluster.Cluster, nodeRBAC st
 	// 8. Revocation: tenant E's RoleBinding goes. Once the kubelet's cached
 	// answer has expired (10 s), an IfNotPresent Pod of E must pull the
 	// image on the node again, and cannot.
-	if err := c.Admin.RbacV1().RoleBindings("tenant-e").Delete(ctx, "nodecreds-pull-secrets", metav1.DeleteOptions{}); err != nil {
+	if err := c.Admin.RbacV1().RoleBindings("tenant-e").Delete(ctx, tenantRoleBinding, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(11 * time.Second) // the answer's cache duration, on the kubelet's own clock
