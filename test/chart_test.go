@@ -15,6 +15,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -98,7 +99,9 @@ const everyValue = "image.repository=reg.example.test/nodecreds,image.tag=9.9.9,
 	",resources.limits.memory=80Mi,podAnnotations.a=b,podLabels.team=x,extraArgs={--resync=10m},extraEnv[0].name=X,extraEnv[0].value=y" +
 	",updateStrategy.rollingUpdate.maxUnavailable=2,metrics.port=9300,serviceMonitor.enabled=true,verify.spread=5s,verify.retry=1m" +
 	",expiryWarning.share=0.25,expiryWarning.min=30m" +
-	",credentialProvider.serviceAccount.enabled=true,credentialProvider.serviceAccount.audience=https://kubernetes.default.svc.cluster.local,credentialProvider.serviceAccount.serviceAccountNames={app}"
+	",credentialProvider.serviceAccount.enabled=true,credentialProvider.serviceAccount.audience=https://kubernetes.default.svc.cluster.local,credentialProvider.serviceAccount.serviceAccountNames={app}" +
+	",flowControl.enabled=true,flowControl.matchingPrecedence=2000,flowControl.nominalConcurrencyShares=20,flowControl.lendablePercent=0" +
+	",flowControl.queuing.queues=16,flowControl.queuing.handSize=4,flowControl.queuing.queueLengthLimit=100"
 
 // TestChartValues renders each documented value and checks it lands where
 // it should.
@@ -177,6 +180,15 @@ func TestChartValues(t *testing.T) {
 			}
 			return len(cr.Rules) == 1 && slices.Equal(cr.Rules[0].Resources, []string{"https://kubernetes.default.svc.cluster.local"}) && slices.Equal(cr.Rules[0].ResourceNames, []string{"app"})
 		})},
+		{"flowControl.*", func() bool {
+			pl, ok := find[flowcontrolv1.PriorityLevelConfiguration](t, all, "PriorityLevelConfiguration")
+			fs, ok2 := find[flowcontrolv1.FlowSchema](t, all, "FlowSchema")
+			if !ok || !ok2 || pl.Spec.Limited == nil || pl.Spec.Limited.LimitResponse.Queuing == nil {
+				return false
+			}
+			l, q := pl.Spec.Limited, pl.Spec.Limited.LimitResponse.Queuing
+			return fs.Spec.MatchingPrecedence == 2000 && *l.NominalConcurrencyShares == 20 && *l.LendablePercent == 0 && q.Queues == 16 && q.HandSize == 4 && q.QueueLengthLimit == 100
+		}()},
 	}
 	for _, ck := range checks {
 		if !ck.ok {

@@ -194,6 +194,39 @@ would otherwise hand the agent the whole node. */}}
 {{- end -}}
 {{- end -}}
 
+{{/* Refuses a value that is not a whole number from min to max (max 0:
+no upper bound): the flowControl values are written into the objects as
+numbers. Arguments: list WHERE VALUE MIN MAX. */}}
+{{- define "nodecreds.checkInt" -}}
+{{- $where := index . 0 }}{{ $v := index . 1 }}{{ $min := index . 2 }}{{ $max := index . 3 -}}
+{{- if not (and (or (kindIs "int" $v) (kindIs "int64" $v) (kindIs "float64" $v)) (eq (float64 $v) (float64 (int64 $v))) (ge (int64 $v) (int64 $min)) (or (eq (int64 $max) 0) (le (int64 $v) (int64 $max)))) -}}
+{{- if eq (int64 $max) 0 -}}
+{{- fail (printf "%s: %v is not a whole number of at least %d" $where $v $min) -}}
+{{- else -}}
+{{- fail (printf "%s: %v is not a whole number from %d to %d" $where $v $min $max) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The flowControl values: numbers the API server takes, and a
+matchingPrecedence that puts the agents' schema after the system ones and
+before the default service-accounts one. */}}
+{{- define "nodecreds.checkFlowControl" -}}
+{{- $fc := .Values.flowControl -}}
+{{- if eq .Release.Namespace "kube-system" -}}
+{{- fail "flowControl.enabled in namespace kube-system: the FlowSchema kube-system-service-accounts (matchingPrecedence 900, priority level workload-high) matches every ServiceAccount of kube-system before the agents' schema could; install nodecreds in a namespace of its own (docs/install.md), or leave flowControl off" -}}
+{{- end -}}
+{{- include "nodecreds.checkInt" (list "flowControl.nominalConcurrencyShares" $fc.nominalConcurrencyShares 1 0) -}}
+{{- include "nodecreds.checkInt" (list "flowControl.lendablePercent" $fc.lendablePercent 0 100) -}}
+{{- include "nodecreds.checkInt" (list "flowControl.queuing.queues" $fc.queuing.queues 1 0) -}}
+{{- include "nodecreds.checkInt" (list "flowControl.queuing.handSize" $fc.queuing.handSize 1 (int64 $fc.queuing.queues)) -}}
+{{- include "nodecreds.checkInt" (list "flowControl.queuing.queueLengthLimit" $fc.queuing.queueLengthLimit 1 0) -}}
+{{- $p := $fc.matchingPrecedence -}}
+{{- if not (and (or (kindIs "int" $p) (kindIs "int64" $p) (kindIs "float64" $p)) (eq (float64 $p) (float64 (int64 $p))) (gt (int64 $p) 900) (lt (int64 $p) 9000)) -}}
+{{- fail (printf "flowControl.matchingPrecedence: %v must be a whole number above 900 and below 9000: the agents' schema comes after Kubernetes' system schemas (the last, kube-system-service-accounts, is 900) and before service-accounts (9000), which would otherwise match the agents first" $p) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Every check of the values that the templates cannot express: each
 fails the install naming the fix. */}}
 {{- define "nodecreds.validate" -}}
@@ -232,6 +265,9 @@ they name (no line break could add a field). */ -}}
 {{- $port := .Values.metrics.port -}}
 {{- if not (and (or (kindIs "int" $port) (kindIs "int64" $port) (kindIs "float64" $port)) (eq (float64 $port) (float64 (int $port))) (ge (int $port) 1) (le (int $port) 65535)) -}}
 {{- fail (printf "metrics.port: %v is not a port number (1-65535)" $port) -}}
+{{- end -}}
+{{- if .Values.flowControl.enabled -}}
+{{- include "nodecreds.checkFlowControl" . -}}
 {{- end -}}
 {{- with .Values.updateStrategy.rollingUpdate -}}
 {{- if and .maxSurge (not (has (toString .maxSurge) (list "0" "0%"))) -}}
