@@ -34,7 +34,7 @@ const Namespace = "nodecreds"
 const ManifestValues = "namespace.create=true"
 
 // order is the templates' order in the manifest (Helm's install order).
-var order = []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "admission.yaml", "servicemonitor.yaml", "daemonset.yaml"}
+var order = []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "admission.yaml", "flowcontrol.yaml", "servicemonitor.yaml", "daemonset.yaml"}
 
 const header = `# nodecreds: keeps private-registry pull credentials on every Linux node in
 # sync with the Secret nodecreds/registry-credentials.
