@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nodecreds/nodecreds/internal/testsupport"
+	"github.com/nodecreds/nodecreds/scripts/bench/meter"
 )
 
 // measureBigSecret is issue 16's end-to-end case as a new user would try
@@ -112,7 +113,7 @@ func (r *results) measureBigSecret(ctx context.Context, bin, work string, runs i
 		r.bigSecret = append(r.bigSecret, time.Since(t0))
 	}
 	slices.Sort(r.bigSecret)
-	logf("big Secret: median %s, max %s over %d changes", pct(r.bigSecret, 50).Round(time.Millisecond), slices.Max(r.bigSecret).Round(time.Millisecond), runs)
+	logf("big Secret: median %s, max %s over %d changes", meter.Pct(r.bigSecret, 50).Round(time.Millisecond), slices.Max(r.bigSecret).Round(time.Millisecond), runs)
 	return nil
 }
 

@@ -11,7 +11,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -20,12 +19,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -34,12 +31,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 
 	"github.com/nodecreds/nodecreds/scripts/bench/benchdoc"
+	"github.com/nodecreds/nodecreds/scripts/bench/meter"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
@@ -184,12 +180,12 @@ func agentBinary() (string, error) {
 // measure runs cfg.agents agents against a local control plane: cold start,
 // idle cost, rotations (with the copy loop beside them).
 func measure(ctx context.Context, cfg config, res *results) error {
-	restore, err := raiseInotifyInstances(cfg.agents)
+	restore, err := meter.RaiseInotifyInstances(cfg.agents, logf)
 	if err != nil {
 		return err
 	}
 	defer restore()
-	defer pauseProactiveReclaim()()
+	defer meter.PauseProactiveReclaim(logf)()
 	bin := filepath.Join(cluster.RepoRoot(), "bin", "nodecreds")
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("%s missing: run make build", bin)
@@ -212,7 +208,8 @@ func measure(ctx context.Context, cfg config, res *results) error {
 	res.registry = d.addr
 
 	logf("starting the control plane")
-	c, err := cluster.Start(ctx, filepath.Join(work, "cluster"))
+	// Priority and fairness on, as on real API servers (and make fleet).
+	c, err := cluster.Start(ctx, filepath.Join(work, "cluster"), "--enable-priority-and-fairness=true")
 	if err != nil {
 		return err
 	}
@@ -262,13 +259,13 @@ func measure(ctx context.Context, cfg config, res *results) error {
 		kubeconfigs[i] = p
 	}
 
-	watch, err := newFileWatch(kubeletFiles(agents))
+	watch, err := meter.NewFileWatch(kubeletFiles(agents))
 	if err != nil {
 		return err
 	}
-	defer watch.close()
+	defer watch.Close()
 
-	before, err := apiMetrics(c.RESTConfig)
+	before, err := meter.APIMetrics(c.RESTConfig)
 	if err != nil {
 		return err
 	}
@@ -305,7 +302,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 	if err := startAll(false); err != nil {
 		return err
 	}
-	lat, err := watch.until(ctx, wantAuth("v0"), start, 3*time.Minute)
+	lat, err := watch.Until(ctx, wantAuth("v0"), start, 3*time.Minute)
 	if err != nil {
 		return fmt.Errorf("cold start: %w", err)
 	}
@@ -316,7 +313,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 	}
 	res.coldNodeSynced = time.Since(start)
 	time.Sleep(3 * time.Second) // let start-up traffic drain
-	afterStart, err := apiMetrics(c.RESTConfig)
+	afterStart, err := meter.APIMetrics(c.RESTConfig)
 	if err != nil {
 		return err
 	}
@@ -326,18 +323,18 @@ func measure(ctx context.Context, cfg config, res *results) error {
 	cpu0 := cpuTimes(agents)
 	time.Sleep(cfg.idle)
 	cpu1 := cpuTimes(agents)
-	afterIdle, err := apiMetrics(c.RESTConfig)
+	afterIdle, err := meter.APIMetrics(c.RESTConfig)
 	if err != nil {
 		return err
 	}
 	res.idleReqs = perAgent(diff(afterIdle, afterStart), cfg.agents)
 	for i := range agents {
 		res.idleCPU = append(res.idleCPU, cpu1[i]-cpu0[i])
-		res.rssKiB = append(res.rssKiB, rssKiB(agents[i].cmd.Process.Pid))
-		res.anonKiB = append(res.anonKiB, anonKiB(agents[i].cmd.Process.Pid))
+		res.rssKiB = append(res.rssKiB, meter.RSSKiB(agents[i].cmd.Process.Pid))
+		res.anonKiB = append(res.anonKiB, meter.AnonKiB(agents[i].cmd.Process.Pid))
 	}
 	res.watchesSecrets, res.watchesTotal = watches(afterIdle)
-	res.apiserverRSSKiB = rssKiB(pidByName("kube-apiserver"))
+	res.apiserverRSSKiB = meter.RSSKiB(meter.PidByName("kube-apiserver"))
 
 	// The hand-rolled alternative: every period, GET the Secret and write
 	// the file if it changed. One loop is enough to measure its latency.
@@ -372,7 +369,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 		if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			return err
 		}
-		lat, err := watch.until(ctx, wantAuth(pass), t0, time.Minute)
+		lat, err := watch.Until(ctx, wantAuth(pass), t0, time.Minute)
 		if err != nil {
 			return fmt.Errorf("rotation %d: %w", r, err)
 		}
@@ -395,7 +392,7 @@ func measure(ctx context.Context, cfg config, res *results) error {
 		}
 		res.copyLoop = append(res.copyLoop, copyLat)
 		logf("rotation %d: all %d nodes in %s (p50 %s); copy loop %s", r, cfg.agents,
-			slices.Max(lat).Round(time.Millisecond), pct(lat, 50).Round(time.Millisecond), copyLat.Round(time.Millisecond))
+			slices.Max(lat).Round(time.Millisecond), meter.Pct(lat, 50).Round(time.Millisecond), copyLat.Round(time.Millisecond))
 	}
 	stopCopy()
 	if err := measureHostsTOML(ctx, c, cfg, agents, watch, res); err != nil {
@@ -440,7 +437,7 @@ func (r *results) finish(ctx context.Context, cfg config) error {
 	if err := r.measurePlugin(ctx, bin, work, cfg.pluginRuns); err != nil {
 		return err
 	}
-	report := r.markdown(machine())
+	report := r.markdown(meter.Machine())
 	// The curve's and the soak's sections are other commands': keep them.
 	report = benchdoc.Keep(report, cfg.out)
 	if err := os.WriteFile(cfg.out, []byte(report), 0o644); err != nil {
@@ -485,7 +482,7 @@ func (r *results) targets() []target {
 		cpu += c
 	}
 	ts := []target{
-		{"rotation p99, --verify=off", float64(pct(r.rotations, 99).Milliseconds()), p99, "ms"},
+		{"rotation p99, --verify=off", float64(meter.Pct(r.rotations, 99).Milliseconds()), p99, "ms"},
 		{"rotation max, --verify=off", float64(slices.Max(r.rotations).Milliseconds()), 2000, "ms"},
 		{"median agent RSS", float64(median(r.rssKiB)) / 1024, 20, "MiB"},
 		{"idle CPU per agent", 100 * cpu.Seconds() / float64(r.cfg.agents) / r.cfg.idle.Seconds(), 0.01, "% of a core"},
@@ -493,7 +490,7 @@ func (r *results) targets() []target {
 	if r.engine != "" { // not measured by the curve's runs
 		ts = append(ts,
 			target{"10,000-entry merge + write, median", r.engineMedianMs("BenchmarkApply/entries=10000"), 50, "ms"},
-			target{"one-entry change of a 10,000-entry mounted Secret → both files, median", float64(pct(r.bigSecret, 50).Milliseconds()), 300, "ms"})
+			target{"one-entry change of a 10,000-entry mounted Secret → both files, median", float64(meter.Pct(r.bigSecret, 50).Milliseconds()), 300, "ms"})
 	}
 	return ts
 }
@@ -563,34 +560,8 @@ func (r *results) measurePlugin(ctx context.Context, bin, work string, runs int)
 		}
 		r.plugin = append(r.plugin, d)
 	}
-	logf("credential provider: p50 %s, p99 %s", pct(r.plugin, 50).Round(time.Millisecond), pct(r.plugin, 99).Round(time.Millisecond))
+	logf("credential provider: p50 %s, p99 %s", meter.Pct(r.plugin, 50).Round(time.Millisecond), meter.Pct(r.plugin, 99).Round(time.Millisecond))
 	return nil
-}
-
-// fileWatch tells when each agent's copy of one file (its kubelet file,
-// its hosts.toml) holds some content.
-type fileWatch struct {
-	w     *fsnotify.Watcher
-	files map[string]int // file → agent index
-	n     int
-}
-
-// newFileWatch watches files, files[i] being agent i's; their folders must
-// exist.
-func newFileWatch(files []string) (*fileWatch, error) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, err
-	}
-	fw := &fileWatch{w: w, files: map[string]int{}, n: len(files)}
-	for i, f := range files {
-		if err := w.Add(filepath.Dir(f)); err != nil {
-			w.Close()
-			return nil, err
-		}
-		fw.files[f] = i
-	}
-	return fw, nil
 }
 
 func kubeletFiles(agents []*agent) []string {
@@ -599,56 +570,6 @@ func kubeletFiles(agents []*agent) []string {
 		out[i] = filepath.Join(a.root, "var/lib/kubelet/config.json")
 	}
 	return out
-}
-
-func (fw *fileWatch) close() { fw.w.Close() }
-
-func contains(path, want string) bool {
-	b, err := os.ReadFile(path)
-	return err == nil && bytes.Contains(b, []byte(want))
-}
-
-// until waits until every watched file contains want and returns, per
-// node, the time from t0 to the event that showed it.
-func (fw *fileWatch) until(ctx context.Context, want string, t0 time.Time, within time.Duration) ([]time.Duration, error) {
-	lat := make([]time.Duration, fw.n)
-	done := 0
-	seen := make([]bool, fw.n)
-	for f, i := range fw.files { // already there (one read each: a file
-		// changing between two reads would be seen but never counted)
-		if contains(f, want) {
-			lat[i], seen[i], done = time.Since(t0), true, done+1
-		}
-	}
-	timeout := time.After(within)
-	for done < fw.n {
-		select {
-		case ev := <-fw.w.Events:
-			i, ok := fw.files[ev.Name]
-			if !ok || seen[i] {
-				continue
-			}
-			if contains(ev.Name, want) {
-				lat[i], seen[i] = time.Since(t0), true
-				done++
-			}
-		case err := <-fw.w.Errors:
-			return nil, err
-		case <-timeout:
-			// Say which, and whether the file has it now (an event the
-			// benchmark missed) or not (an agent that did not apply it).
-			var missing []string
-			for f, i := range fw.files {
-				if !seen[i] {
-					missing = append(missing, fmt.Sprintf("%s (has it now: %v)", f, contains(f, want)))
-				}
-			}
-			return nil, fmt.Errorf("only %d of %d nodes updated within %s; missing: %s", done, fw.n, within, strings.Join(missing, ", "))
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	return lat, nil
 }
 
 func waitAnnotated(ctx context.Context, c *cluster.Cluster, n int, within time.Duration) error {
@@ -694,47 +615,6 @@ func copyLoop(ctx context.Context, c *cluster.Cluster, every time.Duration, file
 	}
 }
 
-var sampleRE = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} ([0-9.eE+-]+)$`)
-var labelRE = regexp.MustCompile(`([a-zA-Z_]+)="([^"]*)"`)
-
-// apiMetrics scrapes apiserver_request_total (by verb and resource) and the
-// long-running request gauges.
-func apiMetrics(cfg *rest.Config) (map[string]float64, error) {
-	tr, err := rest.TransportFor(cfg)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Get(cfg.Host + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		m := sampleRE.FindStringSubmatch(sc.Text())
-		if m == nil {
-			continue
-		}
-		name := m[1]
-		if name != "apiserver_request_total" && name != "apiserver_longrunning_requests" {
-			continue
-		}
-		labels := map[string]string{}
-		for _, l := range labelRE.FindAllStringSubmatch(m[2], -1) {
-			labels[l[1]] = l[2]
-		}
-		v, _ := strconv.ParseFloat(m[3], 64)
-		key := name + " " + labels["verb"] + " " + labels["resource"]
-		if labels["subresource"] != "" {
-			key += "/" + labels["subresource"]
-		}
-		out[key] += v
-	}
-	return out, sc.Err()
-}
-
 func diff(after, before map[string]float64) map[string]float64 {
 	out := map[string]float64{}
 	for k, v := range after {
@@ -767,113 +647,18 @@ func watches(m map[string]float64) (secrets, total float64) {
 	return
 }
 
-const clkTck = 100 // USER_HZ on Linux
-
 func cpuTimes(agents []*agent) []time.Duration {
 	out := make([]time.Duration, len(agents))
 	for i, a := range agents {
-		out[i] = cpuTime(a.cmd.Process.Pid)
+		out[i] = meter.CPUTime(a.cmd.Process.Pid)
 	}
 	return out
-}
-
-// cpuTime is a process's user+system CPU time (0 when it is gone).
-func cpuTime(pid int) time.Duration {
-	st := procStat(pid)
-	return st.user + st.sys
-}
-
-// pstat is what /proc/PID/stat says of a process's CPU time and page
-// faults (zero when it is gone).
-type pstat struct {
-	user, sys time.Duration
-	faults    int
-}
-
-func procStat(pid int) pstat {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return pstat{}
-	}
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	n := func(i int) int { v, _ := strconv.Atoi(f[i]); return v }
-	return pstat{user: time.Duration(n(11)) * time.Second / clkTck, sys: time.Duration(n(12)) * time.Second / clkTck, faults: n(7) + n(9)}
-}
-
-func rssKiB(pid int) int { return procKiB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") }
-
-// anonKiB is the private, anonymous part of the resident memory (heap,
-// stacks); the rest is the binary's clean file pages, shared between
-// processes and reclaimable.
-func anonKiB(pid int) int {
-	return procKiB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Anonymous:")
-}
-
-// procKiB is the kB value of field in a /proc file, 0 when absent.
-func procKiB(path, field string) int {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, field) {
-			v, _ := strconv.Atoi(strings.Fields(l)[1])
-			return v
-		}
-	}
-	return 0
-}
-
-// pidByName finds the process called name (0 when there is none).
-func pidByName(name string) int {
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(b)) == name {
-			return pid
-		}
-	}
-	return 0
-}
-
-func pct(d []time.Duration, p float64) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	i := int(float64(len(s)-1) * p / 100)
-	return s[i]
 }
 
 func median(v []int) int {
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-func machine() string {
-	model := "unknown"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "model name") {
-				model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
-				break
-			}
-		}
-	}
-	mem := "?"
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		f := strings.Fields(strings.Split(string(b), "\n")[0])
-		if kb, err := strconv.Atoi(f[1]); err == nil {
-			mem = fmt.Sprintf("%.0f GiB", float64(kb)/1024/1024)
-		}
-	}
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	return fmt.Sprintf("%d cores (%s), %s memory, Linux %s, %s", runtime.NumCPU(), model, mem, strings.TrimSpace(string(kernel)), runtime.Version())
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }
@@ -898,14 +683,14 @@ func (r *results) markdown(machine string) string {
 	w("## Results\n\n| measure | result | target |\n| --- | --- | --- |\n")
 	w("| cold start: all %d kubelet files written | %s | |\n", r.cfg.agents, ms(r.cold))
 	w("| cold start: all %d Nodes annotated | %s | |\n", r.cfg.agents, ms(r.coldNodeSynced))
-	w("| rotation, Secret update → kubelet file, p50 (%d samples) | %s | |\n", len(r.rotations), ms(pct(r.rotations, 50)))
-	w("| rotation p99 | %s | ≤ 0.5 s (≤ 2 s at 500 agents) |\n", ms(pct(r.rotations, 99)))
+	w("| rotation, Secret update → kubelet file, p50 (%d samples) | %s | |\n", len(r.rotations), ms(meter.Pct(r.rotations, 50)))
+	w("| rotation p99 | %s | ≤ 0.5 s (≤ 2 s at 500 agents) |\n", ms(meter.Pct(r.rotations, 99)))
 	w("| rotation max | %s | ≤ 2 s |\n", ms(slices.Max(r.rotations)))
-	w("| rotation, Secret update → containerd hosts.toml header, p50 (%d samples) | %s | |\n", len(r.hostsTOML), ms(pct(r.hostsTOML, 50)))
-	w("| rotation → hosts.toml p99 | %s | |\n", ms(pct(r.hostsTOML, 99)))
+	w("| rotation, Secret update → containerd hosts.toml header, p50 (%d samples) | %s | |\n", len(r.hostsTOML), ms(meter.Pct(r.hostsTOML, 50)))
+	w("| rotation → hosts.toml p99 | %s | |\n", ms(meter.Pct(r.hostsTOML, 99)))
 	if v := r.verify; len(v.rotations) > 0 {
 		w("| rotation with verification (`--verify=on`, `--verify-spread %s`), Secret update → kubelet file, p50 / p99 / max (%d samples) | %s / %s / %s | reported, no target |\n",
-			v.spread, len(v.rotations), ms(pct(v.rotations, 50)), ms(pct(v.rotations, 99)), ms(slices.Max(v.rotations)))
+			v.spread, len(v.rotations), ms(meter.Pct(v.rotations, 50)), ms(meter.Pct(v.rotations, 99)), ms(slices.Max(v.rotations)))
 		w("| registry requests per rotation with verification, all %d nodes | %s | |\n", r.cfg.agents, v.requestsSummary())
 	}
 	w("| agent resident memory (RSS), median / max | %.1f / %.1f MiB | median ≤ 20 MiB |\n", float64(median(r.rssKiB))/1024, float64(rssMax)/1024)
@@ -914,7 +699,7 @@ func (r *results) markdown(machine string) string {
 	w("| kube-apiserver resident memory with %d agents | %.0f MiB | |\n", r.cfg.agents, float64(r.apiserverRSSKiB)/1024)
 	w("| open watches on Secrets opened by the agents | %.0f (%.2f per agent; %.0f were open before they started) | one per source Secret per agent |\n\n", r.watchesSecrets-r.watchesBefore, (r.watchesSecrets-r.watchesBefore)/float64(r.cfg.agents), r.watchesBefore)
 	w("**The hosts.toml rows**: each sample is one node's time from a Secret update to the file event after which its `%s/%s/hosts.toml` holds the new `Authorization` header, watched as the kubelet files are. They come from %d more rotations after the kubelet-file ones, once the bench's Secret is annotated `nodecreds.io/runtime-auth: \"true\"` and every agent has created that file (all agents run with `--containerd-certs-dir %s` under their node root, which writes nothing while no Secret is annotated); each sync writes the node files first, then hosts.toml, and in these rotations the kubelet file took p50 %s, p99 %s.\n\n",
-		certsDir, "127.0.0.1:<port>", len(r.hostsTOML)/max(r.cfg.agents, 1), certsDir, ms(pct(r.hostsTOMLKubelet, 50)), ms(pct(r.hostsTOMLKubelet, 99)))
+		certsDir, "127.0.0.1:<port>", len(r.hostsTOML)/max(r.cfg.agents, 1), certsDir, ms(meter.Pct(r.hostsTOMLKubelet, 50)), ms(meter.Pct(r.hostsTOMLKubelet, 99)))
 	w("### API server requests per agent\n\n| verb resource | at start (until all synced) | during %s idle |\n| --- | --- | --- |\n", r.cfg.idle)
 	keys := map[string]bool{}
 	for k := range r.startReqs {
@@ -940,13 +725,13 @@ func (r *results) markdown(machine string) string {
 	w("### Rotation latency per rotation (all %d nodes)\n\n| rotation | slowest node | p50 | CPU used until the slowest node had it |\n| --- | --- | --- | --- |\n", r.cfg.agents)
 	for i, m := range r.rotationMax {
 		lat := r.rotations[i*r.cfg.agents : (i+1)*r.cfg.agents]
-		w("| %d | %s | %s | %s |\n", i+1, ms(m), ms(pct(lat, 50)), r.rotationCPU[i])
+		w("| %d | %s | %s | %s |\n", i+1, ms(m), ms(meter.Pct(lat, 50)), r.rotationCPU[i])
 	}
 	if len(r.verify.rotations) > 0 {
 		w("%s", r.verifyMarkdown())
 	}
 	w("\n## Alternatives, measured or cited in the same run\n\n| approach | time until the node file changes after a rotation | API cost per node |\n| --- | --- | --- |\n")
-	w("| nodecreds (watch) | p50 %s, max %s | one watch; nothing while idle |\n", ms(pct(r.rotations, 50)), ms(slices.Max(r.rotations)))
+	w("| nodecreds (watch) | p50 %s, max %s | one watch; nothing while idle |\n", ms(meter.Pct(r.rotations, 50)), ms(slices.Max(r.rotations)))
 	copyStr := make([]string, len(r.copyLoop))
 	for i, c := range r.copyLoop {
 		copyStr[i] = ms(c)
@@ -955,7 +740,7 @@ func (r *results) markdown(machine string) string {
 	w("| Secret mounted as a volume, copied from there | the kubelet refreshes mounted Secrets on its periodic pod sync (`syncFrequency`, default 1 m) plus its Secret cache TTL (`configMapAndSecretChangeDetectionStrategy: Watch` by default): typically up to about a minute, then the copy | the kubelet's own watch |\n")
 	w("\nEvery approach that writes node files, nodecreds included, then meets the kubelet's credential cache: `k8s.io/kubernetes/pkg/credentialprovider` caches what it read from `config.json` for **5 minutes** (`Lifetime: 5 * time.Minute` in `NewDefaultDockerKeyring`), so new pulls can use the old credentials for up to 5 minutes after the file changed. Keep the old password valid for that long when rotating — or, where kubelet flags can be set, run nodecreds as the kubelet's credential provider as well ([credential-provider.md](credential-provider.md)): the kubelet then asks it per registry every 10 s, and a rotation reaches new pulls within seconds (measured on a real node below).\n\n")
 	w("## File engine (`go test -bench ./internal/nodefile`)\n\nParse + merge + atomic write (temp file, fsync, rename-exchange, folder fsync, and the state file written before and after) of one `config.json` holding N entries (half foreign, half from the source); each iteration rotates one entry. The no-change path reads, parses, merges and compares, and writes nothing (the benchmark fails if the file's inode or mtime changes).\n\n```\n%s```\n\n", r.engine)
-	w("## Credential-provider plugin runs\n\nThe kubelet starts `nodecreds credential-provider` at most once per registry per cache period (1 s by default): one process, the request on stdin, a kubelet file of %d registries read and matched, the answer on stdout. %d runs, measured from exec to exit: p50 %s, p99 %s, max %s.\n\n", r.pluginEntries, len(r.plugin), ms(pct(r.plugin, 50)), ms(pct(r.plugin, 99)), ms(slices.Max(r.plugin)))
+	w("## Credential-provider plugin runs\n\nThe kubelet starts `nodecreds credential-provider` at most once per registry per cache period (1 s by default): one process, the request on stdin, a kubelet file of %d registries read and matched, the answer on stdout. %d runs, measured from exec to exit: p50 %s, p99 %s, max %s.\n\n", r.pluginEntries, len(r.plugin), ms(meter.Pct(r.plugin, 50)), ms(meter.Pct(r.plugin, 99)), ms(slices.Max(r.plugin)))
 	w("## On a real node (`make e2e-node`)\n\nRecorded runs of the seed scenario on a real kubelet with containerd, both modes: [real-node.md](real-node.md).\n\n")
 	w(`## Notes on the targets
 
@@ -1034,78 +819,6 @@ func envInts(k string) []int {
 	return out
 }
 
-const inotifyInstances = "/proc/sys/fs/inotify/max_user_instances"
-
-// raiseInotifyInstances makes room for n agents' inotify instances for the
-// run and returns what puts the old limit back. All agents run as root on
-// this one machine, where fs.inotify.max_user_instances (128 by default)
-// is per user: a real node runs one agent, so without this the benchmark
-// would measure agents past the 128th polling (their fallback), not a
-// cluster. docs/scale.md explains the limit on real nodes.
-func raiseInotifyInstances(n int) (func(), error) {
-	b, err := os.ReadFile(inotifyInstances)
-	if err != nil {
-		return func() {}, nil // not Linux, or no procfs: nothing to raise
-	}
-	old, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || old >= n+64 {
-		return func() {}, nil
-	}
-	want := n + 128 // the other root processes keep what they had
-	if err := os.WriteFile(inotifyInstances, []byte(strconv.Itoa(want)), 0o644); err != nil {
-		return nil, fmt.Errorf("raising %s to %d for %d agents (run as root): %w", inotifyInstances, want, n, err)
-	}
-	logf("fs.inotify.max_user_instances %d → %d for this run", old, want)
-	return func() {
-		if err := os.WriteFile(inotifyInstances, []byte(strconv.Itoa(old)), 0o644); err != nil {
-			logf("could not put fs.inotify.max_user_instances back to %d: %v", old, err)
-			return
-		}
-		logf("fs.inotify.max_user_instances back to %d", old)
-	}, nil
-}
-
-// damonStates are the switches of the kernel's DAMON monitors, which this
-// benchmark machine (a VM) runs with a proactive "pageout" scheme: memory
-// not touched for about a minute is reclaimed, clean file pages (the agents'
-// code) included.
-const damonStates = "/sys/kernel/mm/damon/admin/kdamonds/*/state"
-
-// pauseProactiveReclaim switches the machine's DAMON monitors off for the
-// run and returns what switches them back on. The benchmark's idle phase
-// leaves every agent untouched for a minute; with proactive reclaim on,
-// the first rotation after it re-reads the agents' code from disk (all 500
-// at once in the curve: 3.5 s for that rotation against 1.4–2.1 s for the
-// others, docs/scale.md). That measures the VM's memory policy, not
-// nodecreds; BENCH_RECLAIM=on keeps it on to see it.
-func pauseProactiveReclaim() func() {
-	if os.Getenv("BENCH_RECLAIM") == "on" {
-		return func() {}
-	}
-	paths, _ := filepath.Glob(damonStates)
-	var paused []string
-	for _, p := range paths {
-		if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == "on" {
-			if err := os.WriteFile(p, []byte("off"), 0o644); err == nil {
-				paused = append(paused, p)
-			}
-		}
-	}
-	if len(paused) == 0 {
-		return func() {}
-	}
-	logf("proactive reclaim (DAMON pageout) off for this run: %s", strings.Join(paused, " "))
-	return func() {
-		for _, p := range paused {
-			if err := os.WriteFile(p, []byte("on"), 0o644); err != nil {
-				logf("could not switch %s back on: %v", p, err)
-				continue
-			}
-		}
-		logf("proactive reclaim back on")
-	}
-}
-
 // runCurve measures each agent count in turn, each on a fresh control
 // plane, and writes the side-by-side table into benchmarks.md (between its
 // curve markers, leaving the rest of the file to `make bench`).
@@ -1144,7 +857,7 @@ func runCurve(ctx context.Context, cfg config) error {
 func curveMarkdown(all []*results) string {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
-	w("## Cost curve (`make bench-curve`)\n\nMeasured %s by `BENCH_CURVE=%s make bench-curve` on %s: for each agent count a fresh control plane and that many agents, all on this machine, with its proactive memory reclaim paused as for make bench. Rotation targets: p99 ≤ 0.5 s at 100 agents, ≤ 2 s at 500.\n\n", time.Now().UTC().Format("2006-01-02"), joinInts(all), machine())
+	w("## Cost curve (`make bench-curve`)\n\nMeasured %s by `BENCH_CURVE=%s make bench-curve` on %s: for each agent count a fresh control plane and that many agents, all on this machine, with its proactive memory reclaim paused as for make bench. Rotation targets: p99 ≤ 0.5 s at 100 agents, ≤ 2 s at 500.\n\n", time.Now().UTC().Format("2006-01-02"), joinInts(all), meter.Machine())
 	w("| agents |")
 	for _, r := range all {
 		w(" %d |", r.cfg.agents)
@@ -1159,11 +872,11 @@ func curveMarkdown(all []*results) string {
 	}
 	row("cold start: all kubelet files written", func(r *results) string { return ms(r.cold) })
 	row("cold start: all Nodes annotated", func(r *results) string { return ms(r.coldNodeSynced) })
-	row("rotation p50", func(r *results) string { return ms(pct(r.rotations, 50)) })
-	row("rotation p99", func(r *results) string { return ms(pct(r.rotations, 99)) })
+	row("rotation p50", func(r *results) string { return ms(meter.Pct(r.rotations, 50)) })
+	row("rotation p99", func(r *results) string { return ms(meter.Pct(r.rotations, 99)) })
 	row("rotation max", func(r *results) string { return ms(slices.Max(r.rotations)) })
 	row("rotation → hosts.toml p50 / p99 (annotated Secret)", func(r *results) string {
-		return ms(pct(r.hostsTOML, 50)) + " / " + ms(pct(r.hostsTOML, 99))
+		return ms(meter.Pct(r.hostsTOML, 50)) + " / " + ms(meter.Pct(r.hostsTOML, 99))
 	})
 	row("agent RSS, median", func(r *results) string { return fmt.Sprintf("%.1f MiB", float64(median(r.rssKiB))/1024) })
 	row("idle CPU, all agents together", func(r *results) string {
@@ -1181,7 +894,7 @@ func curveMarkdown(all []*results) string {
 		return worst.String()
 	})
 	row("kube-apiserver RSS", func(r *results) string { return fmt.Sprintf("%.0f MiB", float64(r.apiserverRSSKiB)/1024) })
-	row("copy loop (GET every 30 s), rotation to file, median", func(r *results) string { return ms(pct(r.copyLoop, 50)) })
+	row("copy loop (GET every 30 s), rotation to file, median", func(r *results) string { return ms(meter.Pct(r.copyLoop, 50)) })
 	w("\nThe copy loop is one loop measured beside the agents in the same run: its latency does not depend on the node count (uniform in 0–30 s), its cost does (one GET per node every 30 s).\n\n")
 	return b.String()
 }
@@ -1216,13 +929,13 @@ type cpuShare struct {
 func rotationCPU(agents []*agent) cpuShare {
 	var c cpuShare
 	for _, a := range agents {
-		st := procStat(a.cmd.Process.Pid)
-		c.agents += st.user + st.sys
-		c.agentsSys += st.sys
-		c.agentFaults += st.faults
+		st := meter.Stat(a.cmd.Process.Pid)
+		c.agents += st.User + st.Sys
+		c.agentsSys += st.Sys
+		c.agentFaults += st.Faults
 	}
-	c.apiserver = cpuTime(pidByName("kube-apiserver"))
-	c.etcd = cpuTime(pidByName("etcd"))
+	c.apiserver = meter.CPUTime(meter.PidByName("kube-apiserver"))
+	c.etcd = meter.CPUTime(meter.PidByName("etcd"))
 	return c
 }
 

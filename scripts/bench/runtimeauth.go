@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/nodecreds/nodecreds/scripts/bench/meter"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
@@ -48,7 +49,7 @@ func hostsTOMLFiles(agents []*agent, registry string) []string {
 // creates its registry's hosts.toml, then cfg.rotations more rotations are
 // timed to the new header in every hosts.toml, and, in the same rotations,
 // to the kubelet file (kubelet, the watch of the kubelet files).
-func measureHostsTOML(ctx context.Context, c *cluster.Cluster, cfg config, agents []*agent, kubelet *fileWatch, res *results) error {
+func measureHostsTOML(ctx context.Context, c *cluster.Cluster, cfg config, agents []*agent, kubelet *meter.FileWatch, res *results) error {
 	secrets := c.Admin.CoreV1().Secrets(ns)
 	s, err := secrets.Get(ctx, secret, metav1.GetOptions{})
 	if err != nil {
@@ -67,11 +68,11 @@ func measureHostsTOML(ctx context.Context, c *cluster.Cluster, cfg config, agent
 	if err := waitContains(ctx, files, wantHeader(fmt.Sprintf("v%d", cfg.rotations)), 2*time.Minute); err != nil {
 		return fmt.Errorf("opting the Secret in to hosts.toml: %w", err)
 	}
-	hosts, err := newFileWatch(files)
+	hosts, err := meter.NewFileWatch(files)
 	if err != nil {
 		return err
 	}
-	defer hosts.close()
+	defer hosts.Close()
 	logf("hosts.toml: created on all %d nodes; %d rotations of the annotated Secret", cfg.agents, cfg.rotations)
 	for r := cfg.rotations + 1; r <= 2*cfg.rotations; r++ {
 		time.Sleep(settle)
@@ -90,9 +91,9 @@ func measureHostsTOML(ctx context.Context, c *cluster.Cluster, cfg config, agent
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			kubeletLat, kubeletErr = kubelet.until(ctx, wantAuth(pass), t0, time.Minute)
+			kubeletLat, kubeletErr = kubelet.Until(ctx, wantAuth(pass), t0, time.Minute)
 		}()
-		lat, err := hosts.until(ctx, wantHeader(pass), t0, time.Minute)
+		lat, err := hosts.Until(ctx, wantHeader(pass), t0, time.Minute)
 		<-done
 		if err := errors.Join(err, kubeletErr); err != nil {
 			return fmt.Errorf("hosts.toml rotation %d: %w", r, err)
@@ -100,7 +101,7 @@ func measureHostsTOML(ctx context.Context, c *cluster.Cluster, cfg config, agent
 		res.hostsTOML = append(res.hostsTOML, lat...)
 		res.hostsTOMLKubelet = append(res.hostsTOMLKubelet, kubeletLat...)
 		logf("rotation %d: hosts.toml on all %d nodes in %s (p50 %s); kubelet file p50 %s", r, cfg.agents,
-			slices.Max(lat).Round(time.Millisecond), pct(lat, 50).Round(time.Millisecond), pct(kubeletLat, 50).Round(time.Millisecond))
+			slices.Max(lat).Round(time.Millisecond), meter.Pct(lat, 50).Round(time.Millisecond), meter.Pct(kubeletLat, 50).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -110,7 +111,7 @@ func waitContains(ctx context.Context, files []string, want string, within time.
 	deadline := time.Now().Add(within)
 	left := slices.Clone(files)
 	for {
-		left = slices.DeleteFunc(left, func(f string) bool { return contains(f, want) })
+		left = slices.DeleteFunc(left, func(f string) bool { return meter.Contains(f, want) })
 		if len(left) == 0 {
 			return nil
 		}

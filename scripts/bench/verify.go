@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodecreds/nodecreds/internal/verifier"
+	"github.com/nodecreds/nodecreds/scripts/bench/meter"
 	"github.com/nodecreds/nodecreds/test/cluster"
 )
 
@@ -140,7 +141,7 @@ type verifyRotation struct {
 // are restarted with verification on (the default, --verify-spread 1s),
 // and cfg.rotations more rotations are timed to every kubelet file while
 // the registry double counts the logins.
-func measureVerify(ctx context.Context, c *cluster.Cluster, cfg config, agents []*agent, start func(verify bool) error, kubelet *fileWatch, d *registryDouble, res *results) error {
+func measureVerify(ctx context.Context, c *cluster.Cluster, cfg config, agents []*agent, start func(verify bool) error, kubelet *meter.FileWatch, d *registryDouble, res *results) error {
 	res.verify.spread = verifier.DefaultSpread // the agents' --verify-spread: not set
 	secrets := c.Admin.CoreV1().Secrets(ns)
 	s, err := secrets.Get(ctx, secret, metav1.GetOptions{})
@@ -187,7 +188,7 @@ func measureVerify(ctx context.Context, c *cluster.Cluster, cfg config, agents [
 		if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			return err
 		}
-		lat, err := kubelet.until(ctx, wantAuth(pass), t0, time.Minute)
+		lat, err := kubelet.Until(ctx, wantAuth(pass), t0, time.Minute)
 		if err != nil {
 			return fmt.Errorf("verified rotation %d: %w", r, err)
 		}
@@ -197,7 +198,7 @@ func measureVerify(ctx context.Context, c *cluster.Cluster, cfg config, agents [
 			return fmt.Errorf("verified rotation %d: %d of %d logins accepted by the registry double", r, load.ok, cfg.agents)
 		}
 		res.verify.rotations = append(res.verify.rotations, lat...)
-		vr := verifyRotation{slowest: slices.Max(lat), p50: pct(lat, 50), load: load}
+		vr := verifyRotation{slowest: slices.Max(lat), p50: meter.Pct(lat, 50), load: load}
 		res.verify.perRot = append(res.verify.perRot, vr)
 		logf("rotation %d (verified): all %d nodes in %s (p50 %s); registry: %d requests (%d accepted) on %d connections, from %s to %s, peak %d in 100 ms",
 			r, cfg.agents, vr.slowest.Round(time.Millisecond), vr.p50.Round(time.Millisecond), load.requests, load.ok, load.conns,
@@ -211,7 +212,7 @@ func measureVerify(ctx context.Context, c *cluster.Cluster, cfg config, agents [
 func waitWatches(ctx context.Context, c *cluster.Cluster, ok func(float64) bool, what string, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
-		m, err := apiMetrics(c.RESTConfig)
+		m, err := meter.APIMetrics(c.RESTConfig)
 		if err != nil {
 			return err
 		}
@@ -235,7 +236,7 @@ func waitLacks(ctx context.Context, files []string, want string, within time.Dur
 	deadline := time.Now().Add(within)
 	left := slices.Clone(files)
 	for {
-		left = slices.DeleteFunc(left, func(f string) bool { return !contains(f, want) })
+		left = slices.DeleteFunc(left, func(f string) bool { return !meter.Contains(f, want) })
 		if len(left) == 0 {
 			return nil
 		}
@@ -299,8 +300,8 @@ func (r *results) verifyMarkdown() string {
 	w("\n### Rotation with verification (`--verify=on`, `--verify-spread %s`: the defaults)\n\n", v.spread)
 	w("After the rotations above, the hosts.toml opt-in is taken off the Secret again and the %d agents are restarted with the default flags; %d more rotations follow, each setting the registry double's password to the new one just before the Secret update, so that every login is accepted. Each sample is one node's time from the Secret update to the new password in its kubelet file, which an agent writes only after its login answered; the registry columns are what reached the double for that rotation, timed from the same update.\n\n", r.cfg.agents, len(v.perRot))
 	w("| | without verification (`--verify=off`, the rotations above) | with verification |\n| --- | --- | --- |\n")
-	w("| rotation p50 | %s | %s |\n", ms(pct(r.rotations, 50)), ms(pct(v.rotations, 50)))
-	w("| rotation p99 | %s | %s |\n", ms(pct(r.rotations, 99)), ms(pct(v.rotations, 99)))
+	w("| rotation p50 | %s | %s |\n", ms(meter.Pct(r.rotations, 50)), ms(meter.Pct(v.rotations, 50)))
+	w("| rotation p99 | %s | %s |\n", ms(meter.Pct(r.rotations, 99)), ms(meter.Pct(v.rotations, 99)))
 	w("| rotation max | %s | %s |\n", ms(slices.Max(r.rotations)), ms(slices.Max(v.rotations)))
 	w("| registry requests per rotation | 0 | %s |\n\n", r.verify.requestsSummary())
 	w("| rotation | slowest node | p50 | registry requests (accepted) | TCP connections | first / last request after the update | most requests in any 100 ms |\n| --- | --- | --- | --- | --- | --- | --- |\n")
