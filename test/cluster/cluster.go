@@ -345,6 +345,20 @@ func WriteKubeconfig(path, server, caFile, token string) error {
 	return clientcmd.WriteToFile(*cfg, path)
 }
 
+// EtcdURL is etcd's client URL (plain HTTP on 127.0.0.1; its /metrics too).
+func (c *Cluster) EtcdURL() string { return c.etcdURL }
+
+// Pids are etcd's and the API server's process IDs (0 for one not running).
+func (c *Cluster) Pids() (etcd, apiserver int) {
+	pid := func(p *proc) int {
+		if p == nil || p.cmd.Process == nil {
+			return 0
+		}
+		return p.cmd.Process.Pid
+	}
+	return pid(c.etcd), pid(c.apiserver)
+}
+
 // Logs returns the tail of a component's log, for failure messages.
 func (c *Cluster) Logs(name string) string { return tail(filepath.Join(c.Dir, name+".log")) }
 

@@ -43,6 +43,51 @@ func (c *Cluster) ServiceAccountKubeconfig(ctx context.Context, namespace, name 
 // the token's validity. It returns the kubeconfig's path, a client with the
 // token, and the Pod.
 func (c *Cluster) AgentKubeconfig(ctx context.Context, namespace, name, node string) (string, *kubernetes.Clientset, *corev1.Pod, error) {
+	pod, err := c.AgentPod(ctx, namespace, name, node)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	path, client, err := c.PodTokenKubeconfig(ctx, pod)
+	return path, client, pod, err
+}
+
+// PodTokenKubeconfig requests, as the kubelet does for a Pod, a token of the
+// Pod's ServiceAccount bound to the Pod, and writes a kubeconfig with it.
+func (c *Cluster) PodTokenKubeconfig(ctx context.Context, pod *corev1.Pod) (string, *kubernetes.Clientset, error) {
+	token, err := c.PodToken(ctx, pod)
+	if err != nil {
+		return "", nil, err
+	}
+	path := filepath.Join(c.Dir, fmt.Sprintf("pod-%s-%s.kubeconfig", pod.Namespace, pod.Name))
+	if err := WriteKubeconfig(path, c.URL, c.CAFile, token); err != nil {
+		return "", nil, err
+	}
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: c.URL, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAFile: c.CAFile}})
+	if err != nil {
+		return "", nil, err
+	}
+	return path, client, nil
+}
+
+// PodToken requests, as the kubelet does for a Pod, a token of the Pod's
+// ServiceAccount bound to the Pod (valid for an hour).
+func (c *Cluster) PodToken(ctx context.Context, pod *corev1.Pod) (string, error) {
+	expiry := int64(3600)
+	tr, err := c.Admin.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authv1.TokenRequest{
+		Spec: authv1.TokenRequestSpec{
+			ExpirationSeconds: &expiry,
+			BoundObjectRef:    &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("requesting a token for Pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return tr.Status.Token, nil
+}
+
+// AgentPod creates what AgentKubeconfig's token is bound to: a placeholder
+// Pod of ServiceAccount namespace/name on node.
+func (c *Cluster) AgentPod(ctx context.Context, namespace, name, node string) (*corev1.Pod, error) {
 	pod, err := c.Admin.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: name + "-", Namespace: namespace},
 		Spec: corev1.PodSpec{
@@ -52,32 +97,7 @@ func (c *Cluster) AgentKubeconfig(ctx context.Context, namespace, name, node str
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return "", nil, nil, fmt.Errorf("creating a Pod of %s/%s on %s: %w", namespace, name, node, err)
+		return nil, fmt.Errorf("creating a Pod of %s/%s on %s: %w", namespace, name, node, err)
 	}
-	path, client, err := c.PodTokenKubeconfig(ctx, pod)
-	return path, client, pod, err
-}
-
-// PodTokenKubeconfig requests, as the kubelet does for a Pod, a token of the
-// Pod's ServiceAccount bound to the Pod, and writes a kubeconfig with it.
-func (c *Cluster) PodTokenKubeconfig(ctx context.Context, pod *corev1.Pod) (string, *kubernetes.Clientset, error) {
-	expiry := int64(3600)
-	tr, err := c.Admin.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authv1.TokenRequest{
-		Spec: authv1.TokenRequestSpec{
-			ExpirationSeconds: &expiry,
-			BoundObjectRef:    &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return "", nil, fmt.Errorf("requesting a token for Pod %s/%s: %w", pod.Namespace, pod.Name, err)
-	}
-	path := filepath.Join(c.Dir, fmt.Sprintf("pod-%s-%s.kubeconfig", pod.Namespace, pod.Name))
-	if err := WriteKubeconfig(path, c.URL, c.CAFile, tr.Status.Token); err != nil {
-		return "", nil, err
-	}
-	client, err := kubernetes.NewForConfig(&rest.Config{Host: c.URL, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAFile: c.CAFile}})
-	if err != nil {
-		return "", nil, err
-	}
-	return path, client, nil
+	return pod, nil
 }
