@@ -141,6 +141,14 @@ BENCH_CURVE ?= 10,100,500
 bench-curve: build controlplane ## The cost curve: BENCH_CURVE agent counts (default 10,100,500) one after another; writes its section of docs/benchmarks.md (~15 min)
 	BENCH_CURVE=$(BENCH_CURVE) $(GO) run ./scripts/bench
 
+.PHONY: fleet
+fleet: controlplane chart-tool ## A hollow fleet (root): N real agents (N=1000) in a few processes, each its own connection, token, Node, tmpfs root and kubelet watch, against one local API server (priority and fairness on) pinned to one CPU; results in _output/fleet (FLEET_ARGS=-restart -flowcontrol -rotations 5); ~2 min at 1,000
+	$(GO) run ./scripts/fleet -agents $(or $(N),1000) $(FLEET_ARGS)
+
+.PHONY: fleet-table
+fleet-table: ## Write the results in _output/fleet into docs/scale.md's measured table
+	$(GO) run ./scripts/fleet -table
+
 .PHONY: demo
 demo: build controlplane ## Local control plane + agent + a Secret rotation seen on disk
 	$(GO) run ./scripts/demo
