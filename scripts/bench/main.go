@@ -77,7 +77,7 @@ func main() {
 		copyEvery:  envDur("BENCH_COPY_PERIOD", 30*time.Second),
 		pluginRuns: envInt("BENCH_PLUGIN_RUNS", 200),
 		curve:      envInts("BENCH_CURVE"),
-		verify:     true,
+		verify:     os.Getenv("BENCH_VERIFY") != "off",
 		out:        filepath.Join(cluster.RepoRoot(), "docs", "benchmarks.md"),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -122,6 +122,7 @@ type results struct {
 	watchesBefore                float64
 	idleCPU                      []time.Duration
 	startReqs, idleReqs          map[string]float64
+	rotationReqs                 map[string]float64 // per agent per rotation
 	watchesSecrets, watchesTotal float64
 	engine                       string
 	apiserverRSSKiB              int
@@ -167,6 +168,26 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	return res.finish(ctx, cfg)
+}
+
+// writeCalibration writes, to the file BENCH_CALIBRATION names, what make
+// fleet's hollow agents are compared with (docs/scale.md): the rotation
+// latencies and the API requests per agent at start and per rotation.
+func writeCalibration(res *results) error {
+	path := os.Getenv("BENCH_CALIBRATION")
+	if path == "" {
+		return nil
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b, err := json.MarshalIndent(map[string]any{
+		"agents": res.cfg.agents, "rotations": res.cfg.rotations,
+		"p50": ms(meter.Pct(res.rotations, 50)), "p99": ms(meter.Pct(res.rotations, 99)), "max": ms(slices.Max(res.rotations)),
+		"startRequestsPerAgent": res.startReqs, "rotationRequestsPerAgent": res.rotationReqs,
+	}, "", " ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
 }
 
 func agentBinary() (string, error) {
@@ -395,6 +416,15 @@ func measure(ctx context.Context, cfg config, res *results) error {
 			slices.Max(lat).Round(time.Millisecond), meter.Pct(lat, 50).Round(time.Millisecond), copyLat.Round(time.Millisecond))
 	}
 	stopCopy()
+	time.Sleep(3 * time.Second) // the last rotation's reports land
+	afterRotations, err := meter.APIMetrics(c.RESTConfig)
+	if err != nil {
+		return err
+	}
+	res.rotationReqs = perAgent(diff(afterRotations, afterIdle), cfg.agents*cfg.rotations)
+	if err := writeCalibration(res); err != nil {
+		return err
+	}
 	if err := measureHostsTOML(ctx, c, cfg, agents, watch, res); err != nil {
 		return err
 	}
