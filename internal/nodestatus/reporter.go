@@ -107,9 +107,10 @@ type NodeReporter struct {
 	// push so a retry still records it.
 	appliedOwed bool
 	// metaByStatus: the API server keeps annotations sent to nodes/status.
-	// Cleared the first time a status update comes back without them (as
-	// an API server that resets metadata on status updates, as it does for
-	// Pods, would answer); annotations then go by a PATCH of the Node.
+	// Cleared the first time a status update comes back without them, as
+	// from an API server that resets the metadata of status updates (v1.37
+	// does so for Pods, not Nodes); annotations then go by a PATCH of the
+	// Node.
 	metaByStatus bool
 }
 
