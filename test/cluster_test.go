@@ -245,22 +245,41 @@ func TestClusterMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reasons := map[string]bool{}
+	reasons := map[string]int{}
 	var eventText strings.Builder
 	for _, e := range events.Items {
-		reasons[e.Reason] = true
+		reasons[e.Reason]++
 		eventText.WriteString(e.Message + "\n")
 	}
 	for _, want := range []string{"CredentialsApplied", "SourceInvalid", "StartupTaintRemoved"} {
-		if !reasons[want] {
+		if reasons[want] == 0 {
 			t.Errorf("no %s Event on the Node; have %v", want, reasons)
 		}
+	}
+	// CredentialsApplied tells the condition turning True (the first
+	// sync), not each revision: the rotation recorded none.
+	if reasons["CredentialsApplied"] != 1 {
+		t.Errorf("%d CredentialsApplied Events after the first sync and a rotation, want 1", reasons["CredentialsApplied"])
 	}
 
 	// The API server goes away: the agent keeps running and the files stay.
 	fixed := dockerconfigjson(t, map[string]string{reg: "robot:" + pw[2]})
 	updateSecret(t, admin, fixed)
 	testsupport.Eventually(t, 10*time.Second, "fixed Secret applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[2]) })
+	// The recovery turns the condition True again: one more CredentialsApplied.
+	testsupport.Eventually(t, 10*time.Second, "a CredentialsApplied Event for the recovery", func() bool {
+		events, err := admin.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=node-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range events.Items {
+			if e.Reason == "CredentialsApplied" {
+				n++
+			}
+		}
+		return n == 2
+	})
 	beforeOutage := testsupport.ReadFile(t, kubelet)
 	c.StopAPIServer()
 	time.Sleep(3 * time.Second) // an outage of some seconds; the agent must not touch the files

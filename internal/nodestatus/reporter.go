@@ -64,10 +64,16 @@ type Recorder interface {
 }
 
 // NodeReporter reports to this node's Node object: the applied revision and time as
-// annotations, the RegistryCredentialsSynced condition, Events for applied
-// revisions and failures, and the removal of the startup taint after the
-// first successful sync. It reports from its own goroutine so an API outage
-// never holds up the files; only the latest status is pushed, with backoff.
+// annotations, the RegistryCredentialsSynced condition, Events when the
+// condition turns True and for failures, and the removal of the startup
+// taint after the first successful sync. It reports from its own goroutine
+// so an API outage never holds up the files; only the latest status is
+// pushed, with backoff.
+//
+// A routine rotation costs one write: the annotations and the condition go
+// in one PATCH of nodes/status (the Node's status strategy keeps the
+// metadata of a status update, v1.37), and no Event — at thousands of
+// nodes each write is also sent to every watcher of that Node.
 type NodeReporter struct {
 	client   kube.Interface
 	name     string
@@ -85,6 +91,8 @@ type NodeReporter struct {
 	// agents' file writes on the API server. Failures, the first report and
 	// sync --once are not delayed.
 	spread time.Duration
+	// after is the spread's clock (time.After; tests drive it).
+	after func(time.Duration) <-chan time.Time
 
 	// pushMu serialises pushes — Run's and Flush's, which may run at once —
 	// and guards what the Node already shows: two pushes at once would
@@ -94,11 +102,21 @@ type NodeReporter struct {
 	reportedRev string
 	taintDone   bool
 	lastEvent   string
+	// appliedOwed: the condition turned True (or is about to) and its
+	// CredentialsApplied Event is not recorded yet; kept across a failed
+	// push so a retry still records it.
+	appliedOwed bool
+	// metaByStatus: the API server keeps annotations sent to nodes/status.
+	// Cleared the first time a status update comes back without them, as
+	// from an API server that resets the metadata of status updates (v1.37
+	// does so for Pods, not Nodes); annotations then go by a PATCH of the
+	// Node.
+	metaByStatus bool
 }
 
 // NewNodeReporter returns a reporter for node name.
 func NewNodeReporter(client kube.Interface, name string, recorder Recorder, log *logrus.Entry) *NodeReporter {
-	return &NodeReporter{client: client, name: name, recorder: recorder, log: log, now: time.Now, signal: make(chan struct{}, 1), spread: reportSpread}
+	return &NodeReporter{client: client, name: name, recorder: recorder, log: log, now: time.Now, signal: make(chan struct{}, 1), spread: reportSpread, after: time.After, metaByStatus: true}
 }
 
 // Report records the latest status; Run pushes it.
@@ -204,13 +222,12 @@ func (n *NodeReporter) routine(st SyncStatus) bool {
 // wait waits a random part of the spread, cut short by a failure to
 // report; false when ctx ended.
 func (n *NodeReporter) wait(ctx context.Context) bool {
-	timer := time.NewTimer(rand.N(n.spread))
-	defer timer.Stop()
+	fire := n.after(rand.N(n.spread))
 	for {
 		select {
 		case <-ctx.Done():
 			return false
-		case <-timer.C:
+		case <-fire:
 			return true
 		case <-n.signal:
 			if st := n.current(); !st.OK {
@@ -263,16 +280,15 @@ func (n *NodeReporter) push(ctx context.Context, st SyncStatus) error {
 	}
 	ref := n.ref()
 	msg := truncate(st.Message)
-	if n.annotationStale(st) {
-		if err := n.annotate(ctx, st); err != nil {
-			return err
-		}
-		n.recorder.Eventf(ref, corev1.EventTypeNormal, "CredentialsApplied", "applied credentials revision %s: %s", st.Revision, msg)
+	// The per-revision record is the annotations; an Event tells the
+	// condition turning True (first install, recovery), not each revision.
+	n.appliedOwed = st.OK && (n.appliedOwed || n.knownCond.Status != corev1.ConditionTrue)
+	if err := n.update(ctx, st, msg); err != nil {
+		return err
 	}
-	if n.conditionStale(st) {
-		if err := n.setCondition(ctx, st, msg); err != nil {
-			return err
-		}
+	if n.appliedOwed {
+		n.recorder.Eventf(ref, corev1.EventTypeNormal, "CredentialsApplied", "applied credentials revision %s: %s", st.Revision, msg)
+		n.appliedOwed = false
 	}
 	if (!st.OK || st.Warn) && n.lastEvent != msg {
 		n.recorder.Event(ref, corev1.EventTypeWarning, st.Reason, msg)
@@ -310,13 +326,64 @@ func (n *NodeReporter) load(ctx context.Context) error {
 	return nil
 }
 
-// annotate names st's revision, sources and the time on the Node.
-func (n *NodeReporter) annotate(ctx context.Context, st SyncStatus) error {
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+// update writes what of st the Node does not show yet — the annotations,
+// the condition or both — in one PATCH of nodes/status, or in two where
+// the API server drops metadata sent there.
+func (n *NodeReporter) update(ctx context.Context, st SyncStatus, msg string) error {
+	annotate, setCond := n.annotationStale(st), n.conditionStale(st)
+	if annotate && !n.metaByStatus {
+		if err := n.annotate(ctx, st); err != nil {
+			return err
+		}
+		annotate = false
+	}
+	if !annotate && !setCond {
+		return nil
+	}
+	patch := map[string]any{}
+	if annotate {
+		patch["metadata"] = map[string]any{"annotations": n.annotations(st)}
+	}
+	var cond corev1.NodeCondition
+	if setCond {
+		cond = n.condition(st, msg)
+		patch["status"] = map[string]any{"conditions": []corev1.NodeCondition{cond}}
+	}
+	raw, _ := json.Marshal(patch)
+	// As the field manager of every other write: the admission policy
+	// lets an agent own fields as "nodecreds" only.
+	node, err := n.client.Nodes().Patch(ctx, n.name, types.StrategicMergePatchType, raw, metav1.PatchOptions{FieldManager: FieldManager}, "status")
+	if err != nil {
+		return fmt.Errorf("updating the status of node %s: %w", n.name, err)
+	}
+	if setCond {
+		n.knownCond = &cond
+	}
+	if !annotate {
+		return nil
+	}
+	if node.Annotations[AnnotationRevision] == st.Revision {
+		n.reportedRev = st.Revision
+		return nil
+	}
+	n.metaByStatus = false
+	n.log.Info("the API server drops annotations sent to nodes/status; annotating the Node by a PATCH of its own")
+	return n.annotate(ctx, st)
+}
+
+// annotations name st's revision, sources and the time.
+func (n *NodeReporter) annotations(st SyncStatus) map[string]string {
+	return map[string]string{
 		AnnotationRevision: st.Revision,
 		AnnotationSources:  st.Sources,
 		AnnotationSyncedAt: n.now().UTC().Format(time.RFC3339),
-	}}})
+	}
+}
+
+// annotate names st's revision, sources and the time on the Node, by a
+// PATCH of the Node (for an API server that drops them on nodes/status).
+func (n *NodeReporter) annotate(ctx context.Context, st SyncStatus) error {
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": n.annotations(st)}})
 	if _, err := n.client.Nodes().Patch(ctx, n.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
 		return fmt.Errorf("annotating node %s: %w", n.name, err)
 	}
@@ -324,9 +391,9 @@ func (n *NodeReporter) annotate(ctx context.Context, st SyncStatus) error {
 	return nil
 }
 
-// setCondition sets the RegistryCredentialsSynced condition to st, with a
-// new transition time when its status changes.
-func (n *NodeReporter) setCondition(ctx context.Context, st SyncStatus, msg string) error {
+// condition is the RegistryCredentialsSynced condition for st, with a new
+// transition time when its status changes.
+func (n *NodeReporter) condition(st SyncStatus, msg string) corev1.NodeCondition {
 	status := conditionStatus(st)
 	now := metav1.NewTime(n.now())
 	cond := corev1.NodeCondition{Type: ConditionType, Status: status, Reason: st.Reason, Message: msg,
@@ -334,14 +401,7 @@ func (n *NodeReporter) setCondition(ctx context.Context, st SyncStatus, msg stri
 	if n.knownCond.Status != status {
 		cond.LastTransitionTime = now
 	}
-	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
-	// As the field manager of every other write: the admission policy
-	// lets an agent own fields as "nodecreds" only.
-	if _, err := n.client.Nodes().Patch(ctx, n.name, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}, "status"); err != nil {
-		return fmt.Errorf("setting condition on node %s: %w", n.name, err)
-	}
-	n.knownCond = &cond
-	return nil
+	return cond
 }
 
 // ref is the Node as the object of an Event.
