@@ -107,7 +107,7 @@ func (f *fleet) phase(ctx context.Context, name, pass string, names []string, rs
 
 // newPhase is the cost between two snapshots.
 func newPhase(name string, nodes int, s0, s1 snapshot) *phase {
-	p := &phase{Name: name, Requests: map[string]float64{}, WatchEvents: map[string]float64{}, APFWaitSeconds: map[string]float64{},
+	p := &phase{Name: name, Requests: map[string]float64{}, NotOK: map[string]float64{}, WatchEvents: map[string]float64{}, APFWaitSeconds: map[string]float64{},
 		APIServerCPU: (s1.apiCPU - s0.apiCPU).Seconds(), EtcdCPU: (s1.etcdCPU - s0.etcdCPU).Seconds(), FleetCPU: (s1.fleetCP - s0.fleetCP).Seconds(),
 		KubeletEvents: s1.kubeletEvents - s0.kubeletEvents}
 	delta := func(s0, s1 meter.Samples, name string, labels ...string) map[string]float64 {
@@ -133,6 +133,10 @@ func newPhase(name string, nodes int, s0, s1 snapshot) *phase {
 		p.RequestsTotal += v
 		if code == "429" {
 			p.Throttled += v
+		}
+		if !strings.HasPrefix(code, "2") {
+			p.NotOK[verb+" "+res+" "+code] += v
+			continue // refused or failed: no work done, nothing written
 		}
 		if verb != "GET" && verb != "LIST" && verb != "WATCH" {
 			p.Writes += v

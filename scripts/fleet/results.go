@@ -27,9 +27,12 @@ type phase struct {
 	APIServerPeakRSSMiB float64
 	// Requests by "VERB resource[/subresource]" (apiserver_request_total;
 	// a WATCH is counted when it ends).
-	Requests       map[string]float64
-	RequestsTotal  float64
-	Writes         float64 // requests other than GET, LIST and WATCH
+	Requests      map[string]float64
+	RequestsTotal float64
+	// NotOK are the requests answered other than 2xx, by "VERB resource
+	// code" (429: turned away by priority and fairness).
+	NotOK          map[string]float64
+	Writes         float64 // requests other than GET, LIST and WATCH, answered 2xx
 	WritesPerNode  float64
 	Throttled      float64            // answered 429
 	APFRejected    float64            // apiserver_flowcontrol_rejected_requests_total
