@@ -147,7 +147,7 @@ func newPhase(name string, nodes int, s0, s1 snapshot) *phase {
 	p.APFRejected = sum(delta(s0.api, s1.api, "apiserver_flowcontrol_rejected_requests_total", "priority_level"))
 	p.APFWaitSeconds = delta(s0.api, s1.api, "apiserver_flowcontrol_request_wait_duration_seconds_sum", "priority_level")
 	p.Dispatched = delta(s0.api, s1.api, "apiserver_flowcontrol_dispatched_requests_total", "priority_level")
-	p.AdmissionPolicySeconds = sum(delta(s0.api, s1.api, "apiserver_validating_admission_policy_check_duration_seconds_sum"))
+	p.AdmissionPolicySeconds = delta(s0.api, s1.api, "apiserver_admission_controller_admission_duration_seconds_sum", "name")["ValidatingAdmissionPolicy"]
 	p.EtcdPuts = sum(delta(s0.etcd, s1.etcd, "etcd_mvcc_put_total")) + sum(delta(s0.etcd, s1.etcd, "etcd_mvcc_delete_total"))
 	return p
 }
