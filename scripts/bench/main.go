@@ -160,7 +160,9 @@ func run(ctx context.Context, cfg config) error {
 		if err := measure(ctx, cfg, res); err != nil {
 			return err
 		}
-		fmt.Print(res.verifyMarkdown())
+		if cfg.verify {
+			fmt.Print(res.verifyMarkdown())
+		}
 		return nil
 	}
 	res := &results{cfg: cfg}
