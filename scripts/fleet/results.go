@@ -182,11 +182,13 @@ func writeTable(dir, doc string) error {
 	if err != nil {
 		return err
 	}
-	if len(all) == 0 {
-		return fmt.Errorf("no results in %s: run make fleet first", dir)
+	if !slices.ContainsFunc(all, func(r *results) bool { return r.Restart == nil }) {
+		return fmt.Errorf("no results of rotations in %s: run make fleet first", dir)
 	}
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	restarts := slices.DeleteFunc(slices.Clone(all), func(r *results) bool { return r.Restart == nil })
+	all = slices.DeleteFunc(all, func(r *results) bool { return r.Restart != nil })
 	w("Runs: %s. Machine: %s.\n\n", runsList(all), all[0].Machine)
 	w("| run | nodes | cold start: all files / all Nodes reported | rotation → file p50 / p99 / max | rotation → Node reported p50 / p99 / max | API server CPU per rotation (of it, nodecreds' admission policy) | API server peak RSS | requests per rotation | writes per node per rotation | 429s | etcd writes per rotation | watch events per rotation | time queued by APF per rotation | the fleet's CPU per rotation |\n")
 	w("| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
@@ -212,7 +214,6 @@ func writeTable(dir, doc string) error {
 		}
 		w("| %s | %d | %s |\n", r.Label, r.Agents, strings.Join(parts, ", "))
 	}
-	restarts := slices.DeleteFunc(slices.Clone(all), func(r *results) bool { return r.Restart == nil })
 	if len(restarts) > 0 {
 		w("\nEvery agent restarted at once with a rotation pending, while another workload's client GETs a ConfigMap every 20 ms:\n\n")
 		w("| run | nodes | agents' FlowSchema | all files / all Nodes reported | API server CPU | requests (429s) | the other client's GET p50 / p99 / max, before → during | its 429s |\n| --- | ---: | --- | --- | ---: | --- | --- | ---: |\n")

@@ -398,3 +398,25 @@ func (s Samples) By(name string, labels ...string) map[string]float64 {
 	}
 	return out
 }
+
+// RaiseSysctl sets the integer setting at path (a /proc/sys file) to at
+// least want for the run and returns what puts the old value back.
+func RaiseSysctl(path string, want int, logf func(string, ...any)) (func(), error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return func() {}, nil // not Linux, or no procfs: nothing to raise
+	}
+	old, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || old >= want {
+		return func() {}, nil
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0o644); err != nil {
+		return nil, fmt.Errorf("raising %s to %d (run as root): %w", path, want, err)
+	}
+	logf("%s %d → %d for this run", path, old, want)
+	return func() {
+		if err := os.WriteFile(path, []byte(strconv.Itoa(old)), 0o644); err != nil {
+			logf("could not put %s back to %d: %v", path, old, err)
+		}
+	}, nil
+}
