@@ -40,8 +40,8 @@ type runnableSource interface {
 	Run(ctx context.Context) error
 }
 
-// Daemon is the agent's components, built once for either mode (--once or
-// not).
+// Daemon is what `nodecreds sync` runs: the agent and its components,
+// built once for either mode (--once or not).
 type Daemon struct {
 	cfg config.Sync
 	log *logrus.Logger
@@ -79,16 +79,16 @@ type Deps struct {
 // with the runtime target on, the Node's container runtime version.
 func New(ctx context.Context, cfg config.Sync, deps Deps) (*Daemon, error) {
 	log, client := deps.Log, deps.Client
-	p := &Daemon{cfg: cfg, log: log, version: deps.Version}
+	d := &Daemon{cfg: cfg, log: log, version: deps.Version}
 	var reporters []agent.Reporter
 	switch cfg.Source { // one of these two: config.Sync.Validate refuses any other
 	case config.SourceDir:
-		p.src = source.NewDir(cfg.SecretDirs, cfg.ContainerdCertsDir != "", log.WithField("component", "source"))
+		d.src = source.NewDir(cfg.SecretDirs, cfg.ContainerdCertsDir != "", log.WithField("component", "source"))
 	case config.SourceSecret:
 		if client == nil {
 			return nil, errors.New("--source secret needs an API client")
 		}
-		p.src = source.NewSecrets(client, cfg.Namespace, cfg.Secrets, cfg.Selector, cfg.NodeName, log.WithField("component", "source"))
+		d.src = source.NewSecrets(client, cfg.Namespace, cfg.Secrets, cfg.Selector, cfg.NodeName, log.WithField("component", "source"))
 		if cfg.NodeName == "" {
 			log.Warn("no --node-name (or $NODE_NAME): the Node's annotations, condition and startup taint are not managed")
 			break
@@ -96,32 +96,32 @@ func New(ctx context.Context, cfg config.Sync, deps Deps) (*Daemon, error) {
 		nodeLog := log.WithField("component", "node-status")
 		recorder := kube.EventRecorder{Client: client, Component: "nodecreds", Host: cfg.NodeName, Context: ctx,
 			OnError: func(err error) { nodeLog.WithError(err).Warn("cannot record an Event") }}
-		p.events = recorder
-		p.node = nodestatus.NewNodeReporter(client, cfg.NodeName, recorder, nodeLog)
-		reporters = append(reporters, p.node)
+		d.events = recorder
+		d.node = nodestatus.NewNodeReporter(client, cfg.NodeName, recorder, nodeLog)
+		reporters = append(reporters, d.node)
 	}
 
 	files := nodefile.New(nodefile.Options{HostRoot: cfg.HostRoot, StateDir: cfg.StateDir})
 	var diagnosis agent.RuntimeDiagnosis
 	if cfg.ContainerdCertsDir != "" {
-		p.diag = runtimediag.New(cfg.HostRoot, cfg.ContainerdConfig, cfg.ContainerdCertsDir, runtimeVersion(ctx, client, cfg.NodeName, log))
-		diagnosis = p.diag
+		d.diag = runtimediag.New(cfg.HostRoot, cfg.ContainerdConfig, cfg.ContainerdCertsDir, runtimeVersion(ctx, client, cfg.NodeName, log))
+		diagnosis = d.diag
 	}
-	p.reg = prometheus.NewRegistry()
-	p.health = &metrics.Health{}
-	m := metrics.NewMetrics(p.reg)
-	p.reg.MustRegister(metrics.NewWorkloadAnswers(workloadAnswers(cfg)))
+	d.reg = prometheus.NewRegistry()
+	d.health = &metrics.Health{}
+	m := metrics.NewMetrics(d.reg)
+	d.reg.MustRegister(metrics.NewWorkloadAnswers(workloadAnswers(cfg)))
 	var verify agent.Verifier
-	if p.verifier = newVerifier(ctx, cfg, files, m, log); p.verifier != nil {
-		verify = p.verifier
+	if d.verifier = newVerifier(ctx, cfg, files, m, log); d.verifier != nil {
+		verify = d.verifier
 	}
-	p.agent = agent.New(p.src, files, agent.Options{
+	d.agent = agent.New(d.src, files, agent.Options{
 		Targets:   cfg.Targets,
 		HostRoot:  cfg.HostRoot,
 		Prune:     cfg.Prune,
 		Resync:    cfg.Resync,
 		Metrics:   m,
-		Health:    p.health,
+		Health:    d.health,
 		Reporters: reporters,
 		Plugin:    plugin(cfg),
 		Runtime:   runtimeAuth(cfg, files),
@@ -129,7 +129,7 @@ func New(ctx context.Context, cfg config.Sync, deps Deps) (*Daemon, error) {
 		Verifier:  verify,
 		Expiry:    agent.ExpiryOptions{WarnShare: cfg.ExpiryWarnShare, WarnMin: cfg.ExpiryWarnMin},
 	}, log.WithField("component", "agent"))
-	return p, nil
+	return d, nil
 }
 
 // newVerifier is the verification logins' verifier, nil with --verify=off.
@@ -210,23 +210,23 @@ const onceReportTimeout = 30 * time.Second
 // Once syncs once and reports exactly what the daemon would (the Node's
 // annotations, condition, Events and startup taint), then exits: 0 when
 // every target is in sync and the report landed, 1 otherwise.
-func (p *Daemon) Once(ctx context.Context) error {
+func (d *Daemon) Once(ctx context.Context) error {
 	// The source runs only until its first snapshot is ready.
 	g, gctx := errgroup.WithContext(ctx)
 	onceCtx, cancel := context.WithCancel(gctx)
-	g.Go(func() error { return p.src.Run(onceCtx) })
-	if p.verifier != nil {
-		g.Go(func() error { return p.verifier.Run(onceCtx) })
+	g.Go(func() error { return d.src.Run(onceCtx) })
+	if d.verifier != nil {
+		g.Go(func() error { return d.verifier.Run(onceCtx) })
 	}
-	o := p.agent.Once(onceCtx)
+	o := d.agent.Once(onceCtx)
 	cancel()
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	if p.node != nil {
+	if d.node != nil {
 		reportCtx, cancel := context.WithTimeout(ctx, onceReportTimeout)
 		defer cancel()
-		if err := p.node.Flush(reportCtx); err != nil {
+		if err := d.node.Flush(reportCtx); err != nil {
 			return err
 		}
 	}
@@ -240,19 +240,19 @@ func (p *Daemon) Once(ctx context.Context) error {
 // server until ctx ends. The agent first takes its node's agent lock, held
 // until it stops: a second agent on the node's files waits (and says so)
 // instead of syncing them to its own Secrets in turn with the first.
-func (p *Daemon) Run(ctx context.Context) error {
-	cfg, log := p.cfg, p.log
+func (d *Daemon) Run(ctx context.Context) error {
+	cfg, log := d.cfg, d.log
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	if cfg.MetricsAddr != "0" {
-		srv := metrics.NewServer(cfg.MetricsAddr, p.reg, p.health)
+		srv := metrics.NewServer(cfg.MetricsAddr, d.reg, d.health)
 		if err := srv.Listen(); err != nil {
 			return err
 		}
 		g.Go(func() error { return srv.Run(gctx) })
 	}
-	lock, err := p.holdNode(gctx)
+	lock, err := d.holdNode(gctx)
 	if err != nil {
 		stopped := gctx.Err() != nil
 		cancel()
@@ -270,18 +270,18 @@ func (p *Daemon) Run(ctx context.Context) error {
 			log.WithError(err).Warn("releasing the agent lock (the kernel releases it as the process ends)")
 		}
 	}()
-	g.Go(func() error { return p.src.Run(gctx) })
-	g.Go(func() error { return p.agent.Run(gctx) })
-	if p.verifier != nil {
-		g.Go(func() error { return p.verifier.Run(gctx) })
+	g.Go(func() error { return d.src.Run(gctx) })
+	g.Go(func() error { return d.agent.Run(gctx) })
+	if d.verifier != nil {
+		g.Go(func() error { return d.verifier.Run(gctx) })
 	}
-	if p.diag != nil {
-		g.Go(func() error { return p.diag.Run(gctx) })
+	if d.diag != nil {
+		g.Go(func() error { return d.diag.Run(gctx) })
 	}
-	if p.node != nil {
-		g.Go(func() error { return p.node.Run(gctx) })
+	if d.node != nil {
+		g.Go(func() error { return d.node.Run(gctx) })
 	}
-	log.WithFields(logrus.Fields{"version": p.version, "source": cfg.Source, "targets": cfg.Targets, "hostRoot": cfg.HostRoot, "pool": cfg.Pool}).Info("nodecreds agent started")
+	log.WithFields(logrus.Fields{"version": d.version, "source": cfg.Source, "targets": cfg.Targets, "hostRoot": cfg.HostRoot, "pool": cfg.Pool}).Info("nodecreds agent started")
 	err = g.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -293,10 +293,10 @@ func (p *Daemon) Run(ctx context.Context) error {
 // holdNode takes the node's agent lock, waiting (reported in the log, on
 // /readyz and, see nodestatus.AgentWait, on the Node) while another agent holds
 // it.
-func (p *Daemon) holdNode(ctx context.Context) (*nodelock.Lock, error) {
-	cfg, log := p.cfg, p.log
-	wait := &nodestatus.AgentWait{Recorder: p.events, Node: cfg.NodeName, Pool: cfg.Pool, Pod: cfg.PodName,
-		Health: p.health, Log: log.WithField("component", "agent-lock")}
+func (d *Daemon) holdNode(ctx context.Context) (*nodelock.Lock, error) {
+	cfg, log := d.cfg, d.log
+	wait := &nodestatus.AgentWait{Recorder: d.events, Node: cfg.NodeName, Pool: cfg.Pool, Pod: cfg.PodName,
+		Health: d.health, Log: log.WithField("component", "agent-lock")}
 	lock, err := nodelock.Acquire(ctx, nodelock.Options{
 		HostRoot: cfg.HostRoot,
 		StateDir: cfg.StateDir,
