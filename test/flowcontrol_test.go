@@ -130,6 +130,7 @@ func TestChartFlowControl(t *testing.T) {
 		{"precedence not whole", on + ",flowControl.matchingPrecedence=1000.5", "ns1", []string{"flowControl.matchingPrecedence: 1000.5"}},
 		{"no shares", on + ",flowControl.nominalConcurrencyShares=0", "ns1", []string{"flowControl.nominalConcurrencyShares: 0 is not a whole number of at least 1"}},
 		{"a share as a word", on + ",flowControl.nominalConcurrencyShares=ten", "ns1", []string{"flowControl.nominalConcurrencyShares: ten"}},
+		{"a share a stolen token could starve the kubelets with", on + ",flowControl.nominalConcurrencyShares=41", "ns1", []string{"flowControl.nominalConcurrencyShares: 41 is more than 40", "root on any node"}},
 		{"lending over 100 %", on + ",flowControl.lendablePercent=101", "ns1", []string{"flowControl.lendablePercent: 101 is not a whole number from 0 to 100"}},
 		{"no queues", on + ",flowControl.queuing.queues=0", "ns1", []string{"flowControl.queuing.queues: 0"}},
 		{"a hand larger than the deck", on + ",flowControl.queuing.handSize=65", "ns1", []string{"flowControl.queuing.handSize: 65 is not a whole number from 1 to 64"}},

@@ -217,6 +217,9 @@ before the default service-accounts one. */}}
 {{- fail "flowControl.enabled in namespace kube-system: the FlowSchema kube-system-service-accounts (matchingPrecedence 900, priority level workload-high) matches every ServiceAccount of kube-system before the agents' schema could; install nodecreds in a namespace of its own (docs/install.md), or leave flowControl off" -}}
 {{- end -}}
 {{- include "nodecreds.checkInt" (list "flowControl.nominalConcurrencyShares" $fc.nominalConcurrencyShares 1 0) -}}
+{{- if gt (int64 $fc.nominalConcurrencyShares) 40 -}}
+{{- fail (printf "flowControl.nominalConcurrencyShares: %v is more than 40 (global-default's and workload-high's share): the level belongs to the agents' ServiceAccount token, which whoever is root on any node can take, and a larger share would take seats from the kubelets' node-high and the system levels" $fc.nominalConcurrencyShares) -}}
+{{- end -}}
 {{- include "nodecreds.checkInt" (list "flowControl.lendablePercent" $fc.lendablePercent 0 100) -}}
 {{- include "nodecreds.checkInt" (list "flowControl.queuing.queues" $fc.queuing.queues 1 0) -}}
 {{- include "nodecreds.checkInt" (list "flowControl.queuing.handSize" $fc.queuing.handSize 1 (int64 $fc.queuing.queues)) -}}
