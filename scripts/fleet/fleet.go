@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -122,9 +124,11 @@ func (f *fleet) install(ctx context.Context) error {
 	name := "deploy/daemonset.yaml"
 	if f.o.flowControl {
 		name = "the chart with flowControl.enabled=true"
-		data, err = exec.CommandContext(ctx, f.o.chart, "manifest", "-set", "flowControl.enabled=true").Output()
-		if err != nil {
-			return fmt.Errorf("rendering the chart with %s (make chart-tool builds bin/chart): %w", f.o.chart, err)
+		cmd := exec.CommandContext(ctx, f.o.chart, "manifest", "-chart", filepath.Join(cluster.RepoRoot(), "deploy", "helm", "nodecreds"), "-set", "flowControl.enabled=true")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if data, err = cmd.Output(); err != nil {
+			return fmt.Errorf("rendering the chart with %s (make chart-tool builds bin/chart): %w: %s", f.o.chart, err, strings.TrimSpace(stderr.String()))
 		}
 	} else if data, err = os.ReadFile(filepath.Join(cluster.RepoRoot(), "deploy", "daemonset.yaml")); err != nil {
 		return err

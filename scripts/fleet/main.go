@@ -70,20 +70,22 @@ func main() {
 	flag.StringVar(&o.worker, "worker", "", "run as a worker process of the fleet, with this spec (the fleet starts them)")
 	flag.StringVar(&o.chart, "chart", filepath.Join(cluster.RepoRoot(), "bin", "chart"), "the chart tool (make chart-tool), which renders the chart for -flowcontrol")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	var err error
-	switch {
-	case o.worker != "":
-		err = runWorker(ctx, o.worker, os.Stdin, os.Stdout)
-	case o.table:
-		err = writeTable(o.out, o.doc)
-	default:
-		err = run(ctx, o)
-	}
-	if err != nil {
+	if err := runMain(o); err != nil {
 		fmt.Fprintln(os.Stderr, "fleet:", err)
 		os.Exit(1)
+	}
+}
+
+func runMain(o options) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	switch {
+	case o.worker != "":
+		return runWorker(ctx, o.worker, os.Stdin, os.Stdout)
+	case o.table:
+		return writeTable(o.out, o.doc)
+	default:
+		return run(ctx, o)
 	}
 }
 

@@ -190,14 +190,15 @@ func writeTable(dir, doc string) error {
 	restarts := slices.DeleteFunc(slices.Clone(all), func(r *results) bool { return r.Restart == nil })
 	all = slices.DeleteFunc(all, func(r *results) bool { return r.Restart != nil })
 	w("Runs: %s. Machine: %s.\n\n", runsList(all), all[0].Machine)
-	w("| run | nodes | cold start: all files / all Nodes reported | rotation → file p50 / p99 / max | rotation → Node reported p50 / p99 / max | API server CPU per rotation (of it, nodecreds' admission policy) | API server peak RSS | requests per rotation | writes per node per rotation | 429s | etcd writes per rotation | watch events per rotation | time queued by APF per rotation | the fleet's CPU per rotation |\n")
-	w("| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	w("| run | nodes | cold start: all files / all Nodes reported | rotation → file p50 / p99 / max | rotation → Node reported p50 / p99 / max | API server CPU per rotation | admission policies' time per rotation | API server peak RSS | requests per rotation | writes per node per rotation | answered 429 per rotation | etcd writes per rotation | watch events per rotation | request-seconds queued by APF per rotation | the fleet's CPU per rotation |\n")
+	w("| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range all {
 		s := r.Summary
-		w("| %s | %d | %s / %s | %s / %s / %s | %s / %s / %s | %.2f s (%.2f s) | %.0f MiB | %.0f | %.2f | %.0f | %.0f | %.0f | %.2f s | %.2f s |\n",
+		w("| %s | %d | %s / %s | %s / %s / %s | %s / %s / %s | %.2f s | %s | %.0f MiB | %.0f | %.2f | %.0f | %.0f | %.0f | %.2f s | %.2f s |\n",
 			r.Label, r.Agents, sec(slices.Max(r.Cold.Files)), sec(slices.Max(r.Cold.Reported)),
 			msec(s.FilesP50), msec(s.FilesP99), msec(s.FilesMax), msec(s.ReportedP50), msec(s.ReportedP99), msec(s.ReportedMax),
-			s.APIServerCPU, s.AdmissionPolicySeconds, max(s.APIServerPeakRSSMiB, r.Cold.APIServerPeakRSSMiB), s.Requests, s.WritesPerNode, s.Throttled, s.EtcdPuts, s.WatchEvents, s.APFWait, s.FleetCPU)
+			s.APIServerCPU, orDash(s.AdmissionPolicySeconds), max(s.APIServerPeakRSSMiB, r.Cold.APIServerPeakRSSMiB), s.Requests, s.WritesPerNode,
+			s.Throttled/float64(max(len(r.Rotations), 1)), s.EtcdPuts, s.WatchEvents, s.APFWait, s.FleetCPU)
 	}
 	w("\nRequests per node per rotation, by verb and resource (the rotations' mean):\n\n| run | nodes | requests |\n| --- | ---: | --- |\n")
 	for _, r := range all {
@@ -214,21 +215,39 @@ func writeTable(dir, doc string) error {
 		}
 		w("| %s | %d | %s |\n", r.Label, r.Agents, strings.Join(parts, ", "))
 	}
-	if len(restarts) > 0 {
-		w("\nEvery agent restarted at once with a rotation pending, while another workload's client GETs a ConfigMap every 20 ms:\n\n")
-		w("| run | nodes | agents' FlowSchema | all files / all Nodes reported | API server CPU | requests (429s) | the other client's GET p50 / p99 / max, before → during | its 429s |\n| --- | ---: | --- | --- | ---: | --- | --- | ---: |\n")
-		for _, r := range restarts {
-			p, pb, pd := r.Restart.Phase, r.Restart.ProbeBefore, r.Restart.ProbeDuring
-			fs := "none (default `service-accounts`)"
-			if r.FlowControl {
-				fs = "the chart's (`flowControl.enabled`)"
-			}
-			w("| %s | %d | %s | %s / %s | %.2f s | %.0f (%.0f) | %.1f / %.1f / %.1f ms → %.1f / %.1f / %.1f ms | %d of %d |\n", r.Label, r.Agents, fs,
-				sec(slices.Max(p.Files)), sec(slices.Max(p.Reported)), p.APIServerCPU, p.RequestsTotal, p.Throttled,
-				pb.P50, pb.P99, pb.Max, pd.P50, pd.P99, pd.Max, pd.Throttled, pd.Requests)
-		}
+	if err := benchdoc.Replace(doc, "fleet", b.String()); err != nil {
+		return err
 	}
-	return benchdoc.Replace(doc, "fleet", b.String())
+	if len(restarts) == 0 {
+		return nil
+	}
+	b.Reset()
+	w("| run | nodes | agents' FlowSchema | all files / all Nodes reported | API server CPU | requests (429s) | time queued by priority level | the other client's GET p50 / p99 / max, before → during | its 429s |\n| --- | ---: | --- | --- | ---: | --- | --- | --- | ---: |\n")
+	for _, r := range restarts {
+		p, pb, pd := r.Restart.Phase, r.Restart.ProbeBefore, r.Restart.ProbeDuring
+		fs := "none (default `service-accounts`)"
+		if r.FlowControl {
+			fs = "the chart's (`flowControl.enabled`)"
+		}
+		w("| %s | %d | %s | %s / %s | %.2f s | %.0f (%.0f) | %s | %.1f / %.1f / %.1f ms → %.1f / %.1f / %.1f ms | %d of %d |\n", r.Label, r.Agents, fs,
+			sec(slices.Max(p.Files)), sec(slices.Max(p.Reported)), p.APIServerCPU, p.RequestsTotal, p.Throttled, byLevel(p.APFWaitSeconds),
+			pb.P50, pb.P99, pb.Max, pd.P50, pd.P99, pd.Max, pd.Throttled, pd.Requests)
+	}
+	return benchdoc.Replace(doc, "fleet-restart", b.String())
+}
+
+// byLevel says seconds by priority level, in name order.
+func byLevel(m map[string]float64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %.1f s", k, m[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 func runsList(all []*results) string {
@@ -237,6 +256,15 @@ func runsList(all []*results) string {
 		s = append(s, fmt.Sprintf("%s at %d on %s", r.Label, r.Agents, r.Date))
 	}
 	return strings.Join(s, "; ")
+}
+
+// orDash is seconds, or "—" where a run did not measure them (results of
+// before the fleet read the admission controller's histogram).
+func orDash(v float64) string {
+	if v == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f s", v)
 }
 
 func msec(v float64) string { return fmt.Sprintf("%.0f ms", v) }

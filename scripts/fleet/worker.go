@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -173,7 +174,7 @@ func (w *worker) call(cmd string) (string, error) {
 		return "", fmt.Errorf("worker %d: %s: %w", w.cmd.Process.Pid, cmd, err)
 	}
 	if !w.out.Scan() {
-		return "", fmt.Errorf("worker %d: %s: no answer (%v)", w.cmd.Process.Pid, cmd, w.out.Err())
+		return "", fmt.Errorf("worker %d: %s: no answer: %w", w.cmd.Process.Pid, cmd, cmp.Or(w.out.Err(), io.ErrUnexpectedEOF))
 	}
 	reply := w.out.Text()
 	if msg, ok := strings.CutPrefix(reply, "error: "); ok {
