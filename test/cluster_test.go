@@ -268,17 +268,7 @@ func TestClusterMode(t *testing.T) {
 	testsupport.Eventually(t, 10*time.Second, "fixed Secret applied", func() bool { return authIn(kubelet, reg) == testsupport.B64("robot:"+pw[2]) })
 	// The recovery turns the condition True again: one more CredentialsApplied.
 	testsupport.Eventually(t, 10*time.Second, "a CredentialsApplied Event for the recovery", func() bool {
-		events, err := admin.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=node-1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for _, e := range events.Items {
-			if e.Reason == "CredentialsApplied" {
-				n++
-			}
-		}
-		return n == 2
+		return nodeEvents(t, admin, "node-1", "CredentialsApplied") == 2
 	})
 	beforeOutage := testsupport.ReadFile(t, kubelet)
 	c.StopAPIServer()

@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/nodecreds/nodecreds/internal/testsupport"
 )
 
@@ -239,4 +242,21 @@ func runEnv(t *testing.T, env []string, args ...string) (string, string, int) {
 		}
 	}
 	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+}
+
+// nodeEvents counts the Events of reason recorded on Node node (in
+// default, where the agent records them).
+func nodeEvents(t *testing.T, client kubernetes.Interface, node, reason string) int {
+	t.Helper()
+	events, err := client.CoreV1().Events("default").List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=" + node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range events.Items {
+		if e.Reason == reason {
+			n++
+		}
+	}
+	return n
 }

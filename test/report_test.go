@@ -55,19 +55,7 @@ func TestRotationIsOneWrite(t *testing.T) {
 		t.Fatalf("annotating as an earlier agent did: %v", err)
 	}
 
-	applied := func() int {
-		events, err := c.Admin.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + node})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for _, e := range events.Items {
-			if e.Reason == "CredentialsApplied" {
-				n++
-			}
-		}
-		return n
-	}
+	applied := func() int { return nodeEvents(t, c.Admin, node, "CredentialsApplied") }
 	before := nodeWrites(t, c)
 	root := t.TempDir()
 	startAgent(t, "--kubeconfig", kubeconfig, "--namespace", ns, "--node-name", node, "--host-root", root, "--metrics-addr", "0")
