@@ -5,14 +5,12 @@
 package meter
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -53,6 +51,7 @@ func NewFileWatch(files []string) (*FileWatch, error) {
 
 func (fw *FileWatch) Close() { fw.w.Close() }
 
+// Contains reports whether the file at path holds want.
 func Contains(path, want string) bool {
 	b, err := os.ReadFile(path)
 	return err == nil && bytes.Contains(b, []byte(want))
@@ -101,9 +100,6 @@ func (fw *FileWatch) Until(ctx context.Context, want string, t0 time.Time, withi
 	return lat, nil
 }
 
-var sampleRE = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} ([0-9.eE+-]+)$`)
-var labelRE = regexp.MustCompile(`([a-zA-Z_]+)="([^"]*)"`)
-
 // APIMetrics scrapes apiserver_request_total (by verb and resource) and the
 // long-running request gauges.
 func APIMetrics(cfg *rest.Config) (map[string]float64, error) {
@@ -111,35 +107,22 @@ func APIMetrics(cfg *rest.Config) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Get(cfg.Host + "/metrics")
+	samples, err := Scrape(&http.Client{Transport: tr, Timeout: 30 * time.Second}, cfg.Host+"/metrics")
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		m := sampleRE.FindStringSubmatch(sc.Text())
-		if m == nil {
+	for _, x := range samples {
+		if x.Name != "apiserver_request_total" && x.Name != "apiserver_longrunning_requests" {
 			continue
 		}
-		name := m[1]
-		if name != "apiserver_request_total" && name != "apiserver_longrunning_requests" {
-			continue
+		key := x.Name + " " + x.Labels["verb"] + " " + x.Labels["resource"]
+		if sub := x.Labels["subresource"]; sub != "" {
+			key += "/" + sub
 		}
-		labels := map[string]string{}
-		for _, l := range labelRE.FindAllStringSubmatch(m[2], -1) {
-			labels[l[1]] = l[2]
-		}
-		v, _ := strconv.ParseFloat(m[3], 64)
-		key := name + " " + labels["verb"] + " " + labels["resource"]
-		if labels["subresource"] != "" {
-			key += "/" + labels["subresource"]
-		}
-		out[key] += v
+		out[key] += x.Value
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 const clkTck = 100 // USER_HZ on Linux
@@ -210,6 +193,7 @@ func PidByName(name string) int {
 	return 0
 }
 
+// Pct is the p-th percentile of d (the nearest rank below).
 func Pct(d []time.Duration, p float64) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
@@ -220,6 +204,7 @@ func Pct(d []time.Duration, p float64) time.Duration {
 	return s[i]
 }
 
+// Machine describes this machine: cores, CPU model, memory, kernel, Go.
 func Machine() string {
 	model := "unknown"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
@@ -245,40 +230,21 @@ const inotifyInstances = "/proc/sys/fs/inotify/max_user_instances"
 
 // RaiseInotifyInstances makes room for n agents' inotify instances for the
 // run and returns what puts the old limit back. All agents run as root on
-// this one Machine, where fs.inotify.max_user_instances (128 by default)
+// this one machine, where fs.inotify.max_user_instances (128 by default)
 // is per user: a real node runs one agent, so without this the benchmark
 // would measure agents past the 128th polling (their fallback), not a
 // cluster. docs/scale.md explains the limit on real nodes.
 func RaiseInotifyInstances(n int, logf func(string, ...any)) (func(), error) {
-	b, err := os.ReadFile(inotifyInstances)
-	if err != nil {
-		return func() {}, nil // not Linux, or no procfs: nothing to raise
-	}
-	old, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || old >= n+64 {
-		return func() {}, nil
-	}
-	want := n + 128 // the other root processes keep what they had
-	if err := os.WriteFile(inotifyInstances, []byte(strconv.Itoa(want)), 0o644); err != nil {
-		return nil, fmt.Errorf("raising %s to %d for %d agents (run as root): %w", inotifyInstances, want, n, err)
-	}
-	logf("fs.inotify.max_user_instances %d → %d for this run", old, want)
-	return func() {
-		if err := os.WriteFile(inotifyInstances, []byte(strconv.Itoa(old)), 0o644); err != nil {
-			logf("could not put fs.inotify.max_user_instances back to %d: %v", old, err)
-			return
-		}
-		logf("fs.inotify.max_user_instances back to %d", old)
-	}, nil
+	return RaiseSysctl(inotifyInstances, n+128, logf) // the other root processes keep what they had
 }
 
 // damonStates are the switches of the kernel's DAMON monitors, which this
-// benchmark Machine (a VM) runs with a proactive "pageout" scheme: memory
+// benchmark machine (a VM) runs with a proactive "pageout" scheme: memory
 // not touched for about a minute is reclaimed, clean file pages (the agents'
 // code) included.
 const damonStates = "/sys/kernel/mm/damon/admin/kdamonds/*/state"
 
-// PauseProactiveReclaim switches the Machine's DAMON monitors off for the
+// PauseProactiveReclaim switches the machine's DAMON monitors off for the
 // run and returns what switches them back on. The benchmark's idle phase
 // leaves every agent untouched for a minute; with proactive reclaim on,
 // the first rotation after it re-reads the agents' code from disk (all 500
